@@ -1,0 +1,14 @@
+// torch_safetensors: the safetensors format for LibTorch. Include this one header.
+//
+//   auto tensors = torch::safetensors::load("model.safetensors");      // zero-copy, lazy
+//   torch::safetensors::load(*module, "model.safetensors");            // like torch::load
+//   torch::safetensors::save(*module, "model.safetensors");            // like torch::save
+//   torch::safetensors::File f("model.safetensors");                    // like safe_open
+#pragma once
+
+#include "torch_safetensors/dtype.h"
+#include "torch_safetensors/file.h"
+#include "torch_safetensors/header.h"
+#include "torch_safetensors/module.h"
+#include "torch_safetensors/serialize.h"
+#include "torch_safetensors/version.h"
