@@ -366,6 +366,18 @@ TEST(SaveFaults, F4DimensionThatCannotBeWrittenIsRefused) {
   EXPECT_EQ(ts::File(path).tensor("x").sizes(), largest.sizes());
 }
 
+TEST(SaveFaults, ReplacingAFileKeepsItsPermissions) {
+  ScratchDir dir;
+  const std::string path = dir.file("private.safetensors");
+  ts::save(sample(4, 0), path);
+  ASSERT_EQ(::chmod(path.c_str(), 0600), 0);
+  ts::save(sample(8, 1), path);
+  struct stat st {};
+  ASSERT_EQ(::stat(path.c_str(), &st), 0);
+  EXPECT_EQ(st.st_mode & 0777, 0600u);
+  EXPECT_EQ(ts::File(path).info("w").shape, std::vector<int64_t>{8});
+}
+
 TEST(SaveFaults, HeaderOverLimitIsRefused) {
   ScratchDir dir;
   const std::string path = dir.file("model.safetensors");
