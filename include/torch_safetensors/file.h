@@ -37,9 +37,18 @@ struct LoadOptions {
   // Module loading only: throw when names are missing, unexpected or shape-mismatched.
   bool strict = true;
 
-  LoadOptions& with_backend(Backend b) { backend = b; return *this; }
-  LoadOptions& with_device(c10::Device d) { device = d; return *this; }
-  LoadOptions& with_strict(bool s) { strict = s; return *this; }
+  LoadOptions& with_backend(Backend b) {
+    backend = b;
+    return *this;
+  }
+  LoadOptions& with_device(c10::Device d) {
+    device = d;
+    return *this;
+  }
+  LoadOptions& with_strict(bool s) {
+    strict = s;
+    return *this;
+  }
 };
 
 // A tensor's bytes exactly as stored, with its spec dtype and logical shape. The way to read and
@@ -79,6 +88,13 @@ class File {
 
   // Every tensor, in file order.
   TensorDict tensors() const;
+
+  // Throws if the file is now shorter than when it was opened. With the mmap backend, touching a
+  // tensor whose pages lie past the new end raises SIGBUS (the OS's rule for mappings), so a
+  // program that lets other processes rewrite files in place should call this first, or use the
+  // pread backend, which turns a short read into a c10::Error. Files replaced by rename (as our
+  // save and the reference's do) are safe: the mapping keeps the old contents.
+  void check_intact() const;
 
   struct Impl;
 

@@ -19,8 +19,8 @@ namespace torch::safetensors {
 // Free-form string→string metadata (`__metadata__`). Sorted, so that saved files are deterministic.
 using Metadata = std::map<std::string, std::string>;
 
-inline constexpr uint64_t kHeaderLengthSize = 8;           // the u64 prefix
-inline constexpr uint64_t kMaxHeaderSize = 100'000'000;    // same bound as the reference
+inline constexpr uint64_t kHeaderLengthSize = 8;         // the u64 prefix
+inline constexpr uint64_t kMaxHeaderSize = 100'000'000;  // same bound as the reference
 
 struct TensorInfo {
   std::string name;
@@ -35,6 +35,12 @@ struct TensorInfo {
 
 // A validated header. Tensors are in data-offset order (the order of their bytes in the file).
 struct Header {
+  Header() = default;
+  Header(const Header& other);  // re-indexes: the lookup holds views into `tensors`
+  Header& operator=(const Header& other);
+  Header(Header&&) = default;
+  Header& operator=(Header&&) = default;
+
   std::optional<Metadata> metadata;  // nullopt when the file has no `__metadata__`
   std::vector<TensorInfo> tensors;
   uint64_t header_size = 0;  // N: JSON bytes, padding included
@@ -47,8 +53,8 @@ struct Header {
   // Throws c10::Error naming the file and listing a few available names.
   const TensorInfo& at(std::string_view name, std::string_view source) const;
 
-  // Builds the name→index lookup; parse_header calls it.
-  void index();
+  // Builds the name→index lookup; parse_header calls it. False if some name appears twice.
+  bool index();
 
  private:
   std::unordered_map<std::string_view, size_t> by_name_;
@@ -66,13 +72,16 @@ Header parse_header(std::string_view json, uint64_t file_size, std::string_view 
 // Serializes a header exactly as the reference implementation does (compact JSON, `__metadata__`
 // first, tensors in the given order, spaces to a multiple of 8 bytes), prefixed by its u64 length.
 // Offsets are taken from the infos. `metadata` nullptr omits `__metadata__`.
-std::string serialize_header(const std::vector<TensorInfo>& tensors, const Metadata* metadata);
+// Names and metadata must be valid UTF-8 (JSON strings); `source` names the target in errors.
+std::string serialize_header(const std::vector<TensorInfo>& tensors, const Metadata* metadata,
+                             std::string_view source);
 
 // The order in which `save` lays tensors out: dtype descending (reference enum order), then name.
 void sort_for_save(std::vector<TensorInfo>& tensors);
 
-// Number of bytes a tensor of this dtype and shape occupies; throws on overflow or a fractional
-// byte count. `what` names the tensor in errors.
-uint64_t tensor_nbytes(Dtype dtype, const std::vector<int64_t>& shape, std::string_view what);
+// Number of bytes a tensor of this dtype and shape occupies; throws on a negative dimension,
+// overflow or a fractional byte count, naming `source` and the tensor `name`.
+uint64_t tensor_nbytes(Dtype dtype, const std::vector<int64_t>& shape, std::string_view source,
+                       std::string_view name);
 
 }  // namespace torch::safetensors

@@ -1,0 +1,153 @@
+#include "adapters/tensor_view.h"
+
+#include <algorithm>
+#include <cstring>
+#include <map>
+#include <tuple>
+
+#include <ATen/ops/empty.h>
+#include <ATen/ops/from_blob.h>
+
+#include "check.h"
+
+namespace torch::safetensors::adapters {
+namespace {
+
+// Values per stored byte, for the packed dtypes; 0 for the others.
+struct Packing {
+  int64_t values;  // logical values per group
+  int64_t bytes;   // bytes per group
+};
+std::optional<Packing> packing(Dtype dtype) {
+  switch (dtype) {
+    case Dtype::F4:
+      return Packing{2, 1};
+    case Dtype::F6_E2M3:
+    case Dtype::F6_E3M2:
+      return Packing{4, 3};
+    default:
+      return std::nullopt;
+  }
+}
+
+void delete_owner(void* ctx) { delete static_cast<std::shared_ptr<void>*>(ctx); }
+
+}  // namespace
+
+c10::ScalarType torch_dtype(const TensorInfo& info, std::string_view source) {
+  auto type = to_scalar_type(info.dtype);
+  TS_CHECK(type.has_value(), source, "tensor '", info.name, "': dtype ", dtype_name(info.dtype),
+           " needs a newer LibTorch than this one; read its bytes with File::raw");
+  return *type;
+}
+
+std::vector<int64_t> torch_sizes(const TensorInfo& info) {
+  std::vector<int64_t> sizes = info.shape;
+  if (auto pack = packing(info.dtype)) {
+    if (!sizes.empty() && sizes.back() % pack->values == 0) {
+      sizes.back() = sizes.back() / pack->values * pack->bytes;
+    } else {
+      sizes = {int64_t(info.nbytes())};
+    }
+  }
+  return sizes;
+}
+
+at::Tensor empty_for(const TensorInfo& info, std::string_view source) {
+  return at::empty(torch_sizes(info), at::TensorOptions().dtype(torch_dtype(info, source)));
+}
+
+at::Tensor view_bytes(const TensorInfo& info, uint8_t* data, const std::shared_ptr<void>& owner,
+                      std::string_view source) {
+  const auto dtype = torch_dtype(info, source);
+  const auto itemsize = c10::elementSize(dtype);
+  if (info.nbytes() == 0 || reinterpret_cast<uintptr_t>(data) % itemsize != 0) {
+    // Unaligned data offsets are legal in the format but not for typed access: copy.
+    at::Tensor owned = empty_for(info, source);
+    if (info.nbytes()) std::memcpy(owned.data_ptr(), data, info.nbytes());
+    return owned;
+  }
+  return at::for_blob(data, torch_sizes(info))
+      .context(new std::shared_ptr<void>(owner), delete_owner)
+      .options(at::TensorOptions().dtype(dtype))
+      .target_device(c10::Device(c10::kCPU))
+      .make_tensor();
+}
+
+SaveItem to_save_item(const std::string& name, const at::Tensor& tensor, std::string_view source) {
+  TS_CHECK(tensor.defined(), source, "tensor '", name, "' is undefined");
+  TS_CHECK(tensor.layout() == c10::kStrided, source, "tensor '", name, "' has layout ",
+           tensor.layout(), "; only dense (strided) tensors can be saved (call .to_dense())");
+  TS_CHECK(!tensor.is_meta(), source, "tensor '", name, "' is a meta tensor and has no data");
+  auto dtype = from_scalar_type(tensor.scalar_type());
+  TS_CHECK(dtype.has_value(), source, "tensor '", name, "' has dtype ", tensor.scalar_type(),
+           ", which the safetensors format cannot store");
+  SaveItem item;
+  item.info.name = name;
+  item.info.dtype = *dtype;
+  item.info.shape = tensor.sizes().vec();
+  if (*dtype == Dtype::F4) {
+    // Two values per Float4_e2m1fn_x2 element: the header records values, as the reference does.
+    if (item.info.shape.empty()) item.info.shape = {1};
+    item.info.shape.back() *= 2;
+  }
+  item.info.end = uint64_t(tensor.numel()) * tensor.element_size();
+  item.source = tensor;
+  return item;
+}
+
+SaveItem to_save_item(const std::string& name, const RawTensor& raw, std::string_view source) {
+  TS_CHECK(raw.bytes.defined() && raw.bytes.scalar_type() == c10::kByte && raw.bytes.dim() == 1,
+           source, "raw tensor '", name, "' must hold its bytes in a 1-D uint8 tensor");
+  SaveItem item;
+  item.info.name = name;
+  item.info.dtype = raw.dtype;
+  item.info.shape = raw.shape;
+  const uint64_t needed = tensor_nbytes(raw.dtype, raw.shape, source, name);
+  TS_CHECK(needed == uint64_t(raw.bytes.numel()), source, "raw tensor '", name, "': dtype ",
+           dtype_name(raw.dtype), " and its shape need ", needed, " bytes, but ", raw.bytes.numel(),
+           " were given");
+  item.info.end = needed;
+  item.source = raw.bytes;
+  return item;
+}
+
+at::Tensor contiguous_cpu_bytes(const SaveItem& item) {
+  at::Tensor t = item.source.resolve_conj().resolve_neg();
+  if (!t.device().is_cpu()) t = t.cpu();
+  return t.contiguous();
+}
+
+void check_no_overlap(const std::vector<SaveItem>& items, std::string_view source) {
+  // (device, storage) → [(begin, end, name)] byte extents of the tensors that use it.
+  std::map<std::tuple<int, int, const void*>, std::vector<std::tuple<uintptr_t, uintptr_t, size_t>>>
+      users;
+  for (size_t i = 0; i < items.size(); ++i) {
+    const at::Tensor& t = items[i].source;
+    if (t.numel() == 0 || !t.has_storage() || t.storage().data() == nullptr) continue;
+    const auto begin = reinterpret_cast<uintptr_t>(t.data_ptr());
+    uintptr_t extent = t.element_size();
+    for (int64_t d = 0; d < t.dim(); ++d)
+      extent += (t.size(d) - 1) * t.stride(d) * t.element_size();
+    const auto key = std::make_tuple(int(t.device().type()), int(t.device().index()),
+                                     static_cast<const void*>(t.storage().data()));
+    users[key].emplace_back(begin, begin + extent, i);
+  }
+  for (auto& [key, extents] : users) {
+    if (extents.size() < 2) continue;
+    std::sort(extents.begin(), extents.end());
+    size_t furthest = 0;  // the extent reaching furthest so far
+    for (size_t j = 1; j < extents.size(); ++j) {
+      const auto& [begin, end, index] = extents[j];
+      const auto& [prev_begin, prev_end, prev_index] = extents[furthest];
+      TS_CHECK(begin >= prev_end, source, "tensors '", items[prev_index].info.name, "' and '",
+               items[index].info.name,
+               "' share memory; saving both would duplicate it and loading would untie them. "
+               "Save one of them, clone the other, or save the module (which drops tied "
+               "duplicates like the reference's save_model)");
+      if (end > prev_end) furthest = j;
+    }
+  }
+}
+
+}  // namespace torch::safetensors::adapters

@@ -1,0 +1,44 @@
+// Torch adapters: tensors over stored bytes (load side) and bytes out of tensors (save side).
+#pragma once
+
+#include <memory>
+#include <string_view>
+#include <vector>
+
+#include <ATen/core/Tensor.h>
+
+#include "torch_safetensors/file.h"
+#include "torch_safetensors/header.h"
+
+namespace torch::safetensors::adapters {
+
+// The torch dtype and sizes a stored tensor loads as. Packed dtypes (F4 → Float4_e2m1fn_x2, F6 →
+// raw bytes) divide the last dimension by the values per byte, or come back 1-D when it does not
+// divide evenly. Throws when the linked torch lacks the dtype.
+c10::ScalarType torch_dtype(const TensorInfo& info, std::string_view source);
+std::vector<int64_t> torch_sizes(const TensorInfo& info);
+
+// A CPU tensor with its own storage over `data` (info.nbytes() bytes) that keeps `owner` alive.
+// Bytes not aligned to the element size are copied into fresh memory instead.
+at::Tensor view_bytes(const TensorInfo& info, uint8_t* data, const std::shared_ptr<void>& owner,
+                      std::string_view source);
+
+// An uninitialised owned CPU tensor to read `info`'s bytes into.
+at::Tensor empty_for(const TensorInfo& info, std::string_view source);
+
+// Save side: what one entry contributes to the header, and the tensor that holds its bytes.
+struct SaveItem {
+  TensorInfo info;    // name, dtype, logical shape; offsets are filled in by the layout
+  at::Tensor source;  // as given: may be non-contiguous or on another device
+};
+SaveItem to_save_item(const std::string& name, const at::Tensor& tensor, std::string_view source);
+SaveItem to_save_item(const std::string& name, const RawTensor& raw, std::string_view source);
+
+// The item's bytes as a contiguous CPU tensor (a copy only when it is not one already).
+at::Tensor contiguous_cpu_bytes(const SaveItem& item);
+
+// Refuses tensors whose memory overlaps (as the reference's save_file does): saving both would
+// duplicate the bytes and loading would silently untie them.
+void check_no_overlap(const std::vector<SaveItem>& items, std::string_view source);
+
+}  // namespace torch::safetensors::adapters

@@ -1,0 +1,124 @@
+#include "storage/file_io.h"
+
+#include <atomic>
+#include <cerrno>
+#include <cstring>
+
+#include <fcntl.h>
+#include <sys/mman.h>
+#include <sys/stat.h>
+#include <unistd.h>
+
+#include "check.h"
+
+namespace torch::safetensors::storage {
+namespace {
+
+std::string os_error(int error) { return std::strerror(error); }
+
+uint64_t fstat_size(int fd, const std::string& path) {
+  struct stat st {};
+  TS_CHECK(::fstat(fd, &st) == 0, path, "cannot stat: ", os_error(errno));
+  TS_CHECK(S_ISREG(st.st_mode), path, "not a regular file");
+  return static_cast<uint64_t>(st.st_size);
+}
+
+}  // namespace
+
+ReadOnlyFile::ReadOnlyFile(std::string path) : path_(std::move(path)) {
+  do {
+    fd_ = ::open(path_.c_str(), O_RDONLY | O_CLOEXEC);
+  } while (fd_ < 0 && errno == EINTR);
+  TS_CHECK(fd_ >= 0, path_, "cannot open: ", os_error(errno));
+  try {
+    size_ = fstat_size(fd_, path_);
+  } catch (...) {
+    ::close(fd_);
+    throw;
+  }
+}
+
+ReadOnlyFile::~ReadOnlyFile() {
+  if (fd_ >= 0) ::close(fd_);
+}
+
+uint64_t ReadOnlyFile::current_size() const { return fstat_size(fd_, path_); }
+
+void ReadOnlyFile::read_exact(void* dst, uint64_t length, uint64_t offset) const {
+  auto* out = static_cast<char*>(dst);
+  while (length > 0) {
+    const size_t chunk = std::min<uint64_t>(length, size_t(1) << 30);
+    const ssize_t got = ::pread(fd_, out, chunk, static_cast<off_t>(offset));
+    if (got < 0 && errno == EINTR) continue;
+    TS_CHECK(got >= 0, path_, "read of ", chunk, " bytes at offset ", offset,
+             " failed: ", os_error(errno));
+    TS_CHECK(got > 0, path_, "file ended at offset ", offset, " while ", length,
+             " more bytes were expected (was it truncated after it was opened?)");
+    out += got;
+    offset += uint64_t(got);
+    length -= uint64_t(got);
+  }
+}
+
+Header ReadOnlyFile::read_header() const {
+  char prefix[kHeaderLengthSize] = {};
+  const uint64_t available = std::min<uint64_t>(size_, kHeaderLengthSize);
+  read_exact(prefix, available, 0);
+  const uint64_t n = parse_header_length(std::string_view(prefix, available), size_, path_);
+  std::string json(n, '\0');
+  read_exact(json.data(), n, kHeaderLengthSize);
+  return parse_header(json, size_, path_);
+}
+
+PrivateMapping::PrivateMapping(const ReadOnlyFile& file) : size_(file.size()) {
+  if (size_ == 0) return;
+  // MAP_NORESERVE: a writable private mapping would otherwise be charged in full against the
+  // commit limit, although only pages actually written get private copies.
+  void* p =
+      ::mmap(nullptr, size_, PROT_READ | PROT_WRITE, MAP_PRIVATE | MAP_NORESERVE, file.fd(), 0);
+  TS_CHECK(p != MAP_FAILED, file.path(), "cannot map ", size_, " bytes: ", os_error(errno));
+  data_ = static_cast<uint8_t*>(p);
+}
+
+PrivateMapping::~PrivateMapping() {
+  if (data_) ::munmap(data_, size_);
+}
+
+AtomicFileWriter::AtomicFileWriter(std::string path) : path_(std::move(path)) {
+  static std::atomic<uint64_t> counter{0};
+  temp_path_ = path_ + ".tmp." + std::to_string(::getpid()) + "." + std::to_string(counter++);
+  do {
+    fd_ = ::open(temp_path_.c_str(), O_WRONLY | O_CREAT | O_EXCL | O_CLOEXEC, 0666);
+  } while (fd_ < 0 && errno == EINTR);
+  TS_CHECK(fd_ >= 0, path_, "cannot create temporary file '", temp_path_, "': ", os_error(errno));
+}
+
+AtomicFileWriter::~AtomicFileWriter() {
+  if (fd_ >= 0) ::close(fd_);
+  if (!committed_) ::unlink(temp_path_.c_str());
+}
+
+void AtomicFileWriter::write(const void* data, uint64_t length) {
+  const auto* in = static_cast<const char*>(data);
+  while (length > 0) {
+    const size_t chunk = std::min<uint64_t>(length, size_t(1) << 30);
+    const ssize_t put = ::write(fd_, in, chunk);
+    if (put < 0 && errno == EINTR) continue;
+    TS_CHECK(put > 0, path_, "write failed: ", os_error(put < 0 ? errno : EIO),
+             "; the previous file, if any, is left untouched");
+    in += put;
+    length -= uint64_t(put);
+  }
+}
+
+void AtomicFileWriter::commit() {
+  const int fd = fd_;
+  fd_ = -1;
+  TS_CHECK(::close(fd) == 0, path_, "write failed on close: ", os_error(errno),
+           "; the previous file, if any, is left untouched");
+  TS_CHECK(::rename(temp_path_.c_str(), path_.c_str()) == 0, path_,
+           "cannot move the temporary file into place: ", os_error(errno));
+  committed_ = true;
+}
+
+}  // namespace torch::safetensors::storage
