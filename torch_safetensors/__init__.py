@@ -88,6 +88,8 @@ _C = _import_extension()
 #: non-contiguous tensor, shared tensors, wrong argument types, ...), the same type is raised.
 SafetensorError = _C.SafetensorError
 
+_FLOAT4 = getattr(torch, "float4_e2m1fn_x2", None)
+
 FilePath = Union[str, "os.PathLike[str]"]
 Device = Union[str, int, torch.device]
 
@@ -474,6 +476,13 @@ def _items_for_save(tensors: Dict[str, torch.Tensor]) -> List[Tuple[str, Any]]:
             "https://huggingface.co/docs/safetensors/torch_shared_tensors"
         )
     for name, value in dense.items():
+        if value.device.type == "meta":
+            raise NotImplementedError(f"tensor `{name}` is a meta tensor and has no data to save")
+        if value.dtype == _FLOAT4 and value.dim() == 0:
+            raise SafetensorError(
+                f"tensor `{name}`: a 0-d float4_e2m1fn_x2 tensor cannot be saved (its header shape "
+                "needs a last dimension for the two packed values); reshape it to [1]"
+            )
         if not value.is_contiguous():
             raise ValueError(
                 f"You are trying to save a non contiguous tensor: `{name}` which is not allowed. "

@@ -109,9 +109,6 @@ std::optional<TensorIndex> simple_index(py::handle obj) {
       if (!v) return std::nullopt;
       parts[k] = c10::SymInt(*v);
     }
-    // torch's Python indexing rejects these before looking at the tensor; so do we, identically.
-    if (parts[2] && parts[2]->expect_int() == 0) throw py::value_error("slice step cannot be zero");
-    if (parts[2] && parts[2]->expect_int() < 0) throw py::value_error("step must be greater than zero");
     return TensorIndex(at::indexing::Slice(parts[0], parts[1], parts[2]));
   }
   return std::nullopt;
@@ -134,6 +131,7 @@ std::optional<std::vector<TensorIndex>> simple_indices(py::handle key) {
     if (!index) return std::nullopt;
     out.push_back(std::move(*index));
   }
+  if (out.empty()) return std::nullopt;  // x[()] is x itself; Tensor::index rejects no indices
   return out;
 }
 
