@@ -77,6 +77,8 @@ def random_tensor(dtype: torch.dtype, shape, seed: int = 0) -> torch.Tensor:
 
 def as_bytes(tensor: torch.Tensor) -> torch.Tensor:
     """The tensor's bytes in logical order (works for 0-d and packed dtypes too)."""
+    if tensor.nelement() == 0:
+        return torch.empty(0, dtype=torch.uint8)
     return tensor.contiguous().reshape(-1).view(torch.uint8)
 
 

@@ -75,7 +75,8 @@ std::vector<ts::SaveEntry> to_entries(const py::list& items) {
     ts::RawTensor raw;
     const std::string dtype = as_str(raw_tuple[0], "dtype");
     auto parsed = ts::parse_dtype(dtype);
-    if (!parsed) throw py::value_error("unknown safetensors dtype '" + dtype + "' for '" + name + "'");
+    TORCH_CHECK(parsed.has_value(), "safetensors: raw tensor '", name, "': unknown dtype '", dtype,
+                "'");
     raw.dtype = *parsed;
     raw.shape = raw_tuple[1].cast<std::vector<int64_t>>();
     raw.bytes = raw_tuple[2].cast<at::Tensor>();
