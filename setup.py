@@ -56,7 +56,7 @@ ext = CppExtension(
     + simdjson_includes,
     library_dirs=simdjson_libdirs,
     libraries=simdjson_libs,
-    extra_compile_args=["-O2", "-fvisibility=hidden", "-Wall", "-Wno-unused-parameter"],
+    extra_compile_args=["-O2", "-g0", "-fvisibility=hidden", "-Wall", "-Wno-unused-parameter"],
 )
 
 setup(
