@@ -165,17 +165,25 @@ def _parse_index(device: str, text: str) -> int:
     return int(text)
 
 
+def _available(device: torch.device) -> torch.device:
+    # Fail at open with a clear message rather than at the first copy (RuntimeError, like the
+    # reference's failure in that case).
+    if device.type == "cuda" and not torch.cuda.is_available():
+        raise RuntimeError(f"device {device}: CUDA is not available (torch.cuda.is_available() is false)")
+    return device
+
+
 def _device(device: object) -> torch.device:
     """The reference's device rules: names, "name:index" and ints; anything else is invalid."""
     if isinstance(device, torch.device):
-        return device
+        return _available(device)
     if isinstance(device, str):
         if device == "cpu":
             return torch.device("cpu")
         if device == "mps":
             return torch.device("mps")
         if device in _INDEXED_DEVICES:
-            return torch.device(device, 0)
+            return _available(torch.device(device, 0))
         kind, _, index = device.partition(":")
         if (kind in _INDEXED_DEVICES or kind == "mps") and device.count(":") == 1:
             number = _parse_index(device, index)
@@ -185,7 +193,7 @@ def _device(device: object) -> torch.device:
                         f"device {device} is invalid: only mps or mps:0 is supported"
                     )
                 return torch.device("mps")
-            return torch.device(kind, number)
+            return _available(torch.device(kind, number))
         raise SafetensorError(f"device {device} is invalid")
     if isinstance(device, int):
         if device < 0:
@@ -200,11 +208,14 @@ def _open(filename: FilePath, device: object, backend: object) -> Any:
     try:
         return _C.File(path, *options)
     except SafetensorError as error:
-        raise _os_error(path, error) from error
+        os_error = _os_error(path)
+        if os_error is None:
+            raise
+        raise os_error from error  # the C++ message stays attached as the cause
 
 
-def _os_error(path: bytes, error: Exception) -> Exception:
-    """The OSError a failed open deserves (missing file, directory, no permission), else error."""
+def _os_error(path: bytes) -> Optional[OSError]:
+    """The OSError a failed open deserves (missing file, directory, no permission), if any."""
     name = os.fsdecode(path)
     try:
         info = os.stat(path)
@@ -214,7 +225,7 @@ def _os_error(path: bytes, error: Exception) -> Exception:
         return IsADirectoryError(errno.EISDIR, os.strerror(errno.EISDIR), name)
     if not os.access(path, os.R_OK):
         return PermissionError(errno.EACCES, os.strerror(errno.EACCES), name)
-    return error
+    return None
 
 
 # ---------------------------------------------------------------- reading

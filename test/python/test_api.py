@@ -276,3 +276,20 @@ def test_get_slice_matches_reference(key, backend, tmp_path):
             _assert_same_outcome(mine, theirs)
             plain = _outcome(lambda: tensors[name][key])
             _assert_same_outcome(mine, plain)  # and both are just torch indexing
+
+
+def test_threads_load_and_save_concurrently(tmp_path):
+    # The core runs without the GIL: concurrent loads and saves must not interfere.
+    from concurrent.futures import ThreadPoolExecutor
+
+    def work(i):
+        tensors = {f"t{j}": random_tensor(torch.float32, (50, 40), seed=i * 100 + j) for j in range(8)}
+        path = tmp_path / f"{i}.st"
+        torch_safetensors.save_file(tensors, path)
+        assert torch_safetensors.save(tensors) == path.read_bytes()
+        for backend in ("mmap", "pread"):
+            assert_dicts_bit_equal(torch_safetensors.load_file(path, backend=backend), tensors)
+        return i
+
+    with ThreadPoolExecutor(max_workers=4) as pool:
+        assert sorted(pool.map(work, range(16))) == list(range(16))

@@ -173,6 +173,12 @@ CASES = {
 }
 
 
+if not torch.cuda.is_available():
+    # Valid device names without the device: the reference fails on the first tensor, we at open.
+    CASES["device-cuda-unavailable"] = (lambda lib, p: lib.load_file(_good(lib, p), device="cuda"), "CUDA")
+    CASES["device-int-no-accelerator"] = (lambda lib, p: lib.load_file(_good(lib, p), device=0), "accelerator")
+
+
 def _transposed_model():
     model = torch.nn.Linear(3, 2)
     model.weight = torch.nn.Parameter(torch.zeros(3, 2).t())
