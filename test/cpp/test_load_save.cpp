@@ -420,3 +420,23 @@ TEST_F(Reference, FilesLoadBitExactAndResaveByteIdentical) {
               ts_test::read_file(path));
   }
 }
+
+// --- Devices ----------------------------------------------------------------------------------
+// CI has no GPU: these skip there and run for real wherever LibTorch sees a CUDA device.
+
+TEST(Device, LoadsStraightToCudaOnBothBackends) {
+  if (!at::hasCUDA()) GTEST_SKIP() << "no CUDA device";
+  TempDir dir;
+  const at::Tensor w = at::randn({64, 32});
+  ts::save(ts::NamedTensors{{"w", w}, {"gpu", w.to(at::kCUDA) * 2}}, dir.file("d.safetensors"));
+  for (auto backend : {ts::Backend::kMmap, ts::Backend::kPread}) {
+    const auto options =
+        ts::LoadOptions().with_backend(backend).with_device(at::Device(at::kCUDA, 0));
+    const auto loaded = ts::load(dir.file("d.safetensors"), options);
+    EXPECT_TRUE(loaded["w"].is_cuda());
+    EXPECT_TRUE(at::equal(loaded["w"].cpu(), w));
+    EXPECT_TRUE(at::equal(loaded["gpu"].cpu(), w * 2));
+    ts::File file(dir.file("d.safetensors"), options);
+    EXPECT_TRUE(at::equal(file.slice("w", {at::indexing::Slice(3, 9)}).cpu(), w.slice(0, 3, 9)));
+  }
+}

@@ -153,3 +153,19 @@ TEST(Module, TiedWeightsAreSavedOnceAndStayTiedOnLoad) {
             }).find("share memory"),
             std::string::npos);
 }
+
+TEST(Module, CudaParametersStayOnTheirDevice) {
+  if (!torch::cuda::is_available()) GTEST_SKIP() << "no CUDA device";
+  TempDir dir;
+  Net source;
+  ts::save(*source, dir.file("net.safetensors"));
+  Net target;
+  target->to(torch::kCUDA);
+  ts::load(*target, dir.file("net.safetensors"));
+  EXPECT_TRUE(target->fc1->weight.is_cuda());
+  EXPECT_TRUE(torch::equal(target->fc1->weight.cpu(), source->fc1->weight));
+  // And back: saving CUDA parameters copies each to the CPU while writing.
+  ts::save(*target, dir.file("from_gpu.safetensors"));
+  EXPECT_EQ(ts_test::read_file(dir.file("from_gpu.safetensors")),
+            ts_test::read_file(dir.file("net.safetensors")));
+}
