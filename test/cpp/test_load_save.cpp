@@ -12,6 +12,7 @@
 #include "test_util.h"
 
 namespace ts = torch::safetensors;
+using ts_test::error_of;
 using ts_test::TempDir;
 
 namespace {
@@ -30,15 +31,6 @@ at::Tensor as_bytes(const at::Tensor& t) { return t.contiguous().reshape({-1}).v
 bool same_bits(const at::Tensor& a, const at::Tensor& b) {
   return a.scalar_type() == b.scalar_type() && a.sizes() == b.sizes() &&
          at::equal(as_bytes(a), as_bytes(b));
-}
-
-std::string error_of(const std::function<void()>& f) {
-  try {
-    f();
-  } catch (const c10::Error& e) {
-    return e.what_without_backtrace();
-  }
-  return "";
 }
 
 const std::vector<c10::ScalarType> kTorchDtypes = {

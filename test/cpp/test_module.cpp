@@ -7,6 +7,7 @@
 #include "test_util.h"
 
 namespace ts = torch::safetensors;
+using ts_test::error_of;
 using ts_test::TempDir;
 
 namespace {
@@ -42,15 +43,6 @@ void expect_same_state(const torch::nn::Module& a, const torch::nn::Module& b) {
   const auto ba = a.named_buffers(), bb = b.named_buffers();
   ASSERT_EQ(ba.size(), bb.size());
   for (const auto& p : ba) EXPECT_TRUE(torch::equal(p.value(), bb[p.key()])) << p.key();
-}
-
-std::string error_of(const std::function<void()>& f) {
-  try {
-    f();
-  } catch (const c10::Error& e) {
-    return e.what_without_backtrace();
-  }
-  return "";
 }
 
 }  // namespace
