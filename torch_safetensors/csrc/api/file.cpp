@@ -80,6 +80,7 @@ at::Tensor File::slice(std::string_view name,
   const std::vector<int64_t> sizes = adapters::torch_sizes(tensor_info);
   const bool outer_selected =
       !indices.empty() && (indices[0].is_integer() || indices[0].is_slice());
+  if (indices.empty()) return tensor(name);
   if (impl_->mapping || sizes.empty() || !outer_selected) {
     // A mapping only faults in the pages the view touches; nothing to narrow by hand.
     return impl_->to_device(impl_->read(tensor_info).index(indices));

@@ -1,0 +1,222 @@
+// The format layer alone: dtype table, header parsing, every validation rule, serialization.
+#include <gtest/gtest.h>
+
+#include <torch_safetensors/dtype.h>
+#include <torch_safetensors/header.h>
+
+#include "test_util.h"
+
+namespace ts = torch::safetensors;
+using ts_test::make_safetensors;
+
+namespace {
+
+// Parses `json` as the header of a file with `data_size` data bytes.
+ts::Header parse(const std::string& json, uint64_t data_size = 0) {
+  return ts::parse_header(json, 8 + json.size() + data_size, "test.safetensors");
+}
+
+// Expects parse to fail with a message that contains every fragment given.
+void expect_invalid(const std::string& json, uint64_t data_size,
+                    std::initializer_list<std::string> fragments) {
+  try {
+    parse(json, data_size);
+    ADD_FAILURE() << "accepted invalid header: " << json;
+  } catch (const c10::Error& e) {
+    const std::string msg = e.what_without_backtrace();
+    EXPECT_NE(msg.find("test.safetensors"), std::string::npos) << msg;
+    for (const auto& fragment : fragments) {
+      EXPECT_NE(msg.find(fragment), std::string::npos)
+          << "missing '" << fragment << "' in: " << msg;
+    }
+  }
+}
+
+}  // namespace
+
+TEST(Dtype, NamesRoundTripAndAreCaseSensitive) {
+  for (int i = 0; i < ts::kNumDtypes; ++i) {
+    const auto dtype = static_cast<ts::Dtype>(i);
+    const auto name = ts::dtype_name(dtype);
+    ASSERT_EQ(ts::parse_dtype(name), dtype) << name;
+    std::string lower(name);
+    for (char& c : lower) c = char(std::tolower(c));
+    if (lower != name) EXPECT_FALSE(ts::parse_dtype(lower).has_value()) << lower;
+  }
+  EXPECT_FALSE(ts::parse_dtype("F128").has_value());
+  EXPECT_FALSE(ts::parse_dtype("").has_value());
+}
+
+TEST(Dtype, BitsAndTorchTypes) {
+  EXPECT_EQ(ts::dtype_bits(ts::Dtype::F4), 4);
+  EXPECT_EQ(ts::dtype_bits(ts::Dtype::F6_E2M3), 6);
+  EXPECT_EQ(ts::dtype_bits(ts::Dtype::BF16), 16);
+  EXPECT_EQ(ts::dtype_bits(ts::Dtype::C64), 64);
+  EXPECT_EQ(ts::to_scalar_type(ts::Dtype::F8_E4M3), c10::ScalarType::Float8_e4m3fn);
+  EXPECT_EQ(ts::to_scalar_type(ts::Dtype::F8_E8M0), c10::ScalarType::Float8_e8m0fnu);
+  EXPECT_EQ(ts::to_scalar_type(ts::Dtype::F4), c10::ScalarType::Float4_e2m1fn_x2);
+  EXPECT_EQ(ts::to_scalar_type(ts::Dtype::U64), c10::ScalarType::UInt64);
+  EXPECT_EQ(ts::to_scalar_type(ts::Dtype::F6_E3M2), c10::ScalarType::Byte);  // raw bytes
+  // Every dtype but F6 maps back onto itself.
+  for (int i = 0; i < ts::kNumDtypes; ++i) {
+    const auto dtype = static_cast<ts::Dtype>(i);
+    if (dtype == ts::Dtype::F6_E2M3 || dtype == ts::Dtype::F6_E3M2) continue;
+    EXPECT_EQ(ts::from_scalar_type(*ts::to_scalar_type(dtype)), dtype) << ts::dtype_name(dtype);
+  }
+  EXPECT_FALSE(ts::from_scalar_type(c10::ScalarType::UInt4).has_value());
+  EXPECT_FALSE(ts::from_scalar_type(c10::ScalarType::ComplexDouble).has_value());
+  EXPECT_FALSE(ts::from_scalar_type(c10::ScalarType::QInt8).has_value());
+}
+
+TEST(Header, ParsesTensorsInOffsetOrderWithMetadata) {
+  const auto header = parse(
+      R"({"b":{"dtype":"F32","shape":[2],"data_offsets":[4,12]},)"
+      R"("__metadata__":{"format":"pt"},"a":{"dtype":"I8","shape":[4],"data_offsets":[0,4],"x":1}})",
+      12);
+  ASSERT_EQ(header.tensors.size(), 2u);
+  EXPECT_EQ(header.tensors[0].name, "a");  // first in the file, though second in the JSON
+  EXPECT_EQ(header.tensors[1].name, "b");
+  EXPECT_EQ(header.tensors[1].dtype, ts::Dtype::F32);
+  EXPECT_EQ(header.tensors[1].shape, std::vector<int64_t>{2});
+  ASSERT_TRUE(header.metadata.has_value());
+  EXPECT_EQ(header.metadata->at("format"), "pt");
+  ASSERT_NE(header.find("b"), nullptr);
+  EXPECT_EQ(header.find("b")->begin, 4u);
+  EXPECT_EQ(header.find("c"), nullptr);
+  EXPECT_EQ(header.data_size(), 12u);
+  const ts::Header copy = header;  // the lookup must follow the copy
+  EXPECT_EQ(copy.find("a"), &copy.tensors[0]);
+}
+
+TEST(Header, AcceptsEmptyNullMetadataAndPadding) {
+  EXPECT_TRUE(parse("{}").tensors.empty());
+  EXPECT_FALSE(parse(R"({"__metadata__":null})").metadata.has_value());
+  EXPECT_TRUE(parse(R"({"__metadata__":{}})").metadata->empty());
+  EXPECT_EQ(
+      parse(R"({"x":{"dtype":"U8","shape":[],"data_offsets":[0,1]}}      )", 1).tensors.size(), 1u);
+  // Zero-size tensors may share an offset.
+  EXPECT_EQ(parse(R"({"e":{"dtype":"F32","shape":[0,3],"data_offsets":[0,0]},)"
+                  R"("f":{"dtype":"F32","shape":[0],"data_offsets":[0,0]}})")
+                .tensors.size(),
+            2u);
+}
+
+TEST(Header, SubByteDtypes) {
+  EXPECT_EQ(
+      parse(R"({"x":{"dtype":"F4","shape":[2,4],"data_offsets":[0,4]}})", 4).tensors[0].nbytes(),
+      4u);
+  EXPECT_EQ(
+      parse(R"({"x":{"dtype":"F6_E2M3","shape":[8],"data_offsets":[0,6]}})", 6).tensors[0].nbytes(),
+      6u);
+  expect_invalid(R"({"x":{"dtype":"F4","shape":[3],"data_offsets":[0,2]}})", 2,
+                 {"'x'", "12 bits", "whole number of bytes"});
+  expect_invalid(R"({"x":{"dtype":"F6_E3M2","shape":[2],"data_offsets":[0,2]}})", 2,
+                 {"'x'", "whole number of bytes"});
+}
+
+TEST(Header, RejectsEachRuleAlone) {
+  const std::string ok_tail = R"("data_offsets":[0,4]}})";
+  expect_invalid("", 0, {"not valid JSON"});
+  expect_invalid("[1,2]", 0, {"must be a JSON object", "array"});
+  expect_invalid(R"({"x":1})", 0, {"'x'", "expected an object"});
+  expect_invalid(R"({"__metadata__":{"k":1}})", 0, {"__metadata__", "'k'", "string value"});
+  expect_invalid(R"({"__metadata__":[]})", 0, {"__metadata__ must be an object"});
+  expect_invalid(R"({"x":{"shape":[1],)" + ok_tail, 4, {"'x'", "missing 'dtype'"});
+  expect_invalid(R"({"x":{"dtype":"U8",)" + ok_tail, 4, {"'x'", "missing 'shape'"});
+  expect_invalid(R"({"x":{"dtype":"U8","shape":[4]}})", 4, {"'x'", "missing 'data_offsets'"});
+  expect_invalid(R"({"x":{"dtype":"f32","shape":[1],)" + ok_tail, 4,
+                 {"'x'", "unknown dtype 'f32'", "case-sensitive"});
+  expect_invalid(R"({"x":{"dtype":7,"shape":[1],)" + ok_tail, 4, {"dtype must be a string"});
+  expect_invalid(R"({"x":{"dtype":"U8","shape":[-4],)" + ok_tail, 4,
+                 {"'x'", "shape[0]", "non-negative integer", "-4"});
+  expect_invalid(R"({"x":{"dtype":"U8","shape":[4.0],)" + ok_tail, 4,
+                 {"shape[0]", "floating-point"});
+  expect_invalid(R"({"x":{"dtype":"U8","shape":4,)" + ok_tail, 4, {"shape must be an array"});
+  expect_invalid(R"({"x":{"dtype":"U8","shape":[4],"data_offsets":[0]}})", 4, {"two integers"});
+  expect_invalid(R"({"x":{"dtype":"U8","shape":[4],"data_offsets":[0,4,8]}})", 4, {"two integers"});
+  expect_invalid(R"({"x":{"dtype":"U8","shape":[4],"data_offsets":[4,0]}})", 4,
+                 {"'x'", "start after they end"});
+  expect_invalid(R"({"x":{"dtype":"U8","shape":[4],"data_offsets":[0,8]}})", 4,
+                 {"'x'", "beyond the data section of 4 bytes"});
+  expect_invalid(R"({"x":{"dtype":"U8","shape":[3],"data_offsets":[0,4]}})", 4,
+                 {"'x'", "need 3 bytes", "span 4"});
+  expect_invalid(R"({"x":{"dtype":"U8","shape":[2],"data_offsets":[2,4]}})", 4,
+                 {"'x'", "gap of 2 bytes", "start of the data section"});
+  expect_invalid(R"({"x":{"dtype":"U8","shape":[4],"data_offsets":[0,4]},)"
+                 R"("y":{"dtype":"U8","shape":[2],"data_offsets":[2,4]}})",
+                 4, {"'y'", "overlap", "'x'"});
+  expect_invalid(R"({"x":{"dtype":"U8","shape":[2],"data_offsets":[0,2]}})", 4,
+                 {"cover 2 bytes", "data section has 4"});
+  expect_invalid(R"({"x":{"dtype":"U8","shape":[2],"data_offsets":[0,2]},)"
+                 R"("x":{"dtype":"U8","shape":[2],"data_offsets":[2,4]}})",
+                 4, {"'x'", "appears twice"});
+  expect_invalid(R"({"x":{"dtype":"U8","dtype":"U8","shape":[4],)" + ok_tail, 4,
+                 {"'dtype' appears twice"});
+  expect_invalid(R"({"__metadata__":{},"__metadata__":{}})", 0, {"__metadata__ appears twice"});
+}
+
+TEST(Header, RejectsOverflowingShapes) {
+  expect_invalid(R"({"x":{"dtype":"U8","shape":[4294967296,4294967296],"data_offsets":[0,0]}})", 0,
+                 {"'x'", "more elements than 64-bit"});
+  expect_invalid(R"({"x":{"dtype":"F64","shape":[9223372036854775808],"data_offsets":[0,0]}})", 0,
+                 {"'x'", "too large"});
+  expect_invalid(R"({"x":{"dtype":"F64","shape":[2305843009213693952],"data_offsets":[0,0]}})", 0,
+                 {"'x'", "more bits than 64-bit"});
+  expect_invalid(R"({"x":{"dtype":"U8","shape":[1],"data_offsets":[0,18446744073709551616]}})", 1,
+                 {"not valid JSON"});
+}
+
+TEST(Header, RejectsDeepNestingAndBadUtf8) {
+  expect_invalid(std::string(5000, '[') + std::string(5000, ']'), 0, {"not valid JSON"});
+  expect_invalid("{\"\xff\xfe\":{}}", 0, {"not valid JSON"});
+}
+
+TEST(HeaderLength, ChecksBoundsAndFileSize) {
+  auto length_error = [](const std::string& bytes, uint64_t file_size) {
+    try {
+      ts::parse_header_length(bytes, file_size, "f");
+    } catch (const c10::Error& e) {
+      return std::string(e.what_without_backtrace());
+    }
+    return std::string();
+  };
+  EXPECT_NE(length_error(std::string(7, '\0'), 7).find("too small"), std::string::npos);
+  EXPECT_NE(length_error(std::string("\xff\xff\xff\xff\xff\xff\xff\xff", 8), 1000)
+                .find("exceeds the limit"),
+            std::string::npos);
+  EXPECT_NE(length_error(std::string("\x10\0\0\0\0\0\0\0", 8), 20).find("exceeds the file"),
+            std::string::npos);
+  EXPECT_EQ(ts::parse_header_length(std::string("\x10\0\0\0\0\0\0\0", 8), 24, "f"), 16u);
+  const uint64_t limit = ts::kMaxHeaderSize;
+  std::string at_limit(8, '\0'), over(8, '\0');
+  for (int i = 0; i < 8; ++i) at_limit[i] = char((limit >> (8 * i)) & 0xFF);
+  for (int i = 0; i < 8; ++i) over[i] = char(((limit + 1) >> (8 * i)) & 0xFF);
+  EXPECT_EQ(ts::parse_header_length(at_limit, limit + 8, "f"), limit);
+  EXPECT_NE(length_error(over, limit + 9).find("exceeds the limit"), std::string::npos);
+}
+
+TEST(Serialize, MatchesTheReferenceLayout) {
+  std::vector<ts::TensorInfo> infos = {
+      {"b", ts::Dtype::U8, {3}, 0, 3},
+      {"a", ts::Dtype::F32, {}, 0, 4},
+      {"c\"\n\x01\xc3\xa9", ts::Dtype::F32, {1, 0}, 0, 0},
+  };
+  ts::sort_for_save(infos);  // dtype descending, then name
+  EXPECT_EQ(infos[0].name, "a");
+  EXPECT_EQ(infos[1].name, "c\"\n\x01\xc3\xa9");
+  EXPECT_EQ(infos[2].name, "b");
+  ts::Metadata meta{{"k", "v\t"}};
+  const std::string bytes = ts::serialize_header(infos, &meta, "f");
+  const std::string json = bytes.substr(8);
+  EXPECT_EQ(json.size() % 8, 0u);
+  EXPECT_EQ(uint64_t(uint8_t(bytes[0])) | uint64_t(uint8_t(bytes[1])) << 8, json.size());
+  const std::string expected =
+      R"({"__metadata__":{"k":"v\t"},"a":{"dtype":"F32","shape":[],"data_offsets":[0,4]},)"
+      "\"c\\\"\\n\\u0001\xc3\xa9\":{\"dtype\":\"F32\",\"shape\":[1,0],\"data_offsets\":[0,0]},"
+      R"("b":{"dtype":"U8","shape":[3],"data_offsets":[0,3]}})";
+  EXPECT_EQ(json.substr(0, expected.size()), expected);
+  EXPECT_EQ(json.find_first_not_of(' ', expected.size()), std::string::npos);
+  // Names must be valid UTF-8 to be JSON strings.
+  EXPECT_THROW(ts::serialize_header({{"\xff", ts::Dtype::U8, {0}, 0, 0}}, nullptr, "f"),
+               c10::Error);
+}

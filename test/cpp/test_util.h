@@ -1,0 +1,36 @@
+// Helpers shared by the C++ tests: temporary directories and hand-crafted files.
+#pragma once
+
+#include <cstdint>
+#include <filesystem>
+#include <functional>
+#include <string>
+
+namespace ts_test {
+
+// A fresh directory, removed with everything in it at the end of the test.
+class TempDir {
+ public:
+  TempDir();
+  ~TempDir();
+  std::string file(const std::string& name) const { return (path_ / name).string(); }
+  const std::filesystem::path& path() const { return path_; }
+  size_t entry_count() const;  // files in the directory now
+
+ private:
+  std::filesystem::path path_;
+};
+
+std::string read_file(const std::string& path);
+void write_file(const std::string& path, const std::string& bytes);
+
+// u64 little-endian length + header + data: a file whose header is exactly `json`.
+std::string make_safetensors(const std::string& json, const std::string& data);
+
+// The message (without backtrace) of the c10::Error that `f` throws; "" if it throws none.
+std::string error_of(const std::function<void()>& f);
+
+// The file that the mapping holding `address` maps, from /proc/self/maps; "" if none.
+std::string mapped_file_of(const void* address);
+
+}  // namespace ts_test
