@@ -28,7 +28,7 @@ import re
 import stat
 import sys
 from collections import defaultdict
-from typing import Any, Dict, Iterable, List, NamedTuple, Optional, Sequence, Set, Tuple, Union
+from typing import Any, Dict, Iterable, List, NamedTuple, Optional, Set, Tuple, Union
 
 import torch
 
@@ -169,7 +169,9 @@ def _available(device: torch.device) -> torch.device:
     # Fail at open with a clear message rather than at the first copy (RuntimeError, like the
     # reference's failure in that case).
     if device.type == "cuda" and not torch.cuda.is_available():
-        raise RuntimeError(f"device {device}: CUDA is not available (torch.cuda.is_available() is false)")
+        raise RuntimeError(
+            f"device {device}: CUDA is not available (torch.cuda.is_available() is false)"
+        )
     return device
 
 
@@ -503,7 +505,8 @@ def _items_for_save(tensors: Dict[str, torch.Tensor]) -> List[Tuple[str, Any]]:
             )
         if _C.spec_dtype(value.dtype) is None:
             raise _UnsupportedDtypeError(
-                f"tensor `{name}` has dtype {value.dtype}, which the safetensors format cannot store"
+                f"tensor `{name}` has dtype {value.dtype}, which the safetensors format cannot "
+                "store"
             )
     return list(tensors.items())
 

@@ -293,3 +293,18 @@ def test_threads_load_and_save_concurrently(tmp_path):
 
     with ThreadPoolExecutor(max_workers=4) as pool:
         assert sorted(pool.map(work, range(16))) == list(range(16))
+
+
+def test_f4_slices_by_stored_elements(tmp_path):
+    # The reference cannot slice F4 (it reshapes the packed storage to the logical shape and
+    # fails); we index the float4_e2m1fn_x2 tensor, like get_tensor()[index].
+    packed = random_tensor(torch.float4_e2m1fn_x2, (4, 3), seed=9)
+    safetensors.torch.save_file({"w": packed}, tmp_path / "f4.st")
+    with REF.safe_open(tmp_path / "f4.st", "pt") as f:
+        with pytest.raises(RuntimeError):
+            f.get_slice("w")[0]
+    for backend in ("mmap", "pread"):
+        with torch_safetensors.safe_open(tmp_path / "f4.st", backend=backend) as f:
+            assert f.get_slice("w").get_shape() == [4, 6]
+            assert_bit_equal(f.get_slice("w")[1:3], packed[1:3])
+            assert_bit_equal(f.get_slice("w")[-1, ::2], packed[-1, ::2])

@@ -51,8 +51,10 @@ BAD_FILES = {
     "truncated-data": (_file({"a": F32_1}, b"\0" * 2), "'a'"),
     "duplicate-name": (_file(b'{"a":{"dtype":"U8","shape":[1],"data_offsets":[0,1]},'
                              b'"a":{"dtype":"U8","shape":[1],"data_offsets":[1,2]}}', b"\0\0"), "'a'"),
-    "f6-not-whole-bytes": (_file({"a": {"dtype": "F6_E2M3", "shape": [3], "data_offsets": [0, 3]}}, b"\0" * 3), "'a'"),
-    "f4-not-whole-bytes": (_file({"a": {"dtype": "F4", "shape": [3], "data_offsets": [0, 2]}}, b"\0" * 2), "'a'"),
+    "f6-not-whole-bytes": (_file({"a": {**F32_1, "dtype": "F6_E2M3", "shape": [3],
+                                        "data_offsets": [0, 3]}}, b"\0" * 3), "'a'"),
+    "f4-not-whole-bytes": (_file({"a": {**F32_1, "dtype": "F4", "shape": [3],
+                                        "data_offsets": [0, 2]}}, b"\0" * 2), "'a'"),
 }
 
 
@@ -99,6 +101,22 @@ def _load_model_with(lib, tmp_path, model, tensors):
 
 
 x = torch.arange(10.0)
+CHANNELS_LAST = torch.zeros(2, 3, 4, 5).to(memory_format=torch.channels_last)
+
+
+def Z(dtype, shape=(2,)):  # noqa: N802 - short, table-friendly
+    return torch.zeros(shape, dtype=dtype)
+
+
+def _quint8():
+    import warnings
+
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")  # quantized dtypes are deprecated
+        return torch.quantize_per_tensor(torch.zeros(2), 0.1, 0, torch.quint8)
+
+
+QUINT8 = _quint8()
 # name -> (callable(lib, tmp_path), regex our message must match or None)
 CASES = {
     # ---- save / save_file arguments
@@ -110,15 +128,15 @@ CASES = {
     "sparse-csr": (lambda lib, p: lib.save({"a": T.to_sparse_csr()}), "sparse"),
     "non-contiguous-transpose": (lambda lib, p: lib.save({"a": T.t()}), "contiguous.*`a`"),
     "non-contiguous-step": (lambda lib, p: lib.save_file({"a": T[:, ::2]}, p / "o.st"), "contiguous"),
-    "channels-last": (lambda lib, p: lib.save({"a": torch.zeros(2, 3, 4, 5).to(memory_format=torch.channels_last)}), "contiguous"),
+    "channels-last": (lambda lib, p: lib.save({"a": CHANNELS_LAST}), "contiguous"),
     "shared-same-tensor": (lambda lib, p: lib.save({"a": T, "b": T}), "share memory"),
     "shared-view": (lambda lib, p: lib.save({"a": T, "b": T[0]}), "share memory"),
     "shared-partial-overlap": (lambda lib, p: lib.save({"a": x[:6], "b": x[4:]}), "share memory"),
-    "unsupported-dtype-complex128": (lambda lib, p: lib.save({"a": torch.zeros(2, dtype=torch.complex128)}), "complex128"),
-    "unsupported-dtype-complex32": (lambda lib, p: lib.save({"a": torch.zeros(2, dtype=torch.complex32)}), "complex32"),
-    "unsupported-dtype-quint8": (lambda lib, p: lib.save({"a": torch.quantize_per_tensor(torch.zeros(2), 0.1, 0, torch.quint8)}), "quint8"),
+    "unsupported-dtype-complex128": (lambda lib, p: lib.save({"a": Z(torch.complex128)}), "complex128"),
+    "unsupported-dtype-complex32": (lambda lib, p: lib.save({"a": Z(torch.complex32)}), "complex32"),
+    "unsupported-dtype-quint8": (lambda lib, p: lib.save({"a": QUINT8}), "quint8"),
     "meta-tensor": (lambda lib, p: lib.save({"a": torch.zeros(2, device="meta")}), "meta"),
-    "f4-scalar": (lambda lib, p: lib.save({"a": torch.zeros((), dtype=torch.uint8).view(torch.float4_e2m1fn_x2)}), "0-d"),
+    "f4-scalar": (lambda lib, p: lib.save({"a": Z(torch.uint8, ()).view(torch.float4_e2m1fn_x2)}), "0-d"),
     "metadata-not-dict": (lambda lib, p: lib.save({"a": T}, metadata=[("a", "b")]), "metadata"),
     "metadata-int-value": (lambda lib, p: lib.save({"a": T}, metadata={"a": 1}), "metadata"),
     "metadata-bytes-value": (lambda lib, p: lib.save({"a": T}, metadata={"a": b"x"}), "metadata"),
@@ -162,14 +180,23 @@ CASES = {
     "slice-negative-step": (lambda lib, p: lib.safe_open(_good(lib, p), "pt").get_slice("a")[::-1], "step"),
     "slice-float": (lambda lib, p: lib.safe_open(_good(lib, p), "pt").get_slice("a")[1.5], None),
     # ---- models
-    "save_model-non-contiguous": (lambda lib, p: lib.save_model(_transposed_model(), p / "m.st", force_contiguous=False), "force_contiguous"),
-    "save_model-no-complete-name": (lambda lib, p: lib.save_model(Overlapping(), p / "m.st"), "amongst"),
-    "save_model-metadata-type": (lambda lib, p: lib.save_model(torch.nn.Linear(2, 2), p / "m.st", metadata={"a": 1}), "metadata"),
-    "load_model-missing-file": (lambda lib, p: lib.load_model(torch.nn.Linear(2, 2), p / "none.st"), "none.st"),
-    "load_model-missing-keys": (lambda lib, p: _load_model_with(lib, p, torch.nn.Linear(2, 2), {"weight": torch.zeros(2, 2)}), "Missing key.*bias"),
-    "load_model-unexpected-keys": (lambda lib, p: _load_model_with(lib, p, torch.nn.Linear(2, 2), {"weight": torch.zeros(2, 2), "bias": torch.zeros(2), "extra": torch.zeros(1)}), "Unexpected key.*extra"),
-    "load_model-shape-mismatch": (lambda lib, p: _load_model_with(lib, p, torch.nn.Linear(2, 2), {"weight": torch.zeros(3, 2), "bias": torch.zeros(2)}), "size mismatch"),
-    "load_model-tied-missing-both": (lambda lib, p: _load_model_with(lib, p, Tied(), {"a.bias": torch.zeros(4), "b.bias": torch.zeros(4)}), "Missing key"),
+    "save_model-non-contiguous": (lambda lib, p: _save_transposed(lib, p), "force_contiguous"),
+    "save_model-no-complete-name": (lambda lib, p: lib.save_model(Overlapping(), p / "m.st"),
+                                    "amongst"),
+    "save_model-metadata-type": (lambda lib, p: lib.save_model(_linear(), p / "m.st",
+                                                               metadata={"a": 1}), "metadata"),
+    "load_model-missing-file": (lambda lib, p: lib.load_model(_linear(), p / "none.st"), "none.st"),
+    "load_model-missing-keys": (lambda lib, p: _load_linear(lib, p, {"weight": (2, 2)}),
+                                "Missing key.*bias"),
+    "load_model-unexpected-keys": (
+        lambda lib, p: _load_linear(lib, p, {"weight": (2, 2), "bias": (2,), "extra": (1,)}),
+        "Unexpected key.*extra"),
+    "load_model-shape-mismatch": (
+        lambda lib, p: _load_linear(lib, p, {"weight": (3, 2), "bias": (2,)}), "size mismatch"),
+    "load_model-tied-missing-both": (
+        lambda lib, p: _load_model_with(lib, p, Tied(), {"a.bias": torch.zeros(4),
+                                                         "b.bias": torch.zeros(4)}),
+        "Missing key"),
 }
 
 
@@ -179,10 +206,18 @@ if not torch.cuda.is_available():
     CASES["device-int-no-accelerator"] = (lambda lib, p: lib.load_file(_good(lib, p), device=0), "accelerator")
 
 
-def _transposed_model():
+def _linear():
+    return torch.nn.Linear(2, 2)
+
+
+def _load_linear(lib, tmp_path, shapes):
+    _load_model_with(lib, tmp_path, _linear(), {k: torch.zeros(s) for k, s in shapes.items()})
+
+
+def _save_transposed(lib, tmp_path):
     model = torch.nn.Linear(3, 2)
     model.weight = torch.nn.Parameter(torch.zeros(3, 2).t())
-    return model
+    lib.save_model(model, tmp_path / "m.st", force_contiguous=False)
 
 
 def _bad_file_loaders():

@@ -26,7 +26,8 @@ PyObject* g_safetensor_error = nullptr;
 ts::Backend parse_backend(const std::string& name) {
   if (name == "mmap") return ts::Backend::kMmap;
   if (name == "pread") return ts::Backend::kPread;
-  throw py::value_error("backend \"" + name + "\" is invalid (expected one of: \"mmap\", \"pread\")");
+  throw py::value_error("backend \"" + name +
+                        "\" is invalid (expected one of: \"mmap\", \"pread\")");
 }
 
 std::string type_name(py::handle obj) { return py::str(py::type::handle_of(obj).attr("__name__")); }
@@ -189,7 +190,8 @@ PYBIND11_MODULE(_C, m) {
            py::arg("path"), py::arg("backend"), py::arg("device"))
       .def_property_readonly("path", &ts::File::path)
       .def("__len__", &ts::File::size)
-      .def("__contains__", [](const ts::File& f, const std::string& name) { return f.contains(name); })
+      .def("__contains__",
+           [](const ts::File& f, const std::string& name) { return f.contains(name); })
       .def("keys", &ts::File::keys, "Tensor names in file (data offset) order.")
       .def("metadata", [](const ts::File& f) { return f.metadata(); })
       .def("info",
