@@ -12,7 +12,14 @@ import shlex
 import subprocess
 
 from setuptools import setup
-from torch.utils.cpp_extension import BuildExtension, CppExtension
+
+try:
+    from torch.utils.cpp_extension import BuildExtension, CppExtension
+except ImportError as error:  # an isolated build environment has no torch
+    raise SystemExit(
+        "torch_safetensors builds against the installed torch: install torch first, then run "
+        "`pip install --no-build-isolation .`"
+    ) from error
 
 ROOT = os.path.dirname(os.path.abspath(__file__))
 
