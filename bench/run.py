@@ -23,6 +23,8 @@ and prints a markdown table of medians, GB/s, ratios and peak extra RSS, followe
 from __future__ import annotations
 
 import argparse
+import ctypes
+import gc
 import json
 import os
 import platform
@@ -121,6 +123,9 @@ def generate(workdir: str, scale: float) -> dict:
 # ----------------------------------------------------------------------------------------------
 
 
+LIBC = ctypes.CDLL("libc.so.6")
+
+
 def status_kib(key: str) -> int:
     with open("/proc/self/status") as f:
         for line in f:
@@ -134,9 +139,10 @@ def reset_peak_rss():
         f.write("5")  # VmHWM := VmRSS
 
 
-def measure(reps, warmup, body, setup=None, teardown=None):
-    times, peaks = [], []
-    for i in range(warmup + reps):
+def measure(reps, warmup, body, setup=None, teardown=None, budget=20.0):
+    """Same protocol as bench_io's measure(): warm-up, then timed runs with per-run peak RSS; a
+    warm-up longer than half the budget is the only run, a slow one cuts the repetitions."""
+    def once():
         if setup:
             setup()
         reset_peak_rss()
@@ -147,14 +153,26 @@ def measure(reps, warmup, body, setup=None, teardown=None):
         hwm = status_kib("VmHWM")
         if teardown:
             teardown()
-        if i >= warmup:
-            times.append(dt)
-            peaks.append(max(0, hwm - rss0) * 1024)
+        gc.collect()
+        LIBC.malloc_trim(0)  # as bench_io: every run starts from memory handed back to the OS
+        return dt, max(0, hwm - rss0) * 1024
+
+    times, peaks = [], []
+    for _ in range(warmup):
+        dt, peak = once()
+        if dt > budget / 2:
+            return [dt], [peak]
+        if dt * reps > budget:
+            reps = max(1, int(budget / dt))
+    for _ in range(reps):
+        dt, peak = once()
+        times.append(dt)
+        peaks.append(peak)
     return times, peaks
 
 
 def touch(t):
-    """Reads every byte, with the same ATen reduction as bench_io's touch."""
+    """Reads every byte: an int64 sum on one intra-op thread (see bench_io's touch for why)."""
     import torch
 
     if t.numel() == 0:
@@ -165,16 +183,18 @@ def touch(t):
     return int(b.sum())
 
 
-def worker(ops: str, path: str, reps: int, warmup: int):
+def worker(ops: str, path: str, reps: int, warmup: int, budget: float):
+    import torch
+
+    torch.set_num_threads(1)  # only touch() computes; see its docstring
     for op in ops.split(","):
         try:
-            worker_op(op, path, reps, warmup)
+            worker_op(op, path, reps, warmup, budget)
         except Exception as e:  # one failing peer must not hide the others
             print(f"worker: {op} failed: {type(e).__name__}: {e}", file=sys.stderr)
 
 
-def worker_op(op: str, path: str, reps: int, warmup: int):
-    import gc
+def worker_op(op: str, path: str, reps: int, warmup: int, budget: float):
     import torch
     import safetensors
     import safetensors.torch as st
@@ -253,7 +273,7 @@ def worker_op(op: str, path: str, reps: int, warmup: int):
     else:
         raise SystemExit(f"unknown worker op {op}")
 
-    times, peaks = measure(reps, warmup, body, teardown=teardown)
+    times, peaks = measure(reps, warmup, body, teardown=teardown, budget=budget)
     if kind in ("header_open",):
         state["bytes"] = int.from_bytes(open(path, "rb").read(8), "little")
     print(json.dumps({"impl": impl, "op": kind, "file": path, "bytes": state.get("bytes", 0),
@@ -354,9 +374,9 @@ def summarize(rows, files, threads):
         f = os.path.basename(info["path"])
         out.append(f"\n### {name}: {info['kind']} — {info['tensors']:,} tensors, "
                    f"{info['bytes'] / 1e9:.3f} GB\n")
-        out.append("| operation | implementation | median | GB/s | µs/tensor | "
+        out.append("| operation | implementation | median | n | GB/s | µs/tensor | "
                    "ours ×faster | vs limit | peak extra RSS |")
-        out.append("|---|---|---:|---:|---:|---:|---:|---:|")
+        out.append("|---|---|---:|---:|---:|---:|---:|---:|---:|")
         limit_eager = get(f, "pread_%dt" % threads, "limit")
         wl = [get(f, op, "limit") for op in ("write_1t", "write_%dt" % threads)]
         wl = [w for w in wl if w]
@@ -389,7 +409,8 @@ def summarize(rows, files, threads):
                 if r["impl"] == "limit":
                     label = f"limit: {r['op']}"
                 peak = statistics.median(r["peak_extra_bytes"]) / MIB
-                out.append(f"| {OP_LABEL.get(op, op)} | {label} | {fmt_time(t)} | {gbs} | {per} | "
+                out.append(f"| {OP_LABEL.get(op, op)} | {label} | {fmt_time(t)} | "
+                           f"{len(r['times_s'])} | {gbs} | {per} | "
                            f"{ratio} | {vs_limit} | {peak:.1f} MiB |")
         # Targets for this file.
         ours = {op: get(f, op, "ours") for op in OP_ORDER}
@@ -444,6 +465,9 @@ def main():
     ap.add_argument("--scale", type=float, default=1.0, help="checkpoint size factor (1.0 ≈ 1 GB)")
     ap.add_argument("--reps", type=int, default=5, help="timed repetitions per measurement")
     ap.add_argument("--warmup", type=int, default=1, help="untimed repetitions first")
+    ap.add_argument("--budget", type=float, default=20.0,
+                    help="seconds per measurement: peers slower than budget/reps get fewer runs "
+                    "(the table's n column says how many)")
     ap.add_argument("--workdir", default=os.path.join("/tmp", "torch_safetensors_bench"),
                     help="where checkpoints go (reused when the scale matches)")
     ap.add_argument("--bench-io", default=os.path.join(ROOT, "build", "bench", "bench_io"))
@@ -461,7 +485,7 @@ def main():
     a = ap.parse_args()
 
     if a.worker:
-        return worker(a.worker, a.file, a.reps, a.warmup)
+        return worker(a.worker, a.file, a.reps, a.warmup, a.budget)
     if a.generate:
         print(json.dumps(generate(a.workdir, a.scale)))
         return
@@ -493,7 +517,7 @@ def main():
         sys.exit(f"{a.bench_io} not found: build it with bench/run.sh (or pass --bench-io)")
 
     threads = os.cpu_count() or 1
-    rep = ["--reps", str(a.reps), "--warmup", str(a.warmup)]
+    rep = ["--reps", str(a.reps), "--warmup", str(a.warmup), "--budget", str(a.budget)]
     rows = []
     for name, info in files.items():
         path = info["path"]
@@ -546,8 +570,8 @@ def main():
 
     table, targets = summarize(rows, files, threads)
     header = (f"Machine: {machine()}. Checkpoints in {a.workdir} (scale {a.scale}); medians of "
-              f"{a.reps} runs after {a.warmup} warm-up, page cache warm; each measurement in its "
-              f"own process. Total bench time {time.time() - t_start:.0f}s.\n\n"
+              f"{a.reps} runs after {a.warmup} warm-up (n < {a.reps}: a peer too slow for the "
+              f"{a.budget:.0f} s budget per measurement), page cache warm; one process per side (C++, Python) and checkpoint. Total bench time {time.time() - t_start:.0f}s.\n\n"
               "`ours ×faster` = peer time / our time for the same operation (> 1: we are faster). "
               "`vs limit` = limit time / this time (1.0 = at the machine limit; eager: parallel "
               "pread into pre-faulted memory, save: best page-cache write). `peak extra RSS` = "
