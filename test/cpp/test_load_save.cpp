@@ -12,6 +12,7 @@
 #include "test_util.h"
 
 namespace ts = torch::safetensors;
+using ts_test::error_of;
 using ts_test::TempDir;
 
 namespace {
@@ -30,15 +31,6 @@ at::Tensor as_bytes(const at::Tensor& t) { return t.contiguous().reshape({-1}).v
 bool same_bits(const at::Tensor& a, const at::Tensor& b) {
   return a.scalar_type() == b.scalar_type() && a.sizes() == b.sizes() &&
          at::equal(as_bytes(a), as_bytes(b));
-}
-
-std::string error_of(const std::function<void()>& f) {
-  try {
-    f();
-  } catch (const c10::Error& e) {
-    return e.what_without_backtrace();
-  }
-  return "";
 }
 
 const std::vector<c10::ScalarType> kTorchDtypes = {
@@ -418,5 +410,25 @@ TEST_F(Reference, FilesLoadBitExactAndResaveByteIdentical) {
     EXPECT_EQ(ts_test::read_file(dir_->file(name + ".ours")), ts_test::read_file(path));
     EXPECT_EQ(ts::entries_to_bytes(entries, metadata ? &*metadata : nullptr),
               ts_test::read_file(path));
+  }
+}
+
+// --- Devices ----------------------------------------------------------------------------------
+// CI has no GPU: these skip there and run for real wherever LibTorch sees a CUDA device.
+
+TEST(Device, LoadsStraightToCudaOnBothBackends) {
+  if (!at::hasCUDA()) GTEST_SKIP() << "no CUDA device";
+  TempDir dir;
+  const at::Tensor w = at::randn({64, 32});
+  ts::save(ts::NamedTensors{{"w", w}, {"gpu", w.to(at::kCUDA) * 2}}, dir.file("d.safetensors"));
+  for (auto backend : {ts::Backend::kMmap, ts::Backend::kPread}) {
+    const auto options =
+        ts::LoadOptions().with_backend(backend).with_device(at::Device(at::kCUDA, 0));
+    const auto loaded = ts::load(dir.file("d.safetensors"), options);
+    EXPECT_TRUE(loaded["w"].is_cuda());
+    EXPECT_TRUE(at::equal(loaded["w"].cpu(), w));
+    EXPECT_TRUE(at::equal(loaded["gpu"].cpu(), w * 2));
+    ts::File file(dir.file("d.safetensors"), options);
+    EXPECT_TRUE(at::equal(file.slice("w", {at::indexing::Slice(3, 9)}).cpu(), w.slice(0, 3, 9)));
   }
 }

@@ -7,6 +7,7 @@
 #include "test_util.h"
 
 namespace ts = torch::safetensors;
+using ts_test::error_of;
 using ts_test::TempDir;
 
 namespace {
@@ -42,15 +43,6 @@ void expect_same_state(const torch::nn::Module& a, const torch::nn::Module& b) {
   const auto ba = a.named_buffers(), bb = b.named_buffers();
   ASSERT_EQ(ba.size(), bb.size());
   for (const auto& p : ba) EXPECT_TRUE(torch::equal(p.value(), bb[p.key()])) << p.key();
-}
-
-std::string error_of(const std::function<void()>& f) {
-  try {
-    f();
-  } catch (const c10::Error& e) {
-    return e.what_without_backtrace();
-  }
-  return "";
 }
 
 }  // namespace
@@ -152,4 +144,20 @@ TEST(Module, TiedWeightsAreSavedOnceAndStayTiedOnLoad) {
               ts::save(ts::NamedTensors{{"a", embed}, {"b", head}}, dir.file("x.safetensors"));
             }).find("share memory"),
             std::string::npos);
+}
+
+TEST(Module, CudaParametersStayOnTheirDevice) {
+  if (!torch::cuda::is_available()) GTEST_SKIP() << "no CUDA device";
+  TempDir dir;
+  Net source;
+  ts::save(*source, dir.file("net.safetensors"));
+  Net target;
+  target->to(torch::kCUDA);
+  ts::load(*target, dir.file("net.safetensors"));
+  EXPECT_TRUE(target->fc1->weight.is_cuda());
+  EXPECT_TRUE(torch::equal(target->fc1->weight.cpu(), source->fc1->weight));
+  // And back: saving CUDA parameters copies each to the CPU while writing.
+  ts::save(*target, dir.file("from_gpu.safetensors"));
+  EXPECT_EQ(ts_test::read_file(dir.file("from_gpu.safetensors")),
+            ts_test::read_file(dir.file("net.safetensors")));
 }

@@ -8,6 +8,8 @@
 
 #include <unistd.h>
 
+#include <c10/util/Exception.h>
+
 namespace ts_test {
 
 TempDir::TempDir() {
@@ -47,6 +49,15 @@ std::string make_safetensors(const std::string& json, const std::string& data) {
   const uint64_t n = json.size();
   for (int i = 0; i < 8; ++i) out[i] = char((n >> (8 * i)) & 0xFF);
   return out + json + data;
+}
+
+std::string error_of(const std::function<void()>& f) {
+  try {
+    f();
+  } catch (const c10::Error& e) {
+    return e.what_without_backtrace();
+  }
+  return "";
 }
 
 std::string mapped_file_of(const void* address) {

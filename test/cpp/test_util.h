@@ -3,6 +3,7 @@
 
 #include <cstdint>
 #include <filesystem>
+#include <functional>
 #include <string>
 
 namespace ts_test {
@@ -25,6 +26,9 @@ void write_file(const std::string& path, const std::string& bytes);
 
 // u64 little-endian length + header + data: a file whose header is exactly `json`.
 std::string make_safetensors(const std::string& json, const std::string& data);
+
+// The message (without backtrace) of the c10::Error that `f` throws; "" if it throws none.
+std::string error_of(const std::function<void()>& f);
 
 // The file that the mapping holding `address` maps, from /proc/self/maps; "" if none.
 std::string mapped_file_of(const void* address);

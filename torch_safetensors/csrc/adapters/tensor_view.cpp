@@ -78,7 +78,9 @@ SaveItem to_save_item(const std::string& name, const at::Tensor& tensor, std::st
   TS_CHECK(tensor.defined(), source, "tensor '", name, "' is undefined");
   TS_CHECK(tensor.layout() == c10::kStrided, source, "tensor '", name, "' has layout ",
            tensor.layout(), "; only dense (strided) tensors can be saved (call .to_dense())");
-  TS_CHECK(!tensor.is_meta(), source, "tensor '", name, "' is a meta tensor and has no data");
+  // NotImplementedError in Python, like the reference (which fails copying the meta tensor).
+  TORCH_CHECK_NOT_IMPLEMENTED(!tensor.is_meta(), "safetensors: ", source, ": tensor '", name,
+                              "' is a meta tensor and has no data");
   auto dtype = from_scalar_type(tensor.scalar_type());
   TS_CHECK(dtype.has_value(), source, "tensor '", name, "' has dtype ", tensor.scalar_type(),
            ", which the safetensors format cannot store");
@@ -88,7 +90,10 @@ SaveItem to_save_item(const std::string& name, const at::Tensor& tensor, std::st
   item.info.shape = tensor.sizes().vec();
   if (*dtype == Dtype::F4) {
     // Two values per Float4_e2m1fn_x2 element: the header records values, as the reference does.
-    if (item.info.shape.empty()) item.info.shape = {1};
+    // A 0-d tensor has no last dimension to double; the reference refuses it too.
+    TS_CHECK(!item.info.shape.empty(), source, "tensor '", name,
+             "': a 0-d float4_e2m1fn_x2 tensor cannot be saved (its header shape would need a "
+             "last dimension holding the two packed values); reshape it to [1]");
     item.info.shape.back() *= 2;
   }
   item.info.end = uint64_t(tensor.numel()) * tensor.element_size();

@@ -1,0 +1,7 @@
+#!/usr/bin/env bash
+# Builds and installs the Python package from this checkout (one extension from the C++ sources).
+set -euo pipefail
+cd "$(dirname "$0")/.."
+export MAX_JOBS=${MAX_JOBS:-$(nproc)}
+[ -x /usr/lib/ccache/g++ ] && export CXX=/usr/lib/ccache/g++ CCACHE_BASEDIR="$PWD"
+python3 -m pip install -q --no-build-isolation .

@@ -1,0 +1,34 @@
+#!/usr/bin/env bash
+# Set-up for a fresh machine: system packages (Debian), the pinned LibTorch (from the torch==2.13.0
+# CPU wheel) and the test-only Python packages. Idempotent and quick when everything is there.
+set -euo pipefail
+
+APT_PACKAGES=(libsimdjson-dev libgtest-dev libbenchmark-dev ccache clang libclang-rt-14-dev)
+PIP_PACKAGES=(torch==2.13.0 safetensors pytest numpy)
+
+as_root() { if [ "$(id -u)" = 0 ]; then "$@"; else sudo "$@"; fi; }
+
+missing=()
+for p in "${APT_PACKAGES[@]}"; do dpkg -s "$p" >/dev/null 2>&1 || missing+=("$p"); done
+if [ ${#missing[@]} -gt 0 ]; then
+  echo "== apt: installing ${missing[*]}"
+  as_root apt-get update -qq
+  as_root env DEBIAN_FRONTEND=noninteractive apt-get install -y -qq "${missing[@]}" >/dev/null
+fi
+
+if ! python3 - <<'PY' 2>/dev/null
+import importlib.metadata as m, sys
+need = {"torch": "2.13.0", "safetensors": None, "pytest": None, "numpy": None}
+for name, version in need.items():
+    have = m.version(name)
+    if version and not have.startswith(version):
+        sys.exit(1)
+PY
+then
+  echo "== pip: installing ${PIP_PACKAGES[*]}"
+  # Never an unpinned torch: that pulls a multi-GB CUDA build.
+  python3 -m pip install -q "${PIP_PACKAGES[@]}"
+fi
+for tool in cmake ninja; do
+  command -v "$tool" >/dev/null || python3 -m pip install -q "$tool"
+done

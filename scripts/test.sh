@@ -1,0 +1,20 @@
+#!/usr/bin/env bash
+# Command 2: set up a fresh machine, build everything and run every test.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+bash scripts/setup.sh
+# ccache: relative paths make builds in another clone of the repo hit the same cache entries.
+export CCACHE_BASEDIR="$PWD"
+
+echo "== C++ library and GoogleTest suite"
+bash scripts/build.sh
+(cd build && ctest --output-on-failure -j "$(nproc)")
+
+echo "== examples against the installed package (find_package)"
+bash scripts/examples.sh build/install >/dev/null
+(cd build && ./examples/quickstart >/dev/null && ./examples/demo demo_model.safetensors >/dev/null)
+echo "examples: 2 passed, 0 failed"
+
+echo "== Python package and its interop tests against the reference safetensors"
+bash scripts/python.sh
+python3 -m pytest test/python -q
