@@ -62,7 +62,8 @@ uint64_t status_kib(const char* key) {
   std::string line;
   const size_t n = std::strlen(key);
   while (std::getline(in, line)) {
-    if (line.compare(0, n, key) == 0 && line[n] == ':') return std::strtoull(line.c_str() + n + 1, nullptr, 10);
+    if (line.compare(0, n, key) == 0 && line[n] == ':')
+      return std::strtoull(line.c_str() + n + 1, nullptr, 10);
   }
   return 0;
 }
@@ -81,7 +82,8 @@ struct Result {
 
 // `setup` runs untimed before each repetition, `body` is timed, `teardown` runs untimed after.
 Result measure(const Args& args, const std::function<void()>& body,
-               const std::function<void()>& setup = {}, const std::function<void()>& teardown = {}) {
+               const std::function<void()>& setup = {},
+               const std::function<void()>& teardown = {}) {
   Result r;
   auto once = [&] {
     if (setup) setup();
@@ -279,7 +281,8 @@ void op_lazy(const Args& a, bool do_touch) {
         tensors = ts::load(a.file);
         if (do_touch) g_sink = g_sink + touch_all(tensors);
       },
-      {}, [&] {
+      {},
+      [&] {
         bytes = total_bytes(tensors);
         count = tensors.size();
         tensors = ts::TensorDict();
@@ -294,7 +297,8 @@ void op_eager(const Args& a) {
   size_t count = 0;
   auto r = measure(
       a, [&] { tensors = ts::load(a.file, ts::LoadOptions().with_backend(ts::Backend::kPread)); },
-      {}, [&] {
+      {},
+      [&] {
         bytes = total_bytes(tensors);
         count = tensors.size();
         tensors = ts::TensorDict();
@@ -307,7 +311,8 @@ void op_save(const Args& a) {
       ts::load(a.file, ts::LoadOptions().with_backend(ts::Backend::kPread));
   const uint64_t bytes = total_bytes(tensors);
   const std::string out = a.stem + ".out.safetensors";
-  auto r = measure(a, [&] { ts::save(tensors, out); }, {}, [&] { ::unlink(out.c_str()); });
+  auto r = measure(
+      a, [&] { ts::save(tensors, out); }, {}, [&] { ::unlink(out.c_str()); });
   emit("ours", "save", a.file, bytes, tensors.size(), r, "torch::safetensors::save (TensorDict)");
 }
 
@@ -319,8 +324,9 @@ void op_torch_save(const Args& a) {
   for (const auto& item : dict) tensors.push_back(item.value());
   const uint64_t bytes = total_bytes(dict);
   const std::string out = a.stem + ".libtorch.pt";
-  auto r = measure(a, [&] { torch::save(tensors, out + ".tmp"); }, {},
-                   [&] { ::rename((out + ".tmp").c_str(), out.c_str()); });
+  auto r = measure(
+      a, [&] { torch::save(tensors, out + ".tmp"); }, {},
+      [&] { ::rename((out + ".tmp").c_str(), out.c_str()); });
   emit("libtorch", "save", a.file, bytes, tensors.size(), r,
        "torch::save(std::vector<Tensor>) (keeps the last file for torch::load)");
 }
@@ -330,12 +336,14 @@ void op_torch_load(const Args& a) {
   uint64_t bytes = 0;
   size_t count = 0;
   const std::string path = a.stem + ".libtorch.pt";
-  auto r = measure(a, [&] { torch::load(tensors, path); }, {}, [&] {
-    bytes = 0;
-    for (const auto& t : tensors) bytes += t.nbytes();
-    count = tensors.size();
-    tensors.clear();
-  });
+  auto r = measure(
+      a, [&] { torch::load(tensors, path); }, {},
+      [&] {
+        bytes = 0;
+        for (const auto& t : tensors) bytes += t.nbytes();
+        count = tensors.size();
+        tensors.clear();
+      });
   emit("libtorch", "eager", a.file, bytes, count, r, "torch::load(std::vector<Tensor>&, path)");
 }
 
@@ -344,7 +352,8 @@ void op_pickle_load(const Args& a) {
   uint64_t bytes = 0;
   size_t count = 0;
   auto r = measure(
-      a, [&] { value = torch::pickle_load(read_file_vec(a.stem + ".pt")); }, {}, [&] {
+      a, [&] { value = torch::pickle_load(read_file_vec(a.stem + ".pt")); }, {},
+      [&] {
         bytes = 0;
         count = 0;
         for (const auto& entry : value.toGenericDict()) {
@@ -374,9 +383,8 @@ void op_limits(const Args& a) {
     const uint8_t* src = static_cast<const uint8_t*>(p) + offset;
     for (int threads : {1, a.threads}) {
       auto r = measure(a, [&] {
-        parallel_ranges(n, threads, [&](uint64_t b, uint64_t e) {
-          std::memcpy(dst.data + b, src + b, e - b);
-        });
+        parallel_ranges(n, threads,
+                        [&](uint64_t b, uint64_t e) { std::memcpy(dst.data + b, src + b, e - b); });
       });
       emit("limit", "memcpy_" + std::to_string(threads) + "t", a.file, n, 0, r,
            "memcpy from a populated shared mapping of the cached file into pre-faulted memory");
@@ -385,8 +393,9 @@ void op_limits(const Args& a) {
   }
   for (int threads : {1, a.threads}) {
     auto r = measure(a, [&] {
-      parallel_ranges(n, threads,
-                      [&](uint64_t b, uint64_t e) { pread_range(fd, dst.data + b, offset + b, e - b); });
+      parallel_ranges(n, threads, [&](uint64_t b, uint64_t e) {
+        pread_range(fd, dst.data + b, offset + b, e - b);
+      });
     });
     emit("limit", "pread_" + std::to_string(threads) + "t", a.file, n, 0, r,
          "pread in 64 MiB chunks into pre-faulted memory");
@@ -407,8 +416,8 @@ void op_limits(const Args& a) {
           });
         },
         {}, [&] { ::munmap(fresh, n); });
-    emit("limit", "pread_" + std::to_string(a.threads) + (huge ? "t_fresh_thp" : "t_fresh"),
-         a.file, n, 0, r,
+    emit("limit", "pread_" + std::to_string(a.threads) + (huge ? "t_fresh_thp" : "t_fresh"), a.file,
+         n, 0, r,
          huge ? "pread into fresh memory with MADV_HUGEPAGE (faults included)"
               : "pread into freshly mapped memory (page faults included)");
   }
@@ -435,8 +444,9 @@ void op_limits(const Args& a) {
           const int wfd = ::open(out.c_str(), O_WRONLY | O_CREAT | O_TRUNC | O_CLOEXEC, 0644);
           if (wfd < 0) die("cannot create " + out);
           if (::ftruncate(wfd, off_t(n)) != 0) die("ftruncate failed");
-          parallel_ranges(n, a.threads,
-                          [&](uint64_t b, uint64_t e) { pwrite_range(wfd, dst.data + b, b, e - b); });
+          parallel_ranges(n, a.threads, [&](uint64_t b, uint64_t e) {
+            pwrite_range(wfd, dst.data + b, b, e - b);
+          });
           ::close(wfd);
         },
         {}, [&] { ::unlink(out.c_str()); });
@@ -446,19 +456,26 @@ void op_limits(const Args& a) {
 }
 
 Args parse_args(int argc, char** argv) {
-  if (argc < 2) die("usage: bench_io <op> --file F [--out O] [--reps N] [--warmup N] [--threads N]");
+  if (argc < 2)
+    die("usage: bench_io <op> --file F [--out O] [--reps N] [--warmup N] [--threads N]");
   Args a;
   a.op = argv[1];
   for (int i = 2; i < argc; ++i) {
     const std::string k = argv[i];
     if (i + 1 >= argc) die("missing value for " + k);
     const std::string v = argv[++i];
-    if (k == "--file") a.file = v;
-    else if (k == "--reps") a.reps = std::stoi(v);
-    else if (k == "--warmup") a.warmup = std::stoi(v);
-    else if (k == "--threads") a.threads = std::stoi(v);
-    else if (k == "--budget") a.budget = std::stod(v);
-    else die("unknown flag " + k);
+    if (k == "--file")
+      a.file = v;
+    else if (k == "--reps")
+      a.reps = std::stoi(v);
+    else if (k == "--warmup")
+      a.warmup = std::stoi(v);
+    else if (k == "--threads")
+      a.threads = std::stoi(v);
+    else if (k == "--budget")
+      a.budget = std::stod(v);
+    else
+      die("unknown flag " + k);
   }
   if (a.file.empty()) die("--file is required");
   const std::string ext = ".safetensors";
@@ -470,16 +487,26 @@ Args parse_args(int argc, char** argv) {
 
 void run_op(const Args& a) {
   try {
-    if (a.op == "header") op_header(a);
-    else if (a.op == "lazy") op_lazy(a, false);
-    else if (a.op == "lazy_touch") op_lazy(a, true);
-    else if (a.op == "eager") op_eager(a);
-    else if (a.op == "save") op_save(a);
-    else if (a.op == "torch_save") op_torch_save(a);
-    else if (a.op == "torch_load") op_torch_load(a);
-    else if (a.op == "pickle_load") op_pickle_load(a);
-    else if (a.op == "limits") op_limits(a);
-    else die("unknown op " + a.op);
+    if (a.op == "header")
+      op_header(a);
+    else if (a.op == "lazy")
+      op_lazy(a, false);
+    else if (a.op == "lazy_touch")
+      op_lazy(a, true);
+    else if (a.op == "eager")
+      op_eager(a);
+    else if (a.op == "save")
+      op_save(a);
+    else if (a.op == "torch_save")
+      op_torch_save(a);
+    else if (a.op == "torch_load")
+      op_torch_load(a);
+    else if (a.op == "pickle_load")
+      op_pickle_load(a);
+    else if (a.op == "limits")
+      op_limits(a);
+    else
+      die("unknown op " + a.op);
   } catch (const std::exception& e) {
     // One failing op (a peer that cannot read a file) must not hide the others.
     std::string what = e.what();

@@ -5,8 +5,8 @@
     python3 bench/run.py --scale 0.05    # quick CI-size run
 
 Generates realistic checkpoints (a Llama-like BF16 layer stack, 100,000 tiny tensors, an FP8 +
-scales mix, and a byte-for-byte smaller copy of the layer stack's structure), then measures, each
-in its own process so that peak RSS is per measurement:
+scales mix, and the layer stack's structure at 1/256 of the bytes), then measures (one process per
+side and checkpoint; every run records its own peak RSS):
 
   ours      torch::safetensors (C++, via bench_io): load (mmap, lazy), load + touch, load (pread,
             eager), save, parse_header, File open
@@ -286,21 +286,39 @@ def worker_op(op: str, path: str, reps: int, warmup: int, budget: float):
 # ----------------------------------------------------------------------------------------------
 
 
-def machine() -> str:
-    cpu = platform.processor() or ""
+def filesystem(path: str) -> str:
+    """The type and device of the mount holding `path` (from /proc/mounts)."""
+    best = ("", "?", "?")
+    path = os.path.realpath(path)
+    try:
+        with open("/proc/mounts") as f:
+            for line in f:
+                dev, mnt, fstype = line.split()[:3]
+                if (path == mnt or path.startswith(mnt.rstrip("/") + "/")) and len(mnt) >= len(best[0]):
+                    best = (mnt, fstype, dev)
+    except OSError:
+        pass
+    return f"{best[1]} on {best[2]}"
+
+
+def machine(workdir: str = "/tmp") -> str:
+    model, vm = "", ""
     try:
         with open("/proc/cpuinfo") as f:
             for line in f:
-                if line.startswith("model name"):
-                    cpu = line.split(":", 1)[1].strip()
-                    break
+                if line.startswith("model name") and not model:
+                    model = line.split(":", 1)[1].strip()
+                if line.startswith("flags") and " hypervisor" in line:
+                    vm = " (virtual machine)"
     except OSError:
         pass
     mem = os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES") / GIB
     import torch
     import safetensors
 
-    return (f"{cpu}, {os.cpu_count()} cores, {mem:.0f} GiB RAM, Linux {platform.release()}; "
+    cpu = model or platform.processor() or platform.machine()
+    return (f"{cpu}{vm}, {os.cpu_count()} cores, {mem:.0f} GiB RAM, Linux {platform.release()}, "
+            f"checkpoints on {filesystem(workdir)}; "
             f"torch {torch.__version__}, safetensors {safetensors.__version__}, "
             f"Python {platform.python_version()}")
 
@@ -586,7 +604,7 @@ def main():
                 os.unlink(p)
 
     table, targets = summarize(rows, files, threads)
-    header = (f"Machine: {machine()}. Checkpoints in {a.workdir} (scale {a.scale}); medians of "
+    header = (f"Machine: {machine(a.workdir)}. Checkpoints in {a.workdir} (scale {a.scale}); medians of "
               f"{a.reps} runs after {a.warmup} warm-up (n < {a.reps}: a peer too slow for the "
               f"{a.budget:.0f} s budget per measurement), page cache warm; one process per side (C++, Python) and checkpoint. Total bench time {time.time() - t_start:.0f}s.\n\n"
               "`ours ×faster` = peer time / our time for the same operation (> 1: we are faster). "
@@ -605,7 +623,7 @@ def main():
             f.write(text)
     if a.json:
         with open(a.json, "w") as f:
-            json.dump({"machine": machine(), "scale": a.scale, "threads": threads,
+            json.dump({"machine": machine(a.workdir), "scale": a.scale, "threads": threads,
                        "files": files, "header": header, "failures": failures, "rows": rows},
                       f, indent=1)
     if a.clean:
