@@ -1,0 +1,228 @@
+// libFuzzer target over the whole open-and-validate path.
+//
+// Each input is treated as a complete .safetensors file and goes through:
+//   1. the format layer (parse_header_length + parse_header), with invariants of a valid header;
+//   2. from_bytes (in-memory path);
+//   3. File on a real file (a memfd, reopened through /proc/self/fd) with both backends: every
+//      tensor, raw bytes, row slices on the pread path, tensors(), check_intact();
+//   4. for files that load: a save round trip (entries_to_bytes of the raw tensors) that must
+//      parse back to the same names, dtypes, shapes and bytes.
+// c10::Error is the expected outcome for bad input; anything else (a crash, a sanitizer report, a
+// different exception, a broken invariant, or the two load paths disagreeing) is a finding.
+//
+//   fuzz_open -max_len=65536 -timeout=10 corpus_dir fuzz/seeds
+#include <sys/mman.h>
+#include <unistd.h>
+
+#include <cstdio>
+#include <cstdlib>
+#include <cstring>
+#include <string>
+#include <string_view>
+
+#include <ATen/Parallel.h>
+#include <ATen/TensorIndexing.h>
+#include <c10/util/Exception.h>
+
+#include "torch_safetensors/safetensors.h"
+
+#ifndef TS_FUZZ_NO_CUSTOM_MUTATOR
+#include "json_mutator.h"
+#endif
+
+namespace ts = torch::safetensors;
+
+namespace {
+
+// A broken invariant: print it and abort so libFuzzer saves the input.
+[[noreturn]] void finding(const char* what, const std::string& detail = "") {
+  std::fprintf(stderr, "FUZZ FINDING: %s %s\n", what, detail.c_str());
+  std::abort();
+}
+#define FUZZ_ASSERT(cond, ...)                                       \
+  do {                                                               \
+    if (!(cond)) finding("assertion failed: " #cond, ##__VA_ARGS__); \
+  } while (0)
+
+int g_memfd = -1;
+std::string g_path;
+
+// Errors must come from our checks (they name the file), never raw from torch or the OS layer.
+void check_error(const c10::Error& e, std::string_view source) {
+  const std::string message = e.what_without_backtrace();
+  if (message.find("safetensors: ") == std::string::npos ||
+      message.find(std::string(source)) == std::string::npos) {
+    finding("error does not name the file", message);
+  }
+}
+
+void check_header_invariants(const ts::Header& header, uint64_t file_size) {
+  uint64_t expected = 0;
+  for (const auto& info : header.tensors) {
+    FUZZ_ASSERT(info.begin == expected, info.name);
+    FUZZ_ASSERT(info.begin <= info.end, info.name);
+    FUZZ_ASSERT(ts::tensor_nbytes(info.dtype, info.shape, "<fuzz>", info.name) == info.nbytes(),
+                info.name);
+    FUZZ_ASSERT(header.find(info.name) == &info, info.name);
+    for (int64_t d : info.shape) FUZZ_ASSERT(d >= 0, info.name);
+    expected = info.end;
+  }
+  FUZZ_ASSERT(header.data_offset() + header.data_size() == file_size);
+}
+
+// Bytes of a CPU tensor, in logical order.
+std::string bytes_of(const at::Tensor& t) {
+  const at::Tensor c = t.contiguous();
+  if (c.nbytes() == 0) return {};
+  return std::string(static_cast<const char*>(c.data_ptr()), c.nbytes());
+}
+
+bool sliceable(const at::Tensor& t) {
+  // Packed and sub-byte types have no indexing kernels; slicing them is not part of the contract.
+  const auto type = t.scalar_type();
+  return t.dim() > 0 && type != c10::ScalarType::Float4_e2m1fn_x2;
+}
+
+// slice() is `tensor(name).index(indices)`: indexing errors are torch's (as for any tensor), but
+// when both succeed the pread backend's narrowed read must give the same bytes.
+void check_slices(const ts::File& file, const std::string& name, const at::Tensor& t) {
+  using at::indexing::Slice;
+  using at::indexing::TensorIndex;
+  const int64_t rows = t.size(0);
+  std::vector<std::vector<TensorIndex>> cases = {{Slice(1, c10::nullopt, 2)}, {Slice(-2, 5)}};
+  if (rows > 0) cases.push_back({TensorIndex(rows - 1)});
+  for (const auto& indices : cases) {
+    std::string expected;
+    try {
+      expected = bytes_of(t.index(indices));
+    } catch (const c10::Error&) {
+      continue;  // torch cannot index this tensor (e.g. strides of huge zero-size shapes)
+    }
+    FUZZ_ASSERT(bytes_of(file.slice(name, indices)) == expected, name);
+  }
+}
+
+void exercise_file(std::string_view data, ts::Backend backend, bool expect_valid) {
+  ts::File file = [&] {
+    try {
+      return ts::File(g_path, ts::LoadOptions().with_backend(backend));
+    } catch (const c10::Error& e) {
+      check_error(e, g_path);
+      FUZZ_ASSERT(!expect_valid, "File rejected what from_bytes accepted");
+      throw;
+    }
+  }();
+  FUZZ_ASSERT(expect_valid, "File accepted what from_bytes rejected");
+  check_header_invariants(file.header(), data.size());
+  for (const auto& name : file.keys()) {
+    const ts::TensorInfo& info = file.info(name);
+    const std::string_view stored =
+        data.substr(file.header().data_offset() + info.begin, info.nbytes());
+    ts::RawTensor raw = file.raw(name);
+    FUZZ_ASSERT(raw.dtype == info.dtype && raw.shape == info.shape, name);
+    FUZZ_ASSERT(bytes_of(raw.bytes) == stored, name);
+    at::Tensor t;
+    try {
+      t = file.tensor(name);
+    } catch (const c10::Error& e) {
+      // Some headers are valid but have no torch tensor (e.g. shapes whose strides overflow).
+      check_error(e, g_path);
+      continue;
+    }
+    FUZZ_ASSERT(t.nbytes() == info.nbytes(), name);
+    FUZZ_ASSERT(bytes_of(t) == stored, name);
+    if (sliceable(t)) check_slices(file, name, t);
+  }
+  FUZZ_ASSERT(file.tensors().size() == file.size());
+  file.check_intact();
+}
+
+// Files that load must survive a save round trip unchanged.
+void round_trip(std::string_view data) {
+  const ts::Header header = [&] {
+    const uint64_t n = ts::parse_header_length(data.substr(0, 8), data.size(), "<fuzz>");
+    return ts::parse_header(data.substr(8, n), data.size(), "<fuzz>");
+  }();
+  std::vector<ts::SaveEntry> entries;
+  for (const auto& info : header.tensors) {
+    ts::RawTensor raw;
+    raw.dtype = info.dtype;
+    raw.shape = info.shape;
+    raw.bytes = at::empty({int64_t(info.nbytes())}, at::kByte);
+    if (info.nbytes() > 0) {
+      std::memcpy(raw.bytes.data_ptr(), data.data() + header.data_offset() + info.begin,
+                  info.nbytes());
+    }
+    entries.emplace_back(info.name, std::move(raw));
+  }
+  const ts::Metadata* metadata = header.metadata ? &*header.metadata : nullptr;
+  const std::string saved = ts::entries_to_bytes(entries, metadata);
+  const uint64_t n = ts::parse_header_length(saved.substr(0, 8), saved.size(), "<saved>");
+  const ts::Header again =
+      ts::parse_header(std::string_view(saved).substr(8, n), saved.size(), "<saved>");
+  FUZZ_ASSERT(again.tensors.size() == header.tensors.size());
+  FUZZ_ASSERT(again.metadata == header.metadata);
+  for (const auto& info : again.tensors) {
+    const ts::TensorInfo* before = header.find(info.name);
+    FUZZ_ASSERT(before != nullptr, info.name);
+    FUZZ_ASSERT(before->dtype == info.dtype && before->shape == info.shape, info.name);
+    FUZZ_ASSERT(std::string_view(saved).substr(again.data_offset() + info.begin, info.nbytes()) ==
+                    data.substr(header.data_offset() + before->begin, before->nbytes()),
+                info.name);
+  }
+}
+
+}  // namespace
+
+extern "C" int LLVMFuzzerInitialize(int*, char***) {
+  at::set_num_threads(1);  // deterministic, and keeps OpenMP out of the picture
+  g_memfd = memfd_create("fuzz_open", MFD_CLOEXEC);
+  if (g_memfd < 0) {
+    std::perror("memfd_create");
+    std::abort();
+  }
+  g_path = "/proc/self/fd/" + std::to_string(g_memfd);
+  return 0;
+}
+
+extern "C" int LLVMFuzzerTestOneInput(const uint8_t* bytes, size_t size) {
+  const std::string_view data(reinterpret_cast<const char*>(bytes), size);
+
+  // 1 + 2: the format layer and the in-memory path agree on validity.
+  bool valid = false;
+  size_t tensor_count = 0;
+  try {
+    const uint64_t n = ts::parse_header_length(data.substr(0, 8), size, "<fuzz>");
+    const ts::Header header = ts::parse_header(data.substr(8, n), size, "<fuzz>");
+    check_header_invariants(header, size);
+    valid = true;
+    tensor_count = header.tensors.size();
+  } catch (const c10::Error& e) {
+    check_error(e, "<fuzz>");
+  }
+  try {
+    const ts::TensorDict loaded = ts::from_bytes(data);
+    FUZZ_ASSERT(valid, "from_bytes accepted what parse_header rejected");
+    FUZZ_ASSERT(loaded.size() == tensor_count);
+  } catch (const c10::Error& e) {
+    check_error(e, "<bytes>");
+    // Valid headers whose tensors torch cannot represent fail here too; only that is allowed.
+  }
+
+  // 3: the file path, both backends.
+  if (ftruncate(g_memfd, 0) != 0 || pwrite(g_memfd, bytes, size, 0) != ssize_t(size)) {
+    std::perror("memfd write");
+    std::abort();
+  }
+  for (ts::Backend backend : {ts::Backend::kPread, ts::Backend::kMmap}) {
+    try {
+      exercise_file(data, backend, valid);
+    } catch (const c10::Error& e) {
+      check_error(e, g_path);
+    }
+  }
+
+  // 4: round trip.
+  if (valid) round_trip(data);
+  return 0;
+}
