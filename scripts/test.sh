@@ -18,3 +18,6 @@ echo "examples: 2 passed, 0 failed"
 echo "== Python package and its interop tests against the reference safetensors"
 bash scripts/python.sh
 python3 -m pytest test/python -q
+
+echo "== hardening: adversarial corpus, ASan+UBSan suite, TSan concurrency, 60 s of fuzzing"
+bash .ci/hardening.sh

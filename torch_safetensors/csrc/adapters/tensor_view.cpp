@@ -54,8 +54,21 @@ std::vector<int64_t> torch_sizes(const TensorInfo& info) {
   return sizes;
 }
 
+void check_torch_sizes(const TensorInfo& info, const std::vector<int64_t>& sizes,
+                       std::string_view source) {
+  int64_t stride = 1;
+  for (size_t i = sizes.size(); i > 1; --i) {
+    const bool overflow =
+        __builtin_mul_overflow(stride, std::max<int64_t>(sizes[i - 1], 1), &stride);
+    TS_CHECK(!overflow, source, "tensor '", info.name, "': shape ", c10::IntArrayRef(info.shape),
+             " has no elements but cannot be a torch tensor: its strides overflow 64 bits");
+  }
+}
+
 at::Tensor empty_for(const TensorInfo& info, std::string_view source) {
-  return at::empty(torch_sizes(info), at::TensorOptions().dtype(torch_dtype(info, source)));
+  const std::vector<int64_t> sizes = torch_sizes(info);
+  check_torch_sizes(info, sizes, source);
+  return at::empty(sizes, at::TensorOptions().dtype(torch_dtype(info, source)));
 }
 
 std::vector<at::Tensor> empty_for_read(const std::vector<TensorInfo>& infos,
@@ -122,6 +135,11 @@ SaveItem to_save_item(const std::string& name, const at::Tensor& tensor, std::st
     TS_CHECK(!item.info.shape.empty(), source, "tensor '", name,
              "': a 0-d float4_e2m1fn_x2 tensor cannot be saved (its header shape would need a "
              "last dimension holding the two packed values); reshape it to [1]");
+    // Only a tensor with no elements can have a last dimension this large, but its header would
+    // then hold a dimension of 2^63 or more, which no reader (this one included) accepts.
+    TS_CHECK(item.info.shape.back() <= INT64_MAX / 2, source, "tensor '", name,
+             "': last dimension ", item.info.shape.back(), " of ", tensor.scalar_type(),
+             " holds more than 2^63 - 1 values");
     item.info.shape.back() *= 2;
   }
   item.info.end = uint64_t(tensor.numel()) * tensor.element_size();

@@ -23,6 +23,13 @@ std::vector<int64_t> torch_sizes(const TensorInfo& info);
 at::Tensor view_bytes(const TensorInfo& info, uint8_t* data, const std::shared_ptr<void>& owner,
                       std::string_view source);
 
+// Throws, naming the tensor, when torch cannot lay out a contiguous tensor of `sizes`: each stride
+// (the product of the later sizes, zeros counted as one) must fit in int64. Validation bounds the
+// element count, not this, so only shapes with a zero dimension can pass it and still fail here
+// (e.g. [0, 2^62, 2^62]); torch itself would throw a bare "Stride calculation overflowed".
+void check_torch_sizes(const TensorInfo& info, const std::vector<int64_t>& sizes,
+                       std::string_view source);
+
 // An uninitialised owned CPU tensor to read `info`'s bytes into.
 at::Tensor empty_for(const TensorInfo& info, std::string_view source);
 // Uninitialised owned CPU tensors for `infos`, to be filled by reads: consecutive tensors share

@@ -32,6 +32,7 @@ struct File::Impl {
   // Rows [begin, end) of the outermost dimension (of the torch sizes).
   at::Tensor read_rows(const TensorInfo& info, int64_t begin, int64_t end) const {
     std::vector<int64_t> sizes = adapters::torch_sizes(info);
+    adapters::check_torch_sizes(info, sizes, path());
     const uint64_t row_bytes = sizes[0] == 0 ? 0 : info.nbytes() / uint64_t(sizes[0]);
     sizes[0] = end - begin;
     at::Tensor out =

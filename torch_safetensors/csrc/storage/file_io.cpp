@@ -29,12 +29,17 @@ uint64_t fstat_size(int fd, const std::string& path) {
 }  // namespace
 
 ReadOnlyFile::ReadOnlyFile(std::string path) : path_(std::move(path)) {
+  // O_NONBLOCK: opening a FIFO would otherwise block until some writer shows up; it is refused
+  // below as not a regular file. The flag means nothing for regular files, but is cleared anyway.
   do {
-    fd_ = ::open(path_.c_str(), O_RDONLY | O_CLOEXEC);
+    fd_ = ::open(path_.c_str(), O_RDONLY | O_CLOEXEC | O_NONBLOCK);
   } while (fd_ < 0 && errno == EINTR);
   TS_CHECK(fd_ >= 0, path_, "cannot open: ", os_error(errno));
   try {
     size_ = fstat_size(fd_, path_);
+    const int flags = ::fcntl(fd_, F_GETFL);
+    TS_CHECK(flags >= 0 && ::fcntl(fd_, F_SETFL, flags & ~O_NONBLOCK) == 0, path_,
+             "cannot set file flags: ", os_error(errno));
   } catch (...) {
     ::close(fd_);
     throw;
@@ -144,6 +149,11 @@ AtomicFileWriter::AtomicFileWriter(std::string path) : path_(std::move(path)) {
     fd_ = ::open(temp_path_.c_str(), O_WRONLY | O_CREAT | O_EXCL | O_CLOEXEC, 0666);
   } while (fd_ < 0 && errno == EINTR);
   TS_CHECK(fd_ >= 0, path_, "cannot create temporary file '", temp_path_, "': ", os_error(errno));
+  // Replacing a file keeps its permission bits: a 0600 file must not come back world-readable.
+  struct stat old {};
+  if (::stat(path_.c_str(), &old) == 0 && S_ISREG(old.st_mode)) {
+    (void)::fchmod(fd_, old.st_mode & 0777);
+  }
 }
 
 AtomicFileWriter::~AtomicFileWriter() {
