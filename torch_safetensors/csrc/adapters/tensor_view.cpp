@@ -9,6 +9,7 @@
 #include <ATen/ops/from_blob.h>
 
 #include "check.h"
+#include "storage/file_io.h"
 
 namespace torch::safetensors::adapters {
 namespace {
@@ -68,6 +69,33 @@ at::Tensor empty_for(const TensorInfo& info, std::string_view source) {
   const std::vector<int64_t> sizes = torch_sizes(info);
   check_torch_sizes(info, sizes, source);
   return at::empty(sizes, at::TensorOptions().dtype(torch_dtype(info, source)));
+}
+
+std::vector<at::Tensor> empty_for_read(const std::vector<TensorInfo>& infos,
+                                       std::string_view source) {
+  constexpr uint64_t kArena = uint64_t(64) << 20;
+  constexpr uint64_t kAlign = 64;  // as the CPU allocator aligns
+  const auto padded = [](uint64_t n) { return (n + kAlign - 1) / kAlign * kAlign; };
+  std::vector<at::Tensor> out;
+  out.reserve(infos.size());
+  for (size_t i = 0; i < infos.size();) {
+    uint64_t size = 0;
+    size_t j = i;
+    do {
+      size += padded(infos[j].nbytes());
+      ++j;
+    } while (j < infos.size() && size + padded(infos[j].nbytes()) <= kArena);
+    if (size == 0) size = kAlign;  // only empty tensors: view_bytes copies nothing anyway
+    void* p = storage::alloc_huge(size);
+    TS_CHECK(p != nullptr, source, "cannot allocate ", size, " bytes to read tensors into");
+    const std::shared_ptr<void> arena(p, [size](void* q) { storage::free_huge(q, size); });
+    auto* at = static_cast<uint8_t*>(p);
+    for (; i < j; ++i) {
+      out.push_back(view_bytes(infos[i], at, arena, source));
+      at += padded(infos[i].nbytes());
+    }
+  }
+  return out;
 }
 
 at::Tensor view_bytes(const TensorInfo& info, uint8_t* data, const std::shared_ptr<void>& owner,

@@ -120,8 +120,22 @@ RawTensor File::raw(std::string_view name) const {
 TensorDict File::tensors() const {
   TensorDict out;
   out.reserve(header().tensors.size());
-  for (const auto& info : header().tensors)
-    out.insert(info.name, impl_->to_device(impl_->read(info)));
+  if (impl_->mapping) {
+    for (const auto& info : header().tensors)
+      out.insert(info.name, impl_->to_device(impl_->read(info)));
+    return out;
+  }
+  // pread: allocate everything, then read it all in large chunks on a few threads.
+  std::vector<at::Tensor> owned = adapters::empty_for_read(header().tensors, path());
+  std::vector<storage::ReadJob> jobs;
+  jobs.reserve(owned.size());
+  for (size_t i = 0; i < owned.size(); ++i) {
+    const TensorInfo& info = header().tensors[i];
+    if (info.nbytes()) jobs.push_back({owned[i].data_ptr(), info.nbytes(), impl_->absolute(info)});
+  }
+  storage::read_all(*impl_->file, jobs);
+  for (size_t i = 0; i < owned.size(); ++i)
+    out.insert(header().tensors[i].name, impl_->to_device(std::move(owned[i])));
   return out;
 }
 

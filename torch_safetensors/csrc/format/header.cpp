@@ -58,8 +58,27 @@ std::string known_dtypes() {
   return all;
 }
 
+// "tensor 'name': " in error messages. Streamed only when a check fails: building these strings
+// eagerly cost more than the parse itself on 100,000-tensor headers.
+struct Where {
+  std::string_view name;
+};
+std::ostream& operator<<(std::ostream& out, const Where& w) {
+  return out << "tensor '" << w.name << "': ";
+}
+// "tensor 'name': shape[2]" / "tensor 'name': data_offsets[0]".
+struct Element {
+  Where where;
+  const char* field;
+  size_t index;
+};
+std::ostream& operator<<(std::ostream& out, const Element& e) {
+  return out << e.where << e.field << '[' << e.index << ']';
+}
+
 // A non-negative JSON integer, or an error naming `what`.
-uint64_t get_unsigned(dom::element value, std::string_view source, const std::string& what) {
+template <typename What>
+uint64_t get_unsigned(dom::element value, std::string_view source, const What& what) {
   uint64_t out = 0;
   if (value.get_uint64().get(out) == simdjson::SUCCESS) return out;
   if (value.type() == dom::element_type::INT64) {
@@ -86,7 +105,7 @@ Metadata parse_metadata(dom::element value, std::string_view source) {
 TensorInfo parse_tensor(std::string_view name, dom::element value, std::string_view source) {
   TensorInfo info;
   info.name = std::string(name);
-  const std::string where = "tensor '" + info.name + "': ";
+  const Where where{name};
   dom::object object;
   TS_CHECK(value.get_object().get(object) == simdjson::SUCCESS, source, where,
            "expected an object with dtype, shape and data_offsets, found ",
@@ -111,7 +130,7 @@ TensorInfo parse_tensor(std::string_view name, dom::element value, std::string_v
       TS_CHECK(field.value.get_array().get(dims) == simdjson::SUCCESS, source, where,
                "shape must be an array of integers, found ", json_type_name(field.value.type()));
       for (dom::element dim : dims) {
-        const std::string what = where + "shape[" + std::to_string(info.shape.size()) + "]";
+        const Element what{where, "shape", info.shape.size()};
         uint64_t size = get_unsigned(dim, source, what);
         TS_CHECK(size <= uint64_t(INT64_MAX), source, what, " = ", size, " is too large");
         info.shape.push_back(int64_t(size));
@@ -122,8 +141,8 @@ TensorInfo parse_tensor(std::string_view name, dom::element value, std::string_v
       dom::array offsets;
       TS_CHECK(field.value.get_array().get(offsets) == simdjson::SUCCESS && offsets.size() == 2,
                source, where, "data_offsets must be an array of two integers [begin, end]");
-      info.begin = get_unsigned(offsets.at(0), source, where + "data_offsets[0]");
-      info.end = get_unsigned(offsets.at(1), source, where + "data_offsets[1]");
+      info.begin = get_unsigned(offsets.at(0), source, Element{where, "data_offsets", 0});
+      info.end = get_unsigned(offsets.at(1), source, Element{where, "data_offsets", 1});
     }
     // Other fields are ignored, as the reference does, so that every file it reads we read too.
   }
@@ -133,17 +152,20 @@ TensorInfo parse_tensor(std::string_view name, dom::element value, std::string_v
   return info;
 }
 
-// The one place where offsets are checked against each other and against the file.
-void validate_layout(std::vector<TensorInfo>& tensors, uint64_t data_size,
+// The one place where offsets are checked against each other and against the file. Returns
+// whether it had to reorder the tensors (headers written by save are in file order already).
+bool validate_layout(std::vector<TensorInfo>& tensors, uint64_t data_size,
                      std::string_view source) {
   // File order. Stable, so that zero-size tensors sharing an offset keep their header order.
-  std::stable_sort(tensors.begin(), tensors.end(), [](const TensorInfo& a, const TensorInfo& b) {
+  const auto by_offset = [](const TensorInfo& a, const TensorInfo& b) {
     return a.begin != b.begin ? a.begin < b.begin : a.end < b.end;
-  });
+  };
+  const bool reorder = !std::is_sorted(tensors.begin(), tensors.end(), by_offset);
+  if (reorder) std::stable_sort(tensors.begin(), tensors.end(), by_offset);
   uint64_t expected = 0;
   const TensorInfo* previous = nullptr;
   for (const TensorInfo& info : tensors) {
-    const std::string where = "tensor '" + info.name + "': ";
+    const Where where{info.name};
     TS_CHECK(info.begin <= info.end, source, where, "data_offsets [", info.begin, ", ", info.end,
              "] start after they end");
     TS_CHECK(info.end <= data_size, source, where, "data_offsets [", info.begin, ", ", info.end,
@@ -168,6 +190,7 @@ void validate_layout(std::vector<TensorInfo>& tensors, uint64_t data_size,
   TS_CHECK(expected == data_size, source, "the tensors cover ", expected,
            " bytes, but the data section has ", data_size,
            " bytes (the file has trailing bytes no tensor accounts for)");
+  return reorder;
 }
 
 // JSON string escaping exactly as serde_json writes it.
@@ -331,8 +354,7 @@ Header parse_header(std::string_view json, uint64_t file_size, std::string_view 
     }
   }
   const uint64_t data_size = file_size - kHeaderLengthSize - json.size();
-  validate_layout(header.tensors, data_size, source);
-  header.index();  // sorting moved the names
+  if (validate_layout(header.tensors, data_size, source)) header.index();  // sorting moved names
   return header;
 }
 

@@ -3,6 +3,9 @@
 #include <atomic>
 #include <cerrno>
 #include <cstring>
+#include <exception>
+#include <mutex>
+#include <thread>
 
 #include <fcntl.h>
 #include <sys/mman.h>
@@ -74,6 +77,56 @@ Header ReadOnlyFile::read_header() const {
   read_exact(json.data(), n, kHeaderLengthSize);
   return parse_header(json, size_, path_);
 }
+
+void read_all(const ReadOnlyFile& file, const std::vector<ReadJob>& jobs) {
+  // Chunks large enough that each pread amortises its syscall, small enough to balance threads.
+  constexpr uint64_t kChunk = uint64_t(16) << 20;
+  constexpr uint64_t kParallelMin = uint64_t(64)
+                                    << 20;  // below this, threads cost more than they save
+  std::vector<ReadJob> chunks;
+  uint64_t total = 0;
+  for (const ReadJob& job : jobs) {
+    total += job.length;
+    for (uint64_t done = 0; done < job.length; done += kChunk) {
+      chunks.push_back({static_cast<char*>(job.dst) + done, std::min(kChunk, job.length - done),
+                        job.offset + done});
+    }
+  }
+  const unsigned cores = std::max(1u, std::thread::hardware_concurrency());
+  const unsigned threads = total < kParallelMin ? 1u : std::min<unsigned>(cores, 16);
+  if (threads <= 1 || chunks.size() <= 1) {
+    for (const ReadJob& c : chunks) file.read_exact(c.dst, c.length, c.offset);
+    return;
+  }
+  std::atomic<size_t> next{0};
+  std::exception_ptr error;
+  std::mutex error_mutex;
+  auto worker = [&] {
+    try {
+      for (size_t i; (i = next.fetch_add(1)) < chunks.size();) {
+        file.read_exact(chunks[i].dst, chunks[i].length, chunks[i].offset);
+      }
+    } catch (...) {
+      std::lock_guard<std::mutex> lock(error_mutex);
+      if (!error) error = std::current_exception();
+      next = chunks.size();  // the others stop at their next chunk
+    }
+  };
+  std::vector<std::thread> pool;
+  for (unsigned t = 1; t < threads; ++t) pool.emplace_back(worker);
+  worker();
+  for (auto& t : pool) t.join();
+  if (error) std::rethrow_exception(error);
+}
+
+void* alloc_huge(uint64_t n) {
+  void* p = ::mmap(nullptr, n, PROT_READ | PROT_WRITE, MAP_PRIVATE | MAP_ANONYMOUS, -1, 0);
+  if (p == MAP_FAILED) return nullptr;
+  ::madvise(p, n, MADV_HUGEPAGE);  // a hint: without THP support it changes nothing
+  return p;
+}
+
+void free_huge(void* p, uint64_t n) { ::munmap(p, n); }
 
 PrivateMapping::PrivateMapping(const ReadOnlyFile& file) : size_(file.size()) {
   if (size_ == 0) return;
