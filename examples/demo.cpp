@@ -44,7 +44,8 @@ struct TinyLMImpl : torch::nn::Module {
 TORCH_MODULE(TinyLM);
 
 double ms_since(std::chrono::steady_clock::time_point start) {
-  return std::chrono::duration<double, std::milli>(std::chrono::steady_clock::now() - start).count();
+  return std::chrono::duration<double, std::milli>(std::chrono::steady_clock::now() - start)
+      .count();
 }
 
 int main(int argc, char** argv) {
@@ -72,20 +73,25 @@ int main(int argc, char** argv) {
   for (const auto& name : file.keys()) {
     const auto& info = file.info(name);
     std::string shape = "[";
-    for (size_t i = 0; i < info.shape.size(); ++i) shape += (i ? "," : "") + std::to_string(info.shape[i]);
+    for (size_t i = 0; i < info.shape.size(); ++i)
+      shape += (i ? "," : "") + std::to_string(info.shape[i]);
     shape += "]";
-    std::printf("%-28s %-6s %-14s %12llu\n", name.c_str(), std::string(st::dtype_name(info.dtype)).c_str(),
-                shape.c_str(), static_cast<unsigned long long>(info.nbytes()));
+    std::printf("%-28s %-6s %-14s %12llu\n", name.c_str(),
+                std::string(st::dtype_name(info.dtype)).c_str(), shape.c_str(),
+                static_cast<unsigned long long>(info.nbytes()));
     total += info.nbytes();
   }
   std::printf("\n%zu tensors, %.1f MiB; metadata:", file.size(), total / 1048576.0);
-  for (const auto& [key, value] : *file.metadata()) std::printf(" %s=%s;", key.c_str(), value.c_str());
+  for (const auto& [key, value] : *file.metadata())
+    std::printf(" %s=%s;", key.c_str(), value.c_str());
 
   // Check: every parameter equals the original, and the tie survived the round trip.
   bool same = true;
   const auto original = model->named_parameters();
-  for (const auto& p : fresh->named_parameters()) same &= torch::equal(p.value(), original[p.key()]);
-  const bool tied = fresh->head->named_parameters()["weight"].data_ptr() == fresh->embed->weight.data_ptr();
+  for (const auto& p : fresh->named_parameters())
+    same &= torch::equal(p.value(), original[p.key()]);
+  const bool tied =
+      fresh->head->named_parameters()["weight"].data_ptr() == fresh->embed->weight.data_ptr();
   std::printf("\nsave %.2f ms | load into module %.2f ms (zero-copy) | open + header %.3f ms\n",
               save_ms, load_ms, open_ms);
   std::printf("round trip: %s, tied weights %s\n", same ? "identical" : "DIFFERENT",

@@ -5,10 +5,11 @@
 int main() {
   namespace st = torch::safetensors;
   torch::nn::Linear model(4, 2);
-  st::save(*model, "linear.safetensors", {{"format", "pt"}});       // like torch::save
+  st::save(*model, "linear.safetensors", {{"format", "pt"}});  // like torch::save
   torch::nn::Linear fresh(4, 2);
-  st::load(*fresh, "linear.safetensors");                           // like torch::load, zero-copy
-  auto tensors = st::load("linear.safetensors");                    // name -> tensor, lazy mmap
-  std::cout << tensors["weight"] << "\n" << st::File("linear.safetensors").metadata()->at("format") << "\n";
+  st::load(*fresh, "linear.safetensors");         // like torch::load, zero-copy
+  auto tensors = st::load("linear.safetensors");  // name -> tensor, lazy mmap
+  std::cout << tensors["weight"] << "\n"
+            << st::File("linear.safetensors").metadata()->at("format") << "\n";
   return torch::equal(fresh->weight, model->weight) ? 0 : 1;
 }

@@ -25,71 +25,18 @@
 #include <ATen/Parallel.h>
 #include <gtest/gtest.h>
 
+#include "test_util.h"
 #include "torch_safetensors/safetensors.h"
 
 namespace ts = torch::safetensors;
 namespace fs = std::filesystem;
 using at::indexing::Slice;
+using ts_test::error_of;
+using ts_test::TempDir;
 
 namespace {
 
 const std::string kCorpusDir = std::string(TS_TEST_DATA_DIR) + "/adversarial";
-
-class ScratchDir {
- public:
-  ScratchDir() {
-    std::string templ = (fs::temp_directory_path() / "ts_hardening_XXXXXX").string();
-    if (::mkdtemp(templ.data()) == nullptr) throw std::runtime_error("mkdtemp failed");
-    path_ = templ;
-  }
-  ~ScratchDir() {
-    std::error_code ignored;
-    fs::remove_all(path_, ignored);
-  }
-  std::string file(const std::string& name) const { return (path_ / name).string(); }
-  // Names in the directory now (to spot leftover temporary files).
-  std::vector<std::string> entries() const {
-    std::vector<std::string> names;
-    for (const auto& entry : fs::directory_iterator(path_)) {
-      names.push_back(entry.path().filename().string());
-    }
-    std::sort(names.begin(), names.end());
-    return names;
-  }
-
- private:
-  fs::path path_;
-};
-
-std::string read_bytes(const std::string& path) {
-  std::ifstream in(path, std::ios::binary);
-  std::ostringstream out;
-  out << in.rdbuf();
-  return out.str();
-}
-
-void write_bytes(const std::string& path, const std::string& bytes) {
-  std::ofstream out(path, std::ios::binary | std::ios::trunc);
-  out.write(bytes.data(), std::streamsize(bytes.size()));
-  ASSERT_TRUE(out.good()) << path;
-}
-
-std::string le64(uint64_t n) {
-  std::string out(8, '\0');
-  for (int i = 0; i < 8; ++i) out[i] = char((n >> (8 * i)) & 0xFF);
-  return out;
-}
-
-// Runs `fn`, which must throw a c10::Error; returns its message (without backtrace).
-template <typename Fn>
-std::string error_of(Fn&& fn) {
-  try {
-    fn();
-  } catch (const c10::Error& e) {
-    return e.what_without_backtrace();
-  }
-  return "<no error>";
-}
 
 bool contains(const std::string& haystack, const std::string& needle) {
   return haystack.find(needle) != std::string::npos;
@@ -103,7 +50,7 @@ std::string tensor_bytes(const at::Tensor& t) {
 // Opens a file and reads every tensor, whole and raw: the complete load path.
 void load_everything(const std::string& path, ts::Backend backend) {
   ts::File file(path, ts::LoadOptions().with_backend(backend));
-  const std::string bytes = read_bytes(path);
+  const std::string bytes = ts_test::read_file(path);
   for (const auto& name : file.keys()) {
     const ts::TensorInfo& info = file.info(name);
     const std::string stored =
@@ -168,7 +115,7 @@ TEST(AdversarialCorpus, EveryFileGivesItsError) {
       EXPECT_TRUE(contains(message, path)) << "error does not name the file: " << message;
     }
     // The in-memory path applies the same rules.
-    const std::string bytes = read_bytes(path);
+    const std::string bytes = ts_test::read_file(path);
     if (c.expected == "OK") {
       EXPECT_NO_THROW(ts::from_bytes(bytes));
     } else {
@@ -205,7 +152,7 @@ TEST(AdversarialCorpus, ErrorsNameTheTensor) {
 
 // Paths that are not regular files are refused at once; a FIFO must not block the open.
 TEST(OpenFaults, NonRegularFilesAreRefusedWithoutBlocking) {
-  ScratchDir dir;
+  TempDir dir;
   const std::string fifo = dir.file("fifo.safetensors");
   ASSERT_EQ(::mkfifo(fifo.c_str(), 0600), 0);
   const pid_t pid = ::fork();  // in a child, so that a blocking open cannot hang the suite
@@ -221,15 +168,15 @@ TEST(OpenFaults, NonRegularFilesAreRefusedWithoutBlocking) {
   }
   int status = 0;
   ASSERT_EQ(::waitpid(pid, &status, 0), pid);
-  ASSERT_TRUE(WIFEXITED(status)) << "open of a FIFO blocked (killed by signal "
-                                 << WTERMSIG(status) << ")";
+  ASSERT_TRUE(WIFEXITED(status)) << "open of a FIFO blocked (killed by signal " << WTERMSIG(status)
+                                 << ")";
   EXPECT_EQ(WEXITSTATUS(status), 0);
   for (const std::string path : {dir.file(""), std::string("/dev/null")}) {
     const std::string message = error_of([&] { ts::File file(path); });
     EXPECT_TRUE(contains(message, "not a regular file")) << message;
   }
-  EXPECT_TRUE(contains(error_of([&] { ts::File file(dir.file("missing")); }),
-                       std::strerror(ENOENT)));
+  EXPECT_TRUE(
+      contains(error_of([&] { ts::File file(dir.file("missing")); }), std::strerror(ENOENT)));
 }
 
 // ---------------------------------------------------------------------------------------------
@@ -264,10 +211,10 @@ ts::NamedTensors sample(int64_t n, float start) {
 }
 
 TEST(SaveFaults, FileSizeLimitKeepsOldFileAndNoTemp) {
-  ScratchDir dir;
+  TempDir dir;
   const std::string path = dir.file("model.safetensors");
   ts::save(sample(16, 0), path);
-  const std::string before = read_bytes(path);
+  const std::string before = ts_test::read_file(path);
   // One limit inside the header, one inside the tensor data.
   for (rlim_t limit : {rlim_t(5), rlim_t(before.size() + 1000)}) {
     SCOPED_TRACE("RLIMIT_FSIZE = " + std::to_string(limit));
@@ -280,7 +227,7 @@ TEST(SaveFaults, FileSizeLimitKeepsOldFileAndNoTemp) {
     EXPECT_TRUE(contains(message, "write failed")) << message;
     EXPECT_TRUE(contains(message, std::strerror(EFBIG))) << message;
     EXPECT_TRUE(contains(message, path)) << message;
-    EXPECT_EQ(read_bytes(path), before);
+    EXPECT_EQ(ts_test::read_file(path), before);
     EXPECT_EQ(dir.entries(), std::vector<std::string>{"model.safetensors"});
   }
   // And without the limit the same save goes through.
@@ -291,10 +238,10 @@ TEST(SaveFaults, FileSizeLimitKeepsOldFileAndNoTemp) {
 TEST(SaveFaults, FileSizeLimitInForkedChild) {
   // The same fault in a child process that cannot restore its limit, as a real ENOSPC/EFBIG
   // would hit a program: the child reports through its exit code.
-  ScratchDir dir;
+  TempDir dir;
   const std::string path = dir.file("model.safetensors");
   ts::save(sample(16, 0), path);
-  const std::string before = read_bytes(path);
+  const std::string before = ts_test::read_file(path);
   const ts::NamedTensors big = sample(1 << 16, 2);  // made before fork: the child only writes
   const pid_t pid = ::fork();
   ASSERT_GE(pid, 0);
@@ -313,24 +260,24 @@ TEST(SaveFaults, FileSizeLimitInForkedChild) {
   ASSERT_EQ(::waitpid(pid, &status, 0), pid);
   ASSERT_TRUE(WIFEXITED(status)) << "child killed by signal " << WTERMSIG(status);
   EXPECT_EQ(WEXITSTATUS(status), 0);
-  EXPECT_EQ(read_bytes(path), before);
+  EXPECT_EQ(ts_test::read_file(path), before);
   EXPECT_EQ(dir.entries(), std::vector<std::string>{"model.safetensors"});
 }
 
 TEST(SaveFaults, RenameFailureLeavesNoTemp) {
-  ScratchDir dir;
+  TempDir dir;
   const std::string path = dir.file("target");
   fs::create_directory(path);  // rename(temp, directory) fails
-  write_bytes(path + "/keep", "x");
+  ts_test::write_file(path + "/keep", "x");
   const std::string message = error_of([&] { ts::save(sample(4, 0), path); });
   EXPECT_TRUE(contains(message, path)) << message;
   EXPECT_TRUE(contains(message, "cannot move the temporary file")) << message;
   EXPECT_EQ(dir.entries(), std::vector<std::string>{"target"});
-  EXPECT_EQ(read_bytes(path + "/keep"), "x");
+  EXPECT_EQ(ts_test::read_file(path + "/keep"), "x");
 }
 
 TEST(SaveFaults, MissingDirectory) {
-  ScratchDir dir;
+  TempDir dir;
   const std::string path = dir.file("no/such/dir/model.safetensors");
   const std::string message = error_of([&] { ts::save(sample(4, 0), path); });
   EXPECT_TRUE(contains(message, path)) << message;
@@ -339,22 +286,22 @@ TEST(SaveFaults, MissingDirectory) {
 }
 
 TEST(SaveFaults, RejectedTensorLeavesOldFile) {
-  ScratchDir dir;
+  TempDir dir;
   const std::string path = dir.file("model.safetensors");
   ts::save(sample(8, 0), path);
-  const std::string before = read_bytes(path);
+  const std::string before = ts_test::read_file(path);
   ts::NamedTensors bad = sample(8, 1);
   bad.emplace_back("c", at::zeros({2}, at::kComplexDouble));  // no safetensors dtype
   const std::string message = error_of([&] { ts::save(bad, path); });
   EXPECT_TRUE(contains(message, "'c'")) << message;
-  EXPECT_EQ(read_bytes(path), before);
+  EXPECT_EQ(ts_test::read_file(path), before);
   EXPECT_EQ(dir.entries(), std::vector<std::string>{"model.safetensors"});
 }
 
 TEST(SaveFaults, F4DimensionThatCannotBeWrittenIsRefused) {
   // Zero elements, but 2^62 Float4_e2m1fn_x2 elements are 2^63 values in the header: no reader
   // accepts that dimension, so save must refuse rather than write an unreadable file.
-  ScratchDir dir;
+  TempDir dir;
   const std::string path = dir.file("f4.safetensors");
   const at::Tensor empty = at::empty({0, int64_t(1) << 62}, at::kFloat4_e2m1fn_x2);
   const std::string message = error_of([&] { ts::save(ts::NamedTensors{{"x", empty}}, path); });
@@ -367,7 +314,7 @@ TEST(SaveFaults, F4DimensionThatCannotBeWrittenIsRefused) {
 }
 
 TEST(SaveFaults, ReplacingAFileKeepsItsPermissions) {
-  ScratchDir dir;
+  TempDir dir;
   const std::string path = dir.file("private.safetensors");
   ts::save(sample(4, 0), path);
   ASSERT_EQ(::chmod(path.c_str(), 0600), 0);
@@ -379,7 +326,7 @@ TEST(SaveFaults, ReplacingAFileKeepsItsPermissions) {
 }
 
 TEST(SaveFaults, HeaderOverLimitIsRefused) {
-  ScratchDir dir;
+  TempDir dir;
   const std::string path = dir.file("model.safetensors");
   ts::Metadata metadata{{"big", std::string(ts::kMaxHeaderSize, 'm')}};
   const std::string message = error_of([&] { ts::save(sample(4, 0), path, metadata); });
@@ -388,7 +335,7 @@ TEST(SaveFaults, HeaderOverLimitIsRefused) {
 }
 
 TEST(SaveFaults, SaveOverFileThatLiveTensorsMap) {
-  ScratchDir dir;
+  TempDir dir;
   const std::string path = dir.file("model.safetensors");
   ts::save(sample(1024, 0), path);
   const at::Tensor expected_old = at::arange(1024, at::kFloat);
@@ -412,10 +359,10 @@ TEST(SaveFaults, SaveOverFileThatLiveTensorsMap) {
   // New opens see the new file.
   EXPECT_TRUE(ts::File(path).tensor("w").equal(at::arange(4096, at::kFloat) + 100));
   // Writing into a mapped view never reaches the file (private mapping).
-  const std::string on_disk = read_bytes(path);
+  const std::string on_disk = ts_test::read_file(path);
   ts::File again(path);
   again.tensor("w").add_(1);
-  EXPECT_EQ(read_bytes(path), on_disk);
+  EXPECT_EQ(ts_test::read_file(path), on_disk);
   EXPECT_EQ(dir.entries(), std::vector<std::string>{"model.safetensors"});
 }
 
@@ -424,7 +371,7 @@ TEST(SaveFaults, SaveOverFileThatLiveTensorsMap) {
 // ---------------------------------------------------------------------------------------------
 
 TEST(Truncation, PreadBackendThrowsInsteadOfSigbus) {
-  ScratchDir dir;
+  TempDir dir;
   const std::string path = dir.file("model.safetensors");
   // Sorted for save: F32 "a" (64 KiB) first, then F32 "b".
   ts::save(ts::NamedTensors{{"a", at::arange(128 * 128, at::kFloat).reshape({128, 128})},
@@ -454,7 +401,7 @@ TEST(Truncation, PreadBackendThrowsInsteadOfSigbus) {
 }
 
 TEST(Truncation, MmapBackendCheckIntact) {
-  ScratchDir dir;
+  TempDir dir;
   const std::string path = dir.file("model.safetensors");
   ts::save(ts::NamedTensors{{"a", at::ones({4096})}}, path);
   ts::File file(path);
@@ -474,7 +421,7 @@ TEST(TruncationDeathTest, MmapBackendTouchingTruncatedPagesIsSigbus) {
   // Documents the OS rule that check_intact() exists for: a mapping's pages past the new end of
   // the file cannot be read. (The pread backend above turns this into an error instead.)
   GTEST_FLAG_SET(death_test_style, "threadsafe");
-  ScratchDir dir;
+  TempDir dir;
   const std::string path = dir.file("model.safetensors");
   ts::save(ts::NamedTensors{{"a", at::ones({1 << 16})}}, path);
   EXPECT_DEATH(
@@ -508,7 +455,7 @@ void check_versioned(const ts::TensorDict& dict, std::atomic<int>& errors) {
 
 TEST(Concurrency, ManyThreadsLoadSliceSave) {
   at::set_num_threads(1);  // our threads, not OpenMP's
-  ScratchDir dir;
+  TempDir dir;
   const std::string shared_read = dir.file("shared_read.safetensors");
   const std::string shared_write = dir.file("shared_write.safetensors");
   const at::Tensor matrix = at::arange(64 * 32, at::kFloat).reshape({64, 32});
@@ -572,7 +519,7 @@ TEST(Concurrency, ManyThreadsLoadSliceSave) {
 
 TEST(Concurrency, SharedMappedTensorsOutliveHandlesAcrossThreads) {
   at::set_num_threads(1);
-  ScratchDir dir;
+  TempDir dir;
   const std::string path = dir.file("model.safetensors");
   ts::save(ts::NamedTensors{{"x", at::arange(4096, at::kInt)}}, path);
   std::vector<at::Tensor> views(8);
@@ -601,7 +548,7 @@ TEST(Concurrency, SharedMappedTensorsOutliveHandlesAcrossThreads) {
 // ---------------------------------------------------------------------------------------------
 
 TEST(Scale, OffsetsBeyond4GiBInSparseFile) {
-  ScratchDir dir;
+  TempDir dir;
   const std::string path = dir.file("sparse.safetensors");
   constexpr uint64_t kBig = 5ull << 30;  // 5 GiB of U8, mostly holes
   std::string json = "{\"big\":{\"dtype\":\"U8\",\"shape\":[" + std::to_string(kBig) +
@@ -613,7 +560,7 @@ TEST(Scale, OffsetsBeyond4GiBInSparseFile) {
   {
     const int fd = ::open(path.c_str(), O_WRONLY | O_CREAT | O_TRUNC, 0644);
     ASSERT_GE(fd, 0);
-    const std::string head = le64(json.size()) + json;
+    const std::string head = ts_test::make_safetensors(json, "");
     const float tail[4] = {1.5f, -2.f, 3.25f, 4.f};
     const char marker[] = "past-4GiB";
     const uint64_t marker_at = (4ull << 30) + 123;
@@ -643,7 +590,7 @@ TEST(Scale, OffsetsBeyond4GiBInSparseFile) {
 }
 
 TEST(Scale, HundredThousandTensors) {
-  ScratchDir dir;
+  TempDir dir;
   const std::string path = dir.file("many.safetensors");
   constexpr int kCount = 100'000;
   ts::NamedTensors tensors;
@@ -675,13 +622,13 @@ std::string file_with_header_size(uint64_t header_size) {
   std::string json = open;
   json.append(header_size - open.size() - close.size(), 'p');
   json += close;
-  return le64(json.size()) + json + "\x2a";
+  return ts_test::make_safetensors(json, "\x2a");
 }
 
 TEST(Scale, HeaderAtTheLimitAndOneByteOver) {
-  ScratchDir dir;
+  TempDir dir;
   const std::string at_limit = dir.file("at_limit.safetensors");
-  write_bytes(at_limit, file_with_header_size(ts::kMaxHeaderSize));
+  ts_test::write_file(at_limit, file_with_header_size(ts::kMaxHeaderSize));
   {
     ts::File file(at_limit, ts::LoadOptions().with_backend(ts::Backend::kPread));
     EXPECT_EQ(file.header().header_size, ts::kMaxHeaderSize);
@@ -690,7 +637,7 @@ TEST(Scale, HeaderAtTheLimitAndOneByteOver) {
     EXPECT_EQ(file.tensor("x").item<uint8_t>(), 0x2a);
   }
   const std::string over = dir.file("over.safetensors");
-  write_bytes(over, file_with_header_size(ts::kMaxHeaderSize + 1));
+  ts_test::write_file(over, file_with_header_size(ts::kMaxHeaderSize + 1));
   for (auto backend : {ts::Backend::kMmap, ts::Backend::kPread}) {
     const std::string message =
         error_of([&] { ts::File file(over, ts::LoadOptions().with_backend(backend)); });

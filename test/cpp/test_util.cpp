@@ -1,8 +1,9 @@
 #include "test_util.h"
 
+#include <algorithm>
 #include <cstdio>
+#include <cstdlib>
 #include <fstream>
-#include <random>
 #include <sstream>
 #include <stdexcept>
 
@@ -13,10 +14,9 @@
 namespace ts_test {
 
 TempDir::TempDir() {
-  std::random_device rd;
-  path_ = std::filesystem::temp_directory_path() /
-          ("ts_test_" + std::to_string(::getpid()) + "_" + std::to_string(rd()));
-  std::filesystem::create_directories(path_);
+  std::string templ = (std::filesystem::temp_directory_path() / "ts_test_XXXXXX").string();
+  if (::mkdtemp(templ.data()) == nullptr) throw std::runtime_error("mkdtemp failed");
+  path_ = templ;
 }
 
 TempDir::~TempDir() {
@@ -24,10 +24,13 @@ TempDir::~TempDir() {
   std::filesystem::remove_all(path_, ignored);
 }
 
-size_t TempDir::entry_count() const {
-  size_t n = 0;
-  for (const auto& entry : std::filesystem::directory_iterator(path_)) n += entry.exists();
-  return n;
+std::vector<std::string> TempDir::entries() const {
+  std::vector<std::string> names;
+  for (const auto& entry : std::filesystem::directory_iterator(path_)) {
+    names.push_back(entry.path().filename().string());
+  }
+  std::sort(names.begin(), names.end());
+  return names;
 }
 
 std::string read_file(const std::string& path) {

@@ -5,6 +5,7 @@
 #include <filesystem>
 #include <functional>
 #include <string>
+#include <vector>
 
 namespace ts_test {
 
@@ -15,7 +16,8 @@ class TempDir {
   ~TempDir();
   std::string file(const std::string& name) const { return (path_ / name).string(); }
   const std::filesystem::path& path() const { return path_; }
-  size_t entry_count() const;  // files in the directory now
+  // Names in the directory now, sorted (to spot leftover temporary files).
+  std::vector<std::string> entries() const;
 
  private:
   std::filesystem::path path_;
