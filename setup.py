@@ -14,6 +14,7 @@ import subprocess
 from setuptools import setup
 
 try:
+    import torch
     from torch.utils.cpp_extension import BuildExtension, CppExtension
 except ImportError as error:  # an isolated build environment has no torch
     raise SystemExit(
@@ -66,7 +67,12 @@ ext = CppExtension(
     extra_compile_args=["-O2", "-g0", "-fvisibility=hidden", "-Wall", "-Wno-unused-parameter"],
 )
 
+# The extension is tied to the ABI of the torch it is compiled against: require exactly that
+# release (never an open range, which could pull in another, multi-GB build).
+TORCH_REQUIREMENT = "torch==" + torch.__version__.split("+")[0]
+
 setup(
+    install_requires=[TORCH_REQUIREMENT],
     ext_modules=[ext],
     cmdclass={"build_ext": BuildExtension.with_options(use_ninja=True)},
 )
