@@ -169,35 +169,52 @@ at::Tensor contiguous_cpu_bytes(const SaveItem& item) {
   return t.contiguous();
 }
 
-void check_no_overlap(const std::vector<SaveItem>& items, std::string_view source) {
-  // (device, storage) → [(begin, end, name)] byte extents of the tensors that use it.
+std::vector<std::vector<size_t>> overlapping_groups(const std::vector<at::Tensor>& tensors) {
+  // (device, storage) → byte extents [first byte, past the last element) of the tensors using it.
   std::map<std::tuple<int, int, const void*>, std::vector<std::tuple<uintptr_t, uintptr_t, size_t>>>
       users;
-  for (size_t i = 0; i < items.size(); ++i) {
-    const at::Tensor& t = items[i].source;
-    if (t.numel() == 0 || !t.has_storage() || t.storage().data() == nullptr) continue;
+  for (size_t i = 0; i < tensors.size(); ++i) {
+    const at::Tensor& t = tensors[i];
+    if (!t.defined() || t.numel() == 0 || !t.has_storage() || t.storage().data() == nullptr) {
+      continue;
+    }
     const auto begin = reinterpret_cast<uintptr_t>(t.data_ptr());
     uintptr_t extent = t.element_size();
-    for (int64_t d = 0; d < t.dim(); ++d)
+    for (int64_t d = 0; d < t.dim(); ++d) {
       extent += (t.size(d) - 1) * t.stride(d) * t.element_size();
+    }
     const auto key = std::make_tuple(int(t.device().type()), int(t.device().index()),
                                      static_cast<const void*>(t.storage().data()));
     users[key].emplace_back(begin, begin + extent, i);
   }
+  std::vector<std::vector<size_t>> groups;
   for (auto& [key, extents] : users) {
     if (extents.size() < 2) continue;
     std::sort(extents.begin(), extents.end());
-    size_t furthest = 0;  // the extent reaching furthest so far
-    for (size_t j = 1; j < extents.size(); ++j) {
-      const auto& [begin, end, index] = extents[j];
-      const auto& [prev_begin, prev_end, prev_index] = extents[furthest];
-      TS_CHECK(begin >= prev_end, source, "tensors '", items[prev_index].info.name, "' and '",
-               items[index].info.name,
-               "' share memory; saving both would duplicate it and loading would untie them. "
-               "Save one of them, clone the other, or save the module (which drops tied "
-               "duplicates like the reference's save_model)");
-      if (end > prev_end) furthest = j;
+    std::vector<size_t> run;  // tensors whose extents chain into one overlapping stretch
+    uintptr_t run_end = 0;
+    for (const auto& [begin, end, index] : extents) {
+      if (!run.empty() && begin >= run_end) {
+        if (run.size() > 1) groups.push_back(run);
+        run.clear();
+      }
+      run.push_back(index);
+      run_end = run.size() == 1 ? end : std::max(run_end, end);
     }
+    if (run.size() > 1) groups.push_back(run);
+  }
+  return groups;
+}
+
+void check_no_overlap(const std::vector<SaveItem>& items, std::string_view source) {
+  std::vector<at::Tensor> tensors;
+  tensors.reserve(items.size());
+  for (const auto& item : items) tensors.push_back(item.source);
+  for (const auto& group : overlapping_groups(tensors)) {
+    TS_FAIL(source, "tensors '", items[group[0]].info.name, "' and '", items[group[1]].info.name,
+            "' share memory; saving both would duplicate it and loading would untie them. "
+            "Save one of them, clone the other, or save the module (which drops tied "
+            "duplicates like the reference's save_model)");
   }
 }
 

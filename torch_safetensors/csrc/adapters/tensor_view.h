@@ -50,6 +50,11 @@ SaveItem to_save_item(const std::string& name, const RawTensor& raw, std::string
 // The item's bytes as a contiguous CPU tensor (a copy only when it is not one already).
 at::Tensor contiguous_cpu_bytes(const SaveItem& item);
 
+// Groups of two or more tensors (indices into `tensors`) whose bytes overlap: same device and
+// storage, overlapping extents (chained), as the reference's shared-tensor detection. Tensors
+// with no elements are never in a group.
+std::vector<std::vector<size_t>> overlapping_groups(const std::vector<at::Tensor>& tensors);
+
 // Refuses tensors whose memory overlaps (as the reference's save_file does): saving both would
 // duplicate the bytes and loading would silently untie them.
 void check_no_overlap(const std::vector<SaveItem>& items, std::string_view source);

@@ -10,6 +10,7 @@
 #include <torch/nn/module.h>
 #include <torch/utils.h>
 
+#include "adapters/tensor_view.h"
 #include "check.h"
 
 namespace torch::safetensors {
@@ -27,37 +28,16 @@ Named named_tensors(const torch::nn::Module& module) {
   return out;
 }
 
-// Groups of names whose tensors share memory (same device and storage, overlapping bytes).
+// Groups of names whose tensors share memory (tied weights).
 std::vector<std::vector<std::string>> tied_groups(const Named& tensors) {
-  std::map<std::tuple<int, int, const void*>, std::vector<size_t>> by_storage;
-  for (size_t i = 0; i < tensors.size(); ++i) {
-    const at::Tensor& t = tensors[i].second;
-    if (!t.has_storage() || t.storage().nbytes() == 0 || t.storage().data() == nullptr) continue;
-    by_storage[{int(t.device().type()), int(t.device().index()), t.storage().data()}].push_back(i);
-  }
+  std::vector<at::Tensor> values;
+  values.reserve(tensors.size());
+  for (const auto& named : tensors) values.push_back(named.second);
   std::vector<std::vector<std::string>> groups;
-  for (auto& [key, members] : by_storage) {
-    if (members.size() < 2) continue;
-    // Split a storage's users into runs of overlapping byte extents, as the reference does.
-    std::vector<std::tuple<uintptr_t, uintptr_t, size_t>> extents;
-    for (size_t i : members) {
-      const at::Tensor& t = tensors[i].second;
-      const auto begin = reinterpret_cast<uintptr_t>(t.data_ptr());
-      extents.emplace_back(begin, begin + std::max<uintptr_t>(1, t.nbytes()), i);
-    }
-    std::sort(extents.begin(), extents.end());
-    uintptr_t run_end = 0;
-    bool first = true;
-    for (const auto& [begin, end, i] : extents) {
-      if (first || begin >= run_end) groups.emplace_back();
-      first = false;
-      groups.back().push_back(tensors[i].first);
-      run_end = std::max(run_end, end);
-    }
+  for (const auto& group : adapters::overlapping_groups(values)) {
+    groups.emplace_back();
+    for (size_t i : group) groups.back().push_back(tensors[i].first);
   }
-  groups.erase(
-      std::remove_if(groups.begin(), groups.end(), [](const auto& g) { return g.size() < 2; }),
-      groups.end());
   return groups;
 }
 
