@@ -7,6 +7,8 @@
 #include <sstream>
 #include <stdexcept>
 
+#include <dirent.h>
+#include <ftw.h>
 #include <unistd.h>
 
 #include <c10/util/Exception.h>
@@ -14,21 +16,32 @@
 namespace ts_test {
 
 TempDir::TempDir() {
-  std::string templ = (std::filesystem::temp_directory_path() / "ts_test_XXXXXX").string();
+  const char* tmpdir = std::getenv("TMPDIR");
+  std::string templ = std::string(tmpdir && *tmpdir ? tmpdir : "/tmp") + "/ts_test_XXXXXX";
   if (::mkdtemp(templ.data()) == nullptr) throw std::runtime_error("mkdtemp failed");
   path_ = templ;
 }
 
 TempDir::~TempDir() {
-  std::error_code ignored;
-  std::filesystem::remove_all(path_, ignored);
+  // Depth first, without following links: files before the directories that hold them.
+  auto remove_one = [](const char* path, const struct stat*, int, struct FTW*) {
+    ::remove(path);  // best effort: keep going
+    return 0;
+  };
+  ::nftw(path_.c_str(), remove_one, 16, FTW_DEPTH | FTW_PHYS);
 }
 
-std::vector<std::string> TempDir::entries() const {
+std::vector<std::string> TempDir::entries() const { return list_dir(path_); }
+
+std::vector<std::string> list_dir(const std::string& path) {
+  DIR* dir = ::opendir(path.c_str());
+  if (dir == nullptr) throw std::runtime_error("cannot list " + path);
   std::vector<std::string> names;
-  for (const auto& entry : std::filesystem::directory_iterator(path_)) {
-    names.push_back(entry.path().filename().string());
+  while (const dirent* entry = ::readdir(dir)) {
+    const std::string name = entry->d_name;
+    if (name != "." && name != "..") names.push_back(name);
   }
+  ::closedir(dir);
   std::sort(names.begin(), names.end());
   return names;
 }

@@ -1,8 +1,11 @@
 // Helpers shared by the C++ tests: temporary directories and hand-crafted files.
+//
+// No std::filesystem in the tests: the CUDA builds of libtorch.so export their own copies of its
+// functions, which win symbol resolution and crash (remove_all jumps to address 0 with torch
+// 2.11+cu130). POSIX calls have no such clash.
 #pragma once
 
 #include <cstdint>
-#include <filesystem>
 #include <functional>
 #include <string>
 #include <vector>
@@ -14,14 +17,17 @@ class TempDir {
  public:
   TempDir();
   ~TempDir();
-  std::string file(const std::string& name) const { return (path_ / name).string(); }
-  const std::filesystem::path& path() const { return path_; }
+  std::string file(const std::string& name) const { return path_ + "/" + name; }
+  const std::string& path() const { return path_; }
   // Names in the directory now, sorted (to spot leftover temporary files).
   std::vector<std::string> entries() const;
 
  private:
-  std::filesystem::path path_;
+  std::string path_;
 };
+
+// The names in directory `path` (without "." and ".."), sorted.
+std::vector<std::string> list_dir(const std::string& path);
 
 std::string read_file(const std::string& path);
 void write_file(const std::string& path, const std::string& bytes);

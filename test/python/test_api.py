@@ -15,7 +15,7 @@ import safetensors.torch
 import torch
 
 import torch_safetensors
-from conftest import REF, assert_bit_equal, assert_dicts_bit_equal, random_tensor
+from conftest import REF, SPEC_TO_TORCH, assert_bit_equal, assert_dicts_bit_equal, random_tensor
 
 REPO = Path(__file__).resolve().parents[2]
 
@@ -223,6 +223,21 @@ def test_cuda_device(model_file, backend):
         part = f.get_slice("embed")[2:5, ::3]
         assert part.device.type == "cuda"
         assert_bit_equal(part.cpu(), tensors["embed"][2:5, ::3])
+
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUDA")
+@pytest.mark.parametrize("backend", ["mmap", "pread"])
+def test_cuda_every_dtype_both_ways(tmp_path, backend):
+    on_cpu = {spec: random_tensor(dtype, (4, 6), seed=i) for i, (spec, dtype) in enumerate(SPEC_TO_TORCH.items())}
+    on_cuda = {name: tensor.cuda() for name, tensor in on_cpu.items()}
+    torch_safetensors.save_file(on_cuda, tmp_path / "ours.safetensors")
+    safetensors.torch.save_file(on_cpu, tmp_path / "ref.safetensors")
+    assert (tmp_path / "ours.safetensors").read_bytes() == (tmp_path / "ref.safetensors").read_bytes()
+    assert torch_safetensors.save(on_cuda) == (tmp_path / "ref.safetensors").read_bytes()
+    loaded = torch_safetensors.load_file(tmp_path / "ref.safetensors", device="cuda", backend=backend)
+    for name, tensor in on_cpu.items():
+        assert loaded[name].is_cuda, name
+        assert_bit_equal(loaded[name].cpu(), tensor)
 
 
 # ------------------------------------------------------------------ slicing == torch indexing
