@@ -348,8 +348,7 @@ TEST(Errors, NameTheFileAndTheTensor) {
   const std::string unknown = error_of([&] { ts::File(dir.file("w.safetensors")).tensor("v"); });
   EXPECT_NE(unknown.find("no tensor named 'v'"), std::string::npos) << unknown;
   EXPECT_NE(unknown.find("'w'"), std::string::npos) << unknown;
-  EXPECT_NE(error_of([&] { ts::load(dir.path()); }).find("not a regular file"),
-            std::string::npos);
+  EXPECT_NE(error_of([&] { ts::load(dir.path()); }).find("not a regular file"), std::string::npos);
 }
 
 // --- Against the reference implementation ------------------------------------------------------
@@ -358,8 +357,8 @@ class Reference : public ::testing::Test {
  protected:
   static void SetUpTestSuite() {
     dir_ = new TempDir();
-    const std::string command = std::string(TS_PYTHON) + " " + TS_REFERENCE_SCRIPT + " " +
-                                dir_->path() + " > /dev/null";
+    const std::string command =
+        std::string(TS_PYTHON) + " " + TS_REFERENCE_SCRIPT + " " + dir_->path() + " > /dev/null";
     status_ = std::system(command.c_str());
   }
   static void TearDownTestSuite() { delete dir_; }
