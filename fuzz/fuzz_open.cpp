@@ -6,7 +6,10 @@
 //   3. File on a real file (a memfd, reopened through /proc/self/fd) with both backends: every
 //      tensor, raw bytes, row slices on the pread path, tensors(), check_intact();
 //   4. for files that load: a save round trip (entries_to_bytes of the raw tensors) that must
-//      parse back to the same names, dtypes, shapes and bytes.
+//      parse back to the same names, dtypes, shapes and bytes;
+//   5. the header's JSON text through simdjson, as an oracle for our own JSON reader: it must
+//      call "not valid JSON" exactly what simdjson does, up to the documented differences
+//      (our 128-level nesting limit; numbers at the edge of a double's range).
 // c10::Error is the expected outcome for bad input; anything else (a crash, a sanitizer report, a
 // different exception, a broken invariant, or the two load paths disagreeing) is a finding.
 //
@@ -17,12 +20,14 @@
 #include <cstdio>
 #include <cstdlib>
 #include <cstring>
+#include <optional>
 #include <string>
 #include <string_view>
 
 #include <ATen/Parallel.h>
 #include <ATen/TensorIndexing.h>
 #include <c10/util/Exception.h>
+#include <simdjson.h>
 
 #include "torch_safetensors/safetensors.h"
 
@@ -137,6 +142,26 @@ void exercise_file(std::string_view data, ts::Backend backend, bool expect_valid
   file.check_intact();
 }
 
+// Our JSON reader against simdjson's, on the header text. `ours` is the message of our error
+// ("" when the header parsed).
+void compare_with_simdjson(std::string_view json, const std::string& ours) {
+  simdjson::dom::parser parser;
+  const simdjson::padded_string padded(json.data(), json.size());
+  const simdjson::error_code theirs = parser.parse(padded).error();
+  const bool ours_json_error = ours.find("not valid JSON") != std::string::npos;
+  // simdjson refuses some numbers a double can still hold approximately (and we accept), and
+  // nests up to 1024 levels where we stop at 128, as serde_json does.
+  const bool number_edge = theirs == simdjson::NUMBER_ERROR || theirs == simdjson::BIGINT_ERROR ||
+                           ours.find("out of range") != std::string::npos;
+  const bool depth_edge = ours.find("deeper than 128") != std::string::npos;
+  if (theirs != simdjson::SUCCESS && !ours_json_error && !number_edge) {
+    finding("simdjson rejects JSON that we read", simdjson::error_message(theirs));
+  }
+  if (theirs == simdjson::SUCCESS && ours_json_error && !number_edge && !depth_edge) {
+    finding("we reject JSON that simdjson reads", ours);
+  }
+}
+
 // Files that load must survive a save round trip unchanged.
 void round_trip(std::string_view data) {
   const ts::Header header = [&] {
@@ -191,15 +216,20 @@ extern "C" int LLVMFuzzerTestOneInput(const uint8_t* bytes, size_t size) {
   // 1 + 2: the format layer and the in-memory path agree on validity.
   bool valid = false;
   size_t tensor_count = 0;
+  std::optional<std::string_view> json;  // the header text, once its length checks out
+  std::string error;
   try {
     const uint64_t n = ts::parse_header_length(data.substr(0, 8), size, "<fuzz>");
-    const ts::Header header = ts::parse_header(data.substr(8, n), size, "<fuzz>");
+    json = data.substr(8, n);
+    const ts::Header header = ts::parse_header(*json, size, "<fuzz>");
     check_header_invariants(header, size);
     valid = true;
     tensor_count = header.tensors.size();
   } catch (const c10::Error& e) {
     check_error(e, "<fuzz>");
+    error = e.what_without_backtrace();
   }
+  if (json) compare_with_simdjson(*json, valid ? "" : error);
   try {
     const ts::TensorDict loaded = ts::from_bytes(data);
     FUZZ_ASSERT(valid, "from_bytes accepted what parse_header rejected");

@@ -6,11 +6,14 @@
 
 #include <cstdint>
 #include <map>
+#include <memory>
 #include <optional>
 #include <string>
 #include <string_view>
-#include <unordered_map>
 #include <vector>
+
+#include <c10/util/ArrayRef.h>
+#include <c10/util/DimVector.h>
 
 #include "torch_safetensors/dtype.h"
 
@@ -22,11 +25,14 @@ using Metadata = std::map<std::string, std::string>;
 inline constexpr uint64_t kHeaderLengthSize = 8;         // the u64 prefix
 inline constexpr uint64_t kMaxHeaderSize = 100'000'000;  // same bound as the reference
 
+// One tensor's entry. `name` views bytes owned elsewhere: by the Header that parsed it (valid as
+// long as that Header or a copy of it lives), or by whoever built the info.
 struct TensorInfo {
-  std::string name;
+  std::string_view name;
   Dtype dtype = Dtype::U8;
-  std::vector<int64_t> shape;  // logical shape, as in the header (F4: values, not bytes)
-  uint64_t begin = 0;          // byte range [begin, end) within the data section
+  c10::DimVector shape;  // logical shape, as in the header (F4: values, not bytes); inline up to 5
+                         // dims, like at::Tensor sizes, so parsing allocates nothing per tensor
+  uint64_t begin = 0;    // byte range [begin, end) within the data section
   uint64_t end = 0;
 
   uint64_t nbytes() const { return end - begin; }
@@ -34,13 +40,8 @@ struct TensorInfo {
 };
 
 // A validated header. Tensors are in data-offset order (the order of their bytes in the file).
+// Copies are cheap to make and share the name bytes.
 struct Header {
-  Header() = default;
-  Header(const Header& other);  // re-indexes: the lookup holds views into `tensors`
-  Header& operator=(const Header& other);
-  Header(Header&&) = default;
-  Header& operator=(Header&&) = default;
-
   std::optional<Metadata> metadata;  // nullopt when the file has no `__metadata__`
   std::vector<TensorInfo> tensors;
   uint64_t header_size = 0;  // N: JSON bytes, padding included
@@ -57,7 +58,12 @@ struct Header {
   bool index();
 
  private:
-  std::unordered_map<std::string_view, size_t> by_name_;
+  friend Header parse_header(std::string_view, uint64_t, std::string_view);
+  std::shared_ptr<const void> names_;  // the bytes that parsed tensors' names view
+  // The name lookup, shared by copies: open addressing, each slot the name's hash bits and
+  // 1 + an index into `tensors` (0: empty).
+  std::shared_ptr<const uint64_t> slots_;
+  size_t slot_count_ = 0;
 };
 
 // Reads the u64 header length from the first 8 bytes and checks it against the bound and the
@@ -81,7 +87,7 @@ void sort_for_save(std::vector<TensorInfo>& tensors);
 
 // Number of bytes a tensor of this dtype and shape occupies; throws on a negative dimension,
 // overflow or a fractional byte count, naming `source` and the tensor `name`.
-uint64_t tensor_nbytes(Dtype dtype, const std::vector<int64_t>& shape, std::string_view source,
+uint64_t tensor_nbytes(Dtype dtype, c10::IntArrayRef shape, std::string_view source,
                        std::string_view name);
 
 }  // namespace torch::safetensors

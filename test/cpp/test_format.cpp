@@ -77,7 +77,7 @@ TEST(Header, ParsesTensorsInOffsetOrderWithMetadata) {
   EXPECT_EQ(header.tensors[0].name, "a");  // first in the file, though second in the JSON
   EXPECT_EQ(header.tensors[1].name, "b");
   EXPECT_EQ(header.tensors[1].dtype, ts::Dtype::F32);
-  EXPECT_EQ(header.tensors[1].shape, std::vector<int64_t>{2});
+  EXPECT_EQ(c10::IntArrayRef(header.tensors[1].shape).vec(), std::vector<int64_t>{2});
   ASSERT_TRUE(header.metadata.has_value());
   EXPECT_EQ(header.metadata->at("format"), "pt");
   ASSERT_NE(header.find("b"), nullptr);
@@ -169,6 +169,85 @@ TEST(Header, RejectsOverflowingShapes) {
 TEST(Header, RejectsDeepNestingAndBadUtf8) {
   expect_invalid(std::string(5000, '[') + std::string(5000, ']'), 0, {"not valid JSON"});
   expect_invalid("{\"\xff\xfe\":{}}", 0, {"not valid JSON"});
+}
+
+// The JSON reader: all of RFC 8259 that a header may use, nothing more.
+TEST(HeaderJson, AcceptsWhitespaceEscapesAndUnknownFields) {
+  const std::string pretty =
+      "{\n  \"__metadata__\" : { \"k\" : \"v\\u00e9\\n\" },\n"
+      "  \"a\\\"\\/\\u00e9\\ud83d\\ude00\" : {\n"
+      "    \"\\u0064type\" : \"U8\", \"shape\" : [ 2 ] , \"data_offsets\" : [ 0 , 2 ],\n"
+      "    \"extra\" : [ {\"x\": [true, false, null, -1.5e-3, 0, \"\\t\"]}, [] , {} ]\n"
+      "  }\n}\r\n\t ";
+  const auto header = parse(pretty, 2);
+  ASSERT_EQ(header.tensors.size(), 1u);
+  EXPECT_EQ(header.tensors[0].name, "a\"/\xc3\xa9\xf0\x9f\x98\x80");  // é and U+1F600 in UTF-8
+  EXPECT_EQ(header.tensors[0].dtype, ts::Dtype::U8);
+  EXPECT_EQ(header.metadata->at("k"), "v\xc3\xa9\n");
+  EXPECT_NE(header.find("a\"/\xc3\xa9\xf0\x9f\x98\x80"), nullptr);
+}
+
+TEST(HeaderJson, RejectsWhatJsonDoesNotAllow) {
+  const std::string tail = R"(,"data_offsets":[0,1]}})";
+  const std::string dim = R"({"x":{"dtype":"U8","shape":[)";
+  for (const std::string bad :
+       {"01", "1.", ".5", "+1", "1e", "-", "0x1", "1 2", "NaN", "-Infinity"})
+    expect_invalid(dim + bad + "]" + tail, 1, {"not valid JSON"});
+  for (const std::string bad : {R"("\x")", R"("\u12")", R"("\ud800")", R"("\udc00x")",
+                                R"("\ud800\u0041")", "\"a\tb\"", "'a'", "tru", "nul"})
+    expect_invalid(R"({"x":{"dtype":"U8","shape":[1],"y":)" + bad + tail, 1, {"not valid JSON"});
+  expect_invalid(R"({"x":{"dtype":"U8","shape":[1],"data_offsets":[0,1]}} x)", 1,
+                 {"not valid JSON", "after the top-level value"});
+  const std::string truncated = R"({"x":{"dtype":"U8","shape":[1],"data_offsets":[0,1]})";
+  expect_invalid(truncated, 1, {"not valid JSON", "at byte " + std::to_string(truncated.size())});
+  // Negative zero is negative: the reference refuses it as a dimension too.
+  expect_invalid(dim + "-0]" + tail, 1, {"shape[0]", "non-negative integer", "-0"});
+  expect_invalid(dim + "1e2]" + tail, 1, {"shape[0]", "floating-point"});
+  expect_invalid(dim + "18446744073709551616]" + tail, 1, {"not valid JSON", "out of range"});
+  expect_invalid(dim + "-9223372036854775809]" + tail, 1, {"not valid JSON", "out of range"});
+  expect_invalid(dim + "1e309]" + tail, 1, {"not valid JSON", "out of range"});
+  // Numbers a double holds, however written, are JSON (in a field nobody reads).
+  EXPECT_EQ(parse(R"({"x":{"dtype":"U8","shape":[1],"y":[123456789012345678901234567890.5,)"
+                  R"(1e-400,-9223372036854775808,1E+2,0.5e308],"data_offsets":[0,1]}})",
+                  1)
+                .tensors.size(),
+            1u);
+}
+
+TEST(HeaderJson, NestingIsLimitedTo128Levels) {
+  const auto nested = [](int depth) {
+    return R"({"x":{"dtype":"U8","shape":[1],"data_offsets":[0,1],"deep":)" +
+           std::string(depth, '[') + std::string(depth, ']') + "}}";
+  };
+  EXPECT_EQ(parse(nested(126), 1).tensors.size(), 1u);  // 2 levels of objects + 126 arrays
+  expect_invalid(nested(127), 1, {"not valid JSON", "deeper than 128"});
+}
+
+TEST(HeaderJson, SyntaxErrorsWinOverContentErrorsFoundFirst) {
+  // The missing dtype is seen first, but the text is not JSON at all: say that.
+  expect_invalid(R"({"x":{"shape":[1],"data_offsets":[0,1]}, oops})", 1, {"not valid JSON"});
+  expect_invalid(R"({"x":{"dtype":"Q8","shape":[1],"data_offsets":[0,1]}})", 1,
+                 {"unknown dtype 'Q8'"});
+}
+
+TEST(HeaderJson, CopiesKeepNamesAndLookupAfterTheOriginalIsGone) {
+  std::string json = "{";
+  for (int i = 0; i < 1000; ++i) {
+    json += (i ? "," : "") + std::string("\"t") + std::to_string(i) +
+            R"(":{"dtype":"U8","shape":[1],"data_offsets":[)" + std::to_string(i) + "," +
+            std::to_string(i + 1) + "]}";
+  }
+  json += "}";
+  auto original = std::make_unique<ts::Header>(parse(json, 1000));
+  const ts::Header copy = *original;
+  original.reset();
+  for (int i = 0; i < 1000; ++i) {
+    const ts::TensorInfo* info = copy.find("t" + std::to_string(i));
+    ASSERT_NE(info, nullptr) << i;
+    EXPECT_EQ(info->name, "t" + std::to_string(i));
+    EXPECT_EQ(info->begin, uint64_t(i));
+  }
+  EXPECT_EQ(copy.find("t1000"), nullptr);
 }
 
 TEST(HeaderLength, ChecksBoundsAndFileSize) {

@@ -322,7 +322,7 @@ TEST(SaveFaults, ReplacingAFileKeepsItsPermissions) {
   struct stat st {};
   ASSERT_EQ(::stat(path.c_str(), &st), 0);
   EXPECT_EQ(st.st_mode & 0777, 0600u);
-  EXPECT_EQ(ts::File(path).info("w").shape, std::vector<int64_t>{8});
+  EXPECT_EQ(c10::IntArrayRef(ts::File(path).info("w").shape).vec(), std::vector<int64_t>{8});
 }
 
 TEST(SaveFaults, HeaderOverLimitIsRefused) {

@@ -77,7 +77,8 @@ TEST(RoundTrip, EveryDtypeBothBackends) {
   ts::File file(dir.file("all.safetensors"));
   EXPECT_EQ(file.metadata()->at("format"), "pt");
   EXPECT_EQ(file.info("Float4_e2m1fn_x2").dtype, ts::Dtype::F4);
-  EXPECT_EQ(file.info("Float4_e2m1fn_x2").shape, (std::vector<int64_t>{3, 10}));  // values
+  EXPECT_EQ(c10::IntArrayRef(file.info("Float4_e2m1fn_x2").shape).vec(),
+            (std::vector<int64_t>{3, 10}));  // values
   EXPECT_EQ(file.info("UInt64").dtype, ts::Dtype::U64);
 }
 
@@ -256,7 +257,7 @@ TEST(SubByte, F4PacksTheLastDimensionAndF6RoundTripsAsRawBytes) {
   ts::save_entries(entries, dir.file("f6_copy.safetensors"), nullptr);
   ts::File copy(dir.file("f6_copy.safetensors"));
   EXPECT_EQ(copy.info("a").dtype, ts::Dtype::F6_E2M3);
-  EXPECT_EQ(copy.info("b").shape, std::vector<int64_t>{4});
+  EXPECT_EQ(c10::IntArrayRef(copy.info("b").shape).vec(), std::vector<int64_t>{4});
   EXPECT_TRUE(at::equal(copy.raw("a").bytes, file.raw("a").bytes));
   EXPECT_TRUE(at::equal(copy.raw("b").bytes, file.raw("b").bytes));
   // A raw entry whose bytes disagree with its dtype and shape is refused.

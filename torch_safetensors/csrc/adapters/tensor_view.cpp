@@ -9,7 +9,7 @@
 #include <ATen/ops/from_blob.h>
 
 #include "check.h"
-#include "storage/file_io.h"
+#include "huge_pages.h"
 
 namespace torch::safetensors::adapters {
 namespace {
@@ -43,7 +43,7 @@ c10::ScalarType torch_dtype(const TensorInfo& info, std::string_view source) {
 }
 
 std::vector<int64_t> torch_sizes(const TensorInfo& info) {
-  std::vector<int64_t> sizes = info.shape;
+  std::vector<int64_t> sizes = c10::IntArrayRef(info.shape).vec();
   if (auto pack = packing(info.dtype)) {
     if (!sizes.empty() && sizes.back() % pack->values == 0) {
       sizes.back() = sizes.back() / pack->values * pack->bytes;
@@ -86,9 +86,9 @@ std::vector<at::Tensor> empty_for_read(const std::vector<TensorInfo>& infos,
       ++j;
     } while (j < infos.size() && size + padded(infos[j].nbytes()) <= kArena);
     if (size == 0) size = kAlign;  // only empty tensors: view_bytes copies nothing anyway
-    void* p = storage::alloc_huge(size);
+    void* p = alloc_huge(size);
     TS_CHECK(p != nullptr, source, "cannot allocate ", size, " bytes to read tensors into");
-    const std::shared_ptr<void> arena(p, [size](void* q) { storage::free_huge(q, size); });
+    const std::shared_ptr<void> arena(p, [size](void* q) { free_huge(q, size); });
     auto* at = static_cast<uint8_t*>(p);
     for (; i < j; ++i) {
       out.push_back(view_bytes(infos[i], at, arena, source));
@@ -128,7 +128,7 @@ SaveItem to_save_item(const std::string& name, const at::Tensor& tensor, std::st
   SaveItem item;
   item.info.name = name;
   item.info.dtype = *dtype;
-  item.info.shape = tensor.sizes().vec();
+  item.info.shape.assign(tensor.sizes().begin(), tensor.sizes().end());
   if (*dtype == Dtype::F4) {
     // Two values per Float4_e2m1fn_x2 element: the header records values, as the reference does.
     // A 0-d tensor has no last dimension to double; the reference refuses it too.
@@ -153,7 +153,7 @@ SaveItem to_save_item(const std::string& name, const RawTensor& raw, std::string
   SaveItem item;
   item.info.name = name;
   item.info.dtype = raw.dtype;
-  item.info.shape = raw.shape;
+  item.info.shape.assign(raw.shape.begin(), raw.shape.end());
   const uint64_t needed = tensor_nbytes(raw.dtype, raw.shape, source, name);
   TS_CHECK(needed == uint64_t(raw.bytes.numel()), source, "raw tensor '", name, "': dtype ",
            dtype_name(raw.dtype), " and its shape need ", needed, " bytes, but ", raw.bytes.numel(),

@@ -33,7 +33,7 @@ void check_torch_sizes(const TensorInfo& info, const std::vector<int64_t>& sizes
 // An uninitialised owned CPU tensor to read `info`'s bytes into.
 at::Tensor empty_for(const TensorInfo& info, std::string_view source);
 // Uninitialised owned CPU tensors for `infos`, to be filled by reads: consecutive tensors share
-// arenas of up to 64 MiB of fresh memory with transparent huge pages (storage::alloc_huge), as
+// arenas of up to 64 MiB of fresh memory with transparent huge pages (alloc_huge), as
 // page faults, one per 4 KiB otherwise, cost more than the reads themselves. An arena is freed
 // when the last tensor in it is.
 std::vector<at::Tensor> empty_for_read(const std::vector<TensorInfo>& infos,

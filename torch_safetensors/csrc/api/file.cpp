@@ -65,7 +65,7 @@ const Header& File::header() const { return impl_->header; }
 std::vector<std::string> File::keys() const {
   std::vector<std::string> names;
   names.reserve(header().tensors.size());
-  for (const auto& info : header().tensors) names.push_back(info.name);
+  for (const auto& info : header().tensors) names.emplace_back(info.name);
   return names;
 }
 
@@ -114,7 +114,8 @@ RawTensor File::raw(std::string_view name) const {
   TensorInfo bytes_info = tensor_info;  // the same bytes, typed as U8
   bytes_info.dtype = Dtype::U8;
   bytes_info.shape = {int64_t(tensor_info.nbytes())};
-  return RawTensor{tensor_info.dtype, tensor_info.shape, impl_->read(bytes_info)};
+  return RawTensor{tensor_info.dtype, c10::IntArrayRef(tensor_info.shape).vec(),
+                   impl_->read(bytes_info)};
 }
 
 TensorDict File::tensors() const {
@@ -122,7 +123,7 @@ TensorDict File::tensors() const {
   out.reserve(header().tensors.size());
   if (impl_->mapping) {
     for (const auto& info : header().tensors)
-      out.insert(info.name, impl_->to_device(impl_->read(info)));
+      out.insert(std::string(info.name), impl_->to_device(impl_->read(info)));
     return out;
   }
   // pread: allocate everything, then read it all in large chunks on a few threads.
@@ -135,7 +136,7 @@ TensorDict File::tensors() const {
   }
   storage::read_all(*impl_->file, jobs);
   for (size_t i = 0; i < owned.size(); ++i)
-    out.insert(header().tensors[i].name, impl_->to_device(std::move(owned[i])));
+    out.insert(std::string(header().tensors[i].name), impl_->to_device(std::move(owned[i])));
   return out;
 }
 

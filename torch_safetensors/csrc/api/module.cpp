@@ -109,7 +109,7 @@ ModuleLoadReport load(torch::nn::Module& module, const std::string& path,
       continue;
     }
     const TensorInfo& info = file.info(name);
-    std::vector<int64_t> file_sizes = info.shape;
+    std::vector<int64_t> file_sizes = c10::IntArrayRef(info.shape).vec();
     if (info.dtype == Dtype::F4 && !file_sizes.empty()) file_sizes.back() /= 2;
     if (target.sizes().vec() != file_sizes) {
       report.mismatched.push_back(name);

@@ -137,7 +137,7 @@ TensorDict from_bytes(std::string_view data) {
     at::Tensor t = adapters::empty_for(info, kInMemory);
     if (info.nbytes())
       std::memcpy(t.data_ptr(), data.data() + header.data_offset() + info.begin, info.nbytes());
-    out.insert(info.name, std::move(t));
+    out.insert(std::string(info.name), std::move(t));
   }
   return out;
 }

@@ -8,40 +8,52 @@
 #include <algorithm>
 #include <charconv>
 #include <cstring>
+#include <functional>
 #include <sstream>
 #include <unordered_set>
 
 #include <simdjson.h>
 
 #include "check.h"
+#include "format/json_reader.h"
+#include "huge_pages.h"
 
 namespace torch::safetensors {
 namespace {
 
-namespace dom = simdjson::dom;
+using format::JsonKind;
+using format::JsonNumber;
+using format::JsonReader;
 
-std::string_view json_type_name(dom::element_type type) {
-  switch (type) {
-    case dom::element_type::ARRAY:
-      return "an array";
-    case dom::element_type::OBJECT:
+std::string_view kind_name(JsonKind kind) {
+  switch (kind) {
+    case JsonKind::kObject:
       return "an object";
-    case dom::element_type::INT64:
-    case dom::element_type::UINT64:
-      return "an integer";
-    case dom::element_type::DOUBLE:
-      return "a floating-point number";
-    case dom::element_type::STRING:
+    case JsonKind::kArray:
+      return "an array";
+    case JsonKind::kString:
       return "a string";
-    case dom::element_type::BOOL:
+    case JsonKind::kNumber:
+      return "a number";
+    case JsonKind::kBool:
       return "a boolean";
-    case dom::element_type::NULL_VALUE:
+    case JsonKind::kNull:
       return "null";
+    case JsonKind::kNone:
+      break;
   }
-  return "an unknown value";
+  return "no value";
 }
 
-std::string shape_str(const std::vector<int64_t>& shape) {
+// What the next value is, for an error message about finding it where something else belongs.
+// Numbers are read to tell integers from floating-point ones.
+std::string_view found(JsonReader& json) {
+  const JsonKind kind = json.peek();
+  if (kind != JsonKind::kNumber) return kind_name(kind);
+  return json.number().integral ? "an integer" : "a floating-point number";
+}
+
+std::string shape_str(c10::IntArrayRef shape) {
   std::ostringstream out;
   out << '[';
   for (size_t i = 0; i < shape.size(); ++i) out << (i ? ", " : "") << shape[i];
@@ -78,78 +90,184 @@ std::ostream& operator<<(std::ostream& out, const Element& e) {
 
 // A non-negative JSON integer, or an error naming `what`.
 template <typename What>
-uint64_t get_unsigned(dom::element value, std::string_view source, const What& what) {
-  uint64_t out = 0;
-  if (value.get_uint64().get(out) == simdjson::SUCCESS) return out;
-  if (value.type() == dom::element_type::INT64) {
-    TS_FAIL(source, what, " must be a non-negative integer, found ", int64_t(value));
+uint64_t get_unsigned(JsonReader& json, std::string_view source, const What& what) {
+  if (json.peek() == JsonKind::kNumber) {
+    const JsonNumber n = json.number();
+    if (n.integral && !n.negative) return n.magnitude;
+    if (n.integral) TS_FAIL(source, what, " must be a non-negative integer, found -", n.magnitude);
+    TS_FAIL(source, what, " must be a non-negative integer, found a floating-point number");
   }
-  TS_FAIL(source, what, " must be a non-negative integer, found ", json_type_name(value.type()));
+  TS_FAIL(source, what, " must be a non-negative integer, found ", found(json));
 }
 
-Metadata parse_metadata(dom::element value, std::string_view source) {
-  dom::object object;
-  TS_CHECK(value.get_object().get(object) == simdjson::SUCCESS, source,
-           "__metadata__ must be an object of strings, found ", json_type_name(value.type()));
+// Tensor names live here for as long as the Header (and its copies) does: one buffer the size
+// of the JSON text, which no set of names can outgrow (unescaping only shortens them), instead
+// of a heap string per tensor. Memory is only committed as names are written.
+class NameStore {
+ public:
+  explicit NameStore(size_t capacity) : buffer_(shared_buffer(capacity)), capacity_(capacity) {}
+
+  std::string_view add(std::string_view name) {
+    TORCH_INTERNAL_ASSERT(name.size() <= capacity_ - used_);
+    char* stored = buffer_.get() + used_;
+    if (!name.empty()) std::memcpy(stored, name.data(), name.size());
+    used_ += name.size();
+    return {stored, name.size()};
+  }
+  std::shared_ptr<const void> owner() const { return buffer_; }
+
+ private:
+  std::shared_ptr<char> buffer_;
+  size_t capacity_;
+  size_t used_ = 0;
+};
+
+Metadata parse_metadata(JsonReader& json, std::string_view source) {
+  TS_CHECK(json.peek() == JsonKind::kObject, source,
+           "__metadata__ must be an object of strings, found ", found(json));
   Metadata metadata;
-  for (auto field : object) {
-    std::string_view text;
-    TS_CHECK(field.value.get_string().get(text) == simdjson::SUCCESS, source, "__metadata__ key '",
-             field.key, "' must have a string value, found ", json_type_name(field.value.type()));
-    bool inserted = metadata.emplace(std::string(field.key), std::string(text)).second;
-    TS_CHECK(inserted, source, "__metadata__ has the key '", field.key, "' twice");
+  std::string key_scratch, value_scratch;
+  if (json.begin_object()) {
+    do {
+      const std::string key(json.string(key_scratch));
+      json.colon();
+      TS_CHECK(json.peek() == JsonKind::kString, source, "__metadata__ key '", key,
+               "' must have a string value, found ", found(json));
+      const std::string_view value = json.string(value_scratch);
+      TS_CHECK(metadata.emplace(key, value).second, source, "__metadata__ has the key '", key,
+               "' twice");
+    } while (json.next_member());
   }
   return metadata;
 }
 
-TensorInfo parse_tensor(std::string_view name, dom::element value, std::string_view source) {
-  TensorInfo info;
-  info.name = std::string(name);
-  const Where where{name};
-  dom::object object;
-  TS_CHECK(value.get_object().get(object) == simdjson::SUCCESS, source, where,
-           "expected an object with dtype, shape and data_offsets, found ",
-           json_type_name(value.type()));
+// Scratch space reused from one tensor to the next.
+struct Scratch {
+  std::string text;
+  // Headers use a few dtypes over and over: the last one read settles most lookups.
+  std::string last_dtype_text;
+  std::optional<Dtype> last_dtype;
+};
 
+void parse_dtype_field(JsonReader& json, TensorInfo& info, Scratch& scratch,
+                       std::string_view source) {
+  const Where where{info.name};
+  TS_CHECK(json.peek() == JsonKind::kString, source, where, "dtype must be a string, found ",
+           found(json));
+  const std::string_view text = json.string(scratch.text);
+  if (scratch.last_dtype && text == scratch.last_dtype_text) {
+    info.dtype = *scratch.last_dtype;
+    return;
+  }
+  const auto dtype = parse_dtype(text);
+  TS_CHECK(dtype.has_value(), source, where, "unknown dtype '", text,
+           "' (dtypes are case-sensitive; expected one of ", known_dtypes(), ")");
+  info.dtype = *dtype;
+  scratch.last_dtype_text.assign(text);
+  scratch.last_dtype = *dtype;
+}
+
+void parse_shape_field(JsonReader& json, TensorInfo& info, std::string_view source) {
+  const Where where{info.name};
+  TS_CHECK(json.peek() == JsonKind::kArray, source, where,
+           "shape must be an array of integers, found ", found(json));
+  if (!json.begin_array()) return;
+  do {
+    const Element what{where, "shape", info.shape.size()};
+    const uint64_t size = get_unsigned(json, source, what);
+    TS_CHECK(size <= uint64_t(INT64_MAX), source, what, " = ", size, " is too large");
+    info.shape.push_back(int64_t(size));
+  } while (json.next_element());
+}
+
+void parse_offsets_field(JsonReader& json, TensorInfo& info, std::string_view source) {
+  const Where where{info.name};
+  const char* expected = "data_offsets must be an array of two integers [begin, end]";
+  TS_CHECK(json.peek() == JsonKind::kArray && json.begin_array(), source, where, expected);
+  info.begin = get_unsigned(json, source, Element{where, "data_offsets", 0});
+  TS_CHECK(json.next_element(), source, where, expected);
+  info.end = get_unsigned(json, source, Element{where, "data_offsets", 1});
+  TS_CHECK(!json.next_element(), source, where, expected);
+}
+
+// One tensor's object. Fields other than dtype, shape and data_offsets are skipped, as the
+// reference does, so that every file it reads we read too.
+bool is(std::string_view key, const char (&word)[6]) {
+  return key.size() == 5 && std::memcmp(key.data(), word, 5) == 0;
+}
+bool is(std::string_view key, const char (&word)[13]) {
+  return key.size() == 12 && std::memcmp(key.data(), word, 12) == 0;
+}
+
+void parse_tensor(JsonReader& json, TensorInfo& info, Scratch& scratch, std::string_view source) {
+  const Where where{info.name};
+  TS_CHECK(json.peek() == JsonKind::kObject, source, where,
+           "expected an object with dtype, shape and data_offsets, found ", found(json));
   bool has_dtype = false, has_shape = false, has_offsets = false;
-  for (auto field : object) {
-    if (field.key == "dtype") {
-      TS_CHECK(!has_dtype, source, where, "'dtype' appears twice");
-      has_dtype = true;
-      std::string_view text;
-      TS_CHECK(field.value.get_string().get(text) == simdjson::SUCCESS, source, where,
-               "dtype must be a string, found ", json_type_name(field.value.type()));
-      auto dtype = parse_dtype(text);
-      TS_CHECK(dtype.has_value(), source, where, "unknown dtype '", text,
-               "' (dtypes are case-sensitive; expected one of ", known_dtypes(), ")");
-      info.dtype = *dtype;
-    } else if (field.key == "shape") {
-      TS_CHECK(!has_shape, source, where, "'shape' appears twice");
-      has_shape = true;
-      dom::array dims;
-      TS_CHECK(field.value.get_array().get(dims) == simdjson::SUCCESS, source, where,
-               "shape must be an array of integers, found ", json_type_name(field.value.type()));
-      for (dom::element dim : dims) {
-        const Element what{where, "shape", info.shape.size()};
-        uint64_t size = get_unsigned(dim, source, what);
-        TS_CHECK(size <= uint64_t(INT64_MAX), source, what, " = ", size, " is too large");
-        info.shape.push_back(int64_t(size));
+  if (json.begin_object()) {
+    do {
+      const std::string_view key = json.string(scratch.text);
+      json.colon();
+      if (is(key, "dtype")) {
+        TS_CHECK(!has_dtype, source, where, "'dtype' appears twice");
+        has_dtype = true;
+        parse_dtype_field(json, info, scratch, source);
+      } else if (is(key, "shape")) {
+        TS_CHECK(!has_shape, source, where, "'shape' appears twice");
+        has_shape = true;
+        parse_shape_field(json, info, source);
+      } else if (is(key, "data_offsets")) {
+        TS_CHECK(!has_offsets, source, where, "'data_offsets' appears twice");
+        has_offsets = true;
+        parse_offsets_field(json, info, source);
+      } else {
+        json.skip_value(/*depth=*/2);
       }
-    } else if (field.key == "data_offsets") {
-      TS_CHECK(!has_offsets, source, where, "'data_offsets' appears twice");
-      has_offsets = true;
-      dom::array offsets;
-      TS_CHECK(field.value.get_array().get(offsets) == simdjson::SUCCESS && offsets.size() == 2,
-               source, where, "data_offsets must be an array of two integers [begin, end]");
-      info.begin = get_unsigned(offsets.at(0), source, Element{where, "data_offsets", 0});
-      info.end = get_unsigned(offsets.at(1), source, Element{where, "data_offsets", 1});
-    }
-    // Other fields are ignored, as the reference does, so that every file it reads we read too.
+    } while (json.next_member());
   }
   TS_CHECK(has_dtype, source, where, "missing 'dtype'");
   TS_CHECK(has_shape, source, where, "missing 'shape'");
   TS_CHECK(has_offsets, source, where, "missing 'data_offsets'");
-  return info;
+}
+
+// The header object, read in one pass. Errors about content (a missing field, a bad dtype)
+// may come before the reader has seen a later syntax error; parse_header sorts that out.
+Header read_header_object(JsonReader& json, NameStore& names, std::string_view source) {
+  TS_CHECK(json.peek() == JsonKind::kObject, source, "header must be a JSON object, found ",
+           found(json));
+  Header header;
+  // Every tensor takes at least this many bytes of JSON: reserving for the most that fit costs
+  // address space only, where growing the vector copied it and faulted in fresh pages each time.
+  constexpr size_t kMinTensorJson = sizeof(R"("":{"dtype":"U8","shape":[],"data_offsets":[0,0]})");
+  header.tensors.reserve(json.remaining() / kMinTensorJson + 1);
+  prefer_huge_pages(header.tensors.data(), header.tensors.capacity() * sizeof(TensorInfo));
+  bool has_metadata = false;
+  Scratch scratch;
+  if (json.begin_object()) {
+    do {
+      const std::string_view key = json.string(scratch.text);
+      json.colon();
+      if (key == "__metadata__") {
+        TS_CHECK(!has_metadata, source, "__metadata__ appears twice in the header");
+        has_metadata = true;
+        if (json.peek() == JsonKind::kNull) {
+          json.skip_value();
+        } else {
+          header.metadata = parse_metadata(json, source);
+        }
+      } else {
+        TensorInfo& info = header.tensors.emplace_back();
+        info.name = names.add(key);
+        parse_tensor(json, info, scratch, source);
+      }
+    } while (json.next_member());
+  }
+  json.end();
+  return header;
+}
+
+[[noreturn]] void fail_syntax(const format::JsonSyntaxError& e, std::string_view source) {
+  TS_FAIL(source, "header is not valid JSON: ", e.what, " at byte ", e.offset);
 }
 
 // The one place where offsets are checked against each other and against the file. Returns
@@ -177,7 +295,7 @@ bool validate_layout(std::vector<TensorInfo>& tensors, uint64_t data_size,
     if (info.begin > expected) {
       TS_FAIL(source, where, "data_offsets [", info.begin, ", ", info.end, "] leave a gap of ",
               info.begin - expected, " bytes ",
-              previous ? "after the previous tensor '" + previous->name + "'"
+              previous ? "after the previous tensor '" + std::string(previous->name) + "'"
                        : std::string("at the start of the data section"));
     }
     const uint64_t needed = tensor_nbytes(info.dtype, info.shape, source, info.name);
@@ -253,44 +371,79 @@ int64_t TensorInfo::numel() const {
   return n;
 }
 
-Header::Header(const Header& other)
-    : metadata(other.metadata), tensors(other.tensors), header_size(other.header_size) {
-  index();
+namespace {
+// A slot of the name lookup: the high 32 bits of the name's hash, then 1 + the tensor's index
+// (0 = empty). The hash bits settle most probes without reading the tensor's name, a cache
+// miss each on large headers.
+uint64_t make_slot(size_t hash, size_t index) {
+  return (uint64_t(hash) & ~uint64_t(UINT32_MAX)) | (index + 1);
 }
-
-Header& Header::operator=(const Header& other) {
-  if (this != &other) {
-    metadata = other.metadata;
-    tensors = other.tensors;
-    header_size = other.header_size;
-    index();
-  }
-  return *this;
-}
+bool same_hash(uint64_t slot, size_t hash) { return (slot ^ uint64_t(hash)) >> 32 == 0; }
+size_t slot_index(uint64_t slot) { return size_t(slot & UINT32_MAX) - 1; }
+}  // namespace
 
 bool Header::index() {
-  by_name_.clear();
-  by_name_.reserve(tensors.size());
-  for (size_t i = 0; i < tensors.size(); ++i) by_name_.emplace(tensors[i].name, i);
-  return by_name_.size() == tensors.size();
+  // Open addressing with linear probing at a load factor of at most 1/2: one flat array, where
+  // a node-based map cost a heap allocation per tensor.
+  size_t capacity = 16;
+  while (capacity < 2 * tensors.size()) capacity *= 2;
+  // A new array each time, so that copies of this Header keep theirs.
+  std::shared_ptr<char> buffer = shared_buffer(capacity * sizeof(uint64_t));
+  uint64_t* slots = reinterpret_cast<uint64_t*>(buffer.get());
+  std::fill_n(slots, capacity, 0);
+  slots_ = std::shared_ptr<const uint64_t>(buffer, slots);
+  slot_count_ = capacity;
+  const size_t mask = capacity - 1;
+  bool unique = true;
+  // Slots are hit at random: hash a few tensors ahead and prefetch their slots, so that cache
+  // misses overlap instead of coming one after another.
+  constexpr size_t kAhead = 8;
+  size_t ahead[kAhead];
+  const auto hash_of = [&](size_t i) { return std::hash<std::string_view>{}(tensors[i].name); };
+  for (size_t i = 0; i < kAhead && i < tensors.size(); ++i) {
+    ahead[i] = hash_of(i);
+    __builtin_prefetch(slots + (ahead[i] & mask), 1);
+  }
+  for (size_t i = 0; i < tensors.size(); ++i) {
+    const size_t hash = ahead[i % kAhead];
+    if (i + kAhead < tensors.size()) {
+      ahead[i % kAhead] = hash_of(i + kAhead);
+      __builtin_prefetch(slots + (ahead[i % kAhead] & mask), 1);
+    }
+    size_t slot = hash & mask;
+    for (; slots[slot] != 0; slot = (slot + 1) & mask) {
+      if (same_hash(slots[slot], hash) && tensors[slot_index(slots[slot])].name == tensors[i].name)
+        unique = false;
+    }
+    slots[slot] = make_slot(hash, i);
+  }
+  return unique;
 }
 
 const TensorInfo* Header::find(std::string_view name) const {
-  auto it = by_name_.find(name);
-  return it == by_name_.end() ? nullptr : &tensors[it->second];
+  if (slot_count_ == 0) return nullptr;
+  const uint64_t* slots = slots_.get();
+  const size_t hash = std::hash<std::string_view>{}(name);
+  const size_t mask = slot_count_ - 1;
+  for (size_t slot = hash & mask; slots[slot] != 0; slot = (slot + 1) & mask) {
+    if (!same_hash(slots[slot], hash)) continue;
+    const TensorInfo& info = tensors[slot_index(slots[slot])];
+    if (info.name == name) return &info;
+  }
+  return nullptr;
 }
 
 const TensorInfo& Header::at(std::string_view name, std::string_view source) const {
   if (const TensorInfo* info = find(name)) return *info;
   std::string some;
   for (size_t i = 0; i < tensors.size() && i < 5; ++i)
-    some += (i ? ", '" : "'") + tensors[i].name + "'";
+    some += (i ? ", '" : "'") + std::string(tensors[i].name) + "'";
   if (tensors.size() > 5) some += ", ...";
   TS_FAIL(source, "no tensor named '", name, "' (the file has ", tensors.size(), " tensors",
           tensors.empty() ? "" : ": ", some, ")");
 }
 
-uint64_t tensor_nbytes(Dtype dtype, const std::vector<int64_t>& shape, std::string_view source,
+uint64_t tensor_nbytes(Dtype dtype, c10::IntArrayRef shape, std::string_view source,
                        std::string_view name) {
   uint64_t numel = 1;
   for (int64_t dim : shape) {
@@ -324,28 +477,32 @@ uint64_t parse_header_length(std::string_view first8, uint64_t file_size, std::s
 Header parse_header(std::string_view json, uint64_t file_size, std::string_view source) {
   TS_CHECK(json.size() <= file_size - std::min(file_size, kHeaderLengthSize), source, "header of ",
            json.size(), " bytes does not fit in a file of ", file_size, " bytes");
-  dom::parser parser;
-  dom::element root;
-  auto error = parser.parse(json.data(), json.size(), /*realloc_if_needed=*/true).get(root);
-  TS_CHECK(error == simdjson::SUCCESS, source,
-           "header is not valid JSON: ", simdjson::error_message(error));
-  dom::object object;
-  TS_CHECK(root.get_object().get(object) == simdjson::SUCCESS, source,
-           "header must be a JSON object, found ", json_type_name(root.type()));
-
+  // The bound also keeps tensor counts far below the name lookup's 32-bit indices.
+  TS_CHECK(json.size() <= kMaxHeaderSize, source, "header length ", json.size(),
+           " exceeds the limit of ", kMaxHeaderSize, " bytes");
+  TS_CHECK(simdjson::validate_utf8(json.data(), json.size()), source,
+           "header is not valid JSON: it is not valid UTF-8");
+  NameStore names(json.size());
   Header header;
-  header.header_size = json.size();
-  header.tensors.reserve(object.size());
-  bool has_metadata = false;
-  for (auto field : object) {
-    if (field.key == "__metadata__") {
-      TS_CHECK(!has_metadata, source, "__metadata__ appears twice in the header");
-      has_metadata = true;
-      if (!field.value.is_null()) header.metadata = parse_metadata(field.value, source);
-    } else {
-      header.tensors.push_back(parse_tensor(field.key, field.value, source));
+  try {
+    JsonReader reader(json);
+    header = read_header_object(reader, names, source);
+  } catch (const format::JsonSyntaxError& e) {
+    fail_syntax(e, source);
+  } catch (const c10::Error&) {
+    // A content error found mid-way: if the text is not JSON at all, say that instead, as a
+    // parse-then-validate reader would have.
+    try {
+      JsonReader whole(json);
+      whole.skip_value();
+      whole.end();
+    } catch (const format::JsonSyntaxError& e) {
+      fail_syntax(e, source);
     }
+    throw;
   }
+  header.header_size = json.size();
+  header.names_ = names.owner();
   if (!header.index()) {
     std::unordered_set<std::string_view> seen;
     for (const auto& info : header.tensors) {
@@ -354,7 +511,7 @@ Header parse_header(std::string_view json, uint64_t file_size, std::string_view 
     }
   }
   const uint64_t data_size = file_size - kHeaderLengthSize - json.size();
-  if (validate_layout(header.tensors, data_size, source)) header.index();  // sorting moved names
+  if (validate_layout(header.tensors, data_size, source)) header.index();  // sorting moved them
   return header;
 }
 
@@ -387,7 +544,7 @@ std::string serialize_header(const std::vector<TensorInfo>& tensors, const Metad
     first = false;
   }
   for (const TensorInfo& info : tensors) {
-    check_utf8(info.name, source, "tensor name '" + info.name + "'");
+    check_utf8(info.name, source, "tensor name '" + std::string(info.name) + "'");
     if (!first) out += ',';
     first = false;
     append_json_string(out, info.name);

@@ -197,7 +197,7 @@ PYBIND11_MODULE(_C, m) {
       .def("info",
            [](const ts::File& f, const std::string& name) {
              const ts::TensorInfo& info = f.info(name);
-             return std::make_pair(dtype_str(info.dtype), info.shape);
+             return std::make_pair(dtype_str(info.dtype), c10::IntArrayRef(info.shape).vec());
            })
       .def("tensor", &ts::File::tensor, py::call_guard<py::gil_scoped_release>())
       .def("tensors",

@@ -13,6 +13,7 @@
 #include <unistd.h>
 
 #include "check.h"
+#include "huge_pages.h"
 
 namespace torch::safetensors::storage {
 namespace {
@@ -73,9 +74,10 @@ Header ReadOnlyFile::read_header() const {
   const uint64_t available = std::min<uint64_t>(size_, kHeaderLengthSize);
   read_exact(prefix, available, 0);
   const uint64_t n = parse_header_length(std::string_view(prefix, available), size_, path_);
-  std::string json(n, '\0');
-  read_exact(json.data(), n, kHeaderLengthSize);
-  return parse_header(json, size_, path_);
+  // Not a std::string: that zeroes its bytes first, and large headers get huge pages here.
+  const std::shared_ptr<char> json = shared_buffer(n);
+  read_exact(json.get(), n, kHeaderLengthSize);
+  return parse_header(std::string_view(json.get(), n), size_, path_);
 }
 
 void read_all(const ReadOnlyFile& file, const std::vector<ReadJob>& jobs) {
@@ -118,15 +120,6 @@ void read_all(const ReadOnlyFile& file, const std::vector<ReadJob>& jobs) {
   for (auto& t : pool) t.join();
   if (error) std::rethrow_exception(error);
 }
-
-void* alloc_huge(uint64_t n) {
-  void* p = ::mmap(nullptr, n, PROT_READ | PROT_WRITE, MAP_PRIVATE | MAP_ANONYMOUS, -1, 0);
-  if (p == MAP_FAILED) return nullptr;
-  ::madvise(p, n, MADV_HUGEPAGE);  // a hint: without THP support it changes nothing
-  return p;
-}
-
-void free_huge(void* p, uint64_t n) { ::munmap(p, n); }
 
 PrivateMapping::PrivateMapping(const ReadOnlyFile& file) : size_(file.size()) {
   if (size_ == 0) return;

@@ -47,12 +47,6 @@ struct ReadJob {
 // thread per core when there is enough to read; rethrows the first failure after all threads end.
 void read_all(const ReadOnlyFile& file, const std::vector<ReadJob>& jobs);
 
-// Fresh anonymous memory of `n` bytes with transparent huge pages requested, released by
-// free_huge. Filling new memory is dominated by page faults (one per 4 KiB; far more costly in
-// VMs than the copy itself); with huge pages one fault maps 2 MiB. nullptr if mmap fails.
-void* alloc_huge(uint64_t n);
-void free_huge(void* p, uint64_t n);
-
 // A private (copy-on-write) mapping of a whole file. Writable: tensors over it support in-place
 // updates (torch::load's set_ shares storage with the module) without ever touching the file,
 // and replacing the file (atomic save) leaves the mapped contents as they were.
