@@ -7,6 +7,7 @@
 #pragma once
 
 #include "torch_safetensors/dtype.h"
+#include "torch_safetensors/errors.h"
 #include "torch_safetensors/file.h"
 #include "torch_safetensors/header.h"
 #include "torch_safetensors/module.h"

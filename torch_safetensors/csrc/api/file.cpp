@@ -4,7 +4,7 @@
 
 #include <ATen/ops/empty.h>
 
-#include "adapters/tensor_view.h"
+#include "adapters/load_tensor.h"
 #include "check.h"
 #include "storage/file_io.h"
 

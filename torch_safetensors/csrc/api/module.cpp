@@ -10,7 +10,7 @@
 #include <torch/nn/module.h>
 #include <torch/utils.h>
 
-#include "adapters/tensor_view.h"
+#include "adapters/shared_memory.h"
 #include "check.h"
 
 namespace torch::safetensors {

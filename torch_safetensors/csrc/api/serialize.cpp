@@ -7,7 +7,8 @@
 
 #include <ATen/ops/empty.h>
 
-#include "adapters/tensor_view.h"
+#include "adapters/load_tensor.h"
+#include "adapters/save_item.h"
 #include "check.h"
 #include "storage/file_io.h"
 

@@ -14,15 +14,22 @@
 
 #include "check.h"
 #include "huge_pages.h"
+#include "torch_safetensors/errors.h"
 
 namespace torch::safetensors::storage {
 namespace {
 
 std::string os_error(int error) { return std::strerror(error); }
 
+// "safetensors: <path>: <what>: <strerror>", keeping errno for the bindings.
+[[noreturn]] void throw_os_error(int error, const std::string& path, const std::string& what) {
+  throw OSError(error, path, "safetensors: " + path + ": " + what + ": " + os_error(error));
+}
+
 uint64_t fstat_size(int fd, const std::string& path) {
   struct stat st {};
-  TS_CHECK(::fstat(fd, &st) == 0, path, "cannot stat: ", os_error(errno));
+  if (::fstat(fd, &st) != 0) throw_os_error(errno, path, "cannot stat");
+  if (S_ISDIR(st.st_mode)) throw_os_error(EISDIR, path, "cannot open");
   TS_CHECK(S_ISREG(st.st_mode), path, "not a regular file");
   return static_cast<uint64_t>(st.st_size);
 }
@@ -35,7 +42,7 @@ ReadOnlyFile::ReadOnlyFile(std::string path) : path_(std::move(path)) {
   do {
     fd_ = ::open(path_.c_str(), O_RDONLY | O_CLOEXEC | O_NONBLOCK);
   } while (fd_ < 0 && errno == EINTR);
-  TS_CHECK(fd_ >= 0, path_, "cannot open: ", os_error(errno));
+  if (fd_ < 0) throw_os_error(errno, path_, "cannot open");
   try {
     size_ = fstat_size(fd_, path_);
     const int flags = ::fcntl(fd_, F_GETFL);

@@ -1,4 +1,4 @@
-// Torch adapters: tensors over stored bytes (load side) and bytes out of tensors (save side).
+// Load side: at::Tensors over stored bytes, each with its own storage.
 #pragma once
 
 #include <memory>
@@ -38,25 +38,5 @@ at::Tensor empty_for(const TensorInfo& info, std::string_view source);
 // when the last tensor in it is.
 std::vector<at::Tensor> empty_for_read(const std::vector<TensorInfo>& infos,
                                        std::string_view source);
-
-// Save side: what one entry contributes to the header, and the tensor that holds its bytes.
-struct SaveItem {
-  TensorInfo info;    // name, dtype, logical shape; offsets are filled in by the layout
-  at::Tensor source;  // as given: may be non-contiguous or on another device
-};
-SaveItem to_save_item(const std::string& name, const at::Tensor& tensor, std::string_view source);
-SaveItem to_save_item(const std::string& name, const RawTensor& raw, std::string_view source);
-
-// The item's bytes as a contiguous CPU tensor (a copy only when it is not one already).
-at::Tensor contiguous_cpu_bytes(const SaveItem& item);
-
-// Groups of two or more tensors (indices into `tensors`) whose bytes overlap: same device and
-// storage, overlapping extents (chained), as the reference's shared-tensor detection. Tensors
-// with no elements are never in a group.
-std::vector<std::vector<size_t>> overlapping_groups(const std::vector<at::Tensor>& tensors);
-
-// Refuses tensors whose memory overlaps (as the reference's save_file does): saving both would
-// duplicate the bytes and loading would silently untie them.
-void check_no_overlap(const std::vector<SaveItem>& items, std::string_view source);
 
 }  // namespace torch::safetensors::adapters
