@@ -265,7 +265,7 @@ void op_header(const Args& a) {
     ::close(fd);
   }
   size_t count = 0;
-  auto r = measure(a, [&] { count = ts::parse_header(json, size, a.file).tensors.size(); });
+  auto r = measure(a, [&] { count = ts::parse_header(json, size, a.file).tensors().size(); });
   emit("ours", "header_parse", a.file, n, count, r, "parse_header on the JSON already in memory");
   r = measure(a, [&] { count = ts::File(a.file).size(); });
   emit("ours", "header_open", a.file, n, count, r, "File(path): open + read + parse + map");

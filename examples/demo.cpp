@@ -55,7 +55,7 @@ int main(int argc, char** argv) {
   model->to(torch::kBFloat16);
 
   auto t0 = std::chrono::steady_clock::now();
-  st::save(*model, path, {{"format", "pt"}, {"producer", "torch_safetensors demo"}});
+  st::save(*model, path, st::Metadata{{"format", "pt"}, {"producer", "torch_safetensors demo"}});
   const double save_ms = ms_since(t0);
 
   TinyLM fresh(8192, 512, 4);

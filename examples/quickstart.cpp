@@ -5,7 +5,7 @@
 int main() {
   namespace st = torch::safetensors;
   torch::nn::Linear model(4, 2);
-  st::save(*model, "linear.safetensors", {{"format", "pt"}});  // like torch::save
+  st::save(*model, "linear.safetensors", st::Metadata{{"format", "pt"}});  // like torch::save
   torch::nn::Linear fresh(4, 2);
   st::load(*fresh, "linear.safetensors");         // like torch::load, zero-copy
   auto tensors = st::load("linear.safetensors");  // name -> tensor, lazy mmap

@@ -5,7 +5,7 @@
 //   2. from_bytes (in-memory path);
 //   3. File on a real file (a memfd, reopened through /proc/self/fd) with both backends: every
 //      tensor, raw bytes, row slices on the pread path, tensors(), check_intact();
-//   4. for files that load: a save round trip (entries_to_bytes of the raw tensors) that must
+//   4. for files that load: a save round trip (to_bytes of the raw tensors) that must
 //      parse back to the same names, dtypes, shapes and bytes;
 //   5. the header's JSON text through simdjson, as an oracle for our own JSON reader: it must
 //      call "not valid JSON" exactly what simdjson does, up to the documented differences
@@ -63,7 +63,7 @@ void check_error(const c10::Error& e, std::string_view source) {
 
 void check_header_invariants(const ts::Header& header, uint64_t file_size) {
   uint64_t expected = 0;
-  for (const auto& info : header.tensors) {
+  for (const auto& info : header.tensors()) {
     FUZZ_ASSERT(info.begin == expected, info.name);
     FUZZ_ASSERT(info.begin <= info.end, info.name);
     FUZZ_ASSERT(ts::tensor_nbytes(info.dtype, info.shape, "<fuzz>", info.name) == info.nbytes(),
@@ -172,7 +172,7 @@ void round_trip(std::string_view data) {
     return ts::parse_header(data.substr(8, n), data.size(), "<fuzz>");
   }();
   std::vector<ts::SaveEntry> entries;
-  for (const auto& info : header.tensors) {
+  for (const auto& info : header.tensors()) {
     ts::RawTensor raw;
     raw.dtype = info.dtype;
     raw.shape = c10::IntArrayRef(info.shape).vec();
@@ -183,14 +183,13 @@ void round_trip(std::string_view data) {
     }
     entries.emplace_back(std::string(info.name), std::move(raw));
   }
-  const ts::Metadata* metadata = header.metadata ? &*header.metadata : nullptr;
-  const std::string saved = ts::entries_to_bytes(entries, metadata);
+  const std::string saved = ts::to_bytes(entries, header.metadata());
   const uint64_t n = ts::parse_header_length(saved.substr(0, 8), saved.size(), "<saved>");
   const ts::Header again =
       ts::parse_header(std::string_view(saved).substr(8, n), saved.size(), "<saved>");
-  FUZZ_ASSERT(again.tensors.size() == header.tensors.size());
-  FUZZ_ASSERT(again.metadata == header.metadata);
-  for (const auto& info : again.tensors) {
+  FUZZ_ASSERT(again.tensors().size() == header.tensors().size());
+  FUZZ_ASSERT(again.metadata() == header.metadata());
+  for (const auto& info : again.tensors()) {
     const ts::TensorInfo* before = header.find(info.name);
     FUZZ_ASSERT(before != nullptr, info.name);
     FUZZ_ASSERT(before->dtype == info.dtype && before->shape == info.shape, info.name);
@@ -227,7 +226,7 @@ extern "C" int LLVMFuzzerTestOneInput(const uint8_t* bytes, size_t size) {
     const ts::Header header = ts::parse_header(*json, size, "<fuzz>");
     check_header_invariants(header, size);
     valid = true;
-    tensor_count = header.tensors.size();
+    tensor_count = header.tensors().size();
   } catch (const c10::Error& e) {
     check_error(e, "<fuzz>");
     error = e.what_without_backtrace();

@@ -1,9 +1,10 @@
 // A lazy handle on one safetensors file: the C++ analogue of the reference's `safe_open`.
 //
-// Opening reads and validates only the header. Tensors are produced on request: with the mmap
-// backend as zero-copy views of one private (copy-on-write) mapping of the file, which stays
-// alive as long as any tensor or handle uses it; with the pread backend as owned memory read with
-// pread(2), so that only the bytes asked for are read and the file may change or vanish after.
+// Opening reads and validates only the header. Tensors are produced on request, every one of them
+// through one read path over a Source (source.h): a file, bytes in memory, or any source of your
+// own. With Backend::kMmap and a source that has addressable memory (a mapped file, owned bytes)
+// tensors are zero-copy views of it, each with its own storage; otherwise they are owned memory
+// filled with Source::read, and only the bytes asked for are read.
 #pragma once
 
 #include <memory>
@@ -18,6 +19,8 @@
 #include <torch/ordered_dict.h>
 
 #include "torch_safetensors/header.h"
+#include "torch_safetensors/slice.h"
+#include "torch_safetensors/source.h"
 
 namespace torch::safetensors {
 
@@ -30,12 +33,13 @@ enum class Backend {
 };
 
 struct LoadOptions {
+  // kMmap: views of the source's memory where it has any (a file is mapped privately, copy on
+  // write; pages are read when first touched). kPread: owned memory, read with pread(2) from
+  // files (which may then change or vanish) or copied from memory.
   Backend backend = Backend::kMmap;
-  // Where tensors end up. CPU (the default) keeps mmap views zero-copy; any other device copies
-  // each tensor there once.
+  // Where tensors end up. CPU (the default) keeps views zero-copy; any other device copies each
+  // tensor there once.
   c10::Device device = c10::kCPU;
-  // Module loading only: throw when names are missing, unexpected or shape-mismatched.
-  bool strict = true;
 
   LoadOptions& with_backend(Backend b) {
     backend = b;
@@ -43,10 +47,6 @@ struct LoadOptions {
   }
   LoadOptions& with_device(c10::Device d) {
     device = d;
-    return *this;
-  }
-  LoadOptions& with_strict(bool s) {
-    strict = s;
     return *this;
   }
 };
@@ -61,28 +61,37 @@ struct RawTensor {
 
 class File {
  public:
-  // Opens `path` and validates its header. Throws c10::Error (missing file, bad header, ...).
+  // Opens `path` and validates its header. Throws c10::Error (OSError for a missing file, ...).
   explicit File(const std::string& path, const LoadOptions& options = {});
+  // Reads the header from `source` and validates it.
+  explicit File(std::shared_ptr<const Source> source, const LoadOptions& options = {});
 
-  const std::string& path() const;
+  const std::string& path() const;  // the source's name
+  const Source& source() const;
   const LoadOptions& options() const;
   const Header& header() const;
-  const std::optional<Metadata>& metadata() const { return header().metadata; }
+  const std::optional<Metadata>& metadata() const { return header().metadata(); }
 
   // Tensor names in data-offset order (`offset_keys` in the reference).
   std::vector<std::string> keys() const;
   bool contains(std::string_view name) const { return header().find(name) != nullptr; }
   const TensorInfo& info(std::string_view name) const;
-  size_t size() const { return header().tensors.size(); }
+  size_t size() const { return header().size(); }
 
   // One whole tensor. Packed dtypes (F4 as Float4_e2m1fn_x2, F6 as uint8 bytes) keep the logical
-  // shape with the last dimension divided by the values per byte; when it does not divide evenly
-  // the tensor comes back 1-D, one element per stored byte.
+  // shape with the last dimension counted in torch elements (stored_sizes in dtype.h); when it
+  // does not hold whole groups the tensor comes back 1-D, one element per stored byte.
   at::Tensor tensor(std::string_view name) const;
 
-  // `tensor(name).index(indices)`, but reading only the rows of the outermost indexed dimension
-  // that the indices select (the pread backend reads just those bytes).
+  // `tensor(name).index(indices)`, reading only the bytes the result holds: integers, slices with
+  // any positive step, `...`, None and booleans, on any dimension (see slice.h). A view when the
+  // backend views memory, else exactly the selected bytes read into owned memory. Tensor indices
+  // (advanced indexing) apply to the whole tensor.
   at::Tensor slice(std::string_view name, at::ArrayRef<at::indexing::TensorIndex> indices) const;
+  // Several [begin, end) ranges of dimension `dim`, concatenated in order: a rank's share of a
+  // fused weight (the q, k and v blocks of a qkv projection). Reads exactly those bytes.
+  at::Tensor slice_intervals(std::string_view name, int64_t dim,
+                             std::vector<std::pair<int64_t, int64_t>> ranges) const;
 
   RawTensor raw(std::string_view name) const;
 

@@ -25,8 +25,8 @@ using Metadata = std::map<std::string, std::string>;
 inline constexpr uint64_t kHeaderLengthSize = 8;         // the u64 prefix
 inline constexpr uint64_t kMaxHeaderSize = 100'000'000;  // same bound as the reference
 
-// One tensor's entry. `name` views bytes owned elsewhere: by the Header that parsed it (valid as
-// long as that Header or a copy of it lives), or by whoever built the info.
+// One tensor's entry. `name` views bytes owned by the Header that holds the entry (valid as long
+// as that Header or a copy of it lives).
 struct TensorInfo {
   std::string_view name;
   Dtype dtype = Dtype::U8;
@@ -39,29 +39,46 @@ struct TensorInfo {
   int64_t numel() const;
 };
 
-// A validated header. Tensors are in data-offset order (the order of their bytes in the file).
-// Copies are cheap to make and share the name bytes.
-struct Header {
-  std::optional<Metadata> metadata;  // nullopt when the file has no `__metadata__`
-  std::vector<TensorInfo> tensors;
-  uint64_t header_size = 0;  // N: JSON bytes, padding included
+class Header;
+struct Layout;
+Header parse_header(std::string_view json, uint64_t file_size, std::string_view source);
+Layout plan_layout(c10::ArrayRef<TensorInfo> tensors, const std::optional<Metadata>& metadata,
+                   std::string_view source);
 
-  uint64_t data_offset() const { return kHeaderLengthSize + header_size; }
-  uint64_t data_size() const { return tensors.empty() ? 0 : tensors.back().end; }
+// A validated header: the only kind there is. It is built by parse_header (bytes of a file) or
+// plan_layout (what save will write), both of which check every rule of the format, and cannot
+// be changed afterwards. Tensors are in data-offset order (the order of their bytes in the file).
+// Copies are cheap and share the name bytes and the name lookup.
+class Header {
+ public:
+  Header() = default;  // no tensors, no metadata
+
+  const std::optional<Metadata>& metadata() const { return metadata_; }  // nullopt: none
+  const std::vector<TensorInfo>& tensors() const { return tensors_; }
+  size_t size() const { return tensors_.size(); }
+  uint64_t header_size() const { return header_size_; }  // N: JSON bytes, padding included
+
+  uint64_t data_offset() const { return kHeaderLengthSize + header_size_; }
+  uint64_t data_size() const { return tensors_.empty() ? 0 : tensors_.back().end; }
 
   // nullptr if there is no tensor of that name.
   const TensorInfo* find(std::string_view name) const;
   // Throws c10::Error naming the file and listing a few available names.
   const TensorInfo& at(std::string_view name, std::string_view source) const;
 
-  // Builds the name→index lookup; parse_header calls it. False if some name appears twice.
-  bool index();
-
  private:
   friend Header parse_header(std::string_view, uint64_t, std::string_view);
-  std::shared_ptr<const void> names_;  // the bytes that parsed tensors' names view
+  friend Layout plan_layout(c10::ArrayRef<TensorInfo>, const std::optional<Metadata>&,
+                            std::string_view);
+  // Builds the name lookup. False if some name appears twice.
+  bool index();
+
+  std::optional<Metadata> metadata_;
+  std::vector<TensorInfo> tensors_;
+  uint64_t header_size_ = 0;
+  std::shared_ptr<const void> names_;  // the bytes that the tensors' names view
   // The name lookup, shared by copies: open addressing, each slot the name's hash bits and
-  // 1 + an index into `tensors` (0: empty).
+  // 1 + an index into `tensors_` (0: empty).
   std::shared_ptr<const uint64_t> slots_;
   size_t slot_count_ = 0;
 };
@@ -75,15 +92,25 @@ uint64_t parse_header_length(std::string_view first8, uint64_t file_size, std::s
 // trusted; failures throw c10::Error naming `source`, the tensor and what was expected vs found.
 Header parse_header(std::string_view json, uint64_t file_size, std::string_view source);
 
-// Serializes a header exactly as the reference implementation does (compact JSON, `__metadata__`
-// first, tensors in the given order, spaces to a multiple of 8 bytes), prefixed by its u64 length.
-// Offsets are taken from the infos. `metadata` nullptr omits `__metadata__`.
-// Names and metadata must be valid UTF-8 (JSON strings); `source` names the target in errors.
-std::string serialize_header(const std::vector<TensorInfo>& tensors, const Metadata* metadata,
-                             std::string_view source);
+// What a save writes, planned before any byte is: the one layout planner behind every save.
+struct Layout {
+  Header header;              // tensors in file order with their offsets; names owned
+  std::string header_bytes;   // u64 length + JSON + padding, exactly as the reference writes it
+  std::vector<size_t> order;  // order[i]: the index in the input of the file's i-th tensor
+};
 
-// The order in which `save` lays tensors out: dtype descending (reference enum order), then name.
-void sort_for_save(std::vector<TensorInfo>& tensors);
+// Lays out `tensors` (name, dtype and logical shape are read; offsets are assigned) the way the
+// reference's save does: dtype descending in the reference's enum order, then name; consecutive
+// offsets; compact JSON with `__metadata__` first (when given, even empty), padded with spaces to
+// a multiple of 8 bytes. Checks what a valid file needs (unique names, none `__metadata__`, UTF-8
+// names and metadata, byte counts that fit, a header within the size limit) and throws
+// c10::Error naming `source` otherwise.
+Layout plan_layout(c10::ArrayRef<TensorInfo> tensors, const std::optional<Metadata>& metadata,
+                   std::string_view source);
+
+// The header's bytes as a file holds them (u64 length + JSON + padding), as the reference writes
+// them. For a parsed header this is the canonical form of what was read.
+std::string serialize_header(const Header& header, std::string_view source);
 
 // Number of bytes a tensor of this dtype and shape occupies; throws on a negative dimension,
 // overflow or a fractional byte count, naming `source` and the tensor `name`.

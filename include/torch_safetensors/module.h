@@ -17,6 +17,22 @@ struct ModuleLoadReport {
   bool ok() const { return missing.empty() && unexpected.empty() && mismatched.empty(); }
 };
 
+// Module loading's options: the file's backend, and whether any missing, unexpected or
+// shape-mismatched name is an error.
+struct ModuleLoadOptions {
+  Backend backend = Backend::kMmap;
+  bool strict = true;
+
+  ModuleLoadOptions& with_backend(Backend b) {
+    backend = b;
+    return *this;
+  }
+  ModuleLoadOptions& with_strict(bool s) {
+    strict = s;
+    return *this;
+  }
+};
+
 // Fills the module's parameters and buffers (dotted names, as `named_parameters()` and
 // `named_buffers()` give them) from a file, under NoGradGuard. A tensor already of the file's
 // dtype on the CPU takes the loaded storage (`set_`, zero-copy, as torch::load does); otherwise
@@ -25,12 +41,13 @@ struct ModuleLoadReport {
 // (see save below) satisfies all. With options.strict (the default) any missing, unexpected or
 // mismatched name throws a c10::Error listing them all; otherwise the report says.
 ModuleLoadReport load(torch::nn::Module& module, const std::string& path,
-                      const LoadOptions& options = {});
+                      const ModuleLoadOptions& options = {});
 
 // Writes named_parameters() and named_buffers(). Tensors that share memory (tied weights) are
 // saved once, like the reference's `save_model`: the first name in sorted order among those
 // covering the whole storage is kept, and each dropped name is recorded in the metadata as
 // dropped → kept (unless the caller's metadata already has that key).
-void save(const torch::nn::Module& module, const std::string& path, const Metadata& metadata = {});
+void save(const torch::nn::Module& module, const std::string& path,
+          const std::optional<Metadata>& metadata = std::nullopt);
 
 }  // namespace torch::safetensors

@@ -12,4 +12,6 @@
 #include "torch_safetensors/header.h"
 #include "torch_safetensors/module.h"
 #include "torch_safetensors/serialize.h"
+#include "torch_safetensors/slice.h"
+#include "torch_safetensors/source.h"
 #include "torch_safetensors/version.h"

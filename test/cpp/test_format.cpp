@@ -61,11 +61,44 @@ TEST(Dtype, BitsAndTorchTypes) {
   for (int i = 0; i < ts::kNumDtypes; ++i) {
     const auto dtype = static_cast<ts::Dtype>(i);
     if (dtype == ts::Dtype::F6_E2M3 || dtype == ts::Dtype::F6_E3M2) continue;
-    EXPECT_EQ(ts::from_scalar_type(*ts::to_scalar_type(dtype)), dtype) << ts::dtype_name(dtype);
+    EXPECT_EQ(ts::from_scalar_type(ts::to_scalar_type(dtype)), dtype) << ts::dtype_name(dtype);
   }
   EXPECT_FALSE(ts::from_scalar_type(c10::ScalarType::UInt4).has_value());
   EXPECT_FALSE(ts::from_scalar_type(c10::ScalarType::ComplexDouble).has_value());
   EXPECT_FALSE(ts::from_scalar_type(c10::ScalarType::QInt8).has_value());
+}
+
+TEST(Dtype, PackedShapesFollowTheTable) {
+  using V = std::vector<int64_t>;
+  EXPECT_EQ(ts::values_per_group(ts::Dtype::F4), 2);
+  EXPECT_EQ(ts::bytes_per_group(ts::Dtype::F6_E3M2), 3);
+  EXPECT_EQ(ts::bytes_per_group(ts::Dtype::F64), 8);
+  // Loads: the last dimension in torch elements, or 1-D bytes when it holds no whole groups.
+  EXPECT_EQ(ts::stored_sizes(ts::Dtype::F4, V{3, 8}, 12), (V{3, 4}));
+  EXPECT_EQ(ts::stored_sizes(ts::Dtype::F4, V{2, 3}, 3), (V{3}));
+  EXPECT_EQ(ts::stored_sizes(ts::Dtype::F6_E2M3, V{2, 8}, 12), (V{2, 6}));
+  EXPECT_EQ(ts::stored_sizes(ts::Dtype::F6_E3M2, V{2, 2}, 3), (V{3}));
+  EXPECT_EQ(ts::stored_sizes(ts::Dtype::F32, V{2, 3}, 24), (V{2, 3}));
+  EXPECT_EQ(ts::stored_sizes(ts::Dtype::F4, V{}, 0), (V{0}));
+  // Saves: the inverse, and none for a 0-d packed tensor.
+  EXPECT_EQ(ts::logical_shape(ts::Dtype::F4, V{3, 4}), (V{3, 8}));
+  EXPECT_EQ(ts::logical_shape(ts::Dtype::BF16, V{}), (V{}));
+  EXPECT_FALSE(ts::logical_shape(ts::Dtype::F4, V{}).has_value());
+  EXPECT_FALSE(ts::logical_shape(ts::Dtype::F4, V{INT64_MAX}).has_value());
+  for (int i = 0; i < ts::kNumDtypes; ++i) {
+    const auto dtype = static_cast<ts::Dtype>(i);
+    const V shape{2, 4 * ts::values_per_group(dtype)};
+    const uint64_t nbytes = ts::tensor_nbytes(dtype, shape, "f", "x");
+    const V sizes = ts::stored_sizes(dtype, shape, nbytes);
+    int64_t numel = 1;
+    for (int64_t d : sizes) numel *= d;
+    // Whatever the dtype, the loaded tensor holds exactly the stored bytes.
+    EXPECT_EQ(uint64_t(numel) * c10::elementSize(ts::to_scalar_type(dtype)), nbytes)
+        << ts::dtype_name(dtype);
+    if (ts::from_scalar_type(ts::to_scalar_type(dtype)) == dtype) {
+      EXPECT_EQ(ts::logical_shape(dtype, sizes), shape) << ts::dtype_name(dtype);
+    }
+  }
 }
 
 TEST(Header, ParsesTensorsInOffsetOrderWithMetadata) {
@@ -73,41 +106,44 @@ TEST(Header, ParsesTensorsInOffsetOrderWithMetadata) {
       R"({"b":{"dtype":"F32","shape":[2],"data_offsets":[4,12]},)"
       R"("__metadata__":{"format":"pt"},"a":{"dtype":"I8","shape":[4],"data_offsets":[0,4],"x":1}})",
       12);
-  ASSERT_EQ(header.tensors.size(), 2u);
-  EXPECT_EQ(header.tensors[0].name, "a");  // first in the file, though second in the JSON
-  EXPECT_EQ(header.tensors[1].name, "b");
-  EXPECT_EQ(header.tensors[1].dtype, ts::Dtype::F32);
-  EXPECT_EQ(c10::IntArrayRef(header.tensors[1].shape).vec(), std::vector<int64_t>{2});
-  ASSERT_TRUE(header.metadata.has_value());
-  EXPECT_EQ(header.metadata->at("format"), "pt");
+  ASSERT_EQ(header.tensors().size(), 2u);
+  EXPECT_EQ(header.tensors()[0].name, "a");  // first in the file, though second in the JSON
+  EXPECT_EQ(header.tensors()[1].name, "b");
+  EXPECT_EQ(header.tensors()[1].dtype, ts::Dtype::F32);
+  EXPECT_EQ(c10::IntArrayRef(header.tensors()[1].shape).vec(), std::vector<int64_t>{2});
+  ASSERT_TRUE(header.metadata().has_value());
+  EXPECT_EQ(header.metadata()->at("format"), "pt");
   ASSERT_NE(header.find("b"), nullptr);
   EXPECT_EQ(header.find("b")->begin, 4u);
   EXPECT_EQ(header.find("c"), nullptr);
   EXPECT_EQ(header.data_size(), 12u);
   const ts::Header copy = header;  // the lookup must follow the copy
-  EXPECT_EQ(copy.find("a"), &copy.tensors[0]);
+  EXPECT_EQ(copy.find("a"), &copy.tensors()[0]);
 }
 
 TEST(Header, AcceptsEmptyNullMetadataAndPadding) {
-  EXPECT_TRUE(parse("{}").tensors.empty());
-  EXPECT_FALSE(parse(R"({"__metadata__":null})").metadata.has_value());
-  EXPECT_TRUE(parse(R"({"__metadata__":{}})").metadata->empty());
+  EXPECT_TRUE(parse("{}").tensors().empty());
+  EXPECT_FALSE(parse(R"({"__metadata__":null})").metadata().has_value());
+  EXPECT_TRUE(parse(R"({"__metadata__":{}})").metadata()->empty());
   EXPECT_EQ(
-      parse(R"({"x":{"dtype":"U8","shape":[],"data_offsets":[0,1]}}      )", 1).tensors.size(), 1u);
+      parse(R"({"x":{"dtype":"U8","shape":[],"data_offsets":[0,1]}}      )", 1).tensors().size(),
+      1u);
   // Zero-size tensors may share an offset.
   EXPECT_EQ(parse(R"({"e":{"dtype":"F32","shape":[0,3],"data_offsets":[0,0]},)"
                   R"("f":{"dtype":"F32","shape":[0],"data_offsets":[0,0]}})")
-                .tensors.size(),
+                .tensors()
+                .size(),
             2u);
 }
 
 TEST(Header, SubByteDtypes) {
   EXPECT_EQ(
-      parse(R"({"x":{"dtype":"F4","shape":[2,4],"data_offsets":[0,4]}})", 4).tensors[0].nbytes(),
+      parse(R"({"x":{"dtype":"F4","shape":[2,4],"data_offsets":[0,4]}})", 4).tensors()[0].nbytes(),
       4u);
-  EXPECT_EQ(
-      parse(R"({"x":{"dtype":"F6_E2M3","shape":[8],"data_offsets":[0,6]}})", 6).tensors[0].nbytes(),
-      6u);
+  EXPECT_EQ(parse(R"({"x":{"dtype":"F6_E2M3","shape":[8],"data_offsets":[0,6]}})", 6)
+                .tensors()[0]
+                .nbytes(),
+            6u);
   expect_invalid(R"({"x":{"dtype":"F4","shape":[3],"data_offsets":[0,2]}})", 2,
                  {"'x'", "12 bits", "whole number of bytes"});
   expect_invalid(R"({"x":{"dtype":"F6_E3M2","shape":[2],"data_offsets":[0,2]}})", 2,
@@ -180,10 +216,10 @@ TEST(HeaderJson, AcceptsWhitespaceEscapesAndUnknownFields) {
       "    \"extra\" : [ {\"x\": [true, false, null, -1.5e-3, 0, \"\\t\"]}, [] , {} ]\n"
       "  }\n}\r\n\t ";
   const auto header = parse(pretty, 2);
-  ASSERT_EQ(header.tensors.size(), 1u);
-  EXPECT_EQ(header.tensors[0].name, "a\"/\xc3\xa9\xf0\x9f\x98\x80");  // é and U+1F600 in UTF-8
-  EXPECT_EQ(header.tensors[0].dtype, ts::Dtype::U8);
-  EXPECT_EQ(header.metadata->at("k"), "v\xc3\xa9\n");
+  ASSERT_EQ(header.tensors().size(), 1u);
+  EXPECT_EQ(header.tensors()[0].name, "a\"/\xc3\xa9\xf0\x9f\x98\x80");  // é and U+1F600 in UTF-8
+  EXPECT_EQ(header.tensors()[0].dtype, ts::Dtype::U8);
+  EXPECT_EQ(header.metadata()->at("k"), "v\xc3\xa9\n");
   EXPECT_NE(header.find("a\"/\xc3\xa9\xf0\x9f\x98\x80"), nullptr);
 }
 
@@ -210,7 +246,8 @@ TEST(HeaderJson, RejectsWhatJsonDoesNotAllow) {
   EXPECT_EQ(parse(R"({"x":{"dtype":"U8","shape":[1],"y":[123456789012345678901234567890.5,)"
                   R"(1e-400,-9223372036854775808,1E+2,0.5e308],"data_offsets":[0,1]}})",
                   1)
-                .tensors.size(),
+                .tensors()
+                .size(),
             1u);
 }
 
@@ -219,7 +256,7 @@ TEST(HeaderJson, NestingIsLimitedTo128Levels) {
     return R"({"x":{"dtype":"U8","shape":[1],"data_offsets":[0,1],"deep":)" +
            std::string(depth, '[') + std::string(depth, ']') + "}}";
   };
-  EXPECT_EQ(parse(nested(126), 1).tensors.size(), 1u);  // 2 levels of objects + 126 arrays
+  EXPECT_EQ(parse(nested(126), 1).tensors().size(), 1u);  // 2 levels of objects + 126 arrays
   expect_invalid(nested(127), 1, {"not valid JSON", "deeper than 128"});
 }
 
@@ -275,27 +312,54 @@ TEST(HeaderLength, ChecksBoundsAndFileSize) {
 }
 
 TEST(Serialize, MatchesTheReferenceLayout) {
-  std::vector<ts::TensorInfo> infos = {
-      {"b", ts::Dtype::U8, {3}, 0, 3},
-      {"a", ts::Dtype::F32, {}, 0, 4},
+  const std::vector<ts::TensorInfo> infos = {
+      {"b", ts::Dtype::U8, {3}, 0, 0},
+      {"a", ts::Dtype::F32, {}, 0, 0},
       {"c\"\n\x01\xc3\xa9", ts::Dtype::F32, {1, 0}, 0, 0},
   };
-  ts::sort_for_save(infos);  // dtype descending, then name
-  EXPECT_EQ(infos[0].name, "a");
-  EXPECT_EQ(infos[1].name, "c\"\n\x01\xc3\xa9");
-  EXPECT_EQ(infos[2].name, "b");
-  ts::Metadata meta{{"k", "v\t"}};
-  const std::string bytes = ts::serialize_header(infos, &meta, "f");
+  const ts::Layout layout = ts::plan_layout(infos, ts::Metadata{{"k", "v\t"}}, "f");
+  // dtype descending, then name; order maps file positions back to the input.
+  EXPECT_EQ(layout.order, (std::vector<size_t>{1, 2, 0}));
+  const auto& tensors = layout.header.tensors();
+  ASSERT_EQ(tensors.size(), 3u);
+  EXPECT_EQ(tensors[0].name, "a");
+  EXPECT_EQ(tensors[1].name, "c\"\n\x01\xc3\xa9");
+  EXPECT_EQ(tensors[2].name, "b");
+  EXPECT_EQ(tensors[2].begin, 4u);  // consecutive offsets
+  EXPECT_EQ(tensors[2].end, 7u);
+  EXPECT_EQ(layout.header.find("b"), &tensors[2]);
+  const std::string& bytes = layout.header_bytes;
   const std::string json = bytes.substr(8);
   EXPECT_EQ(json.size() % 8, 0u);
+  EXPECT_EQ(layout.header.header_size(), json.size());
   EXPECT_EQ(uint64_t(uint8_t(bytes[0])) | uint64_t(uint8_t(bytes[1])) << 8, json.size());
   const std::string expected =
       R"({"__metadata__":{"k":"v\t"},"a":{"dtype":"F32","shape":[],"data_offsets":[0,4]},)"
-      "\"c\\\"\\n\\u0001\xc3\xa9\":{\"dtype\":\"F32\",\"shape\":[1,0],\"data_offsets\":[0,0]},"
-      R"("b":{"dtype":"U8","shape":[3],"data_offsets":[0,3]}})";
+      "\"c\\\"\\n\\u0001\xc3\xa9\":{\"dtype\":\"F32\",\"shape\":[1,0],\"data_offsets\":[4,4]},"
+      R"("b":{"dtype":"U8","shape":[3],"data_offsets":[4,7]}})";
   EXPECT_EQ(json.substr(0, expected.size()), expected);
   EXPECT_EQ(json.find_first_not_of(' ', expected.size()), std::string::npos);
+  // The header it plans is the one a reader parses back.
+  const ts::Header parsed = ts::parse_header(json, 8 + json.size() + 7, "f");
+  EXPECT_EQ(ts::serialize_header(parsed, "f"), bytes);
+}
+
+TEST(Serialize, LayoutRefusesWhatNoFileMayHold) {
+  using Infos = std::vector<ts::TensorInfo>;
+  const auto error = [](const Infos& infos) {
+    return ts_test::error_of([&] { ts::plan_layout(infos, std::nullopt, "f"); });
+  };
   // Names must be valid UTF-8 to be JSON strings.
-  EXPECT_THROW(ts::serialize_header({{"\xff", ts::Dtype::U8, {0}, 0, 0}}, nullptr, "f"),
-               c10::Error);
+  EXPECT_NE(error(Infos{{"\xff", ts::Dtype::U8, {0}, 0, 0}}).find("UTF-8"), std::string::npos);
+  EXPECT_NE(error(Infos{{"x", ts::Dtype::U8, {1}, 0, 0}, {"x", ts::Dtype::U8, {1}, 0, 0}})
+                .find("'x' is given twice"),
+            std::string::npos);
+  EXPECT_NE(error(Infos{{"__metadata__", ts::Dtype::U8, {1}, 0, 0}}).find("reserved"),
+            std::string::npos);
+  EXPECT_NE(error(Infos{{"x", ts::Dtype::F4, {3}, 0, 0}}).find("not a whole number of bytes"),
+            std::string::npos);
+  // No metadata: no __metadata__ key; empty metadata: an empty object.
+  EXPECT_EQ(ts::plan_layout({}, std::nullopt, "f").header_bytes.substr(8, 2), "{}");
+  EXPECT_EQ(ts::plan_layout({}, ts::Metadata{}, "f").header_bytes.substr(8, 18),
+            R"({"__metadata__":{})");
 }

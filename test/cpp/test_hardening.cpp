@@ -639,7 +639,7 @@ TEST(Scale, HeaderAtTheLimitAndOneByteOver) {
   ts_test::write_file(at_limit, file_with_header_size(ts::kMaxHeaderSize));
   {
     ts::File file(at_limit, ts::LoadOptions().with_backend(ts::Backend::kPread));
-    EXPECT_EQ(file.header().header_size, ts::kMaxHeaderSize);
+    EXPECT_EQ(file.header().header_size(), ts::kMaxHeaderSize);
     ASSERT_TRUE(file.metadata().has_value());
     EXPECT_GT(file.metadata()->at("pad").size(), ts::kMaxHeaderSize - 100);
     EXPECT_EQ(file.tensor("x").item<uint8_t>(), 0x2a);

@@ -67,7 +67,7 @@ TEST(RoundTrip, EveryDtypeBothBackends) {
   for (auto dtype : kTorchDtypes) {
     tensors.emplace_back(std::string(c10::toString(dtype)), random_bytes_as(dtype, {3, 5}));
   }
-  ts::save(tensors, dir.file("all.safetensors"), {{"format", "pt"}});
+  ts::save(tensors, dir.file("all.safetensors"), ts::Metadata{{"format", "pt"}});
   for (auto backend : {ts::Backend::kMmap, ts::Backend::kPread}) {
     const auto loaded =
         ts::load(dir.file("all.safetensors"), ts::LoadOptions().with_backend(backend));
@@ -256,7 +256,7 @@ TEST(SubByte, F4PacksTheLastDimensionAndF6RoundTripsAsRawBytes) {
   // Raw entries keep dtype and shape: the re-saved file has the same tensors, bit for bit.
   std::vector<ts::SaveEntry> entries;
   for (const auto& name : file.keys()) entries.emplace_back(name, file.raw(name));
-  ts::save_entries(entries, dir.file("f6_copy.safetensors"), nullptr);
+  ts::save(entries, dir.file("f6_copy.safetensors"));
   ts::File copy(dir.file("f6_copy.safetensors"));
   EXPECT_EQ(copy.info("a").dtype, ts::Dtype::F6_E2M3);
   EXPECT_EQ(c10::IntArrayRef(copy.info("b").shape).vec(), std::vector<int64_t>{4});
@@ -265,7 +265,7 @@ TEST(SubByte, F4PacksTheLastDimensionAndF6RoundTripsAsRawBytes) {
   // A raw entry whose bytes disagree with its dtype and shape is refused.
   ts::RawTensor bad{ts::Dtype::F6_E2M3, {8}, at::zeros({5}, at::kByte)};
   EXPECT_NE(error_of([&] {
-              ts::save_entries({{"bad", bad}}, dir.file("bad.safetensors"), nullptr);
+              ts::save(std::vector<ts::SaveEntry>{{"bad", bad}}, dir.file("bad.safetensors"));
             }).find("need 6 bytes"),
             std::string::npos);
 }
@@ -291,7 +291,7 @@ TEST(Save, RefusesWhatTheFormatCannotHold) {
   EXPECT_EQ(save_error({{"lo", base.slice(0, 0, 5)}, {"hi", base.slice(0, 5, 10)}}), "");
   EXPECT_NE(error_of([&] {
               ts::save(ts::NamedTensors{{"x", at::zeros({1})}}, dir.file("x.safetensors"),
-                       {{"\xff", "v"}});
+                       ts::Metadata{{"\xff", "v"}});
             }).find("UTF-8"),
             std::string::npos);
 }
@@ -331,8 +331,8 @@ TEST(Save, OverTheFileThatLoadedTensorsStillMap) {
 TEST(Bytes, RoundTripAndMatchTheFile) {
   TempDir dir;
   ts::NamedTensors tensors = {{"a", at::randn({3, 3})}, {"b", at::arange(5)}};
-  const std::string bytes = ts::to_bytes(tensors, {{"k", "v"}});
-  ts::save(tensors, dir.file("f.safetensors"), {{"k", "v"}});
+  const std::string bytes = ts::to_bytes(tensors, ts::Metadata{{"k", "v"}});
+  ts::save(tensors, dir.file("f.safetensors"), ts::Metadata{{"k", "v"}});
   EXPECT_EQ(bytes, ts_test::read_file(dir.file("f.safetensors")));
   const auto back = ts::from_bytes(bytes);
   EXPECT_TRUE(at::equal(back["a"], tensors[0].second));
@@ -409,10 +409,9 @@ TEST_F(Reference, FilesLoadBitExactAndResaveByteIdentical) {
     for (const auto& key : loaded.keys()) entries.emplace_back(key, loaded.tensor(key));
     const auto& metadata = loaded.metadata();
     EXPECT_EQ(expected["metadata"].is_null(), !metadata.has_value());
-    ts::save_entries(entries, dir_->file(name + ".ours"), metadata ? &*metadata : nullptr);
+    ts::save(entries, dir_->file(name + ".ours"), metadata);
     EXPECT_EQ(ts_test::read_file(dir_->file(name + ".ours")), ts_test::read_file(path));
-    EXPECT_EQ(ts::entries_to_bytes(entries, metadata ? &*metadata : nullptr),
-              ts_test::read_file(path));
+    EXPECT_EQ(ts::to_bytes(entries, metadata), ts_test::read_file(path));
   }
 }
 

@@ -52,7 +52,7 @@ TEST(Module, SaveThenLoadIntoAFreshModuleZeroCopy) {
   const std::string path = dir.file("net.safetensors");
   Net source;
   source->norm->running_mean.uniform_();  // buffers travel too
-  ts::save(*source, path, {{"format", "pt"}});
+  ts::save(*source, path, ts::Metadata{{"format", "pt"}});
   ts::File file(path);
   EXPECT_EQ(file.size(), 4u + 5u);  // 2 Linear x 2 params; BatchNorm 2 params + 3 buffers
   EXPECT_EQ(file.metadata()->at("format"), "pt");
@@ -117,7 +117,7 @@ TEST(Module, StrictListsEveryProblemAndChangesNothing) {
   EXPECT_TRUE(torch::equal(target.named_parameters()["0.weight"], before));
 
   const auto report =
-      ts::load(target, dir.file("m.safetensors"), ts::LoadOptions().with_strict(false));
+      ts::load(target, dir.file("m.safetensors"), ts::ModuleLoadOptions().with_strict(false));
   EXPECT_EQ(report.missing, (std::vector<std::string>{"1.weight", "1.bias"}));
   EXPECT_EQ(report.unexpected, std::vector<std::string>{"1.alpha"});
   EXPECT_EQ(report.mismatched, (std::vector<std::string>{"0.weight", "0.bias"}));

@@ -18,20 +18,18 @@ SaveItem to_save_item(const std::string& name, const at::Tensor& tensor, std::st
   SaveItem item;
   item.info.name = name;
   item.info.dtype = *dtype;
-  item.info.shape.assign(tensor.sizes().begin(), tensor.sizes().end());
-  if (*dtype == Dtype::F4) {
-    // Two values per Float4_e2m1fn_x2 element: the header records values, as the reference does.
-    // A 0-d tensor has no last dimension to double; the reference refuses it too.
-    TS_CHECK(!item.info.shape.empty(), source, "tensor '", name,
-             "': a 0-d float4_e2m1fn_x2 tensor cannot be saved (its header shape would need a "
-             "last dimension holding the two packed values); reshape it to [1]");
-    // Only a tensor with no elements can have a last dimension this large, but its header would
-    // then hold a dimension of 2^63 or more, which no reader (this one included) accepts.
-    TS_CHECK(item.info.shape.back() <= INT64_MAX / 2, source, "tensor '", name,
-             "': last dimension ", item.info.shape.back(), " of ", tensor.scalar_type(),
-             " holds more than 2^63 - 1 values");
-    item.info.shape.back() *= 2;
-  }
+  // The header records logical values: a packed dtype (F4) holds several per torch element.
+  const auto shape = logical_shape(*dtype, tensor.sizes());
+  // A 0-d packed tensor has no last dimension to hold its values; the reference refuses it too.
+  TS_CHECK(tensor.dim() > 0 || shape.has_value(), source, "tensor '", name, "': a 0-d ",
+           tensor.scalar_type(),
+           " tensor cannot be saved (its header shape would need a last "
+           "dimension holding the packed values); reshape it to [1]");
+  // Only a tensor with no elements can have a last dimension this large, but its header would
+  // then hold a dimension of 2^63 or more, which no reader (this one included) accepts.
+  TS_CHECK(shape.has_value(), source, "tensor '", name, "': last dimension ", tensor.sizes().back(),
+           " of ", tensor.scalar_type(), " holds more than 2^63 - 1 values");
+  item.info.shape.assign(shape->begin(), shape->end());
   item.info.end = uint64_t(tensor.numel()) * tensor.element_size();
   item.source = tensor;
   return item;

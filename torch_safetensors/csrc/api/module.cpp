@@ -10,6 +10,7 @@
 #include <torch/nn/module.h>
 #include <torch/utils.h>
 
+#include "adapters/load_tensor.h"
 #include "adapters/shared_memory.h"
 #include "check.h"
 
@@ -53,9 +54,10 @@ std::string join(const std::vector<std::string>& names) {
 
 }  // namespace
 
-void save(const torch::nn::Module& module, const std::string& path, const Metadata& metadata) {
+void save(const torch::nn::Module& module, const std::string& path,
+          const std::optional<Metadata>& metadata) {
   Named tensors = named_tensors(module);
-  Metadata meta = metadata;
+  Metadata meta = metadata.value_or(Metadata());
   std::set<std::string> dropped;
   std::map<std::string, at::Tensor> by_name(tensors.begin(), tensors.end());
   for (const auto& group : tied_groups(tensors)) {
@@ -77,14 +79,13 @@ void save(const torch::nn::Module& module, const std::string& path, const Metada
   for (const auto& [name, tensor] : tensors) {
     if (!dropped.count(name)) entries.emplace_back(name, tensor);
   }
-  save_entries(entries, path, meta.empty() ? nullptr : &meta);
+  save(entries, path, meta.empty() ? metadata : std::optional<Metadata>(meta));
 }
 
 ModuleLoadReport load(torch::nn::Module& module, const std::string& path,
-                      const LoadOptions& options) {
-  LoadOptions file_options = options;
-  file_options.device = c10::kCPU;  // each tensor goes to its parameter's own device
-  const File file(path, file_options);
+                      const ModuleLoadOptions& options) {
+  // Tensors stay on the CPU: each goes to its parameter's own device.
+  const File file(path, LoadOptions().with_backend(options.backend));
   Named targets = named_tensors(module);
 
   // A tied tensor absent from the file is satisfied by any member of its group that is present.
@@ -109,8 +110,7 @@ ModuleLoadReport load(torch::nn::Module& module, const std::string& path,
       continue;
     }
     const TensorInfo& info = file.info(name);
-    std::vector<int64_t> file_sizes = c10::IntArrayRef(info.shape).vec();
-    if (info.dtype == Dtype::F4 && !file_sizes.empty()) file_sizes.back() /= 2;
+    const std::vector<int64_t> file_sizes = adapters::torch_sizes(info, path);
     if (target.sizes().vec() != file_sizes) {
       report.mismatched.push_back(name);
       shape_details << "\n  " << name << ": module " << target.sizes() << ", file "

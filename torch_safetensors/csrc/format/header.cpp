@@ -232,15 +232,15 @@ void parse_tensor(JsonReader& json, TensorInfo& info, Scratch& scratch, std::str
 
 // The header object, read in one pass. Errors about content (a missing field, a bad dtype)
 // may come before the reader has seen a later syntax error; parse_header sorts that out.
-Header read_header_object(JsonReader& json, NameStore& names, std::string_view source) {
+void read_header_object(JsonReader& json, NameStore& names, std::string_view source,
+                        std::optional<Metadata>& metadata, std::vector<TensorInfo>& tensors) {
   TS_CHECK(json.peek() == JsonKind::kObject, source, "header must be a JSON object, found ",
            found(json));
-  Header header;
   // Every tensor takes at least this many bytes of JSON: reserving for the most that fit costs
   // address space only, where growing the vector copied it and faulted in fresh pages each time.
   constexpr size_t kMinTensorJson = sizeof(R"("":{"dtype":"U8","shape":[],"data_offsets":[0,0]})");
-  header.tensors.reserve(json.remaining() / kMinTensorJson + 1);
-  prefer_huge_pages(header.tensors.data(), header.tensors.capacity() * sizeof(TensorInfo));
+  tensors.reserve(json.remaining() / kMinTensorJson + 1);
+  prefer_huge_pages(tensors.data(), tensors.capacity() * sizeof(TensorInfo));
   bool has_metadata = false;
   Scratch scratch;
   if (json.begin_object()) {
@@ -253,17 +253,16 @@ Header read_header_object(JsonReader& json, NameStore& names, std::string_view s
         if (json.peek() == JsonKind::kNull) {
           json.skip_value();
         } else {
-          header.metadata = parse_metadata(json, source);
+          metadata = parse_metadata(json, source);
         }
       } else {
-        TensorInfo& info = header.tensors.emplace_back();
+        TensorInfo& info = tensors.emplace_back();
         info.name = names.add(key);
         parse_tensor(json, info, scratch, source);
       }
     } while (json.next_member());
   }
   json.end();
-  return header;
 }
 
 [[noreturn]] void fail_syntax(const format::JsonSyntaxError& e, std::string_view source) {
@@ -311,58 +310,6 @@ bool validate_layout(std::vector<TensorInfo>& tensors, uint64_t data_size,
   return reorder;
 }
 
-// JSON string escaping exactly as serde_json writes it.
-void append_json_string(std::string& out, std::string_view text) {
-  static constexpr char kHex[] = "0123456789abcdef";
-  out += '"';
-  for (char c : text) {
-    const auto u = static_cast<unsigned char>(c);
-    switch (c) {
-      case '"':
-        out += "\\\"";
-        break;
-      case '\\':
-        out += "\\\\";
-        break;
-      case '\b':
-        out += "\\b";
-        break;
-      case '\f':
-        out += "\\f";
-        break;
-      case '\n':
-        out += "\\n";
-        break;
-      case '\r':
-        out += "\\r";
-        break;
-      case '\t':
-        out += "\\t";
-        break;
-      default:
-        if (u < 0x20) {
-          out += "\\u00";
-          out += kHex[u >> 4];
-          out += kHex[u & 0xF];
-        } else {
-          out += c;
-        }
-    }
-  }
-  out += '"';
-}
-
-void append_uint(std::string& out, uint64_t value) {
-  char buffer[24];
-  auto result = std::to_chars(buffer, buffer + sizeof(buffer), value);
-  out.append(buffer, result.ptr);
-}
-
-void check_utf8(std::string_view text, std::string_view source, std::string_view what) {
-  TS_CHECK(simdjson::validate_utf8(text.data(), text.size()), source, what,
-           " is not valid UTF-8, which a JSON header cannot hold");
-}
-
 }  // namespace
 
 int64_t TensorInfo::numel() const {
@@ -386,7 +333,7 @@ bool Header::index() {
   // Open addressing with linear probing at a load factor of at most 1/2: one flat array, where
   // a node-based map cost a heap allocation per tensor.
   size_t capacity = 16;
-  while (capacity < 2 * tensors.size()) capacity *= 2;
+  while (capacity < 2 * tensors_.size()) capacity *= 2;
   // A new array each time, so that copies of this Header keep theirs.
   std::shared_ptr<char> buffer = shared_buffer(capacity * sizeof(uint64_t));
   uint64_t* slots = reinterpret_cast<uint64_t*>(buffer.get());
@@ -399,20 +346,21 @@ bool Header::index() {
   // misses overlap instead of coming one after another.
   constexpr size_t kAhead = 8;
   size_t ahead[kAhead];
-  const auto hash_of = [&](size_t i) { return std::hash<std::string_view>{}(tensors[i].name); };
-  for (size_t i = 0; i < kAhead && i < tensors.size(); ++i) {
+  const auto hash_of = [&](size_t i) { return std::hash<std::string_view>{}(tensors_[i].name); };
+  for (size_t i = 0; i < kAhead && i < tensors_.size(); ++i) {
     ahead[i] = hash_of(i);
     __builtin_prefetch(slots + (ahead[i] & mask), 1);
   }
-  for (size_t i = 0; i < tensors.size(); ++i) {
+  for (size_t i = 0; i < tensors_.size(); ++i) {
     const size_t hash = ahead[i % kAhead];
-    if (i + kAhead < tensors.size()) {
+    if (i + kAhead < tensors_.size()) {
       ahead[i % kAhead] = hash_of(i + kAhead);
       __builtin_prefetch(slots + (ahead[i % kAhead] & mask), 1);
     }
     size_t slot = hash & mask;
     for (; slots[slot] != 0; slot = (slot + 1) & mask) {
-      if (same_hash(slots[slot], hash) && tensors[slot_index(slots[slot])].name == tensors[i].name)
+      if (same_hash(slots[slot], hash) &&
+          tensors_[slot_index(slots[slot])].name == tensors_[i].name)
         unique = false;
     }
     slots[slot] = make_slot(hash, i);
@@ -427,7 +375,7 @@ const TensorInfo* Header::find(std::string_view name) const {
   const size_t mask = slot_count_ - 1;
   for (size_t slot = hash & mask; slots[slot] != 0; slot = (slot + 1) & mask) {
     if (!same_hash(slots[slot], hash)) continue;
-    const TensorInfo& info = tensors[slot_index(slots[slot])];
+    const TensorInfo& info = tensors_[slot_index(slots[slot])];
     if (info.name == name) return &info;
   }
   return nullptr;
@@ -436,11 +384,11 @@ const TensorInfo* Header::find(std::string_view name) const {
 const TensorInfo& Header::at(std::string_view name, std::string_view source) const {
   if (const TensorInfo* info = find(name)) return *info;
   std::string some;
-  for (size_t i = 0; i < tensors.size() && i < 5; ++i)
-    some += (i ? ", '" : "'") + std::string(tensors[i].name) + "'";
-  if (tensors.size() > 5) some += ", ...";
-  TS_FAIL(source, "no tensor named '", name, "' (the file has ", tensors.size(), " tensors",
-          tensors.empty() ? "" : ": ", some, ")");
+  for (size_t i = 0; i < tensors_.size() && i < 5; ++i)
+    some += (i ? ", '" : "'") + std::string(tensors_[i].name) + "'";
+  if (tensors_.size() > 5) some += ", ...";
+  TS_FAIL(source, "no tensor named '", name, "' (the file has ", tensors_.size(), " tensors",
+          tensors_.empty() ? "" : ": ", some, ")");
 }
 
 uint64_t tensor_nbytes(Dtype dtype, c10::IntArrayRef shape, std::string_view source,
@@ -486,7 +434,7 @@ Header parse_header(std::string_view json, uint64_t file_size, std::string_view 
   Header header;
   try {
     JsonReader reader(json);
-    header = read_header_object(reader, names, source);
+    read_header_object(reader, names, source, header.metadata_, header.tensors_);
   } catch (const format::JsonSyntaxError& e) {
     fail_syntax(e, source);
   } catch (const c10::Error&) {
@@ -501,74 +449,18 @@ Header parse_header(std::string_view json, uint64_t file_size, std::string_view 
     }
     throw;
   }
-  header.header_size = json.size();
+  header.header_size_ = json.size();
   header.names_ = names.owner();
   if (!header.index()) {
     std::unordered_set<std::string_view> seen;
-    for (const auto& info : header.tensors) {
+    for (const auto& info : header.tensors_) {
       TS_CHECK(seen.insert(info.name).second, source, "tensor '", info.name,
                "' appears twice in the header (the reference would silently keep the last)");
     }
   }
   const uint64_t data_size = file_size - kHeaderLengthSize - json.size();
-  if (validate_layout(header.tensors, data_size, source)) header.index();  // sorting moved them
+  if (validate_layout(header.tensors_, data_size, source)) header.index();  // sorting moved them
   return header;
-}
-
-void sort_for_save(std::vector<TensorInfo>& tensors) {
-  std::stable_sort(tensors.begin(), tensors.end(), [](const TensorInfo& a, const TensorInfo& b) {
-    if (a.dtype != b.dtype) return a.dtype > b.dtype;  // descending, like the reference
-    return a.name < b.name;                            // bytewise
-  });
-}
-
-std::string serialize_header(const std::vector<TensorInfo>& tensors, const Metadata* metadata,
-                             std::string_view source) {
-  std::string out(kHeaderLengthSize, '\0');
-  out.reserve(64 + tensors.size() * 96);
-  out += '{';
-  bool first = true;
-  if (metadata) {
-    out += "\"__metadata__\":{";
-    bool first_key = true;
-    for (const auto& [key, value] : *metadata) {
-      check_utf8(key, source, "metadata key '" + key + "'");
-      check_utf8(value, source, "metadata value of '" + key + "'");
-      if (!first_key) out += ',';
-      first_key = false;
-      append_json_string(out, key);
-      out += ':';
-      append_json_string(out, value);
-    }
-    out += '}';
-    first = false;
-  }
-  for (const TensorInfo& info : tensors) {
-    check_utf8(info.name, source, "tensor name '" + std::string(info.name) + "'");
-    if (!first) out += ',';
-    first = false;
-    append_json_string(out, info.name);
-    out += ":{\"dtype\":\"";
-    out += dtype_name(info.dtype);
-    out += "\",\"shape\":[";
-    for (size_t i = 0; i < info.shape.size(); ++i) {
-      if (i) out += ',';
-      append_uint(out, uint64_t(info.shape[i]));
-    }
-    out += "],\"data_offsets\":[";
-    append_uint(out, info.begin);
-    out += ',';
-    append_uint(out, info.end);
-    out += "]}";
-  }
-  out += '}';
-  const size_t json_size = out.size() - kHeaderLengthSize;
-  const size_t padded = (json_size + 7) / 8 * 8;
-  out.append(padded - json_size, ' ');
-  TS_CHECK(padded <= kMaxHeaderSize, source, "header of ", padded, " bytes exceeds the limit of ",
-           kMaxHeaderSize, " bytes (too many tensors or too much metadata)");
-  for (int i = 0; i < 8; ++i) out[i] = static_cast<char>((uint64_t(padded) >> (8 * i)) & 0xFF);
-  return out;
 }
 
 }  // namespace torch::safetensors

@@ -237,7 +237,7 @@ PYBIND11_MODULE(_C, m) {
         auto entries = to_entries(items);
         auto md = to_metadata(metadata);
         py::gil_scoped_release release;
-        ts::save_entries(entries, path, md ? &*md : nullptr);
+        ts::save(entries, path, md);
       },
       py::arg("items"), py::arg("path"), py::arg("metadata"));
 
@@ -249,7 +249,7 @@ PYBIND11_MODULE(_C, m) {
         std::string out;
         {
           py::gil_scoped_release release;
-          out = ts::entries_to_bytes(entries, md ? &*md : nullptr);
+          out = ts::to_bytes(entries, md);
         }
         return py::bytes(out);
       },

@@ -1,0 +1,166 @@
+// The save-side layout planner and header serialization: what every save writes, planned before
+// any byte is, and written exactly as the reference implementation (serde_json, compact) writes
+// it, so that saved files are byte-identical.
+#include <algorithm>
+#include <charconv>
+#include <cstring>
+#include <numeric>
+#include <unordered_set>
+
+#include <simdjson.h>
+
+#include "check.h"
+#include "torch_safetensors/header.h"
+
+namespace torch::safetensors {
+namespace {
+
+// JSON string escaping exactly as serde_json writes it.
+void append_json_string(std::string& out, std::string_view text) {
+  static constexpr char kHex[] = "0123456789abcdef";
+  out += '"';
+  for (char c : text) {
+    const auto u = static_cast<unsigned char>(c);
+    switch (c) {
+      case '"':
+        out += "\\\"";
+        break;
+      case '\\':
+        out += "\\\\";
+        break;
+      case '\b':
+        out += "\\b";
+        break;
+      case '\f':
+        out += "\\f";
+        break;
+      case '\n':
+        out += "\\n";
+        break;
+      case '\r':
+        out += "\\r";
+        break;
+      case '\t':
+        out += "\\t";
+        break;
+      default:
+        if (u < 0x20) {
+          out += "\\u00";
+          out += kHex[u >> 4];
+          out += kHex[u & 0xF];
+        } else {
+          out += c;
+        }
+    }
+  }
+  out += '"';
+}
+
+void append_uint(std::string& out, uint64_t value) {
+  char buffer[24];
+  auto result = std::to_chars(buffer, buffer + sizeof(buffer), value);
+  out.append(buffer, result.ptr);
+}
+
+void check_utf8(std::string_view text, std::string_view source, std::string_view what) {
+  TS_CHECK(simdjson::validate_utf8(text.data(), text.size()), source, what,
+           " is not valid UTF-8, which a JSON header cannot hold");
+}
+
+}  // namespace
+
+Layout plan_layout(c10::ArrayRef<TensorInfo> tensors, const std::optional<Metadata>& metadata,
+                   std::string_view source) {
+  std::unordered_set<std::string_view> names;
+  names.reserve(tensors.size());
+  size_t name_bytes = 0;
+  std::vector<uint64_t> sizes(tensors.size());
+  for (size_t i = 0; i < tensors.size(); ++i) {
+    const TensorInfo& info = tensors[i];
+    TS_CHECK(info.name != "__metadata__", source,
+             "a tensor cannot be named '__metadata__' (the key is reserved for metadata)");
+    TS_CHECK(names.insert(info.name).second, source, "tensor '", info.name, "' is given twice");
+    sizes[i] = tensor_nbytes(info.dtype, info.shape, source, info.name);
+    name_bytes += info.name.size();
+  }
+  // The reference's order: dtype descending (its enum order), then name, bytewise.
+  Layout layout;
+  layout.order.resize(tensors.size());
+  std::iota(layout.order.begin(), layout.order.end(), size_t(0));
+  std::stable_sort(layout.order.begin(), layout.order.end(), [&](size_t a, size_t b) {
+    if (tensors[a].dtype != tensors[b].dtype) return tensors[a].dtype > tensors[b].dtype;
+    return tensors[a].name < tensors[b].name;
+  });
+
+  Header& header = layout.header;
+  std::shared_ptr<char[]> name_buffer(new char[std::max<size_t>(name_bytes, 1)]);
+  char* next_name = name_buffer.get();
+  header.tensors_.reserve(tensors.size());
+  uint64_t offset = 0;
+  for (size_t i : layout.order) {
+    TensorInfo info = tensors[i];
+    if (!info.name.empty()) std::memcpy(next_name, info.name.data(), info.name.size());
+    info.name = std::string_view(next_name, info.name.size());
+    next_name += info.name.size();
+    info.begin = offset;
+    info.end = offset += sizes[i];
+    header.tensors_.push_back(std::move(info));
+  }
+  header.names_ = std::move(name_buffer);
+  header.metadata_ = metadata;
+  header.index();  // names were checked unique above
+  layout.header_bytes = serialize_header(header, source);
+  header.header_size_ = layout.header_bytes.size() - kHeaderLengthSize;
+  return layout;
+}
+
+std::string serialize_header(const Header& header, std::string_view source) {
+  const auto& metadata = header.metadata();
+  std::string out(kHeaderLengthSize, '\0');
+  out.reserve(64 + header.size() * 96);
+  out += '{';
+  bool first = true;
+  if (metadata) {
+    out += "\"__metadata__\":{";
+    bool first_key = true;
+    for (const auto& [key, value] : *metadata) {
+      check_utf8(key, source, "metadata key '" + key + "'");
+      check_utf8(value, source, "metadata value of '" + key + "'");
+      if (!first_key) out += ',';
+      first_key = false;
+      append_json_string(out, key);
+      out += ':';
+      append_json_string(out, value);
+    }
+    out += '}';
+    first = false;
+  }
+  for (const TensorInfo& info : header.tensors()) {
+    check_utf8(info.name, source, "tensor name '" + std::string(info.name) + "'");
+    if (!first) out += ',';
+    first = false;
+    append_json_string(out, info.name);
+    out += ":{\"dtype\":\"";
+    out += dtype_name(info.dtype);
+    out += "\",\"shape\":[";
+    for (size_t i = 0; i < info.shape.size(); ++i) {
+      if (i) out += ',';
+      append_uint(out, uint64_t(info.shape[i]));
+    }
+    out += "],\"data_offsets\":[";
+    append_uint(out, info.begin);
+    out += ',';
+    append_uint(out, info.end);
+    out += "]}";
+  }
+  out += '}';
+  const size_t json_size = out.size() - kHeaderLengthSize;
+  const size_t padded = (json_size + 7) / 8 * 8;
+  out.append(padded - json_size, ' ');
+  TS_CHECK(padded <= kMaxHeaderSize, source, "header of ", padded, " bytes exceeds the limit of ",
+           kMaxHeaderSize, " bytes (too many tensors or too much metadata)");
+  for (int i = 0; i < 8; ++i) out[i] = static_cast<char>((uint64_t(padded) >> (8 * i)) & 0xFF);
+  return out;
+}
+
+}  // namespace torch::safetensors

@@ -1,0 +1,51 @@
+// Storage internals beneath the public Source (source.h): bulk reads, borrowed memory, and atomic
+// (temp file + rename) writes.
+#pragma once
+
+#include <cstdint>
+#include <memory>
+#include <string>
+#include <string_view>
+#include <vector>
+
+#include "torch_safetensors/source.h"
+
+namespace torch::safetensors::storage {
+
+// One contiguous read: `length` bytes at source `offset` into `dst`.
+struct ReadJob {
+  void* dst;
+  uint64_t length;
+  uint64_t offset;
+};
+
+// Performs every job, splitting large ones into chunks and spreading the chunks over up to one
+// thread per core when there is enough to read; rethrows the first failure after all threads end.
+// The bulk path of every load: whole files, many tensors, large slices.
+void read_all(const Source& source, const std::vector<ReadJob>& jobs);
+
+// `bytes` as a source, without a copy: the caller keeps them alive and unchanged while the source
+// is used. data() is not offered (tensors must not outlive or write the caller's bytes).
+std::shared_ptr<const Source> borrowed_memory_source(std::string_view bytes, std::string name);
+
+// Writes `path` atomically: bytes go to a temporary file beside it, renamed over `path` by
+// commit(). Destroyed without commit (an error was thrown), it removes the temporary file, so a
+// failed save never leaves a partial file in place of a good one.
+class AtomicFileWriter {
+ public:
+  explicit AtomicFileWriter(std::string path);
+  ~AtomicFileWriter();
+  AtomicFileWriter(const AtomicFileWriter&) = delete;
+  AtomicFileWriter& operator=(const AtomicFileWriter&) = delete;
+
+  void write(const void* data, uint64_t length);
+  void commit();
+
+ private:
+  std::string path_;
+  std::string temp_path_;
+  int fd_ = -1;
+  bool committed_ = false;
+};
+
+}  // namespace torch::safetensors::storage
