@@ -36,7 +36,7 @@ configure() {  # configure <dir> <extra cmake args...>
   CC=clang CXX=clang++ cmake -S "$REPO" -B "$dir" "${GENERATOR[@]}" \
     -DCMAKE_PREFIX_PATH="$TORCH_PREFIX" -DCMAKE_BUILD_TYPE=RelWithDebInfo \
     -DCMAKE_CXX_FLAGS_RELWITHDEBINFO="-O1 -gline-tables-only" \
-    "$@" >"$dir.configure.log" 2>&1 || { cat "$dir.configure.log"; fail "cmake configure of $dir"; }
+    "$@" >"$dir/configure.log" 2>&1 || { cat "$dir/configure.log"; fail "cmake configure of $dir"; }
 }
 
 # Leak checking stays on for the tests (libtorch needs no suppressions). libgomp is not built

@@ -297,6 +297,10 @@ def cases():
         "at the start of the data section")
     add("trailing_data", build(one("U8", (4,), 0, 4), data_bytes(9)), "trailing bytes")
     add("trailing_data_no_tensors", build({}, data_bytes(3)), "trailing bytes")
+    # Found by fuzz_open (an early JSON reader): a float in a shape and a scalar data_offsets.
+    add("fuzz_float_shape_scalar_offsets",
+        build('{"xnot valid JSON":{"dtype":"U8","shape":[1e3],"data_offsets":0}}'),
+        "shape[0] must be a non-negative integer, found a floating-point number")
     return out
 
 
