@@ -6,8 +6,8 @@ sources as the LibTorch library (no second implementation) plus the pybind11 bin
 torch must already be installed (the extension is built against it); simdjson is found with
 pkg-config when available, else the system default paths (Debian: libsimdjson-dev).
 """
-import glob
 import os
+import re
 import shlex
 import subprocess
 
@@ -25,16 +25,28 @@ except ImportError as error:  # an isolated build environment has no torch
 ROOT = os.path.dirname(os.path.abspath(__file__))
 
 
-def _rel(path):
-    return os.path.relpath(path, ROOT)
+def _core_build():
+    """The C++ core's sources and flags, from the file CMakeLists.txt reads too."""
+    csrc = os.path.join("torch_safetensors", "csrc")
+    sources, flags = [], []
+    with open(os.path.join(ROOT, csrc, "sources.txt"), encoding="utf-8") as listing:
+        for line in listing:
+            line = line.strip()
+            if not line or line.startswith("#"):
+                continue
+            if line.startswith("flags:"):
+                flags += shlex.split(line[len("flags:"):])
+            else:
+                sources.append(os.path.join(csrc, line))
+    return sources + [os.path.join(csrc, "python", "bindings.cpp")], flags
 
 
-def _sources():
-    layers = ("format", "storage", "adapters", "api", "python")
-    files = []
-    for layer in layers:
-        files += sorted(glob.glob(os.path.join(ROOT, "torch_safetensors", "csrc", layer, "*.cpp")))
-    return [_rel(f) for f in files]
+def _version():
+    """MAJOR.MINOR.PATCH from include/torch_safetensors/version.h, the version's one place."""
+    path = os.path.join(ROOT, "include", "torch_safetensors", "version.h")
+    with open(path, encoding="utf-8") as header:
+        parts = dict(re.findall(r"#define TORCH_SAFETENSORS_VERSION_(\w+) (\d+)", header.read()))
+    return "{MAJOR}.{MINOR}.{PATCH}".format(**parts)
 
 
 def _pkg_config(*args):
@@ -56,15 +68,17 @@ def _simdjson():
 
 
 simdjson_includes, simdjson_libdirs, simdjson_libs = _simdjson()
+core_sources, core_flags = _core_build()
 
 ext = CppExtension(
     name="torch_safetensors._C",
-    sources=_sources(),
+    sources=core_sources,
     include_dirs=[os.path.join(ROOT, "include"), os.path.join(ROOT, "torch_safetensors", "csrc")]
     + simdjson_includes,
     library_dirs=simdjson_libdirs,
     libraries=simdjson_libs,
-    extra_compile_args=["-O2", "-g0", "-fvisibility=hidden", "-Wall", "-Wno-unused-parameter"],
+    # Optimisation as CMake's Release build (the flags proper come from sources.txt).
+    extra_compile_args=["-O3", "-DNDEBUG", "-g0", "-fvisibility=hidden"] + core_flags,
 )
 
 # The extension is tied to the ABI of the torch it is compiled against: require exactly that
@@ -72,6 +86,7 @@ ext = CppExtension(
 TORCH_REQUIREMENT = "torch==" + torch.__version__.split("+")[0]
 
 setup(
+    version=_version(),
     install_requires=[TORCH_REQUIREMENT],
     ext_modules=[ext],
     cmdclass={"build_ext": BuildExtension.with_options(use_ninja=True)},
