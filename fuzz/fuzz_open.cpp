@@ -3,8 +3,9 @@
 // Each input is treated as a complete .safetensors file and goes through:
 //   1. the format layer (parse_header_length + parse_header), with invariants of a valid header;
 //   2. from_bytes (in-memory path);
-//   3. File on a real file (a memfd, reopened through /proc/self/fd) with both backends: every
-//      tensor, raw bytes, row slices on the pread path, tensors(), check_intact();
+//   3. File on a real file (a memfd, reopened through /proc/self/fd) and on a memory source, with
+//      both backends: every tensor, raw bytes, slices on every dimension and intervals (the slice
+//      planner) against torch's own indexing, tensors(), check_intact();
 //   4. for files that load: a save round trip (to_bytes of the raw tensors) that must
 //      parse back to the same names, dtypes, shapes and bytes;
 //   5. the header's JSON text through simdjson, as an oracle for our own JSON reader: it must
@@ -89,13 +90,22 @@ bool sliceable(const at::Tensor& t) {
 }
 
 // slice() is `tensor(name).index(indices)`: indexing errors are torch's (as for any tensor), but
-// when both succeed the pread backend's narrowed read must give the same bytes.
+// when both succeed the planned read must give the same bytes, on every dimension, as must
+// slice_intervals against concatenated narrows.
 void check_slices(const ts::File& file, const std::string& name, const at::Tensor& t) {
+  using at::indexing::Ellipsis;
   using at::indexing::Slice;
   using at::indexing::TensorIndex;
-  const int64_t rows = t.size(0);
-  std::vector<std::vector<TensorIndex>> cases = {{Slice(1, c10::nullopt, 2)}, {Slice(-2, 5)}};
-  if (rows > 0) cases.push_back({TensorIndex(rows - 1)});
+  std::vector<std::vector<TensorIndex>> cases = {{Ellipsis, Slice(-2, 5)}};
+  for (int64_t d = 0; d < std::min<int64_t>(t.dim(), 4); ++d) {
+    const std::vector<TensorIndex> before(size_t(d), TensorIndex{Slice()});
+    cases.push_back(before);
+    cases.back().push_back(Slice(1, c10::nullopt, 2));
+    if (t.size(d) > 0) {
+      cases.push_back(before);
+      cases.back().push_back(TensorIndex(t.size(d) - 1));
+    }
+  }
   for (const auto& indices : cases) {
     std::string expected;
     try {
@@ -105,14 +115,27 @@ void check_slices(const ts::File& file, const std::string& name, const at::Tenso
     }
     FUZZ_ASSERT(bytes_of(file.slice(name, indices)) == expected, name);
   }
+  const int64_t last = t.dim() - 1, size = t.size(last);
+  try {
+    const at::Tensor expected =
+        at::cat({t.narrow(last, size / 2, size - size / 2), t.narrow(last, 0, size / 2)}, last);
+    const at::Tensor got = file.slice_intervals(name, last, {{size / 2, size}, {0, size / 2}});
+    FUZZ_ASSERT(bytes_of(got) == bytes_of(expected), name);
+  } catch (const c10::Error&) {
+    // as above: shapes torch itself cannot concatenate
+  }
 }
 
-void exercise_file(std::string_view data, ts::Backend backend, bool expect_valid) {
+// `source` nullptr: the file at g_path; else that source (bytes in memory).
+void exercise_file(std::string_view data, ts::Backend backend, bool expect_valid,
+                   std::shared_ptr<const ts::Source> source = nullptr) {
+  const std::string where = source ? source->name() : g_path;
   ts::File file = [&] {
     try {
-      return ts::File(g_path, ts::LoadOptions().with_backend(backend));
+      const auto options = ts::LoadOptions().with_backend(backend);
+      return source ? ts::File(source, options) : ts::File(g_path, options);
     } catch (const c10::Error& e) {
-      check_error(e, g_path);
+      check_error(e, where);
       FUZZ_ASSERT(!expect_valid, "File rejected what from_bytes accepted");
       throw;
     }
@@ -131,7 +154,7 @@ void exercise_file(std::string_view data, ts::Backend backend, bool expect_valid
       t = file.tensor(name);
     } catch (const c10::Error& e) {
       // Some headers are valid but have no torch tensor (e.g. shapes whose strides overflow).
-      check_error(e, g_path);
+      check_error(e, where);
       continue;
     }
     FUZZ_ASSERT(t.nbytes() == info.nbytes(), name);
@@ -251,6 +274,15 @@ extern "C" int LLVMFuzzerTestOneInput(const uint8_t* bytes, size_t size) {
       exercise_file(data, backend, valid);
     } catch (const c10::Error& e) {
       check_error(e, g_path);
+    }
+  }
+  // 3b: the same bytes as a source in memory (views with kMmap, copies with kPread).
+  const auto memory = ts::memory_source(std::string(data), "<memory>");
+  for (ts::Backend backend : {ts::Backend::kPread, ts::Backend::kMmap}) {
+    try {
+      exercise_file(data, backend, valid, memory);
+    } catch (const c10::Error& e) {
+      check_error(e, "<memory>");
     }
   }
 
