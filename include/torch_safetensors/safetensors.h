@@ -11,6 +11,7 @@
 #include "torch_safetensors/file.h"
 #include "torch_safetensors/header.h"
 #include "torch_safetensors/module.h"
+#include "torch_safetensors/optim.h"
 #include "torch_safetensors/serialize.h"
 #include "torch_safetensors/slice.h"
 #include "torch_safetensors/source.h"

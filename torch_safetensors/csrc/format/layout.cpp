@@ -10,57 +10,11 @@
 #include <simdjson.h>
 
 #include "check.h"
+#include "format/json_writer.h"
 #include "torch_safetensors/header.h"
 
 namespace torch::safetensors {
 namespace {
-
-// JSON string escaping exactly as serde_json writes it.
-void append_json_string(std::string& out, std::string_view text) {
-  static constexpr char kHex[] = "0123456789abcdef";
-  out += '"';
-  for (char c : text) {
-    const auto u = static_cast<unsigned char>(c);
-    switch (c) {
-      case '"':
-        out += "\\\"";
-        break;
-      case '\\':
-        out += "\\\\";
-        break;
-      case '\b':
-        out += "\\b";
-        break;
-      case '\f':
-        out += "\\f";
-        break;
-      case '\n':
-        out += "\\n";
-        break;
-      case '\r':
-        out += "\\r";
-        break;
-      case '\t':
-        out += "\\t";
-        break;
-      default:
-        if (u < 0x20) {
-          out += "\\u00";
-          out += kHex[u >> 4];
-          out += kHex[u & 0xF];
-        } else {
-          out += c;
-        }
-    }
-  }
-  out += '"';
-}
-
-void append_uint(std::string& out, uint64_t value) {
-  char buffer[24];
-  auto result = std::to_chars(buffer, buffer + sizeof(buffer), value);
-  out.append(buffer, result.ptr);
-}
 
 void check_utf8(std::string_view text, std::string_view source, std::string_view what) {
   TS_CHECK(simdjson::validate_utf8(text.data(), text.size()), source, what,
@@ -128,9 +82,9 @@ std::string serialize_header(const Header& header, std::string_view source) {
       check_utf8(value, source, "metadata value of '" + key + "'");
       if (!first_key) out += ',';
       first_key = false;
-      append_json_string(out, key);
+      format::append_json_string(out, key);
       out += ':';
-      append_json_string(out, value);
+      format::append_json_string(out, value);
     }
     out += '}';
     first = false;
@@ -139,18 +93,18 @@ std::string serialize_header(const Header& header, std::string_view source) {
     check_utf8(info.name, source, "tensor name '" + std::string(info.name) + "'");
     if (!first) out += ',';
     first = false;
-    append_json_string(out, info.name);
+    format::append_json_string(out, info.name);
     out += ":{\"dtype\":\"";
     out += dtype_name(info.dtype);
     out += "\",\"shape\":[";
     for (size_t i = 0; i < info.shape.size(); ++i) {
       if (i) out += ',';
-      append_uint(out, uint64_t(info.shape[i]));
+      format::append_uint(out, uint64_t(info.shape[i]));
     }
     out += "],\"data_offsets\":[";
-    append_uint(out, info.begin);
+    format::append_uint(out, info.begin);
     out += ',';
-    append_uint(out, info.end);
+    format::append_uint(out, info.end);
     out += "]}";
   }
   out += '}';
