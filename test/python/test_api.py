@@ -15,7 +15,14 @@ import safetensors.torch
 import torch
 
 import torch_safetensors
-from conftest import REF, SPEC_TO_TORCH, assert_bit_equal, assert_dicts_bit_equal, random_tensor
+from conftest import (
+    REF,
+    SPEC_TO_TORCH,
+    assert_bit_equal,
+    assert_dicts_bit_equal,
+    mapping_of,
+    random_tensor,
+)
 
 REPO = Path(__file__).resolve().parents[2]
 
@@ -65,18 +72,6 @@ def test_import_from_any_directory(where, tmp_path):
 # ------------------------------------------------------------------ zero copy, copy-on-write
 
 
-def _mapping_of(address):
-    """(start, end, file offset, path) of the mapping of this process holding `address`."""
-    with open("/proc/self/maps") as maps:
-        for line in maps:
-            fields = line.split(maxsplit=5)
-            start, end = (int(x, 16) for x in fields[0].split("-"))
-            if start <= address < end:
-                path = fields[5].strip() if len(fields) > 5 else ""
-                return start, end, int(fields[2], 16), path
-    return None
-
-
 def _data_start(path):
     return 8 + int.from_bytes(Path(path).read_bytes()[:8], "little")
 
@@ -98,7 +93,7 @@ def test_load_file_is_zero_copy_views_of_one_mapping(model_file):
     path, tensors = model_file
     loaded = torch_safetensors.load_file(path)
     assert_dicts_bit_equal(loaded, tensors)
-    mappings = {_mapping_of(t.data_ptr()) for t in loaded.values()}
+    mappings = {mapping_of(t.data_ptr()) for t in loaded.values()}
     assert len(mappings) == 1
     start, _, file_offset, mapped_path = mappings.pop()
     assert os.path.realpath(mapped_path) == os.path.realpath(path)
@@ -115,8 +110,8 @@ def test_load_file_is_zero_copy_views_of_one_mapping(model_file):
     storages = {t.untyped_storage().data_ptr() for t in loaded.values()}
     assert len(storages) == len(loaded)
     with torch_safetensors.safe_open(path) as f:
-        assert _mapping_of(f.get_tensor("embed").data_ptr())[3] == mapped_path
-        assert _mapping_of(f.get_slice("embed")[3:9, 2].data_ptr())[3] == mapped_path
+        assert mapping_of(f.get_tensor("embed").data_ptr())[3] == mapped_path
+        assert mapping_of(f.get_slice("embed")[3:9, 2].data_ptr())[3] == mapped_path
 
 
 def test_loaded_tensors_are_writable_copy_on_write(model_file):
@@ -152,7 +147,7 @@ def test_pread_backend_owns_its_memory(model_file):
     loaded = torch_safetensors.load_file(path, backend="pread")
     assert_dicts_bit_equal(loaded, tensors)
     for tensor in loaded.values():
-        mapping = _mapping_of(tensor.data_ptr())
+        mapping = mapping_of(tensor.data_ptr())
         assert mapping is None or os.path.realpath(mapping[3]) != os.path.realpath(path)
     with torch_safetensors.safe_open(path, backend="pread") as f:
         rows = f.get_slice("embed")[10:12]
