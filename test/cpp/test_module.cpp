@@ -120,7 +120,11 @@ TEST(Module, StrictListsEveryProblemAndChangesNothing) {
       ts::load(target, dir.file("m.safetensors"), ts::ModuleLoadOptions().with_strict(false));
   EXPECT_EQ(report.missing, (std::vector<std::string>{"1.weight", "1.bias"}));
   EXPECT_EQ(report.unexpected, std::vector<std::string>{"1.alpha"});
-  EXPECT_EQ(report.mismatched, (std::vector<std::string>{"0.weight", "0.bias"}));
+  ASSERT_EQ(report.mismatched.size(), 2u);
+  EXPECT_EQ(report.mismatched[0].name, "0.weight");
+  EXPECT_EQ(report.mismatched[0].target_sizes, (std::vector<int64_t>{3, 4}));
+  EXPECT_EQ(report.mismatched[0].file_sizes, (std::vector<int64_t>{2, 4}));
+  EXPECT_EQ(report.mismatched[1].name, "0.bias");
   EXPECT_FALSE(report.ok());
 }
 
@@ -160,4 +164,117 @@ TEST(Module, CudaParametersStayOnTheirDevice) {
   ts::save(*target, dir.file("from_gpu.safetensors"));
   EXPECT_EQ(ts_test::read_file(dir.file("from_gpu.safetensors")),
             ts_test::read_file(dir.file("net.safetensors")));
+}
+
+TEST(Module, TiedWeightsLoadZeroCopyWhenTheyAreOneTensor) {
+  TempDir dir;
+  const std::string path = dir.file("tied.safetensors");
+  Tied source;
+  ts::save(*source, path);
+  Tied target;
+  ASSERT_TRUE(ts::load(*target, path).ok());
+  // One tensor under two names: set_ moves both, so it can take the mapping itself.
+  EXPECT_EQ(ts_test::mapped_file_of(target->embed->weight.data_ptr()), path);
+  EXPECT_TRUE(target->head->named_parameters()["weight"].is_same(target->embed->weight));
+}
+
+TEST(Module, LoadIntoNamedTensorsKeepsViewsTied) {
+  TempDir dir;
+  const std::string path = dir.file("views.safetensors");
+  ts::save(ts::NamedTensors{{"whole", at::arange(10, at::kFloat)}}, path);
+  const at::Tensor whole = at::zeros({10});
+  const at::Tensor part = whole.slice(0, 2, 5);  // tied to `whole` through a view
+  const ts::NamedTensors targets{{"part", part}, {"whole", whole}};
+
+  // Planning changes nothing; it reports the tie and keeps the name that covers the storage.
+  const ts::ModuleLoadPlan plan(targets, path);
+  EXPECT_TRUE(plan.report().ok());
+  ASSERT_EQ(plan.ties().size(), 1u);
+  EXPECT_EQ(plan.ties()[0].names, (std::vector<std::string>{"part", "whole"}));
+  EXPECT_EQ(plan.ties()[0].keep, "whole");
+  EXPECT_TRUE(torch::equal(whole, at::zeros({10})));
+
+  // Applying copies into `whole` (a view shares its storage: set_ would untie it).
+  plan.apply();
+  EXPECT_TRUE(torch::equal(whole, at::arange(10, at::kFloat)));
+  EXPECT_TRUE(torch::equal(part, at::arange(2, 5, at::kFloat)));
+  EXPECT_EQ(part.data_ptr<float>(), whole.data_ptr<float>() + 2);
+
+  // A file that has the dropped name too: unexpected, like the reference's load_model.
+  ts::save(ts::NamedTensors{{"whole", at::ones({10})}, {"part", at::ones({3})}}, path);
+  const auto report = ts::load_into(targets, path, ts::ModuleLoadOptions().with_strict(false));
+  EXPECT_EQ(report.unexpected, std::vector<std::string>{"part"});
+  EXPECT_TRUE(report.missing.empty());
+  // And the other way round: a file with only the dropped name leaves the group's keeper missing.
+  ts::save(ts::NamedTensors{{"part", at::ones({3})}}, path);
+  const auto only_part = ts::load_into(targets, path, ts::ModuleLoadOptions().with_strict(false));
+  EXPECT_EQ(only_part.missing, std::vector<std::string>{"whole"});
+  EXPECT_EQ(only_part.unexpected, std::vector<std::string>{"part"});
+}
+
+TEST(Module, RefusesTiesThatNoNameCovers) {
+  TempDir dir;
+  const std::string path = dir.file("x.safetensors");
+  ts::save(ts::NamedTensors{{"x", at::ones({6})}, {"y", at::ones({6})}}, path);
+  const at::Tensor buffer = at::zeros({10});
+  const ts::NamedTensors targets{{"x", buffer.slice(0, 0, 6)}, {"y", buffer.slice(0, 4, 10)}};
+  const std::string msg = error_of([&] { ts::load_into(targets, path); });
+  EXPECT_NE(msg.find("none of them covers it all: [x, y]"), std::string::npos) << msg;
+  EXPECT_TRUE(torch::equal(buffer, at::zeros({10})));  // nothing changed
+
+  torch::nn::Module module;
+  module.register_buffer("x", targets[0].second);
+  module.register_buffer("y", targets[1].second);
+  EXPECT_NE(error_of([&] { ts::save(module, path); }).find("none of them covers it all"),
+            std::string::npos);
+  // A lone view is not a tie: it loads (by copy, which keeps it a view of its buffer).
+  torch::nn::Module lone;
+  lone.register_buffer("x", targets[0].second);
+  EXPECT_EQ(ts::load(lone, path, ts::ModuleLoadOptions().with_strict(false)).unexpected,
+            std::vector<std::string>{"y"});
+  EXPECT_TRUE(torch::equal(buffer.slice(0, 0, 6), at::ones({6})));
+}
+
+// Packed dtypes load into buffers of the sizes File::tensor gives them: F4 as Float4_e2m1fn_x2
+// with the last dimension halved (or 1-D bytes when it is odd), F6 as uint8 bytes (last dimension
+// times 3/4, or 1-D bytes).
+TEST(Module, PackedDtypesLoadIntoBuffersOfTheFilesTensorSizes) {
+  TempDir dir;
+  const std::string path = dir.file("packed.safetensors");
+  const auto bytes = [](int64_t n, int seed) {
+    return at::arange(n, at::kInt).mul(37).add(seed).remainder(256).to(at::kByte);
+  };
+  const std::vector<ts::SaveEntry> entries = {
+      {"f4_even", ts::RawTensor{ts::Dtype::F4, {2, 6}, bytes(6, 1)}},        // [2, 3] fp4x2
+      {"f4_odd", ts::RawTensor{ts::Dtype::F4, {2, 3}, bytes(3, 2)}},         // [3] fp4x2
+      {"f6_e2m3", ts::RawTensor{ts::Dtype::F6_E2M3, {2, 4}, bytes(6, 3)}},   // [2, 3] uint8
+      {"f6_e3m2", ts::RawTensor{ts::Dtype::F6_E3M2, {2, 2}, bytes(3, 4)}}};  // [3] uint8
+  ts::save(entries, path);
+
+  for (const auto backend : {ts::Backend::kMmap, ts::Backend::kPread}) {
+    const ts::File file(path, ts::LoadOptions().with_backend(backend));
+    torch::nn::Module module;
+    for (const auto& entry : entries) {
+      const at::Tensor expected = file.tensor(entry.name);
+      at::Tensor buffer = at::empty(expected.sizes(), expected.options());
+      buffer.view(at::kByte).zero_();
+      module.register_buffer(entry.name, buffer);
+    }
+    EXPECT_EQ(module.named_buffers()["f4_odd"].sizes(), c10::IntArrayRef({3}));
+    EXPECT_EQ(module.named_buffers()["f6_e2m3"].sizes(), c10::IntArrayRef({2, 3}));
+    ASSERT_TRUE(ts::load(module, path, ts::ModuleLoadOptions().with_backend(backend)).ok());
+    for (const auto& entry : entries) {
+      const at::Tensor loaded = module.named_buffers()[entry.name];
+      EXPECT_EQ(loaded.scalar_type(), file.tensor(entry.name).scalar_type()) << entry.name;
+      EXPECT_TRUE(torch::equal(loaded.view(at::kByte).reshape({-1}), entry.raw->bytes))
+          << entry.name;
+    }
+  }
+
+  // The logical (header) shape is not what the file's tensor loads as: a mismatch.
+  torch::nn::Module logical;
+  logical.register_buffer("f4_even", at::empty({2, 6}, at::ScalarType::Float4_e2m1fn_x2));
+  const auto report = ts::load(logical, path, ts::ModuleLoadOptions().with_strict(false));
+  ASSERT_EQ(report.mismatched.size(), 1u);
+  EXPECT_EQ(report.mismatched[0].file_sizes, (std::vector<int64_t>{2, 3}));
 }

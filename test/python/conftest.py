@@ -89,6 +89,18 @@ def assert_bit_equal(actual: torch.Tensor, expected: torch.Tensor) -> None:
     assert torch.equal(as_bytes(actual), as_bytes(expected))
 
 
+def mapping_of(address):
+    """(start, end, file offset, path) of the mapping of this process holding `address`."""
+    with open("/proc/self/maps") as maps:
+        for line in maps:
+            fields = line.split(maxsplit=5)
+            start, end = (int(x, 16) for x in fields[0].split("-"))
+            if start <= address < end:
+                path = fields[5].strip() if len(fields) > 5 else ""
+                return start, end, int(fields[2], 16), path
+    return None
+
+
 def assert_dicts_bit_equal(actual, expected) -> None:
     assert sorted(actual) == sorted(expected)
     for name in expected:

@@ -4,6 +4,7 @@ slicing with torch's indexing semantics, handle lifetime, packaging."""
 import importlib.metadata
 import inspect
 import os
+import re
 import subprocess
 import sys
 from pathlib import Path
@@ -15,7 +16,14 @@ import safetensors.torch
 import torch
 
 import torch_safetensors
-from conftest import REF, SPEC_TO_TORCH, assert_bit_equal, assert_dicts_bit_equal, random_tensor
+from conftest import (
+    REF,
+    SPEC_TO_TORCH,
+    assert_bit_equal,
+    assert_dicts_bit_equal,
+    mapping_of,
+    random_tensor,
+)
 
 REPO = Path(__file__).resolve().parents[2]
 
@@ -41,7 +49,10 @@ def test_public_names_are_documented():
 
 
 def test_version():
-    assert torch_safetensors.__version__ == "0.1.0"
+    # One place: include/torch_safetensors/version.h, read by setup.py and compiled into _C.
+    header = (Path(__file__).parents[2] / "include" / "torch_safetensors" / "version.h").read_text()
+    parts = dict(re.findall(r"#define TORCH_SAFETENSORS_VERSION_(\w+) (\d+)", header))
+    assert torch_safetensors.__version__ == "{MAJOR}.{MINOR}.{PATCH}".format(**parts)
     assert torch_safetensors._C.__version__ == torch_safetensors.__version__
     assert importlib.metadata.version("torch_safetensors") == torch_safetensors.__version__
 
@@ -59,22 +70,10 @@ def test_import_from_any_directory(where, tmp_path):
             "assert t.load(t.save({'a': torch.ones(2)}))['a'].sum() == 2; print(t.__version__)")
     out = subprocess.run([sys.executable, "-c", code], cwd=cwd, capture_output=True, text=True)
     assert out.returncode == 0, out.stderr
-    assert out.stdout.strip() == "0.1.0"
+    assert out.stdout.strip() == torch_safetensors.__version__
 
 
 # ------------------------------------------------------------------ zero copy, copy-on-write
-
-
-def _mapping_of(address):
-    """(start, end, file offset, path) of the mapping of this process holding `address`."""
-    with open("/proc/self/maps") as maps:
-        for line in maps:
-            fields = line.split(maxsplit=5)
-            start, end = (int(x, 16) for x in fields[0].split("-"))
-            if start <= address < end:
-                path = fields[5].strip() if len(fields) > 5 else ""
-                return start, end, int(fields[2], 16), path
-    return None
 
 
 def _data_start(path):
@@ -98,7 +97,7 @@ def test_load_file_is_zero_copy_views_of_one_mapping(model_file):
     path, tensors = model_file
     loaded = torch_safetensors.load_file(path)
     assert_dicts_bit_equal(loaded, tensors)
-    mappings = {_mapping_of(t.data_ptr()) for t in loaded.values()}
+    mappings = {mapping_of(t.data_ptr()) for t in loaded.values()}
     assert len(mappings) == 1
     start, _, file_offset, mapped_path = mappings.pop()
     assert os.path.realpath(mapped_path) == os.path.realpath(path)
@@ -115,8 +114,8 @@ def test_load_file_is_zero_copy_views_of_one_mapping(model_file):
     storages = {t.untyped_storage().data_ptr() for t in loaded.values()}
     assert len(storages) == len(loaded)
     with torch_safetensors.safe_open(path) as f:
-        assert _mapping_of(f.get_tensor("embed").data_ptr())[3] == mapped_path
-        assert _mapping_of(f.get_slice("embed")[3:9, 2].data_ptr())[3] == mapped_path
+        assert mapping_of(f.get_tensor("embed").data_ptr())[3] == mapped_path
+        assert mapping_of(f.get_slice("embed")[3:9, 2].data_ptr())[3] == mapped_path
 
 
 def test_loaded_tensors_are_writable_copy_on_write(model_file):
@@ -152,7 +151,7 @@ def test_pread_backend_owns_its_memory(model_file):
     loaded = torch_safetensors.load_file(path, backend="pread")
     assert_dicts_bit_equal(loaded, tensors)
     for tensor in loaded.values():
-        mapping = _mapping_of(tensor.data_ptr())
+        mapping = mapping_of(tensor.data_ptr())
         assert mapping is None or os.path.realpath(mapping[3]) != os.path.realpath(path)
     with torch_safetensors.safe_open(path, backend="pread") as f:
         rows = f.get_slice("embed")[10:12]

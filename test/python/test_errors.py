@@ -2,7 +2,10 @@
 kind (SafetensorError where the reference raises its SafetensorError, else the same built-in
 exception type or a subclass), with a message that says what is wrong and no C++ backtrace."""
 
+import errno
 import json
+import os
+import pickle
 import re
 import struct
 
@@ -135,8 +138,19 @@ CASES = {
     "unsupported-dtype-complex128": (lambda lib, p: lib.save({"a": Z(torch.complex128)}), "complex128"),
     "unsupported-dtype-complex32": (lambda lib, p: lib.save({"a": Z(torch.complex32)}), "complex32"),
     "unsupported-dtype-quint8": (lambda lib, p: lib.save({"a": QUINT8}), "quint8"),
-    "meta-tensor": (lambda lib, p: lib.save({"a": torch.zeros(2, device="meta")}), "meta"),
+    "meta-tensor": (lambda lib, p: lib.save({"a": torch.zeros(2, device="meta")}), "^Cannot copy out of meta tensor; no data!$"),
     "f4-scalar": (lambda lib, p: lib.save({"a": Z(torch.uint8, ()).view(torch.float4_e2m1fn_x2)}), "0-d"),
+    # ---- several problems at once: the reference's order decides which one is raised
+    "sparse-before-value-check": (lambda lib, p: lib.save({"a": T.to_sparse(), "b": T, "c": T[0]}), "sparse"),
+    "shared-before-meta": (lambda lib, p: lib.save({"m": torch.zeros(2, device="meta"), "a": T, "b": T}), "share"),
+    "shared-before-dtype": (lambda lib, p: lib.save({"q": Z(torch.complex128), "a": x, "b": x[1:]}), "share"),
+    "meta-then-non-contiguous": (lambda lib, p: lib.save({"m": torch.zeros(2, device="meta"), "t": T.t()}), "meta"),
+    "non-contiguous-then-meta": (lambda lib, p: lib.save({"t": T.t(), "m": torch.zeros(2, device="meta")}), "contiguous"),
+    "non-contiguous-meta": (lambda lib, p: lib.save({"m": torch.zeros(2, 3, device="meta").t()}), "contiguous"),
+    "dtype-then-meta": (lambda lib, p: lib.save({"q": Z(torch.complex128), "m": torch.zeros(2, device="meta")}), "complex128"),
+    "meta-before-its-dtype": (lambda lib, p: lib.save({"m": torch.zeros(2, device="meta", dtype=torch.complex128)}), "meta"),
+    "f4-scalar-after-dtype": (lambda lib, p: lib.save({"a": Z(torch.uint8, ()).view(torch.float4_e2m1fn_x2), "q": Z(torch.complex128)}), "complex128"),
+    "f4-scalar-after-non-contiguous": (lambda lib, p: lib.save({"a": Z(torch.uint8, ()).view(torch.float4_e2m1fn_x2), "t": T.t()}), "contiguous"),
     "metadata-not-dict": (lambda lib, p: lib.save({"a": T}, metadata=[("a", "b")]), "metadata"),
     "metadata-int-value": (lambda lib, p: lib.save({"a": T}, metadata={"a": 1}), "metadata"),
     "metadata-bytes-value": (lambda lib, p: lib.save({"a": T}, metadata={"a": b"x"}), "metadata"),
@@ -186,6 +200,8 @@ CASES = {
     "save_model-metadata-type": (lambda lib, p: lib.save_model(_linear(), p / "m.st",
                                                                metadata={"a": 1}), "metadata"),
     "load_model-missing-file": (lambda lib, p: lib.load_model(_linear(), p / "none.st"), "none.st"),
+    "load_model-no-complete-name": (lambda lib, p: _load_model_with(lib, p, Overlapping(), {"x": torch.zeros(6)}), "amongst"),
+    "load_model-lone-partial-view": (lambda lib, p: _load_model_with(lib, p, _lone_view(), {"w": torch.zeros(2)}), "amongst"),
     "load_model-missing-keys": (lambda lib, p: _load_linear(lib, p, {"weight": (2, 2)}),
                                 "Missing key.*bias"),
     "load_model-unexpected-keys": (
@@ -204,6 +220,12 @@ if not torch.cuda.is_available():
     # Valid device names without the device: the reference fails on the first tensor, we at open.
     CASES["device-cuda-unavailable"] = (lambda lib, p: lib.load_file(_good(lib, p), device="cuda"), "CUDA")
     CASES["device-int-no-accelerator"] = (lambda lib, p: lib.load_file(_good(lib, p), device=0), "accelerator")
+
+
+def _lone_view():
+    model = torch.nn.Module()
+    model.w = torch.nn.Parameter(torch.zeros(4)[:2])
+    return model
 
 
 def _linear():
@@ -278,3 +300,49 @@ def test_bad_file_matches_reference(blob, needle, how, tmp_path):
         assert "bad.safetensors" in str(ours)  # names the file
     else:
         assert "<bytes>" in str(ours)
+
+
+def _missing_file_error(lib, path, how):
+    try:
+        if how == "safe_open":
+            lib.safe_open(path, "pt")
+        elif how == "load_file":
+            lib.load_file(path)
+        else:
+            lib.load_model(torch.nn.Linear(2, 2), path)
+    except OSError as error:
+        return error
+    raise AssertionError("no OSError")
+
+
+@pytest.mark.parametrize("how", ["safe_open", "load_file", "load_model"])
+def test_missing_file_is_file_not_found_with_errno_and_the_references_text(how, tmp_path):
+    path = tmp_path / "missing.st"
+    ours = _missing_file_error(OURS, path, how)
+    ref = _missing_file_error(REF, path, how)
+    assert isinstance(ours, FileNotFoundError)
+    assert str(ours) == str(ref) == f"No such file or directory: {path}"
+    assert (ours.errno, ours.strerror, ours.filename) == (errno.ENOENT, os.strerror(errno.ENOENT), str(path))
+    # Pickled (e.g. from a worker process), it is a plain FileNotFoundError with the same fields.
+    again = pickle.loads(pickle.dumps(ours))
+    assert type(again) is FileNotFoundError
+    assert (again.errno, again.filename) == (errno.ENOENT, str(path))
+
+
+def test_os_errors_keep_errno_and_filename(tmp_path):
+    with pytest.raises(IsADirectoryError) as error:
+        OURS.load_file(tmp_path)
+    assert (error.value.errno, error.value.filename) == (errno.EISDIR, str(tmp_path))
+    assert str(error.value) == f"{os.strerror(errno.EISDIR)}: {tmp_path}"
+    # A non-UTF-8 name comes back as Python spells it (surrogate escapes), not mangled.
+    odd = os.fsdecode(bytes(tmp_path / "x") + b"\xff.st")
+    with pytest.raises(FileNotFoundError) as error:
+        OURS.load_file(odd)
+    assert error.value.filename == odd
+    if os.geteuid() != 0:  # root reads everything
+        locked = tmp_path / "locked.st"
+        locked.write_bytes(b"")
+        locked.chmod(0)
+        with pytest.raises(PermissionError) as error:
+            OURS.load_file(locked)
+        assert error.value.errno == errno.EACCES

@@ -2,13 +2,14 @@
 and interchangeable in both directions."""
 
 import json
+import os
 
 import pytest
 import safetensors.torch
 import torch
 
 import torch_safetensors
-from conftest import OURS, REF, assert_bit_equal
+from conftest import OURS, REF, assert_bit_equal, mapping_of
 
 
 class TiedLM(torch.nn.Module):
@@ -148,3 +149,130 @@ def test_nested_views_are_dropped_where_the_reference_gives_up(tmp_path):
         target.a.zero_()
     assert torch_safetensors.load_model(target, tmp_path / "ours.st") == (set(), [])
     assert torch.equal(target.c, torch.arange(30.0, 40.0))  # views see the loaded storage
+
+
+class Net(torch.nn.Module):
+    def __init__(self):
+        super().__init__()
+        self.fc = torch.nn.Linear(8, 4)
+        self.norm = torch.nn.BatchNorm1d(4)
+
+    def forward(self, x):
+        return self.norm(self.fc(x))
+
+
+def test_load_model_is_zero_copy_and_trainable(tmp_path):
+    path = tmp_path / "net.st"
+    source = _randomized(Net(), 6)
+    torch_safetensors.save_model(source, path)
+    before = path.read_bytes()
+    target = Net()
+    weight = target.fc.weight
+    assert torch_safetensors.load_model(target, path) == (set(), [])
+    # set_, not copy_: the same Parameter object now lives in the file's (private) mapping.
+    assert target.fc.weight is weight and weight.requires_grad
+    for name, tensor in target.state_dict().items():
+        assert_bit_equal(tensor, source.state_dict()[name])
+        if tensor.numel():
+            assert os.path.realpath(mapping_of(tensor.data_ptr())[3]) == os.path.realpath(path)
+    # It trains: gradients flow, the optimizer writes to private pages, the file stays as it was.
+    optimizer = torch.optim.SGD(target.parameters(), lr=0.1)
+    (target(torch.randn(5, 8)) ** 2).sum().backward()
+    optimizer.step()
+    assert not torch.equal(target.fc.weight, source.fc.weight)
+    assert path.read_bytes() == before
+
+
+def test_load_model_copies_into_other_dtypes(tmp_path):
+    path = tmp_path / "net.st"
+    source = _randomized(Net(), 7)
+    torch_safetensors.save_model(source, path)
+    target = Net().double()
+    assert torch_safetensors.load_model(target, path) == (set(), [])
+    assert target.fc.weight.dtype == torch.float64
+    assert mapping_of(target.fc.weight.data_ptr())[3] != os.path.realpath(path)
+    assert torch.equal(target.fc.weight.float(), source.fc.weight)
+
+
+def test_tied_model_round_trips_zero_copy(tmp_path):
+    path = tmp_path / "tied.st"
+    source = _randomized(TiedLM(), 8)
+    torch_safetensors.save_model(source, path)
+    target = _randomized(TiedLM(), 9)
+    assert torch_safetensors.load_model(target, path) == (set(), [])
+    assert target.head.weight is target.embed.weight  # one Parameter: set_ keeps the tie
+    assert os.path.realpath(mapping_of(target.embed.weight.data_ptr())[3]) == os.path.realpath(path)
+    for name, tensor in source.state_dict().items():
+        assert_bit_equal(target.state_dict()[name], tensor)
+
+
+@pytest.mark.parametrize("strict", [True, False])
+def test_load_model_failure_changes_nothing(strict, tmp_path):
+    model = _randomized(TiedLM(), 10)
+    tensors = {k: v.clone() for k, v in model.state_dict().items() if k != "head.weight"}
+    tensors["norm.weight"] = torch.ones(7)  # wrong shape: an error even when not strict
+    del tensors["norm.bias"]  # missing: an error when strict
+    path = _file_with(tmp_path, tensors)
+    target = _randomized(TiedLM(), 11)
+    before = {k: v.clone() for k, v in target.state_dict().items()}
+    errors = []
+    for lib, model in ((REF, _randomized(TiedLM(), 11)), (OURS, target)):
+        with pytest.raises(RuntimeError) as error:
+            lib.load_model(model, path, strict=strict)
+        errors.append(str(error.value))
+    assert errors[1] == errors[0]
+    for name, tensor in target.state_dict().items():
+        assert_bit_equal(tensor, before[name])
+
+
+class ManyTies(torch.nn.Module):
+    """Several tie groups, interleaved with untied tensors, in no sorted order."""
+
+    def __init__(self, views=True):
+        super().__init__()
+        self.z_embed = torch.nn.Embedding(5, 3)
+        self.b_plain = torch.nn.Linear(3, 3)
+        self.y_head = torch.nn.Linear(3, 5, bias=False)
+        self.y_head.weight = self.z_embed.weight
+        self.c_proj = torch.nn.Linear(3, 3)
+        self.a_proj = torch.nn.Linear(3, 3)
+        self.a_proj.bias = self.c_proj.bias
+        self.register_buffer("m_table", torch.arange(12.0).reshape(3, 4))
+        self.register_buffer("d_row", self.m_table[1])
+        self.register_buffer("e_rows", self.m_table[1:])
+        if views:  # disjoint halves of one storage: not shared, ordered by address
+            halves = torch.arange(8.0)
+            self.register_buffer("k_high", halves[4:])
+            self.register_buffer("q_low", halves[:4])
+
+
+def test_find_shared_tensors_order_like_reference():
+    state_dict = ManyTies().state_dict()
+    ours = torch_safetensors._find_shared_tensors(state_dict)
+    assert ours == safetensors.torch._find_shared_tensors(state_dict)
+    assert ours[:4] == [{"m_table", "d_row", "e_rows"}, {"q_low"}, {"k_high"},
+                        {"z_embed.weight", "y_head.weight"}]
+    assert ours != sorted(ours, key=sorted)  # state-dict order, not name order
+    with pytest.raises(RuntimeError, match="amongst: {'q_low'}"):
+        torch_safetensors._remove_duplicate_names(state_dict)  # a lone partial view
+
+    state_dict = ManyTies(views=False).state_dict()
+    for preferred, discard in ((None, None), (["y_head.weight"], None), (None, ["z_embed.weight"])):
+        kwargs = {"preferred_names": preferred, "discard_names": discard}
+        ours = torch_safetensors._remove_duplicate_names(state_dict, **kwargs)
+        assert ours == safetensors.torch._remove_duplicate_names(state_dict, **kwargs)
+    assert ours == {"m_table": ["d_row", "e_rows"], "y_head.weight": ["z_embed.weight"],
+                    "a_proj.bias": ["c_proj.bias"]}
+
+
+def test_shared_tensor_helpers_like_reference():
+    base = torch.arange(16.0)
+    cases = [base, base[::4], base[3:9], base[:0], base[5:5], torch.zeros(2, 3).t(),
+             torch.zeros(()), torch.zeros(4, dtype=torch.float16)[::2], torch.zeros(0)]
+    for tensor in cases:
+        assert torch_safetensors._is_complete(tensor) == safetensors.torch._is_complete(tensor)
+        if tensor.dim() <= 1 or tensor.is_contiguous():  # the reference's needs .view(-1)
+            assert torch_safetensors._end_ptr(tensor) == safetensors.torch._end_ptr(tensor)
+    # Unlike the reference's, ours also spans tensors .view(-1) refuses.
+    tensor = torch.zeros(4, 6)[:, 1:3]
+    assert torch_safetensors._end_ptr(tensor) == tensor[-1, -1].data_ptr() + 4

@@ -1,37 +1,52 @@
 #include "adapters/save_item.h"
 
+#include <sstream>
+
 #include "adapters/shared_memory.h"
 #include "check.h"
 
 namespace torch::safetensors::adapters {
+namespace {
+
+// Whether the tensor's elements hold several values each (F4): a 0-d one has no header shape.
+bool packs_values(const at::Tensor& t) {
+  const auto dtype = from_scalar_type(t.scalar_type());
+  return dtype && values_per_group(*dtype) > 1;
+}
+
+std::string quoted_list(const std::vector<std::string>& names) {
+  std::string out;
+  for (const auto& n : names) out += (out.empty() ? "'" : ", '") + n + "'";
+  return out;
+}
+
+const at::Tensor& tensor_named(const NamedTensors& tensors, const std::string& name) {
+  for (const auto& [n, t] : tensors) {
+    if (n == name) return t;
+  }
+  TORCH_INTERNAL_ASSERT(false, "no save item named ", name);
+}
+
+}  // namespace
 
 SaveItem to_save_item(const std::string& name, const at::Tensor& tensor, std::string_view source) {
   TS_CHECK(tensor.defined(), source, "tensor '", name, "' is undefined");
-  TS_CHECK(tensor.layout() == c10::kStrided, source, "tensor '", name, "' has layout ",
-           tensor.layout(), "; only dense (strided) tensors can be saved (call .to_dense())");
-  // NotImplementedError in Python, like the reference (which fails copying the meta tensor).
-  TORCH_CHECK_NOT_IMPLEMENTED(!tensor.is_meta(), "safetensors: ", source, ": tensor '", name,
-                              "' is a meta tensor and has no data");
-  auto dtype = from_scalar_type(tensor.scalar_type());
-  TS_CHECK(dtype.has_value(), source, "tensor '", name, "' has dtype ", tensor.scalar_type(),
-           ", which the safetensors format cannot store");
   SaveItem item;
   item.info.name = name;
+  item.source = tensor;
+  item.info.shape.assign(tensor.sizes().begin(), tensor.sizes().end());
+  item.info.end = uint64_t(tensor.numel()) * tensor.element_size();
+  const auto dtype = from_scalar_type(tensor.scalar_type());
+  if (!dtype) return item;  // kUnsupportedDtype
   item.info.dtype = *dtype;
+  if (tensor.dim() == 0) return item;  // a 0-d packed tensor is kFloat4Scalar
   // The header records logical values: a packed dtype (F4) holds several per torch element.
+  // Only a tensor with no elements can have a last dimension too large for that, but its header
+  // would then hold a dimension of 2^63 or more, which no reader (this one included) accepts.
   const auto shape = logical_shape(*dtype, tensor.sizes());
-  // A 0-d packed tensor has no last dimension to hold its values; the reference refuses it too.
-  TS_CHECK(tensor.dim() > 0 || shape.has_value(), source, "tensor '", name, "': a 0-d ",
-           tensor.scalar_type(),
-           " tensor cannot be saved (its header shape would need a last "
-           "dimension holding the packed values); reshape it to [1]");
-  // Only a tensor with no elements can have a last dimension this large, but its header would
-  // then hold a dimension of 2^63 or more, which no reader (this one included) accepts.
   TS_CHECK(shape.has_value(), source, "tensor '", name, "': last dimension ", tensor.sizes().back(),
            " of ", tensor.scalar_type(), " holds more than 2^63 - 1 values");
   item.info.shape.assign(shape->begin(), shape->end());
-  item.info.end = uint64_t(tensor.numel()) * tensor.element_size();
-  item.source = tensor;
   return item;
 }
 
@@ -57,15 +72,80 @@ at::Tensor contiguous_cpu_bytes(const SaveItem& item) {
   return t.contiguous();
 }
 
-void check_no_overlap(const std::vector<SaveItem>& items, std::string_view source) {
-  std::vector<at::Tensor> tensors;
+std::optional<SaveProblem> find_save_problem(const NamedTensors& tensors, const SaveRules& rules) {
+  const auto one = [](SaveProblemKind kind, const std::string& name) {
+    return SaveProblem{kind, {{name}}};
+  };
+  std::vector<std::string> sparse;
+  for (const auto& [name, t] : tensors) {
+    if (t.layout() != c10::kStrided) sparse.push_back(name);
+  }
+  if (!sparse.empty()) return SaveProblem{SaveProblemKind::kSparse, {sparse}};
+
+  const auto groups = overlapping_groups(tensors);
+  if (!groups.empty()) {
+    SaveProblem problem{SaveProblemKind::kSharedMemory, {}};
+    for (const auto& group : groups) {
+      problem.names.emplace_back();
+      for (size_t i : group) problem.names.back().push_back(tensors[i].first);
+    }
+    return problem;
+  }
+
+  for (const auto& [name, t] : tensors) {
+    if (!rules.allow_non_contiguous && !t.is_contiguous()) {
+      return one(SaveProblemKind::kNonContiguous, name);
+    }
+    if (t.is_meta()) return one(SaveProblemKind::kMeta, name);
+    if (!from_scalar_type(t.scalar_type())) return one(SaveProblemKind::kUnsupportedDtype, name);
+  }
+  for (const auto& [name, t] : tensors) {
+    if (t.dim() == 0 && packs_values(t)) return one(SaveProblemKind::kFloat4Scalar, name);
+  }
+  return std::nullopt;
+}
+
+void throw_save_problem(const SaveProblem& problem, const NamedTensors& tensors,
+                        std::string_view source) {
+  const std::string& first = problem.names.at(0).at(0);
+  switch (problem.kind) {
+    case SaveProblemKind::kSparse:
+      TORCH_CHECK_VALUE(
+          false, "safetensors: ", source, ": tensors ", quoted_list(problem.names[0]),
+          " are sparse; only dense (strided) tensors can be saved (call .to_dense())");
+    case SaveProblemKind::kSharedMemory: {
+      std::ostringstream groups;
+      for (const auto& group : problem.names) groups << " [" << quoted_list(group) << "]";
+      TS_FAIL(source, "tensors share memory:", groups.str(),
+              "; saving them would duplicate it and loading would untie them. Save one of each "
+              "group, clone the others, or save the module (which drops tied duplicates like the "
+              "reference's save_model)");
+    }
+    case SaveProblemKind::kNonContiguous:
+      TORCH_CHECK_VALUE(false, "safetensors: ", source, ": tensor '", first,
+                        "' is not contiguous (call .contiguous())");
+    case SaveProblemKind::kMeta:
+      // NotImplementedError in Python, like the reference (which fails copying the meta tensor).
+      TORCH_CHECK_NOT_IMPLEMENTED(false, "safetensors: ", source, ": tensor '", first,
+                                  "' is a meta tensor and has no data");
+    case SaveProblemKind::kUnsupportedDtype:
+      TS_FAIL(source, "tensor '", first, "' has dtype ", tensor_named(tensors, first).scalar_type(),
+              ", which the safetensors format cannot store");
+    case SaveProblemKind::kFloat4Scalar:
+      TS_FAIL(source, "tensor '", first,
+              "': a 0-d float4_e2m1fn_x2 tensor cannot be saved (its header shape would need a "
+              "last dimension holding the two packed values); reshape it to [1]");
+  }
+  TORCH_INTERNAL_ASSERT(false, "unknown save problem");
+}
+
+void check_save(const std::vector<SaveItem>& items, const SaveRules& rules,
+                std::string_view source) {
+  NamedTensors tensors;
   tensors.reserve(items.size());
-  for (const auto& item : items) tensors.push_back(item.source);
-  for (const auto& group : overlapping_groups(tensors)) {
-    TS_FAIL(source, "tensors '", items[group[0]].info.name, "' and '", items[group[1]].info.name,
-            "' share memory; saving both would duplicate it and loading would untie them. "
-            "Save one of them, clone the other, or save the module (which drops tied "
-            "duplicates like the reference's save_model)");
+  for (const auto& item : items) tensors.emplace_back(std::string(item.info.name), item.source);
+  if (auto problem = find_save_problem(tensors, rules)) {
+    throw_save_problem(*problem, tensors, source);
   }
 }
 

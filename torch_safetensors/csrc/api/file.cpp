@@ -27,12 +27,15 @@ Header read_header(const Source& source) {
   return parse_header(std::string_view(json.get(), n), source.size(), source.name());
 }
 
-// The torch view of an index: basic items go to the planner; nullopt for tensor indices.
+// The torch view of an index: basic items go to the planner; nullopt for tensor indices, and
+// for several ellipses, whose meaning is torch's own (the second covers no dimension).
 std::optional<std::vector<IndexItem>> to_index_items(
     at::ArrayRef<at::indexing::TensorIndex> indices) {
   std::vector<IndexItem> items;
   items.reserve(indices.size());
+  int ellipses = 0;
   for (const auto& index : indices) {
+    if (index.is_ellipsis() && ++ellipses > 1) return std::nullopt;
     if (index.is_integer()) {
       items.emplace_back(index.integer().expect_int());
     } else if (index.is_slice()) {

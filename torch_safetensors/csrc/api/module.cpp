@@ -1,14 +1,14 @@
-// torch::nn::Module load/save, with tied (shared-memory) tensors handled like the reference's
+// torch::nn::Module load/save, and loading into named tensors, with tied (shared-memory) tensors
+// handled by the tie policy of adapters/shared_memory.h, like the reference's
 // save_model/load_model.
 #include "torch_safetensors/module.h"
 
-#include <algorithm>
-#include <map>
-#include <set>
-#include <sstream>
-
 #include <torch/nn/module.h>
 #include <torch/utils.h>
+
+#include <sstream>
+#include <unordered_map>
+#include <unordered_set>
 
 #include "adapters/load_tensor.h"
 #include "adapters/shared_memory.h"
@@ -17,10 +17,8 @@
 namespace torch::safetensors {
 namespace {
 
-using Named = std::vector<std::pair<std::string, at::Tensor>>;
-
-Named named_tensors(const torch::nn::Module& module) {
-  Named out;
+NamedTensors named_tensors(const torch::nn::Module& module) {
+  NamedTensors out;
   for (const auto& p : module.named_parameters(/*recurse=*/true))
     out.emplace_back(p.key(), p.value());
   for (const auto& b : module.named_buffers(/*recurse=*/true)) {
@@ -29,120 +27,151 @@ Named named_tensors(const torch::nn::Module& module) {
   return out;
 }
 
-// Groups of names whose tensors share memory (tied weights).
-std::vector<std::vector<std::string>> tied_groups(const Named& tensors) {
-  std::vector<at::Tensor> values;
-  values.reserve(tensors.size());
-  for (const auto& named : tensors) values.push_back(named.second);
-  std::vector<std::vector<std::string>> groups;
-  for (const auto& group : adapters::overlapping_groups(values)) {
-    groups.emplace_back();
-    for (size_t i : group) groups.back().push_back(tensors[i].first);
-  }
-  return groups;
-}
-
-bool covers_storage(const at::Tensor& t) {
-  return t.data_ptr() == t.storage().data() && t.nbytes() == t.storage().nbytes();
-}
-
 std::string join(const std::vector<std::string>& names) {
   std::string out;
   for (const auto& n : names) out += (out.empty() ? "" : ", ") + n;
   return out;
 }
 
-}  // namespace
-
-void save(const torch::nn::Module& module, const std::string& path,
-          const std::optional<Metadata>& metadata) {
-  Named tensors = named_tensors(module);
-  Metadata meta = metadata.value_or(Metadata());
-  std::set<std::string> dropped;
-  std::map<std::string, at::Tensor> by_name(tensors.begin(), tensors.end());
-  for (const auto& group : tied_groups(tensors)) {
-    std::vector<std::string> complete;
-    for (const auto& name : group) {
-      if (covers_storage(by_name.at(name))) complete.push_back(name);
-    }
-    TS_CHECK(!complete.empty(), path, "tensors ", join(group),
-             " share memory but none of them covers it all; refusing to save a partial view "
-             "(it could store much more memory than needed)");
-    const std::string keep = *std::min_element(complete.begin(), complete.end());
-    for (const auto& name : group) {
-      if (name == keep) continue;
-      dropped.insert(name);
-      meta.emplace(name, keep);  // does not override the caller's keys
-    }
+// The groups of two or more names that share memory none of them covers.
+std::vector<std::vector<std::string>> unkeepable(
+    const std::vector<ModuleLoadPlan::TiedGroup>& ties) {
+  std::vector<std::vector<std::string>> out;
+  for (const auto& group : ties) {
+    if (!group.keep && group.names.size() > 1) out.push_back(group.names);
   }
-  std::vector<SaveEntry> entries;
-  for (const auto& [name, tensor] : tensors) {
-    if (!dropped.count(name)) entries.emplace_back(name, tensor);
-  }
-  save(entries, path, meta.empty() ? metadata : std::optional<Metadata>(meta));
+  return out;
 }
 
-ModuleLoadReport load(torch::nn::Module& module, const std::string& path,
-                      const ModuleLoadOptions& options) {
-  // Tensors stay on the CPU: each goes to its parameter's own device.
-  const File file(path, LoadOptions().with_backend(options.backend));
-  Named targets = named_tensors(module);
+std::string describe_unkeepable(const std::vector<std::vector<std::string>>& groups) {
+  std::string out = "tensors share memory but none of them covers it all:";
+  for (const auto& group : groups) out += " [" + join(group) + "]";
+  return out;
+}
 
-  // A tied tensor absent from the file is satisfied by any member of its group that is present.
-  std::map<std::string, std::vector<std::string>> group_of;
-  for (const auto& group : tied_groups(targets)) {
-    for (const auto& name : group) group_of[name] = group;
+}  // namespace
+
+ModuleLoadPlan::ModuleLoadPlan(NamedTensors targets, const std::string& path, Backend backend)
+    : file_(path, LoadOptions().with_backend(backend)) {
+  const File& file = file_;
+  const std::vector<std::string> file_names = file.keys();
+  const std::unordered_set<std::string> in_file(file_names.begin(), file_names.end());
+
+  std::unordered_map<std::string, size_t> group_of;  // target name → index in ties_
+  for (auto& shared : adapters::choose_kept_names(targets, /*preferred=*/in_file)) {
+    for (const auto& name : shared.names) group_of.emplace(name, ties_.size());
+    ties_.push_back({std::move(shared.names), std::move(shared.keep)});
   }
+  std::unordered_map<std::string, const at::Tensor*> by_name;
+  for (const auto& [name, target] : targets) by_name.emplace(name, &target);
 
-  ModuleLoadReport report;
-  std::set<std::string> in_module;
-  std::vector<std::pair<at::Tensor, std::string>> assignments;  // (target, file name)
-  std::ostringstream shape_details;
+  std::vector<std::string> tied_in_file;  // dropped by the tie policy, yet in the file
   for (const auto& [name, target] : targets) {
-    in_module.insert(name);
+    const auto group_index = group_of.find(name);
+    const TiedGroup* group = group_index == group_of.end() ? nullptr : &ties_[group_index->second];
+    const bool dropped = group && group->keep && *group->keep != name;
     if (!file.contains(name)) {
-      const auto group = group_of.find(name);
-      const bool satisfied =
-          group != group_of.end() &&
-          std::any_of(group->second.begin(), group->second.end(),
-                      [&](const std::string& other) { return file.contains(other); });
-      if (!satisfied) report.missing.push_back(name);
+      if (!dropped) report_.missing.push_back(name);
       continue;
     }
+    if (dropped) {
+      tied_in_file.push_back(name);
+      continue;
+    }
+    if (group && !group->keep && group->names.size() > 1) continue;  // see ties()
     const TensorInfo& info = file.info(name);
-    const std::vector<int64_t> file_sizes = adapters::torch_sizes(info, path);
+    std::vector<int64_t> file_sizes = adapters::torch_sizes(info, file_.path());
     if (target.sizes().vec() != file_sizes) {
-      report.mismatched.push_back(name);
-      shape_details << "\n  " << name << ": module " << target.sizes() << ", file "
-                    << c10::IntArrayRef(file_sizes);
+      report_.mismatched.push_back({name, target.sizes().vec(), std::move(file_sizes)});
       continue;
     }
-    assignments.emplace_back(target, name);
+    // set_ only where nothing else can see the old memory: the target covers its storage, and
+    // every name tied to it is the same tensor.
+    bool zero_copy = target.device().is_cpu() &&
+                     target.scalar_type() == to_scalar_type(info.dtype) &&
+                     adapters::covers_storage(target);
+    if (zero_copy && group) {
+      for (const auto& other : group->names) {
+        zero_copy =
+            zero_copy && by_name.at(other)->unsafeGetTensorImpl() == target.unsafeGetTensorImpl();
+      }
+    }
+    assignments_.push_back({target, name, zero_copy});
   }
-  for (const auto& name : file.keys()) {
-    if (!in_module.count(name)) report.unexpected.push_back(name);
+  for (const auto& name : file_names) {
+    if (!by_name.count(name)) report_.unexpected.push_back(name);
   }
+  report_.unexpected.insert(report_.unexpected.end(), tied_in_file.begin(), tied_in_file.end());
+}
 
-  if (options.strict && !report.ok()) {
-    std::ostringstream msg;
-    msg << "cannot load into module " << module.name() << ":";
-    if (!report.missing.empty()) msg << "\n  missing from the file: " << join(report.missing);
-    if (!report.unexpected.empty()) msg << "\n  not in the module: " << join(report.unexpected);
-    if (!report.mismatched.empty()) msg << "\n  shape mismatch:" << shape_details.str();
-    TS_FAIL(path, msg.str());
-  }
-
+void ModuleLoadPlan::apply() const {
   torch::NoGradGuard no_grad;
-  for (auto& [target, name] : assignments) {
-    at::Tensor source = file.tensor(name);
-    const bool tied = group_of.count(name) > 0;
-    if (!tied && target.device().is_cpu() && target.scalar_type() == source.scalar_type()) {
-      target.set_(source);  // zero-copy: the parameter now lives in the (copy-on-write) mapping
+  for (const auto& assignment : assignments_) {
+    at::Tensor source = file_.tensor(assignment.name);
+    at::Tensor target = assignment.target;  // a handle: changes the caller's tensor
+    if (assignment.zero_copy) {
+      target.set_(source);  // the target now lives in the loaded (copy-on-write) storage
     } else {
       target.copy_(source);  // keeps device, dtype and ties
     }
   }
+}
+
+ModuleLoadReport load_into(const NamedTensors& targets, const std::string& path,
+                           const ModuleLoadOptions& options) {
+  const ModuleLoadPlan plan(targets, path, options.backend);
+  const auto groups = unkeepable(plan.ties());
+  TS_CHECK(groups.empty(), path, describe_unkeepable(groups),
+           "; refusing to load a part of it through one name and not the rest");
+  const ModuleLoadReport& report = plan.report();
+  if (options.strict && !report.ok()) {
+    std::ostringstream msg;
+    msg << "cannot load:";
+    if (!report.missing.empty()) msg << "\n  missing from the file: " << join(report.missing);
+    if (!report.unexpected.empty()) msg << "\n  not in the module: " << join(report.unexpected);
+    if (!report.mismatched.empty()) {
+      msg << "\n  shape mismatch:";
+      for (const auto& m : report.mismatched) {
+        msg << "\n  " << m.name << ": module " << c10::IntArrayRef(m.target_sizes) << ", file "
+            << c10::IntArrayRef(m.file_sizes);
+      }
+    }
+    TS_FAIL(path, msg.str());
+  }
+  plan.apply();
   return report;
+}
+
+ModuleLoadReport load(torch::nn::Module& module, const std::string& path,
+                      const ModuleLoadOptions& options) {
+  return load_into(named_tensors(module), path, options);
+}
+
+void save(const torch::nn::Module& module, const std::string& path,
+          const std::optional<Metadata>& metadata) {
+  const NamedTensors tensors = named_tensors(module);
+  Metadata meta = metadata.value_or(Metadata());
+  std::unordered_set<std::string> dropped;
+  std::vector<std::vector<std::string>> groups;
+  for (const auto& shared : adapters::choose_kept_names(tensors)) {
+    if (shared.names.size() < 2) continue;
+    if (!shared.keep) {
+      groups.push_back(shared.names);
+      continue;
+    }
+    for (const auto& name : shared.dropped()) {
+      dropped.insert(name);
+      meta.emplace(name, *shared.keep);  // does not override the caller's keys
+    }
+  }
+  TS_CHECK(groups.empty(), path, describe_unkeepable(groups),
+           "; refusing to save a partial view (it could store much more memory than needed)");
+  std::vector<SaveEntry> entries;
+  for (const auto& [name, tensor] : tensors) {
+    if (!dropped.count(name)) entries.emplace_back(name, tensor);
+  }
+  // Metadata only when given or when names were dropped, as the reference's save_model.
+  save(entries, path, meta.empty() ? metadata : std::optional<Metadata>(std::move(meta)));
 }
 
 }  // namespace torch::safetensors

@@ -26,7 +26,7 @@ SavePlan plan(const std::vector<SaveEntry>& entries, const std::optional<Metadat
     plan.items.push_back(entry.raw ? adapters::to_save_item(entry.name, *entry.raw, source)
                                    : adapters::to_save_item(entry.name, entry.tensor, source));
   }
-  adapters::check_no_overlap(plan.items, source);
+  adapters::check_save(plan.items, adapters::SaveRules{}, source);
   std::vector<TensorInfo> infos;
   infos.reserve(plan.items.size());
   for (const auto& item : plan.items) infos.push_back(item.info);

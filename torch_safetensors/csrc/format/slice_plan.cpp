@@ -164,9 +164,9 @@ SlicePlan plan_slice(c10::IntArrayRef sizes, int64_t element_size, c10::ArrayRef
   int64_t specified = 0, ellipses = 0;
   for (const IndexItem& item : index) {
     if (const auto* range = std::get_if<IndexRange>(&item)) {
-      // Torch refuses a zero step when the index is built, before counting dimensions (and a
-      // negative one only when applying it, below); errors come in the same order here.
-      TS_CHECK_VALUE(range->step != 0, source, where, "step must be greater than zero");
+      // Python's torch refuses a step below 1 while reading the index, before counting
+      // dimensions: errors come in the same order here.
+      TS_CHECK_VALUE(range->step >= 1, source, where, "step must be greater than zero");
     }
     if (std::holds_alternative<EllipsisIndex>(item)) {
       ++ellipses;

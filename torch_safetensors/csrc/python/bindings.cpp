@@ -1,17 +1,23 @@
 // torch_safetensors._C: the Python binding of the C++ core. It only adapts types (str/dict/tuple
-// <-> std::string/Metadata/SaveEntry) and errors (c10::Error -> SafetensorError & co); every
-// byte of the format is read, validated and written by the core. The public API is the Python
-// layer in torch_safetensors/__init__.py.
+// <-> std::string/Metadata/SaveEntry) and errors (c10::Error -> SafetensorError & co, OSError ->
+// Python's OSError); every byte of the format is read, validated and written by the core, and the
+// rules for saving, shared memory, ties and module loading are the core's. The public API is the
+// Python package torch_safetensors, which adds only the reference's argument handling, exception
+// types and message texts.
+#include <pybind11/stl.h>
 #include <torch/extension.h>
 
-#include <pybind11/stl.h>
-
 #include <cstdint>
+#include <cstring>
 #include <optional>
 #include <string>
+#include <unordered_set>
 #include <utility>
 #include <vector>
 
+#include "adapters/save_item.h"
+#include "adapters/shared_memory.h"
+#include "torch_safetensors/errors.h"
 #include "torch_safetensors/safetensors.h"
 
 namespace py = pybind11;
@@ -22,6 +28,48 @@ namespace {
 
 // torch_safetensors.SafetensorError; created at import, lives as long as the interpreter.
 PyObject* g_safetensor_error = nullptr;
+// Python OSError subclass → its subclass printed like the reference (os_error_type); a dict the
+// module holds.
+PyObject* g_os_error_types = nullptr;
+
+// The subclass of `builtin` (FileNotFoundError, IsADirectoryError, PermissionError, ...) whose
+// str() is "<strerror>: <filename>": for a missing file exactly the reference's message, "No such
+// file or directory: <path>" (bindings/python/src/lib.rs, `Open::new`), where Python's own would be
+// "[Errno 2] No such file or directory: '<path>'". Pickled, it becomes the builtin class again.
+py::object os_error_type(py::handle builtin) {
+  auto types = py::reinterpret_borrow<py::dict>(g_os_error_types);
+  if (types.contains(builtin)) return types[builtin];
+  py::dict body;
+  body["__module__"] = "torch_safetensors";
+  body["__doc__"] = builtin.attr("__doc__");
+  py::object type = py::reinterpret_borrow<py::object>(reinterpret_cast<PyObject*>(&PyType_Type));
+  py::object cls = type(builtin.attr("__name__"), py::make_tuple(builtin), body);
+  cls.attr("__str__") = py::cpp_function(
+      [](py::handle self) {
+        return py::str("{}: {}").format(self.attr("strerror"), self.attr("filename"));
+      },
+      py::name("__str__"), py::is_method(cls));
+  cls.attr("__reduce__") = py::cpp_function(
+      [builtin](py::handle self) {
+        return py::make_tuple(builtin, py::make_tuple(self.attr("errno"), self.attr("strerror"),
+                                                      self.attr("filename")));
+      },
+      py::name("__reduce__"), py::is_method(cls));
+  types[builtin] = cls;
+  return cls;
+}
+
+// OSError(errno, strerror, filename): Python picks the subclass from errno.
+void raise_os_error(const ts::OSError& e) {
+  const int number = e.error_number();
+  py::object filename = py::reinterpret_steal<py::object>(
+      PyUnicode_DecodeFSDefaultAndSize(e.path().data(), Py_ssize_t(e.path().size())));
+  if (!filename) throw py::error_already_set();
+  py::str strerror(std::strerror(number));
+  py::object builtin = py::type::of(py::handle(PyExc_OSError)(number, strerror, filename));
+  py::object error = os_error_type(builtin)(number, strerror, filename);
+  PyErr_SetObject(py::type::handle_of(error).ptr(), error.ptr());
+}
 
 ts::Backend parse_backend(const std::string& name) {
   if (name == "mmap") return ts::Backend::kMmap;
@@ -84,6 +132,51 @@ std::vector<ts::SaveEntry> to_entries(const py::list& items) {
     entries.emplace_back(std::move(name), std::move(raw));
   }
   return entries;
+}
+
+// A list of (name, torch.Tensor): a state dict's items.
+ts::NamedTensors to_named(const py::list& items) {
+  ts::NamedTensors out;
+  out.reserve(items.size());
+  for (py::handle item : items) {
+    auto pair = py::reinterpret_borrow<py::tuple>(item);
+    std::string name = as_str(pair[0], "name");
+    if (!THPVariable_Check(pair[1].ptr())) {
+      throw py::type_error("'" + name + "': expected a torch.Tensor, got '" + type_name(pair[1]) +
+                           "'");
+    }
+    out.emplace_back(std::move(name), THPVariable_Unpack(pair[1].ptr()));
+  }
+  return out;
+}
+
+const char* kind_name(ts::adapters::SaveProblemKind kind) {
+  using Kind = ts::adapters::SaveProblemKind;
+  switch (kind) {
+    case Kind::kSparse:
+      return "sparse";
+    case Kind::kSharedMemory:
+      return "shared_memory";
+    case Kind::kNonContiguous:
+      return "non_contiguous";
+    case Kind::kMeta:
+      return "meta";
+    case Kind::kUnsupportedDtype:
+      return "unsupported_dtype";
+    case Kind::kFloat4Scalar:
+      return "float4_scalar";
+  }
+  return "unknown";
+}
+
+// [(names, the name kept or None)], for adapters::SharedNames and ModuleLoadPlan::TiedGroup.
+template <typename Group>
+py::list names_and_keep(const std::vector<Group>& groups) {
+  py::list out;
+  for (const auto& group : groups) {
+    out.append(py::make_tuple(group.names, group.keep ? py::cast(*group.keep) : py::none()));
+  }
+  return out;
 }
 
 // An int that torch would use as an index; nullopt for anything else (bool included: torch
@@ -150,6 +243,12 @@ void translate(std::exception_ptr p) {
   // other core error is a SafetensorError. Messages drop the C++ backtrace.
   try {
     std::rethrow_exception(p);
+  } catch (const ts::OSError& e) {
+    try {
+      raise_os_error(e);
+    } catch (py::error_already_set& error) {
+      error.restore();
+    }
   } catch (const c10::IndexError& e) {
     PyErr_SetString(PyExc_IndexError, e.what_without_backtrace());
   } catch (const c10::ValueError& e) {
@@ -178,6 +277,9 @@ PYBIND11_MODULE(_C, m) {
       PyExc_Exception, nullptr);
   if (g_safetensor_error == nullptr) throw py::error_already_set();
   m.attr("SafetensorError") = py::handle(g_safetensor_error);
+  py::dict os_error_types;
+  g_os_error_types = os_error_types.ptr();
+  m.attr("_os_error_types") = os_error_types;
   py::register_local_exception_translator(translate);
 
   py::class_<ts::File>(m, "File")
@@ -272,11 +374,75 @@ PYBIND11_MODULE(_C, m) {
       py::arg("data"));
 
   m.def(
-      "spec_dtype",
-      [](at::ScalarType type) -> std::optional<std::string> {
-        auto dtype = ts::from_scalar_type(type);
-        if (!dtype) return std::nullopt;
-        return dtype_str(*dtype);
+      "save_problem",
+      [](const py::list& items, bool allow_non_contiguous) -> py::object {
+        ts::NamedTensors tensors;
+        for (auto& entry : to_entries(items)) {
+          tensors.emplace_back(std::move(entry.name),
+                               entry.raw ? entry.raw->bytes : std::move(entry.tensor));
+        }
+        const auto problem = ts::adapters::find_save_problem(
+            tensors, ts::adapters::SaveRules().with_allow_non_contiguous(allow_non_contiguous));
+        if (!problem) return py::none();
+        return py::make_tuple(kind_name(problem->kind), problem->names);
       },
-      py::arg("dtype"), "The safetensors dtype name a torch dtype is saved as, or None.");
+      py::arg("items"), py::arg("allow_non_contiguous"),
+      "Why saving these (name, tensor) items is refused, as (kind, groups of names), or None: the "
+      "C++ core's checks in the reference's order (adapters/save_item.h).");
+
+  m.def(
+      "memory_groups",
+      [](const py::list& items) {
+        const auto tensors = to_named(items);
+        std::vector<std::vector<std::string>> out;
+        for (const auto& group : ts::adapters::memory_groups(tensors)) {
+          out.emplace_back();
+          for (size_t i : group) out.back().push_back(tensors[i].first);
+        }
+        return out;
+      },
+      py::arg("items"),
+      "Names grouped by the memory their tensors share, in the reference's order "
+      "(adapters/shared_memory.h).");
+
+  m.def(
+      "kept_names",
+      [](const py::list& items, const std::unordered_set<std::string>& preferred,
+         const std::unordered_set<std::string>& discard) {
+        return names_and_keep(ts::adapters::choose_kept_names(to_named(items), preferred, discard));
+      },
+      py::arg("items"), py::arg("preferred"), py::arg("discard"),
+      "The tie policy: for each memory group, (sorted names, the name kept or None when none "
+      "covers the storage).");
+
+  m.def("covers_storage", &ts::adapters::covers_storage, py::arg("tensor"),
+        "Whether the tensor's elements are exactly its whole storage.");
+  m.def(
+      "end_ptr", [](const at::Tensor& t) { return ts::adapters::byte_extent(t).second; },
+      py::arg("tensor"), "One past the last byte the tensor's elements span.");
+
+  py::class_<ts::ModuleLoadPlan>(m, "ModuleLoad")
+      .def(py::init(
+               [](const py::list& targets, const std::string& path, const std::string& backend) {
+                 auto named = to_named(targets);
+                 const auto parsed = parse_backend(backend);
+                 py::gil_scoped_release release;
+                 return ts::ModuleLoadPlan(std::move(named), path, parsed);
+               }),
+           py::arg("targets"), py::arg("path"), py::arg("backend"))
+      .def_property_readonly("missing",
+                             [](const ts::ModuleLoadPlan& p) { return p.report().missing; })
+      .def_property_readonly("unexpected",
+                             [](const ts::ModuleLoadPlan& p) { return p.report().unexpected; })
+      .def_property_readonly("mismatched",
+                             [](const ts::ModuleLoadPlan& p) {
+                               py::list out;
+                               for (const auto& m : p.report().mismatched) {
+                                 out.append(py::make_tuple(m.name, m.target_sizes, m.file_sizes));
+                               }
+                               return out;
+                             })
+      .def_property_readonly("ties",
+                             [](const ts::ModuleLoadPlan& p) { return names_and_keep(p.ties()); })
+      .def("apply", &ts::ModuleLoadPlan::apply, py::call_guard<py::gil_scoped_release>());
 }

@@ -1,0 +1,110 @@
+"""Argument adaptation: the reference's rules for paths, names, frameworks, backends and devices,
+and its errors for arguments it refuses."""
+
+from __future__ import annotations
+
+import os
+import re
+from typing import List, NamedTuple, Union
+
+import torch
+
+from ._errors import SafetensorError, not_instance
+
+FilePath = Union[str, "os.PathLike[str]"]
+Device = Union[str, int, torch.device]
+
+_TORCH_FRAMEWORKS = ("pt", "torch", "pytorch")
+_OTHER_FRAMEWORKS = ("np", "numpy", "tf", "tensorflow", "jax", "flax", "mlx", "paddle")
+_BACKENDS = ("mmap", "pread")
+# Device types the reference accepts by name; plain "cuda" etc. mean index 0.
+_INDEXED_DEVICES = ("cuda", "musa", "npu", "xpu", "xla", "mlu", "hpu")
+
+
+class RawTensor(NamedTuple):
+    """A tensor as stored: its spec dtype name, logical (header) shape and exact bytes.
+
+    ``data`` is a 1-D ``torch.uint8`` tensor. Pass a ``RawTensor`` as a value to ``save`` or
+    ``save_file`` to write the bytes unchanged (the size is checked against dtype and shape).
+    """
+
+    dtype: str
+    shape: List[int]
+    data: torch.Tensor
+
+
+def path(filename: FilePath) -> bytes:
+    """The path as bytes (keeps non-UTF-8 names intact on their way to C++)."""
+    name = os.fspath(filename)  # TypeError for non-paths, as in the reference
+    if not isinstance(name, str):
+        raise not_instance("filename", name, "str")
+    return os.fsencode(name)
+
+
+def check_name(name: object) -> None:
+    if not isinstance(name, str):
+        raise not_instance("name", name, "str")
+
+
+def check_framework(framework: object) -> None:
+    if not isinstance(framework, str):
+        raise not_instance("framework", framework, "str")
+    if framework in _OTHER_FRAMEWORKS:
+        raise SafetensorError(
+            f"framework {framework} is not supported by torch_safetensors (use pt)"
+        )
+    if framework not in _TORCH_FRAMEWORKS:
+        raise SafetensorError(f"framework {framework} is invalid")
+
+
+def backend(value: object) -> str:
+    if not isinstance(value, str):
+        raise not_instance("backend", value, "str")
+    if value not in _BACKENDS:
+        raise SafetensorError(f'backend "{value}" is invalid (expected one of: "mmap", "pread")')
+    return value
+
+
+def _parse_index(device: str, text: str) -> int:
+    if not re.fullmatch(r"\+?[0-9]+", text):
+        raise ValueError(f"device {device}: invalid digit found in string")
+    return int(text)
+
+
+def _available(device: torch.device) -> torch.device:
+    # Fail at open with a clear message rather than at the first copy (RuntimeError, like the
+    # reference's failure in that case).
+    if device.type == "cuda" and not torch.cuda.is_available():
+        raise RuntimeError(
+            f"device {device}: CUDA is not available (torch.cuda.is_available() is false)"
+        )
+    return device
+
+
+def device(value: object) -> torch.device:
+    """The reference's device rules: names, "name:index" and ints; anything else is invalid."""
+    if isinstance(value, torch.device):
+        return _available(value)
+    if isinstance(value, str):
+        if value == "cpu":
+            return torch.device("cpu")
+        if value == "mps":
+            return torch.device("mps")
+        if value in _INDEXED_DEVICES:
+            return _available(torch.device(value, 0))
+        kind, _, index = value.partition(":")
+        if (kind in _INDEXED_DEVICES or kind == "mps") and value.count(":") == 1:
+            number = _parse_index(value, index)
+            if kind == "mps":
+                if number != 0:
+                    raise SafetensorError(
+                        f"device {value} is invalid: only mps or mps:0 is supported"
+                    )
+                return torch.device("mps")
+            return _available(torch.device(kind, number))
+        raise SafetensorError(f"device {value} is invalid")
+    if isinstance(value, int):
+        if value < 0:
+            raise SafetensorError(f"device {value} is invalid")
+        return torch.device(value)  # the current accelerator; RuntimeError when there is none
+    raise SafetensorError(f"device {value!r} is invalid")

@@ -1,0 +1,138 @@
+"""Reading: ``safe_open`` (lazy, header first), ``SafeSlice``, ``load_file`` and ``load``."""
+
+from __future__ import annotations
+
+from typing import Any, Dict, List, Optional
+
+import torch
+
+from . import _args
+from ._args import RawTensor
+from ._errors import SafetensorError, not_instance
+from ._extension import _C
+
+
+class SafeSlice:
+    """A tensor of an open file that is read only in the parts an index selects.
+
+    ``slice[index]`` accepts every index torch does and gives what ``tensor[index]`` would:
+    ints, slices and ``...`` go to the C++ core (which with ``backend="pread"`` reads only the
+    selected rows); other indices (lists, tensors) use torch's indexing on the zero-copy tensor.
+    """
+
+    __slots__ = ("_file", "_name", "_dtype", "_shape")
+
+    def __init__(self, file: Any, name: str) -> None:
+        self._file = file
+        self._name = name
+        self._dtype, self._shape = file.info(name)
+
+    def get_shape(self) -> List[int]:
+        """The logical shape, as in the header (F4: values, not bytes)."""
+        return list(self._shape)
+
+    def get_dtype(self) -> str:
+        """The spec dtype name, e.g. ``"F32"`` or ``"F8_E4M3"``."""
+        return self._dtype
+
+    def __getitem__(self, index: Any) -> torch.Tensor:
+        out = self._file.slice(self._name, index)
+        if out is None:
+            out = self._file.tensor(self._name)[index]
+        return out
+
+    def __repr__(self) -> str:
+        return f"SafeSlice(name={self._name!r}, dtype={self._dtype!r}, shape={self._shape!r})"
+
+
+class safe_open:  # noqa: N801 (the reference's name)
+    """Opens a safetensors file lazily: the header is read now, tensors when asked for.
+
+    Args:
+        filename: path of the file.
+        framework: ``"pt"`` (also ``"torch"``, ``"pytorch"``); other frameworks are not supported.
+        device: where tensors go: ``"cpu"`` (default; zero-copy views of a private, copy-on-write
+            mapping of the file), ``"cuda"``, ``"cuda:1"``, an int, or a ``torch.device``.
+        backend: ``"mmap"`` (default) or ``"pread"`` (tensors are read into owned memory, and the
+            file may change or vanish afterwards).
+
+    Use it as a context manager; after the ``with`` block the handle is closed (tensors and
+    slices obtained from it stay valid).
+    """
+
+    def __init__(
+        self,
+        filename: _args.FilePath,
+        framework: str = "pt",
+        device: _args.Device = "cpu",
+        *,
+        backend: str = "mmap",
+    ) -> None:
+        self._file: Any = None
+        _args.check_framework(framework)
+        path = _args.path(filename)
+        options = (_args.backend(backend), _args.device(device))
+        # A file the OS cannot open raises OSError (FileNotFoundError, ...) from the binding.
+        self._file = _C.File(path, *options)
+
+    def __enter__(self) -> "safe_open":
+        return self
+
+    def __exit__(self, exc_type: Any, exc_value: Any, traceback: Any) -> None:
+        self._file = None
+
+    def _handle(self) -> Any:
+        if self._file is None:
+            raise SafetensorError("File is closed")
+        return self._file
+
+    def keys(self) -> List[str]:
+        """The tensor names, sorted."""
+        return sorted(self._handle().keys())
+
+    def offset_keys(self) -> List[str]:
+        """The tensor names in the order of their data in the file."""
+        return self._handle().keys()
+
+    def metadata(self) -> Optional[Dict[str, str]]:
+        """The ``__metadata__`` entries, or None when the file has none."""
+        return self._handle().metadata()
+
+    def get_tensor(self, name: str) -> torch.Tensor:
+        """The whole tensor ``name``."""
+        _args.check_name(name)
+        return self._handle().tensor(name)
+
+    def get_tensors(self) -> Dict[str, torch.Tensor]:
+        """Every tensor, keyed by name, in file order."""
+        return self._handle().tensors()
+
+    def get_slice(self, name: str) -> SafeSlice:
+        """A lazy view of tensor ``name`` to index into (see ``SafeSlice``)."""
+        _args.check_name(name)
+        return SafeSlice(self._handle(), name)
+
+    def get_raw(self, name: str) -> RawTensor:
+        """Tensor ``name`` as stored: spec dtype, header shape and bytes (1-D uint8)."""
+        _args.check_name(name)
+        dtype, shape, data = self._handle().raw(name)
+        return RawTensor(dtype, list(shape), data)
+
+
+def load_file(
+    filename: _args.FilePath, device: _args.Device = "cpu", *, backend: str = "mmap"
+) -> Dict[str, torch.Tensor]:
+    """Loads every tensor of a safetensors file, keyed by name, in file order.
+
+    On the CPU with the mmap backend the tensors are zero-copy views of one private mapping of
+    the file: writable, and writing to them never changes the file.
+    """
+    with safe_open(filename, framework="pt", device=device, backend=backend) as f:
+        return f.get_tensors()
+
+
+def load(data: bytes) -> Dict[str, torch.Tensor]:
+    """Loads tensors from the bytes of a safetensors file (copies; nothing refers to ``data``)."""
+    if not isinstance(data, bytes):
+        raise not_instance("bytes", data, "bytes")
+    return _C.load_bytes(data)
