@@ -37,25 +37,32 @@ template <typename S, typename V>
 void visit_state(S& s, V& v, optim::SGDParamState*) {
   v("momentum_buffer", s.momentum_buffer());
 }
+// Adam and AdamW have the same fields.
 template <typename O, typename V>
-void visit_options(O& o, V& v, optim::AdamOptions*) {
+void visit_adam_options(O& o, V& v) {
   v("lr", o.lr()), v("betas", o.betas()), v("eps", o.eps());
   v("weight_decay", o.weight_decay()), v("amsgrad", o.amsgrad());
+}
+template <typename S, typename V>
+void visit_adam_state(S& s, V& v) {
+  v("step", s.step()), v("exp_avg", s.exp_avg()), v("exp_avg_sq", s.exp_avg_sq());
+  v("max_exp_avg_sq", s.max_exp_avg_sq());
+}
+template <typename O, typename V>
+void visit_options(O& o, V& v, optim::AdamOptions*) {
+  visit_adam_options(o, v);
 }
 template <typename S, typename V>
 void visit_state(S& s, V& v, optim::AdamParamState*) {
-  v("step", s.step()), v("exp_avg", s.exp_avg()), v("exp_avg_sq", s.exp_avg_sq());
-  v("max_exp_avg_sq", s.max_exp_avg_sq());
+  visit_adam_state(s, v);
 }
 template <typename O, typename V>
 void visit_options(O& o, V& v, optim::AdamWOptions*) {
-  v("lr", o.lr()), v("betas", o.betas()), v("eps", o.eps());
-  v("weight_decay", o.weight_decay()), v("amsgrad", o.amsgrad());
+  visit_adam_options(o, v);
 }
 template <typename S, typename V>
 void visit_state(S& s, V& v, optim::AdamWParamState*) {
-  v("step", s.step()), v("exp_avg", s.exp_avg()), v("exp_avg_sq", s.exp_avg_sq());
-  v("max_exp_avg_sq", s.max_exp_avg_sq());
+  visit_adam_state(s, v);
 }
 template <typename O, typename V>
 void visit_options(O& o, V& v, optim::RMSpropOptions*) {
