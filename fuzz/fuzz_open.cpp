@@ -8,7 +8,8 @@
 //      planner) against torch's own indexing, tensors(), check_intact();
 //   4. for files that load: a save round trip (to_bytes of the raw tensors) that must
 //      parse back to the same names, dtypes, shapes and bytes;
-//   5. the header's JSON text through simdjson, as an oracle for our own JSON reader: it must
+//   5. for files that load: restoring them into optimizers (the optimizer metadata's reader);
+//   6. the header's JSON text through simdjson, as an oracle for our own JSON reader: it must
 //      call "not valid JSON" exactly what simdjson does, up to the documented differences
 //      (our 128-level nesting limit; numbers at the edge of a double's range).
 // c10::Error is the expected outcome for bad input; anything else (a crash, a sanitizer report, a
@@ -29,6 +30,8 @@
 #include <ATen/TensorIndexing.h>
 #include <c10/util/Exception.h>
 #include <simdjson.h>
+#include <torch/optim/adam.h>
+#include <torch/optim/lbfgs.h>
 
 #include "torch_safetensors/safetensors.h"
 
@@ -222,6 +225,22 @@ void round_trip(std::string_view data) {
   }
 }
 
+// Restores the file at g_path into an Adam and an LBFGS optimizer over parameters of 4 and 2
+// floats: anything but a c10::Error naming the file is a finding.
+void restore_optimizers() {
+  std::vector<at::Tensor> params = {at::zeros({4}), at::zeros({2})};
+  torch::optim::Adam adam(params);
+  torch::optim::LBFGS lbfgs(params);
+  for (torch::optim::Optimizer* optimizer : {static_cast<torch::optim::Optimizer*>(&adam),
+                                             static_cast<torch::optim::Optimizer*>(&lbfgs)}) {
+    try {
+      ts::restore_optimizer(*optimizer, ts::File(g_path));
+    } catch (const c10::Error& e) {
+      check_error(e, g_path);
+    }
+  }
+}
+
 }  // namespace
 
 extern "C" int LLVMFuzzerInitialize(int*, char***) {
@@ -288,5 +307,8 @@ extern "C" int LLVMFuzzerTestOneInput(const uint8_t* bytes, size_t size) {
 
   // 4: round trip.
   if (valid) round_trip(data);
+
+  // 5: the optimizer metadata's reader (optim.h), on every file that opens.
+  if (valid) restore_optimizers();
   return 0;
 }

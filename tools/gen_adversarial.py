@@ -315,6 +315,16 @@ def seeds(corpus):
                                       "q": t("F6_E3M2", [2, 4], 4, 10)}, data_bytes(10))))
     out.append(("seed_many", build({"t%d" % i: t("U8", [1], i, i + 1) for i in range(64)},
                                    data_bytes(64))))
+    # An optimizer's file (optim.h): the fuzzer restores it into Adam and LBFGS optimizers over two
+    # parameters of 4 and 2 floats, so that mutations reach the optimizer metadata's reader.
+    groups = ('[{"params":[0,1],"lr":0.001,"betas":[0.9,0.999],"eps":1e-08,'
+              '"weight_decay":0,"amsgrad":false}]')
+    out.append(("seed_optimizer_adam", build(
+        {"__metadata__": {"optimizer": "Adam", "param_groups": groups,
+                          "state": '{"0":{"step":3},"1":{"step":3}}'},
+         "state.0.exp_avg": t("F32", [4], 0, 16), "state.0.exp_avg_sq": t("F32", [4], 16, 32),
+         "state.1.exp_avg": t("F32", [2], 32, 40), "state.1.exp_avg_sq": t("F32", [2], 40, 48)},
+        data_bytes(48))))
     return out
 
 
