@@ -13,7 +13,6 @@
 #include <unistd.h>
 
 #include "check.h"
-#include "huge_pages.h"
 #include "torch_safetensors/errors.h"
 
 namespace torch::safetensors {
