@@ -395,8 +395,9 @@ TEST(SlicePlan, TooManyIndicesAndTwoEllipsesAreIndexErrors) {
 TEST(SlicePlan, IntervalsOutOfBoundsAreIndexErrors) {
   for (const auto& [range, text] : std::vector<std::pair<std::pair<int64_t, int64_t>, std::string>>{
            {{2, 9}, "[2, 9)"}, {{5, 3}, "[5, 3)"}, {{-1, 2}, "[-1, 2)"}}) {
+    const std::pair<int64_t, int64_t> interval = range;  // C++17 lambdas capture no bindings
     const auto message = error_of<c10::IndexError>([&] {
-      plan({4, 8}, 2, {ts::IndexRange{}, ts::Intervals{{{0, 2}, range}}});
+      plan({4, 8}, 2, {ts::IndexRange{}, ts::Intervals{{{0, 2}, interval}}});
     });
     EXPECT_NE(message.find("safetensors: model.safetensors: tensor 'w': "), std::string::npos)
         << message;
