@@ -315,6 +315,9 @@ def seeds(corpus):
                                       "q": t("F6_E3M2", [2, 4], 4, 10)}, data_bytes(10))))
     out.append(("seed_many", build({"t%d" % i: t("U8", [1], i, i + 1) for i in range(64)},
                                    data_bytes(64))))
+    # BOOL bytes other than 0 and 1 must come back as stored (found by fuzz_open: torch's copies
+    # turn them into 1).
+    out.append(("seed_bool_bytes", build({"b": t("BOOL", [3], 0, 3)}, b"\x05*O")))
     # An optimizer's file (optim.h): the fuzzer restores it into Adam and LBFGS optimizers over two
     # parameters of 4 and 2 floats, so that mutations reach the optimizer metadata's reader.
     groups = ('[{"params":[0,1],"lr":0.001,"betas":[0.9,0.999],"eps":1e-08,'
