@@ -98,11 +98,15 @@ bool sliceable(const at::Tensor& t) {
 // Torch computes the expected bytes on an integer view of the same element size: copies of bool
 // (and float) tensors may change bit patterns (a stored bool byte of 0x4f comes out as 0x01),
 // while our reads must return the stored bytes exactly.
+at::Tensor as_bits(const at::Tensor& t) {
+  return t.view(t.element_size() == 1   ? at::kByte
+                : t.element_size() == 2 ? at::kShort
+                : t.element_size() == 4 ? at::kInt
+                                        : at::kLong);
+}
+
 void check_slices(const ts::File& file, const std::string& name, const at::Tensor& stored) {
-  const at::Tensor t = stored.view(stored.element_size() == 1   ? at::kByte
-                                   : stored.element_size() == 2 ? at::kShort
-                                   : stored.element_size() == 4 ? at::kInt
-                                                                : at::kLong);
+  const at::Tensor t = as_bits(stored);
   using at::indexing::Ellipsis;
   using at::indexing::Slice;
   using at::indexing::TensorIndex;
@@ -123,14 +127,14 @@ void check_slices(const ts::File& file, const std::string& name, const at::Tenso
     } catch (const c10::Error&) {
       continue;  // torch cannot index this tensor (e.g. strides of huge zero-size shapes)
     }
-    FUZZ_ASSERT(bytes_of(file.slice(name, indices)) == expected, name);
+    FUZZ_ASSERT(bytes_of(as_bits(file.slice(name, indices))) == expected, name);
   }
   const int64_t last = t.dim() - 1, size = t.size(last);
   try {
     const at::Tensor expected =
         at::cat({t.narrow(last, size / 2, size - size / 2), t.narrow(last, 0, size / 2)}, last);
     const at::Tensor got = file.slice_intervals(name, last, {{size / 2, size}, {0, size / 2}});
-    FUZZ_ASSERT(bytes_of(got) == bytes_of(expected), name);
+    FUZZ_ASSERT(bytes_of(as_bits(got)) == bytes_of(expected), name);
   } catch (const c10::Error&) {
     // as above: shapes torch itself cannot concatenate
   }
