@@ -3,11 +3,14 @@
 // package's `load_model`).
 #pragma once
 
+#include <memory>
 #include <optional>
 #include <string>
+#include <type_traits>
 #include <vector>
 
 #include <torch/nn/module.h>
+#include <torch/nn/pimpl.h>
 
 #include "torch_safetensors/serialize.h"
 
@@ -17,7 +20,15 @@ struct ModuleLoadOptions {
   Backend backend = Backend::kMmap;  // how the file is read (see Backend)
   // Throw, changing nothing, when a name is missing, unexpected or shape-mismatched.
   bool strict = true;
+  // torch::load's device argument. Set: tensors are loaded onto it, and a target on another device
+  // takes them with `set_data` (it moves there, as with torch::load). Unset: every target keeps
+  // its device (and dtype), taking the values with `copy_` where set_ cannot keep them.
+  std::optional<c10::Device> device;
 
+  ModuleLoadOptions& with_device(c10::Device d) {
+    device = d;
+    return *this;
+  }
   ModuleLoadOptions& with_backend(Backend b) {
     backend = b;
     return *this;
@@ -57,6 +68,9 @@ class ModuleLoadPlan {
  public:
   // Opens the file (on the CPU) and checks names and sizes; changes nothing.
   ModuleLoadPlan(NamedTensors targets, const std::string& path, Backend backend = Backend::kMmap);
+  // The same over an open file. With `device` (the file opened with that device), apply() moves
+  // targets on other devices there with set_data, like torch::load(module, source, device).
+  ModuleLoadPlan(NamedTensors targets, File file, std::optional<c10::Device> device = std::nullopt);
 
   const ModuleLoadReport& report() const { return report_; }
   // The groups of target names that share memory (each name in one group, most alone), with the
@@ -67,6 +81,7 @@ class ModuleLoadPlan {
     std::optional<std::string> keep;  // nullopt: no name covers the whole storage
   };
   const std::vector<TiedGroup>& ties() const { return ties_; }
+  const File& file() const { return file_; }
 
   // Loads every target the file fits, under NoGradGuard. A CPU target of the file's dtype takes the
   // loaded storage with `set_` (zero-copy with the mmap backend, as torch::load does: it keeps its
@@ -77,10 +92,15 @@ class ModuleLoadPlan {
   void apply() const;
 
  private:
+  enum class Mode {
+    kSet,      // target.set_(loaded): same device and dtype, nothing else sees the old memory
+    kSetData,  // target.set_data(loaded): to the requested device (torch::load's device argument)
+    kCopy,     // target.copy_(loaded): keeps device, dtype and ties
+  };
   struct Assignment {
     at::Tensor target;
     std::string name;  // in the file
-    bool zero_copy;
+    Mode mode;
   };
   File file_;
   std::vector<Assignment> assignments_;
@@ -88,23 +108,51 @@ class ModuleLoadPlan {
   std::vector<TiedGroup> ties_;
 };
 
-// ModuleLoadPlan(targets, path, options.backend), then: throws (a c10::Error naming every
+// ModuleLoadPlan over the source (a path, a stream, any Source: see LoadFrom) opened with
+// options.backend and options.device, then: throws (a c10::Error naming the source and every
 // problem) when a group of two or more tied names has no name covering its storage, or with
 // options.strict when the report is not ok; otherwise applies it and returns the report.
-ModuleLoadReport load_into(const NamedTensors& targets, const std::string& path,
+ModuleLoadReport load_into(const NamedTensors& targets, const LoadFrom& from,
                            const ModuleLoadOptions& options = {});
 
-// load_into the module's parameters and buffers (dotted names, as `named_parameters()` and
-// `named_buffers()` give them).
-ModuleLoadReport load(torch::nn::Module& module, const std::string& path,
+// torch::load(module, source[, device]): load_into the module's parameters and buffers (dotted
+// names, as `named_parameters()` and `named_buffers()` give them), strict. The options overload
+// gives the non-strict report, another backend or a device.
+ModuleLoadReport load(torch::nn::Module& module, const LoadFrom& from,
                       const ModuleLoadOptions& options = {});
+ModuleLoadReport load(torch::nn::Module& module, const LoadFrom& from, c10::Device device);
+
+// Any module held by a std::shared_ptr or a ModuleHolder (torch::nn::Linear, TORCH_MODULE(Net)),
+// as torch::load takes them.
+template <typename M, typename... Rest,
+          std::enable_if_t<std::is_base_of_v<torch::nn::Module, M>, int> = 0>
+ModuleLoadReport load(const std::shared_ptr<M>& module, const LoadFrom& from, Rest&&... rest) {
+  TORCH_CHECK(module, "safetensors: cannot load into a null module pointer");
+  return load(static_cast<torch::nn::Module&>(*module), from, std::forward<Rest>(rest)...);
+}
+template <typename M, typename... Rest>
+ModuleLoadReport load(const torch::nn::ModuleHolder<M>& module, const LoadFrom& from,
+                      Rest&&... rest) {
+  return load(module.ptr(), from, std::forward<Rest>(rest)...);
+}
 
 // Writes named_parameters() and named_buffers(). Tensors that share memory (tied weights) are
 // saved once, like the reference's `save_model`: of each group the name the tie policy keeps (the
 // first in sorted order among those covering the whole storage) is written, and each dropped name
 // is recorded in the metadata as dropped → kept (unless the caller's metadata already has that
 // key). A group of two or more names none of which covers the storage is refused.
-void save(const torch::nn::Module& module, const std::string& path,
+void save(const torch::nn::Module& module, const SaveTo& to,
           const std::optional<Metadata>& metadata = std::nullopt);
+template <typename M, std::enable_if_t<std::is_base_of_v<torch::nn::Module, M>, int> = 0>
+void save(const std::shared_ptr<M>& module, const SaveTo& to,
+          const std::optional<Metadata>& metadata = std::nullopt) {
+  TORCH_CHECK(module, "safetensors: cannot save a null module pointer");
+  save(static_cast<const torch::nn::Module&>(*module), to, metadata);
+}
+template <typename M>
+void save(const torch::nn::ModuleHolder<M>& module, const SaveTo& to,
+          const std::optional<Metadata>& metadata = std::nullopt) {
+  save(module.ptr(), to, metadata);
+}
 
 }  // namespace torch::safetensors

@@ -33,7 +33,11 @@ OptimizerState optimizer_state(const torch::optim::Optimizer& optimizer);
 // the optimizer is left unchanged then.
 void restore_optimizer(torch::optim::Optimizer& optimizer, const File& file);
 
-void save(const torch::optim::Optimizer& optimizer, const std::string& path);
-void load(torch::optim::Optimizer& optimizer, const std::string& path);
+// torch::save(optimizer, destination) / torch::load(optimizer, source[, device]): any SaveTo and
+// LoadFrom (paths, streams, functions; `(data, size)` and `(read, size)` through serialize.h).
+// State tensors always go to their parameter's device; `device` only says where they are read to.
+void save(const torch::optim::Optimizer& optimizer, const SaveTo& to);
+void load(torch::optim::Optimizer& optimizer, const LoadFrom& from,
+          std::optional<c10::Device> device = std::nullopt);
 
 }  // namespace torch::safetensors

@@ -6,6 +6,7 @@
 //   torch::safetensors::File f("model.safetensors");                    // like safe_open
 #pragma once
 
+#include "torch_safetensors/archive.h"
 #include "torch_safetensors/dtype.h"
 #include "torch_safetensors/errors.h"
 #include "torch_safetensors/file.h"

@@ -4,7 +4,10 @@
 #pragma once
 
 #include <atomic>
+#include <cstddef>
 #include <cstdint>
+#include <functional>
+#include <iosfwd>
 #include <memory>
 #include <string>
 
@@ -35,6 +38,26 @@ class Source {
 std::shared_ptr<const Source> file_source(const std::string& path, bool mapped);
 // Owns `bytes`; data() views them.
 std::shared_ptr<const Source> memory_source(std::string bytes, std::string name = "<bytes>");
+
+// Copies `size` bytes at `data`: tensors loaded from it never refer to the caller's memory (as
+// torch::load(value, data, size) copies). data() views the copy.
+std::shared_ptr<const Source> copied_memory_source(const char* data, size_t size,
+                                                   std::string name = "<bytes>");
+
+// A std::istream, from its current position to its end. A seekable stream is read on demand (the
+// header, then only the bytes asked for; seekg + read under a mutex) and must stay alive and
+// unchanged while the source is used; a stream that cannot seek is read whole into memory at once.
+// A stream that ends before the bytes asked for is a c10::Error naming the offset.
+std::shared_ptr<const Source> stream_source(std::istream& stream, std::string name = "<stream>");
+
+// torch::load's function pair: `read(pos, buf, n)` fills `buf` with the `n` bytes at `pos` and
+// returns how many it read; `size()` gives the total once, at open. Calls are serialized (a mutex),
+// so the functions need not be thread-safe. Returning fewer than `n` is a c10::Error naming the
+// offset.
+using ReadFunction = std::function<size_t(uint64_t pos, void* buf, size_t n)>;
+using SizeFunction = std::function<size_t()>;
+std::shared_ptr<const Source> function_source(ReadFunction read, SizeFunction size,
+                                              std::string name = "<read function>");
 
 // Counts what is read through `inner` (not what is viewed in place): the byte accounting of
 // slices and of rank-local loads.

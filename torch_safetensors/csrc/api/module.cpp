@@ -52,8 +52,13 @@ std::string describe_unkeepable(const std::vector<std::vector<std::string>>& gro
 }  // namespace
 
 ModuleLoadPlan::ModuleLoadPlan(NamedTensors targets, const std::string& path, Backend backend)
-    : file_(path, LoadOptions().with_backend(backend)) {
+    : ModuleLoadPlan(std::move(targets), File(path, LoadOptions().with_backend(backend))) {}
+
+ModuleLoadPlan::ModuleLoadPlan(NamedTensors targets, File file_in,
+                               std::optional<c10::Device> device)
+    : file_(std::move(file_in)) {
   const File& file = file_;
+  const c10::Device loaded_device = file.options().device;
   const std::vector<std::string> file_names = file.keys();
   const std::unordered_set<std::string> in_file(file_names.begin(), file_names.end());
 
@@ -85,18 +90,23 @@ ModuleLoadPlan::ModuleLoadPlan(NamedTensors targets, const std::string& path, Ba
       report_.mismatched.push_back({name, target.sizes().vec(), std::move(file_sizes)});
       continue;
     }
-    // set_ only where nothing else can see the old memory: the target covers its storage, and
-    // every name tied to it is the same tensor.
-    bool zero_copy = target.device().is_cpu() &&
-                     target.scalar_type() == to_scalar_type(info.dtype) &&
-                     adapters::covers_storage(target);
-    if (zero_copy && group) {
+    // set_ / set_data only where nothing else can see the old memory: the target covers its
+    // storage, and every name tied to it is the same tensor.
+    bool replaceable = adapters::covers_storage(target);
+    if (replaceable && group) {
       for (const auto& other : group->names) {
-        zero_copy =
-            zero_copy && by_name.at(other)->unsafeGetTensorImpl() == target.unsafeGetTensorImpl();
+        replaceable =
+            replaceable && by_name.at(other)->unsafeGetTensorImpl() == target.unsafeGetTensorImpl();
       }
     }
-    assignments_.push_back({target, name, zero_copy});
+    Mode mode = Mode::kCopy;
+    if (replaceable && target.device() == loaded_device &&
+        target.scalar_type() == to_scalar_type(info.dtype)) {
+      mode = Mode::kSet;
+    } else if (replaceable && device && target.device() != loaded_device) {
+      mode = Mode::kSetData;
+    }
+    assignments_.push_back({target, name, mode});
   }
   for (const auto& name : file_names) {
     if (!by_name.count(name)) report_.unexpected.push_back(name);
@@ -109,17 +119,26 @@ void ModuleLoadPlan::apply() const {
   for (const auto& assignment : assignments_) {
     at::Tensor source = file_.tensor(assignment.name);
     at::Tensor target = assignment.target;  // a handle: changes the caller's tensor
-    if (assignment.zero_copy) {
-      target.set_(source);  // the target now lives in the loaded (copy-on-write) storage
-    } else {
-      target.copy_(source);  // keeps device, dtype and ties
+    switch (assignment.mode) {
+      case Mode::kSet:
+        target.set_(source);  // the target now lives in the loaded (copy-on-write) storage
+        break;
+      case Mode::kSetData:
+        target.set_data(source);  // moves to the requested device, keeping its identity
+        break;
+      case Mode::kCopy:
+        target.copy_(source);  // keeps device, dtype and ties
+        break;
     }
   }
 }
 
-ModuleLoadReport load_into(const NamedTensors& targets, const std::string& path,
+ModuleLoadReport load_into(const NamedTensors& targets, const LoadFrom& from,
                            const ModuleLoadOptions& options) {
-  const ModuleLoadPlan plan(targets, path, options.backend);
+  LoadOptions open_options = LoadOptions().with_backend(options.backend);
+  if (options.device) open_options.with_device(*options.device);
+  const ModuleLoadPlan plan(targets, from.open(open_options), options.device);
+  const std::string& path = plan.file().path();
   const auto groups = unkeepable(plan.ties());
   TS_CHECK(groups.empty(), path, describe_unkeepable(groups),
            "; refusing to load a part of it through one name and not the rest");
@@ -142,13 +161,18 @@ ModuleLoadReport load_into(const NamedTensors& targets, const std::string& path,
   return report;
 }
 
-ModuleLoadReport load(torch::nn::Module& module, const std::string& path,
+ModuleLoadReport load(torch::nn::Module& module, const LoadFrom& from,
                       const ModuleLoadOptions& options) {
-  return load_into(named_tensors(module), path, options);
+  return load_into(named_tensors(module), from, options);
 }
 
-void save(const torch::nn::Module& module, const std::string& path,
+ModuleLoadReport load(torch::nn::Module& module, const LoadFrom& from, c10::Device device) {
+  return load_into(named_tensors(module), from, ModuleLoadOptions().with_device(device));
+}
+
+void save(const torch::nn::Module& module, const SaveTo& to,
           const std::optional<Metadata>& metadata) {
+  const std::string path = to.name();
   const NamedTensors tensors = named_tensors(module);
   Metadata meta = metadata.value_or(Metadata());
   std::unordered_set<std::string> dropped;
@@ -171,7 +195,7 @@ void save(const torch::nn::Module& module, const std::string& path,
     if (!dropped.count(name)) entries.emplace_back(name, tensor);
   }
   // Metadata only when given or when names were dropped, as the reference's save_model.
-  save(entries, path, meta.empty() ? metadata : std::optional<Metadata>(std::move(meta)));
+  save(entries, to, meta.empty() ? metadata : std::optional<Metadata>(std::move(meta)));
 }
 
 }  // namespace torch::safetensors

@@ -399,16 +399,16 @@ void restore_optimizer(optim::Optimizer& optimizer, const File& file) {
           " is not one this library can load (SGD, Adam, AdamW, RMSprop, Adagrad, LBFGS)");
 }
 
-void save(const optim::Optimizer& optimizer, const std::string& path) {
+void save(const optim::Optimizer& optimizer, const SaveTo& to) {
   const OptimizerState state = optimizer_state(optimizer);
-  save(state.entries, path, state.metadata);
+  save(state.entries, to, state.metadata);
 }
 
-void load(optim::Optimizer& optimizer, const std::string& path) {
+void load(optim::Optimizer& optimizer, const LoadFrom& from, std::optional<c10::Device> device) {
   // Owned, 64-byte aligned memory rather than views of the mapping: the state is rewritten every
   // step anyway, and reductions over unaligned data may sum in another order (LBFGS's dot
   // products then drift from an uninterrupted run in the last bits).
-  restore_optimizer(optimizer, File(path, LoadOptions().with_backend(Backend::kPread)));
+  restore_optimizer(optimizer, from.open(LoadOptions().with_backend(Backend::kPread)));
 }
 
 }  // namespace torch::safetensors

@@ -3,6 +3,8 @@
 // whole-file buffer.
 #include "torch_safetensors/serialize.h"
 
+#include <torch/utils.h>
+
 #include "adapters/save_item.h"
 #include "check.h"
 #include "storage/io.h"
@@ -60,18 +62,57 @@ std::vector<SaveEntry> to_entries(const TensorDict& tensors) {
   return entries;
 }
 
-}  // namespace
-
-TensorDict load(const std::string& path, const LoadOptions& options) {
-  return File(path, options).tensors();
+// What torch's InputArchive::read does with a tensor it read.
+void assign_like_torch_load(at::Tensor& target, at::Tensor loaded) {
+  if (!target.defined()) {
+    target = std::move(loaded);
+  } else if (target.device() != loaded.device()) {
+    target.set_data(loaded);
+  } else {
+    target.set_(loaded);
+  }
 }
 
-void save(const std::vector<SaveEntry>& entries, const std::string& path,
+// "17" → 17; anything else (a sign, a leading zero, letters) → SIZE_MAX.
+size_t index_of(const std::string& name) {
+  if (name.empty() || name.size() > 18 || (name.size() > 1 && name[0] == '0')) return SIZE_MAX;
+  size_t value = 0;
+  for (char c : name) {
+    if (c < '0' || c > '9') return SIZE_MAX;
+    value = value * 10 + static_cast<size_t>(c - '0');
+  }
+  return value;
+}
+
+}  // namespace
+
+TensorDict load(const LoadFrom& from, const LoadOptions& options) {
+  return from.open(options).tensors();
+}
+
+void save(const std::vector<SaveEntry>& entries, const SaveTo& to,
           const std::optional<Metadata>& metadata) {
-  const SavePlan layout = plan(entries, metadata, path);
-  storage::AtomicFileWriter writer(path);
-  write(layout, [&](const void* data, uint64_t n) { writer.write(data, n); });
-  writer.commit();
+  const std::string name = to.name();
+  const SavePlan layout = plan(entries, metadata, name);
+  if (to.path()) {
+    storage::AtomicFileWriter writer(*to.path());
+    write(layout, [&](const void* data, uint64_t n) { writer.write(data, n); });
+    writer.commit();
+    return;
+  }
+  uint64_t offset = 0;
+  write(layout, [&](const void* data, uint64_t n) {
+    if (to.stream()) {
+      storage::write_to_stream(*to.stream(), data, n, offset, name);
+    } else {
+      storage::write_to_function(to.write_function(), data, n, offset, name);
+    }
+    offset += n;
+  });
+  if (to.stream()) {
+    to.stream()->flush();
+    TS_CHECK(to.stream()->good(), name, "the stream failed flushing ", offset, " bytes");
+  }
 }
 
 std::string to_bytes(const std::vector<SaveEntry>& entries,
@@ -84,17 +125,49 @@ std::string to_bytes(const std::vector<SaveEntry>& entries,
   return out;
 }
 
-void save(const NamedTensors& tensors, const std::string& path,
-          const std::optional<Metadata>& metadata) {
-  save(to_entries(tensors), path, metadata);
+void save(const NamedTensors& tensors, const SaveTo& to, const std::optional<Metadata>& metadata) {
+  save(to_entries(tensors), to, metadata);
 }
-void save(const TensorDict& tensors, const std::string& path,
-          const std::optional<Metadata>& metadata) {
-  save(to_entries(tensors), path, metadata);
+void save(const TensorDict& tensors, const SaveTo& to, const std::optional<Metadata>& metadata) {
+  save(to_entries(tensors), to, metadata);
 }
-void save(const std::unordered_map<std::string, at::Tensor>& tensors, const std::string& path,
+void save(const std::unordered_map<std::string, at::Tensor>& tensors, const SaveTo& to,
           const std::optional<Metadata>& metadata) {
-  save(to_entries(tensors), path, metadata);
+  save(to_entries(tensors), to, metadata);
+}
+
+void save(const at::Tensor& tensor, const SaveTo& to) {
+  save(std::vector<SaveEntry>{{"0", tensor}}, to, std::nullopt);
+}
+
+void save(const std::vector<at::Tensor>& tensors, const SaveTo& to) {
+  std::vector<SaveEntry> entries;
+  entries.reserve(tensors.size());
+  for (size_t i = 0; i < tensors.size(); ++i) entries.emplace_back(std::to_string(i), tensors[i]);
+  save(entries, to, std::nullopt);
+}
+
+void load(at::Tensor& tensor, const LoadFrom& from, std::optional<c10::Device> device) {
+  const File file = from.open(LoadOptions().with_device(device.value_or(c10::kCPU)));
+  TS_CHECK(file.contains("0"), file.path(), "no tensor \"0\": not a file of one tensor (",
+           file.size(), " tensors, none named \"0\")");
+  at::Tensor loaded = file.tensor("0");
+  torch::NoGradGuard no_grad;
+  assign_like_torch_load(tensor, std::move(loaded));
+}
+
+void load(std::vector<at::Tensor>& tensors, const LoadFrom& from,
+          std::optional<c10::Device> device) {
+  const File file = from.open(LoadOptions().with_device(device.value_or(c10::kCPU)));
+  // Every name must be an index below the count, so a module's or a dict's file is refused whole
+  // instead of loading as an empty vector (which is what torch::load would give).
+  for (const std::string& name : file.keys()) {
+    const size_t index = index_of(name);
+    TS_CHECK(index < file.size(), file.path(), "tensor \"", name,
+             "\" is not a vector element: expected the names \"0\" .. \"", file.size() - 1, "\"");
+  }
+  tensors.reserve(tensors.size() + file.size());
+  for (size_t i = 0; i < file.size(); ++i) tensors.push_back(file.tensor(std::to_string(i)));
 }
 
 std::string to_bytes(const NamedTensors& tensors, const std::optional<Metadata>& metadata) {

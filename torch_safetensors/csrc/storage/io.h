@@ -3,6 +3,8 @@
 #pragma once
 
 #include <cstdint>
+#include <functional>
+#include <iosfwd>
 #include <memory>
 #include <string>
 #include <string_view>
@@ -27,6 +29,15 @@ void read_all(const Source& source, const std::vector<ReadJob>& jobs);
 // `bytes` as a source, without a copy: the caller keeps them alive and unchanged while the source
 // is used. data() is not offered (tensors must not outlive or write the caller's bytes).
 std::shared_ptr<const Source> borrowed_memory_source(std::string_view bytes, std::string name);
+
+// The non-file destinations of a save. Each write goes to the end of what was written before;
+// `offset` (the bytes written so far) only names the place of a failure. A stream that fails or a
+// write function that returns less than `length` is a c10::Error naming `name` and the offset.
+using WriteFunction = std::function<size_t(const void* data, size_t length)>;
+void write_to_stream(std::ostream& out, const void* data, uint64_t length, uint64_t offset,
+                     const std::string& name);
+void write_to_function(const WriteFunction& write, const void* data, uint64_t length,
+                       uint64_t offset, const std::string& name);
 
 // Writes `path` atomically: bytes go to a temporary file beside it, renamed over `path` by
 // commit(). Destroyed without commit (an error was thrown), it removes the temporary file, so a

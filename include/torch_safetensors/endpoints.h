@@ -1,0 +1,61 @@
+// Where a load reads from and where a save writes to: every source and destination torch::load
+// and torch::save take, as one argument each, so that every value has one `load` and one `save`.
+//   LoadFrom: a path, a std::istream&, or any Source (source.h); `(data, size)` and
+//             `(read, size)` pairs are forwarded to it by load (serialize.h).
+//   SaveTo:   a path (written atomically), a std::ostream&, or a write function
+//             `size_t(const void* data, size_t n)` returning how many bytes it took.
+#pragma once
+
+#include <memory>
+#include <optional>
+#include <ostream>
+#include <string>
+#include <type_traits>
+#include <utility>
+
+#include "torch_safetensors/file.h"
+#include "torch_safetensors/source.h"
+
+namespace torch::safetensors {
+
+class LoadFrom {
+ public:
+  LoadFrom(const std::string& path) : path_(path) {}        // NOLINT: implicit, like torch::load's
+  LoadFrom(const char* path) : path_(std::string(path)) {}  // NOLINT
+  LoadFrom(std::istream& stream) : source_(stream_source(stream)) {}              // NOLINT
+  LoadFrom(std::shared_ptr<const Source> source) : source_(std::move(source)) {}  // NOLINT
+
+  // A path opens as a file (mapped or read per options.backend); anything else reads its Source.
+  File open(const LoadOptions& options = {}) const {
+    return path_ ? File(*path_, options) : File(source_, options);
+  }
+
+ private:
+  std::optional<std::string> path_;
+  std::shared_ptr<const Source> source_;
+};
+
+using WriteFunction = std::function<size_t(const void* data, size_t n)>;
+
+class SaveTo {
+ public:
+  SaveTo(const std::string& path) : path_(path) {}        // NOLINT: implicit, like torch::save's
+  SaveTo(const char* path) : path_(std::string(path)) {}  // NOLINT
+  SaveTo(std::ostream& stream) : stream_(&stream) {}      // NOLINT
+  template <typename Write,
+            std::enable_if_t<std::is_invocable_r_v<size_t, Write&, const void*, size_t>, int> = 0>
+  SaveTo(Write&& write) : write_(std::forward<Write>(write)) {}  // NOLINT
+
+  const std::optional<std::string>& path() const { return path_; }
+  std::ostream* stream() const { return stream_; }
+  const WriteFunction& write_function() const { return write_; }
+  // Names the destination in error messages.
+  std::string name() const { return path_ ? *path_ : stream_ ? "<stream>" : "<write function>"; }
+
+ private:
+  std::optional<std::string> path_;
+  std::ostream* stream_ = nullptr;
+  WriteFunction write_;
+};
+
+}  // namespace torch::safetensors
