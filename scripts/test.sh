@@ -6,17 +6,22 @@ bash scripts/setup.sh
 # ccache: relative paths make builds in another clone of the repo hit the same cache entries.
 export CCACHE_BASEDIR="$PWD"
 
+# The Python package first: the C++ TorchScript test (test_jit) runs a Python script that
+# imports it, and fails if it cannot.
+echo "== Python package"
+bash scripts/python.sh
+
 echo "== C++ library and GoogleTest suite"
 bash scripts/build.sh
 (cd build && ctest --output-on-failure -j "$(nproc)")
 
 echo "== examples against the installed package (find_package)"
 bash scripts/examples.sh build/install >/dev/null
-(cd build && ./examples/quickstart >/dev/null && ./examples/demo demo_model.safetensors >/dev/null)
-echo "examples: 2 passed, 0 failed"
+(cd build && ./examples/quickstart >/dev/null && ./examples/migrate >/dev/null &&
+  ./examples/demo demo_model.safetensors >/dev/null)
+echo "examples: 3 passed, 0 failed"
 
-echo "== Python package and its interop tests against the reference safetensors"
-bash scripts/python.sh
+echo "== Python package: interop tests against the reference safetensors"
 python3 -m pytest test/python -q
 
 echo "== hardening: adversarial corpus, ASan+UBSan suite, TSan concurrency, 60 s of fuzzing"

@@ -88,6 +88,9 @@ def save_model(
 ) -> None:
     """Saves a model's state dict, storing tensors that share memory (tied weights) once.
 
+    ``model`` may be a ``torch.jit.ScriptModule`` (its state dict: parameters and buffers by
+    dotted name); C++ loads the file into a ``torch::jit::load``'ed module with the same names.
+
     Each dropped name is recorded in the metadata as ``dropped → kept`` (unless ``metadata``
     already has that key); ``load_model`` restores the ties.
     """
@@ -118,7 +121,9 @@ def load_model(
     *,
     backend: str = "mmap",
 ) -> Tuple[Set[str], List[str]]:
-    """Loads a file saved by ``save_model`` (or ``save_file``) into a model.
+    """Loads a file saved by ``save_model`` (or ``save_file``) into a model, a
+    ``torch.jit.ScriptModule`` included (its parameters keep their identity, so the scripted
+    code sees the loaded values).
 
     Returns ``(missing, unexpected)`` like the reference: names of the model that the file did
     not provide (a set) and names of the file the model does not use (a list). With ``strict``

@@ -11,6 +11,7 @@
 #include "torch_safetensors/errors.h"
 #include "torch_safetensors/file.h"
 #include "torch_safetensors/header.h"
+#include "torch_safetensors/jit.h"
 #include "torch_safetensors/module.h"
 #include "torch_safetensors/optim.h"
 #include "torch_safetensors/serialize.h"

@@ -91,13 +91,19 @@ TEST(DropIn, TheIssuesCallsCompileAndRoundTripBitExactly) {
   EXPECT_TRUE(torch::equal(t, t_loaded));
   EXPECT_EQ(st::File(t_path).keys(), std::vector<std::string>{"0"});
 
-  std::vector<torch::Tensor> v{t, t * 2};
+  std::vector<torch::Tensor> v{t, t};  // one tensor twice, as in the issue
   st::save(v, v_path);
   std::vector<torch::Tensor> v_loaded;
   st::load(v_loaded, v_path);
   ASSERT_EQ(v_loaded.size(), 2u);
   EXPECT_TRUE(torch::equal(v_loaded[0], v[0]));
   EXPECT_TRUE(torch::equal(v_loaded[1], v[1]));
+  std::vector<torch::Tensor> views{t, t.narrow(0, 1, 2), t * 2};  // overlapping: copies written
+  st::save(views, v_path);
+  std::vector<torch::Tensor> views_loaded;
+  st::load(views_loaded, v_path);
+  ASSERT_EQ(views_loaded.size(), 3u);
+  for (size_t i = 0; i < 3; ++i) EXPECT_TRUE(torch::equal(views_loaded[i], views[i])) << i;
 
   std::stringstream ss;
   st::save(*model, ss);

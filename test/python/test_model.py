@@ -276,3 +276,48 @@ def test_shared_tensor_helpers_like_reference():
     # Unlike the reference's, ours also spans tensors .view(-1) refuses.
     tensor = torch.zeros(4, 6)[:, 1:3]
     assert torch_safetensors._end_ptr(tensor) == tensor[-1, -1].data_ptr() + 4
+
+
+class _Scriptable(torch.nn.Module):
+    def __init__(self) -> None:
+        super().__init__()
+        self.fc = torch.nn.Linear(4, 8)
+        self.norm = torch.nn.BatchNorm1d(8)
+        self.head = torch.nn.Linear(8, 2)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.head(torch.relu(self.norm(self.fc(x))))
+
+
+def test_script_module_round_trips_through_save_model_and_load_model(tmp_path):
+    torch.manual_seed(0)
+    source = torch.jit.script(_Scriptable().eval())
+    with torch.no_grad():
+        source.norm.running_mean.uniform_(-1, 1)
+    path = str(tmp_path / "scripted.safetensors")
+    torch_safetensors.save_model(source, path)
+    # Every tensor of its state dict, by the same names.
+    assert set(torch_safetensors.load_file(path)) == set(source.state_dict())
+
+    target = torch.jit.script(_Scriptable().eval())
+    with torch.no_grad():
+        for tensor in target.state_dict().values():
+            tensor.zero_()
+    weight = target.fc.weight
+    assert torch_safetensors.load_model(target, path) == (set(), [])
+    assert target.fc.weight is weight  # same parameter object, now holding the file's values
+    x = torch.randn(3, 4)
+    with torch.no_grad():
+        assert torch.equal(target(x), source(x))
+
+
+def test_script_module_strict_load_reports_like_a_module(tmp_path):
+    path = str(tmp_path / "other.safetensors")
+    torch_safetensors.save_file({"unrelated": torch.zeros(2)}, path)
+    target = torch.jit.script(_Scriptable().eval())
+    before = target.fc.weight.clone()
+    with pytest.raises(RuntimeError, match="unrelated"):
+        torch_safetensors.load_model(target, path)
+    assert torch.equal(target.fc.weight, before)
+    missing, unexpected = torch_safetensors.load_model(target, path, strict=False)
+    assert "fc.weight" in missing and unexpected == ["unrelated"]

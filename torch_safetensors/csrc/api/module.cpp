@@ -12,6 +12,7 @@
 
 #include "adapters/load_tensor.h"
 #include "adapters/shared_memory.h"
+#include "api/named_module.h"
 #include "check.h"
 
 namespace torch::safetensors {
@@ -170,10 +171,9 @@ ModuleLoadReport load(torch::nn::Module& module, const LoadFrom& from, c10::Devi
   return load_into(named_tensors(module), from, ModuleLoadOptions().with_device(device));
 }
 
-void save(const torch::nn::Module& module, const SaveTo& to,
-          const std::optional<Metadata>& metadata) {
+void save_named_module(const NamedTensors& tensors, const SaveTo& to,
+                       const std::optional<Metadata>& metadata) {
   const std::string path = to.name();
-  const NamedTensors tensors = named_tensors(module);
   Metadata meta = metadata.value_or(Metadata());
   std::unordered_set<std::string> dropped;
   std::vector<std::vector<std::string>> groups;
@@ -196,6 +196,11 @@ void save(const torch::nn::Module& module, const SaveTo& to,
   }
   // Metadata only when given or when names were dropped, as the reference's save_model.
   save(entries, to, meta.empty() ? metadata : std::optional<Metadata>(std::move(meta)));
+}
+
+void save(const torch::nn::Module& module, const SaveTo& to,
+          const std::optional<Metadata>& metadata) {
+  save_named_module(named_tensors(module), to, metadata);
 }
 
 }  // namespace torch::safetensors

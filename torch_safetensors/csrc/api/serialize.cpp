@@ -5,6 +5,8 @@
 
 #include <torch/utils.h>
 
+#include <unordered_set>
+
 #include "adapters/save_item.h"
 #include "check.h"
 #include "storage/io.h"
@@ -141,9 +143,17 @@ void save(const at::Tensor& tensor, const SaveTo& to) {
 }
 
 void save(const std::vector<at::Tensor>& tensors, const SaveTo& to) {
+  // torch::save takes elements that share memory (`{t, t}`); a file cannot, so an element whose
+  // storage an earlier one uses is written from a copy (they load as separate tensors).
   std::vector<SaveEntry> entries;
   entries.reserve(tensors.size());
-  for (size_t i = 0; i < tensors.size(); ++i) entries.emplace_back(std::to_string(i), tensors[i]);
+  std::unordered_set<const void*> storages;
+  for (size_t i = 0; i < tensors.size(); ++i) {
+    const at::Tensor& tensor = tensors[i];
+    const bool shared = tensor.defined() && tensor.has_storage() && tensor.storage().nbytes() > 0 &&
+                        !storages.insert(tensor.storage().data()).second;
+    entries.emplace_back(std::to_string(i), shared ? tensor.clone() : tensor);
+  }
   save(entries, to, std::nullopt);
 }
 
