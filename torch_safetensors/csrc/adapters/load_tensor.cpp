@@ -4,6 +4,7 @@
 
 #include <ATen/ops/from_blob.h>
 #include <c10/util/strides.h>
+#include <torch/utils.h>
 
 #include "check.h"
 #include "huge_pages.h"
@@ -69,6 +70,17 @@ std::vector<at::Tensor> empty_for_read(const std::vector<TensorInfo>& infos,
     }
   }
   return out;
+}
+
+void assign_like_torch_load(at::Tensor& target, at::Tensor loaded) {
+  torch::NoGradGuard no_grad;
+  if (!target.defined()) {
+    target = std::move(loaded);
+  } else if (target.device() != loaded.device()) {
+    target.set_data(loaded);
+  } else {
+    target.set_(loaded);
+  }
 }
 
 }  // namespace torch::safetensors::adapters

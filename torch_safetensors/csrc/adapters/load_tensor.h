@@ -33,4 +33,9 @@ at::Tensor view_memory(uint8_t* data, uint64_t storage_bytes, c10::ScalarType dt
 std::vector<at::Tensor> empty_for_read(const std::vector<TensorInfo>& infos,
                                        std::string_view source);
 
+// Puts a loaded tensor into `target` as torch::load does (its InputArchive::read), under
+// NoGradGuard: an undefined target is assigned; a defined one keeps its identity and takes the
+// data with `set_` on the same device, `set_data` across devices.
+void assign_like_torch_load(at::Tensor& target, at::Tensor loaded);
+
 }  // namespace torch::safetensors::adapters

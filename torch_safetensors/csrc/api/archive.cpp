@@ -1,11 +1,10 @@
 // OutputArchive / InputArchive: torch's archive interface over dotted names in one file.
 #include "torch_safetensors/archive.h"
 
-#include <torch/utils.h>
-
 #include <algorithm>
 #include <unordered_set>
 
+#include "adapters/load_tensor.h"
 #include "check.h"
 
 namespace torch::safetensors {
@@ -58,15 +57,7 @@ bool InputArchive::try_read(const std::string& key, at::Tensor& tensor, bool is_
   const File& source = file(key);
   const std::string name = prefix_ + key;
   if (!source.contains(name)) return false;
-  at::Tensor loaded = source.tensor(name);
-  torch::NoGradGuard no_grad;
-  if (!tensor.defined()) {
-    tensor = std::move(loaded);
-  } else if (tensor.device() != loaded.device()) {
-    tensor.set_data(loaded);
-  } else {
-    tensor.set_(loaded);
-  }
+  adapters::assign_like_torch_load(tensor, source.tensor(name));
   return true;
 }
 

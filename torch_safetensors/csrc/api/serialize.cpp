@@ -3,10 +3,9 @@
 // whole-file buffer.
 #include "torch_safetensors/serialize.h"
 
-#include <torch/utils.h>
-
 #include <unordered_set>
 
+#include "adapters/load_tensor.h"
 #include "adapters/save_item.h"
 #include "check.h"
 #include "storage/io.h"
@@ -62,17 +61,6 @@ std::vector<SaveEntry> to_entries(const TensorDict& tensors) {
   entries.reserve(tensors.size());
   for (const auto& item : tensors) entries.emplace_back(item.key(), item.value());
   return entries;
-}
-
-// What torch's InputArchive::read does with a tensor it read.
-void assign_like_torch_load(at::Tensor& target, at::Tensor loaded) {
-  if (!target.defined()) {
-    target = std::move(loaded);
-  } else if (target.device() != loaded.device()) {
-    target.set_data(loaded);
-  } else {
-    target.set_(loaded);
-  }
 }
 
 // "17" → 17; anything else (a sign, a leading zero, letters) → SIZE_MAX.
@@ -161,9 +149,7 @@ void load(at::Tensor& tensor, const LoadFrom& from, std::optional<c10::Device> d
   const File file = from.open(LoadOptions().with_device(device.value_or(c10::kCPU)));
   TS_CHECK(file.contains("0"), file.path(), "no tensor \"0\": not a file of one tensor (",
            file.size(), " tensors, none named \"0\")");
-  at::Tensor loaded = file.tensor("0");
-  torch::NoGradGuard no_grad;
-  assign_like_torch_load(tensor, std::move(loaded));
+  adapters::assign_like_torch_load(tensor, file.tensor("0"));
 }
 
 void load(std::vector<at::Tensor>& tensors, const LoadFrom& from,
