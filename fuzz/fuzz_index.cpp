@@ -45,8 +45,8 @@ void set_up() {
   g_dir = std::string(pattern) + "/ckpt";
   ::mkdir(g_dir.c_str(), 0700);
   ::mkdir((g_dir + "/sub").c_str(), 0700);
-  for (const char* shard : {"a.safetensors", "b.safetensors", "bx.safetensors",
-                            "sub/c.safetensors"}) {
+  for (const char* shard :
+       {"a.safetensors", "b.safetensors", "bx.safetensors", "sub/c.safetensors"}) {
     copy_file(corpus + "/" + shard, g_dir + "/" + shard);
   }
   // Outside the folder: reachable by "../outside.safetensors" (refused by name) and by a symlink
@@ -85,8 +85,8 @@ extern "C" int LLVMFuzzerTestOneInput(const uint8_t* data, size_t size) {
     const auto index = ts::format::parse_index(text, "fuzz");
     const std::string again = ts::format::index_json(index);
     const auto back = ts::format::parse_index(again, "fuzz round trip");
-    if (back.weight_map != index.weight_map || back.metadata.size() + (back.total_size ? 1 : 0) <
-                                                  index.metadata.size())
+    if (back.weight_map != index.weight_map ||
+        back.metadata.size() + (back.total_size ? 1 : 0) < index.metadata.size())
       finding("index_json round trip changed the index", again);
   } catch (const c10::Error&) {
   }

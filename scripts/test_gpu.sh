@@ -19,8 +19,12 @@ bash scripts/build.sh
 log=$(mktemp)
 "$BUILD_DIR"/test/test_load_save --gtest_filter='Device.*' | tee "$log"
 "$BUILD_DIR"/test/test_module --gtest_filter='*Cuda*' | tee -a "$log"
+"$BUILD_DIR"/test/test_device --gtest_filter='DeviceCuda.*' | tee -a "$log"
 if grep -q 'SKIPPED' "$log"; then echo "test_gpu.sh: CUDA tests skipped on a GPU machine"; exit 1; fi
 
 echo "== Python package and the CUDA pytest cases"
 python3 -m pip install -q --no-build-isolation --no-deps --no-index .
 python3 -m pytest test/python -q -rs
+
+echo "== GPU benchmark: a >= 8 GB checkpoint to cuda:0 (ours, the reference, pinned H2D limit)"
+python3 bench/device.py --gpu

@@ -108,3 +108,12 @@ def device(value: object) -> torch.device:
             raise SafetensorError(f"device {value} is invalid")
         return torch.device(value)  # the current accelerator; RuntimeError when there is none
     raise SafetensorError(f"device {value!r} is invalid")
+
+
+def load_options(backend_name: object, device_value: object, dtype: object, populate: object):
+    """(backend, device, dtype, populate) for the extension's File and Checkpoint."""
+    if dtype is not None and not isinstance(dtype, torch.dtype):
+        raise not_instance("dtype", dtype, "torch.dtype")
+    if not isinstance(populate, bool):
+        raise not_instance("populate", populate, "bool")
+    return (backend(backend_name), device(device_value), dtype, populate)

@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
-from typing import Any, Dict, List, Optional
+import queue
+import threading
+from typing import Any, Dict, Iterator, List, Optional, Tuple
 
 import torch
 
@@ -55,6 +57,13 @@ class safe_open:  # noqa: N801 (the reference's name)
             mapping of the file), ``"cuda"``, ``"cuda:1"``, an int, or a ``torch.device``.
         backend: ``"mmap"`` (default) or ``"pread"`` (tensors are read into owned memory, and the
             file may change or vanish afterwards).
+        dtype: cast every tensor to this dtype on load, on ``device`` after the raw copy.
+        populate: with ``"mmap"``, fault the whole mapping in now on all cores
+            (``MADV_POPULATE_READ``) so that tensors are resident at once.
+
+    To a device other than the CPU, tensors are allocated there and filled straight from the file
+    through a small ring of pinned host buffers (256 MiB in all) with asynchronous copies: host
+    memory stays bounded whatever the model's size.
 
     Use it as a context manager; after the ``with`` block the handle is closed (tensors and
     slices obtained from it stay valid).
@@ -67,11 +76,13 @@ class safe_open:  # noqa: N801 (the reference's name)
         device: _args.Device = "cpu",
         *,
         backend: str = "mmap",
+        dtype: Optional[torch.dtype] = None,
+        populate: bool = False,
     ) -> None:
         self._file: Any = None
         _args.check_framework(framework)
         path = _args.path(filename)
-        options = (_args.backend(backend), _args.device(device))
+        options = _args.load_options(backend, device, dtype, populate)
         # A file the OS cannot open raises OSError (FileNotFoundError, ...) from the binding.
         self._file = _C.File(path, *options)
 
@@ -125,7 +136,8 @@ def load_file(
     """Loads every tensor of a safetensors file, keyed by name, in file order.
 
     On the CPU with the mmap backend the tensors are zero-copy views of one private mapping of
-    the file: writable, and writing to them never changes the file.
+    the file: writable, and writing to them never changes the file. (The reference's signature,
+    exactly; ``safe_open`` and ``open_checkpoint`` also take ``dtype=`` and ``populate=``.)
     """
     with safe_open(filename, framework="pt", device=device, backend=backend) as f:
         return f.get_tensors()
@@ -136,6 +148,10 @@ def load(data: bytes) -> Dict[str, torch.Tensor]:
     if not isinstance(data, bytes):
         raise not_instance("bytes", data, "bytes")
     return _C.load_bytes(data)
+
+
+class _Stopped(Exception):
+    """Ends a load whose iterator was closed early."""
 
 
 class open_checkpoint(safe_open):  # noqa: N801 (a function-like name, as safe_open)
@@ -156,10 +172,54 @@ class open_checkpoint(safe_open):  # noqa: N801 (a function-like name, as safe_o
         device: _args.Device = "cpu",
         *,
         backend: str = "mmap",
+        dtype: Optional[torch.dtype] = None,
+        populate: bool = False,
+        staging_bytes: int = 256 << 20,
     ) -> None:
         self._file = None
-        options = (_args.backend(backend), _args.device(device))
-        self._file = _C.Checkpoint(_args.path(path), *options)
+        options = _args.load_options(backend, device, dtype, populate)
+        self._file = _C.Checkpoint(_args.path(path), *options, staging_bytes=staging_bytes)
+
+    def iter_tensors(self) -> Iterator[Tuple[str, torch.Tensor]]:
+        """``(name, tensor)`` for every tensor in file order (shard by shard), each as soon as it
+        has landed: to a device, later tensors are copied while the caller works on earlier ones.
+        The load runs on a helper thread, at most two tensors ahead of the caller."""
+        handle = self._handle()
+        ready: "queue.Queue[Any]" = queue.Queue(maxsize=2)
+        stop = threading.Event()
+        done = object()
+
+        def consume(name: str, tensor: torch.Tensor) -> None:
+            while not stop.is_set():
+                try:
+                    ready.put((name, tensor), timeout=0.1)
+                    return
+                except queue.Full:
+                    continue
+            raise _Stopped()
+
+        def run() -> None:
+            try:
+                handle.for_each(consume)
+                ready.put(done)
+            except _Stopped:
+                pass
+            except BaseException as error:  # handed to the caller's thread
+                ready.put(error)
+
+        worker = threading.Thread(target=run, name="torch_safetensors.iter_tensors", daemon=True)
+        worker.start()
+        try:
+            while True:
+                item = ready.get()
+                if item is done:
+                    return
+                if isinstance(item, BaseException):
+                    raise item
+                yield item
+        finally:
+            stop.set()
+            worker.join()
 
     def keys(self) -> List[str]:
         """Tensor names, shard by shard (each shard's in the index's order)."""

@@ -8,9 +8,11 @@ Switch by changing an import::
 The same names, arguments, defaults, file names, shard split and index; shard files are
 byte-identical. The split, the tie policy and the index are the C++ core's (checkpoint.h:
 ``plan_shards``, ``save_sharded``, ``Checkpoint``); this module adapts arguments and raises the
-errors huggingface_hub raises. Two differences, both for safety: pickle files are never unpickled
-(``safe=False`` still loads only safetensors; convert pickles with ``torch-safetensors convert``),
-and a save writes every file before any old one is replaced.
+errors huggingface_hub raises. Differences: pickle files are never unpickled (``safe=False`` still
+loads only safetensors; convert pickles with ``torch-safetensors convert``); a save writes every
+file before any old one is replaced; and loading does not report tied names the save dropped as
+missing (huggingface_hub's own ``load_torch_model(strict=True)`` fails on the tied models its
+``save_torch_model`` writes).
 """
 
 from __future__ import annotations
@@ -27,6 +29,7 @@ from . import _args
 from ._errors import save_error
 from ._extension import _C
 from ._file import safe_open
+from ._model import _remove_duplicate_names
 
 SAFETENSORS_WEIGHTS_FILE_PATTERN = "model{suffix}.safetensors"
 MAX_SHARD_SIZE = "5GB"
@@ -120,6 +123,8 @@ def save_torch_state_dict(
     if not safe_serialization:
         raise ValueError("safe_serialization=False writes pickles; " + _NEVER_UNPICKLED.split(";")[0])
     items = _tensor_items(state_dict)
+    # The core refuses the same; this raises huggingface_hub's RuntimeError and text.
+    _remove_duplicate_names(state_dict, discard_names=shared_tensors_to_discard)
     if not force_contiguous:
         for name, tensor in items:
             if not tensor.is_contiguous():
@@ -199,16 +204,28 @@ def load_state_dict_from_file(
         raise ValueError(f"Cannot load '{path}' as safetensors ({error}). {_NEVER_UNPICKLED}.") from error
 
 
-def _check_strict(model: torch.nn.Module, loaded_keys: Any) -> None:
-    model_keys = set(model.state_dict().keys())
-    missing, unexpected = model_keys - set(loaded_keys), set(loaded_keys) - model_keys
-    if missing or unexpected:
+def _load_into(model: torch.nn.Module, state_dict: Dict[str, torch.Tensor], strict: bool) -> Any:
+    """``model.load_state_dict`` (its hooks run), then the keys huggingface_hub reports, except
+    that a tied name whose group was loaded through another name (a name the save dropped) is not
+    missing: the reference's ``load_model`` rule, so tied models load with ``strict=True``."""
+    model.load_state_dict(state_dict, strict=False)
+    current = model.state_dict()
+    loaded = set(state_dict.keys())
+    tied = set()
+    items = [(k, v) for k, v in current.items() if isinstance(v, torch.Tensor)]
+    for names, keep in _C.kept_names(items, loaded, set()):
+        if keep is not None and keep in loaded:
+            tied.update(name for name in names if name != keep)
+    missing = set(current.keys()) - loaded - tied
+    unexpected = loaded - set(current.keys())
+    if strict and (missing or unexpected):
         message = f"Error(s) in loading state_dict for {model.__class__.__name__}"
         if missing:
             message += "\nMissing key(s): " + ",".join(f'"{k}"' for k in sorted(missing)) + "."
         if unexpected:
             message += "\nUnexpected key(s): " + ",".join(f'"{k}"' for k in sorted(unexpected)) + "."
         raise RuntimeError(message)
+    return _IncompatibleKeys(missing_keys=list(missing), unexpected_keys=list(unexpected))
 
 
 def load_torch_model(
@@ -224,7 +241,9 @@ def load_torch_model(
 ) -> NamedTuple:
     """Loads a file, or a directory holding an index and its shards or one file, into ``model``
     with ``model.load_state_dict`` (so its hooks run). Returns ``(missing_keys,
-    unexpected_keys)``; with ``strict``, either being non-empty raises RuntimeError.
+    unexpected_keys)``; with ``strict``, either being non-empty raises RuntimeError (worded as
+    huggingface_hub's). Unlike huggingface_hub, a tied name the save dropped (``lm_head.weight``
+    tied to ``embed.weight``) is not missing, so tied models load with ``strict=True``.
 
     A sharded checkpoint is opened as one ``Checkpoint``: the index is checked (shards exist,
     stay inside the directory, hold exactly what the index lists) and tensors come zero-copy from
@@ -235,7 +254,7 @@ def load_torch_model(
         raise FileNotFoundError(f"Checkpoint path {path} does not exist")
     if path.is_file():
         state_dict = load_state_dict_from_file(path, map_location=map_location, safe=safe)
-        return model.load_state_dict(state_dict, strict=strict)
+        return _load_into(model, state_dict, strict)
     if filename_pattern is None:
         filename_pattern = SAFETENSORS_WEIGHTS_FILE_PATTERN
     elif not filename_pattern.format(suffix="").lower().endswith(".safetensors"):
@@ -246,19 +265,11 @@ def load_torch_model(
     index_path = path / (filename_pattern.format(suffix="") + ".index.json")
     if index_path.is_file():
         checkpoint = _C.Checkpoint(_args.path(index_path), "mmap", torch.device("cpu"))
-        state_dict = checkpoint.tensors()
-        model.load_state_dict(state_dict, strict=False)
-        if strict:
-            _check_strict(model, state_dict.keys())
-        model_keys = set(model.state_dict().keys())
-        return _IncompatibleKeys(
-            missing_keys=list(model_keys - state_dict.keys()),
-            unexpected_keys=list(state_dict.keys() - model_keys),
-        )
+        return _load_into(model, checkpoint.tensors(), strict)
     model_files = list(path.glob("*.safetensors"))
     if len(model_files) == 1:
         state_dict = load_state_dict_from_file(model_files[0], map_location=map_location, safe=safe)
-        return model.load_state_dict(state_dict, strict=strict)
+        return _load_into(model, state_dict, strict)
     raise ValueError(
         f"Directory '{path}' does not contain a valid checkpoint. "
         "Expected either a sharded checkpoint with an index file, or a single model file."

@@ -8,6 +8,7 @@
 #pragma once
 
 #include <cstdint>
+#include <functional>
 #include <memory>
 #include <optional>
 #include <string>
@@ -67,8 +68,17 @@ class Checkpoint {
   RawTensor raw(std::string_view name) const;
 
   // Every tensor, in keys() order. With Backend::kPread every shard is read in one parallel pass
-  // (chunks of all shards spread over the threads), not one file after another.
+  // (chunks of all shards spread over the threads), not one file after another; to a device, all
+  // shards go through one staging ring.
   TensorDict tensors() const;
+  // The named tensors, in the order given, in one such pass.
+  TensorDict tensors(const std::vector<std::string>& names) const;
+
+  // Streams every tensor, in file order (shard by shard), to `consume` as soon as it has landed —
+  // the shape of the weight iterators inference engines consume. To a device, copies of later
+  // tensors proceed while `consume` runs. An exception from `consume` stops the load.
+  using Consumer = std::function<void(const std::string& name, at::Tensor tensor)>;
+  void for_each(const Consumer& consume) const;
 
   // File::check_intact of every shard opened so far.
   void check_intact() const;
@@ -130,7 +140,8 @@ ShardSplit plan_shards(const NamedTensors& tensors, const ShardOptions& options 
 
 // Writes tensors as huggingface_hub's save_torch_state_dict does, with the same file names, the
 // same split, an index with the same content and byte-identical files: tied tensors are stored
-// once (the tie policy of save(Module), recorded in metadata as dropped → kept), then split by
+// once (the tie policy of save(Module), recorded in metadata as dropped → kept; a tensor that
+// shares memory with no name covering it all, alone or in a group, is refused), then split by
 // plan_shards. The directory is created if needed. Every file is written to a temporary file
 // first and renamed into place only once all are written, so a failed save (full disk, bad
 // tensor) changes nothing; then stale files of an earlier save are removed (remove_stale).

@@ -12,17 +12,22 @@ namespace torch::safetensors {
 
 class OSError : public c10::Error {
  public:
-  OSError(int error_number, std::string path, const std::string& message)
+  // `context`: what was being done, when the path alone does not say it (a shard of a checkpoint
+  // index); bindings put it before strerror.
+  OSError(int error_number, std::string path, const std::string& message, std::string context = {})
       : c10::Error(message, /*backtrace=*/nullptr),
         error_number_(error_number),
-        path_(std::move(path)) {}
+        path_(std::move(path)),
+        context_(std::move(context)) {}
 
   int error_number() const { return error_number_; }  // errno of the failed call
   const std::string& path() const { return path_; }
+  const std::string& context() const { return context_; }
 
  private:
   int error_number_;
   std::string path_;
+  std::string context_;
 };
 
 }  // namespace torch::safetensors

@@ -37,9 +37,23 @@ struct LoadOptions {
   // write; pages are read when first touched). kPread: owned memory, read with pread(2) from
   // files (which may then change or vanish) or copied from memory.
   Backend backend = Backend::kMmap;
-  // Where tensors end up. CPU (the default) keeps views zero-copy; any other device copies each
-  // tensor there once.
+  // Where tensors end up. CPU (the default) keeps views zero-copy. Any other device gets each
+  // tensor allocated there and filled straight from the file through a ring of host buffers
+  // (pinned where an accelerator exists; `staging_bytes` in all) with asynchronous copies on a
+  // dedicated stream: host memory stays bounded whatever the model's size. A device this LibTorch
+  // cannot reach is an error at open.
   c10::Device device = c10::kCPU;
+  uint64_t staging_bytes = uint64_t(256) << 20;
+  // Cast every tensor to this dtype on load, on the destination device after the raw copy (BF16 to
+  // F16, FP8 to BF16, ...): a device load never converts on the host.
+  std::optional<c10::ScalarType> dtype;
+  // kMmap: fault the whole mapping in at open, on all cores (madvise(MADV_POPULATE_READ), or a read
+  // per page where the kernel lacks it), so that tensors are resident at once instead of paging in
+  // on first touch. Costs the file's read up front; pays off when every byte will be used.
+  bool populate = false;
+  // Route CPU loads through the staging ring too (pageable buffers): the device path, testable
+  // without a device. Slower than kPread; for tests.
+  bool always_stage = false;
 
   LoadOptions& with_backend(Backend b) {
     backend = b;
@@ -47,6 +61,18 @@ struct LoadOptions {
   }
   LoadOptions& with_device(c10::Device d) {
     device = d;
+    return *this;
+  }
+  LoadOptions& with_dtype(c10::ScalarType t) {
+    dtype = t;
+    return *this;
+  }
+  LoadOptions& with_staging_bytes(uint64_t bytes) {
+    staging_bytes = bytes;
+    return *this;
+  }
+  LoadOptions& with_populate(bool p = true) {
+    populate = p;
     return *this;
   }
 };
@@ -68,6 +94,7 @@ class File {
 
   const std::string& path() const;  // the source's name
   const Source& source() const;
+  std::shared_ptr<const Source> shared_source() const;  // what tensor views keep alive
   const LoadOptions& options() const;
   const Header& header() const;
   const std::optional<Metadata>& metadata() const { return header().metadata(); }
@@ -97,6 +124,8 @@ class File {
 
   // Every tensor, in file order.
   TensorDict tensors() const;
+  // The named tensors, in the order given, in one pass (one parallel read, one staging ring).
+  TensorDict tensors(const std::vector<std::string>& names) const;
 
   // Throws if the file is now shorter than when it was opened. With the mmap backend, touching a
   // tensor whose pages lie past the new end raises SIGBUS (the OS's rule for mappings), so a

@@ -115,9 +115,10 @@ TEST(SaveSharded, WritesShardsAndIndexThatLoadBack) {
   const auto tensors = six_tensors();
   ts::save_sharded(tensors, dir.path(),
                    ts::ShardOptions().with_max_shard_size("10KB").with_metadata({{"k", "v"}}));
-  EXPECT_EQ(dir.entries(), (std::vector<std::string>{
-                               "model-00001-of-00003.safetensors", "model-00002-of-00003.safetensors",
-                               "model-00003-of-00003.safetensors", "model.safetensors.index.json"}));
+  EXPECT_EQ(dir.entries(),
+            (std::vector<std::string>{
+                "model-00001-of-00003.safetensors", "model-00002-of-00003.safetensors",
+                "model-00003-of-00003.safetensors", "model.safetensors.index.json"}));
   // Shards carry {"format": "pt"} only; user metadata goes to the index.
   EXPECT_EQ(ts::File(dir.file("model-00002-of-00003.safetensors")).metadata(),
             (ts::Metadata{{"format", "pt"}}));
@@ -249,8 +250,9 @@ TEST(CheckpointErrors, DirectoryWithoutAClearCheckpoint) {
             std::string::npos);
   ts::save(torch::arange(2), dir.file("a.safetensors"));
   ts::save(torch::arange(2), dir.file("b.safetensors"));
-  EXPECT_NE(error_of([&] { ts::Checkpoint c(dir.path()); })
-                .find("several .safetensors files and no index: a.safetensors, b.safetensors"),
+  EXPECT_NE(error_of([&] {
+              ts::Checkpoint c(dir.path());
+            }).find("several .safetensors files and no index: a.safetensors, b.safetensors"),
             std::string::npos);
 }
 
@@ -273,8 +275,9 @@ TEST(CheckpointErrors, TensorListedInAShardThatDoesNotHoldIt) {
   TwoShards two;
   two.write_index({{"x", "a.safetensors"}, {"y", "b.safetensors"}, {"z", "b.safetensors"}});
   const ts::Checkpoint ckpt(two.dir.path());
-  EXPECT_NE(error_of([&] { ckpt.tensor("z"); })
-                .find("the index lists tensor 'y' in shard 'b.safetensors', which does not hold it"),
+  EXPECT_NE(error_of([&] {
+              ckpt.tensor("z");
+            }).find("the index lists tensor 'y' in shard 'b.safetensors', which does not hold it"),
             std::string::npos);
 }
 
@@ -291,10 +294,10 @@ TEST(CheckpointErrors, TensorHeldByTwoShards) {
 
 TEST(CheckpointErrors, TensorListedTwice) {
   TwoShards two;
-  write_file(two.index(),
-             "{\"weight_map\": {\"x\": \"a.safetensors\", \"x\": \"b.safetensors\"}}");
-  EXPECT_NE(error_of([&] { ts::Checkpoint c(two.dir.path()); })
-                .find("tensor 'x' is listed twice in weight_map"),
+  write_file(two.index(), "{\"weight_map\": {\"x\": \"a.safetensors\", \"x\": \"b.safetensors\"}}");
+  EXPECT_NE(error_of([&] {
+              ts::Checkpoint c(two.dir.path());
+            }).find("tensor 'x' is listed twice in weight_map"),
             std::string::npos);
 }
 
@@ -315,8 +318,9 @@ TEST(CheckpointErrors, ShardPathsThatEscapeTheDirectory) {
     EXPECT_NE(error.find(expected), std::string::npos) << file << ": " << error;
   }
   // A symlink inside the directory that points outside it.
-  ASSERT_EQ(::symlink(outside.file("b.safetensors").c_str(), two.dir.file("link.safetensors").c_str()),
-            0);
+  ASSERT_EQ(
+      ::symlink(outside.file("b.safetensors").c_str(), two.dir.file("link.safetensors").c_str()),
+      0);
   two.write_index({{"x", "a.safetensors"}, {"y", "a.safetensors"}, {"z", "link.safetensors"}});
   const std::string error = error_of([&] { ts::Checkpoint c(two.dir.path()); });
   EXPECT_NE(error.find("shard 'link.safetensors' resolves outside the index's folder"),
@@ -383,4 +387,14 @@ TEST(AdversarialIndexCorpus, EveryIndexGivesItsError) {
     }
   }
   EXPECT_GE(cases, 25u) << "corpus missing? run tools/gen_adversarial.py";
+}
+
+TEST(SaveSharded, RefusesALoneViewOfALargerStorageLikeHuggingfaceHub) {
+  TempDir dir;
+  const at::Tensor base = torch::zeros({400});
+  const std::string error = error_of([&] {
+    ts::save_sharded(ts::NamedTensors{{"lo", base.narrow(0, 0, 200)}}, dir.path());
+  });
+  EXPECT_NE(error.find("none of them covers it all: [lo]"), std::string::npos) << error;
+  EXPECT_EQ(dir.entries(), std::vector<std::string>{});
 }

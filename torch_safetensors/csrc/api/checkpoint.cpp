@@ -8,7 +8,7 @@
 #include <mutex>
 #include <unordered_map>
 
-#include "adapters/load_tensor.h"
+#include "api/bulk_load.h"
 #include "check.h"
 #include "format/index.h"
 #include "storage/io.h"
@@ -51,8 +51,9 @@ std::string resolve_directory(const std::string& directory) {
   TS_CHECK(indexes.size() <= 1, directory, "several indexes and none named '", kDefaultIndex,
            "': ", list(indexes), "; open the one you mean");
   if (indexes.size() == 1) return storage::join_path(directory, indexes[0]);
-  TS_CHECK(!files.empty(), directory,
-           "no checkpoint here: expected an index (*.safetensors.index.json) or a .safetensors file");
+  TS_CHECK(
+      !files.empty(), directory,
+      "no checkpoint here: expected an index (*.safetensors.index.json) or a .safetensors file");
   TS_CHECK(files.size() == 1, directory, "several .safetensors files and no index: ", list(files),
            "; open the one you mean");
   return storage::join_path(directory, files[0]);
@@ -156,8 +157,9 @@ Checkpoint::Checkpoint(const std::string& path, const LoadOptions& options) {
   const std::string inside = root == "/" ? root : root + "/";
   for (auto& [file, tensors] : by_file) {
     const std::string shard_path = storage::join_path(impl->directory, file);
-    const std::string real = storage::real_path(
-        shard_path, target + ": shard '" + file + "' of tensor '" + tensors.front() + "'");
+    const std::string real =
+        storage::real_path(shard_path, target + ": shard '" + file + "' of tensor '" +
+                                           tensors.front() + "' cannot be opened");
     TS_CHECK(real.compare(0, inside.size(), inside) == 0, target, "shard '", file,
              "' resolves outside the index's folder (to ", real, "); refusing to read it");
     impl->shard_files.push_back(file);
@@ -206,38 +208,59 @@ at::Tensor Checkpoint::slice_intervals(std::string_view name, int64_t dim,
 RawTensor Checkpoint::raw(std::string_view name) const { return file(name).raw(name); }
 
 TensorDict Checkpoint::tensors() const {
-  const Impl& impl = *impl_;
-  if (impl.shard_files.size() == 1) return impl.shard(0).tensors();
-  TensorDict out;
-  out.reserve(impl.keys.size());
-  if (impl.options.backend == Backend::kMmap) {
-    for (const auto& name : impl.keys) out.insert(name, tensor(name));
-    return out;
+  // One file: its keys are its header's order; skip the name lookups (100,000-tensor files).
+  if (impl_->shard_files.size() == 1) return impl_->shard(0).tensors();
+  return tensors(impl_->keys);
+}
+
+TensorDict Checkpoint::tensors(const std::vector<std::string>& names) const {
+  // One pass over every shard: one parallel read (kPread), or one staging ring to a device, so
+  // that many shards load as fast as one file of their total size.
+  std::vector<LoadItem> items;
+  items.reserve(names.size());
+  for (const std::string& name : names) {
+    const File& shard = file(name);
+    items.push_back({&shard, &shard.info(name)});
   }
-  // One read pass over every shard: owned memory for all tensors, then chunks of all shards
-  // spread over the threads, so that many shards load as fast as one file of their total size.
-  std::unordered_map<std::string_view, at::Tensor> loaded;
-  std::vector<storage::ReadJob> jobs;
-  for (size_t i = 0; i < impl.shard_files.size(); ++i) {
-    const File& file = impl.shard(i);
-    const std::vector<TensorInfo>& infos = file.header().tensors();
-    std::vector<at::Tensor> owned = adapters::empty_for_read(infos, file.path());
-    for (size_t t = 0; t < infos.size(); ++t) {
-      const TensorInfo& info = infos[t];
-      if (info.nbytes()) {
-        jobs.push_back({owned[t].data_ptr(), info.nbytes(),
-                        file.header().data_offset() + info.begin, &file.source()});
+  std::vector<at::Tensor> loaded = load_many(items, impl_->options);
+  TensorDict out;
+  out.reserve(names.size());
+  for (size_t i = 0; i < names.size(); ++i) out.insert(names[i], std::move(loaded[i]));
+  return out;
+}
+
+void Checkpoint::for_each(const Consumer& consume) const {
+  const Impl& impl = *impl_;
+  for (size_t s = 0; s < impl.shard_files.size(); ++s) {
+    const File& shard = impl.shard(s);
+    const std::vector<TensorInfo>& infos = shard.header().tensors();
+    std::vector<LoadItem> items;
+    for (const TensorInfo& info : infos) items.push_back({&shard, &info});
+    const bool batched = impl.options.backend == Backend::kPread && impl.options.device.is_cpu() &&
+                         !impl.options.always_stage;
+    if (!batched) {
+      // Views are ready at once; to a device, each tensor is handed over as soon as it landed
+      // while the ring goes on with the next ones.
+      load_many(items, impl.options,
+                [&](size_t i, const at::Tensor& t) { consume(std::string(infos[i].name), t); });
+      continue;
+    }
+    // Reads into owned memory: in batches of about staging_bytes, so that memory stays bounded
+    // while each batch still reads in parallel.
+    for (size_t begin = 0; begin < items.size();) {
+      size_t end = begin;
+      uint64_t bytes = 0;
+      while (end < items.size() &&
+             (end == begin || bytes + items[end].info->nbytes() <= impl.options.staging_bytes)) {
+        bytes += items[end++].info->nbytes();
       }
-      loaded.emplace(info.name, std::move(owned[t]));
+      std::vector<LoadItem> batch(items.begin() + begin, items.begin() + end);
+      std::vector<at::Tensor> loaded = load_many(batch, impl.options);
+      for (size_t i = 0; i < loaded.size(); ++i)
+        consume(std::string(infos[begin + i].name), std::move(loaded[i]));
+      begin = end;
     }
   }
-  storage::read_all(jobs);
-  const c10::Device device = impl.options.device;
-  for (const auto& name : impl.keys) {
-    at::Tensor& t = loaded.at(name);
-    out.insert(name, device.is_cpu() ? std::move(t) : t.to(device));
-  }
-  return out;
 }
 
 void Checkpoint::check_intact() const {
@@ -249,8 +272,7 @@ void Checkpoint::check_intact() const {
 }
 
 Checkpoint open_checkpoint(const LoadFrom& from, const LoadOptions& options) {
-  return from.path() ? Checkpoint(*from.path(), options)
-                     : Checkpoint(File(from.source(), options));
+  return from.path() ? Checkpoint(*from.path(), options) : Checkpoint(File(from.source(), options));
 }
 
 }  // namespace torch::safetensors

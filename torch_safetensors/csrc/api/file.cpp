@@ -1,13 +1,22 @@
 // File: the lazy handle. The header on open; tensors on request, all through one read path:
-// plan the bytes (a whole tensor, or slice_plan), then view them in the source's memory or read
-// them with Source::read (read_all: chunked and parallel when large).
+// plan the bytes (a whole tensor, or slice_plan), then view them in the source's memory, read
+// them with Source::read (read_all: chunked and parallel when large), or, for another device,
+// stream them into device memory through the staging ring (device/staging_ring.h).
 #include "torch_safetensors/file.h"
+
+#include <sys/mman.h>
+#include <unistd.h>
+
+#include <atomic>
+#include <thread>
 
 #include <ATen/ops/empty.h>
 #include <c10/util/strides.h>
 
 #include "adapters/load_tensor.h"
+#include "api/bulk_load.h"
 #include "check.h"
+#include "device/staging_ring.h"
 #include "huge_pages.h"
 #include "storage/io.h"
 
@@ -56,7 +65,124 @@ std::optional<std::vector<IndexItem>> to_index_items(
   return items;
 }
 
+// madvise(MADV_POPULATE_READ) (Linux 5.14) over [data, data + size) on every core; where the
+// kernel lacks it, a read of one byte per page does the same faults.
+void populate(uint8_t* data, uint64_t size) {
+#ifndef MADV_POPULATE_READ
+  constexpr int MADV_POPULATE_READ = 22;
+#endif
+  constexpr uint64_t kChunk = uint64_t(64) << 20;
+  const uint64_t page = uint64_t(::sysconf(_SC_PAGESIZE));
+  std::atomic<uint64_t> next{0};
+  auto worker = [&] {
+    for (uint64_t begin; (begin = next.fetch_add(kChunk)) < size;) {
+      const uint64_t length = std::min(kChunk, size - begin);
+      if (::madvise(data + begin, length, MADV_POPULATE_READ) == 0) continue;
+      volatile uint8_t sink = 0;
+      for (uint64_t at = 0; at < length; at += page) sink = sink + data[begin + at];
+    }
+  };
+  const unsigned threads = std::min<unsigned>(std::max(1u, std::thread::hardware_concurrency()),
+                                              unsigned(size / kChunk) + 1);
+  std::vector<std::thread> pool;
+  for (unsigned t = 1; t < threads; ++t) pool.emplace_back(worker);
+  worker();
+  for (auto& t : pool) t.join();
+}
+
+bool staged(const LoadOptions& options) { return !options.device.is_cpu() || options.always_stage; }
+
+at::Tensor cast(at::Tensor t, const LoadOptions& options) {
+  return options.dtype && t.scalar_type() != *options.dtype ? t.to(*options.dtype) : t;
+}
+
+// Uninitialised destination memory on the device for a staged load: `bytes` (1-D uint8, what the
+// ring fills) and the same memory as the tensor. Out of memory names the tensor.
+struct Staged {
+  at::Tensor bytes;
+  at::Tensor tensor;
+};
+Staged staged_empty(uint64_t nbytes, c10::ScalarType dtype, c10::IntArrayRef sizes,
+                    const LoadOptions& options, std::string_view source, std::string_view name) {
+  try {
+    const auto on_device = at::TensorOptions().device(options.device);
+    at::Tensor bytes = at::empty({int64_t(nbytes)}, on_device.dtype(at::kByte));
+    at::Tensor tensor =
+        nbytes ? bytes.view(dtype).view(sizes) : at::empty(sizes, on_device.dtype(dtype));
+    return {std::move(bytes), std::move(tensor)};
+  } catch (const c10::OutOfMemoryError& e) {
+    TS_FAIL(source, "out of memory on ", options.device, " for tensor '", name, "' (", nbytes,
+            " bytes); the tensors of this load allocated so far are freed: ",
+            e.what_without_backtrace());
+  }
+}
+
+device::RingOptions ring_options(const LoadOptions& options) {
+  device::RingOptions ring;
+  ring.total_bytes = std::max<uint64_t>(options.staging_bytes, uint64_t(2) << 20);
+  return ring;
+}
+
 }  // namespace
+
+std::vector<at::Tensor> load_many(const std::vector<LoadItem>& items, const LoadOptions& options,
+                                  const std::function<void(size_t, const at::Tensor&)>& on_loaded) {
+  std::vector<at::Tensor> out(items.size());
+  auto done = [&](size_t i) {
+    out[i] = cast(std::move(out[i]), options);
+    if (on_loaded) on_loaded(i, out[i]);
+  };
+  if (staged(options)) {
+    std::vector<device::DeviceRun> runs;
+    runs.reserve(items.size());
+    for (size_t i = 0; i < items.size(); ++i) {
+      const File& file = *items[i].file;
+      const TensorInfo& info = *items[i].info;
+      Staged dst =
+          staged_empty(info.nbytes(), to_scalar_type(info.dtype),
+                       adapters::torch_sizes(info, file.path()), options, file.path(), info.name);
+      runs.push_back({&file.source(), file.header().data_offset() + info.begin, info.nbytes(),
+                      std::move(dst.bytes), 0, i});
+      out[i] = std::move(dst.tensor);
+    }
+    device::copy_through_ring(runs, options.device, ring_options(options), done);
+    return out;
+  }
+  std::vector<TensorInfo> to_read;
+  std::vector<size_t> read_index;
+  for (size_t i = 0; i < items.size(); ++i) {
+    const File& file = *items[i].file;
+    const TensorInfo& info = *items[i].info;
+    uint8_t* memory = options.backend == Backend::kMmap ? file.source().data() : nullptr;
+    if (memory && info.nbytes() > 0) {
+      const std::vector<int64_t> sizes = adapters::torch_sizes(info, file.path());
+      out[i] = adapters::view_memory(memory + file.header().data_offset() + info.begin,
+                                     info.nbytes(), to_scalar_type(info.dtype), sizes,
+                                     c10::contiguous_strides(sizes), file.shared_source());
+      if (out[i].defined()) continue;
+    }
+    to_read.push_back(info);
+    read_index.push_back(i);
+  }
+  if (!to_read.empty()) {
+    // Reads: allocate everything, then read it all in large chunks on a few threads.
+    std::vector<at::Tensor> owned = adapters::empty_for_read(to_read, items.front().file->path());
+    std::vector<storage::ReadJob> jobs;
+    jobs.reserve(owned.size());
+    for (size_t k = 0; k < owned.size(); ++k) {
+      const LoadItem& item = items[read_index[k]];
+      if (item.info->nbytes()) {
+        jobs.push_back({owned[k].data_ptr(), item.info->nbytes(),
+                        item.file->header().data_offset() + item.info->begin,
+                        &item.file->source()});
+      }
+      out[read_index[k]] = std::move(owned[k]);
+    }
+    storage::read_all(jobs);
+  }
+  for (size_t i = 0; i < items.size(); ++i) done(i);
+  return out;
+}
 
 struct File::Impl {
   std::shared_ptr<const Source> source;
@@ -67,12 +193,8 @@ struct File::Impl {
   const std::string& name() const { return source->name(); }
   uint64_t absolute(const TensorInfo& info) const { return header.data_offset() + info.begin; }
 
-  at::Tensor to_device(at::Tensor t) const {
-    return options.device.is_cpu() ? t : t.to(options.device);
-  }
-
   // A whole tensor on the CPU: a view of the source's memory, or read into owned memory.
-  at::Tensor whole(const TensorInfo& info) const {
+  at::Tensor whole_on_cpu(const TensorInfo& info) const {
     const std::vector<int64_t> sizes = adapters::torch_sizes(info, name());
     const c10::ScalarType dtype = to_scalar_type(info.dtype);
     if (memory && info.nbytes() > 0) {
@@ -86,10 +208,21 @@ struct File::Impl {
     return out;
   }
 
-  // The planned part of a tensor on the CPU: a view when the plan is one and memory allows, else
-  // exactly the planned runs read into owned memory.
+  // The planned part of a tensor: a view when the plan is one and memory allows, else exactly the
+  // planned runs read into owned memory, or staged to the device; then the dtype cast.
   at::Tensor planned(const TensorInfo& info, const SlicePlan& plan) const {
     const c10::ScalarType dtype = to_scalar_type(info.dtype);
+    if (staged(options)) {
+      Staged dst = staged_empty(plan.nbytes(), dtype, plan.sizes, options, name(), info.name);
+      std::vector<device::DeviceRun> runs;
+      uint64_t at = 0;
+      for (const ByteRun& run : plan.runs) {
+        runs.push_back({source.get(), absolute(info) + run.offset, run.length, dst.bytes, at, 0});
+        at += run.length;
+      }
+      device::copy_through_ring(runs, options.device, ring_options(options));
+      return cast(std::move(dst.tensor), options);
+    }
     if (memory && plan.view && plan.nbytes() > 0) {
       const StridedView& v = *plan.view;
       const int64_t item = int64_t(c10::elementSize(dtype));
@@ -98,7 +231,7 @@ struct File::Impl {
       at::Tensor view =
           adapters::view_memory(memory + absolute(info) + v.offset * item,
                                 uint64_t(last + 1) * item, dtype, v.sizes, v.strides, source);
-      if (view.defined()) return view;
+      if (view.defined()) return cast(std::move(view), options);
     }
     at::Tensor out = at::empty(plan.sizes, at::TensorOptions().dtype(dtype));
     std::vector<storage::ReadJob> jobs;
@@ -109,13 +242,13 @@ struct File::Impl {
       dst += run.length;
     }
     storage::read_all(*source, jobs);
-    return out;
+    return cast(std::move(out), options);
   }
 
   at::Tensor slice(const TensorInfo& info, c10::ArrayRef<IndexItem> index) const {
     const std::vector<int64_t> sizes = adapters::torch_sizes(info, name());
     const int64_t item = int64_t(c10::elementSize(to_scalar_type(info.dtype)));
-    return to_device(planned(info, plan_slice(sizes, item, index, name(), info.name)));
+    return planned(info, plan_slice(sizes, item, index, name(), info.name));
   }
 };
 
@@ -124,16 +257,19 @@ File::File(const std::string& path, const LoadOptions& options)
 
 File::File(std::shared_ptr<const Source> source, const LoadOptions& options) {
   TORCH_CHECK(source != nullptr, "safetensors: File needs a source, got nullptr");
+  device::check_device(options.device, source->name());
   auto impl = std::make_shared<Impl>();
   impl->header = read_header(*source);
   impl->options = options;
   if (options.backend == Backend::kMmap) impl->memory = source->data();
+  if (impl->memory && options.populate) populate(impl->memory, source->size());
   impl->source = std::move(source);
   impl_ = std::move(impl);
 }
 
 const std::string& File::path() const { return impl_->name(); }
 const Source& File::source() const { return *impl_->source; }
+std::shared_ptr<const Source> File::shared_source() const { return impl_->source; }
 const LoadOptions& File::options() const { return impl_->options; }
 const Header& File::header() const { return impl_->header; }
 
@@ -147,7 +283,9 @@ std::vector<std::string> File::keys() const {
 const TensorInfo& File::info(std::string_view name) const { return header().at(name, path()); }
 
 at::Tensor File::tensor(std::string_view name) const {
-  return impl_->to_device(impl_->whole(info(name)));
+  const TensorInfo& tensor_info = info(name);
+  if (staged(options())) return load_many({{this, &tensor_info}}, options())[0];
+  return cast(impl_->whole_on_cpu(tensor_info), options());
 }
 
 at::Tensor File::slice(std::string_view name,
@@ -155,7 +293,7 @@ at::Tensor File::slice(std::string_view name,
   const TensorInfo& tensor_info = info(name);
   if (indices.empty()) return tensor(name);
   if (auto items = to_index_items(indices)) return impl_->slice(tensor_info, *items);
-  return impl_->to_device(impl_->whole(tensor_info).index(indices));
+  return tensor(name).index(indices);
 }
 
 at::Tensor File::slice_intervals(std::string_view name, int64_t dim,
@@ -165,34 +303,34 @@ at::Tensor File::slice_intervals(std::string_view name, int64_t dim,
 
 RawTensor File::raw(std::string_view name) const {
   const TensorInfo& tensor_info = info(name);
-  TensorInfo bytes_info = tensor_info;  // the same bytes, typed as U8
+  TensorInfo bytes_info = tensor_info;  // the same bytes, typed as U8, on the CPU
   bytes_info.dtype = Dtype::U8;
   bytes_info.shape = {int64_t(tensor_info.nbytes())};
   return RawTensor{tensor_info.dtype, c10::IntArrayRef(tensor_info.shape).vec(),
-                   impl_->whole(bytes_info)};
+                   impl_->whole_on_cpu(bytes_info)};
 }
 
 TensorDict File::tensors() const {
   const std::vector<TensorInfo>& infos = header().tensors();
+  std::vector<LoadItem> items;
+  items.reserve(infos.size());
+  for (const TensorInfo& info : infos) items.push_back({this, &info});
+  std::vector<at::Tensor> loaded = load_many(items, options());
   TensorDict out;
   out.reserve(infos.size());
-  if (impl_->memory) {
-    for (const auto& info : infos) {
-      out.insert(std::string(info.name), impl_->to_device(impl_->whole(info)));
-    }
-    return out;
-  }
-  // Reads: allocate everything, then read it all in large chunks on a few threads.
-  std::vector<at::Tensor> owned = adapters::empty_for_read(infos, path());
-  std::vector<storage::ReadJob> jobs;
-  jobs.reserve(owned.size());
-  for (size_t i = 0; i < owned.size(); ++i) {
-    const TensorInfo& info = infos[i];
-    if (info.nbytes()) jobs.push_back({owned[i].data_ptr(), info.nbytes(), impl_->absolute(info)});
-  }
-  storage::read_all(*impl_->source, jobs);
-  for (size_t i = 0; i < owned.size(); ++i)
-    out.insert(std::string(infos[i].name), impl_->to_device(std::move(owned[i])));
+  for (size_t i = 0; i < infos.size(); ++i)
+    out.insert(std::string(infos[i].name), std::move(loaded[i]));
+  return out;
+}
+
+TensorDict File::tensors(const std::vector<std::string>& names) const {
+  std::vector<LoadItem> items;
+  items.reserve(names.size());
+  for (const std::string& name : names) items.push_back({this, &info(name)});
+  std::vector<at::Tensor> loaded = load_many(items, options());
+  TensorDict out;
+  out.reserve(names.size());
+  for (size_t i = 0; i < names.size(); ++i) out.insert(names[i], std::move(loaded[i]));
   return out;
 }
 

@@ -173,11 +173,12 @@ ModuleLoadReport load(torch::nn::Module& module, const LoadFrom& from, c10::Devi
 
 std::vector<SaveEntry> drop_tied_duplicates(const NamedTensors& tensors, Metadata& metadata,
                                             const std::unordered_set<std::string>& discard,
-                                            const std::string& destination) {
+                                            const std::string& destination,
+                                            bool refuse_partial_views) {
   std::unordered_set<std::string> dropped;
   std::vector<std::vector<std::string>> groups;
   for (const auto& shared : adapters::choose_kept_names(tensors, /*preferred=*/{}, discard)) {
-    if (shared.names.size() < 2) continue;
+    if (shared.names.size() < 2 && (shared.keep || !refuse_partial_views)) continue;
     if (!shared.keep) {
       groups.push_back(shared.names);
       continue;

@@ -18,11 +18,14 @@ NamedTensors module_tensors(const torch::nn::Module& module);
 
 // The tie policy applied for saving: the entries to write, each group of tensors sharing memory
 // by the one name it keeps (preferring names not in `discard`), each dropped name added to
-// `metadata` as dropped → kept unless the key is there already. A group none of whose names
-// covers its storage is refused, naming `destination`.
+// `metadata` as dropped → kept unless the key is there already. A group of two or more names none
+// of which covers its storage is refused, naming `destination`; with `refuse_partial_views`, so is
+// a lone tensor that does not cover its storage (huggingface_hub's save_torch_state_dict refuses
+// those too, as it stores storage sizes).
 std::vector<SaveEntry> drop_tied_duplicates(const NamedTensors& tensors, Metadata& metadata,
                                             const std::unordered_set<std::string>& discard,
-                                            const std::string& destination);
+                                            const std::string& destination,
+                                            bool refuse_partial_views = false);
 
 // save() into a file writer that the caller commits: for saves of several files that must all
 // be written before any replaces an old one.

@@ -53,7 +53,8 @@ bool written_by_pattern(const std::string& name, const std::string& pattern) {
   rest.remove_suffix(suffix.size());
   if (rest.empty()) return true;
   auto digits = [](std::string_view d) {
-    return d.size() == 5 && std::all_of(d.begin(), d.end(), [](char c) { return c >= '0' && c <= '9'; });
+    return d.size() == 5 &&
+           std::all_of(d.begin(), d.end(), [](char c) { return c >= '0' && c <= '9'; });
   };
   return rest.size() == 15 && rest[0] == '-' && digits(rest.substr(1, 5)) &&
          rest.substr(6, 4) == "-of-" && digits(rest.substr(10, 5));
@@ -148,11 +149,10 @@ ShardSplit plan_shards(const NamedTensors& tensors, const ShardOptions& options)
     for (size_t i : shards[s]) names.push_back(tensors[i].first);
     split.files.emplace_back(format_pattern(options.filename_pattern, suffix), std::move(names));
   }
-  TORCH_CHECK_VALUE(!split.is_sharded() ||
-                        options.filename_pattern.find("{suffix}") != std::string::npos,
-                    "safetensors: filename pattern '", options.filename_pattern,
-                    "' has no '{suffix}', so ", split.files.size(),
-                    " shards would all get the same name");
+  TORCH_CHECK_VALUE(
+      !split.is_sharded() || options.filename_pattern.find("{suffix}") != std::string::npos,
+      "safetensors: filename pattern '", options.filename_pattern, "' has no '{suffix}', so ",
+      split.files.size(), " shards would all get the same name");
   return split;
 }
 
@@ -161,7 +161,8 @@ void save_sharded(const NamedTensors& tensors, const std::string& directory,
   Metadata metadata = options.metadata.value_or(Metadata());
   // huggingface_hub's _clean_state_dict_for_safetensors: ties stored once, then contiguous.
   NamedTensors kept;
-  for (auto& entry : drop_tied_duplicates(tensors, metadata, options.discard, directory))
+  for (auto& entry : drop_tied_duplicates(tensors, metadata, options.discard, directory,
+                                          /*refuse_partial_views=*/true))
     kept.emplace_back(entry.name, entry.tensor.contiguous());
   const ShardSplit split = plan_shards(kept, options);
 

@@ -4,6 +4,7 @@
 // rules for saving, shared memory, ties and module loading are the core's. The public API is the
 // Python package torch_safetensors, which adds only the reference's argument handling, exception
 // types and message texts.
+#include <pybind11/functional.h>
 #include <pybind11/stl.h>
 #include <torch/extension.h>
 
@@ -65,7 +66,9 @@ void raise_os_error(const ts::OSError& e) {
   py::object filename = py::reinterpret_steal<py::object>(
       PyUnicode_DecodeFSDefaultAndSize(e.path().data(), Py_ssize_t(e.path().size())));
   if (!filename) throw py::error_already_set();
-  py::str strerror(std::strerror(number));
+  // The reference's words ("No such file or directory: <path>"), after our context if any.
+  py::str strerror(e.context().empty() ? std::string(std::strerror(number))
+                                       : e.context() + ": " + std::strerror(number));
   py::object builtin = py::type::of(py::handle(PyExc_OSError)(number, strerror, filename));
   py::object error = os_error_type(builtin)(number, strerror, filename);
   PyErr_SetObject(py::type::handle_of(error).ptr(), error.ptr());
@@ -264,6 +267,18 @@ void translate(std::exception_ptr p) {
   }
 }
 
+ts::LoadOptions load_options(const std::string& backend, at::Device device,
+                             std::optional<at::ScalarType> dtype, bool populate,
+                             uint64_t staging_bytes, bool always_stage) {
+  ts::LoadOptions options;
+  options.with_backend(parse_backend(backend)).with_device(device);
+  options.dtype = dtype;
+  options.populate = populate;
+  options.staging_bytes = staging_bytes;
+  options.always_stage = always_stage;
+  return options;
+}
+
 // The lazy-handle methods File and Checkpoint share (the same names in C++).
 template <typename Handle>
 void bind_tensor_access(py::class_<Handle>& cls) {
@@ -278,6 +293,15 @@ void bind_tensor_access(py::class_<Handle>& cls) {
              return std::make_pair(dtype_str(info.dtype), c10::IntArrayRef(info.shape).vec());
            })
       .def("tensor", &Handle::tensor, py::call_guard<py::gil_scoped_release>())
+      .def("tensors_of",
+           [](const Handle& f, const std::vector<std::string>& names) {
+             ts::TensorDict tensors;
+             {
+               py::gil_scoped_release release;
+               tensors = f.tensors(names);
+             }
+             return to_dict(tensors);
+           })
       .def("tensors",
            [](const Handle& f) {
              ts::TensorDict tensors;
@@ -329,41 +353,57 @@ PYBIND11_MODULE(_C, m) {
   py::register_local_exception_translator(translate);
 
   auto file = py::class_<ts::File>(m, "File").def(
-      py::init([](const std::string& path, const std::string& backend, at::Device device) {
-        ts::LoadOptions options;
-        options.with_backend(parse_backend(backend)).with_device(device);
+      py::init([](const std::string& path, const std::string& backend, at::Device device,
+                  std::optional<at::ScalarType> dtype, bool populate, uint64_t staging_bytes,
+                  bool always_stage) {
+        const ts::LoadOptions options =
+            load_options(backend, device, dtype, populate, staging_bytes, always_stage);
         py::gil_scoped_release release;
         return ts::File(path, options);
       }),
-      py::arg("path"), py::arg("backend"), py::arg("device"));
+      py::arg("path"), py::arg("backend"), py::arg("device"), py::arg("dtype") = py::none(),
+      py::arg("populate") = false, py::arg("staging_bytes") = uint64_t(256) << 20,
+      py::arg("always_stage") = false);
   bind_tensor_access(file);
   file.def("keys", &ts::File::keys, "Tensor names in file (data offset) order.");
 
-  auto checkpoint = py::class_<ts::Checkpoint>(m, "Checkpoint").def(
-      py::init([](const std::string& path, const std::string& backend, at::Device device) {
-        ts::LoadOptions options;
-        options.with_backend(parse_backend(backend)).with_device(device);
-        py::gil_scoped_release release;
-        return ts::Checkpoint(path, options);
-      }),
-      py::arg("path"), py::arg("backend"), py::arg("device"));
+  auto checkpoint =
+      py::class_<ts::Checkpoint>(m, "Checkpoint")
+          .def(py::init([](const std::string& path, const std::string& backend, at::Device device,
+                           std::optional<at::ScalarType> dtype, bool populate,
+                           uint64_t staging_bytes, bool always_stage) {
+                 const ts::LoadOptions options =
+                     load_options(backend, device, dtype, populate, staging_bytes, always_stage);
+                 py::gil_scoped_release release;
+                 return ts::Checkpoint(path, options);
+               }),
+               py::arg("path"), py::arg("backend"), py::arg("device"),
+               py::arg("dtype") = py::none(), py::arg("populate") = false,
+               py::arg("staging_bytes") = uint64_t(256) << 20, py::arg("always_stage") = false);
   bind_tensor_access(checkpoint);
-  checkpoint
-      .def("keys", &ts::Checkpoint::keys, "Tensor names, shard by shard.")
+  checkpoint.def("keys", &ts::Checkpoint::keys, "Tensor names, shard by shard.")
       .def_property_readonly("index_path", &ts::Checkpoint::index_path)
       .def_property_readonly("directory", &ts::Checkpoint::directory)
       .def_property_readonly("shard_files", &ts::Checkpoint::shard_files)
-      .def("shard_file", [](const ts::Checkpoint& c, const std::string& name) {
-        return c.shard_file(name);
-      });
+      .def("shard_file",
+           [](const ts::Checkpoint& c, const std::string& name) { return c.shard_file(name); })
+      .def(
+          "for_each",
+          [](const ts::Checkpoint& c, const std::function<void(std::string, at::Tensor)>& consume) {
+            // Loads without the GIL; `consume` takes it for each call (pybind's function caster).
+            py::gil_scoped_release release;
+            c.for_each([&](const std::string& name, at::Tensor t) { consume(name, std::move(t)); });
+          },
+          py::arg("consume"), "Calls consume(name, tensor) for every tensor, in file order.");
 
   m.def(
       "save_sharded",
       [](const py::list& items, const std::string& directory, uint64_t max_shard_size,
-         std::string filename_pattern, py::handle metadata,
-         std::unordered_set<std::string> discard, bool remove_stale) {
+         std::string filename_pattern, py::handle metadata, std::unordered_set<std::string> discard,
+         bool remove_stale) {
         ts::ShardOptions options;
-        options.with_max_shard_size(max_shard_size).with_filename_pattern(std::move(filename_pattern));
+        options.with_max_shard_size(max_shard_size)
+            .with_filename_pattern(std::move(filename_pattern));
         options.metadata = to_metadata(metadata);
         options.discard = std::move(discard);
         options.remove_stale = remove_stale;
@@ -378,7 +418,8 @@ PYBIND11_MODULE(_C, m) {
       "plan_shards",
       [](const py::list& items, uint64_t max_shard_size, std::string filename_pattern) {
         ts::ShardOptions options;
-        options.with_max_shard_size(max_shard_size).with_filename_pattern(std::move(filename_pattern));
+        options.with_max_shard_size(max_shard_size)
+            .with_filename_pattern(std::move(filename_pattern));
         const ts::ShardSplit split = ts::plan_shards(to_named(items), options);
         return py::make_tuple(split.files, split.total_size);
       },

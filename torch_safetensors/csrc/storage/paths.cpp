@@ -16,7 +16,8 @@ namespace torch::safetensors::storage {
 namespace {
 
 [[noreturn]] void fail(int error, const std::string& path, const std::string& what) {
-  throw OSError(error, path, "safetensors: " + path + ": " + what + ": " + std::strerror(error));
+  throw OSError(error, path, "safetensors: " + path + ": " + what + ": " + std::strerror(error),
+                what);
 }
 
 bool stat_mode(const std::string& path, mode_t& mode) {
