@@ -104,8 +104,8 @@ void ProgressBar::draw(uint64_t done) {
   const int filled = int(fraction * kWidth);
   std::string bar(size_t(filled), '#');
   bar.append(size_t(kWidth - filled), '.');
-  std::fprintf(stderr, "\r%s [%s] %3d%% %s / %s", label_.c_str(), bar.c_str(),
-               int(fraction * 100), human_bytes(done).c_str(), human_bytes(total_).c_str());
+  std::fprintf(stderr, "\r%s [%s] %3d%% %s / %s", label_.c_str(), bar.c_str(), int(fraction * 100),
+               human_bytes(done).c_str(), human_bytes(total_).c_str());
   std::fflush(stderr);
   drawn_ = true;
 }

@@ -24,8 +24,8 @@ const char* kHelp =
     "\n"
     "options:\n"
     "  --max-shard-size SIZE   write OUT as a directory of shards of at most SIZE (\"5GB\",\n"
-    "                          \"500MB\") and a model.safetensors.index.json, as huggingface_hub\n"
-    "                          does; without it OUT is one .safetensors file\n"
+    "                          \"500MB\", or bytes) and a model.safetensors.index.json, as\n"
+    "                          huggingface_hub does; without it OUT is one .safetensors file\n"
     "  --dtype DTYPE           cast F64/F32/F16/BF16 tensors to DTYPE (F32, F16 or BF16);\n"
     "                          integer, bool, FP8 and complex tensors keep their dtype\n";
 
@@ -42,13 +42,15 @@ c10::ScalarType parse_cast_dtype(std::string text) {
 }  // namespace
 
 int convert_command(const std::vector<std::string>& args) {
-  auto parsed =
-      parse_args(args, {{"--max-shard-size", true}, {"--dtype", true}}, kHelp, 2, 2);
+  auto parsed = parse_args(args, {{"--max-shard-size", true}, {"--dtype", true}}, kHelp, 2, 2);
   if (!parsed) return 0;
   ConvertOptions options;
   if (auto size = parsed->value("--max-shard-size")) {
     try {
-      options.max_shard_size = parse_size(*size);
+      // A plain number is bytes; otherwise huggingface_hub's units ("5GB").
+      const bool plain =
+          !size->empty() && size->find_first_not_of("0123456789") == std::string::npos;
+      options.max_shard_size = plain ? std::stoull(*size) : parse_size(*size);
     } catch (const c10::Error& e) {
       throw UsageError("--max-shard-size: " + std::string(e.what_without_backtrace()));
     }

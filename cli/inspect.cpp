@@ -121,7 +121,8 @@ void print_table(const std::vector<std::vector<std::string>>& table, std::ostrea
     for (size_t c = 0; c < row.size(); ++c) {
       std::string cell = row[c];
       // Numbers are right-aligned, text left-aligned.
-      const bool numeric = !cell.empty() && cell.find_first_not_of("0123456789") == std::string::npos;
+      const bool numeric =
+          !cell.empty() && cell.find_first_not_of("0123456789") == std::string::npos;
       const std::string pad(widths[c] - cell.size(), ' ');
       line += numeric ? pad + cell : cell + (c + 1 < row.size() ? pad : "");
       if (c + 1 < row.size()) line += "  ";
@@ -155,7 +156,8 @@ int inspect_command(const std::vector<std::string>& args) {
     std::cout << json_document(checkpoint, rows, totals, by_dtype);
     return 0;
   }
-  std::vector<std::vector<std::string>> table{{"name", "dtype", "shape", "bytes", "offset", "shard"}};
+  std::vector<std::vector<std::string>> table{
+      {"name", "dtype", "shape", "bytes", "offset", "shard"}};
   for (const Row& row : rows) {
     table.push_back({row.name, row.dtype, row.shape, std::to_string(row.info->nbytes()),
                      std::to_string(row.info->begin), row.shard});
@@ -181,7 +183,8 @@ int inspect_command(const std::vector<std::string>& args) {
   summary.push_back({"total", std::to_string(totals.tensors), std::to_string(totals.parameters),
                      std::to_string(totals.bytes), human_bytes(totals.bytes)});
   print_table(summary, std::cout);
-  std::cout << "\n" << checkpoint.shard_files().size() << " file(s)"
+  std::cout << "\n"
+            << checkpoint.shard_files().size() << " file(s)"
             << (checkpoint.index_path() ? ", index " + *checkpoint.index_path() : std::string())
             << "\n";
   return 0;

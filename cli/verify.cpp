@@ -37,8 +37,8 @@ int verify_command(const std::vector<std::string>& args) {
   std::optional<Checkpoint> checkpoint;
   try {
     // pread: every byte is read into memory, so a short read is an error, not a SIGBUS.
-    checkpoint.emplace(path, LoadOptions().with_backend(read_data ? Backend::kPread
-                                                                  : Backend::kMmap));
+    checkpoint.emplace(path,
+                       LoadOptions().with_backend(read_data ? Backend::kPread : Backend::kMmap));
   } catch (const c10::Error& e) {
     report(e);
   }
@@ -89,8 +89,7 @@ int verify_command(const std::vector<std::string>& args) {
     return 1;
   }
   std::cout << "OK: " << path << ": " << checkpoint->shard_files().size() << " file(s), " << tensors
-            << " tensors, " << human_bytes(bytes) << (read_data ? ", every byte read" : "")
-            << "\n";
+            << " tensors, " << human_bytes(bytes) << (read_data ? ", every byte read" : "") << "\n";
   return 0;
 }
 

@@ -49,9 +49,9 @@ struct ConvertOptions {
 };
 
 struct ConvertReport {
-  size_t tensors_read = 0;     // names in the checkpoint
-  size_t tensors_written = 0;  // after dropping tied duplicates
-  uint64_t bytes_written = 0;  // tensor data
+  size_t tensors_read = 0;         // names in the checkpoint
+  size_t tensors_written = 0;      // after dropping tied duplicates
+  uint64_t bytes_written = 0;      // tensor data
   std::vector<std::string> files;  // written, relative to `to` when sharded
 };
 

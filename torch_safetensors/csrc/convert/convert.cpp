@@ -62,7 +62,8 @@ ConvertReport convert_torch_checkpoint(const std::string& from, const std::strin
     report.files = written.shard_files();
     if (written.index_path()) report.files.push_back(storage::file_name(*written.index_path()));
     report.tensors_written = written.size();
-    for (const std::string& name : written.keys()) report.bytes_written += written.info(name).nbytes();
+    for (const std::string& name : written.keys())
+      report.bytes_written += written.info(name).nbytes();
     return report;
   }
 
@@ -74,8 +75,7 @@ ConvertReport convert_torch_checkpoint(const std::string& from, const std::strin
   for (const SaveEntry& entry : entries) total += entry.tensor.nbytes();
   storage::AtomicFileWriter writer(to);
   uint64_t written = 0;
-  save(entries,
-       SaveTo([&](const void* data, size_t length) -> size_t {
+  save(entries, SaveTo([&](const void* data, size_t length) -> size_t {
          writer.write(data, length);
          written += length;
          if (options.on_progress) options.on_progress(std::min(written, total), total);

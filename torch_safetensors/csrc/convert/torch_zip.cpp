@@ -78,8 +78,8 @@ NamedTensors load_torch_file(const std::string& path) {
     TS_CHECK(reader->hasRecord(name), path, "storage '", key,
              "' is named by the pickle but the archive has no record '", name, "'");
     const uint64_t size = reader->getRecordSize(name);
-    TS_CHECK(size == nbytes, path, "storage '", key, "' needs ", nbytes,
-             " bytes, its record has ", size);
+    TS_CHECK(size == nbytes, path, "storage '", key, "' needs ", nbytes, " bytes, its record has ",
+             size);
     // A record stored uncompressed (what torch.save writes) is viewed in the mapping; anything
     // else is extracted by the zip reader into owned memory.
     const uint64_t header = reader->getRecordHeaderOffset(name);
@@ -122,8 +122,8 @@ NamedTensors load_torch_index(const std::string& index_path) {
   // Shards in sorted order, each holding exactly the names the index gives it.
   std::map<std::string, std::unordered_set<std::string>> expected;
   for (const auto& [name, shard] : index.weight_map) expected[shard].insert(name);
-  const std::string root = storage::real_path(directory.empty() ? "." : directory,
-                                              "cannot resolve the index's folder");
+  const std::string root =
+      storage::real_path(directory.empty() ? "." : directory, "cannot resolve the index's folder");
   NamedTensors tensors;
   for (auto& [shard, names] : expected) {
     const std::string shard_path = storage::join_path(directory, shard);
@@ -155,11 +155,12 @@ std::string resolve_directory(const std::string& directory) {
     }
   }
   const std::vector<std::string>& candidates = indexes.empty() ? files : indexes;
-  TS_CHECK(candidates.size() == 1, directory, "expected one '*.bin.index.json' or one "
+  TS_CHECK(candidates.size() == 1, directory,
+           "expected one '*.bin.index.json' or one "
            "'.bin'/'.pt'/'.pth' checkpoint in the folder, found ",
            candidates.empty() ? std::string("none")
-                              : std::to_string(candidates.size()) + " ('" + candidates[0] +
-                                    "', '" + candidates[1] + "'...)");
+                              : std::to_string(candidates.size()) + " ('" + candidates[0] + "', '" +
+                                    candidates[1] + "'...)");
   return storage::join_path(directory, candidates[0]);
 }
 

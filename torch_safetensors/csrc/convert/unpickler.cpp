@@ -15,14 +15,14 @@ namespace {
 
 // What an allowed global does when the pickle calls it (REDUCE) or uses it as a value.
 enum class Action {
-  kOrderedDict,          // collections.OrderedDict() → an empty dict
-  kRebuildTensorV2,      // (storage, offset, size, stride, requires_grad, hooks[, metadata])
-  kRebuildTensorV3,      // the same with the dtype after the hooks (dtypes without a Storage type)
-  kRebuildParameter,     // (tensor, requires_grad, hooks) → the tensor
+  kOrderedDict,       // collections.OrderedDict() → an empty dict
+  kRebuildTensorV2,   // (storage, offset, size, stride, requires_grad, hooks[, metadata])
+  kRebuildTensorV3,   // the same with the dtype after the hooks (dtypes without a Storage type)
+  kRebuildParameter,  // (tensor, requires_grad, hooks) → the tensor
   kRebuildParameterWithState,  // (tensor, requires_grad, hooks, state) → the tensor
-  kTorchSize,            // torch.Size(tuple) → the tuple
-  kStorageType,          // torch.FloatStorage, ...: only inside a persistent id
-  kDtype,                // torch.float8_e4m3fn, ...: only as _rebuild_tensor_v3's argument
+  kTorchSize,                  // torch.Size(tuple) → the tuple
+  kStorageType,                // torch.FloatStorage, ...: only inside a persistent id
+  kDtype,                      // torch.float8_e4m3fn, ...: only as _rebuild_tensor_v3's argument
 };
 
 struct AllowedGlobal {
@@ -269,8 +269,8 @@ std::vector<int64_t> Machine::ints_argument(const PickleValue& value, const char
     fail(std::string("expected ") + what + " to be a tuple of ints, found " + describe(value));
   }
   if (value.items.size() > kMaxDims) {
-    fail(std::string(what) + " has " + std::to_string(value.items.size()) +
-         " entries, more than " + std::to_string(kMaxDims));
+    fail(std::string(what) + " has " + std::to_string(value.items.size()) + " entries, more than " +
+         std::to_string(kMaxDims));
   }
   std::vector<int64_t> ints;
   for (const PickleValue* item : value.items) ints.push_back(int_argument(*item, what));
@@ -281,8 +281,7 @@ PickleValue* Machine::persistent_load(const PickleValue& id) {
   // torch.save's persistent id: ("storage", storage type, key, location, numel).
   if (id.kind != PickleValue::Kind::kTuple || id.items.size() != 5 ||
       id.items[0]->kind != PickleValue::Kind::kString || id.items[0]->text != "storage") {
-    fail("expected a persistent id ('storage', type, key, location, numel), found " +
-         describe(id));
+    fail("expected a persistent id ('storage', type, key, location, numel), found " + describe(id));
   }
   const PickleValue& type = *id.items[1];
   if (type.kind != PickleValue::Kind::kGlobal ||
@@ -356,6 +355,15 @@ PickleValue* Machine::rebuild_tensor(const PickleValue& args, bool has_dtype) {
   }
   const uint64_t element_size = c10::elementSize(dtype);
   const uint64_t elements = storage.storage.nbytes() / element_size;
+  // Stride-0 dims (an expanded tensor) may name more elements than the storage holds, but never
+  // more bytes than a tensor can have.
+  uint64_t numel = 1;
+  for (const int64_t size : sizes) {
+    if (__builtin_mul_overflow(numel, uint64_t(size), &numel) ||
+        numel > uint64_t(std::numeric_limits<int64_t>::max()) / element_size) {
+      fail("a tensor of size " + c10::str(sizes) + " has more bytes than a tensor can have");
+    }
+  }
   if (!empty) {
     for (size_t d = 0; d < sizes.size(); ++d) {
       uint64_t step = 0;
@@ -366,9 +374,9 @@ PickleValue* Machine::rebuild_tensor(const PickleValue& args, bool has_dtype) {
     }
     if (last >= elements) {
       fail("a tensor of size " + c10::str(sizes) + ", stride " + c10::str(strides) +
-           " and offset " + std::to_string(offset) + " reaches element " +
-           std::to_string(last) + " of a storage of " + std::to_string(elements) + " " +
-           c10::toString(dtype) + " elements");
+           " and offset " + std::to_string(offset) + " reaches element " + std::to_string(last) +
+           " of a storage of " + std::to_string(elements) + " " + c10::toString(dtype) +
+           " elements");
     }
   } else if (uint64_t(offset) > elements) {
     fail("storage offset " + std::to_string(offset) + " is past the storage's " +
@@ -451,7 +459,7 @@ PickleValue* Machine::run() {
       case 'N':  // NONE
         stack_.push_back(make(PickleValue::Kind::kNone));
         break;
-      case 0x88:  // NEWTRUE
+      case 0x88:    // NEWTRUE
       case 0x89: {  // NEWFALSE
         PickleValue* v = make(PickleValue::Kind::kBool);
         v->boolean = opcode == 0x88;
@@ -602,8 +610,9 @@ PickleValue* Machine::run() {
         stack_.push_back(persistent_load(*pop()));
         break;
       default:
-        fail("this opcode is not one a tensor checkpoint uses (accepted: protocol 2-5 "
-             "containers, strings, numbers, GLOBAL, REDUCE, BUILD, BINPERSID)");
+        fail(
+            "this opcode is not one a tensor checkpoint uses (accepted: protocol 2-5 "
+            "containers, strings, numbers, GLOBAL, REDUCE, BUILD, BINPERSID)");
     }
   }
 }
@@ -611,8 +620,8 @@ PickleValue* Machine::run() {
 void flatten_into(const PickleValue& value, const std::string& prefix, int depth,
                   const std::string& name, std::unordered_set<std::string>& seen,
                   std::vector<std::pair<std::string, at::Tensor>>& out) {
-  TS_CHECK(depth <= kMaxFlattenDepth, name, "'", prefix, "' is nested more than ",
-           kMaxFlattenDepth, " dicts deep");
+  TS_CHECK(depth <= kMaxFlattenDepth, name, "'", prefix, "' is nested more than ", kMaxFlattenDepth,
+           " dicts deep");
   for (const auto& [key, item] : value.entries) {
     TS_CHECK(key->kind == PickleValue::Kind::kString, name, "dict ",
              prefix.empty() ? std::string("at the top") : "'" + prefix + "'", " has the key ",

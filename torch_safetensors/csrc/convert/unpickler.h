@@ -40,13 +40,13 @@ struct PickleValue {
   bool boolean = false;
   int64_t integer = 0;
   double real = 0;
-  std::string text;                    // kString; kGlobal's qualified name
-  std::vector<PickleValue*> items;     // kTuple, kList
+  std::string text;                                            // kString; kGlobal's qualified name
+  std::vector<PickleValue*> items;                             // kTuple, kList
   std::vector<std::pair<PickleValue*, PickleValue*>> entries;  // kDict, in insertion order
-  int global_id = -1;                  // kGlobal: row of the allowed-globals table
+  int global_id = -1;                             // kGlobal: row of the allowed-globals table
   c10::ScalarType dtype = c10::ScalarType::Byte;  // kStorage: the storage type's dtype
-  c10::Storage storage;                // kStorage
-  at::Tensor tensor;                   // kTensor
+  c10::Storage storage;                           // kStorage
+  at::Tensor tensor;                              // kTensor
 };
 
 // What the pickle says about a value, for error messages: "a list", "the string 'x'", ...
