@@ -18,7 +18,9 @@ how a file is loaded into a model. The Python modules keep only what the referen
 - ``_errors``: the reference's exception types and message texts;
 - ``_file``: ``safe_open``, ``SafeSlice``, ``load_file``, ``load``;
 - ``_save``: ``save``, ``save_file``;
-- ``_model``: ``save_model``, ``load_model`` and the reference's shared-tensor helpers.
+- ``_model``: ``save_model``, ``load_model`` and the reference's shared-tensor helpers;
+- ``hub``: huggingface_hub's torch helpers (``save_torch_model``, ``load_torch_model``, ...) for
+  sharded checkpoints; ``open_checkpoint`` opens one lazily (a file, an index or a directory).
 
 Beyond the reference: ``safe_open.get_raw`` and ``RawTensor`` read and write tensors as their
 stored bytes (the way to round-trip F6_E2M3 / F6_E3M2, which torch cannot express; they also
@@ -34,7 +36,7 @@ from ._extension import _C
 
 #: From include/torch_safetensors/version.h, the version's one place (through the extension).
 __version__: str = _C.__version__
-from ._file import SafeSlice, load, load_file, safe_open
+from ._file import SafeSlice, load, load_file, open_checkpoint, safe_open
 from ._model import (
     _end_ptr,
     _find_shared_tensors,
@@ -54,6 +56,7 @@ __all__ = [
     "load",
     "load_file",
     "load_model",
+    "open_checkpoint",
     "safe_open",
     "save",
     "save_file",
