@@ -175,7 +175,8 @@ int inspect_command(const std::vector<std::string>& args) {
   }
 
   std::cout << "\n";
-  std::vector<std::vector<std::string>> summary{{"dtype", "tensors", "parameters", "bytes", ""}};
+  std::vector<std::vector<std::string>> summary{
+      {"dtype", "tensors", "parameters", "bytes", "size"}};
   for (const auto& [dtype, t] : by_dtype) {
     summary.push_back({dtype, std::to_string(t.tensors), std::to_string(t.parameters),
                        std::to_string(t.bytes), human_bytes(t.bytes)});
