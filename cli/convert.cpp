@@ -70,8 +70,10 @@ int convert_command(const std::vector<std::string>& args) {
     std::cout << " (" << report.tensors_read - report.tensors_written
               << " tied duplicates dropped)";
   }
-  std::cout << ", " << human_bytes(report.bytes_written) << " in " << report.files.size()
-            << " file(s)\n";
+  // Sharded: the shards and their index; else the one file.
+  const size_t shards = report.files.size() > 1 ? report.files.size() - 1 : 1;
+  std::cout << ", " << human_bytes(report.bytes_written) << " in "
+            << (shards > 1 ? std::to_string(shards) + " shards and an index" : "1 file") << "\n";
   return 0;
 }
 

@@ -12,6 +12,7 @@
 #include <string_view>
 
 #include <ATen/ATen.h>
+#include <c10/core/CPUAllocator.h>
 #include <c10/util/Exception.h>
 
 #include "check.h"
@@ -33,7 +34,7 @@ constexpr uint64_t kMaxStorageBytes = uint64_t(1) << 20;
 extern "C" int LLVMFuzzerTestOneInput(const uint8_t* bytes, size_t size) {
   const std::string_view data(reinterpret_cast<const char*>(bytes), size);
   const std::string name = "<fuzz.pkl>";
-  auto load = [&](const std::string& key, uint64_t nbytes) {
+  auto load = [&](const std::string& key, uint64_t nbytes) -> c10::Storage {
     TS_CHECK(nbytes <= kMaxStorageBytes, name, "storage '", key, "' too large for the fuzzer");
     return c10::Storage(c10::Storage::use_byte_size_t(), nbytes,
                         c10::GetDefaultCPUAllocator()->allocate(nbytes), nullptr, false);
