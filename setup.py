@@ -25,11 +25,10 @@ except ImportError as error:  # an isolated build environment has no torch
 ROOT = os.path.dirname(os.path.abspath(__file__))
 
 
-def _core_build():
-    """The C++ core's sources and flags, from the file CMakeLists.txt reads too."""
-    csrc = os.path.join("torch_safetensors", "csrc")
+def _listing(folder):
+    """Sources and flags of one listing file (folder/sources.txt), which CMakeLists.txt reads too."""
     sources, flags = [], []
-    with open(os.path.join(ROOT, csrc, "sources.txt"), encoding="utf-8") as listing:
+    with open(os.path.join(ROOT, folder, "sources.txt"), encoding="utf-8") as listing:
         for line in listing:
             line = line.strip()
             if not line or line.startswith("#"):
@@ -37,7 +36,19 @@ def _core_build():
             if line.startswith("flags:"):
                 flags += shlex.split(line[len("flags:"):])
             else:
-                sources.append(os.path.join(csrc, line))
+                sources.append(os.path.join(folder, line))
+    return sources, flags
+
+
+def _core_build():
+    """The C++ core, the torch.save converter and the command line, from the listings CMake reads,
+    plus the bindings (which expose the command line as _C.cli_main)."""
+    csrc = os.path.join("torch_safetensors", "csrc")
+    sources, flags = [], []
+    for folder in (csrc, os.path.join(csrc, "convert"), "cli"):
+        folder_sources, folder_flags = _listing(folder)
+        sources += folder_sources
+        flags += [flag for flag in folder_flags if flag not in flags]
     return sources + [os.path.join(csrc, "python", "bindings.cpp")], flags
 
 

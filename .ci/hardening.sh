@@ -7,6 +7,8 @@
 #   3. TSan: the concurrency tests
 #   4. libFuzzer: fuzz_open for FUZZ_SECONDS (default 60) from fuzz/seeds, fuzz_index (sharded
 #      checkpoint indexes) for INDEX_FUZZ_SECONDS (default 30) from fuzz/index_seeds
+#   5. libFuzzer: fuzz_unpickle (the converter's restricted unpickler) for UNPICKLE_FUZZ_SECONDS
+#      (default 20) from fuzz/seeds_pickle
 #
 # Environment: FUZZ_SECONDS, JOBS (default 2), BUILD_ROOT (default: the repository; build trees
 # go to $BUILD_ROOT/build-asan and $BUILD_ROOT/build-tsan). Exits non-zero on the first failure.
@@ -14,6 +16,7 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 REPO=$(pwd)
 FUZZ_SECONDS=${FUZZ_SECONDS:-60}
+UNPICKLE_FUZZ_SECONDS=${UNPICKLE_FUZZ_SECONDS:-20}
 INDEX_FUZZ_SECONDS=${INDEX_FUZZ_SECONDS:-30}
 JOBS=${JOBS:-2}
 BUILD_ROOT=${BUILD_ROOT:-$REPO}
@@ -47,30 +50,30 @@ export ASAN_OPTIONS="detect_leaks=1:strict_string_checks=1:detect_stack_use_afte
 export UBSAN_OPTIONS="print_stacktrace=1:halt_on_error=1"
 export TSAN_OPTIONS="suppressions=$REPO/test/tsan.supp:halt_on_error=1:second_deadlock_stack=1"
 
-section "1/4 adversarial corpus is up to date"
+section "1/5 adversarial corpus is up to date"
 python3 tools/gen_adversarial.py --check || fail "run python3 tools/gen_adversarial.py and commit"
 
-section "2/4 ASan+UBSan: build (clang, -fsanitize=address,undefined, with fuzz_open)"
+section "2/5 ASan+UBSan: build (clang, -fsanitize=address,undefined, with fuzz_open)"
 mkdir -p "$ASAN_DIR"
 configure "$ASAN_DIR" -DTS_SANITIZE=address,undefined -DTS_BUILD_TESTS=ON -DTS_BUILD_FUZZ=ON
 cmake --build "$ASAN_DIR" -j "$JOBS" || fail "ASan+UBSan build"
 
-section "2/4 ASan+UBSan: ctest (every C++ test)"
+section "2/5 ASan+UBSan: ctest (every C++ test)"
 (cd "$ASAN_DIR" && ctest --output-on-failure -j "$JOBS" --timeout 600) || fail "tests under ASan+UBSan"
 
-section "3/4 TSan: build (clang, -fsanitize=thread)"
+section "3/5 TSan: build (clang, -fsanitize=thread)"
 mkdir -p "$TSAN_DIR"
 configure "$TSAN_DIR" -DTS_SANITIZE=thread -DTS_BUILD_TESTS=ON
 cmake --build "$TSAN_DIR" -j "$JOBS" --target test_hardening || fail "TSan build"
 
-section "3/4 TSan: concurrency tests"
+section "3/5 TSan: concurrency tests"
 # setarch -R: clang-14's TSan cannot map its shadow under the high mmap entropy of newer kernels.
 RUN_TSAN=()
 if setarch "$(uname -m)" -R true 2>/dev/null; then RUN_TSAN=(setarch "$(uname -m)" -R); fi
 "${RUN_TSAN[@]}" "$TSAN_DIR/test/test_hardening" --gtest_filter='Concurrency.*:SaveFaults.SaveOver*' ||
   fail "concurrency tests under TSan"
 
-section "4/4 libFuzzer: fuzz_open for ${FUZZ_SECONDS}s"
+section "4/5 libFuzzer: fuzz_open for ${FUZZ_SECONDS}s"
 CORPUS=$ASAN_DIR/fuzz/corpus
 ARTIFACTS=$ASAN_DIR/fuzz/artifacts
 mkdir -p "$CORPUS" "$ARTIFACTS"
@@ -85,7 +88,7 @@ if ! ASAN_OPTIONS="detect_leaks=0:halt_on_error=1" "$ASAN_DIR/fuzz/fuzz_open" \
 fi
 grep -E '^(stat::|Done|#[0-9]+ +DONE)' "$FUZZ_LOG" || tail -n 5 "$FUZZ_LOG"
 
-section "4/4 libFuzzer: fuzz_index (sharded checkpoint indexes) for ${INDEX_FUZZ_SECONDS}s"
+section "4/5 libFuzzer: fuzz_index (sharded checkpoint indexes) for ${INDEX_FUZZ_SECONDS}s"
 INDEX_CORPUS=$ASAN_DIR/fuzz/index_corpus
 mkdir -p "$INDEX_CORPUS"
 FUZZ_LOG=$ASAN_DIR/fuzz/fuzz_index.log
@@ -96,5 +99,19 @@ if ! ASAN_OPTIONS="detect_leaks=0:halt_on_error=1" "$ASAN_DIR/fuzz/fuzz_index" \
   fail "fuzz_index found a crash; reproduce with $ASAN_DIR/fuzz/fuzz_index <artifact> (from the repository root), then add it to index_cases() in tools/gen_adversarial.py"
 fi
 grep -E '^(stat::|Done|#[0-9]+ +DONE)' "$FUZZ_LOG" || tail -n 5 "$FUZZ_LOG"
+
+section "5/5 libFuzzer: fuzz_unpickle for ${UNPICKLE_FUZZ_SECONDS}s"
+PICKLE_CORPUS=$ASAN_DIR/fuzz/corpus_pickle
+mkdir -p "$PICKLE_CORPUS"
+PICKLE_LOG=$ASAN_DIR/fuzz/fuzz_unpickle.log
+if ! ASAN_OPTIONS="detect_leaks=0:halt_on_error=1" "$ASAN_DIR/fuzz/fuzz_unpickle" \
+  -max_total_time="$UNPICKLE_FUZZ_SECONDS" -max_len=65536 -timeout=10 -rss_limit_mb=4096 \
+  -print_final_stats=1 -artifact_prefix="$ARTIFACTS/" "$PICKLE_CORPUS" fuzz/seeds_pickle \
+  >"$PICKLE_LOG" 2>&1; then
+  tail -n 60 "$PICKLE_LOG"
+  ls -l "$ARTIFACTS"
+  fail "fuzz_unpickle found a crash; reproduce with $ASAN_DIR/fuzz/fuzz_unpickle <artifact>, then add it to test/cpp/test_convert.cpp as a regression case"
+fi
+grep -E '^(stat::|Done|#[0-9]+ +DONE)' "$PICKLE_LOG" || tail -n 5 "$PICKLE_LOG"
 
 section "all hardening checks passed in $(($(date +%s) - START))s"

@@ -94,7 +94,8 @@ void append_ascii_json_string(std::string& out, std::string_view utf8) {
 
 }  // namespace
 
-void check_shard_file_name(std::string_view file, const std::string& index_name) {
+void check_shard_file_name(std::string_view file, const std::string& index_name,
+                           std::string_view extension) {
   const std::string shown(file);
   TS_CHECK(!file.empty(), index_name, "a weight_map entry names an empty shard file");
   TS_CHECK(file.find('\0') == std::string_view::npos, index_name,
@@ -110,13 +111,13 @@ void check_shard_file_name(std::string_view file, const std::string& index_name)
              "' has a '..' component: shards must lie inside the index's folder");
     begin = end + 1;
   }
-  constexpr std::string_view kExtension = ".safetensors";
-  TS_CHECK(file.size() > kExtension.size() &&
-               file.substr(file.size() - kExtension.size()) == kExtension && file.back() != '/',
-           index_name, "shard file '", shown, "' is not a '", kExtension, "' file");
+  TS_CHECK(file.size() > extension.size() &&
+               file.substr(file.size() - extension.size()) == extension && file.back() != '/',
+           index_name, "shard file '", shown, "' is not a '", extension, "' file");
 }
 
-CheckpointIndex parse_index(std::string_view json, const std::string& index_name) {
+CheckpointIndex parse_index(std::string_view json, const std::string& index_name,
+                            std::string_view extension) {
   TS_CHECK(json.size() <= kMaxIndexSize, index_name, "index is ", json.size(),
            " bytes, more than the ", kMaxIndexSize, " bytes an index may have");
   TS_CHECK(simdjson::validate_utf8(json.data(), json.size()), index_name,
@@ -146,7 +147,7 @@ CheckpointIndex parse_index(std::string_view json, const std::string& index_name
                  "' must be a shard file name (a string), found ", kind_name(file_value.type()));
         TS_CHECK(names.insert(name).second, index_name, "tensor '", name,
                  "' is listed twice in weight_map");
-        check_shard_file_name(file, index_name);
+        check_shard_file_name(file, index_name, extension);
         index.weight_map.emplace_back(std::string(name), std::string(file));
       }
     } else if (key == "metadata") {

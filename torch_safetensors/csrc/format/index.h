@@ -33,12 +33,16 @@ struct CheckpointIndex {
 // Parses and validates an index. Throws c10::Error naming `index_name`: not UTF-8 or not JSON,
 // not an object, no "weight_map" object, a name listed twice, a value that is not a string, a shard
 // file name check_shard_file_name refuses; "metadata", when present, must be an object.
-CheckpointIndex parse_index(std::string_view json, const std::string& index_name);
+// `extension` is what shard names must end in: ".bin" reads a `pytorch_model.bin.index.json`
+// (the same layout over torch.save shards, for conversion).
+CheckpointIndex parse_index(std::string_view json, const std::string& index_name,
+                            std::string_view extension = ".safetensors");
 
 // A shard file name must stay inside the index's folder and name a safetensors file: not empty,
 // relative (no leading '/', no drive such as "C:"), no ".." component, no backslash, no NUL, and
-// ending in ".safetensors". Symlinks are checked where the file system is (api/checkpoint.cpp).
-void check_shard_file_name(std::string_view file, const std::string& index_name);
+// ending in `extension`. Symlinks are checked where the file system is (api/checkpoint.cpp).
+void check_shard_file_name(std::string_view file, const std::string& index_name,
+                           std::string_view extension = ".safetensors");
 
 // The index as huggingface_hub writes it: {"metadata": {"total_size": N, <metadata>...},
 // "weight_map": {...}}, indented by 2, non-ASCII escaped, no final newline. A "total_size" key in

@@ -20,6 +20,8 @@
 #include "adapters/shared_memory.h"
 #include "torch_safetensors/errors.h"
 #include "torch_safetensors/safetensors.h"
+// The command line is a front end beside this one (cli/, at the repository root).
+#include "../../../cli/cli.h"
 
 namespace py = pybind11;
 namespace ts = torch::safetensors;
@@ -539,4 +541,14 @@ PYBIND11_MODULE(_C, m) {
       .def_property_readonly("ties",
                              [](const ts::ModuleLoadPlan& p) { return names_and_keep(p.ties()); })
       .def("apply", &ts::ModuleLoadPlan::apply, py::call_guard<py::gil_scoped_release>());
+
+  // The torch-safetensors command line (console script and `python -m torch_safetensors`): the
+  // same C++ as the executable; it prints and returns the exit code, raising nothing.
+  m.def(
+      "cli_main",
+      [](const std::vector<std::string>& args) {
+        py::gil_scoped_release release;
+        return ts::cli::run(args);
+      },
+      py::arg("args"));
 }

@@ -1,0 +1,120 @@
+#include "common.h"
+
+#include <fnmatch.h>
+#include <unistd.h>
+
+#include <cstdio>
+#include <iostream>
+
+namespace torch::safetensors::cli {
+
+std::optional<ParsedArgs> parse_args(const std::vector<std::string>& args,
+                                     const std::vector<OptionSpec>& options,
+                                     const std::string& help, size_t min_positional,
+                                     size_t max_positional) {
+  ParsedArgs parsed;
+  bool options_ended = false;
+  for (size_t i = 0; i < args.size(); ++i) {
+    const std::string& arg = args[i];
+    if (options_ended || arg.size() < 2 || arg[0] != '-') {
+      parsed.positional.push_back(arg);
+      continue;
+    }
+    if (arg == "--") {
+      options_ended = true;
+      continue;
+    }
+    if (arg == "-h" || arg == "--help") {
+      std::cout << help;
+      return std::nullopt;
+    }
+    const size_t equals = arg.find('=');
+    const std::string name = arg.substr(0, equals);
+    const OptionSpec* spec = nullptr;
+    for (const OptionSpec& option : options) {
+      if (option.name == name) spec = &option;
+    }
+    if (spec == nullptr) throw UsageError("unknown option '" + name + "'");
+    if (!spec->takes_value) {
+      if (equals != std::string::npos) throw UsageError("option " + name + " takes no value");
+      parsed.flags[name] = true;
+    } else if (equals != std::string::npos) {
+      parsed.values[name] = arg.substr(equals + 1);
+    } else {
+      if (i + 1 >= args.size()) throw UsageError("option " + name + " needs a value");
+      parsed.values[name] = args[++i];
+    }
+  }
+  if (parsed.positional.size() < min_positional || parsed.positional.size() > max_positional) {
+    throw UsageError(min_positional == max_positional
+                         ? "expected " + std::to_string(min_positional) + " path(s), found " +
+                               std::to_string(parsed.positional.size())
+                         : "wrong number of arguments");
+  }
+  return parsed;
+}
+
+std::string human_bytes(uint64_t bytes) {
+  static const char* kUnits[] = {"B", "KB", "MB", "GB", "TB", "PB"};
+  double value = double(bytes);
+  int unit = 0;
+  while (value >= 1000 && unit < 5) {
+    value /= 1000;
+    ++unit;
+  }
+  char text[32];
+  if (unit == 0) {
+    std::snprintf(text, sizeof(text), "%llu B", static_cast<unsigned long long>(bytes));
+  } else {
+    std::snprintf(text, sizeof(text), "%.2f %s", value, kUnits[unit]);
+  }
+  return text;
+}
+
+std::string shape_text(c10::ArrayRef<int64_t> shape) {
+  std::string text = "[";
+  for (size_t i = 0; i < shape.size(); ++i) {
+    if (i > 0) text += ", ";
+    text += std::to_string(shape[i]);
+  }
+  return text + "]";
+}
+
+bool matches_filter(const std::string& name, const std::string& pattern) {
+  if (pattern.find_first_of("*?[") == std::string::npos) {
+    return name.find(pattern) != std::string::npos;
+  }
+  return ::fnmatch(pattern.c_str(), name.c_str(), 0) == 0;
+}
+
+ProgressBar::ProgressBar(std::string label, uint64_t total)
+    : label_(std::move(label)), total_(total), enabled_(::isatty(STDERR_FILENO) == 1) {}
+
+void ProgressBar::update(uint64_t done) {
+  if (!enabled_) return;
+  const auto now = std::chrono::steady_clock::now();
+  if (drawn_ && done < total_ && now - last_draw_ < std::chrono::milliseconds(100)) return;
+  last_draw_ = now;
+  draw(done);
+}
+
+void ProgressBar::draw(uint64_t done) {
+  constexpr int kWidth = 30;
+  const double fraction = total_ == 0 ? 1.0 : std::min(1.0, double(done) / double(total_));
+  const int filled = int(fraction * kWidth);
+  std::string bar(size_t(filled), '#');
+  bar.append(size_t(kWidth - filled), '.');
+  std::fprintf(stderr, "\r%s [%s] %3d%% %s / %s", label_.c_str(), bar.c_str(), int(fraction * 100),
+               human_bytes(done).c_str(), human_bytes(total_).c_str());
+  std::fflush(stderr);
+  drawn_ = true;
+}
+
+void ProgressBar::finish() {
+  if (!drawn_) return;
+  std::fprintf(stderr, "\r\033[K");  // the bar goes; the command's own output stays
+  std::fflush(stderr);
+  drawn_ = false;
+}
+
+}  // namespace torch::safetensors::cli

@@ -1,0 +1,135 @@
+// `diff A B`: names on one side only, dtype and shape differences, and the largest absolute
+// difference of each tensor whose values differ. Exit code 1 when anything differs.
+#include <cmath>
+#include <cstdio>
+#include <cstring>
+#include <iostream>
+#include <set>
+
+#include <ATen/ATen.h>
+
+#include "common.h"
+#include "torch_safetensors/checkpoint.h"
+
+namespace torch::safetensors::cli {
+namespace {
+
+const char* kHelp =
+    "usage: torch-safetensors diff A B [--atol TOLERANCE]\n"
+    "\n"
+    "Compares two checkpoints (each a safetensors file, an index or a directory): names found on\n"
+    "one side only, tensors whose dtype or shape differ, and for tensors whose values differ the\n"
+    "largest absolute difference (NaN at the same place on both sides counts as equal). Exits 1\n"
+    "when the checkpoints differ, 0 when they hold the same tensors with the same values.\n"
+    "\n"
+    "options:\n"
+    "  --atol TOLERANCE   values differing by at most TOLERANCE count as equal (default 0)\n";
+
+// Elements compared per step, so that a large tensor never needs its float64 copy at once.
+constexpr int64_t kChunk = int64_t(1) << 22;
+
+// The largest |a - b| over two tensors of one dtype and shape; +inf where one side is NaN or the
+// dtype has no arithmetic (packed F4/F6, compared by bytes).
+double max_abs_difference(const at::Tensor& a, const at::Tensor& b) {
+  const at::Tensor flat_a = a.contiguous().view(-1), flat_b = b.contiguous().view(-1);
+  if (std::memcmp(flat_a.data_ptr(), flat_b.data_ptr(), flat_a.nbytes()) == 0) return 0;
+  const c10::ScalarType type = a.scalar_type();
+  if (type == c10::kFloat4_e2m1fn_x2) return INFINITY;
+  double largest = 0;
+  for (int64_t begin = 0; begin < flat_a.numel(); begin += kChunk) {
+    const int64_t end = std::min(flat_a.numel(), begin + kChunk);
+    at::Tensor x = flat_a.slice(0, begin, end), y = flat_b.slice(0, begin, end);
+    at::Tensor difference;
+    if (type == c10::kBool) {
+      difference = x.ne(y).to(at::kDouble);
+    } else if (at::isComplexType(type)) {
+      difference = (x.to(at::kComplexDouble) - y.to(at::kComplexDouble)).abs();
+    } else {
+      at::Tensor xd = x.to(at::kDouble), yd = y.to(at::kDouble);
+      difference = (xd - yd).abs();
+      // NaN on both sides is equal; NaN on one side is an infinite difference.
+      difference.masked_fill_(xd.isnan() & yd.isnan(), 0);
+      difference.masked_fill_(xd.isnan() ^ yd.isnan(), INFINITY);
+      // inf - inf is NaN: equal infinities are equal.
+      difference.masked_fill_(xd.eq(yd), 0);
+    }
+    largest = std::max(largest, difference.max().item<double>());
+  }
+  return largest;
+}
+
+std::string number(double value) {
+  char text[32];
+  std::snprintf(text, sizeof(text), "%.6g", value);
+  return text;
+}
+
+}  // namespace
+
+int diff_command(const std::vector<std::string>& args) {
+  auto parsed = parse_args(args, {{"--atol", true}}, kHelp, 2, 2);
+  if (!parsed) return 0;
+  double tolerance = 0;
+  if (auto text = parsed->value("--atol")) {
+    char* end = nullptr;
+    tolerance = std::strtod(text->c_str(), &end);
+    if (end == text->c_str() || *end != '\0' || !(tolerance >= 0)) {
+      throw UsageError("--atol must be a non-negative number, found '" + *text + "'");
+    }
+  }
+  const std::string& path_a = parsed->positional[0];
+  const std::string& path_b = parsed->positional[1];
+  const Checkpoint a(path_a), b(path_b);
+
+  size_t differences = 0, compared = 0;
+  for (const std::string& name : a.keys()) {
+    if (!b.contains(name)) {
+      std::cout << "only in A: " << name << "\n";
+      ++differences;
+    }
+  }
+  for (const std::string& name : b.keys()) {
+    if (!a.contains(name)) {
+      std::cout << "only in B: " << name << "\n";
+      ++differences;
+    }
+  }
+  uint64_t total = 0;
+  for (const std::string& name : a.keys()) {
+    if (b.contains(name)) total += a.info(name).nbytes();
+  }
+  ProgressBar progress("diff", total);
+  uint64_t done = 0;
+  for (const std::string& name : a.keys()) {
+    if (!b.contains(name)) continue;
+    const TensorInfo& info_a = a.info(name);
+    const TensorInfo& info_b = b.info(name);
+    done += info_a.nbytes();
+    ++compared;
+    if (info_a.dtype != info_b.dtype) {
+      std::cout << "dtype differs: " << name << ": " << dtype_name(info_a.dtype) << " vs "
+                << dtype_name(info_b.dtype) << "\n";
+      ++differences;
+      continue;
+    }
+    if (info_a.shape != info_b.shape) {
+      std::cout << "shape differs: " << name << ": " << shape_text(info_a.shape) << " vs "
+                << shape_text(info_b.shape) << "\n";
+      ++differences;
+      continue;
+    }
+    const double largest = max_abs_difference(a.tensor(name), b.tensor(name));
+    progress.update(done);
+    if (largest > tolerance) {
+      progress.finish();
+      std::cout << "values differ: " << name << ": max |A - B| = " << number(largest) << "\n";
+      ++differences;
+    }
+  }
+  progress.finish();
+  std::cout << (differences ? "DIFFERENT: " : "SAME: ") << compared << " tensors compared, "
+            << differences << " difference(s)\n";
+  return differences ? 1 : 0;
+}
+
+}  // namespace torch::safetensors::cli

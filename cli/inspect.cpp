@@ -1,0 +1,194 @@
+// `inspect PATH`: what a checkpoint holds, as a table or as JSON.
+#include <algorithm>
+#include <cstdio>
+#include <iostream>
+#include <map>
+
+#include "common.h"
+#include "format/json_writer.h"
+#include "torch_safetensors/checkpoint.h"
+
+namespace torch::safetensors::cli {
+namespace {
+
+const char* kHelp =
+    "usage: torch-safetensors inspect PATH [--json] [--filter PATTERN]\n"
+    "\n"
+    "Lists the tensors of a safetensors file, an index (*.safetensors.index.json) or a directory\n"
+    "holding either: name, dtype, shape, bytes, offset (in the file's data section) and shard;\n"
+    "then the metadata, the totals and a summary per dtype. Only headers are read.\n"
+    "\n"
+    "options:\n"
+    "  --json              one JSON document on stdout instead of the table\n"
+    "  --filter PATTERN    only tensors whose name matches the shell-style glob PATTERN\n"
+    "                      (a PATTERN without *, ? or [ matches names containing it)\n";
+
+struct Row {
+  std::string name, dtype, shape, shard;
+  const TensorInfo* info;
+};
+
+struct Totals {
+  uint64_t tensors = 0, parameters = 0, bytes = 0;
+  void add(const TensorInfo& info) {
+    tensors += 1;
+    parameters += uint64_t(info.numel());
+    bytes += info.nbytes();
+  }
+};
+
+void append_totals(std::string& out, const Totals& totals) {
+  out += "{\"tensors\": ";
+  format::append_uint(out, totals.tensors);
+  out += ", \"parameters\": ";
+  format::append_uint(out, totals.parameters);
+  out += ", \"bytes\": ";
+  format::append_uint(out, totals.bytes);
+  out += "}";
+}
+
+std::string json_document(const Checkpoint& checkpoint, const std::vector<Row>& rows,
+                          const Totals& totals, const std::map<std::string, Totals>& by_dtype) {
+  std::string out = "{\"path\": ";
+  format::append_json_string(out, checkpoint.path());
+  out += ", \"index\": ";
+  if (checkpoint.index_path()) {
+    format::append_json_string(out, *checkpoint.index_path());
+  } else {
+    out += "null";
+  }
+  out += ", \"files\": [";
+  for (size_t i = 0; i < checkpoint.shard_files().size(); ++i) {
+    if (i > 0) out += ", ";
+    format::append_json_string(out, checkpoint.shard_files()[i]);
+  }
+  out += "], \"metadata\": ";
+  if (checkpoint.metadata()) {
+    out += "{";
+    bool first = true;
+    for (const auto& [key, value] : *checkpoint.metadata()) {
+      if (!first) out += ", ";
+      first = false;
+      format::append_json_string(out, key);
+      out += ": ";
+      format::append_json_string(out, value);
+    }
+    out += "}";
+  } else {
+    out += "null";
+  }
+  out += ",\n \"tensors\": [";
+  for (size_t i = 0; i < rows.size(); ++i) {
+    const Row& row = rows[i];
+    out += i > 0 ? ",\n  " : "\n  ";
+    out += "{\"name\": ";
+    format::append_json_string(out, row.name);
+    out += ", \"dtype\": ";
+    format::append_json_string(out, row.dtype);
+    out += ", \"shape\": " + row.shape + ", \"bytes\": ";
+    format::append_uint(out, row.info->nbytes());
+    out += ", \"offsets\": [";
+    format::append_uint(out, row.info->begin);
+    out += ", ";
+    format::append_uint(out, row.info->end);
+    out += "], \"shard\": ";
+    format::append_json_string(out, row.shard);
+    out += "}";
+  }
+  out += "],\n \"total\": ";
+  append_totals(out, totals);
+  out += ",\n \"dtypes\": {";
+  bool first = true;
+  for (const auto& [dtype, dtype_totals] : by_dtype) {
+    if (!first) out += ", ";
+    first = false;
+    format::append_json_string(out, dtype);
+    out += ": ";
+    append_totals(out, dtype_totals);
+  }
+  out += "}}\n";
+  return out;
+}
+
+void print_table(const std::vector<std::vector<std::string>>& table, std::ostream& out) {
+  std::vector<size_t> widths;
+  for (const auto& row : table) {
+    widths.resize(std::max(widths.size(), row.size()));
+    for (size_t c = 0; c < row.size(); ++c) widths[c] = std::max(widths[c], row[c].size());
+  }
+  for (const auto& row : table) {
+    std::string line;
+    for (size_t c = 0; c < row.size(); ++c) {
+      std::string cell = row[c];
+      // Numbers are right-aligned, text left-aligned.
+      const bool numeric =
+          !cell.empty() && cell.find_first_not_of("0123456789") == std::string::npos;
+      const std::string pad(widths[c] - cell.size(), ' ');
+      line += numeric ? pad + cell : cell + (c + 1 < row.size() ? pad : "");
+      if (c + 1 < row.size()) line += "  ";
+    }
+    out << line << "\n";
+  }
+}
+
+}  // namespace
+
+int inspect_command(const std::vector<std::string>& args) {
+  auto parsed = parse_args(args, {{"--json", false}, {"--filter", true}}, kHelp, 1, 1);
+  if (!parsed) return 0;
+  const Checkpoint checkpoint(parsed->positional[0]);
+  const std::optional<std::string> filter = parsed->value("--filter");
+
+  std::vector<Row> rows;
+  Totals totals;
+  std::map<std::string, Totals> by_dtype;
+  for (const std::string& name : checkpoint.keys()) {
+    if (filter && !matches_filter(name, *filter)) continue;
+    const TensorInfo& info = checkpoint.info(name);
+    Row row{name, std::string(dtype_name(info.dtype)), shape_text(info.shape),
+            checkpoint.shard_file(name), &info};
+    totals.add(info);
+    by_dtype[row.dtype].add(info);
+    rows.push_back(std::move(row));
+  }
+
+  if (parsed->flag("--json")) {
+    std::cout << json_document(checkpoint, rows, totals, by_dtype);
+    return 0;
+  }
+  std::vector<std::vector<std::string>> table{
+      {"name", "dtype", "shape", "bytes", "offset", "shard"}};
+  for (const Row& row : rows) {
+    table.push_back({row.name, row.dtype, row.shape, std::to_string(row.info->nbytes()),
+                     std::to_string(row.info->begin), row.shard});
+  }
+  print_table(table, std::cout);
+
+  std::cout << "\nmetadata:";
+  if (!checkpoint.metadata() || checkpoint.metadata()->empty()) {
+    std::cout << " none\n";
+  } else {
+    std::cout << "\n";
+    for (const auto& [key, value] : *checkpoint.metadata()) {
+      std::cout << "  " << key << ": " << value << "\n";
+    }
+  }
+
+  std::cout << "\n";
+  std::vector<std::vector<std::string>> summary{
+      {"dtype", "tensors", "parameters", "bytes", "size"}};
+  for (const auto& [dtype, t] : by_dtype) {
+    summary.push_back({dtype, std::to_string(t.tensors), std::to_string(t.parameters),
+                       std::to_string(t.bytes), human_bytes(t.bytes)});
+  }
+  summary.push_back({"total", std::to_string(totals.tensors), std::to_string(totals.parameters),
+                     std::to_string(totals.bytes), human_bytes(totals.bytes)});
+  print_table(summary, std::cout);
+  std::cout << "\n"
+            << checkpoint.shard_files().size() << " file(s)"
+            << (checkpoint.index_path() ? ", index " + *checkpoint.index_path() : std::string())
+            << "\n";
+  return 0;
+}
+
+}  // namespace torch::safetensors::cli

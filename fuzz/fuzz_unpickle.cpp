@@ -1,0 +1,60 @@
+// libFuzzer target over the restricted unpickler (convert/unpickler.h), the part of the
+// converter that reads untrusted bytes with code of ours: each input is a data.pkl. Storages are
+// zero-filled buffers of the size the pickle asks for (capped); every tensor built must lie inside
+// its storage (all its elements are read, so ASan sees any overrun), and flattening must either
+// name tensors or fail. c10::Error naming the file is the expected outcome for bad input; a crash,
+// a sanitizer report, another exception or an error without the file's name is a finding.
+//
+//   fuzz_unpickle -max_len=65536 -timeout=10 corpus_dir fuzz/seeds_pickle
+#include <cstdio>
+#include <cstdlib>
+#include <string>
+#include <string_view>
+
+#include <ATen/ATen.h>
+#include <c10/core/CPUAllocator.h>
+#include <c10/util/Exception.h>
+
+#include "check.h"
+#include "convert/unpickler.h"
+
+namespace convert = torch::safetensors::convert;
+
+namespace {
+
+constexpr uint64_t kMaxStorageBytes = uint64_t(1) << 20;
+
+[[noreturn]] void finding(const char* what, const std::string& detail) {
+  std::fprintf(stderr, "FUZZ FINDING: %s %s\n", what, detail.c_str());
+  std::abort();
+}
+
+}  // namespace
+
+extern "C" int LLVMFuzzerTestOneInput(const uint8_t* bytes, size_t size) {
+  const std::string_view data(reinterpret_cast<const char*>(bytes), size);
+  const std::string name = "<fuzz.pkl>";
+  auto load = [&](const std::string& key, uint64_t nbytes) -> c10::Storage {
+    TS_CHECK(nbytes <= kMaxStorageBytes, name, "storage '", key, "' too large for the fuzzer");
+    return c10::Storage(c10::Storage::use_byte_size_t(), nbytes,
+                        c10::GetDefaultCPUAllocator()->allocate(nbytes), nullptr, false);
+  };
+  try {
+    convert::PickleTree tree = convert::unpickle(data, load, name);
+    const auto tensors = convert::flatten_tensors(tree.root(), name);
+    for (const auto& [tensor_name, tensor] : tensors) {
+      if (tensor_name.empty() && tensors.size() > 1) finding("empty name among several", "");
+      // Expanded (stride-0) tensors may be large views of a small storage: not copied here.
+      if (tensor.numel() > (int64_t(1) << 22)) continue;
+      // Reads every element through the tensor's own strides.
+      at::Tensor copy = tensor.clone(at::MemoryFormat::Contiguous);
+      if (copy.numel() != tensor.numel()) finding("clone changed numel", tensor_name);
+    }
+  } catch (const c10::Error& e) {
+    const std::string message = e.what_without_backtrace();
+    if (message.find("safetensors: " + name) == std::string::npos) {
+      finding("error does not name the file", message);
+    }
+  }
+  return 0;
+}

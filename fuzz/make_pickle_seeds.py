@@ -1,0 +1,55 @@
+"""Writes fuzz/seeds_pickle: the data.pkl of checkpoints torch.save makes (every dtype, nested
+dicts, ties, views, parameters, a module's state dict with _metadata) and hand-made hostile
+pickles. Run from the repository root: python3 fuzz/make_pickle_seeds.py"""
+
+import io
+import os
+import pickle
+import zipfile
+
+import torch
+
+OUT = os.path.join(os.path.dirname(os.path.abspath(__file__)), "seeds_pickle")
+
+
+def data_pkl(obj):
+    buffer = io.BytesIO()
+    torch.save(obj, buffer)
+    with zipfile.ZipFile(io.BytesIO(buffer.getvalue())) as archive:
+        (name,) = [n for n in archive.namelist() if n.endswith("/data.pkl")]
+        return archive.read(name)
+
+
+class Evil:
+    def __reduce__(self):
+        return (os.system, ("true",))
+
+
+def main():
+    os.makedirs(OUT, exist_ok=True)
+    shared = torch.arange(12, dtype=torch.float32)
+    seeds = {
+        "dtypes": {str(d).split(".")[1]: torch.zeros(2, dtype=d) for d in [
+            torch.float32, torch.float64, torch.float16, torch.bfloat16, torch.uint8, torch.int8,
+            torch.int16, torch.int32, torch.int64, torch.bool, torch.complex64,
+            torch.float8_e4m3fn, torch.float8_e5m2, torch.uint16, torch.uint32, torch.uint64]},
+        "nested": {"model": {"layer": {"w": torch.ones(2, 2)}}, "ema": {"w": torch.ones(1)}},
+        "ties_and_views": {"a": shared, "b": shared, "v": shared[2:8].view(2, 3),
+                           "t": shared.view(3, 4).t()},
+        "parameter": {"p": torch.nn.Parameter(torch.ones(3))},
+        "module_state_dict": torch.nn.Sequential(torch.nn.Linear(2, 2)).state_dict(),
+        "scalar_and_empty": {"s": torch.tensor(1.0), "e": torch.zeros(0, 3)},
+        "non_tensor_values": {"epoch": 3, "lr": 0.5, "name": "x", "flags": [True, None]},
+    }
+    for name, obj in seeds.items():
+        with open(os.path.join(OUT, name + ".pkl"), "wb") as f:
+            f.write(data_pkl(obj))
+    for protocol in (2, 4, 5):
+        with open(os.path.join(OUT, f"evil_protocol{protocol}.pkl"), "wb") as f:
+            f.write(pickle.dumps({"w": Evil()}, protocol=protocol))
+    with open(os.path.join(OUT, "plain_protocol4.pkl"), "wb") as f:
+        f.write(pickle.dumps({"a": {"b": [1, 2.5, "s", (1, 2), 2**70]}}, protocol=4))
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,65 @@
+// Converting torch.save checkpoints to safetensors without running any code from them: the
+// optional library TorchSafetensors::torch_safetensors_convert (not part of the core library,
+// and not included by safetensors.h).
+//
+//   st::convert_torch_checkpoint("pytorch_model.bin", "model.safetensors");
+//   st::ConvertOptions options;
+//   options.max_shard_size = st::parse_size("5GB");   // a directory of shards and an index
+//   st::convert_torch_checkpoint("llama-bin/", "llama-st/", options);
+#pragma once
+
+#include <cstdint>
+#include <functional>
+#include <optional>
+#include <string>
+#include <vector>
+
+#include <c10/core/ScalarType.h>
+
+#include "torch_safetensors/checkpoint.h"
+#include "torch_safetensors/serialize.h"
+
+namespace torch::safetensors {
+
+// The tensors of a torch.save checkpoint, read by a restricted unpickler that knows only tensors,
+// (ordered) dicts and plain values, and never imports or calls anything. `path` is
+//   - a zip-format torch.save file (`.pt`, `.pth`, `.bin`: torch 1.6 and later);
+//   - a `*.bin.index.json` (transformers' sharded `pytorch_model.bin.index.json`): every shard it
+//     names, each checked to hold exactly the tensors the index assigns to it;
+//   - a directory: its `pytorch_model.bin.index.json`, else its one `*.bin.index.json`, else its
+//     one `.bin`/`.pt`/`.pth` file.
+// Nested dicts flatten to dotted names ({"model": {"w": t}} → "model.w"); tensors sharing a
+// storage in the file share one here (the tie policy of save() sees them). Storages are zero-copy
+// views of the mapped file where the archive stores them uncompressed (as torch.save does).
+// Anything else — a list, a number, an optimizer's param_groups, a global other than torch's
+// tensor rebuild functions, the legacy pre-zip format — is a c10::Error naming it.
+NamedTensors load_torch_checkpoint(const std::string& path);
+
+struct ConvertOptions {
+  // Set: `to` is a directory written by save_sharded (shards of at most this many bytes and an
+  // index). Unset: `to` is one safetensors file.
+  std::optional<uint64_t> max_shard_size;
+  // Set: F64, F32, F16 and BF16 tensors are cast to it (integers, bools, FP8 and complex tensors
+  // keep their dtype); tensors sharing a storage still share one after the cast.
+  std::optional<c10::ScalarType> dtype;
+  // As transformers' conversions write it; tied names are added by the tie policy.
+  std::optional<Metadata> metadata = Metadata{{"format", "pt"}};
+  // Called with (bytes written, bytes to write) while a single file is written.
+  std::function<void(uint64_t done, uint64_t total)> on_progress;
+};
+
+struct ConvertReport {
+  size_t tensors_read = 0;         // names in the checkpoint
+  size_t tensors_written = 0;      // after dropping tied duplicates
+  uint64_t bytes_written = 0;      // tensor data
+  std::vector<std::string> files;  // written, relative to `to` when sharded
+};
+
+// Reads `from` as load_torch_checkpoint does, casts (options.dtype), and writes it as save(module)
+// (one file) or save_sharded (a directory) write a module: tied tensors once, each dropped name
+// recorded in the metadata as dropped → kept, a tie none of whose names covers its storage
+// refused (the reference's save_model). Writes are atomic.
+ConvertReport convert_torch_checkpoint(const std::string& from, const std::string& to,
+                                       const ConvertOptions& options = {});
+
+}  // namespace torch::safetensors

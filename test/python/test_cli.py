@@ -1,0 +1,399 @@
+"""The torch-safetensors command line (cli/, through the extension): convert checkpoints that
+torch.save writes during the run and compare with torch.load(weights_only=True); inspect --json,
+verify and diff exit codes and output; errors on stderr; the progress bar only on a terminal."""
+
+import json
+import os
+import pty
+import subprocess
+import sys
+
+import pytest
+import safetensors.torch
+import torch
+
+import torch_safetensors
+
+PACKAGE_ROOT = os.path.dirname(os.path.dirname(os.path.abspath(torch_safetensors.__file__)))
+
+
+def run_cli(*args, cwd=None, stderr=subprocess.PIPE):
+    """`python -m torch_safetensors ARGS` in a fresh process, as a user runs it."""
+    env = dict(os.environ, PYTHONPATH=PACKAGE_ROOT)
+    return subprocess.run([sys.executable, "-m", "torch_safetensors", *map(str, args)], cwd=cwd,
+                          env=env, stdout=subprocess.PIPE, stderr=stderr, text=True, timeout=300)
+
+
+def flatten(tree, prefix=""):
+    out = {}
+    for key, value in tree.items():
+        name = f"{prefix}.{key}" if prefix else key
+        if isinstance(value, dict):
+            out.update(flatten(value, name))
+        else:
+            out[name] = value
+    return out
+
+
+def same_bits(a, b):
+    return (a.dtype == b.dtype and a.shape == b.shape and
+            torch.equal(a.contiguous().reshape(-1).view(torch.uint8),
+                        b.contiguous().reshape(-1).view(torch.uint8)))
+
+
+def assert_converted_exactly(source, converted):
+    """Every tensor torch.load finds is in the converted file, bit for bit (tied names through
+    the metadata's dropped -> kept entries)."""
+    expected = flatten(torch.load(source, weights_only=True))
+    loaded = safetensors.torch.load_file(converted)
+    with safetensors.safe_open(converted, "pt") as f:
+        metadata = f.metadata() or {}
+    assert metadata.get("format") == "pt"
+    for name, tensor in expected.items():
+        stored = name if name in loaded else metadata[name]
+        assert same_bits(loaded[stored], tensor), name
+    assert set(loaded) <= set(expected)
+    return loaded, metadata
+
+
+class TiedModel(torch.nn.Module):
+    def __init__(self):
+        super().__init__()
+        self.embed = torch.nn.Embedding(16, 8)
+        self.body = torch.nn.Linear(8, 8)
+        self.norm = torch.nn.LayerNorm(8)
+        self.head = torch.nn.Linear(8, 16, bias=False)
+        self.head.weight = self.embed.weight
+        self.register_buffer("steps", torch.arange(4, dtype=torch.int64))
+
+
+def test_plain_state_dict(tmp_path):
+    torch.manual_seed(0)
+    model = torch.nn.Sequential(torch.nn.Linear(5, 7), torch.nn.ReLU(), torch.nn.Linear(7, 3))
+    torch.save(model.state_dict(), tmp_path / "model.bin")
+    result = run_cli("convert", tmp_path / "model.bin", tmp_path / "model.safetensors")
+    assert result.returncode == 0, result.stderr
+    assert "4 tensors" in result.stdout
+    assert result.stderr == ""  # not a terminal: no progress bar
+    loaded, _ = assert_converted_exactly(tmp_path / "model.bin", tmp_path / "model.safetensors")
+    assert sorted(loaded) == sorted(model.state_dict())
+
+
+def test_nested_dicts_flatten_to_dotted_names(tmp_path):
+    checkpoint = {"model": {"encoder": {"w": torch.randn(3, 2)}, "b": torch.randn(2)},
+                  "ema": {"w": torch.randn(4)}}
+    torch.save(checkpoint, tmp_path / "nested.pt")
+    result = run_cli("convert", tmp_path / "nested.pt", tmp_path / "nested.safetensors")
+    assert result.returncode == 0, result.stderr
+    loaded, _ = assert_converted_exactly(tmp_path / "nested.pt", tmp_path / "nested.safetensors")
+    assert sorted(loaded) == ["ema.w", "model.b", "model.encoder.w"]
+
+
+def test_tied_weights_are_stored_once_as_save_model_does(tmp_path):
+    torch.manual_seed(1)
+    model = TiedModel()
+    torch.save(model.state_dict(), tmp_path / "tied.pth")
+    result = run_cli("convert", tmp_path / "tied.pth", tmp_path / "tied.safetensors")
+    assert result.returncode == 0, result.stderr
+    assert "1 tied duplicates dropped" in result.stdout
+    loaded, metadata = assert_converted_exactly(tmp_path / "tied.pth",
+                                                tmp_path / "tied.safetensors")
+    # The reference's save_model on the same module keeps the same name and metadata.
+    safetensors.torch.save_model(model, str(tmp_path / "reference.safetensors"),
+                                 metadata={"format": "pt"})
+    reference = safetensors.torch.load_file(tmp_path / "reference.safetensors")
+    with safetensors.safe_open(tmp_path / "reference.safetensors", "pt") as f:
+        assert f.metadata() == metadata
+    assert sorted(reference) == sorted(loaded)
+    # And the module loads back from it.
+    fresh = TiedModel()
+    safetensors.torch.load_model(fresh, tmp_path / "tied.safetensors")
+    assert torch.equal(fresh.head.weight, model.embed.weight)
+
+
+def test_bf16_fp8_and_v3_dtypes(tmp_path):
+    torch.manual_seed(2)
+    state = {
+        "bf16": torch.randn(4, 3).to(torch.bfloat16),
+        "f16": torch.randn(5).to(torch.float16),
+        "e4m3": torch.randn(8, 2).to(torch.float8_e4m3fn),
+        "e5m2": torch.randn(7).to(torch.float8_e5m2),
+        "u16": torch.randint(0, 60000, (6,), dtype=torch.int32).to(torch.uint16),
+        "view": torch.arange(12, dtype=torch.float32)[3:9].view(2, 3),
+        "scalar": torch.tensor(3.5, dtype=torch.float64),
+        "empty": torch.zeros(0, 4),
+    }
+    state["transposed"] = torch.randn(3, 5).t()
+    torch.save(state, tmp_path / "dtypes.pt")
+    result = run_cli("convert", tmp_path / "dtypes.pt", tmp_path / "dtypes.safetensors")
+    assert result.returncode == 0, result.stderr
+    assert_converted_exactly(tmp_path / "dtypes.pt", tmp_path / "dtypes.safetensors")
+
+
+def test_sharded_bin_directory(tmp_path):
+    torch.manual_seed(3)
+    source = tmp_path / "bin"
+    source.mkdir()
+    tensors = {f"layers.{i}.weight": torch.randn(32, 32) for i in range(6)}
+    shards = {"pytorch_model-00001-of-00002.bin": list(tensors)[:3],
+              "pytorch_model-00002-of-00002.bin": list(tensors)[3:]}
+    weight_map = {}
+    for shard, names in shards.items():
+        torch.save({n: tensors[n] for n in names}, source / shard)
+        weight_map.update({n: shard for n in names})
+    (source / "pytorch_model.bin.index.json").write_text(
+        json.dumps({"metadata": {"total_size": 6 * 32 * 32 * 4}, "weight_map": weight_map}))
+
+    # To one file.
+    result = run_cli("convert", source, tmp_path / "one.safetensors")
+    assert result.returncode == 0, result.stderr
+    loaded = safetensors.torch.load_file(tmp_path / "one.safetensors")
+    assert sorted(loaded) == sorted(tensors)
+    for name, tensor in tensors.items():
+        assert same_bits(loaded[name], tensor)
+
+    # To shards of at most ~2 tensors, from the index file itself.
+    out = tmp_path / "sharded"
+    result = run_cli("convert", source / "pytorch_model.bin.index.json", out,
+                     "--max-shard-size", "9KB")
+    assert result.returncode == 0, result.stderr
+    index = json.loads((out / "model.safetensors.index.json").read_text())
+    assert len(set(index["weight_map"].values())) == 3
+    for name, tensor in tensors.items():
+        shard = safetensors.torch.load_file(out / index["weight_map"][name])
+        assert same_bits(shard[name], tensor)
+
+
+def test_sharded_bin_with_a_shard_disagreeing_with_its_index(tmp_path):
+    torch.save({"a": torch.ones(2), "stray": torch.ones(1)}, tmp_path / "s1.bin")
+    (tmp_path / "pytorch_model.bin.index.json").write_text(
+        json.dumps({"weight_map": {"a": "s1.bin"}}))
+    result = run_cli("convert", tmp_path, tmp_path / "out.safetensors")
+    assert result.returncode == 1
+    assert "'stray'" in result.stderr and "s1.bin" in result.stderr
+    assert not (tmp_path / "out.safetensors").exists()
+
+
+def test_dtype_cast_keeps_ties_and_integers(tmp_path):
+    torch.manual_seed(4)
+    model = TiedModel()
+    torch.save(model.state_dict(), tmp_path / "tied.bin")
+    result = run_cli("convert", tmp_path / "tied.bin", tmp_path / "bf16.safetensors",
+                     "--dtype", "bf16")
+    assert result.returncode == 0, result.stderr
+    loaded = safetensors.torch.load_file(tmp_path / "bf16.safetensors")
+    for name, tensor in model.state_dict().items():
+        if name == "head.weight":
+            assert name not in loaded  # still tied after the cast
+            continue
+        expected = tensor.to(torch.bfloat16) if tensor.is_floating_point() else tensor
+        assert same_bits(loaded[name], expected), name
+
+    bad = run_cli("convert", tmp_path / "tied.bin", tmp_path / "x.safetensors", "--dtype", "I8")
+    assert bad.returncode == 2 and "--dtype" in bad.stderr
+
+
+class Payload:
+    """What an attacker puts in a checkpoint: unpickling calls open(marker, 'w')."""
+
+    def __init__(self, marker):
+        self.marker = str(marker)
+
+    def __reduce__(self):
+        return (open, (self.marker, "w"))
+
+
+def test_malicious_pickle_runs_nothing(tmp_path):
+    marker = tmp_path / "pwned"
+    torch.save({"weight": torch.ones(2), "evil": Payload(marker)}, tmp_path / "evil.bin")
+    result = run_cli("convert", tmp_path / "evil.bin", tmp_path / "evil.safetensors")
+    assert result.returncode == 1
+    assert "'io.open'" in result.stderr and "evil.bin" in result.stderr
+    assert not marker.exists()
+    assert not (tmp_path / "evil.safetensors").exists()
+    assert result.stdout == ""
+    # The payload is real: Python's own unpickler runs it.
+    torch.load(tmp_path / "evil.bin", weights_only=False)
+    assert marker.exists()
+
+
+@pytest.mark.parametrize("content,named", [
+    ({"model": {"w": torch.ones(1)}, "epoch": 3}, "'epoch' is the int 3"),
+    ({"opt": {"param_groups": [{"lr": 0.1}]}}, "'opt.param_groups' is a list"),
+    ({"w": torch.ones(1), 5: torch.ones(1)}, "the int 5"),
+])
+def test_non_tensor_content_is_an_error_naming_it(tmp_path, content, named):
+    torch.save(content, tmp_path / "c.pt")
+    result = run_cli("convert", tmp_path / "c.pt", tmp_path / "c.safetensors")
+    assert result.returncode == 1
+    assert named in result.stderr
+
+
+def test_top_level_tensor_and_legacy_format_are_refused(tmp_path):
+    torch.save(torch.ones(3), tmp_path / "tensor.pt")
+    result = run_cli("convert", tmp_path / "tensor.pt", tmp_path / "t.safetensors")
+    assert result.returncode == 1 and "expected a dict of tensors" in result.stderr
+
+    torch.save({"w": torch.ones(3)}, tmp_path / "legacy.pt", _use_new_zipfile_serialization=False)
+    result = run_cli("convert", tmp_path / "legacy.pt", tmp_path / "l.safetensors")
+    assert result.returncode == 1 and "legacy" in result.stderr
+
+
+def make_checkpoint(tmp_path):
+    torch.manual_seed(5)
+    tensors = {"a.weight": torch.randn(4, 4), "a.bias": torch.randn(4),
+               "emb": torch.randn(10, 4).to(torch.bfloat16), "ids": torch.arange(6)}
+    path = tmp_path / "ck.safetensors"
+    safetensors.torch.save_file(tensors, path, metadata={"note": "hi"})
+    return path, tensors
+
+
+def test_inspect_json_matches_the_file(tmp_path):
+    path, tensors = make_checkpoint(tmp_path)
+    result = run_cli("inspect", path, "--json")
+    assert result.returncode == 0, result.stderr
+    report = json.loads(result.stdout)
+    assert report["metadata"] == {"note": "hi"}
+    assert report["files"] == ["ck.safetensors"]
+    with open(path, "rb") as f:
+        header = json.loads(f.read(int.from_bytes(f.read(8), "little")))
+    rows = {row["name"]: row for row in report["tensors"]}
+    assert sorted(rows) == sorted(tensors)
+    for name, tensor in tensors.items():
+        assert rows[name]["shape"] == list(tensor.shape)
+        assert rows[name]["dtype"] == header[name]["dtype"]
+        assert rows[name]["offsets"] == header[name]["data_offsets"]
+        assert rows[name]["bytes"] == tensor.nbytes
+    assert report["total"]["tensors"] == 4
+    assert report["total"]["bytes"] == sum(t.nbytes for t in tensors.values())
+    assert report["total"]["parameters"] == sum(t.numel() for t in tensors.values())
+    assert report["dtypes"]["F32"]["tensors"] == 2
+
+    filtered = json.loads(run_cli("inspect", path, "--json", "--filter", "a.*").stdout)
+    assert sorted(row["name"] for row in filtered["tensors"]) == ["a.bias", "a.weight"]
+
+    table = run_cli("inspect", path)
+    assert table.returncode == 0
+    assert "emb" in table.stdout and "BF16" in table.stdout and "note: hi" in table.stdout
+
+
+def test_inspect_sharded_directory(tmp_path):
+    tensors = {f"w{i}": torch.randn(64) for i in range(4)}
+    torch.save(tensors, tmp_path / "w.bin")
+    assert run_cli("convert", tmp_path / "w.bin", tmp_path / "out",
+                   "--max-shard-size", "300").returncode == 0
+    report = json.loads(run_cli("inspect", tmp_path / "out", "--json").stdout)
+    assert report["index"].endswith("model.safetensors.index.json")
+    assert len(report["files"]) == 4
+    assert {row["shard"] for row in report["tensors"]} == set(report["files"])
+    assert report["metadata"]["total_size"] == str(4 * 64 * 4)
+
+
+def test_verify_exit_codes(tmp_path):
+    path, _ = make_checkpoint(tmp_path)
+    good = run_cli("verify", path, "--data")
+    assert good.returncode == 0 and good.stdout.startswith("OK:")
+
+    data = path.read_bytes()
+    (tmp_path / "truncated.safetensors").write_bytes(data[:-5])
+    bad = run_cli("verify", tmp_path / "truncated.safetensors", "--data")
+    assert bad.returncode == 1
+    problems = [line for line in bad.stdout.splitlines() if line.startswith("problem:")]
+    assert len(problems) == 1 and "truncated.safetensors" in problems[0]
+
+    # An index naming a missing shard and a shard with a broken header: one line each.
+    shards = tmp_path / "shards"
+    shards.mkdir()
+    (shards / "s1.safetensors").write_bytes(data[:-5])
+    safetensors.torch.save_file({"y": torch.ones(1)}, shards / "s2.safetensors")
+    (shards / "model.safetensors.index.json").write_text(json.dumps(
+        {"weight_map": {"a.weight": "s1.safetensors", "y": "s2.safetensors",
+                        "z": "s3.safetensors"}}))
+    broken = run_cli("verify", shards)
+    assert broken.returncode == 1
+    assert "s3.safetensors" in broken.stdout
+
+
+def test_diff(tmp_path):
+    path, tensors = make_checkpoint(tmp_path)
+    same = run_cli("diff", path, path)
+    assert same.returncode == 0 and same.stdout.startswith("SAME")
+
+    changed = dict(tensors)
+    changed["a.bias"] = tensors["a.bias"] + torch.tensor([0, 0.25, 0, -0.5])
+    changed["emb"] = tensors["emb"].float()
+    changed["ids"] = torch.arange(7)
+    del changed["a.weight"]
+    changed["extra"] = torch.zeros(1)
+    other = tmp_path / "other.safetensors"
+    safetensors.torch.save_file(changed, other)
+    result = run_cli("diff", path, other)
+    assert result.returncode == 1
+    lines = result.stdout.splitlines()
+    assert "only in A: a.weight" in lines
+    assert "only in B: extra" in lines
+    assert "dtype differs: emb: BF16 vs F32" in lines
+    assert "shape differs: ids: [6] vs [7]" in lines
+    largest = (changed["a.bias"] - tensors["a.bias"]).abs().max().item()
+    assert f"values differ: a.bias: max |A - B| = {largest:.6g}" in lines
+
+    tolerated = run_cli("diff", path, other, "--atol", "1")
+    assert "values differ" not in tolerated.stdout
+
+
+def test_help_usage_errors_and_stderr(tmp_path):
+    for command in ("inspect", "verify", "convert", "diff"):
+        result = run_cli(command, "--help")
+        assert result.returncode == 0 and result.stdout.startswith("usage: torch-safetensors")
+    top = run_cli("--help")
+    assert top.returncode == 0 and "convert" in top.stdout
+    assert run_cli().returncode == 2
+    unknown = run_cli("frobnicate")
+    assert unknown.returncode == 2 and "unknown command" in unknown.stderr
+    bad_option = run_cli("inspect", "x", "--nope")
+    assert bad_option.returncode == 2 and "--nope" in bad_option.stderr
+    missing = run_cli("inspect", tmp_path / "missing.safetensors")
+    assert missing.returncode == 1 and missing.stdout == ""
+    assert "missing.safetensors" in missing.stderr
+
+
+def run_under_terminal(*args):
+    """Runs the command with stderr on a pseudo-terminal; returns (code, stdout, terminal)."""
+    master, slave = pty.openpty()
+    env = dict(os.environ, PYTHONPATH=PACKAGE_ROOT)
+    process = subprocess.Popen([sys.executable, "-m", "torch_safetensors", *map(str, args)],
+                               env=env, stdout=subprocess.PIPE, stderr=slave, text=True)
+    os.close(slave)
+    stdout, _ = process.communicate(timeout=300)
+    seen = b""
+    while True:
+        try:
+            chunk = os.read(master, 65536)
+        except OSError:  # EIO: the terminal's other side is closed
+            break
+        if not chunk:
+            break
+        seen += chunk
+    os.close(master)
+    return process.returncode, stdout, seen.decode(errors="replace")
+
+
+def test_progress_bar_only_on_a_terminal(tmp_path):
+    torch.save({f"w{i}": torch.randn(256, 256) for i in range(8)}, tmp_path / "big.bin")
+    code, stdout, terminal = run_under_terminal("convert", tmp_path / "big.bin",
+                                                tmp_path / "big.safetensors")
+    assert code == 0 and "8 tensors" in stdout
+    assert "convert [" in terminal and "100%" in terminal and "\r" in terminal
+
+    piped = run_cli("convert", tmp_path / "big.bin", tmp_path / "big2.safetensors")
+    assert piped.returncode == 0 and piped.stderr == ""
+
+    code, _, terminal = run_under_terminal("verify", tmp_path / "big.safetensors", "--data")
+    assert code == 0 and "verify [" in terminal
+
+
+def test_console_script_entry_point_is_declared():
+    with open(os.path.join(os.path.dirname(__file__), "..", "..", "pyproject.toml")) as f:
+        assert 'torch-safetensors = "torch_safetensors.__main__:main"' in f.read()
+    from torch_safetensors.__main__ import main
+    assert main(["--version"]) == 0

@@ -1,0 +1,92 @@
+// torch.save checkpoint → safetensors: read (torch_zip.cpp), cast, then the library's own save
+// paths with the tie policy of save(module) (api/named_module.h).
+#include <map>
+#include <utility>
+
+#include <ATen/ops/empty.h>
+
+#include "api/named_module.h"
+#include "check.h"
+#include "storage/io.h"
+#include "torch_safetensors/convert.h"
+
+namespace torch::safetensors {
+namespace {
+
+bool castable(c10::ScalarType type) {
+  return type == c10::kDouble || type == c10::kFloat || type == c10::kHalf ||
+         type == c10::kBFloat16;
+}
+
+// Casts storage by storage, so that tensors sharing one (tied weights, views) share the cast one
+// too and the tie policy still sees them as one.
+void cast_tensors(NamedTensors& tensors, c10::ScalarType dtype) {
+  std::map<std::pair<const c10::StorageImpl*, c10::ScalarType>, c10::Storage> cast_storages;
+  for (auto& [name, tensor] : tensors) {
+    const c10::ScalarType from = tensor.scalar_type();
+    if (!castable(from) || from == dtype) continue;
+    const c10::Storage& source = tensor.storage();
+    auto key = std::make_pair(source.unsafeGetStorageImpl(), from);
+    auto it = cast_storages.find(key);
+    if (it == cast_storages.end()) {
+      const int64_t elements = int64_t(source.nbytes() / c10::elementSize(from));
+      at::Tensor whole = at::empty({0}, c10::TensorOptions().dtype(from));
+      whole.set_(source, 0, {elements}, {1});
+      it = cast_storages.emplace(key, whole.to(dtype).storage()).first;
+    }
+    at::Tensor cast = at::empty({0}, c10::TensorOptions().dtype(dtype));
+    cast.set_(it->second, tensor.storage_offset(), tensor.sizes(), tensor.strides());
+    tensor = std::move(cast);
+  }
+}
+
+}  // namespace
+
+ConvertReport convert_torch_checkpoint(const std::string& from, const std::string& to,
+                                       const ConvertOptions& options) {
+  NamedTensors tensors = load_torch_checkpoint(from);
+  if (options.dtype) {
+    TS_CHECK(castable(*options.dtype), to, "--dtype must be F64, F32, F16 or BF16, found ",
+             c10::toString(*options.dtype));
+    cast_tensors(tensors, *options.dtype);
+  }
+  ConvertReport report;
+  report.tensors_read = tensors.size();
+
+  if (options.max_shard_size) {
+    ShardOptions shard_options;
+    shard_options.max_shard_size = *options.max_shard_size;
+    shard_options.metadata = options.metadata;
+    save_sharded(tensors, to, shard_options);
+    const Checkpoint written(to);
+    report.files = written.shard_files();
+    if (written.index_path()) report.files.push_back(storage::file_name(*written.index_path()));
+    report.tensors_written = written.size();
+    for (const std::string& name : written.keys())
+      report.bytes_written += written.info(name).nbytes();
+    return report;
+  }
+
+  // One file, through a write function so that progress can be reported; atomic as save(path).
+  Metadata metadata = options.metadata.value_or(Metadata());
+  const std::vector<SaveEntry> entries = drop_tied_duplicates(tensors, metadata, {}, to);
+  const bool any_metadata = options.metadata.has_value() || !metadata.empty();
+  uint64_t total = 0;
+  for (const SaveEntry& entry : entries) total += entry.tensor.nbytes();
+  storage::AtomicFileWriter writer(to);
+  uint64_t written = 0;
+  save(entries, SaveTo([&](const void* data, size_t length) -> size_t {
+         writer.write(data, length);
+         written += length;
+         if (options.on_progress) options.on_progress(std::min(written, total), total);
+         return length;
+       }),
+       any_metadata ? std::optional<Metadata>(metadata) : std::nullopt);
+  writer.commit();
+  report.tensors_written = entries.size();
+  report.bytes_written = total;
+  report.files.push_back(to);
+  return report;
+}
+
+}  // namespace torch::safetensors

@@ -1,0 +1,175 @@
+// Reading torch.save checkpoints: LibTorch's zip reader for the archive, our restricted
+// unpickler (unpickler.h) for data.pkl, and the library's mapped file for the storages.
+#include <cstring>
+#include <memory>
+#include <string>
+#include <unordered_map>
+#include <unordered_set>
+
+#include <caffe2/serialize/inline_container.h>
+
+#include "check.h"
+#include "convert/unpickler.h"
+#include "format/index.h"
+#include "storage/io.h"
+#include "torch_safetensors/convert.h"
+#include "torch_safetensors/source.h"
+
+namespace torch::safetensors {
+namespace {
+
+uint32_t read_u32(const uint8_t* p) { return p[0] | p[1] << 8 | p[2] << 16 | uint32_t(p[3]) << 24; }
+
+bool ends_with(const std::string& text, std::string_view suffix) {
+  return text.size() >= suffix.size() &&
+         text.compare(text.size() - suffix.size(), suffix.size(), suffix) == 0;
+}
+
+// The storage deleter's context: the mapping stays alive while any tensor views it.
+void release_source(void* context) { delete static_cast<std::shared_ptr<const Source>*>(context); }
+
+// Refuses what is not a zip archive before LibTorch's reader sees it, with the reason: the
+// legacy formats (a pickle stream, a tar file) need Python's unpickler and are never read.
+void check_zip_archive(const Source& file, const std::string& path) {
+  const uint64_t size = file.size();
+  uint8_t head[512] = {};
+  file.read(head, std::min<uint64_t>(size, sizeof(head)), 0);
+  if (size >= 4 && read_u32(head) == 0x04034b50) return;
+  TS_CHECK(!(size >= 2 && head[0] == 0x80), path,
+           "this is the legacy (pre-1.6, non-zip) torch.save format, which is a pickle "
+           "stream that only Python's own unpickler reads; re-save it with a current torch "
+           "(torch.save(torch.load(f, weights_only=True), f)) and convert that");
+  TS_CHECK(!(size >= 262 && std::memcmp(head + 257, "ustar", 5) == 0), path,
+           "this is the legacy tar torch.save format (torch before 0.4); re-save it with a "
+           "current torch and convert that");
+  TS_FAIL(path, "not a torch.save checkpoint: expected a zip archive (starting 'PK\\x03\\x04')");
+}
+
+NamedTensors load_torch_file(const std::string& path) {
+  std::shared_ptr<const Source> file = file_source(path, /*mapped=*/true);
+  check_zip_archive(*file, path);
+  std::unique_ptr<caffe2::serialize::PyTorchStreamReader> reader;
+  try {
+    reader = std::make_unique<caffe2::serialize::PyTorchStreamReader>(path);
+  } catch (const c10::Error& e) {
+    TS_FAIL(path, "not a readable torch.save zip archive: ", e.what_without_backtrace());
+  }
+  auto record = [&](const std::string& name) -> std::string {
+    try {
+      auto [data, size] = reader->getRecord(name);
+      return std::string(static_cast<const char*>(data.get()), size);
+    } catch (const c10::Error& e) {
+      TS_FAIL(path, "cannot read the archive's record '", name, "': ", e.what_without_backtrace());
+    }
+  };
+  TS_CHECK(reader->hasRecord("data.pkl"), path,
+           "the archive has no data.pkl: not a torch.save checkpoint (a TorchScript archive "
+           "holds code, which is never converted)");
+  if (reader->hasRecord("byteorder")) {
+    const std::string order = record("byteorder");
+    TS_CHECK(order == "little", path, "the checkpoint was written in '", order,
+             "' byte order, expected 'little'");
+  }
+  const uint8_t* mapped = file->data();
+  const uint64_t file_size = file->size();
+
+  auto load_storage = [&](const std::string& key, uint64_t nbytes) -> c10::Storage {
+    const std::string name = "data/" + key;
+    TS_CHECK(reader->hasRecord(name), path, "storage '", key,
+             "' is named by the pickle but the archive has no record '", name, "'");
+    const uint64_t size = reader->getRecordSize(name);
+    TS_CHECK(size == nbytes, path, "storage '", key, "' needs ", nbytes, " bytes, its record has ",
+             size);
+    // A record stored uncompressed (what torch.save writes) is viewed in the mapping; anything
+    // else is extracted by the zip reader into owned memory.
+    const uint64_t header = reader->getRecordHeaderOffset(name);
+    if (mapped != nullptr && header <= file_size && file_size - header >= 30 &&
+        read_u32(mapped + header) == 0x04034b50 &&
+        (mapped[header + 8] | mapped[header + 9] << 8) == 0) {
+      const uint64_t offset = reader->getRecordOffset(name);
+      TS_CHECK(offset <= file_size && file_size - offset >= size, path, "storage '", key,
+               "' lies past the end of the file");
+      auto* context = new std::shared_ptr<const Source>(file);
+      return c10::Storage(c10::Storage::use_byte_size_t(), size,
+                          c10::DataPtr(const_cast<uint8_t*>(mapped + offset), context,
+                                       &release_source, c10::Device(c10::kCPU)),
+                          nullptr, /*resizable=*/false);
+    }
+    try {
+      auto [data, read] = reader->getRecord(name);
+      TS_CHECK(read == size, path, "storage '", key, "': read ", read, " bytes of ", size);
+      return c10::Storage(c10::Storage::use_byte_size_t(), size, std::move(data), nullptr, false);
+    } catch (const c10::Error& e) {
+      TS_FAIL(path, "cannot read storage '", key, "': ", e.what_without_backtrace());
+    }
+  };
+  const std::string pickle = record("data.pkl");
+  convert::PickleTree tree = convert::unpickle(pickle, load_storage, path);
+  return convert::flatten_tensors(tree.root(), path);
+}
+
+NamedTensors load_torch_index(const std::string& index_path) {
+  const std::string directory = storage::parent_path(index_path);
+  std::string text;
+  {
+    std::shared_ptr<const Source> file = file_source(index_path, /*mapped=*/false);
+    TS_CHECK(file->size() <= format::kMaxIndexSize, index_path, "index is ", file->size(),
+             " bytes, more than the ", format::kMaxIndexSize, " bytes an index may have");
+    text.resize(file->size());
+    file->read(text.data(), text.size(), 0);
+  }
+  const format::CheckpointIndex index = format::parse_index(text, index_path, ".bin");
+  // Shards in sorted order, each holding exactly the names the index gives it.
+  std::map<std::string, std::unordered_set<std::string>> expected;
+  for (const auto& [name, shard] : index.weight_map) expected[shard].insert(name);
+  const std::string root =
+      storage::real_path(directory.empty() ? "." : directory, "cannot resolve the index's folder");
+  NamedTensors tensors;
+  for (auto& [shard, names] : expected) {
+    const std::string shard_path = storage::join_path(directory, shard);
+    const std::string real = storage::real_path(shard_path, "cannot open shard '" + shard + "'");
+    TS_CHECK(real.compare(0, root.size() + 1, root + "/") == 0 || root == "/", index_path,
+             "shard '", shard, "' resolves to '", real, "', outside the index's folder");
+    NamedTensors part = load_torch_file(shard_path);
+    for (const auto& entry : part) {
+      TS_CHECK(names.erase(entry.first) == 1, shard_path, "holds tensor '", entry.first,
+               "', which the index ", storage::file_name(index_path),
+               " does not assign to this shard");
+    }
+    TS_CHECK(names.empty(), shard_path, "lacks tensor '", *names.begin(), "' (and ",
+             names.size() - 1, " more) that the index assigns to it");
+    for (auto& entry : part) tensors.push_back(std::move(entry));
+  }
+  return tensors;
+}
+
+// A directory's checkpoint: transformers' index name, else the one index, else the one file.
+std::string resolve_directory(const std::string& directory) {
+  const std::string standard = storage::join_path(directory, "pytorch_model.bin.index.json");
+  if (storage::is_regular_file(standard)) return standard;
+  std::vector<std::string> indexes, files;
+  for (const std::string& name : storage::list_files(directory)) {
+    if (ends_with(name, ".bin.index.json")) indexes.push_back(name);
+    if (ends_with(name, ".bin") || ends_with(name, ".pt") || ends_with(name, ".pth")) {
+      files.push_back(name);
+    }
+  }
+  const std::vector<std::string>& candidates = indexes.empty() ? files : indexes;
+  TS_CHECK(candidates.size() == 1, directory,
+           "expected one '*.bin.index.json' or one "
+           "'.bin'/'.pt'/'.pth' checkpoint in the folder, found ",
+           candidates.empty() ? std::string("none")
+                              : std::to_string(candidates.size()) + " ('" + candidates[0] + "', '" +
+                                    candidates[1] + "'...)");
+  return storage::join_path(directory, candidates[0]);
+}
+
+}  // namespace
+
+NamedTensors load_torch_checkpoint(const std::string& path) {
+  const std::string resolved = storage::is_directory(path) ? resolve_directory(path) : path;
+  if (ends_with(resolved, ".json")) return load_torch_index(resolved);
+  return load_torch_file(resolved);
+}
+
+}  // namespace torch::safetensors

@@ -1,0 +1,680 @@
+#include "convert/unpickler.h"
+
+#include <cstring>
+#include <limits>
+#include <unordered_map>
+#include <unordered_set>
+
+#include <ATen/ops/empty.h>
+#include <c10/core/TensorOptions.h>
+
+#include "check.h"
+
+namespace torch::safetensors::convert {
+namespace {
+
+// What an allowed global does when the pickle calls it (REDUCE) or uses it as a value.
+enum class Action {
+  kOrderedDict,       // collections.OrderedDict() → an empty dict
+  kRebuildTensorV2,   // (storage, offset, size, stride, requires_grad, hooks[, metadata])
+  kRebuildTensorV3,   // the same with the dtype after the hooks (dtypes without a Storage type)
+  kRebuildParameter,  // (tensor, requires_grad, hooks) → the tensor
+  kRebuildParameterWithState,  // (tensor, requires_grad, hooks, state) → the tensor
+  kTorchSize,                  // torch.Size(tuple) → the tuple
+  kStorageType,                // torch.FloatStorage, ...: only inside a persistent id
+  kDtype,                      // torch.float8_e4m3fn, ...: only as _rebuild_tensor_v3's argument
+};
+
+struct AllowedGlobal {
+  const char* name;  // "module.name"
+  Action action;
+  c10::ScalarType dtype;
+};
+
+// The only globals a pickle may name: what torch.save writes for tensors in (ordered) dicts.
+// Everything else (builtins, numpy, torch._utils._rebuild_qtensor, sparse tensors, any class of
+// user code) is refused by name before anything happens.
+constexpr c10::ScalarType kNoDtype = c10::ScalarType::Undefined;
+constexpr AllowedGlobal kAllowedGlobals[] = {
+    {"collections.OrderedDict", Action::kOrderedDict, kNoDtype},
+    {"torch._utils._rebuild_tensor_v2", Action::kRebuildTensorV2, kNoDtype},
+    {"torch._utils._rebuild_tensor_v3", Action::kRebuildTensorV3, kNoDtype},
+    {"torch._utils._rebuild_parameter", Action::kRebuildParameter, kNoDtype},
+    {"torch._utils._rebuild_parameter_with_state", Action::kRebuildParameterWithState, kNoDtype},
+    {"torch.Size", Action::kTorchSize, kNoDtype},
+    {"torch.FloatStorage", Action::kStorageType, c10::ScalarType::Float},
+    {"torch.DoubleStorage", Action::kStorageType, c10::ScalarType::Double},
+    {"torch.HalfStorage", Action::kStorageType, c10::ScalarType::Half},
+    {"torch.BFloat16Storage", Action::kStorageType, c10::ScalarType::BFloat16},
+    {"torch.ByteStorage", Action::kStorageType, c10::ScalarType::Byte},
+    {"torch.CharStorage", Action::kStorageType, c10::ScalarType::Char},
+    {"torch.ShortStorage", Action::kStorageType, c10::ScalarType::Short},
+    {"torch.IntStorage", Action::kStorageType, c10::ScalarType::Int},
+    {"torch.LongStorage", Action::kStorageType, c10::ScalarType::Long},
+    {"torch.BoolStorage", Action::kStorageType, c10::ScalarType::Bool},
+    {"torch.ComplexFloatStorage", Action::kStorageType, c10::ScalarType::ComplexFloat},
+    {"torch.ComplexDoubleStorage", Action::kStorageType, c10::ScalarType::ComplexDouble},
+    {"torch.UntypedStorage", Action::kStorageType, c10::ScalarType::Byte},
+    {"torch.storage.UntypedStorage", Action::kStorageType, c10::ScalarType::Byte},
+    {"torch.float32", Action::kDtype, c10::ScalarType::Float},
+    {"torch.float", Action::kDtype, c10::ScalarType::Float},
+    {"torch.float64", Action::kDtype, c10::ScalarType::Double},
+    {"torch.double", Action::kDtype, c10::ScalarType::Double},
+    {"torch.float16", Action::kDtype, c10::ScalarType::Half},
+    {"torch.half", Action::kDtype, c10::ScalarType::Half},
+    {"torch.bfloat16", Action::kDtype, c10::ScalarType::BFloat16},
+    {"torch.uint8", Action::kDtype, c10::ScalarType::Byte},
+    {"torch.int8", Action::kDtype, c10::ScalarType::Char},
+    {"torch.int16", Action::kDtype, c10::ScalarType::Short},
+    {"torch.short", Action::kDtype, c10::ScalarType::Short},
+    {"torch.int32", Action::kDtype, c10::ScalarType::Int},
+    {"torch.int", Action::kDtype, c10::ScalarType::Int},
+    {"torch.int64", Action::kDtype, c10::ScalarType::Long},
+    {"torch.long", Action::kDtype, c10::ScalarType::Long},
+    {"torch.bool", Action::kDtype, c10::ScalarType::Bool},
+    {"torch.uint16", Action::kDtype, c10::ScalarType::UInt16},
+    {"torch.uint32", Action::kDtype, c10::ScalarType::UInt32},
+    {"torch.uint64", Action::kDtype, c10::ScalarType::UInt64},
+    {"torch.complex64", Action::kDtype, c10::ScalarType::ComplexFloat},
+    {"torch.cfloat", Action::kDtype, c10::ScalarType::ComplexFloat},
+    {"torch.complex128", Action::kDtype, c10::ScalarType::ComplexDouble},
+    {"torch.cdouble", Action::kDtype, c10::ScalarType::ComplexDouble},
+    {"torch.float8_e4m3fn", Action::kDtype, c10::ScalarType::Float8_e4m3fn},
+    {"torch.float8_e5m2", Action::kDtype, c10::ScalarType::Float8_e5m2},
+    {"torch.float8_e4m3fnuz", Action::kDtype, c10::ScalarType::Float8_e4m3fnuz},
+    {"torch.float8_e5m2fnuz", Action::kDtype, c10::ScalarType::Float8_e5m2fnuz},
+    {"torch.float8_e8m0fnu", Action::kDtype, c10::ScalarType::Float8_e8m0fnu},
+    {"torch.float4_e2m1fn_x2", Action::kDtype, c10::ScalarType::Float4_e2m1fn_x2},
+};
+constexpr int kNumAllowedGlobals = sizeof(kAllowedGlobals) / sizeof(kAllowedGlobals[0]);
+
+// Bounds that keep hostile input cheap: deeper nesting than any state dict has, more dims than
+// torch allows.
+constexpr int kMaxFlattenDepth = 64;
+constexpr size_t kMaxDims = 64;
+
+const char* kind_name(PickleValue::Kind kind) {
+  switch (kind) {
+    case PickleValue::Kind::kNone:
+      return "None";
+    case PickleValue::Kind::kBool:
+      return "a bool";
+    case PickleValue::Kind::kInt:
+      return "an int";
+    case PickleValue::Kind::kFloat:
+      return "a float";
+    case PickleValue::Kind::kString:
+      return "a string";
+    case PickleValue::Kind::kTuple:
+      return "a tuple";
+    case PickleValue::Kind::kList:
+      return "a list";
+    case PickleValue::Kind::kDict:
+      return "a dict";
+    case PickleValue::Kind::kGlobal:
+      return "a global";
+    case PickleValue::Kind::kStorage:
+      return "a storage";
+    case PickleValue::Kind::kTensor:
+      return "a tensor";
+  }
+  return "a value";
+}
+
+class Machine {
+ public:
+  Machine(std::string_view bytes, const StorageLoader& load_storage, const std::string& name,
+          std::deque<PickleValue>& arena)
+      : bytes_(bytes), load_storage_(load_storage), name_(name), arena_(arena) {}
+
+  PickleValue* run();
+
+ private:
+  // Input.
+  const uint8_t* take(size_t n) {
+    TS_CHECK(n <= bytes_.size() - position_, name_, "pickle truncated: opcode at offset ",
+             opcode_offset_, " needs ", n, " more bytes, found ", bytes_.size() - position_);
+    const auto* data = reinterpret_cast<const uint8_t*>(bytes_.data()) + position_;
+    position_ += n;
+    return data;
+  }
+  uint64_t little_endian(size_t n) {
+    const uint8_t* data = take(n);
+    uint64_t value = 0;
+    for (size_t i = 0; i < n; ++i) value |= uint64_t(data[i]) << (8 * i);
+    return value;
+  }
+  std::string_view text(uint64_t n) {
+    TS_CHECK(n <= bytes_.size() - position_, name_, "pickle truncated: a string at offset ",
+             opcode_offset_, " of ", n, " bytes, found ", bytes_.size() - position_);
+    return {reinterpret_cast<const char*>(take(size_t(n))), size_t(n)};
+  }
+  std::string_view line() {
+    const size_t end = bytes_.find('\n', position_);
+    TS_CHECK(end != std::string_view::npos, name_, "pickle truncated: GLOBAL at offset ",
+             opcode_offset_, " has no end of line");
+    std::string_view result = bytes_.substr(position_, end - position_);
+    position_ = end + 1;
+    return result;
+  }
+
+  // Values.
+  PickleValue* make(PickleValue::Kind kind) {
+    arena_.emplace_back();
+    arena_.back().kind = kind;
+    return &arena_.back();
+  }
+  PickleValue* make_int(int64_t value) {
+    PickleValue* v = make(PickleValue::Kind::kInt);
+    v->integer = value;
+    return v;
+  }
+
+  // Stack.
+  [[noreturn]] void fail(const std::string& what) const {
+    TS_FAIL(name_, "pickle opcode ", opcode_name_, " at offset ", opcode_offset_, ": ", what);
+  }
+  size_t frame_begin() const { return marks_.empty() ? 0 : marks_.back(); }
+  PickleValue* pop() {
+    if (stack_.size() <= frame_begin()) fail("needs a value, the stack is empty");
+    PickleValue* v = stack_.back();
+    stack_.pop_back();
+    return v;
+  }
+  PickleValue* top() {
+    if (stack_.size() <= frame_begin()) fail("needs a value, the stack is empty");
+    return stack_.back();
+  }
+  // The values pushed since the last MARK, which is removed.
+  std::vector<PickleValue*> pop_to_mark() {
+    if (marks_.empty()) fail("needs a MARK, none is open");
+    const size_t begin = marks_.back();
+    marks_.pop_back();
+    std::vector<PickleValue*> items(stack_.begin() + begin, stack_.end());
+    stack_.resize(begin);
+    return items;
+  }
+  PickleValue* pop_tuple(size_t n) {
+    PickleValue* tuple = make(PickleValue::Kind::kTuple);
+    tuple->items.resize(n);
+    for (size_t i = n; i-- > 0;) tuple->items[i] = pop();
+    return tuple;
+  }
+
+  void set_item(PickleValue& dict, PickleValue* key, PickleValue* value) {
+    if (dict.kind != PickleValue::Kind::kDict) fail("sets an item on " + describe(dict));
+    // Python's dict semantics: a string key set twice keeps its place and takes the new value.
+    if (key->kind == PickleValue::Kind::kString) {
+      auto& index = dict_index_[&dict];
+      auto [it, inserted] = index.emplace(key->text, dict.entries.size());
+      if (!inserted) {
+        dict.entries[it->second].second = value;
+        return;
+      }
+    }
+    dict.entries.emplace_back(key, value);
+  }
+  void append(PickleValue& list, PickleValue* item) {
+    if (list.kind != PickleValue::Kind::kList) fail("appends to " + describe(list));
+    list.items.push_back(item);
+  }
+
+  PickleValue* global(std::string_view module, std::string_view attribute);
+  PickleValue* persistent_load(const PickleValue& id);
+  PickleValue* call(const PickleValue& callable, const PickleValue& args);
+  PickleValue* rebuild_tensor(const PickleValue& args, bool has_dtype);
+  int64_t int_argument(const PickleValue& value, const char* what);
+  std::vector<int64_t> ints_argument(const PickleValue& value, const char* what);
+
+  std::string_view bytes_;
+  const StorageLoader& load_storage_;
+  const std::string& name_;
+  std::deque<PickleValue>& arena_;
+  size_t position_ = 0;
+  size_t opcode_offset_ = 0;
+  std::string opcode_name_;
+  std::vector<PickleValue*> stack_;
+  std::vector<size_t> marks_;
+  std::unordered_map<uint64_t, PickleValue*> memo_;
+  std::unordered_map<std::string, PickleValue*> storages_;  // by key: one storage per record
+  std::unordered_map<const PickleValue*, std::unordered_map<std::string, size_t>> dict_index_;
+};
+
+PickleValue* Machine::global(std::string_view module, std::string_view attribute) {
+  std::string qualified = std::string(module) + "." + std::string(attribute);
+  for (int i = 0; i < kNumAllowedGlobals; ++i) {
+    if (qualified == kAllowedGlobals[i].name) {
+      PickleValue* v = make(PickleValue::Kind::kGlobal);
+      v->text = std::move(qualified);
+      v->global_id = i;
+      v->dtype = kAllowedGlobals[i].dtype;
+      return v;
+    }
+  }
+  TS_FAIL(name_, "the pickle names the global '", qualified,
+          "', which a tensor checkpoint does not need: only tensors in (nested) dicts are "
+          "converted, and no code from the file is ever run (offset ",
+          opcode_offset_, ")");
+}
+
+int64_t Machine::int_argument(const PickleValue& value, const char* what) {
+  if (value.kind != PickleValue::Kind::kInt) {
+    fail(std::string("expected ") + what + " to be an int, found " + describe(value));
+  }
+  return value.integer;
+}
+
+std::vector<int64_t> Machine::ints_argument(const PickleValue& value, const char* what) {
+  if (value.kind != PickleValue::Kind::kTuple && value.kind != PickleValue::Kind::kList) {
+    fail(std::string("expected ") + what + " to be a tuple of ints, found " + describe(value));
+  }
+  if (value.items.size() > kMaxDims) {
+    fail(std::string(what) + " has " + std::to_string(value.items.size()) + " entries, more than " +
+         std::to_string(kMaxDims));
+  }
+  std::vector<int64_t> ints;
+  for (const PickleValue* item : value.items) ints.push_back(int_argument(*item, what));
+  return ints;
+}
+
+PickleValue* Machine::persistent_load(const PickleValue& id) {
+  // torch.save's persistent id: ("storage", storage type, key, location, numel).
+  if (id.kind != PickleValue::Kind::kTuple || id.items.size() != 5 ||
+      id.items[0]->kind != PickleValue::Kind::kString || id.items[0]->text != "storage") {
+    fail("expected a persistent id ('storage', type, key, location, numel), found " + describe(id));
+  }
+  const PickleValue& type = *id.items[1];
+  if (type.kind != PickleValue::Kind::kGlobal ||
+      kAllowedGlobals[type.global_id].action != Action::kStorageType) {
+    fail("expected a storage type in the persistent id, found " + describe(type));
+  }
+  const PickleValue& key = *id.items[2];
+  if (key.kind != PickleValue::Kind::kString) {
+    fail("expected the storage key to be a string, found " + describe(key));
+  }
+  const int64_t numel = int_argument(*id.items[4], "the storage's element count");
+  if (numel < 0) fail("storage '" + key.text + "' has a negative element count");
+  const uint64_t element_size = c10::elementSize(type.dtype);
+  if (uint64_t(numel) > std::numeric_limits<uint64_t>::max() / element_size) {
+    fail("storage '" + key.text + "' is too large");
+  }
+  const uint64_t nbytes = uint64_t(numel) * element_size;
+  auto [it, inserted] = storages_.emplace(key.text, nullptr);
+  if (!inserted) {
+    // The same record named twice (torch.save memoizes, but a pickle need not): one storage.
+    if (it->second->storage.nbytes() != nbytes) {
+      fail("storage '" + key.text + "' is named twice with different sizes");
+    }
+    return it->second;
+  }
+  PickleValue* storage = make(PickleValue::Kind::kStorage);
+  storage->dtype = type.dtype;
+  storage->storage = load_storage_(key.text, nbytes);
+  TS_CHECK(storage->storage.nbytes() == nbytes, name_, "storage '", key.text, "' has ",
+           storage->storage.nbytes(), " bytes, expected ", nbytes);
+  it->second = storage;
+  return storage;
+}
+
+PickleValue* Machine::rebuild_tensor(const PickleValue& args, bool has_dtype) {
+  const char* function = has_dtype ? "_rebuild_tensor_v3" : "_rebuild_tensor_v2";
+  const size_t required = has_dtype ? 7 : 6;
+  if (args.items.size() != required && args.items.size() != required + 1) {
+    fail(std::string(function) + " expects " + std::to_string(required) + " or " +
+         std::to_string(required + 1) + " arguments, found " + std::to_string(args.items.size()));
+  }
+  const PickleValue& storage = *args.items[0];
+  if (storage.kind != PickleValue::Kind::kStorage) {
+    fail(std::string(function) + " expects a storage, found " + describe(storage));
+  }
+  c10::ScalarType dtype = storage.dtype;
+  if (has_dtype) {
+    const PickleValue& dtype_value = *args.items[6];
+    if (dtype_value.kind != PickleValue::Kind::kGlobal ||
+        kAllowedGlobals[dtype_value.global_id].action != Action::kDtype) {
+      fail("_rebuild_tensor_v3 expects a torch dtype, found " + describe(dtype_value));
+    }
+    dtype = dtype_value.dtype;
+  }
+  const int64_t offset = int_argument(*args.items[1], "the storage offset");
+  const std::vector<int64_t> sizes = ints_argument(*args.items[2], "the size");
+  const std::vector<int64_t> strides = ints_argument(*args.items[3], "the stride");
+  if (sizes.size() != strides.size()) {
+    fail("the size has " + std::to_string(sizes.size()) + " dims and the stride " +
+         std::to_string(strides.size()));
+  }
+  // The tensor must lie inside its storage: offset + sum((size - 1) * stride) < elements.
+  if (offset < 0) fail("negative storage offset " + std::to_string(offset));
+  bool empty = false;
+  uint64_t last = uint64_t(offset);
+  for (size_t d = 0; d < sizes.size(); ++d) {
+    if (sizes[d] < 0 || strides[d] < 0) {
+      fail("negative size or stride in dim " + std::to_string(d));
+    }
+    if (sizes[d] == 0) empty = true;
+  }
+  const uint64_t element_size = c10::elementSize(dtype);
+  const uint64_t elements = storage.storage.nbytes() / element_size;
+  // Stride-0 dims (an expanded tensor) may name more elements than the storage holds, but never
+  // more bytes than a tensor can have.
+  uint64_t numel = 1;
+  for (const int64_t size : sizes) {
+    if (__builtin_mul_overflow(numel, uint64_t(size), &numel) ||
+        numel > uint64_t(std::numeric_limits<int64_t>::max()) / element_size) {
+      fail("a tensor of size " + c10::str(sizes) + " has more bytes than a tensor can have");
+    }
+  }
+  if (!empty) {
+    for (size_t d = 0; d < sizes.size(); ++d) {
+      uint64_t step = 0;
+      if (__builtin_mul_overflow(uint64_t(sizes[d] - 1), uint64_t(strides[d]), &step) ||
+          __builtin_add_overflow(last, step, &last)) {
+        fail("the tensor's extent overflows");
+      }
+    }
+    if (last >= elements) {
+      fail("a tensor of size " + c10::str(sizes) + ", stride " + c10::str(strides) +
+           " and offset " + std::to_string(offset) + " reaches element " + std::to_string(last) +
+           " of a storage of " + std::to_string(elements) + " " + c10::toString(dtype) +
+           " elements");
+    }
+  } else if (uint64_t(offset) > elements) {
+    fail("storage offset " + std::to_string(offset) + " is past the storage's " +
+         std::to_string(elements) + " elements");
+  }
+  PickleValue* tensor = make(PickleValue::Kind::kTensor);
+  tensor->tensor = at::empty({0}, c10::TensorOptions().dtype(dtype));
+  tensor->tensor.set_(storage.storage, offset, sizes, strides);
+  return tensor;
+}
+
+PickleValue* Machine::call(const PickleValue& callable, const PickleValue& args) {
+  if (callable.kind != PickleValue::Kind::kGlobal) fail("calls " + describe(callable));
+  if (args.kind != PickleValue::Kind::kTuple) {
+    fail("expected a tuple of arguments for " + callable.text + ", found " + describe(args));
+  }
+  switch (kAllowedGlobals[callable.global_id].action) {
+    case Action::kOrderedDict:
+      if (!args.items.empty()) fail("collections.OrderedDict is called with arguments");
+      return make(PickleValue::Kind::kDict);
+    case Action::kRebuildTensorV2:
+      return rebuild_tensor(args, false);
+    case Action::kRebuildTensorV3:
+      return rebuild_tensor(args, true);
+    case Action::kRebuildParameter:
+    case Action::kRebuildParameterWithState: {
+      const size_t expected =
+          kAllowedGlobals[callable.global_id].action == Action::kRebuildParameter ? 3 : 4;
+      if (args.items.size() != expected || args.items[0]->kind != PickleValue::Kind::kTensor) {
+        fail(callable.text + " expects a tensor and " + std::to_string(expected - 1) +
+             " more arguments");
+      }
+      return args.items[0];  // a parameter is saved as its data
+    }
+    case Action::kTorchSize:
+      if (args.items.size() != 1 || args.items[0]->kind != PickleValue::Kind::kTuple) {
+        fail("torch.Size expects one tuple");
+      }
+      return args.items[0];
+    case Action::kStorageType:
+    case Action::kDtype:
+      break;
+  }
+  fail("calls " + callable.text + ", which is not callable here");
+}
+
+PickleValue* Machine::run() {
+  while (true) {
+    opcode_offset_ = position_;
+    const uint8_t opcode = *take(1);
+    opcode_name_ = "'" + std::string(1, char(opcode)) + "'";
+    if (opcode < 0x20 || opcode >= 0x7f) {
+      char hex[8];
+      std::snprintf(hex, sizeof(hex), "0x%02x", opcode);
+      opcode_name_ = hex;
+    }
+    switch (opcode) {
+      case 0x80: {  // PROTO
+        const uint8_t protocol = *take(1);
+        if (protocol < 2 || protocol > 5) fail("pickle protocol " + std::to_string(protocol));
+        break;
+      }
+      case 0x95:  // FRAME: a length hint only
+        take(8);
+        break;
+      case '.':  // STOP
+        return pop();
+      case '(':  // MARK
+        marks_.push_back(stack_.size());
+        break;
+      case '0':  // POP
+        pop();
+        break;
+      case '1':  // POP_MARK
+        pop_to_mark();
+        break;
+      case '2':  // DUP
+        stack_.push_back(top());
+        break;
+      case 'N':  // NONE
+        stack_.push_back(make(PickleValue::Kind::kNone));
+        break;
+      case 0x88:    // NEWTRUE
+      case 0x89: {  // NEWFALSE
+        PickleValue* v = make(PickleValue::Kind::kBool);
+        v->boolean = opcode == 0x88;
+        stack_.push_back(v);
+        break;
+      }
+      case 'J':  // BININT
+        stack_.push_back(make_int(int32_t(uint32_t(little_endian(4)))));
+        break;
+      case 'K':  // BININT1
+        stack_.push_back(make_int(int64_t(little_endian(1))));
+        break;
+      case 'M':  // BININT2
+        stack_.push_back(make_int(int64_t(little_endian(2))));
+        break;
+      case 0x8a: {  // LONG1: n bytes of two's complement, little-endian
+        const uint8_t n = *take(1);
+        if (n > 8) fail("an integer of " + std::to_string(n) + " bytes does not fit in 64 bits");
+        uint64_t value = little_endian(n);
+        if (n > 0 && n < 8 && (value >> (8 * n - 1)) & 1) value |= ~uint64_t(0) << (8 * n);
+        stack_.push_back(make_int(int64_t(value)));
+        break;
+      }
+      case 'G': {  // BINFLOAT: big-endian double
+        const uint8_t* data = take(8);
+        uint64_t bits = 0;
+        for (int i = 0; i < 8; ++i) bits = (bits << 8) | data[i];
+        PickleValue* v = make(PickleValue::Kind::kFloat);
+        std::memcpy(&v->real, &bits, sizeof(bits));
+        stack_.push_back(v);
+        break;
+      }
+      case 'X':     // BINUNICODE
+      case 0x8c:    // SHORT_BINUNICODE
+      case 0x8d: {  // BINUNICODE8
+        const size_t width = opcode == 'X' ? 4 : opcode == 0x8c ? 1 : 8;
+        const uint64_t length = little_endian(width);
+        PickleValue* v = make(PickleValue::Kind::kString);
+        v->text = std::string(text(length));
+        stack_.push_back(v);
+        break;
+      }
+      case '}':  // EMPTY_DICT
+        stack_.push_back(make(PickleValue::Kind::kDict));
+        break;
+      case ']':  // EMPTY_LIST
+        stack_.push_back(make(PickleValue::Kind::kList));
+        break;
+      case ')':  // EMPTY_TUPLE
+        stack_.push_back(make(PickleValue::Kind::kTuple));
+        break;
+      case 0x85:  // TUPLE1
+      case 0x86:  // TUPLE2
+      case 0x87:  // TUPLE3
+        stack_.push_back(pop_tuple(opcode - 0x85 + 1));
+        break;
+      case 't': {  // TUPLE
+        PickleValue* tuple = make(PickleValue::Kind::kTuple);
+        tuple->items = pop_to_mark();
+        stack_.push_back(tuple);
+        break;
+      }
+      case 'l': {  // LIST
+        PickleValue* list = make(PickleValue::Kind::kList);
+        list->items = pop_to_mark();
+        stack_.push_back(list);
+        break;
+      }
+      case 'd': {  // DICT
+        std::vector<PickleValue*> items = pop_to_mark();
+        if (items.size() % 2 != 0) fail("an odd number of keys and values");
+        PickleValue* dict = make(PickleValue::Kind::kDict);
+        for (size_t i = 0; i < items.size(); i += 2) set_item(*dict, items[i], items[i + 1]);
+        stack_.push_back(dict);
+        break;
+      }
+      case 's': {  // SETITEM
+        PickleValue* value = pop();
+        PickleValue* key = pop();
+        set_item(*top(), key, value);
+        break;
+      }
+      case 'u': {  // SETITEMS
+        std::vector<PickleValue*> items = pop_to_mark();
+        if (items.size() % 2 != 0) fail("an odd number of keys and values");
+        PickleValue* dict = top();
+        for (size_t i = 0; i < items.size(); i += 2) set_item(*dict, items[i], items[i + 1]);
+        break;
+      }
+      case 'a': {  // APPEND
+        PickleValue* item = pop();
+        append(*top(), item);
+        break;
+      }
+      case 'e': {  // APPENDS
+        std::vector<PickleValue*> items = pop_to_mark();
+        PickleValue* list = top();
+        for (PickleValue* item : items) append(*list, item);
+        break;
+      }
+      case 'q':  // BINPUT
+      case 'r':  // LONG_BINPUT
+        memo_[little_endian(opcode == 'q' ? 1 : 4)] = top();
+        break;
+      case 0x94:  // MEMOIZE
+        memo_[memo_.size()] = top();
+        break;
+      case 'h':    // BINGET
+      case 'j': {  // LONG_BINGET
+        const uint64_t index = little_endian(opcode == 'h' ? 1 : 4);
+        auto it = memo_.find(index);
+        if (it == memo_.end()) fail("memo entry " + std::to_string(index) + " was never set");
+        stack_.push_back(it->second);
+        break;
+      }
+      case 'c': {  // GLOBAL: "module\nname\n"
+        const std::string_view module = line();
+        const std::string_view attribute = line();
+        stack_.push_back(global(module, attribute));
+        break;
+      }
+      case 0x93: {  // STACK_GLOBAL
+        PickleValue* attribute = pop();
+        PickleValue* module = pop();
+        if (module->kind != PickleValue::Kind::kString ||
+            attribute->kind != PickleValue::Kind::kString) {
+          fail("expected two strings");
+        }
+        stack_.push_back(global(module->text, attribute->text));
+        break;
+      }
+      case 'R': {  // REDUCE
+        PickleValue* args = pop();
+        PickleValue* callable = pop();
+        stack_.push_back(call(*callable, *args));
+        break;
+      }
+      case 'b': {  // BUILD: an OrderedDict's attributes (a state_dict's _metadata) are dropped
+        PickleValue* state = pop();
+        (void)state;
+        PickleValue* object = top();
+        if (object->kind != PickleValue::Kind::kDict) {
+          fail("sets the state of " + describe(*object) + "; only dicts' states are accepted");
+        }
+        break;
+      }
+      case 'Q':  // BINPERSID
+        stack_.push_back(persistent_load(*pop()));
+        break;
+      default:
+        fail(
+            "this opcode is not one a tensor checkpoint uses (accepted: protocol 2-5 "
+            "containers, strings, numbers, GLOBAL, REDUCE, BUILD, BINPERSID)");
+    }
+  }
+}
+
+void flatten_into(const PickleValue& value, const std::string& prefix, int depth,
+                  const std::string& name, std::unordered_set<std::string>& seen,
+                  std::vector<std::pair<std::string, at::Tensor>>& out) {
+  TS_CHECK(depth <= kMaxFlattenDepth, name, "'", prefix, "' is nested more than ", kMaxFlattenDepth,
+           " dicts deep");
+  for (const auto& [key, item] : value.entries) {
+    TS_CHECK(key->kind == PickleValue::Kind::kString, name, "dict ",
+             prefix.empty() ? std::string("at the top") : "'" + prefix + "'", " has the key ",
+             describe(*key), ": only string keys name tensors");
+    const std::string path = prefix.empty() ? key->text : prefix + "." + key->text;
+    if (item->kind == PickleValue::Kind::kTensor) {
+      TS_CHECK(seen.insert(path).second, name, "two tensors are named '", path,
+               "' once nested keys are joined with '.'");
+      out.emplace_back(path, item->tensor);
+    } else if (item->kind == PickleValue::Kind::kDict) {
+      flatten_into(*item, path, depth + 1, name, seen, out);
+    } else {
+      TS_FAIL(name, "'", path, "' is ", describe(*item),
+              ", not a tensor or a dict of tensors: only tensors in (nested) dicts can be "
+              "converted");
+    }
+  }
+}
+
+}  // namespace
+
+std::string describe(const PickleValue& value) {
+  switch (value.kind) {
+    case PickleValue::Kind::kString:
+      return "the string '" + value.text.substr(0, 64) + (value.text.size() > 64 ? "...'" : "'");
+    case PickleValue::Kind::kInt:
+      return "the int " + std::to_string(value.integer);
+    case PickleValue::Kind::kGlobal:
+      return "the global " + value.text;
+    case PickleValue::Kind::kTuple:
+    case PickleValue::Kind::kList:
+      return std::string(kind_name(value.kind)) + " of " + std::to_string(value.items.size());
+    default:
+      return kind_name(value.kind);
+  }
+}
+
+PickleTree unpickle(std::string_view bytes, const StorageLoader& load_storage,
+                    const std::string& name) {
+  PickleTree tree;
+  Machine machine(bytes, load_storage, name, tree.arena_);
+  tree.root_ = machine.run();
+  return tree;
+}
+
+std::vector<std::pair<std::string, at::Tensor>> flatten_tensors(const PickleValue& root,
+                                                                const std::string& name) {
+  TS_CHECK(root.kind == PickleValue::Kind::kDict, name, "the checkpoint holds ", describe(root),
+           ", expected a dict of tensors (a state dict)");
+  std::vector<std::pair<std::string, at::Tensor>> tensors;
+  std::unordered_set<std::string> seen;
+  flatten_into(root, "", 0, name, seen, tensors);
+  return tensors;
+}
+
+}  // namespace torch::safetensors::convert
