@@ -106,6 +106,8 @@ struct ShardOptions {
   // Remove files of an earlier save with this pattern (shards, index) that this one did not
   // write (huggingface_hub's is_main_process).
   bool remove_stale = true;
+  // Called after each file is written with (bytes of tensor data written, total): progress bars.
+  std::function<void(uint64_t done, uint64_t total)> on_progress;
 
   ShardOptions& with_max_shard_size(uint64_t bytes) {
     max_shard_size = bytes;

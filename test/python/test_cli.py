@@ -391,6 +391,12 @@ def test_progress_bar_only_on_a_terminal(tmp_path):
     code, _, terminal = run_under_terminal("verify", tmp_path / "big.safetensors", "--data")
     assert code == 0 and "verify [" in terminal
 
+    # Sharded output: the bar advances shard by shard (save_sharded's on_progress).
+    code, stdout, terminal = run_under_terminal("convert", tmp_path / "big.bin", tmp_path / "shards",
+                                                "--max-shard-size", "600KB")
+    assert code == 0 and "shards and an index" in stdout
+    assert "convert [" in terminal and "100%" in terminal and terminal.count("\r") >= 2
+
 
 def test_console_script_entry_point_is_declared():
     with open(os.path.join(os.path.dirname(__file__), "..", "..", "pyproject.toml")) as f:

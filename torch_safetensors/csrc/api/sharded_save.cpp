@@ -175,6 +175,8 @@ void save_sharded(const NamedTensors& tensors, const std::string& directory,
   for (const auto& [name, tensor] : kept) by_name.emplace(name, &tensor);
 
   // Everything goes to temporary files first; nothing replaces an old file until all are written.
+  uint64_t done = 0, total = 0;
+  for (const auto& [name, tensor] : kept) total += tensor.nbytes();
   std::vector<std::unique_ptr<storage::AtomicFileWriter>> writers;
   std::vector<std::string> written;
   for (const auto& [file, names] : split.files) {
@@ -184,6 +186,8 @@ void save_sharded(const NamedTensors& tensors, const std::string& directory,
     writers.push_back(std::make_unique<storage::AtomicFileWriter>(path));
     write_file(entries, file_metadata, *writers.back(), path);
     written.push_back(file);
+    for (const SaveEntry& entry : entries) done += entry.tensor.nbytes();
+    if (options.on_progress) options.on_progress(done, total);
   }
   if (split.is_sharded()) {
     format::CheckpointIndex index;

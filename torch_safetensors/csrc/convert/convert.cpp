@@ -57,6 +57,7 @@ ConvertReport convert_torch_checkpoint(const std::string& from, const std::strin
     ShardOptions shard_options;
     shard_options.max_shard_size = *options.max_shard_size;
     shard_options.metadata = options.metadata;
+    shard_options.on_progress = options.on_progress;
     save_sharded(tensors, to, shard_options);
     const Checkpoint written(to);
     report.files = written.shard_files();
