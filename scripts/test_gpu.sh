@@ -19,7 +19,7 @@ bash scripts/build.sh
 log=$(mktemp)
 "$BUILD_DIR"/test/test_load_save --gtest_filter='Device.*' | tee "$log"
 "$BUILD_DIR"/test/test_module --gtest_filter='*Cuda*' | tee -a "$log"
-"$BUILD_DIR"/test/test_device --gtest_filter='DeviceCuda.*' | tee -a "$log"
+"$BUILD_DIR"/test/test_device --gtest_filter='DeviceCuda.*:ModuleOnDevice.Cuda*' | tee -a "$log"
 if grep -q 'SKIPPED' "$log"; then echo "test_gpu.sh: CUDA tests skipped on a GPU machine"; exit 1; fi
 
 echo "== Python package and the CUDA pytest cases"

@@ -225,3 +225,32 @@ TEST(DeviceCuda, WholeFilesSlicesShardsAndStreamingToTheGpu) {
   EXPECT_TRUE(part.is_cuda());
   EXPECT_TRUE(torch::equal(part.cpu(), big[1].second.narrow(0, 100, 100).to(at::kBFloat16)));
 }
+
+TEST(ModuleOnDevice, ParametersAreFilledInPlaceThroughTheRing) {
+  TempDir dir;
+  torch::nn::Linear saved(64, 32);
+  ts::save(*saved, dir.file("m.safetensors"));
+  torch::nn::Linear target(64, 32);
+  const void* weight_memory = target->weight.data_ptr();
+  const ts::ModuleLoadPlan plan(
+      ts::NamedTensors{{"weight", target->weight}, {"bias", target->bias}},
+      ts::Checkpoint(dir.file("m.safetensors"), staged_on_cpu()));
+  ASSERT_TRUE(plan.report().ok());
+  plan.apply();
+  EXPECT_EQ(target->weight.data_ptr(), weight_memory);  // filled, not replaced
+  EXPECT_TRUE(torch::equal(target->weight, saved->weight));
+  EXPECT_TRUE(torch::equal(target->bias, saved->bias));
+}
+
+TEST(ModuleOnDevice, CudaParametersAreFilledInPlace) {
+  if (!torch::cuda::is_available()) GTEST_SKIP() << "no CUDA device";
+  TempDir dir;
+  torch::nn::Linear saved(256, 128);
+  ts::save(*saved, dir.file("m.safetensors"));
+  torch::nn::Linear target(256, 128);
+  target->to(torch::kCUDA);
+  const void* weight_memory = target->weight.data_ptr();
+  ts::load(*target, dir.file("m.safetensors"), c10::Device(c10::kCUDA));
+  EXPECT_EQ(target->weight.data_ptr(), weight_memory);
+  EXPECT_TRUE(torch::equal(target->weight.cpu(), saved->weight));
+}

@@ -15,6 +15,9 @@ namespace torch::safetensors {
 struct LoadItem {
   const File* file;
   const TensorInfo* info;
+  // Optional: fill this tensor in place instead of allocating (contiguous, of the stored dtype
+  // and sizes, on the load's device): a module's parameters already on a device.
+  at::Tensor into = {};
 };
 
 // Loads every item as `options` say (all items' files opened with the same options): views of

@@ -138,9 +138,11 @@ std::vector<at::Tensor> load_many(const std::vector<LoadItem>& items, const Load
     for (size_t i = 0; i < items.size(); ++i) {
       const File& file = *items[i].file;
       const TensorInfo& info = *items[i].info;
-      Staged dst =
-          staged_empty(info.nbytes(), to_scalar_type(info.dtype),
-                       adapters::torch_sizes(info, file.path()), options, file.path(), info.name);
+      Staged dst = items[i].into.defined()
+                       ? Staged{items[i].into.reshape({-1}).view(at::kByte), items[i].into}
+                       : staged_empty(info.nbytes(), to_scalar_type(info.dtype),
+                                      adapters::torch_sizes(info, file.path()), options,
+                                      file.path(), info.name);
       runs.push_back({&file.source(), file.header().data_offset() + info.begin, info.nbytes(),
                       std::move(dst.bytes), 0, i});
       out[i] = std::move(dst.tensor);
@@ -153,6 +155,14 @@ std::vector<at::Tensor> load_many(const std::vector<LoadItem>& items, const Load
   for (size_t i = 0; i < items.size(); ++i) {
     const File& file = *items[i].file;
     const TensorInfo& info = *items[i].info;
+    if (items[i].into.defined()) {  // read straight into the caller's memory
+      out[i] = items[i].into;
+      if (info.nbytes()) {
+        file.source().read(out[i].data_ptr(), info.nbytes(),
+                           file.header().data_offset() + info.begin);
+      }
+      continue;
+    }
     uint8_t* memory = options.backend == Backend::kMmap ? file.source().data() : nullptr;
     if (memory && info.nbytes() > 0) {
       const std::vector<int64_t> sizes = adapters::torch_sizes(info, file.path());

@@ -12,6 +12,7 @@
 
 #include "adapters/load_tensor.h"
 #include "adapters/shared_memory.h"
+#include "api/bulk_load.h"
 #include "api/named_module.h"
 #include "check.h"
 
@@ -117,7 +118,31 @@ ModuleLoadPlan::ModuleLoadPlan(NamedTensors targets, Checkpoint checkpoint,
 
 void ModuleLoadPlan::apply() const {
   torch::NoGradGuard no_grad;
-  for (const auto& assignment : assignments_) {
+  // Targets already on the load's (non-CPU) device, contiguous and of the stored dtype, are
+  // filled in place, all through one staging ring: no second copy of the model on the device.
+  const LoadOptions& options = checkpoint_.options();
+  std::vector<LoadItem> in_place;
+  std::vector<bool> filled(assignments_.size(), false);
+  for (size_t i = 0; i < assignments_.size(); ++i) {
+    const Assignment& a = assignments_[i];
+    const c10::Device at = a.target.device();
+    const bool on_load_device =
+        at.type() == options.device.type() &&
+        (!options.device.has_index() || at.index() == options.device.index());
+    if (a.mode == Mode::kSetData || (options.device.is_cpu() && !options.always_stage) ||
+        !on_load_device || !a.target.is_contiguous() || options.dtype) {
+      continue;
+    }
+    const File& file = checkpoint_.file(a.name);
+    const TensorInfo& info = file.info(a.name);
+    if (a.target.scalar_type() != to_scalar_type(info.dtype)) continue;
+    in_place.push_back({&file, &info, a.target});
+    filled[i] = true;
+  }
+  if (!in_place.empty()) load_many(in_place, options);
+  for (size_t i = 0; i < assignments_.size(); ++i) {
+    if (filled[i]) continue;
+    const Assignment& assignment = assignments_[i];
     at::Tensor source = checkpoint_.tensor(assignment.name);
     at::Tensor target = assignment.target;  // a handle: changes the caller's tensor
     switch (assignment.mode) {
