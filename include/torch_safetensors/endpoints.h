@@ -26,9 +26,12 @@ class LoadFrom {
   LoadFrom(std::shared_ptr<const Source> source) : source_(std::move(source)) {}  // NOLINT
 
   // A path opens as a file (mapped or read per options.backend); anything else reads its Source.
+  // (open_checkpoint in checkpoint.h also takes directories and indexes.)
   File open(const LoadOptions& options = {}) const {
     return path_ ? File(*path_, options) : File(source_, options);
   }
+  const std::optional<std::string>& path() const { return path_; }
+  const std::shared_ptr<const Source>& source() const { return source_; }
 
  private:
   std::optional<std::string> path_;

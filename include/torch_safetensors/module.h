@@ -12,6 +12,7 @@
 #include <torch/nn/module.h>
 #include <torch/nn/pimpl.h>
 
+#include "torch_safetensors/checkpoint.h"
 #include "torch_safetensors/serialize.h"
 
 namespace torch::safetensors {
@@ -66,11 +67,16 @@ struct ModuleLoadReport {
 // those File::tensor returns (packed dtypes: see File::tensor).
 class ModuleLoadPlan {
  public:
-  // Opens the file (on the CPU) and checks names and sizes; changes nothing.
+  // Opens the checkpoint (a file, an index or a directory; on the CPU) and checks names and
+  // sizes; changes nothing.
   ModuleLoadPlan(NamedTensors targets, const std::string& path, Backend backend = Backend::kMmap);
-  // The same over an open file. With `device` (the file opened with that device), apply() moves
-  // targets on other devices there with set_data, like torch::load(module, source, device).
-  ModuleLoadPlan(NamedTensors targets, File file, std::optional<c10::Device> device = std::nullopt);
+  // The same over an open checkpoint. With `device` (the checkpoint opened with that device),
+  // apply() moves targets on other devices there with set_data, like torch::load(module, source,
+  // device).
+  ModuleLoadPlan(NamedTensors targets, Checkpoint checkpoint,
+                 std::optional<c10::Device> device = std::nullopt);
+  ModuleLoadPlan(NamedTensors targets, File file, std::optional<c10::Device> device = std::nullopt)
+      : ModuleLoadPlan(std::move(targets), Checkpoint(std::move(file)), device) {}
 
   const ModuleLoadReport& report() const { return report_; }
   // The groups of target names that share memory (each name in one group, most alone), with the
@@ -81,7 +87,7 @@ class ModuleLoadPlan {
     std::optional<std::string> keep;  // nullopt: no name covers the whole storage
   };
   const std::vector<TiedGroup>& ties() const { return ties_; }
-  const File& file() const { return file_; }
+  const Checkpoint& checkpoint() const { return checkpoint_; }
 
   // Loads every target the file fits, under NoGradGuard. A CPU target of the file's dtype takes the
   // loaded storage with `set_` (zero-copy with the mmap backend, as torch::load does: it keeps its
@@ -102,13 +108,14 @@ class ModuleLoadPlan {
     std::string name;  // in the file
     Mode mode;
   };
-  File file_;
+  Checkpoint checkpoint_;
   std::vector<Assignment> assignments_;
   ModuleLoadReport report_;
   std::vector<TiedGroup> ties_;
 };
 
-// ModuleLoadPlan over the source (a path, a stream, any Source: see LoadFrom) opened with
+// ModuleLoadPlan over the source (a path — a file, an index or a directory —, a stream, any Source:
+// see LoadFrom and open_checkpoint) opened with
 // options.backend and options.device, then: throws (a c10::Error naming the source and every
 // problem) when a group of two or more tied names has no name covering its storage, or with
 // options.strict when the report is not ok; otherwise applies it and returns the report.

@@ -4,7 +4,7 @@
 // config file.
 //
 //   namespace quant = torch::safetensors::quant;
-//   quant::Checkpoint file("model.safetensors");
+//   torch::safetensors::Checkpoint file("model/");   // a file, an index.json or a directory
 //   at::Tensor w = quant::dequantize(file, "layers.0.mlp.down_proj.weight", at::kBFloat16);
 //   quant::DenseView dense(file, at::kBFloat16);            // name -> dense tensor, on access
 //
@@ -22,15 +22,12 @@
 #include <c10/core/Device.h>
 #include <c10/core/ScalarType.h>
 
+#include "torch_safetensors/checkpoint.h"
 #include "torch_safetensors/endpoints.h"
 #include "torch_safetensors/file.h"
 #include "torch_safetensors/header.h"
 
 namespace torch::safetensors::quant {
-
-// The handle the quantization API reads from. File for now; the lazy Checkpoint (one file, an
-// index.json or a directory) has the same members and replaces it here.
-using Checkpoint = File;
 
 // One layout per scheme; `scheme_name` gives the string used in metadata and Python.
 enum class Scheme {

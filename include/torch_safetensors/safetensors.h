@@ -4,9 +4,11 @@
 //   torch::safetensors::load(*module, "model.safetensors");            // like torch::load
 //   torch::safetensors::save(*module, "model.safetensors");            // like torch::save
 //   torch::safetensors::File f("model.safetensors");                    // like safe_open
+//   torch::safetensors::Checkpoint c("Llama-3-8B/");   // a sharded checkpoint (index + shards)
 #pragma once
 
 #include "torch_safetensors/archive.h"
+#include "torch_safetensors/checkpoint.h"
 #include "torch_safetensors/dtype.h"
 #include "torch_safetensors/errors.h"
 #include "torch_safetensors/file.h"

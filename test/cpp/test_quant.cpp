@@ -89,7 +89,7 @@ TEST_P(GptqLayout, DequantizesExactly) {
                         ", \"group_size\": " + std::to_string(c.group) +
                         ", \"desc_act\": " + (c.act_order ? "true" : "false") +
                         (c.v2 ? ", \"checkpoint_format\": \"gptq_v2\"" : "") + "}");
-  quant::Checkpoint file(dir.file("model.safetensors"));
+  st::Checkpoint file(dir.file("model.safetensors"));
   const at::Tensor dense = quant::dequantize(file, "layer.weight", at::kFloat);
   ASSERT_EQ(dense.sizes(), (std::vector<int64_t>{c.out, c.in}));
   at::Tensor expected = at::empty({c.out, c.in});
@@ -141,7 +141,7 @@ TEST(Awq, DequantizesExactly) {
   write_config(dir, R"({"quant_method": "awq", "bits": 4, "group_size": 32, "version": "gemm",
                        "zero_point": true})");
   const at::Tensor dense =
-      quant::dequantize(quant::Checkpoint(dir.file("model.safetensors")), "m.weight", at::kFloat);
+      quant::dequantize(st::Checkpoint(dir.file("model.safetensors")), "m.weight", at::kFloat);
   at::Tensor expected = at::empty({out, in});
   for (int64_t i = 0; i < in; ++i) {
     for (int64_t o = 0; o < out; ++o) {
@@ -162,7 +162,7 @@ TEST(Fp8, BlockScalesOddShapes) {
            dir.file("model.safetensors"));
   write_config(dir, R"({"quant_method": "fp8", "fmt": "e4m3", "weight_block_size": [128, 128]})");
   const at::Tensor dense =
-      quant::dequantize(quant::Checkpoint(dir.file("model.safetensors")), "a.weight", at::kFloat);
+      quant::dequantize(st::Checkpoint(dir.file("model.safetensors")), "a.weight", at::kFloat);
   const at::Tensor w = w8.to(at::kFloat);
   at::Tensor expected = at::empty({out, in});
   auto e = expected.accessor<float, 2>();
@@ -184,7 +184,7 @@ TEST(Fp8, PerTensorAndPerChannelWithoutConfig) {
                             {"t.weight", w8.clone()},
                             {"t.weight_scale", tensor_scale}},
            dir.file("model.safetensors"));
-  quant::Checkpoint file(dir.file("model.safetensors"));
+  st::Checkpoint file(dir.file("model.safetensors"));
   EXPECT_TRUE(
       at::equal(quant::dequantize(file, "c.weight", at::kFloat), w8.to(at::kFloat) * channel));
   EXPECT_TRUE(at::equal(quant::dequantize(file, "t.weight", at::kFloat), w8.to(at::kFloat) * 0.25));
@@ -200,7 +200,7 @@ TEST(Mxfp4, DequantizesExactly) {
   st::save(
       st::NamedTensors{{"experts.down_proj_blocks", blocks}, {"experts.down_proj_scales", scales}},
       dir.file("model.safetensors"));
-  quant::Checkpoint file(dir.file("model.safetensors"));
+  st::Checkpoint file(dir.file("model.safetensors"));
   const at::Tensor dense = quant::dequantize(file, "experts.down_proj", at::kFloat);
   ASSERT_EQ(dense.sizes(), (std::vector<int64_t>{2, 3, 128}));
   auto b = blocks.accessor<uint8_t, 4>();
@@ -231,7 +231,7 @@ TEST(Nvfp4, ModelOptAndCompressedTensorsConventions) {
                             {"ct.weight_scale", scale.clone()},
                             {"ct.weight_global_scale", torch::tensor({8.0f})}},
            dir.file("model.safetensors"));
-  quant::Checkpoint file(dir.file("model.safetensors"));
+  st::Checkpoint file(dir.file("model.safetensors"));
   auto p = packed.accessor<uint8_t, 2>();
   const at::Tensor s32 = scale.to(at::kFloat);
   auto s = s32.accessor<float, 2>();
@@ -276,7 +276,7 @@ TEST(PackQuantized, AsymmetricOddBits) {
       "config_groups": {"group_0": {"targets": ["Linear"], "weights": {"num_bits": 3,
       "type": "int", "symmetric": false, "strategy": "group", "group_size": 15}}}})");
   const at::Tensor dense =
-      quant::dequantize(quant::Checkpoint(dir.file("model.safetensors")), "p.weight", at::kFloat);
+      quant::dequantize(st::Checkpoint(dir.file("model.safetensors")), "p.weight", at::kFloat);
   at::Tensor expected = at::empty({out, in});
   for (int64_t o = 0; o < out; ++o)
     for (int64_t i = 0; i < in; ++i)
@@ -321,7 +321,7 @@ TEST(RoundTrip, SelfDescribingFileNeedsNoConfig) {
   TempDir dir;
   quant::save(weights, {{"norm.weight", torch::ones({96})}}, dir.file("q.safetensors"),
               st::Metadata{{"format", "pt"}});
-  quant::Checkpoint file(dir.file("q.safetensors"));
+  st::Checkpoint file(dir.file("q.safetensors"));
   const quant::QuantConfig config = quant::read_config(file);
   ASSERT_EQ(config.weights.size(), weights.size());
   quant::DenseView dense(file, at::kFloat);
@@ -387,7 +387,7 @@ TEST(Errors, BadCompanionsAreNamed) {
   }
   st::save(tensors, dir.file("bad_scale.safetensors"));
   std::string message = ts_test::error_of(
-      [&] { quant::dequantize(quant::Checkpoint(dir.file("bad_scale.safetensors")), "l.weight"); });
+      [&] { quant::dequantize(st::Checkpoint(dir.file("bad_scale.safetensors")), "l.weight"); });
   EXPECT_NE(message.find("'l.scales' (scale) has shape [1, 16], expected [2, 16]"),
             std::string::npos)
       << message;
@@ -398,17 +398,17 @@ TEST(Errors, BadCompanionsAreNamed) {
   }
   st::save(without_zeros, dir.file("no_zeros.safetensors"));
   message = ts_test::error_of(
-      [&] { quant::dequantize(quant::Checkpoint(dir.file("no_zeros.safetensors")), "l.weight"); });
+      [&] { quant::dequantize(st::Checkpoint(dir.file("no_zeros.safetensors")), "l.weight"); });
   EXPECT_NE(message.find("its zero_point tensor 'l.qzeros' is missing"), std::string::npos)
       << message;
   // Not quantized at all.
   message = ts_test::error_of(
-      [&] { quant::dequantize(quant::Checkpoint(dir.file("no_zeros.safetensors")), "nothing"); });
+      [&] { quant::dequantize(st::Checkpoint(dir.file("no_zeros.safetensors")), "nothing"); });
   EXPECT_NE(message.find("'nothing' is not a quantized weight"), std::string::npos) << message;
   // A config that disagrees with what is stored.
   write_config(dir, R"({"quant_method": "fp8", "weight_block_size": [128, 128]})");
   message = ts_test::error_of(
-      [&] { quant::dequantize(quant::Checkpoint(dir.file("bad_scale.safetensors")), "l.weight"); });
+      [&] { quant::dequantize(st::Checkpoint(dir.file("bad_scale.safetensors")), "l.weight"); });
   EXPECT_NE(message.find("is stored as gptq, but"), std::string::npos) << message;
 }
 
@@ -445,7 +445,7 @@ TEST(Device, DequantizesOnCudaLikeOnCpu) {
   const auto q = quant::quantize(torch::randn({64, 256}), "x.weight", options);
   TempDir dir;
   quant::save({q}, {}, dir.file("q.safetensors"));
-  quant::Checkpoint file(dir.file("q.safetensors"));
+  st::Checkpoint file(dir.file("q.safetensors"));
   const at::Tensor cpu = quant::dequantize(file, "x.weight", at::kBFloat16);
   const at::Tensor cuda = quant::dequantize(file, "x.weight", at::kBFloat16, at::kCUDA);
   EXPECT_TRUE(cuda.is_cuda());

@@ -18,16 +18,6 @@
 namespace torch::safetensors {
 namespace {
 
-NamedTensors named_tensors(const torch::nn::Module& module) {
-  NamedTensors out;
-  for (const auto& p : module.named_parameters(/*recurse=*/true))
-    out.emplace_back(p.key(), p.value());
-  for (const auto& b : module.named_buffers(/*recurse=*/true)) {
-    if (b.value().defined()) out.emplace_back(b.key(), b.value());
-  }
-  return out;
-}
-
 std::string join(const std::vector<std::string>& names) {
   std::string out;
   for (const auto& n : names) out += (out.empty() ? "" : ", ") + n;
@@ -52,15 +42,25 @@ std::string describe_unkeepable(const std::vector<std::vector<std::string>>& gro
 
 }  // namespace
 
-ModuleLoadPlan::ModuleLoadPlan(NamedTensors targets, const std::string& path, Backend backend)
-    : ModuleLoadPlan(std::move(targets), File(path, LoadOptions().with_backend(backend))) {}
+NamedTensors module_tensors(const torch::nn::Module& module) {
+  NamedTensors out;
+  for (const auto& p : module.named_parameters(/*recurse=*/true))
+    out.emplace_back(p.key(), p.value());
+  for (const auto& b : module.named_buffers(/*recurse=*/true)) {
+    if (b.value().defined()) out.emplace_back(b.key(), b.value());
+  }
+  return out;
+}
 
-ModuleLoadPlan::ModuleLoadPlan(NamedTensors targets, File file_in,
+ModuleLoadPlan::ModuleLoadPlan(NamedTensors targets, const std::string& path, Backend backend)
+    : ModuleLoadPlan(std::move(targets), Checkpoint(path, LoadOptions().with_backend(backend))) {}
+
+ModuleLoadPlan::ModuleLoadPlan(NamedTensors targets, Checkpoint checkpoint,
                                std::optional<c10::Device> device)
-    : file_(std::move(file_in)) {
-  const File& file = file_;
+    : checkpoint_(std::move(checkpoint)) {
+  const Checkpoint& file = checkpoint_;
   const c10::Device loaded_device = file.options().device;
-  const std::vector<std::string> file_names = file.keys();
+  const std::vector<std::string>& file_names = file.keys();
   const std::unordered_set<std::string> in_file(file_names.begin(), file_names.end());
 
   std::unordered_map<std::string, size_t> group_of;  // target name → index in ties_
@@ -86,7 +86,7 @@ ModuleLoadPlan::ModuleLoadPlan(NamedTensors targets, File file_in,
     }
     if (group && !group->keep && group->names.size() > 1) continue;  // see ties()
     const TensorInfo& info = file.info(name);
-    std::vector<int64_t> file_sizes = adapters::torch_sizes(info, file_.path());
+    std::vector<int64_t> file_sizes = adapters::torch_sizes(info, file.path());
     if (target.sizes().vec() != file_sizes) {
       report_.mismatched.push_back({name, target.sizes().vec(), std::move(file_sizes)});
       continue;
@@ -118,7 +118,7 @@ ModuleLoadPlan::ModuleLoadPlan(NamedTensors targets, File file_in,
 void ModuleLoadPlan::apply() const {
   torch::NoGradGuard no_grad;
   for (const auto& assignment : assignments_) {
-    at::Tensor source = file_.tensor(assignment.name);
+    at::Tensor source = checkpoint_.tensor(assignment.name);
     at::Tensor target = assignment.target;  // a handle: changes the caller's tensor
     switch (assignment.mode) {
       case Mode::kSet:
@@ -138,8 +138,8 @@ ModuleLoadReport load_into(const NamedTensors& targets, const LoadFrom& from,
                            const ModuleLoadOptions& options) {
   LoadOptions open_options = LoadOptions().with_backend(options.backend);
   if (options.device) open_options.with_device(*options.device);
-  const ModuleLoadPlan plan(targets, from.open(open_options), options.device);
-  const std::string& path = plan.file().path();
+  const ModuleLoadPlan plan(targets, open_checkpoint(from, open_options), options.device);
+  const std::string& path = plan.checkpoint().path();
   const auto groups = unkeepable(plan.ties());
   TS_CHECK(groups.empty(), path, describe_unkeepable(groups),
            "; refusing to load a part of it through one name and not the rest");
@@ -164,20 +164,19 @@ ModuleLoadReport load_into(const NamedTensors& targets, const LoadFrom& from,
 
 ModuleLoadReport load(torch::nn::Module& module, const LoadFrom& from,
                       const ModuleLoadOptions& options) {
-  return load_into(named_tensors(module), from, options);
+  return load_into(module_tensors(module), from, options);
 }
 
 ModuleLoadReport load(torch::nn::Module& module, const LoadFrom& from, c10::Device device) {
-  return load_into(named_tensors(module), from, ModuleLoadOptions().with_device(device));
+  return load_into(module_tensors(module), from, ModuleLoadOptions().with_device(device));
 }
 
-void save_named_module(const NamedTensors& tensors, const SaveTo& to,
-                       const std::optional<Metadata>& metadata) {
-  const std::string path = to.name();
-  Metadata meta = metadata.value_or(Metadata());
+std::vector<SaveEntry> drop_tied_duplicates(const NamedTensors& tensors, Metadata& metadata,
+                                            const std::unordered_set<std::string>& discard,
+                                            const std::string& destination) {
   std::unordered_set<std::string> dropped;
   std::vector<std::vector<std::string>> groups;
-  for (const auto& shared : adapters::choose_kept_names(tensors)) {
+  for (const auto& shared : adapters::choose_kept_names(tensors, /*preferred=*/{}, discard)) {
     if (shared.names.size() < 2) continue;
     if (!shared.keep) {
       groups.push_back(shared.names);
@@ -185,22 +184,29 @@ void save_named_module(const NamedTensors& tensors, const SaveTo& to,
     }
     for (const auto& name : shared.dropped()) {
       dropped.insert(name);
-      meta.emplace(name, *shared.keep);  // does not override the caller's keys
+      metadata.emplace(name, *shared.keep);  // does not override the caller's keys
     }
   }
-  TS_CHECK(groups.empty(), path, describe_unkeepable(groups),
+  TS_CHECK(groups.empty(), destination, describe_unkeepable(groups),
            "; refusing to save a partial view (it could store much more memory than needed)");
   std::vector<SaveEntry> entries;
   for (const auto& [name, tensor] : tensors) {
     if (!dropped.count(name)) entries.emplace_back(name, tensor);
   }
+  return entries;
+}
+
+void save_named_module(const NamedTensors& tensors, const SaveTo& to,
+                       const std::optional<Metadata>& metadata) {
+  Metadata meta = metadata.value_or(Metadata());
+  const std::vector<SaveEntry> entries = drop_tied_duplicates(tensors, meta, {}, to.name());
   // Metadata only when given or when names were dropped, as the reference's save_model.
   save(entries, to, meta.empty() ? metadata : std::optional<Metadata>(std::move(meta)));
 }
 
 void save(const torch::nn::Module& module, const SaveTo& to,
           const std::optional<Metadata>& metadata) {
-  save_named_module(named_tensors(module), to, metadata);
+  save_named_module(module_tensors(module), to, metadata);
 }
 
 }  // namespace torch::safetensors

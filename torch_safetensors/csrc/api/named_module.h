@@ -2,10 +2,32 @@
 #pragma once
 
 #include <optional>
+#include <string>
+#include <unordered_set>
+#include <vector>
 
+#include <torch/nn/module.h>
+
+#include "storage/io.h"
 #include "torch_safetensors/serialize.h"
 
 namespace torch::safetensors {
+
+// A module's parameters and (defined) buffers, with dotted names.
+NamedTensors module_tensors(const torch::nn::Module& module);
+
+// The tie policy applied for saving: the entries to write, each group of tensors sharing memory
+// by the one name it keeps (preferring names not in `discard`), each dropped name added to
+// `metadata` as dropped → kept unless the key is there already. A group none of whose names
+// covers its storage is refused, naming `destination`.
+std::vector<SaveEntry> drop_tied_duplicates(const NamedTensors& tensors, Metadata& metadata,
+                                            const std::unordered_set<std::string>& discard,
+                                            const std::string& destination);
+
+// save() into a file writer that the caller commits: for saves of several files that must all
+// be written before any replaces an old one.
+void write_file(const std::vector<SaveEntry>& entries, const std::optional<Metadata>& metadata,
+                storage::AtomicFileWriter& writer, const std::string& name);
 
 // Writes `tensors` with tied ones once: of each group sharing memory the name the tie policy
 // keeps is written and each dropped name recorded in the metadata as dropped → kept (the

@@ -3,9 +3,12 @@
 // whole-file buffer.
 #include "torch_safetensors/serialize.h"
 
+#include "torch_safetensors/checkpoint.h"
+
 #include <unordered_set>
 
 #include "adapters/load_tensor.h"
+#include "api/named_module.h"
 #include "adapters/save_item.h"
 #include "check.h"
 #include "storage/io.h"
@@ -77,19 +80,25 @@ size_t index_of(const std::string& name) {
 }  // namespace
 
 TensorDict load(const LoadFrom& from, const LoadOptions& options) {
-  return from.open(options).tensors();
+  return open_checkpoint(from, options).tensors();
+}
+
+void write_file(const std::vector<SaveEntry>& entries, const std::optional<Metadata>& metadata,
+                storage::AtomicFileWriter& writer, const std::string& name) {
+  write(plan(entries, metadata, name),
+        [&](const void* data, uint64_t n) { writer.write(data, n); });
 }
 
 void save(const std::vector<SaveEntry>& entries, const SaveTo& to,
           const std::optional<Metadata>& metadata) {
   const std::string name = to.name();
-  const SavePlan layout = plan(entries, metadata, name);
   if (to.path()) {
     storage::AtomicFileWriter writer(*to.path());
-    write(layout, [&](const void* data, uint64_t n) { writer.write(data, n); });
+    write_file(entries, metadata, writer, name);
     writer.commit();
     return;
   }
+  const SavePlan layout = plan(entries, metadata, name);
   uint64_t offset = 0;
   write(layout, [&](const void* data, uint64_t n) {
     if (to.stream()) {
@@ -146,7 +155,8 @@ void save(const std::vector<at::Tensor>& tensors, const SaveTo& to) {
 }
 
 void load(at::Tensor& tensor, const LoadFrom& from, std::optional<c10::Device> device) {
-  const File file = from.open(LoadOptions().with_device(device.value_or(c10::kCPU)));
+  const Checkpoint file =
+      open_checkpoint(from, LoadOptions().with_device(device.value_or(c10::kCPU)));
   TS_CHECK(file.contains("0"), file.path(), "no tensor \"0\": not a file of one tensor (",
            file.size(), " tensors, none named \"0\")");
   adapters::assign_like_torch_load(tensor, file.tensor("0"));
@@ -154,7 +164,8 @@ void load(at::Tensor& tensor, const LoadFrom& from, std::optional<c10::Device> d
 
 void load(std::vector<at::Tensor>& tensors, const LoadFrom& from,
           std::optional<c10::Device> device) {
-  const File file = from.open(LoadOptions().with_device(device.value_or(c10::kCPU)));
+  const Checkpoint file =
+      open_checkpoint(from, LoadOptions().with_device(device.value_or(c10::kCPU)));
   // Every name must be an index below the count, so a module's or a dict's file is refused whole
   // instead of loading as an empty vector (which is what torch::load would give).
   for (const std::string& name : file.keys()) {

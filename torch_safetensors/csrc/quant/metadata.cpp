@@ -32,15 +32,6 @@ bool is_file(const std::string& path) {
   return ::stat(path.c_str(), &status) == 0 && S_ISREG(status.st_mode);
 }
 
-// The folder holding the checkpoint, where config.json and hf_quant_config.json live; "" for a
-// source that is not a file. (Checkpoint::directory() replaces this when Checkpoint lands.)
-std::string directory_of(const File& file) {
-  const std::string& path = file.path();
-  if (!is_file(path)) return "";
-  const size_t slash = path.rfind('/');
-  return slash == std::string::npos ? "." : path.substr(0, slash == 0 ? 1 : slash);
-}
-
 // Accessors that name the document and key in their errors.
 struct JsonDoc {
   std::string where;
@@ -312,7 +303,7 @@ QuantConfig read_config(const Checkpoint& checkpoint) {
       return config;
     }
   }
-  const std::string directory = directory_of(checkpoint);
+  const std::string& directory = checkpoint.directory();
   if (directory.empty()) return config;
   if (read_config_file(config, directory + "/config.json", "quantization_config")) return config;
   read_config_file(config, directory + "/hf_quant_config.json", "quantization");

@@ -14,17 +14,21 @@
 
 namespace torch::safetensors::storage {
 
-// One contiguous read: `length` bytes at source `offset` into `dst`.
+// One contiguous read: `length` bytes at source `offset` into `dst`; `source` is set by read_all's
+// one-source overload, and by callers reading several sources (the shards of a checkpoint).
 struct ReadJob {
   void* dst;
   uint64_t length;
   uint64_t offset;
+  const Source* source = nullptr;
 };
 
 // Performs every job, splitting large ones into chunks and spreading the chunks over up to one
 // thread per core when there is enough to read; rethrows the first failure after all threads end.
 // The bulk path of every load: whole files, many tensors, large slices.
-void read_all(const Source& source, const std::vector<ReadJob>& jobs);
+void read_all(const Source& source, std::vector<ReadJob> jobs);
+// The same over jobs that each name their source: one pass for many files.
+void read_all(const std::vector<ReadJob>& jobs);
 
 // `bytes` as a source, without a copy: the caller keeps them alive and unchanged while the source
 // is used. data() is not offered (tensors must not outlive or write the caller's bytes).
@@ -58,5 +62,25 @@ class AtomicFileWriter {
   int fd_ = -1;
   bool committed_ = false;
 };
+
+}  // namespace torch::safetensors::storage
+
+// Paths and directories, with POSIX calls: not std::filesystem, whose symbols CUDA builds of
+// libtorch.so export in copies of their own that win symbol resolution and crash (test_util.h).
+namespace torch::safetensors::storage {
+
+std::string join_path(const std::string& directory, const std::string& name);  // "a" + "b" → "a/b"
+std::string parent_path(const std::string& path);  // "a/b" → "a"; "b" → ""; "/b" → "/"
+std::string file_name(const std::string& path);    // "a/b" → "b"
+bool is_directory(const std::string& path);        // following symlinks; false if absent
+bool is_regular_file(const std::string& path);     // following symlinks; false if absent
+// The regular files (symlinks followed) in `directory`, sorted. Throws OSError.
+std::vector<std::string> list_files(const std::string& directory);
+// realpath(3): absolute, no symlinks, no "." or "..". Throws OSError naming `what`.
+std::string real_path(const std::string& path, const std::string& what);
+// mkdir -p. Throws OSError.
+void make_directories(const std::string& path);
+// unlink(2); false when it fails.
+bool remove_file(const std::string& path);
 
 }  // namespace torch::safetensors::storage

@@ -149,7 +149,12 @@ std::shared_ptr<const Source> borrowed_memory_source(std::string_view bytes, std
                                         /*viewable=*/false);
 }
 
-void read_all(const Source& source, const std::vector<ReadJob>& jobs) {
+void read_all(const Source& source, std::vector<ReadJob> jobs) {
+  for (ReadJob& job : jobs) job.source = &source;
+  read_all(jobs);
+}
+
+void read_all(const std::vector<ReadJob>& jobs) {
   // Chunks large enough that each read amortises its syscall, small enough to balance threads.
   constexpr uint64_t kChunk = uint64_t(16) << 20;
   // Below this, threads cost more than they save.
@@ -160,13 +165,13 @@ void read_all(const Source& source, const std::vector<ReadJob>& jobs) {
     total += job.length;
     for (uint64_t done = 0; done < job.length; done += kChunk) {
       chunks.push_back({static_cast<char*>(job.dst) + done, std::min(kChunk, job.length - done),
-                        job.offset + done});
+                        job.offset + done, job.source});
     }
   }
   const unsigned cores = std::max(1u, std::thread::hardware_concurrency());
   const unsigned threads = total < kParallelMin ? 1u : std::min<unsigned>(cores, 16);
   if (threads <= 1 || chunks.size() <= 1) {
-    for (const ReadJob& c : chunks) source.read(c.dst, c.length, c.offset);
+    for (const ReadJob& c : chunks) c.source->read(c.dst, c.length, c.offset);
     return;
   }
   std::atomic<size_t> next{0};
@@ -175,7 +180,7 @@ void read_all(const Source& source, const std::vector<ReadJob>& jobs) {
   auto worker = [&] {
     try {
       for (size_t i; (i = next.fetch_add(1)) < chunks.size();) {
-        source.read(chunks[i].dst, chunks[i].length, chunks[i].offset);
+        chunks[i].source->read(chunks[i].dst, chunks[i].length, chunks[i].offset);
       }
     } catch (...) {
       std::lock_guard<std::mutex> lock(error_mutex);

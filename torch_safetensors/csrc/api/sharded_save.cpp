@@ -1,0 +1,216 @@
+// Sharded saving, as huggingface_hub's save_torch_state_dict does it (serialization/_torch.py and
+// _base.py of huggingface_hub 2.4): the same tie handling, split, file names and index, with the
+// files written through the one save pipeline (byte-identical to the reference's save_file).
+#include <cerrno>
+#include <cstdlib>
+#include <map>
+#include <tuple>
+
+#include "api/named_module.h"
+#include "check.h"
+#include "format/index.h"
+#include "storage/io.h"
+#include "torch_safetensors/checkpoint.h"
+#include "torch_safetensors/errors.h"
+
+namespace torch::safetensors {
+namespace {
+
+// Python's `pattern.format(suffix=suffix)` for the one field patterns have.
+std::string format_pattern(const std::string& pattern, std::string_view suffix) {
+  std::string out;
+  for (size_t i = 0; i < pattern.size(); ++i) {
+    if (pattern.compare(i, 8, "{suffix}") == 0) {
+      out += suffix;
+      i += 7;
+    } else if ((pattern[i] == '{' || pattern[i] == '}') && i + 1 < pattern.size() &&
+               pattern[i + 1] == pattern[i]) {
+      out += pattern[i++];
+    } else {
+      TORCH_CHECK_VALUE(pattern[i] != '{' && pattern[i] != '}', "safetensors: filename pattern '",
+                        pattern, "' has a brace that is not part of '{suffix}'");
+      out += pattern[i];
+    }
+  }
+  return out;
+}
+
+// Whether `name` is a file an earlier save with `pattern` wrote: prefix, optionally
+// "-NNNNN-of-NNNNN", suffix, optionally ".index.json" (huggingface_hub's existing_files_regex).
+bool written_by_pattern(const std::string& name, const std::string& pattern) {
+  const size_t field = pattern.find("{suffix}");
+  if (field == std::string::npos) return false;
+  const std::string_view prefix(pattern.data(), field);
+  const std::string_view suffix = std::string_view(pattern).substr(field + 8);
+  std::string_view rest(name);
+  if (rest.substr(0, prefix.size()) != prefix) return false;
+  rest.remove_prefix(prefix.size());
+  constexpr std::string_view kIndex = ".index.json";
+  if (rest.size() >= kIndex.size() && rest.substr(rest.size() - kIndex.size()) == kIndex)
+    rest.remove_suffix(kIndex.size());
+  if (rest.size() < suffix.size() || rest.substr(rest.size() - suffix.size()) != suffix)
+    return false;
+  rest.remove_suffix(suffix.size());
+  if (rest.empty()) return true;
+  auto digits = [](std::string_view d) {
+    return d.size() == 5 && std::all_of(d.begin(), d.end(), [](char c) { return c >= '0' && c <= '9'; });
+  };
+  return rest.size() == 15 && rest[0] == '-' && digits(rest.substr(1, 5)) &&
+         rest.substr(6, 4) == "-of-" && digits(rest.substr(10, 5));
+}
+
+std::string shard_suffix(size_t index, size_t count) {
+  char buffer[32];
+  std::snprintf(buffer, sizeof(buffer), "-%05zu-of-%05zu", index + 1, count);
+  return buffer;
+}
+
+}  // namespace
+
+uint64_t parse_size(std::string_view size) {
+  auto trim = [](std::string_view s) {
+    while (!s.empty() && std::isspace(static_cast<unsigned char>(s.front()))) s.remove_prefix(1);
+    while (!s.empty() && std::isspace(static_cast<unsigned char>(s.back()))) s.remove_suffix(1);
+    return s;
+  };
+  const std::string shown(size);
+  const std::string_view text = trim(size);
+  static const std::map<std::string, double> kUnits = {
+      {"TB", 1e12}, {"GB", 1e9}, {"MB", 1e6}, {"KB", 1e3}};
+  std::string unit(text.substr(text.size() >= 2 ? text.size() - 2 : 0));
+  for (char& c : unit) c = char(std::toupper(static_cast<unsigned char>(c)));
+  const auto found = kUnits.find(unit);
+  TORCH_CHECK_VALUE(found != kUnits.end(), "safetensors: unit '", unit,
+                    "' not supported. Supported units are TB, GB, MB, KB. Got '", shown, "'.");
+  const std::string number(trim(text.substr(0, text.size() - 2)));
+  char* end = nullptr;
+  errno = 0;
+  const double value = number.empty() ? 0.0 : std::strtod(number.c_str(), &end);
+  TORCH_CHECK_VALUE(!number.empty() && end == number.c_str() + number.size() && errno == 0 &&
+                        value >= 0 && value * found->second < 1.8e19,
+                    "safetensors: could not parse the size value from '", shown,
+                    "': expected a non-negative number before the unit");
+  return uint64_t(value * found->second);
+}
+
+ShardSplit plan_shards(const NamedTensors& tensors, const ShardOptions& options) {
+  const uint64_t max_size = options.max_shard_size;
+  // Storage identity as huggingface_hub's get_torch_storage_id: device, address, size.
+  using StorageId = std::tuple<int, int, uintptr_t, uint64_t>;
+  std::map<StorageId, size_t> group_of;
+  std::vector<std::vector<size_t>> groups;  // tensors on one storage, first one first
+  std::vector<std::vector<size_t>> shards;
+  std::vector<size_t> current;
+  uint64_t current_size = 0;
+  ShardSplit split;
+  for (size_t i = 0; i < tensors.size(); ++i) {
+    const at::Tensor& t = tensors[i].second;
+    TORCH_CHECK_VALUE(t.defined(), "safetensors: tensor '", tensors[i].first, "' is undefined");
+    const uint64_t size = t.has_storage() ? t.storage().nbytes() : t.nbytes();
+    if (!t.is_meta()) {
+      const auto* address = t.has_storage() ? t.storage().data() : nullptr;
+      const StorageId id{int(t.device().type()), int(t.device().index()),
+                         reinterpret_cast<uintptr_t>(address), size};
+      const auto [found, added] = group_of.emplace(id, groups.size());
+      if (!added) {
+        groups[found->second].push_back(i);
+        continue;
+      }
+      groups.push_back({i});
+    }
+    if (size > max_size) {  // a shard of its own, larger than the limit
+      split.total_size += size;
+      shards.push_back({i});
+      continue;
+    }
+    if (current_size + size > max_size) {
+      shards.push_back(std::move(current));
+      current.clear();
+      current_size = 0;
+    }
+    current.push_back(i);
+    current_size += size;
+    split.total_size += size;
+  }
+  if (!current.empty() || shards.empty()) shards.push_back(std::move(current));
+  // The other tensors of a storage follow the first into its shard.
+  for (const auto& group : groups) {
+    if (group.size() < 2) continue;
+    for (auto& shard : shards) {
+      if (std::find(shard.begin(), shard.end(), group.front()) == shard.end()) continue;
+      shard.insert(shard.end(), group.begin() + 1, group.end());
+      break;
+    }
+  }
+  for (size_t s = 0; s < shards.size(); ++s) {
+    const std::string suffix = shards.size() == 1 ? "" : shard_suffix(s, shards.size());
+    std::vector<std::string> names;
+    for (size_t i : shards[s]) names.push_back(tensors[i].first);
+    split.files.emplace_back(format_pattern(options.filename_pattern, suffix), std::move(names));
+  }
+  TORCH_CHECK_VALUE(!split.is_sharded() ||
+                        options.filename_pattern.find("{suffix}") != std::string::npos,
+                    "safetensors: filename pattern '", options.filename_pattern,
+                    "' has no '{suffix}', so ", split.files.size(),
+                    " shards would all get the same name");
+  return split;
+}
+
+void save_sharded(const NamedTensors& tensors, const std::string& directory,
+                  const ShardOptions& options) {
+  Metadata metadata = options.metadata.value_or(Metadata());
+  // huggingface_hub's _clean_state_dict_for_safetensors: ties stored once, then contiguous.
+  NamedTensors kept;
+  for (auto& entry : drop_tied_duplicates(tensors, metadata, options.discard, directory))
+    kept.emplace_back(entry.name, entry.tensor.contiguous());
+  const ShardSplit split = plan_shards(kept, options);
+
+  storage::make_directories(directory);
+  Metadata file_metadata{{"format", "pt"}};
+  if (!split.is_sharded()) {
+    for (const auto& [key, value] : metadata) file_metadata[key] = value;
+  }
+  std::map<std::string_view, const at::Tensor*> by_name;
+  for (const auto& [name, tensor] : kept) by_name.emplace(name, &tensor);
+
+  // Everything goes to temporary files first; nothing replaces an old file until all are written.
+  std::vector<std::unique_ptr<storage::AtomicFileWriter>> writers;
+  std::vector<std::string> written;
+  for (const auto& [file, names] : split.files) {
+    std::vector<SaveEntry> entries;
+    for (const auto& name : names) entries.emplace_back(name, *by_name.at(name));
+    const std::string path = storage::join_path(directory, file);
+    writers.push_back(std::make_unique<storage::AtomicFileWriter>(path));
+    write_file(entries, file_metadata, *writers.back(), path);
+    written.push_back(file);
+  }
+  if (split.is_sharded()) {
+    format::CheckpointIndex index;
+    index.total_size = split.total_size;
+    index.metadata = metadata;
+    for (const auto& [file, names] : split.files) {
+      for (const auto& name : names) index.weight_map.emplace_back(name, file);
+    }
+    const std::string json = format::index_json(index);
+    const std::string name = format_pattern(options.filename_pattern, "") + ".index.json";
+    writers.push_back(
+        std::make_unique<storage::AtomicFileWriter>(storage::join_path(directory, name)));
+    writers.back()->write(json.data(), json.size());
+    written.push_back(name);
+  }
+  for (auto& writer : writers) writer->commit();
+
+  if (!options.remove_stale) return;
+  for (const std::string& name : storage::list_files(directory)) {
+    if (std::find(written.begin(), written.end(), name) != written.end()) continue;
+    if (written_by_pattern(name, options.filename_pattern))
+      storage::remove_file(storage::join_path(directory, name));  // best effort, as the hub's
+  }
+}
+
+void save_sharded(const torch::nn::Module& module, const std::string& directory,
+                  const ShardOptions& options) {
+  save_sharded(module_tensors(module), directory, options);
+}
+
+}  // namespace torch::safetensors
