@@ -453,3 +453,36 @@ TEST(Device, DequantizesOnCudaLikeOnCpu) {
 }
 
 }  // namespace
+
+namespace {
+
+TEST(Checkpoint, ShardedDirectoryWithConfig) {
+  // A GPTQ weight whose companions land in different shards, read through a directory: each
+  // part comes from the shard the index names.
+  torch::manual_seed(11);
+  quant::QuantizeOptions options;
+  options.scheme = quant::Scheme::kGptq;
+  options.group_size = 32;
+  const auto q = quant::quantize(torch::randn({32, 64}), "model.proj.weight", options);
+  TempDir dir;
+  st::NamedTensors tensors(q.tensors.begin(), q.tensors.end());
+  tensors.emplace_back("model.norm.weight", torch::ones({64}));
+  st::save_sharded(tensors, dir.path(), st::ShardOptions().with_max_shard_size(1200));
+  write_config(dir, R"({"quant_method": "gptq", "bits": 4, "group_size": 32, "sym": true})");
+  st::Checkpoint checkpoint(dir.path());
+  ASSERT_GT(checkpoint.shard_files().size(), 1u);
+  std::map<std::string, at::Tensor> parts;
+  for (const auto& [role, name] : q.weight.tensors) {
+    for (const auto& [stored, tensor] : q.tensors) {
+      if (stored == name) parts[role] = tensor;
+    }
+  }
+  EXPECT_TRUE(at::equal(quant::dequantize(checkpoint, "model.proj.weight", at::kFloat),
+                        quant::dequantize(q.weight, parts, at::kFloat)));
+  quant::DenseView dense(checkpoint, at::kBFloat16);
+  EXPECT_EQ(dense.keys().size(), 2u);
+  EXPECT_EQ(dense.tensor("model.proj.weight").scalar_type(), at::kBFloat16);
+  EXPECT_EQ(dense.tensor("model.norm.weight").scalar_type(), at::kFloat);
+}
+
+}  // namespace

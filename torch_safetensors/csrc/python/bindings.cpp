@@ -264,7 +264,6 @@ void translate(std::exception_ptr p) {
   }
 }
 
-
 // torch_safetensors.quant: layouts as QuantizedWeight objects, tensors as (name, tensor) lists.
 namespace quant = ts::quant;
 
@@ -360,9 +359,9 @@ void bind_quant(py::module_& m) {
         }
         return py::make_tuple(to_pairs(result.tensors), result.weight);
       },
-      py::arg("weight"), py::arg("name"), py::arg("scheme"), py::arg("bits"),
-      py::arg("group_size"), py::arg("block_size"), py::arg("symmetric"),
-      py::arg("zero_point_minus_one"), py::arg("act_order"), py::arg("scale_dtype"));
+      py::arg("weight"), py::arg("name"), py::arg("scheme"), py::arg("bits"), py::arg("group_size"),
+      py::arg("block_size"), py::arg("symmetric"), py::arg("zero_point_minus_one"),
+      py::arg("act_order"), py::arg("scale_dtype"));
   m.def(
       "quant_save",
       [](const py::list& weights, const py::list& others, const std::string& path,
