@@ -10,60 +10,61 @@ namespace {
 
 using detail::ceil_div;
 
-// result = values * scale, computed in float32 (the common dtype) and written as `dtype`: one pass
-// over the output, one rounding.
-at::Tensor multiply_into(const at::Tensor& values, const at::Tensor& scale, at::ScalarType dtype,
-                         at::IntArrayRef out_sizes) {
-  at::Tensor result = at::empty(out_sizes, values.options().dtype(dtype));
-  at::Tensor target = result.view(values.sizes());
-  at::mul_out(target, values, scale);
-  return result;
+// values x scale, in place in float32 (a same-dtype kernel), then rounded once to `dtype`.
+at::Tensor scale_and_round(at::Tensor values, const at::Tensor& scale, at::ScalarType dtype,
+                           at::IntArrayRef out_sizes) {
+  values.mul_(scale);
+  return values.reshape(out_sizes).to(dtype);
 }
 
 // FP8 (transformers integrations/finegrained_fp8.py `_dequantize_fp8_weight`; DeepSeek-V3's
 // `weight_scale_inv` multiplies, despite its name): W = fp8 x the scale of its block, row or
-// tensor.
+// tensor. In float32, in place, then rounded once to `dtype`.
 at::Tensor dequantize_fp8(const QuantizedWeight& weight, const at::Tensor& packed,
                           const at::Tensor& scale, at::ScalarType dtype) {
-  // Every F8 value is exact in F16, BF16 and F32, so converting first loses nothing; the product
-  // is then computed in float32 and rounded once.
-  const at::Tensor values = packed.to(dtype == at::kDouble ? at::kDouble : at::kFloat);
-  const at::Tensor scale32 = scale.to(values.scalar_type());
+  at::Tensor values = detail::float8_to_float(packed);
+  const at::Tensor scale32 = scale.to(at::kFloat);
   if (weight.block_size.empty()) {
     // One scale, or one per output channel (the first dimension).
     std::vector<int64_t> scale_sizes(packed.dim(), 1);
     if (scale32.numel() != 1) scale_sizes[0] = packed.size(0);
-    return multiply_into(values, scale32.reshape(scale_sizes), dtype, packed.sizes());
+    values.mul_(scale32.reshape(scale_sizes));
+    return values.to(dtype);
   }
   const int64_t out = packed.size(0), in = packed.size(1);
   const int64_t rows = weight.block_size[0], cols = weight.block_size[1];
   if (out % rows == 0 && in % cols == 0) {
-    const at::Tensor blocks = values.view({out / rows, rows, in / cols, cols});
-    return multiply_into(blocks, scale32.view({out / rows, 1, in / cols, 1}), dtype, {out, in});
+    values.view({out / rows, rows, in / cols, cols})
+        .mul_(scale32.view({out / rows, 1, in / cols, 1}));
+    return values.to(dtype);
   }
   // Partial blocks at the edges: expand the scales to every value.
-  const at::Tensor full =
+  values.mul_(
       scale32.repeat_interleave(rows, 0).narrow(0, 0, out).repeat_interleave(cols, 1).narrow(1, 0,
-                                                                                             in);
-  return multiply_into(values, full, dtype, {out, in});
+                                                                                             in));
+  return values.to(dtype);
 }
 
-// (q - z) x s with q, z: [out, in] / [out, groups] integers and s: [out, groups] scales, where
-// input column i belongs to group `group_of[i]` (nullopt: i / group_size).
+// (q - z) x s with q: [out, in] and z, s: [out, groups], where input column i belongs to group
+// `group_of[i]` (nullopt: i / group_size). In float32 (q - z is exact there), in place, then
+// rounded to `dtype`.
 at::Tensor grouped_affine(const at::Tensor& q, const at::Tensor& zeros, const at::Tensor& scales,
                           const std::optional<at::Tensor>& group_of, int64_t group_size,
                           at::ScalarType dtype) {
   const int64_t out = q.size(0), in = q.size(1), groups = scales.size(1);
   const at::Tensor scale32 = scales.to(at::kFloat);
+  const at::Tensor zeros32 = zeros.to(at::kFloat);
+  at::Tensor values = q.to(at::kFloat).contiguous();
   if (!group_of && in == groups * group_size) {
-    const at::Tensor centred = at::sub(q.view({out, groups, group_size}), zeros.unsqueeze(-1));
-    return multiply_into(centred, scale32.unsqueeze(-1), dtype, {out, in});
+    const at::Tensor grouped = values.view({out, groups, group_size});
+    grouped.sub_(zeros32.unsqueeze(-1)).mul_(scale32.unsqueeze(-1));
+    return values.to(dtype);
   }
   const at::Tensor index =
       group_of ? group_of->to(at::kLong)
                : at::div(at::arange(in, q.options().dtype(at::kLong)), group_size, "floor");
-  const at::Tensor centred = at::sub(q, zeros.index_select(1, index));
-  return multiply_into(centred, scale32.index_select(1, index), dtype, {out, in});
+  values.sub_(zeros32.index_select(1, index)).mul_(scale32.index_select(1, index));
+  return values.to(dtype);
 }
 
 // GPTQ (gptqmodel nn_modules/qlinear/__init__.py `dequantize_weight`): qweight [in*bits/32, out]
@@ -76,7 +77,7 @@ at::Tensor dequantize_gptq(const QuantizedWeight& weight,
   const int64_t out = weight.shape[0], in = weight.shape[1];
   // Unpacking the transposed words gives [out, in] directly, the dense layout.
   const at::Tensor q = detail::unpack_bits(parts.at("packed").t().contiguous(), weight.bits, in);
-  at::Tensor zeros = detail::unpack_bits(parts.at("zero_point"), weight.bits, out);
+  at::Tensor zeros = detail::unpack_bits(parts.at("zero_point"), weight.bits, out).to(at::kInt);
   if (weight.zero_point_minus_one) zeros = zeros + 1;
   const at::Tensor scales = parts.at("scale").t();
   std::optional<at::Tensor> group_of;
@@ -110,25 +111,12 @@ at::Tensor unpack_awq(const at::Tensor& packed, int64_t columns) {
 
 at::Tensor dequantize_awq(const QuantizedWeight& weight,
                           const std::map<std::string, at::Tensor>& parts, at::ScalarType dtype) {
-  const int64_t out = weight.shape[0], in = weight.shape[1];
+  const int64_t out = weight.shape[0];
   const at::Tensor q = unpack_awq(parts.at("packed"), out);          // [in, out]
   const at::Tensor zeros = unpack_awq(parts.at("zero_point"), out);  // [groups, out]
-  const at::Tensor scales = parts.at("scale").to(at::kFloat);        // [groups, out]
-  const int64_t groups = scales.size(0), group_size = weight.group_size;
-  // Computed in the stored [in, out] order and written through a transposed view of the dense
-  // [out, in] result: no separate transposition pass.
-  at::Tensor result = at::empty({out, in}, q.options().dtype(dtype));
-  at::Tensor target = result.t();
-  if (in == groups * group_size) {
-    const at::Tensor centred = at::sub(q.view({groups, group_size, out}), zeros.unsqueeze(1));
-    at::Tensor grouped_target = target.view({groups, group_size, out});
-    at::mul_out(grouped_target, centred, scales.unsqueeze(1));
-  } else {
-    const at::Tensor index =
-        at::div(at::arange(in, q.options().dtype(at::kLong)), group_size, "floor");
-    at::mul_out(target, at::sub(q, zeros.index_select(0, index)), scales.index_select(0, index));
-  }
-  return result;
+  // The transposed values are made contiguous once, as [out, in], by grouped_affine's float copy.
+  return grouped_affine(q.t(), zeros.t(), parts.at("scale").t(), std::nullopt, weight.group_size,
+                        dtype);
 }
 
 // compressed-tensors pack-quantized (compressors/pack_quantized/base.py, helpers.py
@@ -140,14 +128,16 @@ at::Tensor dequantize_pack_quantized(const QuantizedWeight& weight,
                                      at::ScalarType dtype) {
   const int64_t out = weight.shape[0], in = weight.shape[1];
   const int64_t offset = int64_t{1} << (weight.bits - 1);
-  const at::Tensor q = detail::unpack_bits(parts.at("packed"), weight.bits, in) - offset;
+  // (q - offset) - (z - offset) = q - z: the stored (offset) values are used as they are, so the
+  // unpacked codes go to grouped_affine without a pass of their own; a symmetric weight's zero
+  // point is 0, stored as `offset`.
+  const at::Tensor q = detail::unpack_bits(parts.at("packed"), weight.bits, in);
   const at::Tensor& scale = parts.at("scale");
   const int64_t groups = weight.group_size > 0 ? ceil_div(in, weight.group_size) : 1;
-  at::Tensor zeros = at::zeros({out, groups}, q.options());
+  at::Tensor zeros = at::full({out, groups}, offset, q.options().dtype(at::kInt));
   const auto zero_point = parts.find("zero_point");
   if (zero_point != parts.end()) {
-    zeros =
-        (detail::unpack_bits(zero_point->second.t().contiguous(), weight.bits, out) - offset).t();
+    zeros = detail::unpack_bits(zero_point->second.t().contiguous(), weight.bits, out).t();
   }
   const at::Tensor scales =
       scale.numel() == 1 ? scale.reshape({1, 1}).expand({out, 1}) : scale.reshape({out, groups});
@@ -168,8 +158,8 @@ at::Tensor dequantize_nvfp4(const QuantizedWeight& weight,
   at::Tensor scale = parts.at("scale").to(at::kFloat);
   scale = divide_by_global ? scale / global : scale * global;
   const int64_t groups = in / weight.group_size;
-  return multiply_into(values.view({out, groups, weight.group_size}), scale.unsqueeze(-1), dtype,
-                       {out, in});
+  return scale_and_round(values.view({out, groups, weight.group_size}), scale.unsqueeze(-1), dtype,
+                         {out, in});
 }
 
 // MXFP4 (transformers integrations/mxfp4.py `_convert_moe_packed_tensors`): blocks [..., G, 16]
@@ -181,7 +171,7 @@ at::Tensor dequantize_mxfp4(const QuantizedWeight& weight,
   // E8M0 is the torch dtype Float8_e8m0fnu: 2^(e - 127), and 255 is NaN, as the OCP MX spec says.
   const at::Tensor scale =
       parts.at("scale").contiguous().view(at::kFloat8_e8m0fnu).to(at::kFloat).unsqueeze(-1);
-  return multiply_into(values, scale, dtype, weight.shape);
+  return scale_and_round(values, scale, dtype, weight.shape);
 }
 
 }  // namespace

@@ -19,7 +19,7 @@ namespace torch::safetensors::quant::detail {
 // of one word and bit 0 of the next). This is GPTQ's packing (gptqmodel/nn_modules/qlinear/
 // __init__.py, `pack_original`: 2/4/8 bits per word, 3 bits in 32-value runs over 3 words) and
 // compressed-tensors' (compressors/pack_quantized/helpers.py, `pack_to_int32`).
-// unpack_bits: [..., words] int32 -> [..., count] int32 in [0, 2^bits).
+// unpack_bits: [..., words] int32 -> [..., count] integers (uint8 or int32) in [0, 2^bits).
 at::Tensor unpack_bits(const at::Tensor& packed, int bits, int64_t count);
 // pack_bits: [..., n] integers in [0, 2^bits) -> [..., ceil(n * bits / 32)] int32.
 at::Tensor pack_bits(const at::Tensor& values, int bits);
@@ -32,6 +32,10 @@ at::Tensor fp4_values(const at::Tensor& packed);
 // fp4_pack: float [..., 2n] -> uint8 [..., n], each value rounded to the nearest E2M1 value
 // (ties to the even code, saturating at +-6).
 at::Tensor fp4_pack(const at::Tensor& values);
+
+// F8 values as float32, exactly (NaN included). On the CPU through a 256-entry table, which is
+// faster there than ATen's element-wise conversion.
+at::Tensor float8_to_float(const at::Tensor& values);
 
 // Dtype and sizes of a stored part, from a header or a tensor.
 struct PartInfo {

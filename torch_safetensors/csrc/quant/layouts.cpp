@@ -58,6 +58,18 @@ at::Tensor unpack_bits(const at::Tensor& packed, int bits, int64_t count) {
   TORCH_CHECK(bits >= 1 && bits <= 8, "quant: bits must be 1..8, found ", bits);
   const at::Tensor words = packed.to(at::kInt).contiguous();
   const int64_t mask = (int64_t{1} << bits) - 1;
+#if defined(__BYTE_ORDER__) && __BYTE_ORDER__ == __ORDER_LITTLE_ENDIAN__
+  if (8 % bits == 0) {
+    // Whole values per byte, and the bytes of a little-endian word in stream order: unpack the
+    // bytes (one-byte arithmetic, a quarter of the memory traffic of int32 shifts).
+    const at::Tensor bytes = words.view(at::kByte);
+    if (bits == 8) return bytes.narrow(-1, 0, count);
+    const at::Tensor shifts = at::arange(0, 8, bits, bytes.options());
+    const at::Tensor values =
+        at::bitwise_and(at::bitwise_right_shift(bytes.unsqueeze(-1), shifts), mask);
+    return values.flatten(-2).narrow(-1, 0, count);
+  }
+#endif
   if (32 % bits == 0) {
     // Whole values per word: value j of a word sits at bits [j * bits, (j + 1) * bits).
     const at::Tensor shifts = at::arange(0, 32, bits, words.options());
@@ -149,6 +161,15 @@ at::Tensor pack_bits(const at::Tensor& values, int bits) {
   // uint32 bit patterns -> int32 (two's complement).
   words = at::where(words >= (int64_t{1} << 31), words - (int64_t{1} << 32), words);
   return words.flatten(-2).narrow(-1, 0, ceil_div(count * bits, 32)).to(at::kInt).contiguous();
+}
+
+at::Tensor float8_to_float(const at::Tensor& values) {
+  if (!values.device().is_cpu()) return values.to(at::kFloat);
+  const at::Tensor table = at::arange(256, at::TensorOptions().dtype(at::kByte))
+                               .view(values.scalar_type())
+                               .to(at::kFloat);
+  const at::Tensor codes = values.contiguous().view(at::kByte).flatten().to(at::kInt);
+  return table.index_select(0, codes).view(values.sizes());
 }
 
 at::Tensor fp4_values(const at::Tensor& packed) {
