@@ -8,7 +8,7 @@ Two checkpoints are written to a temporary folder and dequantized to BF16, every
   compressed-tensors' block `dequantize`;
 - INT4 group 128: the GPTQ layout read by ours, and the same weights in compressed-tensors'
   pack-quantized layout read by ours and by compressed-tensors' own `unpack_from_int32` +
-  `dequantize` (gptqmodel, GPTQ's own package, is not installable beside torch 2.13's CPU wheel).
+  `dequantize` (gptqmodel, GPTQ's own package, is not installed here).
 Peers read their tensors with safetensors.safe_open, so every row includes reading the file
 (from the page cache). GB/s counts the dense BF16 bytes produced per second (best of --repeat).
 """

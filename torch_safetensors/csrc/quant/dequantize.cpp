@@ -49,17 +49,28 @@ at::Tensor dequantize_fp8(const QuantizedWeight& weight, const at::Tensor& packe
 // `group_of[i]` (nullopt: i / group_size). In float32 (q - z is exact there), in place, then
 // rounded to `dtype`.
 at::Tensor grouped_affine(const at::Tensor& q, const at::Tensor& zeros, const at::Tensor& scales,
-                          const std::optional<at::Tensor>& group_of, int64_t group_size,
+                          const std::optional<at::Tensor>& group_of, int64_t group_size, int bits,
                           at::ScalarType dtype) {
   const int64_t out = q.size(0), in = q.size(1), groups = scales.size(1);
   const at::Tensor scale32 = scales.to(at::kFloat);
   const at::Tensor zeros32 = zeros.to(at::kFloat);
-  at::Tensor values = q.to(at::kFloat).contiguous();
   if (!group_of && in == groups * group_size) {
-    const at::Tensor grouped = values.view({out, groups, group_size});
-    grouped.sub_(zeros32.unsqueeze(-1)).mul_(scale32.unsqueeze(-1));
-    return values.to(dtype);
+    at::Tensor values;
+    if (bits < 8 && q.scalar_type() == at::kByte && q.is_contiguous() &&
+        zeros.max().item<int64_t>() < 128) {
+      // Codes and zero points of up to 7 bits: q - z fits int8, so it is taken in one byte-wide
+      // pass before the one conversion to float32.
+      values = at::sub(q.view(at::kChar).view({out, groups, group_size}),
+                       zeros.to(at::kChar).unsqueeze(-1))
+                   .to(at::kFloat);
+      values.mul_(scale32.unsqueeze(-1));
+    } else {
+      values = q.to(at::kFloat).contiguous().view({out, groups, group_size});
+      values.sub_(zeros32.unsqueeze(-1)).mul_(scale32.unsqueeze(-1));
+    }
+    return values.view({out, in}).to(dtype);
   }
+  at::Tensor values = q.to(at::kFloat).contiguous();
   const at::Tensor index =
       group_of ? group_of->to(at::kLong)
                : at::div(at::arange(in, q.options().dtype(at::kLong)), group_size, "floor");
@@ -93,7 +104,7 @@ at::Tensor dequantize_gptq(const QuantizedWeight& weight,
     const at::Tensor plain = at::div(at::arange(in, groups.options()), weight.group_size, "floor");
     if (!at::equal(groups, plain)) group_of = groups;
   }
-  return grouped_affine(q, zeros.t(), scales, group_of, weight.group_size, dtype);
+  return grouped_affine(q, zeros.t(), scales, group_of, weight.group_size, weight.bits, dtype);
 }
 
 // AWQ GEMM (AutoAWQ awq/utils/packing_utils.py `dequantize_gemm`, `AWQ_ORDER`): qweight
@@ -116,7 +127,7 @@ at::Tensor dequantize_awq(const QuantizedWeight& weight,
   const at::Tensor zeros = unpack_awq(parts.at("zero_point"), out);  // [groups, out]
   // The transposed values are made contiguous once, as [out, in], by grouped_affine's float copy.
   return grouped_affine(q.t(), zeros.t(), parts.at("scale").t(), std::nullopt, weight.group_size,
-                        dtype);
+                        weight.bits, dtype);
 }
 
 // compressed-tensors pack-quantized (compressors/pack_quantized/base.py, helpers.py
@@ -142,7 +153,7 @@ at::Tensor dequantize_pack_quantized(const QuantizedWeight& weight,
   const at::Tensor scales =
       scale.numel() == 1 ? scale.reshape({1, 1}).expand({out, 1}) : scale.reshape({out, groups});
   return grouped_affine(q, zeros, scales, std::nullopt,
-                        weight.group_size > 0 ? weight.group_size : in, dtype);
+                        weight.group_size > 0 ? weight.group_size : in, weight.bits, dtype);
 }
 
 // FP4 with an F8_E4M3 scale per group of 16 and one global factor. ModelOpt NVFP4
