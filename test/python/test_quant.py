@@ -239,6 +239,27 @@ def test_round_trip_self_describing(tmp_path, scheme, options):
     assert quant.parse_metadata_json(quant.metadata_json([layout]))["layer.weight"].bits == layout.bits
 
 
+@pytest.mark.parametrize("scheme,options", [("gptq", dict(bits=3, group_size=32)),
+                                            ("gptq", dict(bits=8, group_size=16)),
+                                            ("awq", dict(group_size=64)),
+                                            ("pack_quantized", dict(bits=4, group_size=32)),
+                                            ("nvfp4", {}), ("mxfp4", {}), ("fp8", {})])
+def test_detected_without_any_config(tmp_path, scheme, options):
+    """No metadata entry, no config file: names, dtypes and shapes alone give the layout (GPTQ's
+    bits from qzeros, group sizes from the scales, GPTQ and AWQ apart by qweight's columns)."""
+    torch.manual_seed(7)
+    q = quant.quantize(torch.randn(64, 128), scheme, name="blk.weight", **options)
+    reference_save_file(q.tensors, str(tmp_path / "model.safetensors"))
+    found = quant.describe(tmp_path)
+    assert list(found) == ["blk.weight"]
+    layout = found["blk.weight"]
+    assert (layout.scheme, layout.bits, layout.group_size, layout.shape) == (
+        q.weight.scheme, q.weight.bits, q.weight.group_size, q.weight.shape)
+    parts = {role: q.tensors[name] for role, name in q.weight.tensors.items()}
+    assert torch.equal(quant.dequantize(tmp_path, "blk.weight", torch.float32),
+                       quant.dequantize_tensors(q.weight, parts, torch.float32))
+
+
 def test_errors_name_the_part(tmp_path):
     q = quant.quantize(torch.randn(16, 64), "gptq", name="l.weight", bits=4, group_size=32)
     write_config(tmp_path, {"quant_method": "gptq", "bits": 4, "group_size": 32})
