@@ -250,9 +250,9 @@ std::optional<QuantizedWeight> describe(const Checkpoint& checkpoint, std::strin
   } else {
     weight = describe_by_names(checkpoint, name, config);
     if (!weight) return std::nullopt;
-    TS_CHECK(!config.scheme || *config.scheme == weight->scheme, checkpoint.path(), "quantized weight '", name, "' is stored as ",
-             scheme_name(weight->scheme), ", but ", config.source, " says ",
-             scheme_name(*config.scheme));
+    TS_CHECK(!config.scheme || *config.scheme == weight->scheme, checkpoint.path(),
+             "quantized weight '", name, "' is stored as ", scheme_name(weight->scheme), ", but ",
+             config.source, " says ", scheme_name(*config.scheme));
   }
   detail::check_layout(*weight, part_infos(checkpoint, *weight), checkpoint.path());
   return weight;
