@@ -10,7 +10,9 @@ Two checkpoints are written to a temporary folder and dequantized to BF16, every
   pack-quantized layout read by ours and by compressed-tensors' own `unpack_from_int32` +
   `dequantize` (gptqmodel, GPTQ's own package, is not installed here).
 Peers read their tensors with safetensors.safe_open, so every row includes reading the file
-(from the page cache). GB/s counts the dense BF16 bytes produced per second (best of --repeat).
+(from the page cache). GB/s counts the dense BF16 bytes produced per second: the best of --repeat
+rounds, each round running every case once in turn (so that load from other processes, on a
+shared machine, falls on all of them alike).
 """
 
 import argparse
@@ -27,12 +29,9 @@ from torch_safetensors import quant
 
 
 def best_of(repeat, run):
-    times = []
-    for _ in range(repeat):
-        start = time.perf_counter()
-        run()
-        times.append(time.perf_counter() - start)
-    return min(times)
+    """A deferred timing: every case is run once per round, round after round (see main), so that
+    load from other processes falls on all of them alike; the best round counts."""
+    return (repeat, run)
 
 
 def main():
@@ -47,10 +46,10 @@ def main():
     dense_bytes = args.weights * args.rows * args.cols * 2
     results = []
 
-    def report(case, who, seconds):
-        gbs = dense_bytes / seconds / 1e9
-        results.append({"case": case, "implementation": who, "seconds": seconds, "GB/s": gbs})
-        print(f"{case:<28} {who:<44} {seconds * 1e3:9.1f} ms {gbs:8.2f} GB/s", flush=True)
+    cases = []
+
+    def report(case, who, timing):
+        cases.append((case, who, timing[1]))
 
     print(f"torch {torch.__version__}, {torch.get_num_threads()} threads, "
           f"{args.weights} x [{args.rows}, {args.cols}] -> BF16 ({dense_bytes / 1e6:.0f} MB)")
@@ -162,6 +161,16 @@ def main():
                    best_of(args.repeat, compressed_tensors_int4))
         except ImportError:
             print("compressed-tensors not installed: its row is skipped")
+        best = [float("inf")] * len(cases)
+        for _ in range(args.repeat):
+            for i, (_, _, run) in enumerate(cases):
+                start = time.perf_counter()
+                run()
+                best[i] = min(best[i], time.perf_counter() - start)
+    for (case, who, _), seconds in zip(cases, best):
+        gbs = dense_bytes / seconds / 1e9
+        results.append({"case": case, "implementation": who, "seconds": seconds, "GB/s": gbs})
+        print(f"{case:<28} {who:<44} {seconds * 1e3:9.1f} ms {gbs:8.2f} GB/s", flush=True)
     print(json.dumps(results))
 
 

@@ -89,19 +89,25 @@ def test_awq_exact(tmp_path):
     assert torch.equal(quant.dequantize(tmp_path, "m.weight", torch.float32), expected)
 
 
-def test_fp8_block_matches_transformers(tmp_path):
+@pytest.mark.parametrize("rows,cols", [(300, 200), (256, 384)])  # partial and whole blocks
+def test_fp8_block_matches_transformers(tmp_path, rows, cols):
     torch.manual_seed(2)
-    w8 = (torch.randn(300, 200) * 50).to(torch.float8_e4m3fn)
-    scale = torch.rand(3, 2) + 0.5
+    w8 = (torch.randn(rows, cols) * 50).to(torch.float8_e4m3fn)
+    w8.view(torch.uint8)[0, :3] = torch.tensor([0x7F, 0x01, 0x80], dtype=torch.uint8)  # NaN, tiny, -0
+    scale = torch.rand(math.ceil(rows / 128), math.ceil(cols / 128)) + 0.5
     reference_save_file({"a.weight": w8, "a.weight_scale_inv": scale},
                         str(tmp_path / "model.safetensors"))
     write_config(tmp_path, {"quant_method": "fp8", "weight_block_size": [128, 128]})
-    expected = w8.float() * scale.repeat_interleave(128, 0)[:300].repeat_interleave(128, 1)[:, :200]
+    expected = (w8.float() *
+                scale.repeat_interleave(128, 0)[:rows].repeat_interleave(128, 1)[:, :cols])
     dense = quant.dequantize(tmp_path, "a.weight", torch.float32)
-    assert torch.equal(dense, expected)
+    assert torch.equal(dense.nan_to_num(7.0), expected.nan_to_num(7.0))
+    assert torch.isnan(dense[0, 0]) and torch.equal(
+        quant.dequantize(tmp_path, "a.weight").nan_to_num(7.0),
+        expected.bfloat16().nan_to_num(7.0))
     finegrained = pytest.importorskip("transformers.integrations.finegrained_fp8")
     peer = finegrained._dequantize_fp8_weight(w8, scale, [128, 128], torch.float32)
-    assert torch.equal(dense, peer)
+    assert torch.equal(dense.nan_to_num(7.0), peer.nan_to_num(7.0))
 
 
 def test_mxfp4_matches_loop_and_transformers(tmp_path):

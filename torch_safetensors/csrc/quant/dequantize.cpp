@@ -22,26 +22,49 @@ at::Tensor scale_and_round(at::Tensor values, const at::Tensor& scale, at::Scala
 // tensor. In float32, in place, then rounded once to `dtype`.
 at::Tensor dequantize_fp8(const QuantizedWeight& weight, const at::Tensor& packed,
                           const at::Tensor& scale, at::ScalarType dtype) {
-  at::Tensor values = detail::float8_to_float(packed);
   const at::Tensor scale32 = scale.to(at::kFloat);
-  if (weight.block_size.empty()) {
+  const bool blocked = !weight.block_size.empty();
+  const int64_t out = packed.size(0);
+  const int64_t in = blocked ? packed.size(1) : 0;
+  const int64_t rows = blocked ? weight.block_size[0] : 0,
+                cols = blocked ? weight.block_size[1] : 0;
+  const bool whole_blocks = blocked && out % rows == 0 && in % cols == 0;
+  if (packed.device().is_cpu() && (!blocked || whole_blocks)) {
+    // On the CPU, one gather: every scale's 256 possible products (computed in float32 and
+    // converted once, the same values as multiplying) indexed by scale x 256 + code. Converting F8
+    // element by element is the slow part of the direct route there.
+    const at::Tensor codes256 = at::arange(256, packed.options().dtype(at::kByte));
+    const at::Tensor table =
+        (scale32.reshape({-1, 1}) * detail::float8_to_float(codes256.view(packed.scalar_type())))
+            .to(dtype)
+            .flatten();
+    at::Tensor index = packed.contiguous().view(at::kByte).to(at::kInt);
+    const auto options = index.options();
+    if (whole_blocks) {
+      const int64_t row_blocks = out / rows, col_blocks = in / cols;
+      index.view({row_blocks, rows, col_blocks, cols})
+          .add_((at::arange(row_blocks * col_blocks, options) * 256)
+                    .view({row_blocks, 1, col_blocks, 1}));
+    } else if (scale32.numel() != 1) {
+      index.view({out, -1}).add_((at::arange(out, options) * 256).view({out, 1}));
+    }
+    return table.index_select(0, index.flatten()).view(packed.sizes());
+  }
+  at::Tensor values = detail::float8_to_float(packed);
+  if (!blocked) {
     // One scale, or one per output channel (the first dimension).
     std::vector<int64_t> scale_sizes(packed.dim(), 1);
-    if (scale32.numel() != 1) scale_sizes[0] = packed.size(0);
+    if (scale32.numel() != 1) scale_sizes[0] = out;
     values.mul_(scale32.reshape(scale_sizes));
-    return values.to(dtype);
-  }
-  const int64_t out = packed.size(0), in = packed.size(1);
-  const int64_t rows = weight.block_size[0], cols = weight.block_size[1];
-  if (out % rows == 0 && in % cols == 0) {
+  } else if (whole_blocks) {
     values.view({out / rows, rows, in / cols, cols})
         .mul_(scale32.view({out / rows, 1, in / cols, 1}));
-    return values.to(dtype);
+  } else {
+    // Partial blocks at the edges: expand the scales to every value.
+    values.mul_(
+        scale32.repeat_interleave(rows, 0).narrow(0, 0, out).repeat_interleave(cols, 1).narrow(1, 0,
+                                                                                               in));
   }
-  // Partial blocks at the edges: expand the scales to every value.
-  values.mul_(
-      scale32.repeat_interleave(rows, 0).narrow(0, 0, out).repeat_interleave(cols, 1).narrow(1, 0,
-                                                                                             in));
   return values.to(dtype);
 }
 
