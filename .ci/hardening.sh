@@ -5,7 +5,8 @@
 #   1. the adversarial corpus matches its generator (tools/gen_adversarial.py --check)
 #   2. ASan+UBSan: the whole C++ test suite, built with clang (the fuzz target in the same tree)
 #   3. TSan: the concurrency tests
-#   4. libFuzzer: fuzz_open for FUZZ_SECONDS (default 60) from fuzz/seeds
+#   4. libFuzzer: fuzz_open for FUZZ_SECONDS (default 60) from fuzz/seeds, fuzz_index (sharded
+#      checkpoint indexes) for INDEX_FUZZ_SECONDS (default 30) from fuzz/index_seeds
 #
 # Environment: FUZZ_SECONDS, JOBS (default 2), BUILD_ROOT (default: the repository; build trees
 # go to $BUILD_ROOT/build-asan and $BUILD_ROOT/build-tsan). Exits non-zero on the first failure.
@@ -13,6 +14,7 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 REPO=$(pwd)
 FUZZ_SECONDS=${FUZZ_SECONDS:-60}
+INDEX_FUZZ_SECONDS=${INDEX_FUZZ_SECONDS:-30}
 JOBS=${JOBS:-2}
 BUILD_ROOT=${BUILD_ROOT:-$REPO}
 ASAN_DIR=$BUILD_ROOT/build-asan
@@ -80,6 +82,18 @@ if ! ASAN_OPTIONS="detect_leaks=0:halt_on_error=1" "$ASAN_DIR/fuzz/fuzz_open" \
   tail -n 60 "$FUZZ_LOG"
   ls -l "$ARTIFACTS"
   fail "fuzz_open found a crash; reproduce with $ASAN_DIR/fuzz/fuzz_open <artifact>, then add it to tools/gen_adversarial.py as a regression case"
+fi
+grep -E '^(stat::|Done|#[0-9]+ +DONE)' "$FUZZ_LOG" || tail -n 5 "$FUZZ_LOG"
+
+section "4/4 libFuzzer: fuzz_index (sharded checkpoint indexes) for ${INDEX_FUZZ_SECONDS}s"
+INDEX_CORPUS=$ASAN_DIR/fuzz/index_corpus
+mkdir -p "$INDEX_CORPUS"
+FUZZ_LOG=$ASAN_DIR/fuzz/fuzz_index.log
+if ! ASAN_OPTIONS="detect_leaks=0:halt_on_error=1" "$ASAN_DIR/fuzz/fuzz_index" \
+  -max_total_time="$INDEX_FUZZ_SECONDS" -max_len=4096 -timeout=10 -rss_limit_mb=4096 \
+  -print_final_stats=1 -artifact_prefix="$ARTIFACTS/" "$INDEX_CORPUS" fuzz/index_seeds >"$FUZZ_LOG" 2>&1; then
+  tail -n 60 "$FUZZ_LOG"
+  fail "fuzz_index found a crash; reproduce with $ASAN_DIR/fuzz/fuzz_index <artifact> (from the repository root), then add it to index_cases() in tools/gen_adversarial.py"
 fi
 grep -E '^(stat::|Done|#[0-9]+ +DONE)' "$FUZZ_LOG" || tail -n 5 "$FUZZ_LOG"
 

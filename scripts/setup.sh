@@ -5,6 +5,9 @@ set -euo pipefail
 
 APT_PACKAGES=(libsimdjson-dev libgtest-dev libbenchmark-dev ccache clang libclang-rt-14-dev)
 PIP_PACKAGES=(torch==2.13.0 safetensors pytest numpy)
+# Peers for interop tests only (never dependencies of the library); they could pull another torch,
+# so they install against a constraints file pinning it.
+PEER_PACKAGES=(huggingface_hub==2.4.0)
 
 as_root() { if [ "$(id -u)" = 0 ]; then "$@"; else sudo "$@"; fi; }
 
@@ -18,7 +21,8 @@ fi
 
 if ! python3 - <<'PY' 2>/dev/null
 import importlib.metadata as m, sys
-need = {"torch": "2.13.0", "safetensors": None, "pytest": None, "numpy": None}
+need = {"torch": "2.13.0", "safetensors": None, "pytest": None, "numpy": None,
+        "huggingface_hub": "2.4.0"}
 for name, version in need.items():
     have = m.version(name)
     if version and not have.startswith(version):
@@ -28,6 +32,10 @@ then
   echo "== pip: installing ${PIP_PACKAGES[*]}"
   # Never an unpinned torch: that pulls a multi-GB CUDA build.
   python3 -m pip install -q "${PIP_PACKAGES[@]}"
+  constraints=$(mktemp)
+  echo "torch==2.13.0" >"$constraints"
+  python3 -m pip install -q -c "$constraints" "${PEER_PACKAGES[@]}"
+  rm -f "$constraints"
 fi
 # Optional peers of the quantization tests and benchmark (test/python/test_quant.py,
 # bench/quant_bench.py skip what is absent): compressed-tensors, which brings transformers. The

@@ -21,6 +21,9 @@ import sys
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 CORPUS_DIR = os.path.join(ROOT, "test", "data", "adversarial")
 SEEDS_DIR = os.path.join(ROOT, "fuzz", "seeds")
+# Sharded checkpoint indexes: one folder with a few small shards and one index per case.
+INDEX_CORPUS_DIR = os.path.join(ROOT, "test", "data", "adversarial_index")
+INDEX_SEEDS_DIR = os.path.join(ROOT, "fuzz", "index_seeds")
 SEED_MAX_BYTES = 64 * 1024  # keep the seed corpus small; fuzz.sh runs with -max_len near this
 
 U64_MAX = 2**64 - 1
@@ -331,16 +334,89 @@ def seeds(corpus):
     return out
 
 
+def index_shards():
+    """The shards every index case refers to: a {x, y}, b {z}, sub/c {w}, bx {x, z}."""
+    def shard(names):
+        header, data, offset = {"__metadata__": {"format": "pt"}}, b"", 0
+        for name in names:
+            header[name] = t("F32", [2], offset, offset + 8)
+            data += struct.pack("<2f", len(name), offset)
+            offset += 8
+        return build(header, data)
+    return [("a.safetensors", shard(["x", "y"])), ("b.safetensors", shard(["z"])),
+            ("sub/c.safetensors", shard(["w"])), ("bx.safetensors", shard(["x", "z"]))]
+
+
+def index_cases():
+    """(name, index text, expected error substring or OK), for Checkpoint(<name>.index.json)
+    followed by tensors(): every rule of the index and of its shards."""
+    out = []
+
+    def add(name, index, expected):
+        if isinstance(index, dict):
+            index = json.dumps(index, indent=2)
+        out.append((name, index.encode("utf-8") if isinstance(index, str) else index, expected))
+
+    good = {"x": "a.safetensors", "y": "a.safetensors", "z": "b.safetensors"}
+    add("ok_basic", {"metadata": {"total_size": 24}, "weight_map": good}, "OK")
+    add("ok_subdir", {"weight_map": {**good, "w": "sub/c.safetensors"}}, "OK")
+    add("ok_metadata_any_json", {"metadata": {"total_size": "24", "n": [1, {"a": None}]},
+                                 "weight_map": good, "extra_member": 1}, "OK")
+    add("ok_empty", {"weight_map": {}}, "OK")
+    add("missing_shard", {"weight_map": {**good, "z": "nope.safetensors"}},
+        "shard 'nope.safetensors' of tensor 'z'")
+    add("listed_not_held", {"weight_map": {**good, "w": "b.safetensors"}},
+        "the index lists tensor 'w' in shard 'b.safetensors', which does not hold it")
+    add("held_not_listed", {"weight_map": {"x": "a.safetensors", "z": "b.safetensors"}},
+        "shard 'a.safetensors' holds tensor 'y', which the index does not list")
+    add("held_by_two_shards", {"weight_map": {**good, "z": "bx.safetensors"}},
+        "holds tensor 'x', which the index assigns to shard 'a.safetensors'")
+    add("listed_twice", '{"weight_map": {"x": "a.safetensors", "x": "b.safetensors"}}',
+        "tensor 'x' is listed twice in weight_map")
+    add("escape_dotdot", {"weight_map": {**good, "z": "../b.safetensors"}},
+        "has a '..' component")
+    add("escape_dotdot_inner", {"weight_map": {**good, "z": "sub/../../b.safetensors"}},
+        "has a '..' component")
+    add("escape_absolute", {"weight_map": {**good, "z": "/etc/b.safetensors"}},
+        "is not a relative path")
+    add("escape_backslash", {"weight_map": {**good, "z": "..\\b.safetensors"}},
+        "is not a relative path")
+    add("escape_drive", {"weight_map": {**good, "z": "C:b.safetensors"}},
+        "is not a relative path")
+    add("shard_not_safetensors", {"weight_map": {**good, "z": "b.bin"}},
+        "is not a '.safetensors' file")
+    add("shard_directory", {"weight_map": {**good, "z": "sub/"}}, "is not a '.safetensors' file")
+    add("shard_empty_name", {"weight_map": {**good, "z": ""}}, "empty shard file")
+    add("shard_nul", '{"weight_map": {"z": "b\\u0000.safetensors"}}', "NUL character")
+    add("not_json", "weight_map: x", "index is not valid JSON")
+    add("truncated", json.dumps({"weight_map": good})[:-3], "index is not valid JSON")
+    add("not_object", "[]", "index must be a JSON object, found an array")
+    add("no_weight_map", {"metadata": {}}, "index has no 'weight_map' object")
+    add("weight_map_array", {"weight_map": ["x"]}, "'weight_map' must be an object, found an array")
+    add("weight_map_null", {"weight_map": None}, "'weight_map' must be an object, found null")
+    add("value_number", {"weight_map": {"x": 1}},
+        "weight_map entry 'x' must be a shard file name (a string), found a number")
+    add("value_object", {"weight_map": {"x": {"file": "a.safetensors"}}},
+        "must be a shard file name (a string), found an object")
+    add("metadata_string", {"metadata": "m", "weight_map": good},
+        "'metadata' must be an object, found a string")
+    add("two_weight_maps", '{"weight_map": {}, "weight_map": {}}', "two 'weight_map' members")
+    add("not_utf8", b'{"weight_map": {"\xff": "a.safetensors"}}', "index is not valid UTF-8")
+    return out
+
+
 def write_tree(directory, files, check):
-    """Writes name→bytes into `directory` (removing stale *.safetensors/MANIFEST.tsv files)."""
+    """Writes name→bytes into `directory` (names may hold '/'), removing files it does not list."""
     stale = []
     os.makedirs(directory, exist_ok=True)
     wanted = dict(files)
-    for existing in sorted(os.listdir(directory)):
-        if existing not in wanted:
-            stale.append(existing)
+    existing = sorted(os.path.relpath(os.path.join(root, f), directory)
+                      for root, _, names in os.walk(directory) for f in names)
+    for name in existing:
+        if name not in wanted:
+            stale.append(name)
             if not check:
-                os.remove(os.path.join(directory, existing))
+                os.remove(os.path.join(directory, name))
     for name, blob in files:
         path = os.path.join(directory, name)
         if os.path.exists(path):
@@ -349,6 +425,7 @@ def write_tree(directory, files, check):
                     continue
         stale.append(name)
         if not check:
+            os.makedirs(os.path.dirname(path), exist_ok=True)
             with open(path, "wb") as f:
                 f.write(blob)
     return stale
@@ -370,7 +447,15 @@ def main():
     files = [(name + ".safetensors", blob) for name, blob, _ in corpus]
     files.append(("MANIFEST.tsv", manifest.encode("utf-8")))
 
+    index_corpus = index_cases()
+    index_manifest = "# index file\texpected error substring (OK: must load)\n" + "".join(
+        "%s.index.json\t%s\n" % (name, expected) for name, _, expected in index_corpus)
+    index_files = index_shards() + [(n + ".index.json", b) for n, b, _ in index_corpus]
+    index_files.append(("MANIFEST.tsv", index_manifest.encode("utf-8")))
+
     stale = write_tree(CORPUS_DIR, files, args.check)
+    stale += write_tree(INDEX_CORPUS_DIR, index_files, args.check)
+    stale += write_tree(INDEX_SEEDS_DIR, [(n + ".json", b) for n, b, _ in index_corpus], args.check)
     stale += write_tree(SEEDS_DIR, [(n + ".safetensors", b) for n, b in seeds(corpus)], args.check)
     bad = sum(1 for _, _, e in corpus if e != "OK")
     if args.check:

@@ -18,7 +18,9 @@ how a file is loaded into a model. The Python modules keep only what the referen
 - ``_errors``: the reference's exception types and message texts;
 - ``_file``: ``safe_open``, ``SafeSlice``, ``load_file``, ``load``;
 - ``_save``: ``save``, ``save_file``;
-- ``_model``: ``save_model``, ``load_model`` and the reference's shared-tensor helpers.
+- ``_model``: ``save_model``, ``load_model`` and the reference's shared-tensor helpers;
+- ``hub``: huggingface_hub's torch helpers (``save_torch_model``, ``load_torch_model``, ...) for
+  sharded checkpoints; ``open_checkpoint`` opens one lazily (a file, an index or a directory).
 
 Quantized weights (FP8, GPTQ, AWQ, compressed-tensors, MXFP4, NVFP4: detect, dequantize,
 quantize, self-describing files) are in the submodule ``torch_safetensors.quant``.
@@ -37,7 +39,7 @@ from ._extension import _C
 
 #: From include/torch_safetensors/version.h, the version's one place (through the extension).
 __version__: str = _C.__version__
-from ._file import SafeSlice, load, load_file, safe_open
+from ._file import SafeSlice, load, load_file, open_checkpoint, safe_open
 from ._model import (
     _end_ptr,
     _find_shared_tensors,
@@ -57,6 +59,7 @@ __all__ = [
     "load",
     "load_file",
     "load_model",
+    "open_checkpoint",
     "safe_open",
     "save",
     "save_file",

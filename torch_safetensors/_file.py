@@ -136,3 +136,49 @@ def load(data: bytes) -> Dict[str, torch.Tensor]:
     if not isinstance(data, bytes):
         raise not_instance("bytes", data, "bytes")
     return _C.load_bytes(data)
+
+
+class open_checkpoint(safe_open):  # noqa: N801 (a function-like name, as safe_open)
+    """Opens a checkpoint lazily: a safetensors file, a ``*.safetensors.index.json``, or a
+    directory holding either (its ``model.safetensors.index.json``, else its one index, else its
+    one ``.safetensors`` file).
+
+    The index is read and checked now (every shard exists inside the directory, symlinks
+    included); each shard is opened on first use and must hold exactly the tensors the index
+    assigns to it. ``keys()`` lists names shard by shard; ``metadata()`` is the index's
+    ``"metadata"`` (``total_size`` as a string) or a single file's ``__metadata__``. Otherwise
+    the interface of ``safe_open``: ``get_tensor``, ``get_slice``, ``get_tensors``, ``get_raw``.
+    """
+
+    def __init__(
+        self,
+        path: _args.FilePath,
+        device: _args.Device = "cpu",
+        *,
+        backend: str = "mmap",
+    ) -> None:
+        self._file = None
+        options = (_args.backend(backend), _args.device(device))
+        self._file = _C.Checkpoint(_args.path(path), *options)
+
+    def keys(self) -> List[str]:
+        """Tensor names, shard by shard (each shard's in the index's order)."""
+        return self._handle().keys()
+
+    def offset_keys(self) -> List[str]:
+        return self._handle().keys()
+
+    @property
+    def shard_files(self) -> List[str]:
+        """The shard files, relative to the checkpoint's directory, sorted."""
+        return self._handle().shard_files
+
+    @property
+    def index_path(self) -> Optional[str]:
+        """The index file, or None for a single file."""
+        return self._handle().index_path
+
+    def shard_file(self, name: str) -> str:
+        """The shard holding tensor ``name``."""
+        _args.check_name(name)
+        return self._handle().shard_file(name)

@@ -5,6 +5,8 @@
 #include <sys/stat.h>
 #include <unistd.h>
 
+#include <fstream>
+
 #include <torch/torch.h>
 #include <torch_safetensors/safetensors.h>
 
@@ -353,4 +355,32 @@ TEST(CheckpointErrors, EmptyIndexIsAnEmptyCheckpoint) {
   const ts::Checkpoint ckpt(dir.path());
   EXPECT_EQ(ckpt.size(), 0u);
   EXPECT_EQ(ckpt.tensors().size(), 0u);
+}
+
+// tools/gen_adversarial.py's index corpus: each index opened and fully loaded gives its error.
+TEST(AdversarialIndexCorpus, EveryIndexGivesItsError) {
+  const std::string dir = std::string(TS_TEST_DATA_DIR) + "/adversarial_index";
+  std::ifstream manifest(dir + "/MANIFEST.tsv");
+  std::string line;
+  size_t cases = 0;
+  while (std::getline(manifest, line)) {
+    if (line.empty() || line[0] == '#') continue;
+    const size_t tab = line.find('\t');
+    const std::string file = line.substr(0, tab), expected = line.substr(tab + 1);
+    ++cases;
+    for (const ts::Backend backend : {ts::Backend::kMmap, ts::Backend::kPread}) {
+      const std::string error = error_of([&] {
+        const ts::Checkpoint ckpt(dir + "/" + file, ts::LoadOptions().with_backend(backend));
+        const ts::TensorDict tensors = ckpt.tensors();
+        EXPECT_EQ(tensors.size(), ckpt.size());
+      });
+      if (expected == "OK") {
+        EXPECT_EQ(error, "") << file;
+      } else {
+        EXPECT_NE(error.find(expected), std::string::npos) << file << ": " << error;
+        EXPECT_NE(error.find(file), std::string::npos) << "names the index: " << error;
+      }
+    }
+  }
+  EXPECT_GE(cases, 25u) << "corpus missing? run tools/gen_adversarial.py";
 }

@@ -264,6 +264,52 @@ void translate(std::exception_ptr p) {
   }
 }
 
+// The lazy-handle methods File and Checkpoint share (the same names in C++).
+template <typename Handle>
+void bind_tensor_access(py::class_<Handle>& cls) {
+  cls.def_property_readonly("path", &Handle::path)
+      .def("__len__", &Handle::size)
+      .def("__contains__",
+           [](const Handle& f, const std::string& name) { return f.contains(name); })
+      .def("metadata", [](const Handle& f) { return f.metadata(); })
+      .def("info",
+           [](const Handle& f, const std::string& name) {
+             const ts::TensorInfo& info = f.info(name);
+             return std::make_pair(dtype_str(info.dtype), c10::IntArrayRef(info.shape).vec());
+           })
+      .def("tensor", &Handle::tensor, py::call_guard<py::gil_scoped_release>())
+      .def("tensors",
+           [](const Handle& f) {
+             ts::TensorDict tensors;
+             {
+               py::gil_scoped_release release;
+               tensors = f.tensors();
+             }
+             return to_dict(tensors);
+           })
+      .def(
+          "slice",
+          [](const Handle& f, const std::string& name, py::handle key) -> py::object {
+            auto indices = simple_indices(key);
+            if (!indices) return py::none();
+            at::Tensor out;
+            {
+              py::gil_scoped_release release;
+              out = f.slice(name, *indices);
+            }
+            return py::cast(out);
+          },
+          "The indexed tensor, or None when the index is not made of ints, slices, ... and None.")
+      .def("raw", [](const Handle& f, const std::string& name) {
+        ts::RawTensor raw;
+        {
+          py::gil_scoped_release release;
+          raw = f.raw(name);
+        }
+        return py::make_tuple(dtype_str(raw.dtype), raw.shape, raw.bytes);
+      });
+}
+
 // torch_safetensors.quant: layouts as QuantizedWeight objects, tensors as (name, tensor) lists.
 namespace quant = ts::quant;
 
@@ -412,56 +458,63 @@ PYBIND11_MODULE(_C, m) {
   m.attr("_os_error_types") = os_error_types;
   py::register_local_exception_translator(translate);
 
-  py::class_<ts::File>(m, "File")
-      .def(py::init([](const std::string& path, const std::string& backend, at::Device device) {
-             ts::LoadOptions options;
-             options.with_backend(parse_backend(backend)).with_device(device);
-             py::gil_scoped_release release;
-             return ts::File(path, options);
-           }),
-           py::arg("path"), py::arg("backend"), py::arg("device"))
-      .def_property_readonly("path", &ts::File::path)
-      .def("__len__", &ts::File::size)
-      .def("__contains__",
-           [](const ts::File& f, const std::string& name) { return f.contains(name); })
-      .def("keys", &ts::File::keys, "Tensor names in file (data offset) order.")
-      .def("metadata", [](const ts::File& f) { return f.metadata(); })
-      .def("info",
-           [](const ts::File& f, const std::string& name) {
-             const ts::TensorInfo& info = f.info(name);
-             return std::make_pair(dtype_str(info.dtype), c10::IntArrayRef(info.shape).vec());
-           })
-      .def("tensor", &ts::File::tensor, py::call_guard<py::gil_scoped_release>())
-      .def("tensors",
-           [](const ts::File& f) {
-             ts::TensorDict tensors;
-             {
-               py::gil_scoped_release release;
-               tensors = f.tensors();
-             }
-             return to_dict(tensors);
-           })
-      .def(
-          "slice",
-          [](const ts::File& f, const std::string& name, py::handle key) -> py::object {
-            auto indices = simple_indices(key);
-            if (!indices) return py::none();
-            at::Tensor out;
-            {
-              py::gil_scoped_release release;
-              out = f.slice(name, *indices);
-            }
-            return py::cast(out);
-          },
-          "The indexed tensor, or None when the index is not made of ints, slices, ... and None.")
-      .def("raw", [](const ts::File& f, const std::string& name) {
-        ts::RawTensor raw;
-        {
-          py::gil_scoped_release release;
-          raw = f.raw(name);
-        }
-        return py::make_tuple(dtype_str(raw.dtype), raw.shape, raw.bytes);
+  auto file = py::class_<ts::File>(m, "File").def(
+      py::init([](const std::string& path, const std::string& backend, at::Device device) {
+        ts::LoadOptions options;
+        options.with_backend(parse_backend(backend)).with_device(device);
+        py::gil_scoped_release release;
+        return ts::File(path, options);
+      }),
+      py::arg("path"), py::arg("backend"), py::arg("device"));
+  bind_tensor_access(file);
+  file.def("keys", &ts::File::keys, "Tensor names in file (data offset) order.");
+
+  auto checkpoint = py::class_<ts::Checkpoint>(m, "Checkpoint").def(
+      py::init([](const std::string& path, const std::string& backend, at::Device device) {
+        ts::LoadOptions options;
+        options.with_backend(parse_backend(backend)).with_device(device);
+        py::gil_scoped_release release;
+        return ts::Checkpoint(path, options);
+      }),
+      py::arg("path"), py::arg("backend"), py::arg("device"));
+  bind_tensor_access(checkpoint);
+  checkpoint
+      .def("keys", &ts::Checkpoint::keys, "Tensor names, shard by shard.")
+      .def_property_readonly("index_path", &ts::Checkpoint::index_path)
+      .def_property_readonly("directory", &ts::Checkpoint::directory)
+      .def_property_readonly("shard_files", &ts::Checkpoint::shard_files)
+      .def("shard_file", [](const ts::Checkpoint& c, const std::string& name) {
+        return c.shard_file(name);
       });
+
+  m.def(
+      "save_sharded",
+      [](const py::list& items, const std::string& directory, uint64_t max_shard_size,
+         std::string filename_pattern, py::handle metadata,
+         std::unordered_set<std::string> discard, bool remove_stale) {
+        ts::ShardOptions options;
+        options.with_max_shard_size(max_shard_size).with_filename_pattern(std::move(filename_pattern));
+        options.metadata = to_metadata(metadata);
+        options.discard = std::move(discard);
+        options.remove_stale = remove_stale;
+        auto named = to_named(items);
+        py::gil_scoped_release release;
+        ts::save_sharded(named, directory, options);
+      },
+      py::arg("items"), py::arg("directory"), py::arg("max_shard_size"),
+      py::arg("filename_pattern"), py::arg("metadata"), py::arg("discard"),
+      py::arg("remove_stale"));
+  m.def(
+      "plan_shards",
+      [](const py::list& items, uint64_t max_shard_size, std::string filename_pattern) {
+        ts::ShardOptions options;
+        options.with_max_shard_size(max_shard_size).with_filename_pattern(std::move(filename_pattern));
+        const ts::ShardSplit split = ts::plan_shards(to_named(items), options);
+        return py::make_tuple(split.files, split.total_size);
+      },
+      py::arg("items"), py::arg("max_shard_size"), py::arg("filename_pattern"),
+      "(files: [(file name, [tensor names])], total_size): huggingface_hub's split.");
+  m.def("parse_size", &ts::parse_size, py::arg("size"), "huggingface_hub's \"5GB\" → bytes.");
 
   m.def(
       "save_file",

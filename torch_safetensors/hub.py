@@ -1,0 +1,265 @@
+"""huggingface_hub's torch helpers (``huggingface_hub.serialization``, 2.4), on the C++ core.
+
+Switch by changing an import::
+
+    # from huggingface_hub import save_torch_model, load_torch_model
+    from torch_safetensors.hub import save_torch_model, load_torch_model
+
+The same names, arguments, defaults, file names, shard split and index; shard files are
+byte-identical. The split, the tie policy and the index are the C++ core's (checkpoint.h:
+``plan_shards``, ``save_sharded``, ``Checkpoint``); this module adapts arguments and raises the
+errors huggingface_hub raises. Two differences, both for safety: pickle files are never unpickled
+(``safe=False`` still loads only safetensors; convert pickles with ``torch-safetensors convert``),
+and a save writes every file before any old one is replaced.
+"""
+
+from __future__ import annotations
+
+import os
+from collections import namedtuple
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Dict, List, NamedTuple, Optional, Union
+
+import torch
+
+from . import _args
+from ._errors import save_error
+from ._extension import _C
+from ._file import safe_open
+
+SAFETENSORS_WEIGHTS_FILE_PATTERN = "model{suffix}.safetensors"
+MAX_SHARD_SIZE = "5GB"
+_NEVER_UNPICKLED = (
+    "torch_safetensors never unpickles checkpoints (pickles can run code when loaded); convert it "
+    "once with `torch-safetensors convert IN OUT`"
+)
+
+
+@dataclass
+class StateDictSplit:
+    """huggingface_hub's ``StateDictSplit``: which tensors go to which file."""
+
+    is_sharded: bool = field(init=False)
+    metadata: Dict[str, Any]
+    filename_to_tensors: Dict[str, List[str]]
+    tensor_to_filename: Dict[str, str]
+
+    def __post_init__(self) -> None:
+        self.is_sharded = len(self.filename_to_tensors) > 1
+
+
+class _IncompatibleKeys(namedtuple("IncompatibleKeys", ["missing_keys", "unexpected_keys"])):
+    def __repr__(self) -> str:
+        if not self.missing_keys and not self.unexpected_keys:
+            return "<All keys matched successfully>"
+        return super().__repr__()
+
+    __str__ = __repr__
+
+
+def _max_bytes(max_shard_size: Union[int, str]) -> int:
+    if isinstance(max_shard_size, str):
+        try:
+            return _C.parse_size(max_shard_size)
+        except Exception as error:  # the core's message, as huggingface_hub's ValueError
+            raise ValueError(str(error).split("safetensors: ", 1)[-1]) from None
+    if isinstance(max_shard_size, bool) or not isinstance(max_shard_size, int):
+        raise TypeError(f"max_shard_size must be an int or a str, got {type(max_shard_size)}")
+    return max(max_shard_size, 0)
+
+
+def _tensor_items(state_dict: Dict[str, torch.Tensor]) -> List[Any]:
+    items = []
+    for name, value in state_dict.items():
+        if not isinstance(value, torch.Tensor):
+            raise TypeError(f"Key `{name}` is invalid, expected torch.Tensor but received {type(value)}")
+        items.append((name, value))
+    return items
+
+
+def split_torch_state_dict_into_shards(
+    state_dict: Dict[str, torch.Tensor],
+    *,
+    filename_pattern: str = SAFETENSORS_WEIGHTS_FILE_PATTERN,
+    max_shard_size: Union[int, str] = MAX_SHARD_SIZE,
+) -> StateDictSplit:
+    """Splits a state dict in shards of at most ``max_shard_size`` (in the order of its keys; a
+    larger tensor gets a shard of its own; tensors sharing a storage go with the first)."""
+    files, total_size = _C.plan_shards(
+        _tensor_items(state_dict), _max_bytes(max_shard_size), filename_pattern
+    )
+    filename_to_tensors = {file: list(names) for file, names in files}
+    return StateDictSplit(
+        metadata={"total_size": total_size},
+        filename_to_tensors=filename_to_tensors,
+        tensor_to_filename={n: f for f, names in filename_to_tensors.items() for n in names},
+    )
+
+
+def save_torch_state_dict(
+    state_dict: Dict[str, torch.Tensor],
+    save_directory: Union[str, Path],
+    *,
+    filename_pattern: Optional[str] = None,
+    force_contiguous: bool = True,
+    max_shard_size: Union[int, str] = MAX_SHARD_SIZE,
+    metadata: Optional[Dict[str, str]] = None,
+    safe_serialization: bool = True,
+    is_main_process: bool = True,
+    shared_tensors_to_discard: Optional[List[str]] = None,
+) -> None:
+    """Saves a state dict as safetensors, sharded when larger than ``max_shard_size``.
+
+    Tensors sharing memory (tied weights) are stored once (the kept name covers the storage; names
+    in ``shared_tensors_to_discard`` are dropped first), each dropped name recorded in the metadata
+    as ``dropped → kept``. A single file carries ``{"format": "pt", **metadata}``; shards carry
+    ``{"format": "pt"}`` and the index ``{"total_size": ..., **metadata}``. Files of an earlier
+    save with the same pattern are removed when ``is_main_process``.
+    """
+    if not safe_serialization:
+        raise ValueError("safe_serialization=False writes pickles; " + _NEVER_UNPICKLED.split(";")[0])
+    items = _tensor_items(state_dict)
+    if not force_contiguous:
+        for name, tensor in items:
+            if not tensor.is_contiguous():
+                raise save_error("non_contiguous", [[name]], state_dict)
+    _C.save_sharded(
+        items,
+        os.fsdecode(os.fspath(save_directory)),
+        _max_bytes(max_shard_size),
+        SAFETENSORS_WEIGHTS_FILE_PATTERN if filename_pattern is None else filename_pattern,
+        metadata,
+        set(shared_tensors_to_discard or ()),
+        is_main_process,
+    )
+
+
+def save_torch_model(
+    model: torch.nn.Module,
+    save_directory: Union[str, Path],
+    *,
+    filename_pattern: Optional[str] = None,
+    force_contiguous: bool = True,
+    max_shard_size: Union[int, str] = MAX_SHARD_SIZE,
+    metadata: Optional[Dict[str, str]] = None,
+    safe_serialization: bool = True,
+    is_main_process: bool = True,
+    shared_tensors_to_discard: Optional[List[str]] = None,
+) -> None:
+    """``save_torch_state_dict(model.state_dict(), ...)``."""
+    save_torch_state_dict(
+        model.state_dict(),
+        save_directory,
+        filename_pattern=filename_pattern,
+        force_contiguous=force_contiguous,
+        max_shard_size=max_shard_size,
+        metadata=metadata,
+        safe_serialization=safe_serialization,
+        is_main_process=is_main_process,
+        shared_tensors_to_discard=shared_tensors_to_discard,
+    )
+
+
+def _map_location(map_location: Any) -> str:
+    if map_location is None:
+        return "cpu"
+    device = str(map_location.type) if hasattr(map_location, "type") else str(map_location)
+    return "cpu" if device == "meta" else device
+
+
+def load_state_dict_from_file(
+    checkpoint_file: Union[str, os.PathLike],
+    map_location: Optional[Union[str, torch.device]] = None,
+    weights_only: bool = True,
+    mmap: bool = False,
+    *,
+    safe: bool = True,
+) -> Dict[str, torch.Tensor]:
+    """Loads a safetensors file (tensors on ``map_location``, default CPU). A file that is not
+    safetensors (a pickle) is refused with ValueError; it is never unpickled."""
+    path = Path(checkpoint_file)
+    if not path.is_file():
+        raise FileNotFoundError(
+            f"No checkpoint file found at '{path}'. Please verify the path is correct and "
+            "the file has been properly downloaded."
+        )
+    try:
+        with safe_open(path, framework="pt", device=_map_location(map_location)) as f:
+            metadata = f.metadata()
+            if metadata is not None and metadata.get("format") not in ["pt", "mlx"]:
+                raise OSError(
+                    f"The safetensors archive passed at {path} does not contain the valid "
+                    "metadata. Make sure you save your model with the `save_torch_model` method."
+                )
+            return f.get_tensors()
+    except OSError:
+        raise
+    except Exception as error:
+        raise ValueError(f"Cannot load '{path}' as safetensors ({error}). {_NEVER_UNPICKLED}.") from error
+
+
+def _check_strict(model: torch.nn.Module, loaded_keys: Any) -> None:
+    model_keys = set(model.state_dict().keys())
+    missing, unexpected = model_keys - set(loaded_keys), set(loaded_keys) - model_keys
+    if missing or unexpected:
+        message = f"Error(s) in loading state_dict for {model.__class__.__name__}"
+        if missing:
+            message += "\nMissing key(s): " + ",".join(f'"{k}"' for k in sorted(missing)) + "."
+        if unexpected:
+            message += "\nUnexpected key(s): " + ",".join(f'"{k}"' for k in sorted(unexpected)) + "."
+        raise RuntimeError(message)
+
+
+def load_torch_model(
+    model: torch.nn.Module,
+    checkpoint_path: Union[str, os.PathLike],
+    *,
+    strict: bool = False,
+    safe: bool = True,
+    weights_only: bool = True,
+    map_location: Optional[Union[str, torch.device]] = None,
+    mmap: bool = False,
+    filename_pattern: Optional[str] = None,
+) -> NamedTuple:
+    """Loads a file, or a directory holding an index and its shards or one file, into ``model``
+    with ``model.load_state_dict`` (so its hooks run). Returns ``(missing_keys,
+    unexpected_keys)``; with ``strict``, either being non-empty raises RuntimeError.
+
+    A sharded checkpoint is opened as one ``Checkpoint``: the index is checked (shards exist,
+    stay inside the directory, hold exactly what the index lists) and tensors come zero-copy from
+    one mapping per shard.
+    """
+    path = Path(checkpoint_path)
+    if not path.exists():
+        raise FileNotFoundError(f"Checkpoint path {path} does not exist")
+    if path.is_file():
+        state_dict = load_state_dict_from_file(path, map_location=map_location, safe=safe)
+        return model.load_state_dict(state_dict, strict=strict)
+    if filename_pattern is None:
+        filename_pattern = SAFETENSORS_WEIGHTS_FILE_PATTERN
+    elif not filename_pattern.format(suffix="").lower().endswith(".safetensors"):
+        raise ValueError(
+            f"`filename_pattern={filename_pattern!r}` does not describe safetensors files. "
+            + _NEVER_UNPICKLED + "."
+        )
+    index_path = path / (filename_pattern.format(suffix="") + ".index.json")
+    if index_path.is_file():
+        checkpoint = _C.Checkpoint(_args.path(index_path), "mmap", torch.device("cpu"))
+        state_dict = checkpoint.tensors()
+        model.load_state_dict(state_dict, strict=False)
+        if strict:
+            _check_strict(model, state_dict.keys())
+        model_keys = set(model.state_dict().keys())
+        return _IncompatibleKeys(
+            missing_keys=list(model_keys - state_dict.keys()),
+            unexpected_keys=list(state_dict.keys() - model_keys),
+        )
+    model_files = list(path.glob("*.safetensors"))
+    if len(model_files) == 1:
+        state_dict = load_state_dict_from_file(model_files[0], map_location=map_location, safe=safe)
+        return model.load_state_dict(state_dict, strict=strict)
+    raise ValueError(
+        f"Directory '{path}' does not contain a valid checkpoint. "
+        "Expected either a sharded checkpoint with an index file, or a single model file."
+    )
