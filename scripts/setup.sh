@@ -37,6 +37,17 @@ then
   python3 -m pip install -q -c "$constraints" "${PEER_PACKAGES[@]}"
   rm -f "$constraints"
 fi
+# Optional peers of the quantization tests and benchmark (test/python/test_quant.py,
+# bench/quant_bench.py skip what is absent): compressed-tensors, which brings transformers. The
+# constraints file keeps their requirements from replacing the pinned torch.
+if ! python3 -c "import compressed_tensors, transformers" 2>/dev/null; then
+  constraints=$(mktemp)
+  echo "torch==2.13.0" >"$constraints"
+  echo "== pip: installing compressed-tensors (torch pinned by $constraints)"
+  python3 -m pip install -q -c "$constraints" compressed-tensors ||
+    echo "== compressed-tensors did not install; its quantization tests will skip"
+  rm -f "$constraints"
+fi
 for tool in cmake ninja; do
   command -v "$tool" >/dev/null || python3 -m pip install -q "$tool"
 done

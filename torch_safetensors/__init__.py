@@ -22,6 +22,9 @@ how a file is loaded into a model. The Python modules keep only what the referen
 - ``hub``: huggingface_hub's torch helpers (``save_torch_model``, ``load_torch_model``, ...) for
   sharded checkpoints; ``open_checkpoint`` opens one lazily (a file, an index or a directory).
 
+Quantized weights (FP8, GPTQ, AWQ, compressed-tensors, MXFP4, NVFP4: detect, dequantize,
+quantize, self-describing files) are in the submodule ``torch_safetensors.quant``.
+
 Beyond the reference: ``safe_open.get_raw`` and ``RawTensor`` read and write tensors as their
 stored bytes (the way to round-trip F6_E2M3 / F6_E3M2, which torch cannot express; they also
 load as uint8 bytes), ``device`` also takes a ``torch.device``, and ``load`` accepts every dtype

@@ -16,6 +16,7 @@
 #include "torch_safetensors/jit.h"
 #include "torch_safetensors/module.h"
 #include "torch_safetensors/optim.h"
+#include "torch_safetensors/quant.h"
 #include "torch_safetensors/serialize.h"
 #include "torch_safetensors/slice.h"
 #include "torch_safetensors/source.h"

@@ -655,3 +655,42 @@ TEST(Scale, HeaderAtTheLimitAndOneByteOver) {
 }
 
 }  // namespace
+
+// One sharded checkpoint handle shared by 8 threads: each shard is opened once whatever the race,
+// and the staging ring (its reader threads and the submitting thread) loads every shard correctly
+// from every thread at once. Run under TSan by .ci/hardening.sh.
+TEST(Concurrency, ShardedCheckpointAndStagingRingAcrossThreads) {
+  at::set_num_threads(1);
+  TempDir dir;
+  ts::NamedTensors tensors;
+  for (int i = 0; i < 8; ++i) {
+    tensors.emplace_back("w" + std::to_string(i), at::arange(40'000, at::kFloat) + float(i));
+  }
+  ts::save_sharded(tensors, dir.path(), ts::ShardOptions().with_max_shard_size("400KB"));
+  ts::LoadOptions ring;
+  ring.always_stage = true;
+  ring.staging_bytes = uint64_t(2) << 20;
+  const ts::Checkpoint lazy(dir.path());
+  const ts::Checkpoint staged(dir.path(), ring);
+  std::atomic<int> errors{0};
+  std::vector<std::thread> threads;
+  for (int id = 0; id < 8; ++id) {
+    threads.emplace_back([&, id] {
+      try {
+        for (int i = 0; i < 5; ++i) {
+          const std::string name = "w" + std::to_string((id + i) % 8);
+          if (!lazy.tensor(name).equal(tensors[(id + i) % 8].second)) ++errors;
+          const ts::TensorDict all = staged.tensors();
+          for (const auto& [n, t] : tensors) {
+            if (!all[n].equal(t)) ++errors;
+          }
+        }
+      } catch (const std::exception& e) {
+        ADD_FAILURE() << e.what();
+        ++errors;
+      }
+    });
+  }
+  for (auto& t : threads) t.join();
+  EXPECT_EQ(errors.load(), 0);
+}

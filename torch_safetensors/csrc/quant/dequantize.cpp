@@ -1,0 +1,244 @@
+// Dequantization of each layout with ATen ops, on the device the stored parts are on. Values are
+// computed in float32 and rounded once to the requested dtype.
+#include <ATen/ATen.h>
+
+#include "check.h"
+#include "quant/internal.h"
+
+namespace torch::safetensors::quant {
+namespace {
+
+using detail::ceil_div;
+
+// values x scale, in place in float32 (a same-dtype kernel), then rounded once to `dtype`.
+at::Tensor scale_and_round(at::Tensor values, const at::Tensor& scale, at::ScalarType dtype,
+                           at::IntArrayRef out_sizes) {
+  values.mul_(scale);
+  return values.reshape(out_sizes).to(dtype);
+}
+
+// FP8 (transformers integrations/finegrained_fp8.py `_dequantize_fp8_weight`; DeepSeek-V3's
+// `weight_scale_inv` multiplies, despite its name): W = fp8 x the scale of its block, row or
+// tensor. In float32, in place, then rounded once to `dtype`.
+at::Tensor dequantize_fp8(const QuantizedWeight& weight, const at::Tensor& packed,
+                          const at::Tensor& scale, at::ScalarType dtype) {
+  const at::Tensor scale32 = scale.to(at::kFloat);
+  const bool blocked = !weight.block_size.empty();
+  const int64_t out = packed.size(0);
+  const int64_t in = blocked ? packed.size(1) : 0;
+  const int64_t rows = blocked ? weight.block_size[0] : 0,
+                cols = blocked ? weight.block_size[1] : 0;
+  const bool whole_blocks = blocked && out % rows == 0 && in % cols == 0;
+  if (packed.device().is_cpu() && (!blocked || whole_blocks)) {
+    // On the CPU, one gather: every scale's 256 possible products (computed in float32 and
+    // converted once, the same values as multiplying) indexed by scale x 256 + code. Converting F8
+    // element by element is the slow part of the direct route there.
+    const at::Tensor codes256 = at::arange(256, packed.options().dtype(at::kByte));
+    const at::Tensor table =
+        (scale32.reshape({-1, 1}) * detail::float8_to_float(codes256.view(packed.scalar_type())))
+            .to(dtype)
+            .flatten();
+    at::Tensor index = packed.contiguous().view(at::kByte).to(at::kInt);
+    const auto options = index.options();
+    if (whole_blocks) {
+      const int64_t row_blocks = out / rows, col_blocks = in / cols;
+      index.view({row_blocks, rows, col_blocks, cols})
+          .add_((at::arange(row_blocks * col_blocks, options) * 256)
+                    .view({row_blocks, 1, col_blocks, 1}));
+    } else if (scale32.numel() != 1) {
+      index.view({out, -1}).add_((at::arange(out, options) * 256).view({out, 1}));
+    }
+    return table.index_select(0, index.flatten()).view(packed.sizes());
+  }
+  at::Tensor values = detail::float8_to_float(packed);
+  if (!blocked) {
+    // One scale, or one per output channel (the first dimension).
+    std::vector<int64_t> scale_sizes(packed.dim(), 1);
+    if (scale32.numel() != 1) scale_sizes[0] = out;
+    values.mul_(scale32.reshape(scale_sizes));
+  } else if (whole_blocks) {
+    values.view({out / rows, rows, in / cols, cols})
+        .mul_(scale32.view({out / rows, 1, in / cols, 1}));
+  } else {
+    // Partial blocks at the edges: expand the scales to every value.
+    values.mul_(
+        scale32.repeat_interleave(rows, 0).narrow(0, 0, out).repeat_interleave(cols, 1).narrow(1, 0,
+                                                                                               in));
+  }
+  return values.to(dtype);
+}
+
+// (q - z) x s with q: [out, in] and z, s: [out, groups], where input column i belongs to group
+// `group_of[i]` (nullopt: i / group_size). In float32 (q - z is exact there), in place, then
+// rounded to `dtype`.
+at::Tensor grouped_affine(const at::Tensor& q, const at::Tensor& zeros, const at::Tensor& scales,
+                          const std::optional<at::Tensor>& group_of, int64_t group_size, int bits,
+                          at::ScalarType dtype) {
+  const int64_t out = q.size(0), in = q.size(1), groups = scales.size(1);
+  const at::Tensor scale32 = scales.to(at::kFloat);
+  const at::Tensor zeros32 = zeros.to(at::kFloat);
+  if (!group_of && in == groups * group_size) {
+    at::Tensor values;
+    if (bits < 8 && q.scalar_type() == at::kByte && q.is_contiguous() &&
+        zeros.max().item<int64_t>() < 128) {
+      // Codes and zero points of up to 7 bits: q - z fits int8, so it is taken in one byte-wide
+      // pass before the one conversion to float32.
+      values = at::sub(q.view(at::kChar).view({out, groups, group_size}),
+                       zeros.to(at::kChar).unsqueeze(-1))
+                   .to(at::kFloat);
+      values.mul_(scale32.unsqueeze(-1));
+    } else {
+      values = q.to(at::kFloat).contiguous().view({out, groups, group_size});
+      values.sub_(zeros32.unsqueeze(-1)).mul_(scale32.unsqueeze(-1));
+    }
+    return values.view({out, in}).to(dtype);
+  }
+  at::Tensor values = q.to(at::kFloat).contiguous();
+  const at::Tensor index =
+      group_of ? group_of->to(at::kLong)
+               : at::div(at::arange(in, q.options().dtype(at::kLong)), group_size, "floor");
+  values.sub_(zeros32.index_select(1, index)).mul_(scale32.index_select(1, index));
+  return values.to(dtype);
+}
+
+// GPTQ (gptqmodel nn_modules/qlinear/__init__.py `dequantize_weight`): qweight [in*bits/32, out]
+// packed along the input dimension, LSB first; qzeros [groups, out*bits/32] packed along the
+// output dimension; W[o, i] = scales[g_idx[i], o] x (q[i, o] - z[g_idx[i], o]). The original
+// format stores z - 1 (utils/model.py `convert_gptq_v1_to_v2_format_module` adds the 1 back).
+at::Tensor dequantize_gptq(const QuantizedWeight& weight,
+                           const std::map<std::string, at::Tensor>& parts, at::ScalarType dtype,
+                           std::string_view source) {
+  const int64_t out = weight.shape[0], in = weight.shape[1];
+  // Unpacking the transposed words gives [out, in] directly, the dense layout.
+  const at::Tensor q = detail::unpack_bits(parts.at("packed").t().contiguous(), weight.bits, in);
+  at::Tensor zeros = detail::unpack_bits(parts.at("zero_point"), weight.bits, out).to(at::kInt);
+  if (weight.zero_point_minus_one) zeros = zeros + 1;
+  const at::Tensor scales = parts.at("scale").t();
+  std::optional<at::Tensor> group_of;
+  const auto g_idx = parts.find("g_idx");
+  if (g_idx != parts.end()) {
+    const at::Tensor groups = g_idx->second.to(at::kLong);
+    const int64_t count = scales.size(1);
+    TS_CHECK(groups.numel() == 0 ||
+                 (groups.min().item<int64_t>() >= 0 && groups.max().item<int64_t>() < count),
+             source, "quantized weight '", weight.name, "' (gptq): g_idx '",
+             weight.tensors.at("g_idx"), "' holds groups outside [0, ", count, ")");
+    // The default order needs no gather: only act-order (desc_act) g_idx does.
+    const at::Tensor plain = at::div(at::arange(in, groups.options()), weight.group_size, "floor");
+    if (!at::equal(groups, plain)) group_of = groups;
+  }
+  return grouped_affine(q, zeros.t(), scales, group_of, weight.group_size, weight.bits, dtype);
+}
+
+// AWQ GEMM (AutoAWQ awq/utils/packing_utils.py `dequantize_gemm`, `AWQ_ORDER`): qweight
+// [in, out/8], word j holding output columns 8j + AWQ_ORDER[k] in nibble k; qzeros the same over
+// [groups, out/8]; W = (q - z) x s, no zero-point offset.
+at::Tensor unpack_awq(const at::Tensor& packed, int64_t columns) {
+  // Column c of a run of 8 sits in nibble AWQ_REVERSE_ORDER[c] = [0, 4, 1, 5, 2, 6, 3, 7][c].
+  const at::Tensor nibbles = detail::unpack_bits(packed, 4, columns);
+  const at::Tensor reverse =
+      at::tensor(std::vector<int64_t>{0, 4, 1, 5, 2, 6, 3, 7}).to(packed.device());
+  return nibbles.view({packed.size(0), columns / 8, 8})
+      .index_select(-1, reverse)
+      .view({packed.size(0), columns});
+}
+
+at::Tensor dequantize_awq(const QuantizedWeight& weight,
+                          const std::map<std::string, at::Tensor>& parts, at::ScalarType dtype) {
+  const int64_t out = weight.shape[0];
+  const at::Tensor q = unpack_awq(parts.at("packed"), out);          // [in, out]
+  const at::Tensor zeros = unpack_awq(parts.at("zero_point"), out);  // [groups, out]
+  // The transposed values are made contiguous once, as [out, in], by grouped_affine's float copy.
+  return grouped_affine(q.t(), zeros.t(), parts.at("scale").t(), std::nullopt, weight.group_size,
+                        weight.bits, dtype);
+}
+
+// compressed-tensors pack-quantized (compressors/pack_quantized/base.py, helpers.py
+// `unpack_from_int32`): signed values stored + 2^(bits-1), packed along the input dimension;
+// an asymmetric zero point packed the same way along the output dimension; W = (q - z) x s
+// (quantization/lifecycle/forward_helpers.py `_dequantize`).
+at::Tensor dequantize_pack_quantized(const QuantizedWeight& weight,
+                                     const std::map<std::string, at::Tensor>& parts,
+                                     at::ScalarType dtype) {
+  const int64_t out = weight.shape[0], in = weight.shape[1];
+  const int64_t offset = int64_t{1} << (weight.bits - 1);
+  // (q - offset) - (z - offset) = q - z: the stored (offset) values are used as they are, so the
+  // unpacked codes go to grouped_affine without a pass of their own; a symmetric weight's zero
+  // point is 0, stored as `offset`.
+  const at::Tensor q = detail::unpack_bits(parts.at("packed"), weight.bits, in);
+  const at::Tensor& scale = parts.at("scale");
+  const int64_t groups = weight.group_size > 0 ? ceil_div(in, weight.group_size) : 1;
+  at::Tensor zeros = at::full({out, groups}, offset, q.options().dtype(at::kInt));
+  const auto zero_point = parts.find("zero_point");
+  if (zero_point != parts.end()) {
+    zeros = detail::unpack_bits(zero_point->second.t().contiguous(), weight.bits, out).t();
+  }
+  const at::Tensor scales =
+      scale.numel() == 1 ? scale.reshape({1, 1}).expand({out, 1}) : scale.reshape({out, groups});
+  return grouped_affine(q, zeros, scales, std::nullopt,
+                        weight.group_size > 0 ? weight.group_size : in, weight.bits, dtype);
+}
+
+// FP4 with an F8_E4M3 scale per group of 16 and one global factor. ModelOpt NVFP4
+// (qtensor/nvfp4_tensor.py `dequantize`): W = fp4 x (scale x weight_scale_2). compressed-tensors
+// nvfp4-pack-quantized (compressors/nvfp4/base.py `decompress`, forward_helpers.py `_dequantize`):
+// W = fp4 x (scale / global_scale).
+at::Tensor dequantize_nvfp4(const QuantizedWeight& weight,
+                            const std::map<std::string, at::Tensor>& parts, at::ScalarType dtype,
+                            bool divide_by_global) {
+  const int64_t out = weight.shape[0], in = weight.shape[1];
+  const at::Tensor values = detail::fp4_values(parts.at("packed"));  // [out, in]
+  const at::Tensor global = parts.at("global_scale").to(at::kFloat).reshape({});
+  at::Tensor scale = parts.at("scale").to(at::kFloat);
+  scale = divide_by_global ? scale / global : scale * global;
+  const int64_t groups = in / weight.group_size;
+  return scale_and_round(values.view({out, groups, weight.group_size}), scale.unsqueeze(-1), dtype,
+                         {out, in});
+}
+
+// MXFP4 (transformers integrations/mxfp4.py `_convert_moe_packed_tensors`): blocks [..., G, 16]
+// hold 32 FP4 values each, scales [..., G] are E8M0 exponents: W = fp4 x 2^(scale - 127). The
+// result keeps the stored order [..., G * 32] (transformers then transposes for its module).
+at::Tensor dequantize_mxfp4(const QuantizedWeight& weight,
+                            const std::map<std::string, at::Tensor>& parts, at::ScalarType dtype) {
+  const at::Tensor values = detail::fp4_values(parts.at("packed"));  // [..., G, 32]
+  // E8M0 is the torch dtype Float8_e8m0fnu: 2^(e - 127), and 255 is NaN, as the OCP MX spec says.
+  const at::Tensor scale =
+      parts.at("scale").contiguous().view(at::kFloat8_e8m0fnu).to(at::kFloat).unsqueeze(-1);
+  return scale_and_round(values, scale, dtype, weight.shape);
+}
+
+}  // namespace
+
+at::Tensor dequantize(const QuantizedWeight& weight, const std::map<std::string, at::Tensor>& parts,
+                      at::ScalarType dtype, std::string_view source) {
+  TS_CHECK(at::isFloatingType(dtype) && !at::isFloat8Type(dtype), source, "quantized weight '",
+           weight.name, "': dequantizing to ", dtype,
+           " is not supported, expected a floating dtype (BF16, F16, F32, F64)");
+  detail::PartInfos infos;
+  for (const auto& [role, tensor] : parts) {
+    TS_CHECK(tensor.defined(), source, "quantized weight '", weight.name, "': part '", role,
+             "' is an undefined tensor");
+    infos.emplace(role, detail::PartInfo{tensor.scalar_type(), tensor.sizes().vec()});
+  }
+  detail::check_layout(weight, infos, source);
+  switch (weight.scheme) {
+    case Scheme::kFp8:
+      return dequantize_fp8(weight, parts.at("packed"), parts.at("scale"), dtype);
+    case Scheme::kGptq:
+      return dequantize_gptq(weight, parts, dtype, source);
+    case Scheme::kAwq:
+      return dequantize_awq(weight, parts, dtype);
+    case Scheme::kPackQuantized:
+      return dequantize_pack_quantized(weight, parts, dtype);
+    case Scheme::kNvfp4PackQuantized:
+      return dequantize_nvfp4(weight, parts, dtype, /*divide_by_global=*/true);
+    case Scheme::kNvfp4:
+      return dequantize_nvfp4(weight, parts, dtype, /*divide_by_global=*/false);
+    case Scheme::kMxfp4:
+      return dequantize_mxfp4(weight, parts, dtype);
+  }
+  TS_FAIL(source, "quantized weight '", weight.name, "': unknown scheme");
+}
+
+}  // namespace torch::safetensors::quant

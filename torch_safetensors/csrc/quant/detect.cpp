@@ -1,0 +1,364 @@
+// Which stored tensors form a quantized weight: from our metadata when the file has it, else from
+// the names each producer writes, the tensors' dtypes and shapes, and the producer's config.
+// Also reading one weight (dequantize(checkpoint, ...)) and the dense view of a checkpoint.
+#include <algorithm>
+#include <set>
+
+#include <ATen/ATen.h>
+
+#include "check.h"
+#include "quant/internal.h"
+
+namespace torch::safetensors::quant {
+namespace {
+
+using detail::ceil_div;
+
+bool ends_with(std::string_view text, std::string_view suffix) {
+  return text.size() >= suffix.size() && text.substr(text.size() - suffix.size()) == suffix;
+}
+
+// "x.weight" -> "x."; nullopt for names that are not a linear weight's.
+std::optional<std::string> weight_prefix(std::string_view name) {
+  if (!ends_with(name, ".weight")) return std::nullopt;
+  return std::string(name.substr(0, name.size() - 6));
+}
+
+detail::PartInfos part_infos(const Checkpoint& checkpoint, const QuantizedWeight& weight) {
+  detail::PartInfos infos;
+  for (const auto& [role, name] : weight.tensors) {
+    if (!checkpoint.contains(name)) continue;  // check_layout names what is missing
+    const TensorInfo& info = checkpoint.info(name);
+    infos.emplace(role,
+                  detail::PartInfo{to_scalar_type(info.dtype),
+                                   std::vector<int64_t>(info.shape.begin(), info.shape.end())});
+  }
+  return infos;
+}
+
+std::vector<int64_t> shape_of(const Checkpoint& checkpoint, const std::string& name) {
+  const auto& shape = checkpoint.info(name).shape;
+  return std::vector<int64_t>(shape.begin(), shape.end());
+}
+
+// The bits b (from `candidates`) for which ceil(count * b / 32) == words; 0 if none.
+int infer_bits(int64_t count, int64_t words, std::initializer_list<int> candidates) {
+  for (int bits : candidates) {
+    if (ceil_div(count * bits, 32) == words) return bits;
+  }
+  return 0;
+}
+
+// A group size from a config (-1: one group per row) or, when there is none, from the count of
+// scale groups.
+int64_t resolve_group_size(int64_t configured, int64_t in, int64_t groups) {
+  if (configured < 0) return in;
+  if (configured > 0) return configured;
+  return groups > 0 ? ceil_div(in, groups) : in;
+}
+
+// The layouts that use "<prefix>qweight": GPTQ and AWQ, told apart by the config or by shapes
+// (GPTQ's qweight has `out` columns like its scales; AWQ's has out / 8).
+std::optional<QuantizedWeight> describe_qweight(const Checkpoint& checkpoint, std::string_view name,
+                                                const std::string& prefix,
+                                                const QuantConfig& config) {
+  QuantizedWeight weight;
+  weight.name = std::string(name);
+  weight.tensors = {{"packed", prefix + "qweight"},
+                    {"scale", prefix + "scales"},
+                    {"zero_point", prefix + "qzeros"}};
+  const auto packed = shape_of(checkpoint, prefix + "qweight");
+  std::vector<int64_t> scales;
+  if (checkpoint.contains(prefix + "scales")) scales = shape_of(checkpoint, prefix + "scales");
+  bool awq = config.scheme == Scheme::kAwq;
+  if (!config.scheme && packed.size() == 2 && scales.size() == 2) {
+    awq = scales[1] == packed[1] * 8 && scales[1] != packed[1];
+  }
+  if (awq) {
+    weight.scheme = Scheme::kAwq;
+    weight.bits = config.bits ? config.bits : 4;
+    if (packed.size() == 2) {
+      const int64_t in = packed[0], out = packed[1] * 8;
+      weight.shape = {out, in};
+      weight.group_size =
+          resolve_group_size(config.group_size, in, scales.size() == 2 ? scales[0] : 0);
+    }
+    return weight;
+  }
+  weight.scheme = Scheme::kGptq;
+  weight.zero_point_minus_one = config.zero_point_minus_one;
+  if (checkpoint.contains(prefix + "g_idx")) weight.tensors["g_idx"] = prefix + "g_idx";
+  if (packed.size() != 2) return weight;  // check_layout says what is wrong
+  const int64_t out = packed[1];
+  weight.bits = config.bits;
+  if (!weight.bits && checkpoint.contains(prefix + "qzeros")) {
+    const auto zeros = shape_of(checkpoint, prefix + "qzeros");
+    if (zeros.size() == 2) weight.bits = infer_bits(out, zeros[1], {4, 8, 3, 2});
+  }
+  TS_CHECK(weight.bits, checkpoint.path(), "quantized weight '", name,
+           "' (gptq): the number of bits is unknown (no quantization config, and no qzeros '",
+           prefix, "qzeros' to infer it from)");
+  int64_t in = packed[0] * 32 / weight.bits;
+  if (weight.tensors.count("g_idx")) {
+    const auto g_idx = shape_of(checkpoint, prefix + "g_idx");
+    if (g_idx.size() == 1) in = g_idx[0];
+  }
+  weight.shape = {out, in};
+  weight.group_size = resolve_group_size(config.group_size, in, scales.size() == 2 ? scales[0] : 0);
+  return weight;
+}
+
+std::optional<QuantizedWeight> describe_compressed(const Checkpoint& checkpoint,
+                                                   std::string_view name, const std::string& prefix,
+                                                   const QuantConfig& config) {
+  QuantizedWeight weight;
+  weight.name = std::string(name);
+  const std::string packed_name = prefix + "weight_packed";
+  const auto packed = shape_of(checkpoint, packed_name);
+  weight.tensors = {{"packed", packed_name}, {"scale", prefix + "weight_scale"}};
+  std::vector<int64_t> scale;
+  if (checkpoint.contains(prefix + "weight_scale"))
+    scale = shape_of(checkpoint, prefix + "weight_scale");
+  if (checkpoint.info(packed_name).dtype == Dtype::U8) {
+    weight.scheme = Scheme::kNvfp4PackQuantized;
+    weight.bits = 4;
+    weight.group_size = config.group_size > 0 ? config.group_size : 16;
+    weight.tensors["global_scale"] = prefix + "weight_global_scale";
+    if (packed.size() == 2) weight.shape = {packed[0], packed[1] * 2};
+    return weight;
+  }
+  weight.scheme = Scheme::kPackQuantized;
+  if (checkpoint.contains(prefix + "weight_zero_point")) {
+    weight.tensors["zero_point"] = prefix + "weight_zero_point";
+  }
+  if (packed.size() != 2) return weight;
+  int64_t in = 0;
+  const std::string shape_name = prefix + "weight_shape";
+  if (checkpoint.contains(shape_name)) {
+    weight.tensors["shape"] = shape_name;
+    // Two integers: reading them is the one small read detection needs.
+    const at::Tensor stored = checkpoint.tensor(shape_name);
+    TS_CHECK(stored.numel() == 2 && !at::isFloatingType(stored.scalar_type()), checkpoint.path(),
+             "quantized weight '", name, "': '", shape_name,
+             "' must hold two integers [out, in], found shape ",
+             detail::sizes_string(stored.sizes()), " of ", stored.scalar_type());
+    const at::Tensor values = stored.to(at::kLong).cpu();
+    TS_CHECK(values[0].item<int64_t>() == packed[0], checkpoint.path(), "quantized weight '", name,
+             "': '", shape_name, "' says out = ", values[0].item<int64_t>(), ", but '", packed_name,
+             "' has ", packed[0], " rows");
+    in = values[1].item<int64_t>();
+  }
+  weight.bits = config.bits;
+  if (!weight.bits && in) weight.bits = infer_bits(in, packed[1], {8, 4, 2, 1, 3, 5, 6, 7});
+  TS_CHECK(weight.bits, checkpoint.path(), "quantized weight '", name,
+           "' (pack_quantized): the number of bits is unknown (no quantization config and no '",
+           shape_name, "')");
+  if (!in) in = packed[1] * 32 / weight.bits;
+  weight.shape = {packed[0], in};
+  const bool grouped = scale.size() == 2 && scale[1] > 1;
+  weight.group_size = grouped ? resolve_group_size(config.group_size, in, scale[1]) : 0;
+  return weight;
+}
+
+std::optional<QuantizedWeight> describe_by_names(const Checkpoint& checkpoint,
+                                                 std::string_view name, const QuantConfig& config) {
+  // mxfp4: "<name>_blocks" + "<name>_scales" (gpt-oss writes no ".weight" suffix).
+  const std::string blocks = std::string(name) + "_blocks";
+  if (checkpoint.contains(blocks)) {
+    QuantizedWeight weight;
+    weight.name = std::string(name);
+    weight.scheme = Scheme::kMxfp4;
+    weight.bits = 4;
+    weight.group_size = 32;
+    weight.tensors = {{"packed", blocks}, {"scale", std::string(name) + "_scales"}};
+    auto shape = shape_of(checkpoint, blocks);
+    if (shape.size() >= 2) {
+      const int64_t per_block = shape.back() * 2;
+      shape.pop_back();
+      shape.back() *= per_block;
+      weight.shape = shape;
+    }
+    return weight;
+  }
+  const auto prefix = weight_prefix(name);
+  if (!prefix) return std::nullopt;
+  if (checkpoint.contains(*prefix + "qweight")) {
+    return describe_qweight(checkpoint, name, *prefix, config);
+  }
+  if (checkpoint.contains(*prefix + "weight_packed")) {
+    return describe_compressed(checkpoint, name, *prefix, config);
+  }
+  if (!checkpoint.contains(name)) return std::nullopt;
+  const TensorInfo& info = checkpoint.info(name);
+  const std::vector<int64_t> shape(info.shape.begin(), info.shape.end());
+  const c10::ScalarType type = to_scalar_type(info.dtype);
+  const bool fp8 = type == at::kFloat8_e4m3fn || type == at::kFloat8_e5m2 ||
+                   type == at::kFloat8_e4m3fnuz || type == at::kFloat8_e5m2fnuz;
+  const std::string scale_inv = *prefix + "weight_scale_inv", scale = *prefix + "weight_scale";
+  if (fp8 && (checkpoint.contains(scale_inv) || checkpoint.contains(scale))) {
+    QuantizedWeight weight;
+    weight.name = std::string(name);
+    weight.scheme = Scheme::kFp8;
+    weight.bits = 8;
+    weight.shape = shape;
+    const std::string& scale_name = checkpoint.contains(scale_inv) ? scale_inv : scale;
+    weight.tensors = {{"packed", std::string(name)}, {"scale", scale_name}};
+    const auto scale_shape = shape_of(checkpoint, scale_name);
+    int64_t scale_count = 1;
+    for (int64_t s : scale_shape) scale_count *= s;
+    const bool per_channel = scale_shape == std::vector<int64_t>{shape.front(), 1} ||
+                             scale_shape == std::vector<int64_t>{shape.front()};
+    if (scale_count != 1 && !per_channel && shape.size() == 2) {
+      // Block scales: the config's block size, else DeepSeek-V3's 128 x 128.
+      weight.block_size =
+          config.block_size.size() == 2 ? config.block_size : std::vector<int64_t>{128, 128};
+    }
+    return weight;
+  }
+  if (type == at::kByte && checkpoint.contains(scale) &&
+      checkpoint.info(scale).dtype == Dtype::F8_E4M3) {
+    QuantizedWeight weight;
+    weight.name = std::string(name);
+    weight.scheme = Scheme::kNvfp4;
+    weight.bits = 4;
+    weight.tensors = {{"packed", std::string(name)},
+                      {"scale", scale},
+                      {"global_scale", *prefix + "weight_scale_2"}};
+    if (shape.size() == 2) {
+      weight.shape = {shape[0], shape[1] * 2};
+      const auto scale_shape = shape_of(checkpoint, scale);
+      weight.group_size = config.group_size > 0 ? config.group_size
+                          : scale_shape.size() == 2 && scale_shape[1] > 0
+                              ? weight.shape[1] / scale_shape[1]
+                              : 16;
+    }
+    return weight;
+  }
+  return std::nullopt;
+}
+
+}  // namespace
+
+std::optional<QuantizedWeight> describe(const Checkpoint& checkpoint, std::string_view name,
+                                        const QuantConfig& config) {
+  std::optional<QuantizedWeight> weight;
+  if (!config.weights.empty()) {
+    // A self-described file says everything: names it does not list are ordinary tensors.
+    const auto found = config.weights.find(std::string(name));
+    if (found == config.weights.end()) return std::nullopt;
+    weight = found->second;
+  } else {
+    weight = describe_by_names(checkpoint, name, config);
+    if (!weight) return std::nullopt;
+    TS_CHECK(!config.scheme || *config.scheme == weight->scheme, checkpoint.path(),
+             "quantized weight '", name, "' is stored as ", scheme_name(weight->scheme), ", but ",
+             config.source, " says ", scheme_name(*config.scheme));
+  }
+  detail::check_layout(*weight, part_infos(checkpoint, *weight), checkpoint.path());
+  return weight;
+}
+
+std::vector<QuantizedWeight> find_quantized(const Checkpoint& checkpoint,
+                                            const QuantConfig& config) {
+  std::vector<QuantizedWeight> out;
+  std::set<std::string> seen;
+  auto add = [&](const std::string& name) {
+    if (!seen.insert(name).second) return;
+    if (auto weight = describe(checkpoint, name, config)) out.push_back(std::move(*weight));
+  };
+  if (!config.weights.empty()) {
+    for (const auto& [name, weight] : config.weights) add(name);
+    return out;
+  }
+  for (const std::string& key : checkpoint.keys()) {
+    const TensorInfo& info = checkpoint.info(key);
+    if (ends_with(key, ".qweight")) {
+      add(key.substr(0, key.size() - 7) + "weight");
+    } else if (ends_with(key, ".weight_packed")) {
+      add(key.substr(0, key.size() - 13) + "weight");
+    } else if (ends_with(key, "_blocks") && info.dtype == Dtype::U8) {
+      add(key.substr(0, key.size() - 7));
+    } else if (ends_with(key, ".weight")) {
+      // FP8 and NVFP4 keep the dense name; describe() checks for their scales.
+      add(key);
+    }
+  }
+  return out;
+}
+
+at::Tensor dequantize(const Checkpoint& checkpoint, const QuantizedWeight& weight,
+                      at::ScalarType dtype, c10::Device device) {
+  std::map<std::string, at::Tensor> parts;
+  for (const auto& [role, name] : weight.tensors) {
+    TS_CHECK(checkpoint.contains(name), checkpoint.path(), "quantized weight '", weight.name, "' (",
+             scheme_name(weight.scheme), "): its ", role, " tensor '", name, "' is missing");
+    // Only these tensors are read; they move to `device` packed (the smallest transfer) and are
+    // dequantized there.
+    parts.emplace(role, checkpoint.tensor(name).to(device));
+  }
+  return dequantize(weight, parts, dtype, checkpoint.path());
+}
+
+at::Tensor dequantize(const Checkpoint& checkpoint, std::string_view name, at::ScalarType dtype,
+                      c10::Device device) {
+  const QuantConfig config = read_config(checkpoint);
+  const auto weight = describe(checkpoint, name, config);
+  TS_CHECK(weight.has_value(), checkpoint.path(), "'", name,
+           "' is not a quantized weight (no quantized layout stores it",
+           config.source.empty() ? std::string() : ", per " + config.source, ")");
+  return dequantize(checkpoint, *weight, dtype, device);
+}
+
+DenseView::DenseView(Checkpoint checkpoint, at::ScalarType dtype, c10::Device device)
+    : DenseView(checkpoint, read_config(checkpoint), dtype, device) {}
+
+DenseView::DenseView(Checkpoint checkpoint, QuantConfig config, at::ScalarType dtype,
+                     c10::Device device)
+    : checkpoint_(std::move(checkpoint)),
+      config_(std::move(config)),
+      dtype_(dtype),
+      device_(device) {
+  std::set<std::string, std::less<>> companions;
+  for (QuantizedWeight& weight : find_quantized(checkpoint_, config_)) {
+    for (const auto& [role, name] : weight.tensors) companions.insert(name);
+    std::string name = weight.name;
+    quantized_.emplace(std::move(name), std::move(weight));
+  }
+  // Dense names where their packed tensor was, then every tensor that is no companion.
+  std::set<std::string, std::less<>> listed;
+  for (const std::string& key : checkpoint_.keys()) {
+    if (companions.count(key)) {
+      for (const auto& [name, weight] : quantized_) {
+        if (weight.tensors.at("packed") == key && listed.insert(name).second) keys_.push_back(name);
+      }
+      continue;
+    }
+    if (listed.insert(key).second) keys_.push_back(key);
+  }
+}
+
+bool DenseView::contains(std::string_view name) const {
+  return quantized_.count(name) || (checkpoint_.contains(name) && !is_companion(name));
+}
+
+bool DenseView::is_quantized(std::string_view name) const { return quantized_.count(name) != 0; }
+
+bool DenseView::is_companion(std::string_view name) const {
+  for (const auto& [dense, weight] : quantized_) {
+    for (const auto& [role, stored] : weight.tensors) {
+      if (stored == name && dense != name) return true;
+    }
+  }
+  return false;
+}
+
+at::Tensor DenseView::tensor(std::string_view name) const {
+  const auto found = quantized_.find(name);
+  if (found != quantized_.end()) return dequantize(checkpoint_, found->second, dtype_, device_);
+  TS_CHECK(
+      !is_companion(name), checkpoint_.path(), "'", name,
+      "' is part of a quantized weight; the dense view hides it (read it from the checkpoint)");
+  return checkpoint_.tensor(name).to(device_);
+}
+
+}  // namespace torch::safetensors::quant

@@ -1,0 +1,61 @@
+// What the quant/ sources share: bit packing, FP4 E2M1 codes, the layout checks. ATen ops only,
+// so that everything runs on the tensors' device.
+#pragma once
+
+#include <map>
+#include <string>
+#include <string_view>
+#include <vector>
+
+#include <ATen/core/Tensor.h>
+#include <c10/core/ScalarType.h>
+
+#include "torch_safetensors/quant.h"
+
+namespace torch::safetensors::quant::detail {
+
+// Values of `bits` bits (1..8) packed densely into int32 words along the last dimension, least
+// significant bit first; a value may straddle two words (3 bits: value 10 of 32 uses bits 30-31
+// of one word and bit 0 of the next). This is GPTQ's packing (gptqmodel/nn_modules/qlinear/
+// __init__.py, `pack_original`: 2/4/8 bits per word, 3 bits in 32-value runs over 3 words) and
+// compressed-tensors' (compressors/pack_quantized/helpers.py, `pack_to_int32`).
+// unpack_bits: [..., words] int32 -> [..., count] integers (uint8 or int32) in [0, 2^bits).
+at::Tensor unpack_bits(const at::Tensor& packed, int bits, int64_t count);
+// pack_bits: [..., n] integers in [0, 2^bits) -> [..., ceil(n * bits / 32)] int32.
+at::Tensor pack_bits(const at::Tensor& values, int bits);
+
+// FP4 E2M1: code = sign << 3 | magnitude index into {0, 0.5, 1, 1.5, 2, 3, 4, 6}; two codes per
+// byte, the first value in the low nibble (transformers integrations/mxfp4.py `FP4_VALUES`,
+// ModelOpt qtensor/nvfp4_tensor.py `_unpack_tensor`, compressed-tensors nvfp4/helpers.py).
+// fp4_values: [..., n] uint8 -> [..., 2n] float32.
+at::Tensor fp4_values(const at::Tensor& packed);
+// fp4_pack: float [..., 2n] -> uint8 [..., n], each value rounded to the nearest E2M1 value
+// (ties to the even code, saturating at +-6).
+at::Tensor fp4_pack(const at::Tensor& values);
+
+// F8 values as float32, exactly (NaN included). On the CPU through a 256-entry table, which is
+// faster there than ATen's element-wise conversion.
+at::Tensor float8_to_float(const at::Tensor& values);
+
+// Dtype and sizes of a stored part, from a header or a tensor.
+struct PartInfo {
+  c10::ScalarType dtype;
+  std::vector<int64_t> sizes;
+};
+using PartInfos = std::map<std::string, PartInfo>;
+
+// Checks that `parts` (role -> dtype and sizes) form `weight`: every required role present,
+// dtypes and sizes as the scheme stores them. Throws naming `source`, the weight, the part's
+// stored name, and what was expected versus found.
+void check_layout(const QuantizedWeight& weight, const PartInfos& parts, std::string_view source);
+
+// The roles a scheme requires, then those it may have.
+const std::vector<std::string>& required_roles(Scheme scheme);
+const std::vector<std::string>& optional_roles(Scheme scheme);
+// The documented `packing` value of a scheme in the metadata convention.
+std::string_view packing_name(Scheme scheme);
+
+std::string sizes_string(c10::IntArrayRef sizes);
+inline int64_t ceil_div(int64_t a, int64_t b) { return (a + b - 1) / b; }
+
+}  // namespace torch::safetensors::quant::detail
