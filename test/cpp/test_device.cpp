@@ -8,6 +8,7 @@
 #include <torch/torch.h>
 #include <torch_safetensors/safetensors.h>
 
+#include "test_dtypes.h"
 #include "test_util.h"
 
 namespace ts = torch::safetensors;
@@ -20,41 +21,14 @@ namespace {
 // One tensor of every dtype torch can express, with arbitrary bit patterns.
 ts::NamedTensors every_dtype() {
   ts::NamedTensors out;
-  const c10::ScalarType types[] = {at::kBool,
-                                   at::kByte,
-                                   at::kChar,
-                                   at::kShort,
-                                   at::kInt,
-                                   at::kLong,
-                                   at::kHalf,
-                                   at::kBFloat16,
-                                   at::kFloat,
-                                   at::kDouble,
-                                   at::kComplexFloat,
-                                   at::kFloat8_e4m3fn,
-                                   at::kFloat8_e5m2,
-                                   at::kFloat8_e4m3fnuz,
-                                   at::kFloat8_e5m2fnuz,
-                                   at::kFloat8_e8m0fnu,
-                                   at::kUInt16,
-                                   at::kUInt32,
-                                   at::kUInt64,
-                                   at::kFloat4_e2m1fn_x2};
-  int i = 0;
-  for (const c10::ScalarType type : types) {
-    const int64_t bytes = 3 * 8 * int64_t(c10::elementSize(type));
-    at::Tensor raw = torch::randint(0, 256, {bytes}, torch::kUInt8);
-    if (type == at::kBool) raw = raw.remainder(2);
-    out.emplace_back("t" + std::to_string(i++), raw.view(type).view({3, 8}));
+  for (const c10::ScalarType type : ts_test::kTorchDtypes) {
+    out.emplace_back(std::string(c10::toString(type)), ts_test::random_bytes_as(type, {3, 8}));
   }
   return out;
 }
 
 void expect_bits_equal(const at::Tensor& a, const at::Tensor& b, const std::string& name) {
-  ASSERT_EQ(a.scalar_type(), b.scalar_type()) << name;
-  ASSERT_EQ(a.sizes(), b.sizes()) << name;
-  auto bytes = [](const at::Tensor& t) { return t.cpu().contiguous().reshape(-1).view(at::kByte); };
-  EXPECT_TRUE(torch::equal(bytes(a), bytes(b))) << name;
+  EXPECT_TRUE(ts_test::same_bits(a.cpu(), b.cpu())) << name;
 }
 
 ts::LoadOptions staged_on_cpu(uint64_t ring_bytes = uint64_t(2) << 20) {

@@ -12,54 +12,18 @@
 #include <simdjson.h>
 #include <torch_safetensors/safetensors.h>
 
+#include "test_dtypes.h"
 #include "test_util.h"
 
 namespace ts = torch::safetensors;
+using ts_test::as_bytes;
 using ts_test::error_of;
+using ts_test::kTorchDtypes;
+using ts_test::random_bytes_as;
+using ts_test::same_bits;
 using ts_test::TempDir;
 
-namespace {
-
-// Random bytes viewed as `dtype` (NaN patterns included): round trips must keep every bit.
-at::Tensor random_bytes_as(c10::ScalarType dtype, at::IntArrayRef shape) {
-  const int64_t numel = c10::multiply_integers(shape);
-  const int64_t itemsize = int64_t(c10::elementSize(dtype));
-  at::Tensor raw = at::randint(0, 256, {numel * itemsize}, at::kByte);
-  if (dtype == at::kBool) raw = raw.remainder(2);
-  return raw.view(dtype).reshape(shape);
-}
-
-at::Tensor as_bytes(const at::Tensor& t) { return t.contiguous().reshape({-1}).view(at::kByte); }
-
-bool same_bits(const at::Tensor& a, const at::Tensor& b) {
-  return a.scalar_type() == b.scalar_type() && a.sizes() == b.sizes() &&
-         at::equal(as_bytes(a), as_bytes(b));
-}
-
-const std::vector<c10::ScalarType> kTorchDtypes = {
-    at::kBool,
-    at::kByte,
-    at::kChar,
-    at::kShort,
-    at::kUInt16,
-    at::kInt,
-    at::kUInt32,
-    at::kLong,
-    at::kUInt64,
-    at::kHalf,
-    at::kBFloat16,
-    at::kFloat,
-    at::kDouble,
-    at::kComplexFloat,
-    at::kFloat8_e4m3fn,
-    at::kFloat8_e5m2,
-    at::kFloat8_e4m3fnuz,
-    at::kFloat8_e5m2fnuz,
-    at::kFloat8_e8m0fnu,
-    at::kFloat4_e2m1fn_x2,
-};
-
-}  // namespace
+namespace {}  // namespace
 
 TEST(RoundTrip, EveryDtypeBothBackends) {
   TempDir dir;

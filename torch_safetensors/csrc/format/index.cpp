@@ -32,66 +32,6 @@ std::string_view kind_name(simdjson::dom::element_type type) {
   return "a JSON value";
 }
 
-// Python's json.dumps(ensure_ascii=True) string: ASCII out, everything else as \uXXXX.
-void append_ascii_json_string(std::string& out, std::string_view utf8) {
-  static constexpr char kHex[] = "0123456789abcdef";
-  auto u16 = [&](uint32_t unit) {
-    out += "\\u";
-    for (int shift = 12; shift >= 0; shift -= 4) out += kHex[(unit >> shift) & 0xF];
-  };
-  out += '"';
-  for (size_t i = 0; i < utf8.size();) {
-    const auto c = static_cast<unsigned char>(utf8[i]);
-    if (c < 0x80) {
-      ++i;
-      switch (c) {
-        case '"':
-          out += "\\\"";
-          break;
-        case '\\':
-          out += "\\\\";
-          break;
-        case '\n':
-          out += "\\n";
-          break;
-        case '\r':
-          out += "\\r";
-          break;
-        case '\t':
-          out += "\\t";
-          break;
-        case '\b':
-          out += "\\b";
-          break;
-        case '\f':
-          out += "\\f";
-          break;
-        default:
-          if (c < 0x20 || c == 0x7F) {
-            u16(c);
-          } else {
-            out += char(c);
-          }
-      }
-      continue;
-    }
-    // Valid UTF-8 (checked by every caller's source: parsed JSON or a tensor name).
-    const int extra = c >= 0xF0 ? 3 : c >= 0xE0 ? 2 : 1;
-    uint32_t code = c & (0x3F >> extra);
-    for (int k = 1; k <= extra && i + k < utf8.size(); ++k)
-      code = (code << 6) | (static_cast<unsigned char>(utf8[i + k]) & 0x3F);
-    i += size_t(extra) + 1;
-    if (code >= 0x10000) {
-      code -= 0x10000;
-      u16(0xD800 | (code >> 10));
-      u16(0xDC00 | (code & 0x3FF));
-    } else {
-      u16(code);
-    }
-  }
-  out += '"';
-}
-
 }  // namespace
 
 void check_shard_file_name(std::string_view file, const std::string& index_name,
