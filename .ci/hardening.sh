@@ -73,45 +73,35 @@ if setarch "$(uname -m)" -R true 2>/dev/null; then RUN_TSAN=(setarch "$(uname -m
 "${RUN_TSAN[@]}" "$TSAN_DIR/test/test_hardening" --gtest_filter='Concurrency.*:SaveFaults.SaveOver*' ||
   fail "concurrency tests under TSan"
 
-section "4/5 libFuzzer: fuzz_open for ${FUZZ_SECONDS}s"
-CORPUS=$ASAN_DIR/fuzz/corpus
 ARTIFACTS=$ASAN_DIR/fuzz/artifacts
-mkdir -p "$CORPUS" "$ARTIFACTS"
-FUZZ_LOG=$ASAN_DIR/fuzz/fuzz.log
-# Leak checking stays off in the fuzzer: libFuzzer's own leak detection would flag libtorch.
-if ! ASAN_OPTIONS="detect_leaks=0:halt_on_error=1" "$ASAN_DIR/fuzz/fuzz_open" \
-  -max_total_time="$FUZZ_SECONDS" -max_len=65536 -timeout=10 -rss_limit_mb=4096 -dict=fuzz/safetensors.dict \
-  -print_final_stats=1 -artifact_prefix="$ARTIFACTS/" "$CORPUS" fuzz/seeds >"$FUZZ_LOG" 2>&1; then
-  tail -n 60 "$FUZZ_LOG"
-  ls -l "$ARTIFACTS"
-  fail "fuzz_open found a crash; reproduce with $ASAN_DIR/fuzz/fuzz_open <artifact>, then add it to tools/gen_adversarial.py as a regression case"
-fi
-grep -E '^(stat::|Done|#[0-9]+ +DONE)' "$FUZZ_LOG" || tail -n 5 "$FUZZ_LOG"
+mkdir -p "$ARTIFACTS"
+# run_fuzzer TARGET SECONDS MAX_LEN SEEDS WHERE_TO_ADD_A_REGRESSION [extra libFuzzer flags...]:
+# TARGET from SEEDS (with a corpus of its own) for SECONDS; a crash fails with how to reproduce.
+# Leak checking stays off in the fuzzers: libFuzzer's own leak detection would flag libtorch.
+run_fuzzer() {
+  local target=$1 seconds=$2 max_len=$3 seeds=$4 regression=$5
+  shift 5
+  local corpus=$ASAN_DIR/fuzz/corpus_$target log=$ASAN_DIR/fuzz/$target.log
+  mkdir -p "$corpus"
+  if ! ASAN_OPTIONS="detect_leaks=0:halt_on_error=1" "$ASAN_DIR/fuzz/$target" \
+    -max_total_time="$seconds" -max_len="$max_len" -timeout=10 -rss_limit_mb=4096 "$@" \
+    -print_final_stats=1 -artifact_prefix="$ARTIFACTS/" "$corpus" "$seeds" >"$log" 2>&1; then
+    tail -n 60 "$log"
+    ls -l "$ARTIFACTS"
+    fail "$target found a crash; reproduce with $ASAN_DIR/fuzz/$target <artifact> (from the repository root), then add it to $regression as a regression case"
+  fi
+  grep -E '^(stat::|Done|#[0-9]+ +DONE)' "$log" || tail -n 5 "$log"
+}
+
+section "4/5 libFuzzer: fuzz_open for ${FUZZ_SECONDS}s"
+run_fuzzer fuzz_open "$FUZZ_SECONDS" 65536 fuzz/seeds tools/gen_adversarial.py \
+  -dict=fuzz/safetensors.dict
 
 section "4/5 libFuzzer: fuzz_index (sharded checkpoint indexes) for ${INDEX_FUZZ_SECONDS}s"
-INDEX_CORPUS=$ASAN_DIR/fuzz/index_corpus
-mkdir -p "$INDEX_CORPUS"
-FUZZ_LOG=$ASAN_DIR/fuzz/fuzz_index.log
-if ! ASAN_OPTIONS="detect_leaks=0:halt_on_error=1" "$ASAN_DIR/fuzz/fuzz_index" \
-  -max_total_time="$INDEX_FUZZ_SECONDS" -max_len=4096 -timeout=10 -rss_limit_mb=4096 \
-  -print_final_stats=1 -artifact_prefix="$ARTIFACTS/" "$INDEX_CORPUS" fuzz/index_seeds >"$FUZZ_LOG" 2>&1; then
-  tail -n 60 "$FUZZ_LOG"
-  fail "fuzz_index found a crash; reproduce with $ASAN_DIR/fuzz/fuzz_index <artifact> (from the repository root), then add it to index_cases() in tools/gen_adversarial.py"
-fi
-grep -E '^(stat::|Done|#[0-9]+ +DONE)' "$FUZZ_LOG" || tail -n 5 "$FUZZ_LOG"
+run_fuzzer fuzz_index "$INDEX_FUZZ_SECONDS" 4096 fuzz/index_seeds \
+  "index_cases() in tools/gen_adversarial.py"
 
 section "5/5 libFuzzer: fuzz_unpickle for ${UNPICKLE_FUZZ_SECONDS}s"
-PICKLE_CORPUS=$ASAN_DIR/fuzz/corpus_pickle
-mkdir -p "$PICKLE_CORPUS"
-PICKLE_LOG=$ASAN_DIR/fuzz/fuzz_unpickle.log
-if ! ASAN_OPTIONS="detect_leaks=0:halt_on_error=1" "$ASAN_DIR/fuzz/fuzz_unpickle" \
-  -max_total_time="$UNPICKLE_FUZZ_SECONDS" -max_len=65536 -timeout=10 -rss_limit_mb=4096 \
-  -print_final_stats=1 -artifact_prefix="$ARTIFACTS/" "$PICKLE_CORPUS" fuzz/seeds_pickle \
-  >"$PICKLE_LOG" 2>&1; then
-  tail -n 60 "$PICKLE_LOG"
-  ls -l "$ARTIFACTS"
-  fail "fuzz_unpickle found a crash; reproduce with $ASAN_DIR/fuzz/fuzz_unpickle <artifact>, then add it to test/cpp/test_convert.cpp as a regression case"
-fi
-grep -E '^(stat::|Done|#[0-9]+ +DONE)' "$PICKLE_LOG" || tail -n 5 "$PICKLE_LOG"
+run_fuzzer fuzz_unpickle "$UNPICKLE_FUZZ_SECONDS" 65536 fuzz/seeds_pickle test/cpp/test_convert.cpp
 
 section "all hardening checks passed in $(($(date +%s) - START))s"
