@@ -3,6 +3,7 @@
 // mapping, and the errors for devices this LibTorch cannot reach. CUDA cases run where LibTorch
 // sees a GPU (scripts/test_gpu.sh) and skip elsewhere.
 #include <gtest/gtest.h>
+#include <unistd.h>
 
 #include <torch/cuda.h>
 #include <torch/torch.h>
@@ -227,4 +228,29 @@ TEST(ModuleOnDevice, CudaParametersAreFilledInPlace) {
   ts::load(*target, dir.file("m.safetensors"), c10::Device(c10::kCUDA));
   EXPECT_EQ(target->weight.data_ptr(), weight_memory);
   EXPECT_TRUE(torch::equal(target->weight.cpu(), saved->weight));
+}
+
+// A tensor too large for the destination's memory (a sparse file claiming 1 TiB): the load says
+// which tensor failed, and what it had allocated is freed (nothing leaks under ASan).
+TEST(DeviceErrors, OutOfMemoryNamesTheTensor) {
+#if defined(__SANITIZE_ADDRESS__) || defined(__SANITIZE_THREAD__)
+  GTEST_SKIP() << "sanitizer allocators abort on impossible allocations instead of failing them";
+#elif defined(__has_feature)
+#if __has_feature(address_sanitizer) || __has_feature(thread_sanitizer)
+  GTEST_SKIP() << "sanitizer allocators abort on impossible allocations instead of failing them";
+#endif
+#endif
+  TempDir dir;
+  const std::string path = dir.file("huge.safetensors");
+  const uint64_t huge = uint64_t(1) << 40;
+  const std::string json =
+      "{\"small\":{\"dtype\":\"F32\",\"shape\":[4],\"data_offsets\":[0,16]},"
+      "\"huge\":{\"dtype\":\"U8\",\"shape\":[" +
+      std::to_string(huge) + "],\"data_offsets\":[16," + std::to_string(16 + huge) + "]}}";
+  ts_test::write_file(path, ts_test::make_safetensors(json, std::string(16, '\0')));
+  ASSERT_EQ(::truncate(path.c_str(), off_t(8 + json.size() + 16 + huge)), 0);
+  const std::string error = error_of([&] { ts::load(path, staged_on_cpu()); });
+  EXPECT_NE(error.find("cannot allocate 1099511627776 bytes on cpu for tensor 'huge'"),
+            std::string::npos)
+      << error;
 }

@@ -110,9 +110,9 @@ Staged staged_empty(uint64_t nbytes, c10::ScalarType dtype, c10::IntArrayRef siz
     at::Tensor tensor =
         nbytes ? bytes.view(dtype).view(sizes) : at::empty(sizes, on_device.dtype(dtype));
     return {std::move(bytes), std::move(tensor)};
-  } catch (const c10::OutOfMemoryError& e) {
-    TS_FAIL(source, "out of memory on ", options.device, " for tensor '", name, "' (", nbytes,
-            " bytes); the tensors of this load allocated so far are freed: ",
+  } catch (const c10::Error& e) {  // OutOfMemoryError from devices; a plain c10::Error from the CPU
+    TS_FAIL(source, "cannot allocate ", nbytes, " bytes on ", options.device, " for tensor '", name,
+            "' (out of memory?); the tensors of this load allocated so far are freed: ",
             e.what_without_backtrace());
   }
 }
