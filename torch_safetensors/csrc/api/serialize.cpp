@@ -8,8 +8,8 @@
 #include <unordered_set>
 
 #include "adapters/load_tensor.h"
-#include "api/named_module.h"
 #include "adapters/save_item.h"
+#include "api/named_module.h"
 #include "check.h"
 #include "storage/io.h"
 
