@@ -4,12 +4,6 @@
 // stream them into device memory through the staging ring (device/staging_ring.h).
 #include "torch_safetensors/file.h"
 
-#include <sys/mman.h>
-#include <unistd.h>
-
-#include <atomic>
-#include <thread>
-
 #include <ATen/ops/empty.h>
 #include <c10/util/strides.h>
 
@@ -63,31 +57,6 @@ std::optional<std::vector<IndexItem>> to_index_items(
     }
   }
   return items;
-}
-
-// madvise(MADV_POPULATE_READ) (Linux 5.14) over [data, data + size) on every core; where the
-// kernel lacks it, a read of one byte per page does the same faults.
-void populate(uint8_t* data, uint64_t size) {
-#ifndef MADV_POPULATE_READ
-  constexpr int MADV_POPULATE_READ = 22;
-#endif
-  constexpr uint64_t kChunk = uint64_t(64) << 20;
-  const uint64_t page = uint64_t(::sysconf(_SC_PAGESIZE));
-  std::atomic<uint64_t> next{0};
-  auto worker = [&] {
-    for (uint64_t begin; (begin = next.fetch_add(kChunk)) < size;) {
-      const uint64_t length = std::min(kChunk, size - begin);
-      if (::madvise(data + begin, length, MADV_POPULATE_READ) == 0) continue;
-      volatile uint8_t sink = 0;
-      for (uint64_t at = 0; at < length; at += page) sink = sink + data[begin + at];
-    }
-  };
-  const unsigned threads = std::min<unsigned>(std::max(1u, std::thread::hardware_concurrency()),
-                                              unsigned(size / kChunk) + 1);
-  std::vector<std::thread> pool;
-  for (unsigned t = 1; t < threads; ++t) pool.emplace_back(worker);
-  worker();
-  for (auto& t : pool) t.join();
 }
 
 bool staged(const LoadOptions& options) { return !options.device.is_cpu() || options.always_stage; }
@@ -272,7 +241,7 @@ File::File(std::shared_ptr<const Source> source, const LoadOptions& options) {
   impl->header = read_header(*source);
   impl->options = options;
   if (options.backend == Backend::kMmap) impl->memory = source->data();
-  if (impl->memory && options.populate) populate(impl->memory, source->size());
+  if (impl->memory && options.populate) storage::populate(impl->memory, source->size());
   impl->source = std::move(source);
   impl_ = std::move(impl);
 }

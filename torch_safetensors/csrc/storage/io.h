@@ -30,6 +30,10 @@ void read_all(const Source& source, std::vector<ReadJob> jobs);
 // The same over jobs that each name their source: one pass for many files.
 void read_all(const std::vector<ReadJob>& jobs);
 
+// Faults in [data, data + size) of a mapping on every core: madvise(MADV_POPULATE_READ) (Linux
+// 5.14), or a read per page where the kernel lacks it. LoadOptions::populate.
+void populate(uint8_t* data, uint64_t size);
+
 // `bytes` as a source, without a copy: the caller keeps them alive and unchanged while the source
 // is used. data() is not offered (tensors must not outlive or write the caller's bytes).
 std::shared_ptr<const Source> borrowed_memory_source(std::string_view bytes, std::string name);

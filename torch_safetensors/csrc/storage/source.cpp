@@ -195,6 +195,29 @@ void read_all(const std::vector<ReadJob>& jobs) {
   if (error) std::rethrow_exception(error);
 }
 
+void populate(uint8_t* data, uint64_t size) {
+#ifndef MADV_POPULATE_READ
+  constexpr int MADV_POPULATE_READ = 22;
+#endif
+  constexpr uint64_t kChunk = uint64_t(64) << 20;
+  const uint64_t page = uint64_t(::sysconf(_SC_PAGESIZE));
+  std::atomic<uint64_t> next{0};
+  auto worker = [&] {
+    for (uint64_t begin; (begin = next.fetch_add(kChunk)) < size;) {
+      const uint64_t length = std::min(kChunk, size - begin);
+      if (::madvise(data + begin, length, MADV_POPULATE_READ) == 0) continue;
+      volatile uint8_t sink = 0;
+      for (uint64_t at = 0; at < length; at += page) sink = sink + data[begin + at];
+    }
+  };
+  const unsigned threads = std::min<unsigned>(std::max(1u, std::thread::hardware_concurrency()),
+                                              unsigned(size / kChunk) + 1);
+  std::vector<std::thread> pool;
+  for (unsigned t = 1; t < threads; ++t) pool.emplace_back(worker);
+  worker();
+  for (auto& t : pool) t.join();
+}
+
 AtomicFileWriter::AtomicFileWriter(std::string path) : path_(std::move(path)) {
   static std::atomic<uint64_t> counter{0};
   temp_path_ = path_ + ".tmp." + std::to_string(::getpid()) + "." + std::to_string(counter++);
