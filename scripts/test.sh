@@ -19,8 +19,8 @@ echo "== examples against the installed package (find_package)"
 bash scripts/examples.sh build/install >/dev/null
 (cd build && ./examples/quickstart >/dev/null && ./examples/migrate >/dev/null &&
   ./examples/demo demo_model.safetensors >/dev/null && ./examples/sharded sharded_model >/dev/null &&
-  ./examples/streaming streamed_model >/dev/null)
-echo "examples: 5 passed, 0 failed"
+  ./examples/streaming streamed_model >/dev/null && ./examples/tensor_parallel tp_model >/dev/null)
+echo "examples: 6 passed, 0 failed"
 
 echo "== Python package: interop tests against the reference safetensors"
 python3 -m pytest test/python -q

@@ -135,9 +135,16 @@ def load_model(
     ``requires_grad``, trains normally, and writes never reach the file); any other is filled with
     ``copy_`` and keeps its device and dtype. Tied tensors stay tied. ``device`` is checked like
     the reference's, which loads the file there first; here no tensor needs to go anywhere else.
+
+    A model whose parameters are DTensors (``parallelize_module``) loads shard-on-read: each rank
+    reads only its local shards (``torch_safetensors.distributed.load_dtensors``).
     """
     path = _args.path(filename)
     _args.device(device)
+    from . import distributed
+
+    if distributed.has_dtensors(model):  # parallelize_module's DTensors: shard-on-read
+        return distributed.load_dtensors(model, filename, strict, backend=backend)
     targets = _tensor_items(model.state_dict(keep_vars=True))
     plan = _C.ModuleLoad(targets, path, _args.backend(backend))
     for names, keep in plan.ties:

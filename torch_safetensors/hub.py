@@ -21,7 +21,7 @@ import os
 from collections import namedtuple
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Dict, List, NamedTuple, Optional, Union
+from typing import Any, Dict, Iterable, List, NamedTuple, Optional, Union
 
 import torch
 
@@ -218,6 +218,13 @@ def _load_into(model: torch.nn.Module, state_dict: Dict[str, torch.Tensor], stri
             tied.update(name for name in names if name != keep)
     missing = set(current.keys()) - loaded - tied
     unexpected = loaded - set(current.keys())
+    return _load_into_result(model, missing, unexpected, strict)
+
+
+def _load_into_result(model: torch.nn.Module, missing: Iterable[str], unexpected: Iterable[str],
+                      strict: bool) -> Any:
+    """huggingface_hub's result, or its error when ``strict`` and keys do not match."""
+    missing, unexpected = set(missing), set(unexpected)
     if strict and (missing or unexpected):
         message = f"Error(s) in loading state_dict for {model.__class__.__name__}"
         if missing:
@@ -252,6 +259,12 @@ def load_torch_model(
     path = Path(checkpoint_path)
     if not path.exists():
         raise FileNotFoundError(f"Checkpoint path {path} does not exist")
+    from . import distributed
+
+    if distributed.has_dtensors(model) and (path.is_file() or filename_pattern is None):
+        # parallelize_module's DTensors: each rank reads only its local shards.
+        missing, unexpected = distributed.load_dtensors(model, path, strict=False)
+        return _load_into_result(model, missing, unexpected, strict)
     if path.is_file():
         state_dict = load_state_dict_from_file(path, map_location=map_location, safe=safe)
         return _load_into(model, state_dict, strict)

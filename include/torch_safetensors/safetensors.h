@@ -9,6 +9,7 @@
 
 #include "torch_safetensors/archive.h"
 #include "torch_safetensors/checkpoint.h"
+#include "torch_safetensors/distributed.h"
 #include "torch_safetensors/dtype.h"
 #include "torch_safetensors/errors.h"
 #include "torch_safetensors/file.h"

@@ -101,64 +101,88 @@ std::vector<at::Tensor> load_many(const std::vector<LoadItem>& items, const Load
     out[i] = cast(std::move(out[i]), options);
     if (on_loaded) on_loaded(i, out[i]);
   };
+  // A planned item's bytes: its runs, relative to the tensor's first byte.
+  auto runs_of = [](const LoadItem& item) {
+    return item.plan ? item.plan->runs : std::vector<ByteRun>{{0, item.info->nbytes()}};
+  };
+  auto sizes_of = [](const LoadItem& item) {
+    return item.plan ? item.plan->sizes : adapters::torch_sizes(*item.info, item.file->path());
+  };
+  auto absolute = [](const LoadItem& item, const ByteRun& run) {
+    return item.file->header().data_offset() + item.info->begin + run.offset;
+  };
   if (staged(options)) {
     std::vector<device::DeviceRun> runs;
     runs.reserve(items.size());
     for (size_t i = 0; i < items.size(); ++i) {
-      const File& file = *items[i].file;
-      const TensorInfo& info = *items[i].info;
-      Staged dst = items[i].into.defined()
-                       ? Staged{items[i].into.reshape({-1}).view(at::kByte), items[i].into}
-                       : staged_empty(info.nbytes(), to_scalar_type(info.dtype),
-                                      adapters::torch_sizes(info, file.path()), options,
-                                      file.path(), info.name);
-      runs.push_back({&file.source(), file.header().data_offset() + info.begin, info.nbytes(),
-                      std::move(dst.bytes), 0, i});
+      const LoadItem& item = items[i];
+      const uint64_t nbytes = item.plan ? item.plan->nbytes() : item.info->nbytes();
+      Staged dst = item.into.defined()
+                       ? Staged{item.into.reshape({-1}).view(at::kByte), item.into}
+                       : staged_empty(nbytes, to_scalar_type(item.info->dtype), sizes_of(item),
+                                      options, item.file->path(), item.info->name);
+      uint64_t at = 0;
+      for (const ByteRun& run : runs_of(item)) {
+        runs.push_back({&item.file->source(), absolute(item, run), run.length, dst.bytes, at, i});
+        at += run.length;
+      }
       out[i] = std::move(dst.tensor);
     }
     device::copy_through_ring(runs, options.device, ring_options(options), done);
     return out;
   }
-  std::vector<TensorInfo> to_read;
+  std::vector<TensorInfo> to_read;  // whole tensors into fresh arenas
   std::vector<size_t> read_index;
+  std::vector<storage::ReadJob> jobs;
+  auto read_into = [&](const LoadItem& item, uint8_t* dst) {
+    for (const ByteRun& run : runs_of(item)) {
+      if (run.length) jobs.push_back({dst, run.length, absolute(item, run), &item.file->source()});
+      dst += run.length;
+    }
+  };
   for (size_t i = 0; i < items.size(); ++i) {
-    const File& file = *items[i].file;
-    const TensorInfo& info = *items[i].info;
-    if (items[i].into.defined()) {  // read straight into the caller's memory
-      out[i] = items[i].into;
-      if (info.nbytes()) {
-        file.source().read(out[i].data_ptr(), info.nbytes(),
-                           file.header().data_offset() + info.begin);
-      }
+    const LoadItem& item = items[i];
+    const c10::ScalarType dtype = to_scalar_type(item.info->dtype);
+    if (item.into.defined()) {  // read straight into the caller's memory
+      out[i] = item.into;
+      read_into(item, static_cast<uint8_t*>(out[i].data_ptr()));
       continue;
     }
-    uint8_t* memory = options.backend == Backend::kMmap ? file.source().data() : nullptr;
-    if (memory && info.nbytes() > 0) {
-      const std::vector<int64_t> sizes = adapters::torch_sizes(info, file.path());
-      out[i] = adapters::view_memory(memory + file.header().data_offset() + info.begin,
-                                     info.nbytes(), to_scalar_type(info.dtype), sizes,
-                                     c10::contiguous_strides(sizes), file.shared_source());
+    uint8_t* memory = options.backend == Backend::kMmap ? item.file->source().data() : nullptr;
+    uint8_t* first =
+        memory ? memory + item.file->header().data_offset() + item.info->begin : nullptr;
+    if (memory && !item.plan && item.info->nbytes() > 0) {
+      const std::vector<int64_t> sizes = sizes_of(item);
+      out[i] = adapters::view_memory(first, item.info->nbytes(), dtype, sizes,
+                                     c10::contiguous_strides(sizes), item.file->shared_source());
       if (out[i].defined()) continue;
     }
-    to_read.push_back(info);
+    if (memory && item.plan && item.plan->view && item.plan->nbytes() > 0) {
+      const StridedView& v = *item.plan->view;
+      const int64_t element = int64_t(c10::elementSize(dtype));
+      int64_t last = 0;  // the view's last element, relative to its first
+      for (size_t d = 0; d < v.sizes.size(); ++d) last += (v.sizes[d] - 1) * v.strides[d];
+      out[i] = adapters::view_memory(first + v.offset * element, uint64_t(last + 1) * element,
+                                     dtype, v.sizes, v.strides, item.file->shared_source());
+      if (out[i].defined()) continue;
+    }
+    if (item.plan) {
+      out[i] = at::empty(item.plan->sizes, at::TensorOptions().dtype(dtype));
+      read_into(item, static_cast<uint8_t*>(out[i].data_ptr()));
+      continue;
+    }
+    to_read.push_back(*item.info);
     read_index.push_back(i);
   }
   if (!to_read.empty()) {
-    // Reads: allocate everything, then read it all in large chunks on a few threads.
+    // Whole tensors: allocate everything, then read it all in large chunks on a few threads.
     std::vector<at::Tensor> owned = adapters::empty_for_read(to_read, items.front().file->path());
-    std::vector<storage::ReadJob> jobs;
-    jobs.reserve(owned.size());
     for (size_t k = 0; k < owned.size(); ++k) {
-      const LoadItem& item = items[read_index[k]];
-      if (item.info->nbytes()) {
-        jobs.push_back({owned[k].data_ptr(), item.info->nbytes(),
-                        item.file->header().data_offset() + item.info->begin,
-                        &item.file->source()});
-      }
+      read_into(items[read_index[k]], static_cast<uint8_t*>(owned[k].data_ptr()));
       out[read_index[k]] = std::move(owned[k]);
     }
-    storage::read_all(jobs);
   }
+  storage::read_all(jobs);
   for (size_t i = 0; i < items.size(); ++i) done(i);
   return out;
 }
@@ -187,47 +211,10 @@ struct File::Impl {
     return out;
   }
 
-  // The planned part of a tensor: a view when the plan is one and memory allows, else exactly the
-  // planned runs read into owned memory, or staged to the device; then the dtype cast.
-  at::Tensor planned(const TensorInfo& info, const SlicePlan& plan) const {
-    const c10::ScalarType dtype = to_scalar_type(info.dtype);
-    if (staged(options)) {
-      Staged dst = staged_empty(plan.nbytes(), dtype, plan.sizes, options, name(), info.name);
-      std::vector<device::DeviceRun> runs;
-      uint64_t at = 0;
-      for (const ByteRun& run : plan.runs) {
-        runs.push_back({source.get(), absolute(info) + run.offset, run.length, dst.bytes, at, 0});
-        at += run.length;
-      }
-      device::copy_through_ring(runs, options.device, ring_options(options));
-      return cast(std::move(dst.tensor), options);
-    }
-    if (memory && plan.view && plan.nbytes() > 0) {
-      const StridedView& v = *plan.view;
-      const int64_t item = int64_t(c10::elementSize(dtype));
-      int64_t last = 0;  // the view's last element, relative to its first
-      for (size_t d = 0; d < v.sizes.size(); ++d) last += (v.sizes[d] - 1) * v.strides[d];
-      at::Tensor view =
-          adapters::view_memory(memory + absolute(info) + v.offset * item,
-                                uint64_t(last + 1) * item, dtype, v.sizes, v.strides, source);
-      if (view.defined()) return cast(std::move(view), options);
-    }
-    at::Tensor out = at::empty(plan.sizes, at::TensorOptions().dtype(dtype));
-    std::vector<storage::ReadJob> jobs;
-    jobs.reserve(plan.runs.size());
-    auto* dst = static_cast<uint8_t*>(out.data_ptr());
-    for (const ByteRun& run : plan.runs) {
-      jobs.push_back({dst, run.length, absolute(info) + run.offset});
-      dst += run.length;
-    }
-    storage::read_all(*source, jobs);
-    return cast(std::move(out), options);
-  }
-
-  at::Tensor slice(const TensorInfo& info, c10::ArrayRef<IndexItem> index) const {
+  SlicePlan plan(const TensorInfo& info, c10::ArrayRef<IndexItem> index) const {
     const std::vector<int64_t> sizes = adapters::torch_sizes(info, name());
     const int64_t item = int64_t(c10::elementSize(to_scalar_type(info.dtype)));
-    return planned(info, plan_slice(sizes, item, index, name(), info.name));
+    return plan_slice(sizes, item, index, name(), info.name);
   }
 };
 
@@ -271,13 +258,18 @@ at::Tensor File::slice(std::string_view name,
                        at::ArrayRef<at::indexing::TensorIndex> indices) const {
   const TensorInfo& tensor_info = info(name);
   if (indices.empty()) return tensor(name);
-  if (auto items = to_index_items(indices)) return impl_->slice(tensor_info, *items);
+  if (auto items = to_index_items(indices)) {
+    const SlicePlan plan = impl_->plan(tensor_info, *items);
+    return load_many({{this, &tensor_info, {}, &plan}}, options())[0];
+  }
   return tensor(name).index(indices);
 }
 
 at::Tensor File::slice_intervals(std::string_view name, int64_t dim,
                                  std::vector<std::pair<int64_t, int64_t>> ranges) const {
-  return impl_->slice(info(name), dim_intervals(dim, std::move(ranges)));
+  const TensorInfo& tensor_info = info(name);
+  const SlicePlan plan = impl_->plan(tensor_info, dim_intervals(dim, std::move(ranges)));
+  return load_many({{this, &tensor_info, {}, &plan}}, options())[0];
 }
 
 RawTensor File::raw(std::string_view name) const {

@@ -27,6 +27,8 @@ namespace py = pybind11;
 namespace ts = torch::safetensors;
 using at::indexing::TensorIndex;
 
+void bind_distributed(py::module_& m);  // python/distributed.cpp
+
 namespace {
 
 // torch_safetensors.SafetensorError; created at import, lives as long as the interpreter.
@@ -683,4 +685,9 @@ PYBIND11_MODULE(_C, m) {
       py::arg("args"));
 
   bind_quant(m);
+  py::class_<ts::LoadOptions>(m, "LoadOptions")
+      .def(py::init(&load_options), py::arg("backend"), py::arg("device"),
+           py::arg("dtype") = py::none(), py::arg("populate") = false,
+           py::arg("staging_bytes") = uint64_t(256) << 20, py::arg("always_stage") = false);
+  bind_distributed(m);
 }

@@ -1,0 +1,155 @@
+// Tensor- and pipeline-parallel loading: every rank reads only its own bytes.
+//
+// A ShardPlan is data (no code): module-name patterns in the style of transformers'
+// `base_model_tp_plan`, explicit per-tensor splits, and a pipeline filter. load_for_rank turns it
+// into each tensor's slice for one rank and reads exactly those bytes, plus the headers of the
+// files that hold them, through the checkpoint's one read path (any backend, any device).
+//
+//   ShardPlan plan;
+//   plan.patterns = {{"layers.*.self_attn.q_proj", ShardRule::parse("colwise")},
+//                    {"layers.*.self_attn.o_proj", ShardRule::parse("rowwise")}};
+//   RankLoad mine = load_for_rank(Checkpoint("Llama/"), plan, rank, world_size);
+//
+// The collectives over a c10d::ProcessGroup (consistency checks, a single reader that scatters,
+// reassembly) are in distributed_c10d.h, an optional target.
+#pragma once
+
+#include <cstdint>
+#include <optional>
+#include <string>
+#include <string_view>
+#include <utility>
+#include <vector>
+
+#include "torch_safetensors/checkpoint.h"
+
+namespace torch::safetensors {
+
+// How a module's tensors are split across the tensor-parallel ranks. The split applies to the
+// module's reference tensor (its `weight`, else its largest tensor); its other tensors follow:
+// the same size on the split dimension splits alike (a bias, a per-channel scale), size 1 or a
+// tensor of lower rank is replicated (a per-tensor scale, a rowwise bias), and a same-rank tensor
+// with ceil(size / B) entries there splits on whole blocks of B (a 128×128 block scale, packed
+// int4 words, group-wise scales) — a split that cuts a block is an error.
+enum class ShardStyle {
+  kReplicate,         // every rank holds everything ("replicate", "local", "gather")
+  kColwise,           // dim 0 of the weight: nn.Linear's output features; bias split
+  kRowwise,           // dim 1 of the weight: nn.Linear's input features; bias replicated
+  kPackedColwise,     // colwise, each fused block (q/k/v, gate/up) split separately
+  kPackedRowwise,     // rowwise, each fused block split separately
+  kEmbedding,         // vocab-parallel: the embedding's rows (dim 0)
+  kEmbeddingColwise,  // the embedding's columns (dim 1)
+};
+
+struct ShardRule {
+  ShardStyle style = ShardStyle::kReplicate;
+  // Packed styles: the fused blocks' sizes along the split dimension, in order (q, k, v). Empty:
+  // two equal blocks, transformers' convention for a fused gate_up_proj.
+  std::vector<int64_t> blocks;
+
+  // transformers' names: "colwise" (also "colwise_rep", "local_colwise"), "rowwise" (also
+  // "rowwise_rep", "local_rowwise"), "packed_colwise", "packed_rowwise" (also
+  // "local_packed_rowwise"), "embedding" (also "embedding_rowwise", "vocab_parallel"),
+  // "embedding_colwise", "replicate" (also "local", "gather", "sequence_parallel"). A packed
+  // style may give its blocks: "packed_colwise:4096,1024,1024". Anything else is a c10::Error.
+  static ShardRule parse(std::string_view text);
+  std::string to_string() const;  // parse(to_string()) == *this
+};
+
+// One tensor's explicit split among the tensor-parallel ranks, like torch.tensor_split but with
+// any offsets: rank r holds [ranges[r].first, ranges[r].first + ranges[r].second) of `dim`.
+// Ranges may be empty or overlap; together they must cover the dimension.
+struct TensorSplit {
+  int64_t dim = 0;
+  std::vector<std::pair<int64_t, int64_t>> ranges;  // (offset, length) per rank
+};
+
+// Which pipeline stage holds which tensors. A layer's tensors carry its index in the numeric
+// path segment after `layers` ("model.layers.7.mlp..."); stage s holds layers
+// [stages[s].first, stages[s].second). Other tensors go to the first stage when a pattern of
+// `first_stage` matches their module (embeddings), else to the last (final norm, head).
+struct PipelinePlan {
+  std::string layers = "layers";
+  std::vector<std::pair<int64_t, int64_t>> stages;
+  std::vector<std::string> first_stage = {"embed_tokens", "embed_positions", "wte",
+                                          "wpe",          "word_embeddings", "embeddings"};
+
+  // `num_layers` split into `num_stages` contiguous ranges, the first ones one layer longer when
+  // it does not divide.
+  static PipelinePlan even(int64_t num_layers, int64_t num_stages);
+};
+
+// The whole plan. Ranks are laid out stage-major: with S pipeline stages and world size W
+// (divisible by S), rank r is tensor-parallel rank r % (W / S) of stage r / (W / S).
+struct ShardPlan {
+  // Module-name pattern → rule. Patterns match a tensor's module path (its name without the last
+  // segment), or its full name, by their last segments: "layers.*.mlp.up_proj" matches
+  // "model.layers.3.mlp.up_proj.weight"; `*` matches one numeric segment. The longest pattern
+  // wins (then the one with fewer `*`). Tensors no pattern matches are replicated.
+  std::vector<std::pair<std::string, ShardRule>> patterns;
+  // Tensor name → explicit split; overrides the patterns.
+  std::vector<std::pair<std::string, TensorSplit>> tensors;
+  std::optional<PipelinePlan> pipeline;
+  // A pattern, or an explicit tensor, that matches nothing in the checkpoint: an error when
+  // strict, else a warning (RankLoad::warnings, and TORCH_WARN).
+  bool strict = false;
+
+  // The plan as canonical text: equal plans, equal text (ranks compare it through the group).
+  std::string to_string() const;
+};
+
+// One split of a piece: [begin, end) ranges along `dim`, concatenated in order.
+struct DimSplit {
+  int64_t dim = 0;
+  std::vector<std::pair<int64_t, int64_t>> ranges;
+};
+
+// Where a rank's piece of a tensor lies in the full tensor: the full (torch) sizes and the splits,
+// none for a whole (replicated) tensor.
+struct Piece {
+  std::string name;
+  std::vector<int64_t> full_sizes;
+  std::vector<DimSplit> splits;
+  bool whole() const { return splits.empty(); }
+  std::vector<int64_t> sizes() const;  // the piece's own sizes
+};
+
+// A tensor's name and its sizes as torch sees them: what planning needs.
+struct TensorShape {
+  std::string name;
+  std::vector<int64_t> sizes;
+};
+
+// Pure planning (no I/O): rank `rank`'s pieces of `tensors`, in their order; tensors of other
+// pipeline stages are left out. Checks the plan for every rank first (a dimension that does not
+// divide, packed blocks that do not add up, a split that cuts a block, an explicit split with the
+// wrong number of ranges or leaving part of a dimension on no rank, a layer on no stage, a rank
+// outside [0, world_size)); errors name `source`, the tensor, and expected vs found.
+std::vector<Piece> plan_for_rank(const std::vector<TensorShape>& tensors, const ShardPlan& plan,
+                                 int64_t rank, int64_t world_size, std::string_view source,
+                                 std::vector<std::string>* warnings = nullptr);
+
+struct RankLoad {
+  TensorDict tensors;         // this rank's pieces, in checkpoint order
+  std::vector<Piece> pieces;  // the same order
+  // Tensor bytes this load read (or viewed): exactly its pieces' bytes, nothing of other ranks'.
+  uint64_t tensor_bytes = 0;
+  // Headers (8-byte length + JSON) of the files opened, plus the index when there is one.
+  uint64_t header_bytes = 0;
+  std::vector<std::string> warnings;
+  uint64_t bytes_read() const { return tensor_bytes + header_bytes; }
+};
+
+// Rank `rank`'s pieces of `checkpoint` under `plan`, reading only their bytes: only the shards
+// holding them are opened, through the checkpoint's options (backend, device, dtype).
+RankLoad load_for_rank(const Checkpoint& checkpoint, const ShardPlan& plan, int64_t rank,
+                       int64_t world_size);
+
+// The given pieces (any splits: a DTensor's local shard on a 2-D mesh) in one bulk read.
+TensorDict load_pieces(const Checkpoint& checkpoint, const std::vector<Piece>& pieces);
+
+// Reassembly: the full tensor from every rank's piece of it (`pieces[r]` and `tensors[r]` from
+// rank r; ranks holding none of it pass an undefined tensor). Every element must be covered.
+at::Tensor assemble(const std::vector<Piece>& pieces, const std::vector<at::Tensor>& tensors);
+
+}  // namespace torch::safetensors

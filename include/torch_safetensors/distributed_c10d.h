@@ -1,0 +1,42 @@
+// Rank-local loading over a c10d::ProcessGroup (whatever backend the application built: Gloo on
+// CPUs, NCCL on GPUs, ...): the ranks check each other, load their pieces (each reading its own,
+// or one reader sending each rank its pieces), and can reassemble full tensors. Part of the
+// optional target TorchSafetensors::torch_safetensors_distributed.
+//
+//   auto group = c10d::ProcessGroupGloo(...);  // or the group torch.distributed built
+//   RankLoad mine = load_for_rank("Llama/", plan, *group);
+#pragma once
+
+#include <string>
+
+#include <torch/csrc/distributed/c10d/ProcessGroup.hpp>
+
+#include "torch_safetensors/distributed.h"
+
+namespace torch::safetensors {
+
+struct CollectiveOptions {
+  // The world size this rank's plan assumes; -1: the group's size. Ranks that disagree with
+  // each other or with the group fail together.
+  int64_t world_size = -1;
+  // Storage only one rank can see: `source_rank` reads every piece and sends each rank its own
+  // through the group (a broadcast for a tensor every rank holds whole), tensor by tensor, so no
+  // rank ever holds the whole model. The other ranks read nothing.
+  bool single_reader = false;
+  int64_t source_rank = 0;
+};
+
+// Every rank of `group` calls this with the same plan and `path` (a file, an index or a
+// directory, as Checkpoint). The ranks first agree, through the group, on world size and plan;
+// then each loads its pieces. A failure on any rank (a bad plan, a missing file) is raised on
+// every rank, naming the rank; a rank that dies or stops answering makes the others fail with a
+// c10::Error within the group's timeout, never hang.
+RankLoad load_for_rank(const std::string& path, const ShardPlan& plan, c10d::ProcessGroup& group,
+                       const LoadOptions& options = {}, const CollectiveOptions& collective = {});
+
+// Every full tensor, on every rank, from the pieces each rank loaded (`mine` on this rank): the
+// ranks exchange their piece layouts, then each piece is broadcast by its holder. Tensors are in
+// the order of first appearance, rank by rank.
+TensorDict all_gather_tensors(const RankLoad& mine, c10d::ProcessGroup& group);
+
+}  // namespace torch::safetensors

@@ -1,0 +1,164 @@
+"""One rank of a torch.distributed (gloo) test of torch_safetensors.distributed, launched by
+test_distributed.py with RANK, WORLD_SIZE, MASTER_ADDR and MASTER_PORT set, as torchrun would.
+
+    python distributed_worker.py SCENARIOS CHECKPOINT OUT_PREFIX
+
+Runs each comma-separated scenario and writes what it found to OUT_PREFIX.<rank>.json: the
+test asserts on it (an exception becomes {"error": ...}).
+"""
+import datetime
+import json
+import os
+import sys
+import time
+
+import torch
+import torch.distributed as dist
+
+from torch_safetensors import open_checkpoint
+from torch_safetensors.distributed import (
+    PipelinePlan,
+    ShardPlan,
+    all_gather_tensors,
+    load_for_rank,
+)
+
+# transformers' LlamaForCausalLM plan, plus the vocab-parallel embedding.
+LLAMA_PLAN = {
+    "embed_tokens": "embedding",
+    "layers.*.self_attn.q_proj": "colwise",
+    "layers.*.self_attn.k_proj": "colwise",
+    "layers.*.self_attn.v_proj": "colwise",
+    "layers.*.self_attn.o_proj": "rowwise",
+    "layers.*.mlp.gate_proj": "colwise",
+    "layers.*.mlp.up_proj": "colwise",
+    "layers.*.mlp.down_proj": "rowwise",
+    "lm_head": "colwise_rep",
+}
+
+
+def originals(checkpoint):
+    with open_checkpoint(checkpoint) as f:
+        return {name: f.get_tensor(name) for name in f.keys()}
+
+
+def gathered_equal(checkpoint, mine):
+    full = all_gather_tensors(mine)
+    want = originals(checkpoint)
+    return {
+        "same_keys": sorted(full) == sorted(want),
+        "bit_equal": all(torch.equal(full[k], want[k]) for k in want if k in full),
+        "tensor_bytes": mine.tensor_bytes,
+        "header_bytes": mine.header_bytes,
+        "names": sorted(mine.tensors),
+    }
+
+
+def tp(checkpoint, rank, world):
+    return gathered_equal(checkpoint, load_for_rank(checkpoint, ShardPlan(LLAMA_PLAN)))
+
+
+def tp_pp(checkpoint, rank, world):
+    plan = ShardPlan(LLAMA_PLAN, pipeline=PipelinePlan.even(2, 2))
+    return gathered_equal(checkpoint, load_for_rank(checkpoint, plan, backend="pread"))
+
+
+def single(checkpoint, rank, world):
+    mine = load_for_rank(checkpoint, ShardPlan(LLAMA_PLAN), single_reader=True)
+    return gathered_equal(checkpoint, mine)
+
+
+def expect_error(call):
+    try:
+        call()
+    except Exception as error:  # noqa: BLE001 - the message is what the test checks
+        return f"{type(error).__name__}: {error}"
+    return None
+
+
+def world_mismatch(checkpoint, rank, world):
+    return expect_error(lambda: load_for_rank(checkpoint, ShardPlan(LLAMA_PLAN),
+                                              world_size=world + rank))
+
+
+def plan_mismatch(checkpoint, rank, world):
+    patterns = dict(LLAMA_PLAN)
+    if rank == 1:
+        patterns["lm_head"] = "replicate"
+    return expect_error(lambda: load_for_rank(checkpoint, ShardPlan(patterns)))
+
+
+def rank_failure(checkpoint, rank, world):
+    path = checkpoint if rank != 1 else checkpoint + "-missing"
+    return expect_error(lambda: load_for_rank(path, ShardPlan(LLAMA_PLAN)))
+
+
+def dtensor(checkpoint, rank, world):
+    from torch.distributed.device_mesh import init_device_mesh
+    from torch.distributed.tensor.parallel import (
+        ColwiseParallel,
+        RowwiseParallel,
+        parallelize_module,
+    )
+
+    from torch_safetensors import load_model, save_model
+
+    torch.manual_seed(0)  # the same model on every rank
+    model = torch.nn.Sequential(torch.nn.Linear(8, 16), torch.nn.ReLU(), torch.nn.Linear(16, 8))
+    path = os.path.join(os.path.dirname(checkpoint), "mlp.safetensors")
+    new = {k: torch.randn_like(v) for k, v in model.state_dict().items()}
+    if rank == 0:
+        from torch_safetensors import save_file
+        save_file(new, path)
+    dist.barrier()
+    mesh = init_device_mesh("cpu", (world,))
+    parallelize_module(model, mesh, {"0": ColwiseParallel(), "2": RowwiseParallel()})
+    missing, unexpected = load_model(model, path)
+    full = {k: v.full_tensor() for k, v in model.state_dict().items()}
+    local = {k: list(v.to_local().shape) for k, v in model.state_dict().items()}
+    x = torch.randn(3, 8)
+    reference = torch.nn.Sequential(torch.nn.Linear(8, 16), torch.nn.ReLU(),
+                                    torch.nn.Linear(16, 8))
+    reference.load_state_dict(new)
+    return {
+        "missing": sorted(missing), "unexpected": sorted(unexpected),
+        "bit_equal": all(torch.equal(full[k], new[k]) for k in new),
+        "local_shapes": local,
+        "forward_equal": torch.allclose(model(x), reference(x), atol=1e-6),
+        "is_dtensor": type(model[0].weight).__name__,
+    }
+
+
+def die(checkpoint, rank, world):
+    dist.barrier()
+    if rank == 1:
+        os._exit(3)  # a rank that dies: the others must fail, not hang
+    start = time.time()
+    error = expect_error(lambda: load_for_rank(checkpoint, ShardPlan(LLAMA_PLAN),
+                                               single_reader=True))
+    return {"error": error, "seconds": time.time() - start}
+
+
+SCENARIOS = {f.__name__: f for f in (tp, tp_pp, single, world_mismatch, plan_mismatch,
+                                     rank_failure, dtensor, die)}
+
+
+def main():
+    scenarios, checkpoint, out = sys.argv[1:4]
+    rank = int(os.environ["RANK"])
+    timeout = datetime.timedelta(seconds=float(os.environ.get("TS_PG_TIMEOUT", "60")))
+    dist.init_process_group("gloo", timeout=timeout)
+    result = {}
+    try:
+        for name in scenarios.split(","):
+            result[name] = SCENARIOS[name](checkpoint, rank, dist.get_world_size())
+    except Exception as error:  # noqa: BLE001 - reported to the test
+        result["error"] = f"{type(error).__name__}: {error}"
+    with open(f"{out}.{rank}.json", "w", encoding="utf-8") as f:
+        json.dump(result, f)
+    if "die" not in scenarios:
+        dist.destroy_process_group()
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,371 @@
+// load_for_rank and reassembly over a c10d::ProcessGroup. Every exchange goes through the group's
+// own collectives (broadcast, allgather, send/recv), so the backend is the application's: Gloo,
+// NCCL, ... Failures are exchanged too: a rank that fails tells the others, which then fail with
+// its message instead of waiting for it in the next collective.
+#include "torch_safetensors/distributed_c10d.h"
+
+#include <cstring>
+#include <functional>
+#include <map>
+#include <optional>
+#include <set>
+
+#include <ATen/ops/empty.h>
+#include <ATen/ops/tensor.h>
+
+#include "adapters/load_tensor.h"
+#include "distributed/plan.h"
+
+namespace torch::safetensors {
+namespace {
+
+// The layouts ranks exchange, as bytes: little-endian int64s and length-prefixed strings.
+class Writer {
+ public:
+  void i64(int64_t v) { bytes_.append(reinterpret_cast<const char*>(&v), sizeof v); }
+  void str(const std::string& s) { i64(int64_t(s.size())), bytes_ += s; }
+  void sizes(const std::vector<int64_t>& v) {
+    i64(int64_t(v.size()));
+    for (int64_t x : v) i64(x);
+  }
+  std::string take() { return std::move(bytes_); }
+
+ private:
+  std::string bytes_;
+};
+
+class Reader {
+ public:
+  explicit Reader(const std::string& bytes) : bytes_(bytes) {}
+  int64_t i64() {
+    TORCH_CHECK(at_ + 8 <= bytes_.size(), "safetensors: a rank sent a truncated layout");
+    int64_t v;
+    std::memcpy(&v, bytes_.data() + at_, 8);
+    at_ += 8;
+    return v;
+  }
+  std::string str() {
+    const int64_t n = i64();
+    TORCH_CHECK(n >= 0 && uint64_t(n) <= bytes_.size() - at_,
+                "safetensors: a rank sent a truncated layout");
+    std::string s = bytes_.substr(at_, n);
+    at_ += n;
+    return s;
+  }
+  std::vector<int64_t> sizes() {
+    const int64_t n = i64();
+    TORCH_CHECK(n >= 0 && uint64_t(n) <= (bytes_.size() - at_) / 8,
+                "safetensors: a rank sent a truncated layout");
+    std::vector<int64_t> v(n);
+    for (auto& x : v) x = i64();
+    return v;
+  }
+  bool done() const { return at_ == bytes_.size(); }
+
+ private:
+  const std::string& bytes_;
+  size_t at_ = 0;
+};
+
+void write_piece(Writer& w, const Piece& piece, c10::ScalarType dtype) {
+  w.str(piece.name);
+  w.i64(int64_t(dtype));
+  w.sizes(piece.full_sizes);
+  w.i64(int64_t(piece.splits.size()));
+  for (const DimSplit& split : piece.splits) {
+    w.i64(split.dim);
+    w.i64(int64_t(split.ranges.size()));
+    for (const auto& [begin, end] : split.ranges) w.i64(begin), w.i64(end);
+  }
+}
+
+std::pair<Piece, c10::ScalarType> read_piece(Reader& r) {
+  Piece piece;
+  piece.name = r.str();
+  const auto dtype = c10::ScalarType(r.i64());
+  piece.full_sizes = r.sizes();
+  const int64_t splits = r.i64();
+  TORCH_CHECK(splits >= 0 && splits <= int64_t(piece.full_sizes.size()),
+              "safetensors: a rank sent a bad layout");
+  for (int64_t k = 0; k < splits; ++k) {
+    DimSplit split;
+    split.dim = r.i64();
+    const int64_t n = r.i64();
+    TORCH_CHECK(n >= 0 && n < (int64_t(1) << 32), "safetensors: a rank sent a bad layout");
+    for (int64_t i = 0; i < n; ++i) {
+      const int64_t begin = r.i64();
+      split.ranges.push_back({begin, r.i64()});
+    }
+    piece.splits.push_back(std::move(split));
+  }
+  return {std::move(piece), dtype};
+}
+
+// Runs one collective step, turning a failure of the group (a rank died, a timeout) into an
+// error that says what this rank was doing.
+struct Group {
+  c10d::ProcessGroup& pg;
+  std::string source;  // the checkpoint, for messages
+
+  int rank() const { return pg.getRank(); }
+  int size() const { return pg.getSize(); }
+
+  void wait(const c10::intrusive_ptr<c10d::Work>& work, const std::string& doing) {
+    try {
+      work->wait();
+    } catch (const std::exception& e) {
+      TORCH_CHECK(false, "safetensors: ", source, ": rank ", rank(), ": the process group failed ",
+                  doing, " (another rank died, failed or timed out): ", e.what());
+    }
+  }
+
+  // Every rank's bytes. Lengths first, then the bytes padded to the longest.
+  std::vector<std::string> all_gather(const std::string& bytes, const std::string& doing) {
+    at::Tensor length = at::tensor({int64_t(bytes.size())}, at::kLong);
+    std::vector<std::vector<at::Tensor>> lengths(1);
+    for (int r = 0; r < size(); ++r) lengths[0].push_back(at::empty({1}, at::kLong));
+    std::vector<at::Tensor> in{length};
+    wait(pg.allgather(lengths, in), doing);
+    int64_t longest = 0;
+    for (const auto& l : lengths[0]) longest = std::max(longest, l.item<int64_t>());
+    at::Tensor padded = at::zeros({std::max<int64_t>(longest, 1)}, at::kByte);
+    std::memcpy(padded.data_ptr(), bytes.data(), bytes.size());
+    std::vector<std::vector<at::Tensor>> out(1);
+    for (int r = 0; r < size(); ++r) out[0].push_back(at::empty_like(padded));
+    std::vector<at::Tensor> in_bytes{padded};
+    wait(pg.allgather(out, in_bytes), doing);
+    std::vector<std::string> result;
+    for (int r = 0; r < size(); ++r) {
+      const int64_t n = lengths[0][r].item<int64_t>();
+      result.emplace_back(static_cast<const char*>(out[0][r].data_ptr()), size_t(n));
+    }
+    return result;
+  }
+
+  // Runs `step` here and makes every rank fail if any did: the first failure's message, naming
+  // its rank, on all of them.
+  template <typename F>
+  void together(const std::string& doing, F&& step) {
+    std::string error;
+    try {
+      step();
+    } catch (const c10::Error& e) {
+      error = e.what_without_backtrace();
+    } catch (const std::exception& e) {
+      error = e.what();
+    }
+    const auto all = all_gather(error, doing);
+    for (int r = 0; r < size(); ++r) {
+      TORCH_CHECK(all[r].empty(), "safetensors: rank ", r, " failed ", doing, ": ", all[r]);
+    }
+  }
+
+  void broadcast(at::Tensor& t, int64_t root, const std::string& doing) {
+    std::vector<at::Tensor> tensors{t};
+    c10d::BroadcastOptions options;
+    options.rootRank = root;
+    wait(pg.broadcast(tensors, options), doing);
+  }
+  std::string broadcast(const std::string& bytes, int64_t root, const std::string& doing) {
+    at::Tensor length = at::tensor({int64_t(bytes.size())}, at::kLong);
+    broadcast(length, root, doing);
+    at::Tensor data = at::empty({std::max<int64_t>(length.item<int64_t>(), 1)}, at::kByte);
+    if (rank() == root) std::memcpy(data.data_ptr(), bytes.data(), bytes.size());
+    broadcast(data, root, doing);
+    return std::string(static_cast<const char*>(data.data_ptr()), size_t(length.item<int64_t>()));
+  }
+};
+
+RankLoad single_reader(const std::string& path, const ShardPlan& plan, Group& group,
+                       int64_t world_size, const LoadOptions& options, int64_t source_rank) {
+  const bool reader = group.rank() == source_rank;
+  std::optional<Checkpoint> checkpoint;
+  std::string description;
+  group.together("opening " + path, [&] {
+    if (!reader) return;
+    checkpoint.emplace(path, options);
+    Writer w;
+    for (const std::string& name : checkpoint->keys()) {
+      const File& file = checkpoint->file(name);
+      const TensorInfo& info = file.info(name);
+      write_piece(w, Piece{name, adapters::torch_sizes(info, file.path()), {}},
+                  options.dtype.value_or(to_scalar_type(info.dtype)));
+    }
+    description = w.take();
+  });
+  description = group.broadcast(description, source_rank, "sending the checkpoint's layout");
+  std::vector<TensorShape> tensors;
+  std::map<std::string, c10::ScalarType> dtypes;
+  Reader r(description);
+  while (!r.done()) {
+    auto [piece, dtype] = read_piece(r);
+    dtypes[piece.name] = dtype;
+    tensors.push_back({piece.name, piece.full_sizes});
+  }
+  // Every rank's pieces (the reader sends them all; each rank needs its own).
+  std::vector<std::map<std::string, Piece>> pieces_of(world_size);
+  RankLoad out;
+  group.together("planning", [&] {
+    std::vector<std::string> names;
+    for (const auto& t : tensors) names.push_back(t.name);
+    distributed::check_names(names, plan, path, &out.warnings);
+    for (int64_t rank = 0; rank < world_size; ++rank) {
+      const auto layout = distributed::rank_layout(plan, rank, world_size, path);
+      std::vector<TensorShape> on_stage;
+      for (const auto& t : tensors)
+        if (distributed::stage_of(plan, t.name) == layout.stage) on_stage.push_back(t);
+      for (Piece& piece :
+           distributed::split_pieces(on_stage, plan, layout.tp_rank, layout.tp_size, path)) {
+        pieces_of[rank].emplace(piece.name, std::move(piece));
+      }
+    }
+  });
+  const auto on_device = at::TensorOptions().device(options.device);
+  for (size_t t = 0; t < tensors.size(); ++t) {
+    const std::string& name = tensors[t].name;
+    const std::string doing = "sending tensor '" + name + "'";
+    std::vector<const Piece*> holders(world_size, nullptr);
+    bool everyone_whole = true;
+    for (int64_t rank = 0; rank < world_size; ++rank) {
+      auto it = pieces_of[rank].find(name);
+      if (it != pieces_of[rank].end()) holders[rank] = &it->second;
+      everyone_whole = everyone_whole && holders[rank] && holders[rank]->whole();
+    }
+    const Piece* mine = holders[group.rank()];
+    at::Tensor received;
+    if (everyone_whole) {  // one read, one broadcast
+      if (reader) {
+        received = load_pieces(*checkpoint, {*mine}).begin()->value();
+        out.tensor_bytes += received.nbytes();
+      } else {
+        received = at::empty(mine->sizes(), on_device.dtype(dtypes[name]));
+      }
+      group.broadcast(received, source_rank, doing);
+    } else if (reader) {
+      std::vector<c10::intrusive_ptr<c10d::Work>> sends;
+      std::vector<at::Tensor> in_flight;
+      for (int64_t rank = 0; rank < world_size; ++rank) {
+        if (!holders[rank]) continue;
+        at::Tensor piece = load_pieces(*checkpoint, {*holders[rank]}).begin()->value();
+        out.tensor_bytes += piece.nbytes();
+        if (rank == source_rank) {
+          received = piece;
+          continue;
+        }
+        in_flight.push_back(piece.contiguous());
+        std::vector<at::Tensor> one{in_flight.back()};
+        sends.push_back(group.pg.send(one, int(rank), int(t)));
+      }
+      for (const auto& work : sends) group.wait(work, doing);
+    } else if (mine) {
+      received = at::empty(mine->sizes(), on_device.dtype(dtypes[name]));
+      std::vector<at::Tensor> one{received};
+      group.wait(group.pg.recv(one, int(source_rank), int(t)), "receiving tensor '" + name + "'");
+    }
+    if (mine) {
+      out.pieces.push_back(*mine);
+      out.tensors.insert(name, std::move(received));
+    }
+  }
+  if (reader) {
+    std::set<std::string> opened;
+    for (const auto& pieces : pieces_of)
+      for (const auto& [name, piece] : pieces)
+        if (opened.insert(checkpoint->shard_file(name)).second)
+          out.header_bytes += checkpoint->file(name).header().data_offset();
+    if (checkpoint->index_path())
+      out.header_bytes += file_source(*checkpoint->index_path(), false)->size();
+  }
+  return out;
+}
+
+}  // namespace
+
+RankLoad load_for_rank(const std::string& path, const ShardPlan& plan, c10d::ProcessGroup& pg,
+                       const LoadOptions& options, const CollectiveOptions& collective) {
+  Group group{pg, path};
+  const int64_t world_size = collective.world_size < 0 ? group.size() : collective.world_size;
+  // Agreement first: world size, plan, reader.
+  Writer w;
+  w.i64(world_size);
+  w.i64(collective.single_reader ? collective.source_rank : -1);
+  w.str(plan.to_string());
+  const std::string mine = w.take();
+  const auto all = group.all_gather(mine, "checking that the ranks agree");
+  std::string worlds;  // "rank 0: 2, rank 1: 3"
+  bool worlds_agree = true;
+  for (int r = 0; r < group.size(); ++r) {
+    const int64_t their_world = Reader(all[r]).i64();
+    worlds += (r ? ", rank " : "rank ") + std::to_string(r) + ": " + std::to_string(their_world);
+    worlds_agree = worlds_agree && their_world == group.size();
+  }
+  TORCH_CHECK(worlds_agree, "safetensors: ", path, ": the ranks load for world sizes ", worlds,
+              ", but the process group has ", group.size(), " ranks");
+  for (int r = 0; r < group.size(); ++r) {
+    Reader theirs(all[r]);
+    theirs.i64();
+    const int64_t their_reader = theirs.i64();
+    const std::string their_plan = theirs.str();
+    TORCH_CHECK(their_plan == plan.to_string(), "safetensors: ", path, ": rank ", r,
+                " has another shard plan than rank ", group.rank(), ":\n", their_plan, "expected\n",
+                plan.to_string());
+    TORCH_CHECK(all[r] == mine, "safetensors: ", path, ": rank ", r, " reads with source rank ",
+                their_reader, " (-1: every rank reads), rank ", group.rank(), " with ",
+                collective.single_reader ? collective.source_rank : -1);
+  }
+  if (collective.single_reader) {
+    TORCH_CHECK(collective.source_rank >= 0 && collective.source_rank < world_size,
+                "safetensors: ", path, ": source rank ", collective.source_rank, " is outside [0, ",
+                world_size, ")");
+    return single_reader(path, plan, group, world_size, options, collective.source_rank);
+  }
+  RankLoad out;
+  group.together("loading its pieces of " + path, [&] {
+    out = load_for_rank(Checkpoint(path, options), plan, group.rank(), world_size);
+  });
+  return out;
+}
+
+TensorDict all_gather_tensors(const RankLoad& mine, c10d::ProcessGroup& pg) {
+  Group group{pg, "all_gather_tensors"};
+  Writer w;
+  for (const Piece& piece : mine.pieces)
+    write_piece(w, piece, mine.tensors[piece.name].scalar_type());
+  const auto all = group.all_gather(w.take(), "exchanging piece layouts");
+  // name → per rank: the piece and its dtype; names in order of first appearance.
+  std::vector<std::string> order;
+  std::map<std::string, std::vector<std::optional<std::pair<Piece, c10::ScalarType>>>> layout;
+  for (int r = 0; r < group.size(); ++r) {
+    Reader reader(all[r]);
+    while (!reader.done()) {
+      auto piece = read_piece(reader);
+      auto& ranks = layout[piece.first.name];
+      if (ranks.empty()) {
+        ranks.resize(group.size());
+        order.push_back(piece.first.name);
+      }
+      ranks[r] = std::move(piece);
+    }
+  }
+  const c10::Device device =
+      mine.tensors.is_empty() ? c10::Device(c10::kCPU) : mine.tensors.begin()->value().device();
+  TensorDict out;
+  for (const std::string& name : order) {
+    const auto& ranks = layout[name];
+    std::vector<Piece> pieces(group.size());
+    std::vector<at::Tensor> tensors(group.size());
+    for (int r = 0; r < group.size(); ++r) {
+      if (!ranks[r]) continue;
+      pieces[r] = ranks[r]->first;
+      tensors[r] = r == group.rank()
+                       ? mine.tensors[name].contiguous()
+                       : at::empty(pieces[r].sizes(),
+                                   at::TensorOptions().device(device).dtype(ranks[r]->second));
+      group.broadcast(tensors[r], r, "gathering tensor '" + name + "'");
+    }
+    out.insert(name, assemble(pieces, tensors));
+  }
+  return out;
+}
+
+}  // namespace torch::safetensors

@@ -1,0 +1,35 @@
+// The steps of shard planning that load_for_rank and the collectives share (plan.cpp).
+#pragma once
+
+#include <string>
+#include <string_view>
+#include <vector>
+
+#include "torch_safetensors/distributed.h"
+
+namespace torch::safetensors::distributed {
+
+// Where a rank sits: pipeline stage-major, tensor-parallel rank innermost.
+struct RankLayout {
+  int64_t stage, num_stages, tp_rank, tp_size;
+};
+// Checks rank and world size against the plan.
+RankLayout rank_layout(const ShardPlan& plan, int64_t rank, int64_t world_size,
+                       std::string_view source);
+
+// The pipeline stage holding tensor `name` (0 without a pipeline), or -1 for a layer on no stage.
+int64_t stage_of(const ShardPlan& plan, std::string_view name);
+
+// Checks over names only (no headers needed): every tensor is on some stage; patterns and
+// explicit tensors that match nothing are warnings (errors when strict).
+void check_names(const std::vector<std::string>& names, const ShardPlan& plan,
+                 std::string_view source, std::vector<std::string>* warnings);
+
+// The tensor-parallel split of tensors already on this rank's stage.
+std::vector<Piece> split_pieces(const std::vector<TensorShape>& tensors, const ShardPlan& plan,
+                                int64_t tp_rank, int64_t tp_size, std::string_view source);
+
+// The index items that select `piece` from its full tensor.
+std::vector<IndexItem> index_items(const Piece& piece);
+
+}  // namespace torch::safetensors::distributed

@@ -1,0 +1,272 @@
+"""Tensor- and pipeline-parallel loading: every rank reads only its own bytes.
+
+A :class:`ShardPlan` is data, not code: module-name patterns in the style of transformers'
+``base_model_tp_plan`` (``"layers.*.self_attn.q_proj": "colwise"``), explicit per-tensor splits,
+and a pipeline filter. :func:`load_for_rank` reads one rank's pieces of a checkpoint (a file, an
+index or a directory) and nothing else; with a ``torch.distributed`` process group the ranks
+check each other, and storage only one rank can see is served by that rank (``single_reader``)::
+
+    import torch.distributed as dist
+    from torch_safetensors.distributed import ShardPlan, load_for_rank, all_gather_tensors
+
+    dist.init_process_group("gloo")                   # torchrun: env:// rendezvous
+    plan = ShardPlan({"layers.*.self_attn.q_proj": "colwise",
+                      "layers.*.self_attn.o_proj": "rowwise"})
+    mine = load_for_rank("Llama/", plan)              # this rank's pieces
+    full = all_gather_tensors(mine)                   # every tensor, reassembled
+
+A model parallelized with ``torch.distributed.tensor.parallel.parallelize_module`` (DTensor
+parameters) loads shard-on-read with :func:`load_dtensors`, which ``load_model`` and
+``hub.load_torch_model`` call for such models. ``torch.distributed.checkpoint`` reads and writes
+safetensors checkpoints through :class:`StorageReader` and :class:`StorageWriter`.
+
+Every rule (pattern matching, splits, companions, checks) and every collective is the C++ core's
+(``distributed.h``, ``distributed_c10d.h``); this module adapts arguments.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import sys
+from typing import Any, Dict, List, Mapping, Optional, Sequence, Set, Tuple, Union
+
+import torch
+
+from . import _args
+from ._extension import _C
+
+__all__ = [
+    "PipelinePlan",
+    "ShardPlan",
+    "RankLoad",
+    "load_for_rank",
+    "all_gather_tensors",
+    "assemble",
+    "load_dtensors",
+    "has_dtensors",
+    "StorageReader",
+    "StorageWriter",
+]
+
+Range = Tuple[int, int]
+
+
+@dataclasses.dataclass
+class PipelinePlan:
+    """Which pipeline stage holds which tensors: stage ``s`` holds layers
+    ``[stages[s][0], stages[s][1])`` (the numeric path segment after ``layers``); other tensors
+    go to the first stage when a ``first_stage`` pattern matches their module (embeddings), else
+    to the last (final norm, head)."""
+
+    stages: List[Range]
+    layers: str = "layers"
+    first_stage: Optional[List[str]] = None  # None: the core's default embedding names
+
+    @classmethod
+    def even(cls, num_layers: int, num_stages: int, **kwargs: Any) -> "PipelinePlan":
+        """``num_layers`` in ``num_stages`` contiguous ranges (the first ones longer by one)."""
+        return cls(stages=[tuple(s) for s in _C.even_stages(num_layers, num_stages)], **kwargs)
+
+
+@dataclasses.dataclass
+class ShardPlan:
+    """What each rank loads. ``patterns``: module-name pattern → style (``colwise``,
+    ``rowwise``, ``packed_colwise[:sizes]``, ``packed_rowwise``, ``embedding``,
+    ``embedding_colwise``, ``replicate`` and transformers' aliases); ``*`` matches one numeric
+    path segment and the longest pattern wins. ``tensors``: name → ``(dim, [(offset, length)
+    per rank])``, overriding patterns. Ranks are stage-major: rank ``r`` is tensor-parallel rank
+    ``r % (world_size // stages)``. ``strict`` makes a pattern that matches nothing an error
+    instead of a warning."""
+
+    patterns: Mapping[str, str] = dataclasses.field(default_factory=dict)
+    tensors: Mapping[str, Tuple[int, Sequence[Range]]] = dataclasses.field(default_factory=dict)
+    pipeline: Optional[PipelinePlan] = None
+    strict: bool = False
+
+    @classmethod
+    def from_tp_plan(cls, tp_plan: Mapping[str, str], **kwargs: Any) -> "ShardPlan":
+        """From a transformers ``base_model_tp_plan`` (``config.base_model_tp_plan``)."""
+        return cls(patterns=dict(tp_plan), **kwargs)
+
+    def _native(self) -> Any:
+        pipeline = self.pipeline
+        return _C.ShardPlan(
+            patterns=[(str(k), str(v)) for k, v in self.patterns.items()],
+            tensors=[(name, int(dim), [(int(o), int(n)) for o, n in ranges])
+                     for name, (dim, ranges) in self.tensors.items()],
+            stages=[(int(a), int(b)) for a, b in pipeline.stages] if pipeline else None,
+            layers=pipeline.layers if pipeline else "layers",
+            first_stage=pipeline.first_stage if pipeline else None,
+            strict=bool(self.strict),
+        )
+
+
+@dataclasses.dataclass
+class RankLoad:
+    """One rank's load: its pieces (``tensors``, in checkpoint order), where each lies in the
+    full tensor (``pieces``: ``name``, ``full_sizes``, ``splits`` of ``(dim, ranges)``), and what
+    it read: ``tensor_bytes`` (exactly its pieces), ``header_bytes`` (the headers of the files it
+    opened, and the index)."""
+
+    tensors: Dict[str, torch.Tensor]
+    pieces: List[Any]
+    tensor_bytes: int
+    header_bytes: int
+    warnings: List[str]
+    _native: Any = dataclasses.field(repr=False, default=None)
+
+    @property
+    def bytes_read(self) -> int:
+        return self.tensor_bytes + self.header_bytes
+
+
+def _wrap(native: Any) -> RankLoad:
+    return RankLoad(native.tensors, list(native.pieces), native.tensor_bytes, native.header_bytes,
+                    list(native.warnings), native)
+
+
+def _default_group(group: Any) -> Any:
+    import torch.distributed as dist
+
+    if group is not None:
+        return group
+    if not dist.is_available() or not dist.is_initialized():
+        raise ValueError(
+            "no process group: pass rank= and world_size=, or group=, or call "
+            "torch.distributed.init_process_group first")
+    return dist.group.WORLD
+
+
+def load_for_rank(
+    checkpoint: _args.FilePath,
+    plan: ShardPlan,
+    rank: Optional[int] = None,
+    world_size: Optional[int] = None,
+    *,
+    group: Any = None,
+    device: _args.Device = "cpu",
+    backend: str = "mmap",
+    dtype: Optional[torch.dtype] = None,
+    single_reader: bool = False,
+    source_rank: int = 0,
+) -> RankLoad:
+    """This rank's pieces of ``checkpoint`` (a file, an index or a directory) under ``plan``,
+    reading only their bytes (plus headers), to ``device`` with either backend.
+
+    With ``rank`` and ``world_size`` (and no ``group``) the load is local: nothing is exchanged.
+    Otherwise it goes through ``group`` (default: the default process group): the ranks first
+    check that they agree on world size and plan (a mismatch fails on every rank), a failure on
+    one rank fails all of them naming it, and a rank that dies makes the others fail within the
+    group's timeout. ``single_reader``: only ``source_rank`` reads (storage the other ranks cannot
+    see) and sends each rank its pieces through the group; the others read nothing."""
+    path = _args.path(checkpoint)
+    options = _C.LoadOptions(_args.backend(backend), _args.device(device), dtype)
+    native_plan = plan._native()
+    if group is None and rank is not None and world_size is not None:
+        if single_reader:
+            raise ValueError("single_reader needs a process group (group= or the default one)")
+        handle = _C.Checkpoint(path, _args.backend(backend), _args.device(device), dtype)
+        return _wrap(_C.load_for_rank(handle, native_plan, int(rank), int(world_size)))
+    pg = _default_group(group)
+    if rank is not None and rank != pg.rank():
+        raise ValueError(f"rank={rank} but this process is rank {pg.rank()} of the group")
+    return _wrap(_C.load_for_rank_group(path, native_plan, pg, options,
+                                        -1 if world_size is None else int(world_size),
+                                        bool(single_reader), int(source_rank)))
+
+
+def all_gather_tensors(load: RankLoad, group: Any = None) -> Dict[str, torch.Tensor]:
+    """Every full tensor on every rank, from the pieces each rank loaded: layouts are exchanged,
+    then each piece is broadcast by its holder (on the pieces' device: CPU for gloo, CUDA for
+    NCCL)."""
+    return _C.all_gather_tensors(load._native, _default_group(group))
+
+
+def assemble(pieces: Sequence[Any], tensors: Sequence[Optional[torch.Tensor]]) -> torch.Tensor:
+    """The full tensor from every rank's piece of it (``None`` for ranks holding none)."""
+    return _C.assemble(list(pieces), list(tensors))
+
+
+# ---- DTensor models: shard-on-read ----
+
+def _dtensor_type() -> Optional[type]:
+    # A model can hold DTensors only once their module is imported: no import cost otherwise.
+    module = sys.modules.get("torch.distributed.tensor")
+    return getattr(module, "DTensor", None)
+
+
+def has_dtensors(model: torch.nn.Module) -> bool:
+    """Whether any parameter or buffer of ``model`` is a DTensor."""
+    dtensor = _dtensor_type()
+    return dtensor is not None and any(
+        isinstance(t, dtensor) for t in model.state_dict(keep_vars=True).values())
+
+
+def _local_piece(name: str, tensor: torch.Tensor) -> Any:
+    """The piece of the full tensor this rank's DTensor shard holds."""
+    from torch.distributed.tensor import Replicate, Shard
+    from torch.distributed.tensor._utils import compute_local_shape_and_global_offset
+
+    for placement in tensor.placements:
+        if type(placement) not in (Shard, Replicate):
+            raise ValueError(
+                f"{name}: DTensor placement {placement} cannot be read shard-on-read (expected "
+                "Shard or Replicate); load the full state dict and distribute it instead")
+    shape, offset = compute_local_shape_and_global_offset(
+        tensor.shape, tensor.device_mesh, tensor.placements)
+    splits = [_C.DimSplit(d, [(o, o + n)])
+              for d, (n, o, full) in enumerate(zip(shape, offset, tensor.shape)) if n != full]
+    return _C.Piece(name, list(tensor.shape), splits)
+
+
+def load_dtensors(
+    model: torch.nn.Module,
+    checkpoint: _args.FilePath,
+    strict: bool = True,
+    *,
+    backend: str = "mmap",
+) -> Tuple[Set[str], List[str]]:
+    """Fills ``model`` — DTensor parameters from ``parallelize_module`` (ColwiseParallel,
+    RowwiseParallel, ... over a DeviceMesh) and plain ones — from ``checkpoint`` (a file, an index
+    or a directory). Each rank computes its local shard of each DTensor and reads only those bytes,
+    then copies them into the shard in place (``full_tensor()`` equals the stored tensor). Returns
+    ``(missing, unexpected)``; with ``strict`` either being non-empty raises RuntimeError, as
+    ``load_model`` does, and a shape mismatch always does, before anything is changed."""
+    from ._errors import size_mismatch_error, strict_load_error
+
+    dtensor = _dtensor_type()
+    handle = _C.Checkpoint(_args.path(checkpoint), _args.backend(backend), torch.device("cpu"))
+    names = handle.keys()
+    stored = set(names)
+    targets = model.state_dict(keep_vars=True)
+    missing = {name for name in targets if name not in stored}
+    unexpected = [name for name in names if name not in targets]
+    mismatched = [(name, list(t.shape), handle.info(name)[1])
+                  for name, t in targets.items()
+                  if name in stored and handle.info(name)[1] != list(t.shape)]
+    if mismatched:
+        raise size_mismatch_error(model, mismatched)
+    if strict and (missing or unexpected):
+        raise strict_load_error(model, missing, unexpected)
+    pieces, destinations = [], []
+    for name, target in targets.items():
+        if name in missing:
+            continue
+        is_dtensor = dtensor is not None and isinstance(target, dtensor)
+        pieces.append(_local_piece(name, target) if is_dtensor
+                      else _C.Piece(name, list(target.shape), []))
+        destinations.append(target.to_local() if is_dtensor else target)
+    loaded = _C.load_pieces(handle, pieces)
+    with torch.no_grad():
+        for piece, destination in zip(pieces, destinations):
+            destination.copy_(loaded[piece.name])
+    return missing, unexpected
+
+
+def __getattr__(name: str) -> Any:
+    # torch.distributed.checkpoint is imported only by those who use it.
+    if name in ("StorageReader", "StorageWriter"):
+        from . import _dcp
+
+        return getattr(_dcp, name)
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
