@@ -31,17 +31,6 @@ sys.path.insert(0, HERE)
 import run as bench_run  # noqa: E402  (llama_stack: the benchmarks' one Llama-like layout)
 from device import drop_cache  # noqa: E402
 
-PLAN = {
-    "embed_tokens": "embedding",
-    "layers.*.self_attn.q_proj": "colwise",
-    "layers.*.self_attn.k_proj": "colwise",
-    "layers.*.self_attn.v_proj": "colwise",
-    "layers.*.self_attn.o_proj": "rowwise",
-    "layers.*.mlp.gate_proj": "colwise",
-    "layers.*.mlp.up_proj": "colwise",
-    "layers.*.mlp.down_proj": "rowwise",
-    "lm_head": "colwise_rep",
-}
 
 
 def proc_io(key):
@@ -59,15 +48,16 @@ def rank_main(args):
     before, storage_before = proc_io("rchar"), proc_io("read_bytes")
     start = time.perf_counter()
     if args.impl == "ours":
-        from torch_safetensors.distributed import ShardPlan, load_for_rank
+        from torch_safetensors.distributed import LLAMA_TP_PLAN, ShardPlan, load_for_rank
 
-        load = load_for_rank(args.checkpoint, ShardPlan(PLAN), rank, world, backend="pread")
+        load = load_for_rank(args.checkpoint, ShardPlan(LLAMA_TP_PLAN), rank, world,
+                             backend="pread")
         accounted = load.bytes_read
         tensors = load.tensors
     else:  # the reference: whole tensors, then this rank's narrow (copied, as engines keep it)
         from safetensors import safe_open
 
-        from torch_safetensors.distributed import ShardPlan, _C
+        from torch_safetensors.distributed import LLAMA_TP_PLAN, ShardPlan, _C
 
         with open(os.path.join(args.checkpoint, "model.safetensors.index.json")) as f:
             weight_map = json.load(f)["weight_map"]
@@ -81,7 +71,7 @@ def rank_main(args):
                 for name in names:
                     shapes[name] = f.get_tensor(name)
         pieces = _C.plan_for_rank([(n, list(t.shape)) for n, t in shapes.items()],
-                                  ShardPlan(PLAN)._native(), rank, world)
+                                  ShardPlan(LLAMA_TP_PLAN)._native(), rank, world)
         for piece in pieces:
             t = shapes[piece.name]
             for split in piece.splits:

@@ -16,19 +16,14 @@ import torch
 import torch.distributed as dist
 
 from torch_safetensors import open_checkpoint
-from torch_safetensors.distributed import ShardPlan, all_gather_tensors, load_for_rank
+from torch_safetensors.distributed import (
+    LLAMA_TP_PLAN,
+    ShardPlan,
+    all_gather_tensors,
+    load_for_rank,
+)
 
-PLAN = ShardPlan({
-    "embed_tokens": "embedding",
-    "layers.*.self_attn.q_proj": "colwise",
-    "layers.*.self_attn.k_proj": "colwise",
-    "layers.*.self_attn.v_proj": "colwise",
-    "layers.*.self_attn.o_proj": "rowwise",
-    "layers.*.mlp.gate_proj": "colwise",
-    "layers.*.mlp.up_proj": "colwise",
-    "layers.*.mlp.down_proj": "rowwise",
-    "lm_head": "colwise_rep",
-})
+PLAN = ShardPlan(LLAMA_TP_PLAN)  # {"layers.*.self_attn.q_proj": "colwise", ...}
 
 
 def demo_checkpoint(directory):

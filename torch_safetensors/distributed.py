@@ -36,6 +36,7 @@ from . import _args
 from ._extension import _C
 
 __all__ = [
+    "LLAMA_TP_PLAN",
     "PipelinePlan",
     "ShardPlan",
     "RankLoad",
@@ -49,6 +50,20 @@ __all__ = [
 ]
 
 Range = Tuple[int, int]
+
+#: transformers' ``LlamaForCausalLM`` tensor-parallel plan (``base_model_tp_plan`` and
+#: ``_tp_plan``) with a vocab-parallel embedding: the layout most decoder checkpoints share.
+LLAMA_TP_PLAN: Dict[str, str] = {
+    "embed_tokens": "embedding",
+    "layers.*.self_attn.q_proj": "colwise",
+    "layers.*.self_attn.k_proj": "colwise",
+    "layers.*.self_attn.v_proj": "colwise",
+    "layers.*.self_attn.o_proj": "rowwise",
+    "layers.*.mlp.gate_proj": "colwise",
+    "layers.*.mlp.up_proj": "colwise",
+    "layers.*.mlp.down_proj": "rowwise",
+    "lm_head": "colwise_rep",
+}
 
 
 @dataclasses.dataclass

@@ -17,24 +17,13 @@ import torch.distributed as dist
 
 from torch_safetensors import open_checkpoint
 from torch_safetensors.distributed import (
+    LLAMA_TP_PLAN as LLAMA_PLAN,
     PipelinePlan,
     ShardPlan,
     all_gather_tensors,
     load_for_rank,
 )
 
-# transformers' LlamaForCausalLM plan, plus the vocab-parallel embedding.
-LLAMA_PLAN = {
-    "embed_tokens": "embedding",
-    "layers.*.self_attn.q_proj": "colwise",
-    "layers.*.self_attn.k_proj": "colwise",
-    "layers.*.self_attn.v_proj": "colwise",
-    "layers.*.self_attn.o_proj": "rowwise",
-    "layers.*.mlp.gate_proj": "colwise",
-    "layers.*.mlp.up_proj": "colwise",
-    "layers.*.mlp.down_proj": "rowwise",
-    "lm_head": "colwise_rep",
-}
 
 
 def originals(checkpoint):
