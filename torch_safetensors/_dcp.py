@@ -18,8 +18,8 @@ format, the index and its checks are the package's (``open_checkpoint``, ``safe_
   places chunks of a tensor (``DCP_SHARDING_INFO``'s ``saved_offsets``: torch's
   ``HuggingFaceStorageWriter(save_distributed=True)`` without consolidation). For each
   ``ReadItem`` it reads only the requested region (``get_slice`` on the ``pread`` backend reads
-  exactly those bytes), so a rank loading a ``Shard(0)`` DTensor reads about ``1/N`` of the
-  checkpoint. Each shard file is opened once per ``read_data``.
+  exactly those bytes), so a rank loading a ``Shard(0)`` or ``Shard(1)`` DTensor reads about
+  ``1/N`` of the checkpoint. Each shard file is opened once per ``read_data`` (per backend).
 - ``StorageWriter`` writes each rank's tensors to ``model-{i:05d}-of-{n:05d}.safetensors`` with
   ``save_file`` (atomic: temporary file, then rename) and, on the coordinator,
   ``model.safetensors.index.json`` in huggingface_hub's style, so the result is an ordinary
@@ -116,6 +116,14 @@ def _done(value: Any) -> Future:
     return future
 
 
+def _fsync(path: str) -> None:
+    fd = os.open(path, os.O_RDONLY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+
+
 def _safetensors_files(directory: str) -> List[str]:
     return sorted(n for n in os.listdir(directory) if n.endswith(".safetensors"))
 
@@ -144,9 +152,12 @@ class StorageReader(_storage.StorageReader):
     Args:
         path: a ``.safetensors`` file, a ``*.safetensors.index.json``, or a directory holding an
             index, a single file, or DCP-sharded files (see the module's docstring).
-        backend: ``"pread"`` (default: reads exactly the bytes of each requested region into
-            owned memory, then copies them into the destination) or ``"mmap"`` (copies from a
-            private mapping of the file; the page cache's readahead may read more than asked).
+        backend: how the bytes are read. ``"pread"``: exactly the bytes of each requested
+            region, into owned memory, then copied into the destination. ``"mmap"``: copied
+            straight from a private mapping of the file (one copy, but the kernel's readahead
+            may read beyond a region, and a column slice touches every page of its rows).
+            ``"auto"`` (default): ``mmap`` for whole stored chunks (every byte is wanted: one
+            copy instead of two), ``pread`` for parts of one (only their bytes are read).
 
     Tensors are copied into the state dict's own tensors (``planner.resolve_tensor``), so a
     destination of another dtype or on another device gets the values converted by
@@ -154,8 +165,10 @@ class StorageReader(_storage.StorageReader):
     safetensors checkpoint holds tensors only.
     """
 
-    def __init__(self, path: PathLike, *, backend: str = "pread") -> None:
+    def __init__(self, path: PathLike, *, backend: str = "auto") -> None:
         super().__init__()
+        if backend not in ("auto", "pread", "mmap"):
+            raise ValueError(f"backend must be 'auto', 'pread' or 'mmap', got {backend!r}")
         self.path = _check_exists(os.fspath(path))
         self.backend = backend
         self.load_id = uuid.uuid4().hex
@@ -213,9 +226,10 @@ class StorageReader(_storage.StorageReader):
                 )
             per_file[self._chunk(item).path].append(item)
         for file_path, items in per_file.items():
-            with safe_open(file_path, framework="pt", backend=self.backend) as f:
-                for item in items:
-                    self._read_item(f, file_path, item, planner)
+            handles: Dict[str, safe_open] = {}  # backend -> this file, opened once if used
+            for item in items:
+                self._read_item(handles, file_path, item, planner)
+            handles.clear()
         return _done(None)
 
     # -- helpers ------------------------------------------------------------------------------
@@ -327,11 +341,19 @@ class StorageReader(_storage.StorageReader):
                 f"`{item.storage_index.fqn}` at offsets {list(item.storage_index.offset or [])}"
             ) from None
 
-    def _read_item(self, f: safe_open, file_path: str, item: ReadItem, planner: LoadPlanner) -> None:
+    def _read_item(
+        self, handles: Dict[str, safe_open], file_path: str, item: ReadItem, planner: LoadPlanner
+    ) -> None:
         chunk = self._chunk(item)
         name = item.storage_index.fqn
         region = tuple(slice(o, o + n) for o, n in zip(item.storage_offsets, item.lengths))
         whole = list(item.lengths) == list(chunk.shape)
+        backend = self.backend
+        if backend == "auto":
+            backend = "mmap" if whole or chunk.spec_dtype == "F4" else "pread"
+        f = handles.get(backend)
+        if f is None:
+            f = handles[backend] = safe_open(file_path, framework="pt", backend=backend)
         if whole or chunk.spec_dtype == "F4":
             # F4's header counts values, torch's dtype pairs: index torch's tensor instead.
             source = f.get_tensor(name)
@@ -372,12 +394,18 @@ class StorageWriter(_storage.StorageWriter):
         path: the output directory (created if missing).
         metadata: extra ``str → str`` entries for every file's ``__metadata__`` (beside
             ``"format": "pt"``) and for the index's ``metadata``.
+        sync_files: ``fsync`` each file before the index names it (the default, as DCP's
+            ``FileSystemWriter``): after a crash the index never points at data still in the
+            page cache. ``save_file``'s rename is atomic either way.
     """
 
-    def __init__(self, path: PathLike, *, metadata: Optional[Dict[str, str]] = None) -> None:
+    def __init__(
+        self, path: PathLike, *, metadata: Optional[Dict[str, str]] = None, sync_files: bool = True
+    ) -> None:
         super().__init__()
         self.path = os.fspath(path)
         self.metadata = dict(metadata or {})
+        self.sync_files = sync_files
         self.save_id = uuid.uuid4().hex
         self.is_coordinator = False
 
@@ -441,7 +469,10 @@ class StorageWriter(_storage.StorageWriter):
         for group in _find_shared_tensors(tensors):
             for name in sorted(group)[1:]:
                 tensors[name] = tensors[name].clone()
-        save_file(tensors, os.path.join(self.path, file_name), metadata={"format": "pt", **self.metadata})
+        file_path = os.path.join(self.path, file_name)
+        save_file(tensors, file_path, metadata={"format": "pt", **self.metadata})
+        if self.sync_files:
+            _fsync(file_path)
         results = [
             _storage.WriteResult(
                 index=item.index,
@@ -470,8 +501,11 @@ class StorageWriter(_storage.StorageWriter):
             json.dump(index, out, indent=2)
             out.write("\n")
             out.flush()
-            os.fsync(out.fileno())
+            if self.sync_files:
+                os.fsync(out.fileno())
         os.replace(temporary, index_path)
+        if self.sync_files:
+            _fsync(self.path)  # the renames
         written = set(weight_map.values())
         for name in os.listdir(self.path):
             if _FILE_NAME_RE.match(name) and name not in written:

@@ -141,7 +141,7 @@ def test_reads_only_requested_keys(tmp_path):
     gen = torch.Generator().manual_seed(0)
     expected = {f"w{i}": torch.randn(256, 256, generator=gen) for i in range(8)}  # 256 KiB each
     hub.save_torch_state_dict(expected, tmp_path, max_shard_size=600_000)
-    reader = StorageReader(tmp_path)
+    reader = StorageReader(tmp_path, backend="pread")  # "auto" maps whole tensors: rchar misses them
     subset = {"w1": torch.zeros(256, 256), "w6": torch.zeros(256, 256)}
     before = thread_rchar()
     load(subset, reader)
@@ -166,10 +166,29 @@ def test_destination_dtype_and_device_follow_copy(tmp_path):
     assert_same(ours, theirs)
 
 
-def test_mmap_backend(tmp_path):
+@pytest.mark.parametrize("backend", ["pread", "mmap"])
+def test_backends(tmp_path, backend):
     expected = sample_state_dict(2)
     hub.save_torch_state_dict(expected, tmp_path, max_shard_size=3000)
-    assert_same(load(empty_like(expected), StorageReader(tmp_path, backend="mmap")), expected)
+    assert_same(load(empty_like(expected), StorageReader(tmp_path, backend=backend)), expected)
+    with pytest.raises(ValueError, match="backend must be"):
+        StorageReader(tmp_path, backend="mmapp")
+
+
+def test_exotic_dtypes(tmp_path):
+    gen = torch.Generator().manual_seed(3)
+    expected = {
+        "f4": torch.randint(0, 256, (4, 8), generator=gen, dtype=torch.uint8).view(torch.float4_e2m1fn_x2),
+        "e8m0": torch.randint(0, 256, (4,), generator=gen, dtype=torch.uint8).view(torch.float8_e8m0fnu),
+        "e5m2": torch.randint(0, 256, (3, 2), generator=gen, dtype=torch.uint8).view(torch.float8_e5m2),
+        "u16": torch.arange(5, dtype=torch.int32).to(torch.uint16),
+        "c64": torch.randn(3, generator=gen, dtype=torch.complex64),
+    }
+    torch_safetensors.save_file(expected, tmp_path / "m.safetensors")
+    metadata = StorageReader(tmp_path).read_metadata()
+    assert metadata.state_dict_metadata["f4"].size == torch.Size([4, 8])  # torch's shape: pairs
+    out = {k: torch.zeros_like(v.view(torch.uint8)).view(v.dtype) for k, v in expected.items()}
+    assert_same(load(out, StorageReader(tmp_path)), expected)
 
 
 def test_metadata(tmp_path):
@@ -200,6 +219,18 @@ def test_errors(tmp_path):
     (tmp_path / "empty").mkdir()
     with pytest.raises(FileNotFoundError, match="no .safetensors file"):
         StorageReader(tmp_path / "empty").read_metadata()
+    # F6 (torch has no such dtype) is refused by name
+    f6 = torch_safetensors.RawTensor("F6_E2M3", [4], torch.zeros(3, dtype=torch.uint8))
+    (tmp_path / "f6").mkdir()
+    torch_safetensors.save_file({"w": torch.zeros(2), "f6": f6}, tmp_path / "f6" / "m.safetensors")
+    with pytest.raises(ValueError, match=r"m.safetensors: tensor `f6` has dtype F6_E2M3"):
+        StorageReader(tmp_path / "f6").read_metadata()
+    # several files without an index (torch's save_distributed layout) that both hold a tensor whole
+    (tmp_path / "twice").mkdir()
+    torch_safetensors.save_file({"w": torch.zeros(2)}, tmp_path / "twice" / "a.safetensors")
+    torch_safetensors.save_file({"w": torch.ones(2)}, tmp_path / "twice" / "b.safetensors")
+    with pytest.raises(ValueError, match=r"tensor `w` at offsets \[0\] is stored twice: in .*a.safetensors and in .*b.safetensors"):
+        StorageReader(tmp_path / "twice").read_metadata()
     # the writer: values that are not tensors
     with pytest.raises(CheckpointException, match="ValueError: state dict entry `epoch` is not a tensor"):
         dcp.save({"w": torch.zeros(2), "epoch": 3}, storage_writer=StorageWriter(tmp_path / "out"), no_dist=True)
@@ -283,6 +314,32 @@ def _rank_checks(rank: int, directory: str) -> None:
     dist.barrier()
     with torch_safetensors.open_checkpoint(os.path.join(directory, "replicated")) as checkpoint:
         assert_same({k: checkpoint.get_tensor(k) for k in checkpoint.keys()}, weights)
+
+    # a tensor-parallel model: save its full state dict, load it back shard by shard
+    from torch.distributed.checkpoint.state_dict import StateDictOptions, get_model_state_dict, set_model_state_dict
+    from torch.distributed.tensor.parallel import ColwiseParallel, RowwiseParallel, parallelize_module
+
+    def tp_model(seed: int) -> torch.nn.Module:
+        torch.manual_seed(seed)
+        model = torch.nn.Sequential(torch.nn.Linear(16, 32), torch.nn.ReLU(), torch.nn.Linear(32, 8))
+        return parallelize_module(model, mesh, {"0": ColwiseParallel(), "2": RowwiseParallel()})
+
+    source = tp_model(1)
+    full = get_model_state_dict(source, options=StateDictOptions(full_state_dict=True))
+    tp_dir = os.path.join(directory, "tp")
+    dcp.save(full, storage_writer=StorageWriter(tp_dir))
+    try:  # its sharded state dict (DTensors) is refused with the remedy
+        dcp.save(get_model_state_dict(source), storage_writer=StorageWriter(os.path.join(directory, "tp_refused")))
+        raise AssertionError("a sharded TP state dict was saved")
+    except CheckpointException as error:
+        assert "StateDictOptions(full_state_dict=True)" in str(error)
+    target = tp_model(2)
+    sharded = get_model_state_dict(target)
+    assert all(isinstance(v, DTensor) for v in sharded.values())
+    dcp.load(sharded, storage_reader=StorageReader(tp_dir))
+    set_model_state_dict(target, sharded)
+    x = torch.randn(4, 16)
+    assert torch.equal(target(x), source(x))
 
     report["total"] = total
     with open(os.path.join(directory, f"rank{rank}.json"), "w") as out:
