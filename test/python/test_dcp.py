@@ -245,7 +245,9 @@ ROWS, COLS = 512, 256  # 512 KiB of float32 per tensor
 
 def full_weights():
     gen = torch.Generator().manual_seed(42)
-    return {f"layers.{i}.weight": torch.randn(ROWS, COLS, generator=gen) for i in range(4)}
+    weights = {f"layers.{i}.weight": torch.randn(ROWS, COLS, generator=gen) for i in range(4)}
+    weights["odd.bias"] = torch.randn(7, generator=gen)  # 4 + 3 rows on 2 ranks: uneven chunks
+    return weights
 
 
 def _rank_main(rank: int, port: int, directory: str) -> None:
@@ -277,7 +279,10 @@ def _rank_checks(rank: int, directory: str) -> None:
 
     # Shard(0) and Shard(1) DTensors: each rank reads only its rows / columns
     for placement in (Shard(0), Shard(1)):
-        state = {k: distribute_tensor(torch.zeros_like(v), mesh, [placement]) for k, v in weights.items()}
+        state = {
+            k: distribute_tensor(torch.zeros_like(v), mesh, [placement if v.dim() > placement.dim else Shard(0)])
+            for k, v in weights.items()
+        }
         before = thread_rchar()
         dcp.load(state, storage_reader=StorageReader(ours))
         report[f"read_{placement.dim}"] = thread_rchar() - before
@@ -294,10 +299,14 @@ def _rank_checks(rank: int, directory: str) -> None:
     dcp.save(sharded, storage_writer=writer)
     dist.barrier()
     for path in (plain, consolidated):
-        state = {k: distribute_tensor(torch.zeros_like(v), mesh, [Shard(0)]) for k, v in weights.items()}
-        dcp.load(state, storage_reader=StorageReader(path))
-        for name, tensor in state.items():
-            assert torch.equal(tensor.full_tensor(), weights[name]), (path, name)
+        for placement in (Shard(0), Shard(1)):  # Shard(1): parts of the saved row chunks
+            state = {
+                k: distribute_tensor(torch.zeros_like(v), mesh, [placement if v.dim() > 1 else Shard(0)])
+                for k, v in weights.items()
+            }
+            dcp.load(state, storage_reader=StorageReader(path))
+            for name, tensor in state.items():
+                assert torch.equal(tensor.full_tensor(), weights[name]), (path, placement, name)
         whole = empty_like(weights)  # every rank the whole tensors: from both ranks' files
         dcp.load(whole, storage_reader=StorageReader(path))
         assert_same(whole, weights)
