@@ -10,11 +10,14 @@ bench/device.py does; "warm": the files already in the page cache):
   load, 1 process   dcp.load of the full state dict (preallocated BF16 tensors) with
                     ours ("auto": whole chunks copied from the mapping, parts read with pread;
                     "pread": every region read into owned memory, then copied) and torch's
-                    HuggingFaceStorageReader (safetensors' safe_open, mmap);
+                    HuggingFaceStorageReader (safetensors' safe_open, mmap); "4 thr": both
+                    readers' thread_count=4 (files read in parallel), ratio against the same;
   load, N ranks     gloo, each rank a DTensor Shard(0) state dict: the slowest rank's time;
                     bytes per rank = read()/pread() bytes of the loading thread (rchar; mapped
-                    reads, torch's and our mmap backend's, do not show there) and the page cache
-                    the load filled, all ranks together (mincore);
+                    reads, torch's and our mmap backend's, do not show there); the page cache
+                    the load filled (mincore), all ranks together, and by rank 0 alone (one more
+                    cold run in which rank 1 loads nothing): what one rank's share costs the
+                    storage, kernel readahead included;
   save, 1 process   dcp.save of the full state dict: ours (save_file per rank + index) vs
                     torch's HuggingFaceStorageWriter, both fsyncing their files.
 """
@@ -109,15 +112,24 @@ def thread_rchar() -> int:
     return 0
 
 
-def readers(directory: str, backends):
-    """Ours with each backend, then torch's HuggingFaceStorageReader."""
+def readers(directory: str, variants):
+    """``variants``: (label, backend or "torch", thread_count) -> label: reader factory."""
     from torch.distributed.checkpoint import HuggingFaceStorageReader
 
     from torch_safetensors._dcp import StorageReader
 
-    made = {f"ours ({b})": (lambda b=b: StorageReader(directory, backend=b)) for b in backends}
-    made["torch HF"] = lambda: HuggingFaceStorageReader(directory)
+    made = {}
+    for label, backend, threads in variants:
+        if backend == "torch":
+            made[label] = lambda t=threads: HuggingFaceStorageReader(directory, thread_count=t)
+        else:
+            made[label] = lambda b=backend, t=threads: StorageReader(directory, backend=b, thread_count=t)
     return made
+
+
+SINGLE = [("ours (auto)", "auto", 1), ("ours (pread)", "pread", 1), ("torch HF", "torch", 1),
+          ("ours (auto) 4 thr", "auto", 4), ("torch HF 4 thr", "torch", 4)]
+RANKS = [("ours (auto)", "auto", 1), ("ours (mmap)", "mmap", 1), ("torch HF", "torch", 1)]
 
 
 def time_load(state_dict, make_reader, files, cold: bool, no_dist: bool = True) -> float:
@@ -137,7 +149,7 @@ def single_process_loads(expected, directory: str, reps: int):
     rows = []
     target = {k: torch.empty_like(v) for k, v in expected.items()}
     for mode in ("cold", "warm"):
-        for name, make in readers(directory, ("auto", "pread")).items():
+        for name, make in readers(directory, SINGLE).items():
             if mode == "warm":
                 time_load(target, make, files, cold=False)  # warm-up
             times = [time_load(target, make, files, cold=mode == "cold") for _ in range(reps)]
@@ -173,7 +185,7 @@ def _rank_main(rank: int, world: int, port: int, directory: str, size_mb: int, r
              for k, v in llama_state_dict_meta(size_mb).items()}
     results = {}
     # "auto" reads these partial chunks with pread; mmap shows what readahead adds
-    for name, make in readers(directory, ("auto", "mmap")).items():
+    for name, make in readers(directory, RANKS).items():
         times, rchars, resident = [], [], []
         for _ in range(reps):
             if rank == 0:
@@ -190,8 +202,15 @@ def _rank_main(rank: int, world: int, port: int, directory: str, size_mb: int, r
             dist.barrier()
             if rank == 0:
                 resident.append(resident_bytes(files))
+        # rank 0 alone (rank 1 loads nothing): what one rank's share costs the storage
+        if rank == 0:
+            drop_cache(files)
+        dist.barrier()
+        dcp.load(state if rank == 0 else {}, storage_reader=make())
+        dist.barrier()
+        alone = resident_bytes(files) if rank == 0 else None
         results[name] = {"time": statistics.median(times), "min": min(times), "rchar": statistics.median(rchars),
-                         "resident": statistics.median(resident) if resident else None}
+                         "resident": statistics.median(resident) if resident else None, "alone": alone}
     with open(os.path.join(out, f"rank{rank}.json"), "w") as f:
         json.dump(results, f)
     dist.destroy_process_group()
@@ -223,7 +242,7 @@ def multi_rank_loads(directory: str, size_mb: int, reps: int, world: int, total:
         per_rank = [r[name]["rchar"] for r in reports]
         rows.append((f"load, {world} ranks Shard(0), cold", name, reports[0][name]["time"],
                      {"rchar_per_rank": per_rank, "page_cache_filled": reports[0][name]["resident"],
-                      "total": total}, reports[0][name]["min"]))
+                      "rank0_alone": reports[0][name]["alone"], "total": total}, reports[0][name]["min"]))
     return rows
 
 
@@ -289,22 +308,24 @@ def report(rows) -> None:
     groups = {}
     for row in rows:
         groups.setdefault(row[0], []).append(row)
-    print(f"| {'case':<32} | {'implementation':<14} | {'median':>9} | {'min':>9} | {'ours/torch':>10} | bytes |")
-    print(f"|{'-' * 34}|{'-' * 16}|{'-' * 11}|{'-' * 11}|{'-' * 12}|-------|")
+    print(f"| {'case':<32} | {'implementation':<17} | {'median':>9} | {'min':>9} | {'ours/torch':>10} | bytes |")
+    print(f"|{'-' * 34}|{'-' * 19}|{'-' * 11}|{'-' * 11}|{'-' * 12}|-------|")
     for case, group in groups.items():
-        theirs = next(r[2] for r in group if r[1].startswith("torch"))
+        theirs = {r[1].replace("torch HF", ""): r[2] for r in group if r[1].startswith("torch")}
         for row in group:
-            ratio = "" if row[1].startswith("torch") else f"{row[2] / theirs:.2f}"
+            base = theirs.get(row[1].split(")")[-1], theirs[""])  # same thread count
+            ratio = "" if row[1].startswith("torch") else f"{row[2] / base:.2f}"
             extra = ""
             if row[3] is not None:
                 info = row[3]
                 per_rank = ", ".join(f"{b / 1e6:.0f}" for b in info["rchar_per_rank"])
                 filled = info["page_cache_filled"]
                 extra = (f"read() per rank: {per_rank} MB of {info['total'] / 1e6:.0f}; "
-                         f"page cache filled: {filled / 1e6:.0f} MB" if filled is not None else "")
+                         f"page cache filled: {filled / 1e6:.0f} MB, by rank 0 alone: "
+                         f"{info['rank0_alone'] / 1e6:.0f} MB")
                 if row[1].startswith("torch") or "mmap" in row[1]:
                     extra = extra.replace(f"read() per rank: {per_rank} MB", "read(): mapped, n/a")
-            print(f"| {case:<32} | {row[1]:<14} | {row[2] * 1e3:6.0f} ms | {row[4] * 1e3:6.0f} ms "
+            print(f"| {case:<32} | {row[1]:<17} | {row[2] * 1e3:6.0f} ms | {row[4] * 1e3:6.0f} ms "
                   f"| {ratio:>10} | {extra} |")
 
 

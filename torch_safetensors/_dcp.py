@@ -34,6 +34,7 @@ import os
 import re
 import uuid
 from collections import defaultdict
+from concurrent.futures import ThreadPoolExecutor
 from typing import Any, Dict, List, Optional, Tuple, Union
 
 import torch
@@ -158,6 +159,8 @@ class StorageReader(_storage.StorageReader):
             may read beyond a region, and a column slice touches every page of its rows).
             ``"auto"`` (default): ``mmap`` for whole stored chunks (every byte is wanted: one
             copy instead of two), ``pread`` for parts of one (only their bytes are read).
+        thread_count: files read at once (as torch's ``HuggingFaceStorageReader``'s option);
+            the core releases the GIL while it reads. Default 1.
 
     Tensors are copied into the state dict's own tensors (``planner.resolve_tensor``), so a
     destination of another dtype or on another device gets the values converted by
@@ -165,12 +168,15 @@ class StorageReader(_storage.StorageReader):
     safetensors checkpoint holds tensors only.
     """
 
-    def __init__(self, path: PathLike, *, backend: str = "auto") -> None:
+    def __init__(self, path: PathLike, *, backend: str = "auto", thread_count: int = 1) -> None:
         super().__init__()
         if backend not in ("auto", "pread", "mmap"):
             raise ValueError(f"backend must be 'auto', 'pread' or 'mmap', got {backend!r}")
+        if isinstance(thread_count, bool) or not isinstance(thread_count, int) or thread_count < 1:
+            raise ValueError(f"thread_count must be an int >= 1, got {thread_count!r}")
         self.path = _check_exists(os.fspath(path))
         self.backend = backend
+        self.thread_count = thread_count
         self.load_id = uuid.uuid4().hex
         self.storage_data: Dict[MetadataIndex, _StoredChunk] = {}
 
@@ -225,11 +231,18 @@ class StorageReader(_storage.StorageReader):
                     "non-tensor value, but a safetensors checkpoint holds tensors only"
                 )
             per_file[self._chunk(item).path].append(item)
-        for file_path, items in per_file.items():
+        def read_file(file_path: str, items: List[ReadItem]) -> None:
             handles: Dict[str, safe_open] = {}  # backend -> this file, opened once if used
             for item in items:
                 self._read_item(handles, file_path, item, planner)
-            handles.clear()
+
+        if self.thread_count == 1 or len(per_file) == 1:
+            for file_path, items in per_file.items():
+                read_file(file_path, items)
+        else:
+            with ThreadPoolExecutor(min(self.thread_count, len(per_file))) as pool:
+                for done in [pool.submit(read_file, p, i) for p, i in per_file.items()]:
+                    done.result()  # the first error, re-raised here
         return _done(None)
 
     # -- helpers ------------------------------------------------------------------------------

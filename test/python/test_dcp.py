@@ -167,12 +167,16 @@ def test_destination_dtype_and_device_follow_copy(tmp_path):
 
 
 @pytest.mark.parametrize("backend", ["pread", "mmap"])
-def test_backends(tmp_path, backend):
+@pytest.mark.parametrize("threads", [1, 3])
+def test_backends_and_threads(tmp_path, backend, threads):
     expected = sample_state_dict(2)
     hub.save_torch_state_dict(expected, tmp_path, max_shard_size=3000)
-    assert_same(load(empty_like(expected), StorageReader(tmp_path, backend=backend)), expected)
+    reader = StorageReader(tmp_path, backend=backend, thread_count=threads)
+    assert_same(load(empty_like(expected), reader), expected)
     with pytest.raises(ValueError, match="backend must be"):
         StorageReader(tmp_path, backend="mmapp")
+    with pytest.raises(ValueError, match="thread_count must be"):
+        StorageReader(tmp_path, thread_count=0)
 
 
 def test_exotic_dtypes(tmp_path):
