@@ -135,7 +135,7 @@ def _is_checkpoint_path(path: str) -> bool:
         return path.endswith(".safetensors") or path.endswith(".json")
     if os.path.isdir(path):
         names = os.listdir(path)
-        return any(n.endswith(".safetensors") or n.endswith(".safetensors.index.json") for n in names)
+        return any(n.endswith((".safetensors", ".safetensors.index.json")) for n in names)
     return False
 
 
@@ -210,7 +210,9 @@ class StorageReader(_storage.StorageReader):
         metadata.storage_meta = StorageMeta(checkpoint_id=self.path, load_id=self.load_id)
         return metadata
 
-    def set_up_storage_reader(self, metadata: Metadata, is_coordinator: bool, *args: Any, **kwargs: Any) -> None:
+    def set_up_storage_reader(
+        self, metadata: Metadata, is_coordinator: bool, *args: Any, **kwargs: Any
+    ) -> None:
         self.storage_data = metadata.storage_data
 
     def prepare_local_plan(self, plan: LoadPlan) -> LoadPlan:
@@ -227,10 +229,11 @@ class StorageReader(_storage.StorageReader):
         for item in plan.items:
             if item.type != LoadItemType.TENSOR:
                 raise ValueError(
-                    f"safetensors checkpoint {self.path!r}: `{item.dest_index.fqn}` is requested as a "
-                    "non-tensor value, but a safetensors checkpoint holds tensors only"
+                    f"safetensors checkpoint {self.path!r}: `{item.dest_index.fqn}` is requested "
+                    "as a non-tensor value, but a safetensors checkpoint holds tensors only"
                 )
             per_file[self._chunk(item).path].append(item)
+
         def read_file(file_path: str, items: List[ReadItem]) -> None:
             handles: Dict[str, safe_open] = {}  # backend -> this file, opened once if used
             for item in items:
@@ -288,7 +291,7 @@ class StorageReader(_storage.StorageReader):
             return {}
         try:
             info = json.loads(metadata[SHARDING_INFO_KEY])
-            return {name: [int(x) for x in entry[SAVED_OFFSETS_KEY]] for name, entry in info.items()}
+            return {name: [int(x) for x in e[SAVED_OFFSETS_KEY]] for name, e in info.items()}
         except (ValueError, TypeError, KeyError, AttributeError) as error:
             raise ValueError(
                 f"{file_path}: __metadata__[{SHARDING_INFO_KEY!r}] is not "
@@ -448,8 +451,8 @@ class StorageWriter(_storage.StorageWriter):
             fqn = item.index.fqn
             if item.type == WriteItemType.BYTE_IO or item.tensor_data is None:
                 raise ValueError(
-                    f"state dict entry `{fqn}` is not a tensor (DCP would write it as bytes), but a "
-                    f"safetensors checkpoint ({self.path}) holds tensors only: save it separately"
+                    f"state dict entry `{fqn}` is not a tensor (DCP would write it as bytes), but "
+                    f"a safetensors checkpoint ({self.path}) holds tensors only: save it separately"
                 )
             chunk = item.tensor_data.chunk
             size = list(item.tensor_data.size)
@@ -469,7 +472,7 @@ class StorageWriter(_storage.StorageWriter):
         writers = [i for i, plan in enumerate(plans) if plan.items]
         count = max(len(writers), 1)
         names = {rank: FILE_NAME.format(index=i + 1, count=count) for i, rank in enumerate(writers)}
-        return [dataclasses.replace(plan, storage_data=names.get(i)) for i, plan in enumerate(plans)]
+        return [dataclasses.replace(p, storage_data=names.get(i)) for i, p in enumerate(plans)]
 
     def write_data(self, plan: SavePlan, planner: SavePlanner) -> Future:
         if not plan.items:
