@@ -282,6 +282,7 @@ def main() -> None:
 
     from torch_safetensors import hub
 
+    load_start = os.getloadavg()
     workdir = tempfile.mkdtemp(prefix="dcp_bench_", dir=args.workdir)
     try:
         expected = llama_state_dict(args.size_mb)
@@ -297,6 +298,7 @@ def main() -> None:
         if not args.no_save:
             rows += saves(expected, workdir, args.reps)
         report(rows)
+        print(f"# load average (1, 5, 15 min) at start: {load_start}, at end: {os.getloadavg()}")
         if args.json:
             with open(args.json, "w") as f:
                 json.dump(rows, f, indent=1)
