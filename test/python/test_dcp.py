@@ -93,7 +93,9 @@ def test_writer_metadata_stale_files_and_tied_tensors(tmp_path):
     (tmp_path / "model-00002-of-00002.safetensors").write_bytes(b"stale")
     (tmp_path / "keep.txt").write_text("not ours")
     shared = torch.randn(8, 4)
-    expected = {"embed": shared, "lm_head": shared, "bias": torch.randn(4)}
+    flat = torch.arange(64, dtype=torch.float32)  # views of one buffer, one not contiguous
+    expected = {"embed": shared, "lm_head": shared, "bias": torch.randn(4), "v0": flat[:16].view(4, 4),
+                "v1": flat[16:32], "v2": flat.view(8, 8)[:, :2]}
     dcp.save(expected, storage_writer=StorageWriter(tmp_path, metadata={"origin": "test"}), no_dist=True)
     assert sorted(os.listdir(tmp_path)) == [
         "keep.txt",
