@@ -3,7 +3,7 @@
 ::
 
     import torch.distributed.checkpoint as dcp
-    from torch_safetensors._dcp import StorageReader, StorageWriter
+    from torch_safetensors.distributed import StorageReader, StorageWriter  # (defined here)
 
     dcp.load(state_dict, storage_reader=StorageReader("checkpoint_dir"))   # in place
     dcp.save(state_dict, storage_writer=StorageWriter("out_dir"))
