@@ -1,0 +1,528 @@
+"""``torch.distributed.checkpoint`` (DCP) storage on safetensors checkpoints, through our core.
+
+::
+
+    import torch.distributed.checkpoint as dcp
+    from torch_safetensors.distributed import StorageReader, StorageWriter  # (defined here)
+
+    dcp.load(state_dict, storage_reader=StorageReader("checkpoint_dir"))   # in place
+    dcp.save(state_dict, storage_writer=StorageWriter("out_dir"))
+
+A thin adapter, in the interfaces of torch's ``HuggingFaceStorageReader``/``Writer``: the file
+format, the index and its checks are the package's (``open_checkpoint``, ``safe_open``,
+``save_file``). What it adds is DCP's bookkeeping:
+
+- ``StorageReader`` reads a safetensors file, an index, or a directory: one with an index or a
+  single file (huggingface_hub, transformers, our ``hub``, torch's ``HuggingFaceStorageWriter``
+  with or without consolidation), or several files without an index whose ``__metadata__``
+  places chunks of a tensor (``DCP_SHARDING_INFO``'s ``saved_offsets``: torch's
+  ``HuggingFaceStorageWriter(save_distributed=True)`` without consolidation). For each
+  ``ReadItem`` it reads only the requested region (``get_slice`` on the ``pread`` backend reads
+  exactly those bytes), so a rank loading a ``Shard(0)`` or ``Shard(1)`` DTensor reads about
+  ``1/N`` of the checkpoint. Each shard file is opened once per ``read_data`` (per backend).
+- ``StorageWriter`` writes each rank's tensors to ``model-{i:05d}-of-{n:05d}.safetensors`` with
+  ``save_file`` (atomic: temporary file, then rename) and, on the coordinator,
+  ``model.safetensors.index.json`` in huggingface_hub's style, so the result is an ordinary
+  sharded checkpoint. It takes whole tensors only (see its docstring).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import os
+import re
+import uuid
+from collections import defaultdict
+from concurrent.futures import ThreadPoolExecutor
+from typing import Any, Dict, List, Optional, Tuple, Union
+
+import torch
+from torch.distributed.checkpoint import storage as _storage
+from torch.distributed.checkpoint.metadata import (
+    ChunkStorageMetadata,
+    Metadata,
+    MetadataIndex,
+    StorageMeta,
+    TensorProperties,
+    TensorStorageMetadata,
+)
+from torch.distributed.checkpoint.planner import (
+    LoadItemType,
+    LoadPlan,
+    LoadPlanner,
+    ReadItem,
+    SavePlan,
+    SavePlanner,
+    WriteItemType,
+)
+from torch.futures import Future
+
+from ._file import open_checkpoint, safe_open
+from ._model import _find_shared_tensors
+from ._save import save_file
+
+__all__ = ["StorageReader", "StorageWriter"]
+
+PathLike = Union[str, "os.PathLike[str]"]
+
+#: The index huggingface_hub, transformers and torch's HuggingFaceStorageWriter write.
+INDEX_NAME = "model.safetensors.index.json"
+#: The file name pattern of ``StorageWriter`` (the one of huggingface_hub and of torch).
+FILE_NAME = "model-{index:05d}-of-{count:05d}.safetensors"
+_FILE_NAME_RE = re.compile(r"^model-\d{5}-of-\d{5}\.safetensors$")
+#: torch's key (``_hf_utils.CUSTOM_METADATA_KEY``) for where each stored chunk sits in its tensor.
+SHARDING_INFO_KEY = "DCP_SHARDING_INFO"
+SAVED_OFFSETS_KEY = "saved_offsets"
+
+# Spec dtype -> torch dtype: every dtype torch can express (F6_E2M3/F6_E3M2 it cannot).
+_SPEC_TO_TORCH: Dict[str, torch.dtype] = {
+    "BOOL": torch.bool,
+    "U8": torch.uint8,
+    "I8": torch.int8,
+    "I16": torch.int16,
+    "U16": torch.uint16,
+    "I32": torch.int32,
+    "U32": torch.uint32,
+    "I64": torch.int64,
+    "U64": torch.uint64,
+    "F16": torch.float16,
+    "BF16": torch.bfloat16,
+    "F32": torch.float32,
+    "F64": torch.float64,
+    "C64": torch.complex64,
+    "F8_E4M3": torch.float8_e4m3fn,
+    "F8_E5M2": torch.float8_e5m2,
+    "F8_E4M3FNUZ": torch.float8_e4m3fnuz,
+    "F8_E5M2FNUZ": torch.float8_e5m2fnuz,
+    "F8_E8M0": torch.float8_e8m0fnu,
+    "F4": torch.float4_e2m1fn_x2,
+}
+
+
+@dataclasses.dataclass(frozen=True)
+class _StoredChunk:
+    """Where one chunk lives: ``Metadata.storage_data``'s value (picklable, like torch's
+    ``_HFStorageInfo``). ``path`` is absolute: each rank reads its own ``read_metadata``'s."""
+
+    path: str
+    shape: Tuple[int, ...]  # torch's shape of the stored chunk
+    dtype: torch.dtype
+    spec_dtype: str
+
+
+def _done(value: Any) -> Future:
+    future: Future = Future()
+    future.set_result(value)
+    return future
+
+
+def _fsync(path: str) -> None:
+    fd = os.open(path, os.O_RDONLY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+
+
+def _safetensors_files(directory: str) -> List[str]:
+    return sorted(n for n in os.listdir(directory) if n.endswith(".safetensors"))
+
+
+def _is_checkpoint_path(path: str) -> bool:
+    """Whether ``path`` names something ``StorageReader`` opens (for DCP's ``checkpoint_id``)."""
+    if os.path.isfile(path):
+        return path.endswith(".safetensors") or path.endswith(".json")
+    if os.path.isdir(path):
+        names = os.listdir(path)
+        return any(n.endswith((".safetensors", ".safetensors.index.json")) for n in names)
+    return False
+
+
+def _check_exists(path: str) -> str:
+    # Raised at construction: DCP turns an exception from read_metadata into an AssertionError
+    # ("metadata is None; ..."), which would hide the FileNotFoundError.
+    if not os.path.exists(path):
+        raise FileNotFoundError(f"safetensors checkpoint {path!r} does not exist")
+    return path
+
+
+class StorageReader(_storage.StorageReader):
+    """Reads a safetensors checkpoint for ``dcp.load``: a file, an index, or a directory.
+
+    Args:
+        path: a ``.safetensors`` file, a ``*.safetensors.index.json``, or a directory holding an
+            index, a single file, or DCP-sharded files (see the module's docstring).
+        backend: how the bytes are read. ``"pread"``: exactly the bytes of each requested
+            region, into owned memory, then copied into the destination. ``"mmap"``: copied
+            straight from a private mapping of the file (one copy, but the kernel's readahead
+            may read beyond a region, and a column slice touches every page of its rows).
+            ``"auto"`` (default): ``mmap`` for whole stored chunks (every byte is wanted: one
+            copy instead of two), ``pread`` for parts of one (only their bytes are read).
+        thread_count: files read at once (as torch's ``HuggingFaceStorageReader``'s option);
+            the core releases the GIL while it reads. Default 1.
+
+    Tensors are copied into the state dict's own tensors (``planner.resolve_tensor``), so a
+    destination of another dtype or on another device gets the values converted by
+    ``Tensor.copy_``, as with DCP's own readers. Non-tensor entries cannot be requested: a
+    safetensors checkpoint holds tensors only.
+    """
+
+    def __init__(self, path: PathLike, *, backend: str = "auto", thread_count: int = 1) -> None:
+        super().__init__()
+        if backend not in ("auto", "pread", "mmap"):
+            raise ValueError(f"backend must be 'auto', 'pread' or 'mmap', got {backend!r}")
+        if isinstance(thread_count, bool) or not isinstance(thread_count, int) or thread_count < 1:
+            raise ValueError(f"thread_count must be an int >= 1, got {thread_count!r}")
+        self.path = _check_exists(os.fspath(path))
+        self.backend = backend
+        self.thread_count = thread_count
+        self.load_id = uuid.uuid4().hex
+        self.storage_data: Dict[MetadataIndex, _StoredChunk] = {}
+
+    # -- DCP's StorageReader interface -------------------------------------------------------
+
+    @property
+    def checkpoint_id(self) -> str:
+        return self.path
+
+    def reset(self, checkpoint_id: Optional[PathLike] = None) -> None:
+        if checkpoint_id is not None:
+            self.path = _check_exists(os.fspath(checkpoint_id))
+        self.storage_data = {}
+        self.load_id = uuid.uuid4().hex
+
+    @classmethod
+    def validate_checkpoint_id(cls, checkpoint_id: PathLike) -> bool:
+        return _is_checkpoint_path(os.fspath(checkpoint_id))
+
+    def read_metadata(self) -> Metadata:
+        """One ``TensorStorageMetadata`` per tensor, a chunk per stored piece (one, the whole
+        tensor, unless the files carry DCP sharding info); headers only, no tensor data."""
+        state: Dict[str, TensorStorageMetadata] = {}
+        storage: Dict[MetadataIndex, _StoredChunk] = {}
+        for file_path, names in self._files():
+            with safe_open(file_path, framework="pt") as f:
+                offsets_of = self._saved_offsets(file_path, f.metadata())
+                for name in names:
+                    self._add_chunk(state, storage, file_path, f, name, offsets_of.get(name))
+        metadata = Metadata(state_dict_metadata=dict(state), storage_data=storage)
+        metadata.storage_meta = StorageMeta(checkpoint_id=self.path, load_id=self.load_id)
+        return metadata
+
+    def set_up_storage_reader(
+        self, metadata: Metadata, is_coordinator: bool, *args: Any, **kwargs: Any
+    ) -> None:
+        self.storage_data = metadata.storage_data
+
+    def prepare_local_plan(self, plan: LoadPlan) -> LoadPlan:
+        return plan
+
+    def prepare_global_plan(self, plans: List[LoadPlan]) -> List[LoadPlan]:
+        return plans
+
+    def read_data(self, plan: LoadPlan, planner: LoadPlanner) -> Future:
+        """Reads each ``ReadItem``'s region (``storage_offsets`` + ``lengths`` inside its stored
+        chunk) with ``get_slice``, copies it into ``planner.resolve_tensor(item)`` and commits it.
+        Items are grouped by file and each file opened once."""
+        per_file: Dict[str, List[ReadItem]] = defaultdict(list)
+        for item in plan.items:
+            if item.type != LoadItemType.TENSOR:
+                raise ValueError(
+                    f"safetensors checkpoint {self.path!r}: `{item.dest_index.fqn}` is requested "
+                    "as a non-tensor value, but a safetensors checkpoint holds tensors only"
+                )
+            per_file[self._chunk(item).path].append(item)
+
+        def read_file(file_path: str, items: List[ReadItem]) -> None:
+            handles: Dict[str, safe_open] = {}  # backend -> this file, opened once if used
+            for item in items:
+                self._read_item(handles, file_path, item, planner)
+
+        if self.thread_count == 1 or len(per_file) == 1:
+            for file_path, items in per_file.items():
+                read_file(file_path, items)
+        else:
+            with ThreadPoolExecutor(min(self.thread_count, len(per_file))) as pool:
+                for done in [pool.submit(read_file, p, i) for p, i in per_file.items()]:
+                    done.result()  # the first error, re-raised here
+        return _done(None)
+
+    # -- helpers ------------------------------------------------------------------------------
+
+    def _files(self) -> List[Tuple[str, List[str]]]:
+        """(absolute file, its tensor names) for every file of the checkpoint.
+
+        A file, an index, or a directory with an index or one file: ``open_checkpoint`` reads and
+        checks the index (shards exist, stay inside the directory, hold what it lists). A
+        directory of several files and no index: each file, as torch's reader does."""
+        path = self.path
+        if os.path.isdir(path):
+            files = _safetensors_files(path)
+            has_index = any(n.endswith(".safetensors.index.json") for n in os.listdir(path))
+            if not has_index and not files:
+                raise FileNotFoundError(
+                    f"safetensors checkpoint {path!r}: the directory holds no .safetensors file "
+                    "and no .safetensors.index.json"
+                )
+            if not has_index and len(files) > 1:
+                out = []
+                for name in files:
+                    with safe_open(os.path.join(path, name), framework="pt") as f:
+                        out.append((os.path.abspath(os.path.join(path, name)), f.keys()))
+                return out
+        with open_checkpoint(path) as checkpoint:
+            index = checkpoint.index_path
+            directory = os.path.dirname(os.path.abspath(index if index is not None else path))
+            if index is None and os.path.isdir(path):
+                directory = os.path.abspath(path)
+            by_file: Dict[str, List[str]] = defaultdict(list)
+            for name in checkpoint.keys():
+                by_file[checkpoint.shard_file(name)].append(name)
+            # Every shard's header is parsed (and checked against the index) here.
+            for name in checkpoint.keys():
+                checkpoint.get_slice(name)
+        return [(os.path.join(directory, shard), names) for shard, names in by_file.items()]
+
+    @staticmethod
+    def _saved_offsets(file_path: str, metadata: Optional[Dict[str, str]]) -> Dict[str, List[int]]:
+        """torch's ``DCP_SHARDING_INFO``: ``{name: {"saved_offsets": [...]}}`` (JSON), if any."""
+        if not metadata or not metadata.get(SHARDING_INFO_KEY):
+            return {}
+        try:
+            info = json.loads(metadata[SHARDING_INFO_KEY])
+            return {name: [int(x) for x in e[SAVED_OFFSETS_KEY]] for name, e in info.items()}
+        except (ValueError, TypeError, KeyError, AttributeError) as error:
+            raise ValueError(
+                f"{file_path}: __metadata__[{SHARDING_INFO_KEY!r}] is not "
+                f'{{"<tensor>": {{"{SAVED_OFFSETS_KEY}": [offsets]}}}} JSON ({error})'
+            ) from None
+
+    @staticmethod
+    def _add_chunk(
+        state: Dict[str, TensorStorageMetadata],
+        storage: Dict[MetadataIndex, _StoredChunk],
+        file_path: str,
+        f: safe_open,
+        name: str,
+        offsets: Optional[List[int]],
+    ) -> None:
+        view = f.get_slice(name)
+        spec_dtype = view.get_dtype()
+        dtype = _SPEC_TO_TORCH.get(spec_dtype)
+        if dtype is None:
+            raise ValueError(
+                f"{file_path}: tensor `{name}` has dtype {spec_dtype}, which torch cannot express "
+                "(read it as bytes with torch_safetensors.safe_open(...).get_raw)"
+            )
+        shape = list(view.get_shape())
+        if spec_dtype == "F4":  # header: values; torch's float4_e2m1fn_x2: pairs of values
+            shape[-1] //= 2
+        if offsets is None:
+            offsets = [0] * len(shape)
+        if len(offsets) != len(shape):
+            raise ValueError(
+                f"{file_path}: tensor `{name}` has {len(shape)} dimensions but its "
+                f"{SHARDING_INFO_KEY} saved_offsets {offsets} has {len(offsets)}"
+            )
+        chunk = ChunkStorageMetadata(offsets=torch.Size(offsets), sizes=torch.Size(shape))
+        end = [o + s for o, s in zip(offsets, shape)]
+        entry = state.get(name)
+        if entry is None:
+            state[name] = TensorStorageMetadata(
+                properties=TensorProperties(dtype=dtype), size=torch.Size(end), chunks=[chunk]
+            )
+        else:
+            if entry.properties.dtype != dtype or len(entry.size) != len(shape):
+                raise ValueError(
+                    f"{file_path}: tensor `{name}` is {spec_dtype} {shape}, but another file holds "
+                    f"it as {entry.properties.dtype} with {len(entry.size)} dimensions"
+                )
+            entry.chunks.append(chunk)
+            entry.size = torch.Size(max(a, b) for a, b in zip(entry.size, end))
+        key = MetadataIndex(fqn=name, offset=offsets)
+        if key in storage:
+            raise ValueError(
+                f"tensor `{name}` at offsets {offsets} is stored twice: in {storage[key].path} "
+                f"and in {file_path}"
+            )
+        storage[key] = _StoredChunk(file_path, tuple(shape), dtype, spec_dtype)
+
+    def _chunk(self, item: ReadItem) -> _StoredChunk:
+        try:
+            return self.storage_data[item.storage_index]
+        except KeyError:
+            raise KeyError(
+                f"safetensors checkpoint {self.path!r} has no chunk of tensor "
+                f"`{item.storage_index.fqn}` at offsets {list(item.storage_index.offset or [])}"
+            ) from None
+
+    def _read_item(
+        self, handles: Dict[str, safe_open], file_path: str, item: ReadItem, planner: LoadPlanner
+    ) -> None:
+        chunk = self._chunk(item)
+        name = item.storage_index.fqn
+        region = tuple(slice(o, o + n) for o, n in zip(item.storage_offsets, item.lengths))
+        whole = list(item.lengths) == list(chunk.shape)
+        backend = self.backend
+        if backend == "auto":
+            backend = "mmap" if whole or chunk.spec_dtype == "F4" else "pread"
+        f = handles.get(backend)
+        if f is None:
+            f = handles[backend] = safe_open(file_path, framework="pt", backend=backend)
+        if whole or chunk.spec_dtype == "F4":
+            # F4's header counts values, torch's dtype pairs: index torch's tensor instead.
+            source = f.get_tensor(name)
+            if not whole:
+                source = source[region]
+        else:
+            source = f.get_slice(name)[region]
+        target = planner.resolve_tensor(item).detach()
+        if target.size() != source.size():
+            raise ValueError(
+                f"{file_path}: tensor `{name}`: the region at {list(item.storage_offsets)} of "
+                f"size {list(item.lengths)} read as {list(source.size())}, but the destination "
+                f"expects {list(target.size())}"
+            )
+        target.copy_(source)
+        planner.commit_tensor(item, target)
+
+
+class StorageWriter(_storage.StorageWriter):
+    """Writes ``dcp.save``'s state dict as a sharded safetensors checkpoint in ``path``.
+
+    Each rank that has something to write saves its tensors with ``save_file`` (atomically) to
+    ``model-{i:05d}-of-{n:05d}.safetensors`` (``i`` numbers the ranks that write, from 1;
+    DCP's planner already spreads replicated tensors across ranks and writes each once); the
+    coordinator then writes ``model.safetensors.index.json`` (``weight_map`` and
+    ``metadata.total_size``, as huggingface_hub does) and removes files of that naming pattern
+    left by an earlier save into the same directory. The result opens with ``open_checkpoint``,
+    ``StorageReader``, huggingface_hub and transformers.
+
+    Only whole tensors: a safetensors file holds tensors whole, and an index maps each name to
+    one file. A DTensor sharded across ranks is refused with ValueError; save
+    ``get_model_state_dict(model, options=StateDictOptions(full_state_dict=True))`` instead
+    (replicated DTensors, whose every rank holds the whole tensor, are fine). Non-tensor values
+    (ints, objects: DCP writes them as bytes) are refused too. Tensors sharing memory (tied
+    weights) are each written, as separate copies.
+
+    Args:
+        path: the output directory (created if missing).
+        metadata: extra ``str → str`` entries for every file's ``__metadata__`` (beside
+            ``"format": "pt"``) and for the index's ``metadata``.
+        sync_files: ``fsync`` each file before the index names it (the default, as DCP's
+            ``FileSystemWriter``): after a crash the index never points at data still in the
+            page cache. ``save_file``'s rename is atomic either way.
+    """
+
+    def __init__(
+        self, path: PathLike, *, metadata: Optional[Dict[str, str]] = None, sync_files: bool = True
+    ) -> None:
+        super().__init__()
+        self.path = os.fspath(path)
+        self.metadata = dict(metadata or {})
+        self.sync_files = sync_files
+        self.save_id = uuid.uuid4().hex
+        self.is_coordinator = False
+
+    @property
+    def checkpoint_id(self) -> str:
+        return self.path
+
+    def reset(self, checkpoint_id: Optional[PathLike] = None) -> None:
+        if checkpoint_id is not None:
+            self.path = os.fspath(checkpoint_id)
+        self.save_id = uuid.uuid4().hex
+
+    @classmethod
+    def validate_checkpoint_id(cls, checkpoint_id: PathLike) -> bool:
+        path = os.fspath(checkpoint_id)
+        return not os.path.exists(path) or os.path.isdir(path)
+
+    def storage_meta(self) -> Optional[StorageMeta]:
+        return StorageMeta(checkpoint_id=self.path, save_id=self.save_id)
+
+    def set_up_storage_writer(self, is_coordinator: bool, *args: Any, **kwargs: Any) -> None:
+        self.is_coordinator = is_coordinator
+
+    def prepare_local_plan(self, plan: SavePlan) -> SavePlan:
+        """Refuses what safetensors cannot hold, on every rank, before anything is written."""
+        for item in plan.items:
+            fqn = item.index.fqn
+            if item.type == WriteItemType.BYTE_IO or item.tensor_data is None:
+                raise ValueError(
+                    f"state dict entry `{fqn}` is not a tensor (DCP would write it as bytes), but "
+                    f"a safetensors checkpoint ({self.path}) holds tensors only: save it separately"
+                )
+            chunk = item.tensor_data.chunk
+            size = list(item.tensor_data.size)
+            if any(chunk.offsets) or list(chunk.sizes) != size:
+                raise ValueError(
+                    f"tensor `{fqn}`: this rank holds the chunk at offsets {list(chunk.offsets)} "
+                    f"of size {list(chunk.sizes)}, expected the whole tensor {size}: safetensors "
+                    "files hold whole tensors; pass full tensors, e.g. get_model_state_dict(model, "
+                    "options=StateDictOptions(full_state_dict=True))"
+                )
+        os.makedirs(self.path, exist_ok=True)
+        return plan
+
+    def prepare_global_plan(self, plans: List[SavePlan]) -> List[SavePlan]:
+        """Names each writing rank's file: ``model-{i:05d}-of-{n:05d}.safetensors``, ``i``
+        counting the ranks with something to write (so the numbering has no gaps)."""
+        writers = [i for i, plan in enumerate(plans) if plan.items]
+        count = max(len(writers), 1)
+        names = {rank: FILE_NAME.format(index=i + 1, count=count) for i, rank in enumerate(writers)}
+        return [dataclasses.replace(p, storage_data=names.get(i)) for i, p in enumerate(plans)]
+
+    def write_data(self, plan: SavePlan, planner: SavePlanner) -> Future:
+        if not plan.items:
+            return _done([])
+        file_name: str = plan.storage_data
+        tensors: Dict[str, torch.Tensor] = {}
+        for item in plan.items:
+            tensors[item.index.fqn] = planner.resolve_data(item).detach().contiguous()
+        # save_file refuses tensors sharing memory (tied weights): give each its own copy.
+        for group in _find_shared_tensors(tensors):
+            for name in sorted(group)[1:]:
+                tensors[name] = tensors[name].clone()
+        file_path = os.path.join(self.path, file_name)
+        save_file(tensors, file_path, metadata={"format": "pt", **self.metadata})
+        if self.sync_files:
+            _fsync(file_path)
+        results = [
+            _storage.WriteResult(
+                index=item.index,
+                size_in_bytes=tensors[item.index.fqn].nbytes,
+                storage_data=file_name,
+            )
+            for item in plan.items
+        ]
+        return _done(results)
+
+    def finish(self, metadata: Metadata, results: List[List[_storage.WriteResult]]) -> None:
+        """Writes the index (atomically, last), then removes stale files of an earlier save."""
+        weight_map: Dict[str, str] = {}
+        total_size = 0
+        for rank_results in results:
+            for result in rank_results:
+                weight_map[result.index.fqn] = result.storage_data
+                total_size += result.size_in_bytes
+        index = {
+            "metadata": {"total_size": total_size, **self.metadata},
+            "weight_map": dict(sorted(weight_map.items())),
+        }
+        index_path = os.path.join(self.path, INDEX_NAME)
+        temporary = index_path + f".tmp.{os.getpid()}"
+        with open(temporary, "w", encoding="utf-8") as out:
+            json.dump(index, out, indent=2)
+            out.write("\n")
+            out.flush()
+            if self.sync_files:
+                os.fsync(out.fileno())
+        os.replace(temporary, index_path)
+        if self.sync_files:
+            _fsync(self.path)  # the renames
+        written = set(weight_map.values())
+        for name in os.listdir(self.path):
+            if _FILE_NAME_RE.match(name) and name not in written:
+                os.remove(os.path.join(self.path, name))
