@@ -75,29 +75,6 @@ _FILE_NAME_RE = re.compile(r"^model-\d{5}-of-\d{5}\.safetensors$")
 SHARDING_INFO_KEY = "DCP_SHARDING_INFO"
 SAVED_OFFSETS_KEY = "saved_offsets"
 
-# Spec dtype -> torch dtype: every dtype torch can express (F6_E2M3/F6_E3M2 it cannot).
-_SPEC_TO_TORCH: Dict[str, torch.dtype] = {
-    "BOOL": torch.bool,
-    "U8": torch.uint8,
-    "I8": torch.int8,
-    "I16": torch.int16,
-    "U16": torch.uint16,
-    "I32": torch.int32,
-    "U32": torch.uint32,
-    "I64": torch.int64,
-    "U64": torch.uint64,
-    "F16": torch.float16,
-    "BF16": torch.bfloat16,
-    "F32": torch.float32,
-    "F64": torch.float64,
-    "C64": torch.complex64,
-    "F8_E4M3": torch.float8_e4m3fn,
-    "F8_E5M2": torch.float8_e5m2,
-    "F8_E4M3FNUZ": torch.float8_e4m3fnuz,
-    "F8_E5M2FNUZ": torch.float8_e5m2fnuz,
-    "F8_E8M0": torch.float8_e8m0fnu,
-    "F4": torch.float4_e2m1fn_x2,
-}
 
 
 @dataclasses.dataclass(frozen=True)
@@ -307,17 +284,15 @@ class StorageReader(_storage.StorageReader):
         name: str,
         offsets: Optional[List[int]],
     ) -> None:
-        view = f.get_slice(name)
-        spec_dtype = view.get_dtype()
-        dtype = _SPEC_TO_TORCH.get(spec_dtype)
+        spec_dtype = f.get_slice(name).get_dtype()
+        # The core's dtype table: the torch dtype and sizes the tensor loads as (F4's last
+        # dimension in pairs of values); None where torch has no dtype (F6).
+        dtype, shape = f._handle().torch_info(name)
         if dtype is None:
             raise ValueError(
                 f"{file_path}: tensor `{name}` has dtype {spec_dtype}, which torch cannot express "
                 "(read it as bytes with torch_safetensors.safe_open(...).get_raw)"
             )
-        shape = list(view.get_shape())
-        if spec_dtype == "F4":  # header: values; torch's float4_e2m1fn_x2: pairs of values
-            shape[-1] //= 2
         if offsets is None:
             offsets = [0] * len(shape)
         if len(offsets) != len(shape):

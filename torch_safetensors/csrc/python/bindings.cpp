@@ -16,6 +16,7 @@
 #include <utility>
 #include <vector>
 
+#include "adapters/load_tensor.h"
 #include "adapters/save_item.h"
 #include "adapters/shared_memory.h"
 #include "torch_safetensors/errors.h"
@@ -296,6 +297,18 @@ void bind_tensor_access(py::class_<Handle>& cls) {
              const ts::TensorInfo& info = f.info(name);
              return std::make_pair(dtype_str(info.dtype), c10::IntArrayRef(info.shape).vec());
            })
+      .def(
+          "torch_info",
+          [](const Handle& f, const std::string& name) {
+            // What the tensor loads as: its torch dtype (None where torch has none: F6, which
+            // loads as its bytes) and sizes (a packed dtype's last dimension in torch elements).
+            const ts::TensorInfo& info = f.info(name);
+            const at::ScalarType type = ts::to_scalar_type(info.dtype);
+            std::optional<at::ScalarType> dtype;
+            if (ts::from_scalar_type(type) == info.dtype) dtype = type;
+            return std::make_pair(dtype, ts::adapters::torch_sizes(info, f.path()));
+          },
+          py::arg("name"))
       .def("tensor", &Handle::tensor, py::call_guard<py::gil_scoped_release>())
       .def("tensors_of",
            [](const Handle& f, const std::vector<std::string>& names) {
