@@ -41,6 +41,7 @@ sys.path.insert(0, HERE)
 # extension is the installed one either way (torch_safetensors._extension finds it).
 sys.path.insert(1, os.path.dirname(HERE))
 import run as bench_run  # noqa: E402  (llama_stack, machine)
+from device import drop_cache as drop_file_cache  # noqa: E402  (posix_fadvise DONTNEED)
 
 warnings.filterwarnings("ignore")
 
@@ -67,12 +68,7 @@ def files_of(directory: str):
 
 def drop_cache(paths) -> None:
     for path in paths:
-        fd = os.open(path, os.O_RDONLY)
-        try:
-            os.fsync(fd)
-            os.posix_fadvise(fd, 0, 0, os.POSIX_FADV_DONTNEED)
-        finally:
-            os.close(fd)
+        drop_file_cache(path)
 
 
 _libc = ctypes.CDLL(None, use_errno=True)
