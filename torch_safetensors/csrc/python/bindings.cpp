@@ -18,6 +18,7 @@
 
 #include "adapters/save_item.h"
 #include "adapters/shared_memory.h"
+#include "python/executorch.h"
 #include "torch_safetensors/errors.h"
 #include "torch_safetensors/safetensors.h"
 // The command line is a front end beside this one (cli/, at the repository root).
@@ -683,4 +684,5 @@ PYBIND11_MODULE(_C, m) {
       py::arg("args"));
 
   bind_quant(m);
+  ts::python::bind_executorch(m);
 }
