@@ -53,7 +53,14 @@ fi
 # the C++ headers, libexecutorch.so and a CMake package. Installed without its declared
 # dependencies (coremltools, scikit-learn, pandas, torchao, ...: hundreds of MB that exporting and
 # running a CPU program never import), then the three it does import. Torch pinned as above.
-if ! python3 -c "import executorch.exir, flatbuffers, ruamel.yaml, tabulate" 2>/dev/null; then
+if ! python3 - <<'PY' 2>/dev/null
+import importlib.metadata as m, sys
+if not m.version("executorch").startswith("1.5.1"):
+    sys.exit(1)
+for name in ("flatbuffers", "ruamel.yaml", "tabulate"):
+    m.version(name)
+PY
+then
   constraints=$(mktemp)
   echo "torch==2.13.0" >"$constraints"
   echo "== pip: installing executorch==1.5.1 --no-deps, flatbuffers, ruamel.yaml, tabulate"
