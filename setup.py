@@ -41,16 +41,18 @@ def _listing(folder):
 
 
 def _core_build():
-    """The C++ core, the torch.save converter, the c10d collectives and the command line, from the
-    listings CMake reads, plus the bindings (which expose the command line as _C.cli_main)."""
+    """The C++ core, the torch.save converter, the ExecuTorch .ptd library, the c10d collectives
+    and the command line, from the listings CMake reads, plus the bindings (which expose the
+    command line as _C.cli_main)."""
     csrc = os.path.join("torch_safetensors", "csrc")
     sources, flags = [], []
-    for folder in (csrc, os.path.join(csrc, "convert"), os.path.join(csrc, "distributed", "c10d"),
-                   "cli"):
+    for folder in (csrc, os.path.join(csrc, "convert"), os.path.join(csrc, "executorch"),
+                   os.path.join(csrc, "distributed", "c10d"), "cli"):
         folder_sources, folder_flags = _listing(folder)
         sources += folder_sources
         flags += [flag for flag in folder_flags if flag not in flags]
-    bindings = [os.path.join(csrc, "python", name) for name in ("bindings.cpp", "distributed.cpp")]
+    bindings = [os.path.join(csrc, "python", name)
+                for name in ("bindings.cpp", "executorch.cpp", "distributed.cpp")]
     return sources + bindings, flags
 
 

@@ -8,7 +8,8 @@
 #   4. libFuzzer: fuzz_open for FUZZ_SECONDS (default 60) from fuzz/seeds, fuzz_index (sharded
 #      checkpoint indexes) for INDEX_FUZZ_SECONDS (default 30) from fuzz/index_seeds
 #   5. libFuzzer: fuzz_unpickle (the converter's restricted unpickler) for UNPICKLE_FUZZ_SECONDS
-#      (default 20) from fuzz/seeds_pickle
+#      (default 20) from fuzz/seeds_pickle; fuzz_ptd (ExecuTorch .ptd files) for PTD_FUZZ_SECONDS
+#      (default 20) from fuzz/seeds_ptd
 #
 # Environment: FUZZ_SECONDS, JOBS (default 2), BUILD_ROOT (default: the repository; build trees
 # go to $BUILD_ROOT/build-asan and $BUILD_ROOT/build-tsan). Exits non-zero on the first failure.
@@ -17,6 +18,7 @@ cd "$(dirname "$0")/.."
 REPO=$(pwd)
 FUZZ_SECONDS=${FUZZ_SECONDS:-60}
 UNPICKLE_FUZZ_SECONDS=${UNPICKLE_FUZZ_SECONDS:-20}
+PTD_FUZZ_SECONDS=${PTD_FUZZ_SECONDS:-20}
 INDEX_FUZZ_SECONDS=${INDEX_FUZZ_SECONDS:-30}
 JOBS=${JOBS:-2}
 BUILD_ROOT=${BUILD_ROOT:-$REPO}
@@ -103,5 +105,9 @@ run_fuzzer fuzz_index "$INDEX_FUZZ_SECONDS" 4096 fuzz/index_seeds \
 
 section "5/5 libFuzzer: fuzz_unpickle for ${UNPICKLE_FUZZ_SECONDS}s"
 run_fuzzer fuzz_unpickle "$UNPICKLE_FUZZ_SECONDS" 65536 fuzz/seeds_pickle test/cpp/test_convert.cpp
+
+section "5/5 libFuzzer: fuzz_ptd (ExecuTorch .ptd files) for ${PTD_FUZZ_SECONDS}s"
+run_fuzzer fuzz_ptd "$PTD_FUZZ_SECONDS" 65536 fuzz/seeds_ptd \
+  "PtdBadInput in test/cpp/test_executorch.cpp (and fuzz/seeds_ptd)"
 
 section "all hardening checks passed in $(($(date +%s) - START))s"

@@ -22,7 +22,9 @@ constexpr Command kCommands[] = {
      &inspect_command},
     {"verify", "validate every file and index (--data: read every byte); exit 1 on a problem",
      &verify_command},
-    {"convert", "convert a torch.save checkpoint (.pt/.pth/.bin, sharded .bin) to safetensors",
+    {"convert",
+     "convert a torch.save checkpoint (.pt/.pth/.bin, sharded .bin) to safetensors; "
+     "safetensors to and from ExecuTorch .ptd",
      &convert_command},
     {"diff", "compare two checkpoints tensor by tensor; exit 1 when they differ", &diff_command},
 };

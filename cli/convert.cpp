@@ -1,16 +1,19 @@
-// `convert IN OUT`: a torch.save checkpoint to safetensors, without running code from it.
+// `convert IN OUT`: a torch.save checkpoint to safetensors, without running code from it;
+// safetensors to ExecuTorch's .ptd (--to ptd) and a .ptd back.
 #include <cctype>
 #include <iostream>
 
 #include "common.h"
 #include "torch_safetensors/convert.h"
 #include "torch_safetensors/dtype.h"
+#include "torch_safetensors/executorch.h"
 
 namespace torch::safetensors::cli {
 namespace {
 
 const char* kHelp =
     "usage: torch-safetensors convert IN OUT [--max-shard-size SIZE] [--dtype DTYPE]\n"
+    "       torch-safetensors convert IN OUT --to ptd [--strip-prefix PREFIX] [--alignment N]\n"
     "\n"
     "Converts a torch.save checkpoint to safetensors. IN is a .pt/.pth/.bin file (torch.save's\n"
     "zip format, torch 1.6 and later), a pytorch_model.bin.index.json, or a directory holding\n"
@@ -27,7 +30,16 @@ const char* kHelp =
     "                          \"500MB\", or bytes) and a model.safetensors.index.json, as\n"
     "                          huggingface_hub does; without it OUT is one .safetensors file\n"
     "  --dtype DTYPE           cast F64/F32/F16/BF16 tensors to DTYPE (F32, F16 or BF16);\n"
-    "                          integer, bool, FP8 and complex tensors keep their dtype\n";
+    "                          integer, bool, FP8 and complex tensors keep their dtype\n"
+    "\n"
+    "ExecuTorch (.ptd, the FlatTensor file of a program's external weights):\n"
+    "  --to ptd                IN is a safetensors file, index or directory: write OUT as a\n"
+    "                          .ptd, each tensor under its name (ExecuTorch's keys are the\n"
+    "                          exported module's fully qualified names)\n"
+    "  --strip-prefix PREFIX   with --to ptd: drop PREFIX from the names that start with it\n"
+    "  --alignment BYTES       with --to ptd: segment alignment, a power of two (default 128)\n"
+    "  IN a .ptd file          (recognised by its FT01 identifier) is written to OUT as\n"
+    "                          safetensors, its keys as the names\n";
 
 c10::ScalarType parse_cast_dtype(std::string text) {
   for (char& c : text) c = char(std::toupper(static_cast<unsigned char>(c)));
@@ -39,11 +51,58 @@ c10::ScalarType parse_cast_dtype(std::string text) {
   return to_scalar_type(*dtype);
 }
 
+// --to ptd, or a .ptd input: nullopt when neither applies.
+std::optional<int> convert_executorch(const ParsedArgs& parsed) {
+  const std::string to = parsed.value("--to").value_or("safetensors");
+  if (to != "ptd" && to != "safetensors") {
+    throw UsageError("--to must be safetensors or ptd, found '" + to + "'");
+  }
+  const std::string& in = parsed.positional[0];
+  const std::string& out = parsed.positional[1];
+  const bool ptd_options = parsed.value("--strip-prefix") || parsed.value("--alignment");
+  if (to == "safetensors") {
+    if (ptd_options) throw UsageError("--strip-prefix and --alignment go with --to ptd");
+    if (!is_ptd_file(in)) return std::nullopt;
+    if (parsed.value("--max-shard-size") || parsed.value("--dtype")) {
+      throw UsageError("--max-shard-size and --dtype do not apply to a .ptd input");
+    }
+    const size_t n = ptd_to_safetensors(in, out);
+    std::cout << "converted " << in << " -> " << out << ": " << n << " tensors (.ptd to "
+              << "safetensors)\n";
+    return 0;
+  }
+  if (parsed.value("--max-shard-size") || parsed.value("--dtype")) {
+    throw UsageError("--max-shard-size and --dtype do not apply with --to ptd");
+  }
+  PtdOptions options;
+  if (auto prefix = parsed.value("--strip-prefix")) options.strip_prefix = *prefix;
+  if (auto alignment = parsed.value("--alignment")) {
+    const bool plain = !alignment->empty() && alignment->size() <= 10 &&
+                       alignment->find_first_not_of("0123456789") == std::string::npos;
+    if (!plain) {
+      throw UsageError("--alignment must be a number of bytes, found '" + *alignment + "'");
+    }
+    options.alignment = std::stoull(*alignment);
+  }
+  const Checkpoint checkpoint(in);
+  save_ptd(checkpoint, out, options);
+  std::cout << "converted " << in << " -> " << out << ": " << checkpoint.size()
+            << " tensors (.ptd for ExecuTorch)\n";
+  return 0;
+}
+
 }  // namespace
 
 int convert_command(const std::vector<std::string>& args) {
-  auto parsed = parse_args(args, {{"--max-shard-size", true}, {"--dtype", true}}, kHelp, 2, 2);
+  auto parsed = parse_args(args,
+                           {{"--max-shard-size", true},
+                            {"--dtype", true},
+                            {"--to", true},
+                            {"--strip-prefix", true},
+                            {"--alignment", true}},
+                           kHelp, 2, 2);
   if (!parsed) return 0;
+  if (auto code = convert_executorch(*parsed)) return *code;
   ConvertOptions options;
   if (auto size = parsed->value("--max-shard-size")) {
     try {

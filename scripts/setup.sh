@@ -48,6 +48,27 @@ if ! python3 -c "import compressed_tensors, transformers" 2>/dev/null; then
     echo "== compressed-tensors did not install; its quantization tests will skip"
   rm -f "$constraints"
 fi
+# Optional peer of the ExecuTorch tests (test/python/test_executorch.py, test_executorch_runtime
+# in C++, which skip without it): the executorch wheel, 19 MB, with its Python exporter and runtime,
+# the C++ headers, libexecutorch.so and a CMake package. Installed without its declared
+# dependencies (coremltools, scikit-learn, pandas, torchao, ...: hundreds of MB that exporting and
+# running a CPU program never import), then the three it does import. Torch pinned as above.
+if ! python3 - <<'PY' 2>/dev/null
+import importlib.metadata as m, sys
+if not m.version("executorch").startswith("1.5.1"):
+    sys.exit(1)
+for name in ("flatbuffers", "ruamel.yaml", "tabulate"):
+    m.version(name)
+PY
+then
+  constraints=$(mktemp)
+  echo "torch==2.13.0" >"$constraints"
+  echo "== pip: installing executorch==1.5.1 --no-deps, flatbuffers, ruamel.yaml, tabulate"
+  { python3 -m pip install -q -c "$constraints" --no-deps executorch==1.5.1 &&
+    python3 -m pip install -q -c "$constraints" flatbuffers ruamel.yaml tabulate; } ||
+    echo "== executorch did not install; its tests will skip"
+  rm -f "$constraints"
+fi
 for tool in cmake ninja; do
   command -v "$tool" >/dev/null || python3 -m pip install -q "$tool"
 done

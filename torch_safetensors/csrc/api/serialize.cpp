@@ -10,6 +10,7 @@
 #include "adapters/load_tensor.h"
 #include "adapters/save_item.h"
 #include "api/named_module.h"
+#include "api/save_to.h"
 #include "check.h"
 #include "storage/io.h"
 
@@ -89,18 +90,16 @@ void write_file(const std::vector<SaveEntry>& entries, const std::optional<Metad
         [&](const void* data, uint64_t n) { writer.write(data, n); });
 }
 
-void save(const std::vector<SaveEntry>& entries, const SaveTo& to,
-          const std::optional<Metadata>& metadata) {
+void write_to(const SaveTo& to, const std::function<void(const ByteSink& sink)>& body) {
   const std::string name = to.name();
   if (to.path()) {
     storage::AtomicFileWriter writer(*to.path());
-    write_file(entries, metadata, writer, name);
+    body([&](const void* data, uint64_t n) { writer.write(data, n); });
     writer.commit();
     return;
   }
-  const SavePlan layout = plan(entries, metadata, name);
   uint64_t offset = 0;
-  write(layout, [&](const void* data, uint64_t n) {
+  body([&](const void* data, uint64_t n) {
     if (to.stream()) {
       storage::write_to_stream(*to.stream(), data, n, offset, name);
     } else {
@@ -112,6 +111,11 @@ void save(const std::vector<SaveEntry>& entries, const SaveTo& to,
     to.stream()->flush();
     TS_CHECK(to.stream()->good(), name, "the stream failed flushing ", offset, " bytes");
   }
+}
+
+void save(const std::vector<SaveEntry>& entries, const SaveTo& to,
+          const std::optional<Metadata>& metadata) {
+  write_to(to, [&](const ByteSink& sink) { write(plan(entries, metadata, to.name()), sink); });
 }
 
 std::string to_bytes(const std::vector<SaveEntry>& entries,

@@ -19,6 +19,8 @@
 #include "adapters/load_tensor.h"
 #include "adapters/save_item.h"
 #include "adapters/shared_memory.h"
+#include "python/distributed.h"
+#include "python/executorch.h"
 #include "torch_safetensors/errors.h"
 #include "torch_safetensors/safetensors.h"
 // The command line is a front end beside this one (cli/, at the repository root).
@@ -27,8 +29,6 @@
 namespace py = pybind11;
 namespace ts = torch::safetensors;
 using at::indexing::TensorIndex;
-
-void bind_distributed(py::module_& m);  // python/distributed.cpp
 
 namespace {
 
@@ -702,5 +702,6 @@ PYBIND11_MODULE(_C, m) {
       .def(py::init(&load_options), py::arg("backend"), py::arg("device"),
            py::arg("dtype") = py::none(), py::arg("populate") = false,
            py::arg("staging_bytes") = uint64_t(256) << 20, py::arg("always_stage") = false);
-  bind_distributed(m);
+  ts::python::bind_distributed(m);
+  ts::python::bind_executorch(m);
 }

@@ -4,6 +4,7 @@
 #include <pybind11/stl.h>
 #include <torch/extension.h>
 
+#include "python/distributed.h"
 #include "torch_safetensors/distributed.h"
 #include "torch_safetensors/distributed_c10d.h"
 
@@ -56,6 +57,8 @@ ts::RankLoad with_python_warnings(F&& load) {
 }
 
 }  // namespace
+
+namespace torch::safetensors::python {
 
 void bind_distributed(py::module_& m) {
   py::class_<ts::ShardPlan>(m, "ShardPlan")
@@ -149,3 +152,5 @@ void bind_distributed(py::module_& m) {
       },
       py::arg("mine"), py::arg("group"));
 }
+
+}  // namespace torch::safetensors::python
