@@ -69,10 +69,6 @@ void bind_distributed(py::module_& m) {
       "even_stages",
       [](int64_t layers, int64_t stages) { return ts::PipelinePlan::even(layers, stages).stages; },
       py::arg("num_layers"), py::arg("num_stages"));
-  m.def(
-      "parse_shard_rule",
-      [](const std::string& text) { return ts::ShardRule::parse(text).to_string(); },
-      py::arg("text"));
 
   py::class_<ts::DimSplit>(m, "DimSplit")
       .def(py::init([](int64_t dim, std::vector<std::pair<int64_t, int64_t>> ranges) {
