@@ -109,7 +109,16 @@ def dtensor(checkpoint, rank, world):
     reference = torch.nn.Sequential(torch.nn.Linear(8, 16), torch.nn.ReLU(),
                                     torch.nn.Linear(16, 8))
     reference.load_state_dict(new)
+    # huggingface_hub's entry point takes the same path for such a model.
+    from torch_safetensors.hub import load_torch_model
+
+    with torch.no_grad():
+        for v in model.state_dict().values():
+            v.to_local().zero_()
+    keys = load_torch_model(model, path, strict=True)
+    hub_equal = all(torch.equal(v.full_tensor(), new[k]) for k, v in model.state_dict().items())
     return {
+        "hub_equal": hub_equal and not keys.missing_keys and not keys.unexpected_keys,
         "missing": sorted(missing), "unexpected": sorted(unexpected),
         "bit_equal": all(torch.equal(full[k], new[k]) for k in new),
         "local_shapes": local,

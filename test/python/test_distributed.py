@@ -213,7 +213,7 @@ def test_gloo_dtensor_model_loads_shard_on_read(checkpoint, tmp_path):
         assert "error" not in report, report
         d = report["dtensor"]
         assert d["is_dtensor"] == "DTensor"
-        assert d["bit_equal"] and d["forward_equal"], d
+        assert d["bit_equal"] and d["forward_equal"] and d["hub_equal"], d
         assert d["missing"] == [] and d["unexpected"] == []
         assert d["local_shapes"]["0.weight"] == [8, 8]   # colwise: half of 16 output rows
         assert d["local_shapes"]["2.weight"] == [8, 8]   # rowwise: half of 16 input columns
