@@ -35,6 +35,20 @@ std::vector<IndexItem> index_items(const Piece& piece) {
   return items;
 }
 
+uint64_t header_bytes(const Checkpoint& checkpoint, const std::vector<std::string>& names) {
+  uint64_t bytes = 0;
+  std::set<std::string_view> opened;
+  for (const std::string& name : names) {
+    if (opened.insert(checkpoint.shard_file(name)).second) {
+      bytes += checkpoint.file(name).header().data_offset();
+    }
+  }
+  if (checkpoint.index_path()) {
+    bytes += file_source(*checkpoint.index_path(), /*mapped=*/false)->size();
+  }
+  return bytes;
+}
+
 }  // namespace distributed
 
 namespace {
@@ -57,10 +71,7 @@ TensorDict load_planned(const Checkpoint& checkpoint, const std::vector<Piece>& 
     plans.push_back(
         plan_slice(sizes, element, distributed::index_items(piece), file.path(), piece.name));
     if (tensor_bytes) *tensor_bytes += plans.back().nbytes();
-  }
-  for (size_t i = 0; i < pieces.size(); ++i) {
-    const File& file = checkpoint.file(pieces[i].name);
-    items.push_back({&file, &file.info(pieces[i].name), {}, &plans[i]});
+    items.push_back({&file, &info, {}, &plans.back()});  // `plans` never reallocates: reserved
   }
   std::vector<at::Tensor> loaded = load_many(items, checkpoint.options());
   TensorDict out;
@@ -91,15 +102,9 @@ RankLoad load_for_rank(const Checkpoint& checkpoint, const ShardPlan& plan, int6
   }
   out.pieces = distributed::split_pieces(mine, plan, layout.tp_rank, layout.tp_size, source);
   out.tensors = load_planned(checkpoint, out.pieces, &out.tensor_bytes);
-  std::set<std::string_view> opened;
-  for (const Piece& piece : out.pieces) {
-    if (opened.insert(checkpoint.shard_file(piece.name)).second) {
-      out.header_bytes += checkpoint.file(piece.name).header().data_offset();
-    }
-  }
-  if (checkpoint.index_path()) {
-    out.header_bytes += file_source(*checkpoint.index_path(), /*mapped=*/false)->size();
-  }
+  std::vector<std::string> names;
+  for (const Piece& piece : out.pieces) names.push_back(piece.name);
+  out.header_bytes = distributed::header_bytes(checkpoint, names);
   return out;
 }
 

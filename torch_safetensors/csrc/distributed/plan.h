@@ -29,6 +29,10 @@ void check_names(const std::vector<std::string>& names, const ShardPlan& plan,
 std::vector<Piece> split_pieces(const std::vector<TensorShape>& tensors, const ShardPlan& plan,
                                 int64_t tp_rank, int64_t tp_size, std::string_view source);
 
+// What reading `names` costs beyond their tensor bytes: the headers (length + JSON) of the shards
+// holding them, plus the index when there is one (load_for_rank.cpp).
+uint64_t header_bytes(const Checkpoint& checkpoint, const std::vector<std::string>& names);
+
 // The index items that select `piece` from its full tensor.
 std::vector<IndexItem> index_items(const Piece& piece);
 

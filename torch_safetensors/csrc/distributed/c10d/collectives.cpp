@@ -8,7 +8,6 @@
 #include <functional>
 #include <map>
 #include <optional>
-#include <set>
 
 #include <ATen/ops/empty.h>
 #include <ATen/ops/tensor.h>
@@ -268,13 +267,10 @@ RankLoad single_reader(const std::string& path, const ShardPlan& plan, Group& gr
     }
   }
   if (reader) {
-    std::set<std::string> opened;
+    std::vector<std::string> read;  // every rank's pieces, read here
     for (const auto& pieces : pieces_of)
-      for (const auto& [name, piece] : pieces)
-        if (opened.insert(checkpoint->shard_file(name)).second)
-          out.header_bytes += checkpoint->file(name).header().data_offset();
-    if (checkpoint->index_path())
-      out.header_bytes += file_source(*checkpoint->index_path(), false)->size();
+      for (const auto& [name, piece] : pieces) read.push_back(name);
+    out.header_bytes = distributed::header_bytes(*checkpoint, read);
   }
   return out;
 }
