@@ -21,8 +21,8 @@
 #include "adapters/shared_memory.h"
 #include "python/distributed.h"
 #include "python/executorch.h"
+#include "torch_safetensors/all.h"
 #include "torch_safetensors/errors.h"
-#include "torch_safetensors/safetensors.h"
 // The command line is a front end beside this one (cli/, at the repository root).
 #include "../../../cli/cli.h"
 
