@@ -52,7 +52,8 @@ def _core_build():
         sources += folder_sources
         flags += [flag for flag in folder_flags if flag not in flags]
     bindings = [os.path.join(csrc, "python", name)
-                for name in ("bindings.cpp", "executorch.cpp", "distributed.cpp")]
+                for name in ("module.cpp", "common.cpp", "file.cpp", "save.cpp", "model.cpp",
+                             "cli.cpp", "quant.cpp", "distributed.cpp", "executorch.cpp")]
     return sources + bindings, flags
 
 
@@ -88,8 +89,10 @@ core_sources, core_flags = _core_build()
 ext = CppExtension(
     name="torch_safetensors._C",
     sources=core_sources,
-    include_dirs=[os.path.join(ROOT, "include"), os.path.join(ROOT, "torch_safetensors", "csrc")]
-    + simdjson_includes,
+    # The repository root for the bindings' "cli/cli.h" (the command line is a front end beside
+    # them, not part of csrc/).
+    include_dirs=[os.path.join(ROOT, "include"), os.path.join(ROOT, "torch_safetensors", "csrc"),
+                  ROOT] + simdjson_includes,
     library_dirs=simdjson_libdirs,
     libraries=simdjson_libs,
     # Optimisation as CMake's Release build (the flags proper come from sources.txt).

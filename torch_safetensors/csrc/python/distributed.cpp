@@ -1,10 +1,11 @@
 // torch_safetensors._C: the binding of shard plans, load_for_rank and the c10d collectives
-// (distributed.h, distributed_c10d.h). A process group comes in as the object torch.distributed
-// made (torch registers c10d::ProcessGroup with pybind11; this extension shares its types).
+// (distributed.h, distributed_c10d.h), registered by module.cpp. A process group comes in as the
+// object torch.distributed made (torch registers c10d::ProcessGroup with pybind11; this extension
+// shares its types).
 #include <pybind11/stl.h>
 #include <torch/extension.h>
 
-#include "python/distributed.h"
+#include "python/common.h"
 #include "torch_safetensors/distributed.h"
 #include "torch_safetensors/distributed_c10d.h"
 
@@ -12,12 +13,6 @@ namespace py = pybind11;
 namespace ts = torch::safetensors;
 
 namespace {
-
-py::dict to_dict(const ts::TensorDict& tensors) {
-  py::dict out;
-  for (const auto& item : tensors) out[py::str(item.key())] = item.value();
-  return out;
-}
 
 ts::ShardPlan make_plan(
     const std::vector<std::pair<std::string, std::string>>& patterns,

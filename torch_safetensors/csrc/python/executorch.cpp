@@ -1,6 +1,6 @@
 // torch_safetensors._C's .ptd functions (torch_safetensors/executorch.py is the public API): they
 // adapt arguments only; reading, writing and checking are the C++ library's (executorch.h).
-#include "python/executorch.h"
+#include "python/common.h"
 
 #include <pybind11/stl.h>
 #include <torch/extension.h>
