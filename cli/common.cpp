@@ -71,14 +71,7 @@ std::string human_bytes(uint64_t bytes) {
   return text;
 }
 
-std::string shape_text(c10::ArrayRef<int64_t> shape) {
-  std::string text = "[";
-  for (size_t i = 0; i < shape.size(); ++i) {
-    if (i > 0) text += ", ";
-    text += std::to_string(shape[i]);
-  }
-  return text + "]";
-}
+std::string shape_text(c10::ArrayRef<int64_t> shape) { return c10::str(shape); }
 
 bool matches_filter(const std::string& name, const std::string& pattern) {
   if (pattern.find_first_of("*?[") == std::string::npos) {

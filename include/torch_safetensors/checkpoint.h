@@ -69,7 +69,8 @@ class TS_API Checkpoint {
 
   // Tensor names: a single file in data-offset order (`offset_keys` in the reference); an index
   // shard by shard (in shard_files() order), each shard's names in the order the index lists them.
-  const std::vector<std::string>& keys() const;
+  // A copy, as the reference's keys() is a new list: `for (auto& k : File(p).keys())` is safe.
+  std::vector<std::string> keys() const;
   bool contains(std::string_view name) const;
   size_t size() const;
   // The shard holding `name`, relative to directory(), and that shard opened.

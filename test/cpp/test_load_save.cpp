@@ -6,10 +6,14 @@
 #include <cerrno>
 #include <cstdlib>
 #include <cstring>
+#include <filesystem>
 #include <fstream>
+#include <map>
+#include <sstream>
 
 #include <ATen/ATen.h>
 #include <simdjson.h>
+#include <torch/serialize.h>
 #include <torch_safetensors/safetensors.h>
 
 #include "test_dtypes.h"
@@ -319,6 +323,94 @@ TEST(Errors, NameTheFileAndTheTensor) {
             std::string::npos);
   // load() takes directories (sharded checkpoints): this one holds a file, so it is that file.
   EXPECT_EQ(ts::load(dir.path()).size(), 1u);
+}
+
+// The spellings a LibTorch user types first all compile and do the obvious (a braced list, any
+// range of pairs, every kind of path, an untyped metadata literal, printing a dtype).
+TEST(Spellings, WhatUsersTypeFirstCompilesAndRoundTrips) {
+  TempDir dir;
+  const at::Tensor w = at::randn({3, 2}), b = at::randn({3});
+  ts::save({{"weight", w}, {"bias", b}}, dir.file("braced.safetensors"));
+  ts::save(std::map<std::string, at::Tensor>{{"weight", w}, {"bias", b}},
+           std::filesystem::path(dir.file("map.safetensors")), {{"format", "pt"}});
+  ts::save(std::vector<std::pair<std::string, at::Tensor>>{{"weight", w}, {"bias", b}},
+           std::string_view(dir.file("vector.safetensors")));
+  EXPECT_EQ(ts_test::read_file(dir.file("braced.safetensors")),
+            ts_test::read_file(dir.file("vector.safetensors")));
+  const ts::File file(std::filesystem::path(dir.file("map.safetensors")));
+  EXPECT_EQ(file.metadata(), (ts::Metadata{{"format", "pt"}}));
+  EXPECT_TRUE(torch::equal(file.tensor("weight"), w));
+  const ts::Checkpoint checkpoint(std::string_view(dir.file("braced.safetensors")));
+  EXPECT_TRUE(torch::equal(checkpoint.tensor("bias"), b));
+  EXPECT_EQ(ts::load(std::filesystem::path(dir.file("braced.safetensors"))).size(), 2u);
+  // {} is no metadata; Metadata{} an empty __metadata__, as the reference writes for metadata={}.
+  ts::save({{"weight", w}}, dir.file("none.safetensors"), {});
+  EXPECT_FALSE(ts::File(dir.file("none.safetensors")).metadata());
+  ts::save({{"weight", w}}, dir.file("empty.safetensors"), ts::Metadata{});
+  EXPECT_EQ(ts::File(dir.file("empty.safetensors")).metadata(), ts::Metadata{});
+
+  const ts::TensorInfo& info = file.info("weight");
+  EXPECT_EQ(info.scalar_type(), at::kFloat);
+  std::ostringstream printed;
+  printed << info.dtype << " " << ts::Dtype::F8_E4M3;
+  EXPECT_EQ(printed.str(), "F32 F8_E4M3");
+}
+
+// Checkpoint and File are one handle: the same file gives the same answers, the same missing-name
+// error (type and text) and the same slices.
+TEST(OneHandle, FileAndCheckpointAgreeOnTheSameFile) {
+  TempDir dir;
+  const at::Tensor w = at::arange(24, at::kFloat).view({4, 6});
+  ts::save({{"w", w}}, dir.file("w.safetensors"));
+  const ts::File file(dir.file("w.safetensors"));
+  const ts::Checkpoint checkpoint(dir.file("w.safetensors"));
+  EXPECT_EQ(file.keys(), checkpoint.keys());
+  using at::indexing::Slice;
+  EXPECT_TRUE(torch::equal(file.slice("w", {Slice(), Slice(1, 3)}),
+                           checkpoint.slice("w", {Slice(), Slice(1, 3)})));
+  std::string from_file, from_checkpoint;
+  try {
+    file.tensor("x");
+  } catch (const c10::IndexError&) {
+    ADD_FAILURE() << "an IndexError from File";
+  } catch (const c10::Error& e) {
+    from_file = e.what_without_backtrace();
+  }
+  try {
+    checkpoint.tensor("x");
+  } catch (const c10::IndexError&) {
+    ADD_FAILURE() << "an IndexError from Checkpoint";
+  } catch (const c10::Error& e) {
+    from_checkpoint = e.what_without_backtrace();
+  }
+  EXPECT_EQ(from_file, from_checkpoint);
+  EXPECT_NE(from_file.find("no tensor named 'x' (1 tensor: 'w')"), std::string::npos) << from_file;
+  // A File is a Checkpoint: it goes wherever one is taken.
+  const ts::Checkpoint& as_checkpoint = file;
+  EXPECT_EQ(as_checkpoint.shard_files(), std::vector<std::string>{"w.safetensors"});
+  EXPECT_TRUE(torch::equal(as_checkpoint.file("w").tensor("w"), w));
+  EXPECT_EQ(as_checkpoint.file("w").header().size(), 1u);
+}
+
+// A torch.save / torch::save archive or a legacy pickle handed to a safetensors call says what
+// it is and how to convert it, instead of "header length ... exceeds the limit".
+TEST(Errors, TorchArchivesAreRecognised) {
+  TempDir dir;
+  torch::serialize::OutputArchive archive;
+  archive.write("w", at::ones({2}));
+  archive.save_to(dir.file("model.pt"));
+  ts_test::write_file(dir.file("legacy.pt"),
+                      std::string("\x80\x02\x8a\x0a\x6c\xfc\x9c\x46\xf9\x20\x6a\xa8", 12));
+  for (const std::string name : {"model.pt", "legacy.pt"}) {
+    const std::string message = error_of([&] { ts::load(dir.file(name)); });
+    EXPECT_NE(message.find("torch.save"), std::string::npos) << message;
+    EXPECT_NE(message.find("not safetensors"), std::string::npos) << message;
+    EXPECT_NE(message.find("torch-safetensors convert"), std::string::npos) << message;
+    EXPECT_EQ(message.find("exceeds the limit"), std::string::npos) << message;
+  }
+  EXPECT_NE(error_of([&] { ts::File(dir.file("model.pt")); }).find("a zip file"),
+            std::string::npos);
+  EXPECT_NE(error_of([&] { ts::File(dir.file("legacy.pt")); }).find("legacy"), std::string::npos);
 }
 
 // --- Against the reference implementation ------------------------------------------------------

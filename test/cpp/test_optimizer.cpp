@@ -285,9 +285,8 @@ TEST(Optimizer, LoadHonoursTheDevice) {
   EXPECT_TRUE(state.exp_avg().is_cpu());
   // A device this LibTorch cannot reach is refused, naming it, before anything changes.
   if (!torch::cuda::is_available()) {
-    const std::string message = error_of([&] {
-      ts::load(restored, dir.file("adam.safetensors"), torch::Device(torch::kCUDA));
-    });
+    const std::string message = error_of(
+        [&] { ts::load(restored, dir.file("adam.safetensors"), torch::Device(torch::kCUDA)); });
     EXPECT_NE(message.find("cuda"), std::string::npos) << message;
   }
 }

@@ -10,7 +10,9 @@
 
 #include <ATen/TensorIndexing.h>
 
+#include <c10/util/StringUtil.h>
 #include "api/handle.h"
+
 #include "check.h"
 #include "device/staging_ring.h"
 #include "format/index.h"
@@ -48,18 +50,14 @@ std::string resolve_directory(const std::string& directory) {
     if (ends_with(name, ".safetensors.index.json")) indexes.push_back(name);
     if (ends_with(name, ".safetensors")) files.push_back(name);
   }
-  auto list = [](const std::vector<std::string>& names) {
-    std::string out;
-    for (const auto& n : names) out += (out.empty() ? "" : ", ") + n;
-    return out;
-  };
   TS_CHECK(indexes.size() <= 1, directory, "several indexes and none named '", kDefaultIndex,
-           "': ", list(indexes), "; open the one you mean");
+           "': ", c10::Join(", ", indexes), "; open the one you mean");
   if (indexes.size() == 1) return storage::join_path(directory, indexes[0]);
   TS_CHECK(
       !files.empty(), directory,
       "no checkpoint here: expected an index (*.safetensors.index.json) or a .safetensors file");
-  TS_CHECK(files.size() == 1, directory, "several .safetensors files and no index: ", list(files),
+  TS_CHECK(files.size() == 1, directory,
+           "several .safetensors files and no index: ", c10::Join(", ", files),
            "; open the one you mean");
   return storage::join_path(directory, files[0]);
 }
@@ -75,8 +73,7 @@ struct Checkpoint::Impl {
   std::vector<std::string> shard_files;          // sorted
   std::vector<std::vector<std::string>> listed;  // an index: per shard, its names in index order
   std::unordered_map<std::string_view, size_t> shard_of;  // an index: views of `keys`
-  mutable std::once_flag keys_once;  // a single file: keys are its header's, made on first use
-  mutable std::vector<std::string> keys;
+  std::vector<std::string> keys;  // an index: its names (a single file: its header's, on demand)
   mutable std::mutex open_mutex;  // guards `files`: each shard is opened once, by one thread
   mutable std::vector<std::shared_ptr<const detail::OpenFile>> files;
 
@@ -84,15 +81,13 @@ struct Checkpoint::Impl {
   // Messages name the index when there is one, else the file.
   const std::string& name() const { return index_path ? *index_path : path; }
 
-  const std::vector<std::string>& key_list() const {
-    if (single()) {
-      std::call_once(keys_once, [&] {
-        const Header& header = files[0]->header;
-        keys.reserve(header.size());
-        for (const auto& info : header.tensors()) keys.emplace_back(info.name);
-      });
-    }
-    return keys;
+  std::vector<std::string> key_list() const {
+    if (!single()) return keys;
+    const Header& header = files[0]->header;
+    std::vector<std::string> names;
+    names.reserve(header.size());
+    for (const auto& info : header.tensors()) names.emplace_back(info.name);
+    return names;
   }
 
   // The index of the shard holding `tensor` (an index), or the one missing-name error.
@@ -256,7 +251,7 @@ const std::optional<std::string>& Checkpoint::index_path() const { return impl_-
 const std::vector<std::string>& Checkpoint::shard_files() const { return impl_->shard_files; }
 const LoadOptions& Checkpoint::options() const { return impl_->options; }
 const std::optional<Metadata>& Checkpoint::metadata() const { return impl_->metadata; }
-const std::vector<std::string>& Checkpoint::keys() const { return impl_->key_list(); }
+std::vector<std::string> Checkpoint::keys() const { return impl_->key_list(); }
 size_t Checkpoint::size() const {
   return impl_->single() ? impl_->files[0]->header.size() : impl_->keys.size();
 }

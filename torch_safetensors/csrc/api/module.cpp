@@ -10,20 +10,16 @@
 #include <unordered_map>
 #include <unordered_set>
 
+#include <c10/util/StringUtil.h>
 #include "adapters/load_tensor.h"
 #include "adapters/shared_memory.h"
 #include "api/handle.h"
 #include "api/named_module.h"
+
 #include "check.h"
 
 namespace torch::safetensors {
 namespace {
-
-std::string join(const std::vector<std::string>& names) {
-  std::string out;
-  for (const auto& n : names) out += (out.empty() ? "" : ", ") + n;
-  return out;
-}
 
 // The groups of two or more names that share memory none of them covers.
 std::vector<std::vector<std::string>> unkeepable(
@@ -37,7 +33,7 @@ std::vector<std::vector<std::string>> unkeepable(
 
 std::string describe_unkeepable(const std::vector<std::vector<std::string>>& groups) {
   std::string out = "tensors share memory but none of them covers it all:";
-  for (const auto& group : groups) out += " [" + join(group) + "]";
+  for (const auto& group : groups) out += " [" + c10::Join(", ", group) + "]";
   return out;
 }
 
@@ -179,8 +175,10 @@ ModuleLoadReport load_into(const NamedTensors& targets, const LoadFrom& from,
   if (options.strict && !report.ok()) {
     std::ostringstream msg;
     msg << "cannot load:";
-    if (!report.missing.empty()) msg << "\n  missing from the file: " << join(report.missing);
-    if (!report.unexpected.empty()) msg << "\n  not in the module: " << join(report.unexpected);
+    if (!report.missing.empty())
+      msg << "\n  missing from the file: " << c10::Join(", ", report.missing);
+    if (!report.unexpected.empty())
+      msg << "\n  not in the module: " << c10::Join(", ", report.unexpected);
     if (!report.tied_conflicts.empty()) {
       msg << "\n  tied in the module but different in the file:";
       for (const auto& [dropped, kept] : report.tied_conflicts) {

@@ -9,6 +9,8 @@
 // so memo cycles and deep nesting cost no recursion on destruction and leak nothing.
 #pragma once
 
+#include "torch_safetensors/export.h"
+
 #include <cstdint>
 #include <deque>
 #include <functional>
@@ -22,7 +24,7 @@
 
 namespace torch::safetensors::convert {
 
-struct PickleValue {
+struct TS_API PickleValue {
   enum class Kind {
     kNone,
     kBool,
@@ -50,13 +52,13 @@ struct PickleValue {
 };
 
 // What the pickle says about a value, for error messages: "a list", "the string 'x'", ...
-std::string describe(const PickleValue& value);
+TS_API std::string describe(const PickleValue& value);
 
 // A storage named by a persistent id ("storage", <type>, key, location, numel): the loader
 // returns `nbytes` bytes of the record `key`, or throws.
 using StorageLoader = std::function<c10::Storage(const std::string& key, uint64_t nbytes)>;
 
-class PickleTree {
+class TS_API PickleTree {
  public:
   const PickleValue& root() const { return *root_; }
 
@@ -68,13 +70,13 @@ class PickleTree {
 
 // Runs the pickle program `bytes` (protocols 2 to 5, the opcodes a tensor checkpoint uses).
 // Errors are c10::Errors naming `name`, the opcode and its offset, or the refused global.
-PickleTree unpickle(std::string_view bytes, const StorageLoader& load_storage,
-                    const std::string& name);
+TS_API PickleTree unpickle(std::string_view bytes, const StorageLoader& load_storage,
+                           const std::string& name);
 
 // The tensors of a (nested) dict, with nested keys joined by '.': {"a": {"b": t}} → "a.b".
 // Anything else — a list, a number, a non-string key, a bare tensor at the top — is an error
 // naming its dotted path. Tensors keep their storages (ties stay visible to the tie policy).
-std::vector<std::pair<std::string, at::Tensor>> flatten_tensors(const PickleValue& root,
-                                                                const std::string& name);
+TS_API std::vector<std::pair<std::string, at::Tensor>> flatten_tensors(const PickleValue& root,
+                                                                       const std::string& name);
 
 }  // namespace torch::safetensors::convert

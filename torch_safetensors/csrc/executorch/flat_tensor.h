@@ -11,6 +11,8 @@
 //   [B, ...)  the segments, each at B + offset (aligned), in the order of `segments`
 #pragma once
 
+#include "torch_safetensors/export.h"
+
 #include <cstdint>
 #include <optional>
 #include <string>
@@ -30,12 +32,12 @@ namespace torch::safetensors::ptd {
 
 // ExecuTorch's code for `dtype`; nullopt for the dtypes it cannot express (F4, F6_*, F8_E8M0,
 // C64).
-std::optional<int8_t> executorch_scalar_type(Dtype dtype);
+TS_API std::optional<int8_t> executorch_scalar_type(Dtype dtype);
 // The safetensors dtype of ExecuTorch's `code`; nullopt for codes without one (quantized types,
 // BITS16) and unknown codes.
-std::optional<Dtype> dtype_of_executorch(int code);
+TS_API std::optional<Dtype> dtype_of_executorch(int code);
 // "FLOAT", "QINT8", ...; "unknown" for a code scalar_type.fbs does not define.
-std::string_view executorch_scalar_type_name(int code);
+TS_API std::string_view executorch_scalar_type_name(int code);
 
 // ---- the header ----
 
@@ -49,7 +51,7 @@ inline constexpr uint32_t kVersion = 0;  // FlatTensor.version this codec writes
 inline constexpr uint64_t kDefaultAlignment = 128;  // FlatTensorConfig.segment_alignment
 inline constexpr size_t kMaxRank = 16;              // ExecuTorch's kTensorDimensionLimit
 
-struct Header {
+struct TS_API Header {
   uint64_t flatbuffer_offset = 0;  // always 48 as ExecuTorch writes it (the inserted header)
   uint64_t flatbuffer_size = 0;    // the flatbuffer without the inserted header
   uint64_t segment_base_offset = 0;
@@ -60,11 +62,11 @@ struct Header {
 
 // Parses and checks the first kHeadBytes of a file of `file_size` bytes: the identifier, the magic,
 // and that the flatbuffer and the segment data lie inside the file. `source` names the file.
-Header parse_header(std::string_view head, uint64_t file_size, std::string_view source);
+TS_API Header parse_header(std::string_view head, uint64_t file_size, std::string_view source);
 
 // ---- reading ----
 
-struct Entry {
+struct TS_API Entry {
   std::string key;
   uint32_t segment = 0;
   uint64_t offset = 0;  // of the data in the file (segment base + segment offset)
@@ -78,7 +80,7 @@ struct Entry {
   uint64_t nbytes = 0;             // what the layout holds (<= segment_size); segment_size without
 };
 
-struct Index {
+struct TS_API Index {
   Header header;
   uint32_t version = 0;
   uint32_t num_segments = 0;
@@ -90,18 +92,19 @@ struct Index {
 // assumed: reads are memcpy); every entry is checked: its segment exists and lies inside the
 // segment data, its scalar type has a safetensors dtype, its sizes are non-negative, its dim_order
 // is a permutation, its bytes fit its segment, its key is unique. Errors name `source` and the key.
-Index parse_index(std::string_view flatbuffer, const Header& header, std::string_view source);
+TS_API Index parse_index(std::string_view flatbuffer, const Header& header,
+                         std::string_view source);
 
 // ---- writing ----
 
-struct PlannedTensor {
+struct TS_API PlannedTensor {
   std::string key;
   Dtype dtype = Dtype::U8;
   std::vector<int64_t> shape;  // logical, contiguous (dim_order is the identity)
   uint64_t nbytes = 0;
 };
 
-struct Plan {
+struct TS_API Plan {
   std::string head;               // [0, segment_base_offset): header, flatbuffer, padding
   std::vector<uint64_t> offsets;  // of each tensor's bytes in the file, in the order given
   uint64_t file_size = 0;         // the last segment ends the file (as ExecuTorch writes it)
@@ -110,6 +113,7 @@ struct Plan {
 // Lays out a .ptd of `tensors` (one segment each) with `alignment` (a power of two) between
 // segments, as ExecuTorch's FlatTensorSerializer does. A dtype ExecuTorch cannot express, a rank
 // above 16, a dimension above INT32_MAX or a repeated key is an error naming the tensor.
-Plan plan(const std::vector<PlannedTensor>& tensors, uint64_t alignment, std::string_view source);
+TS_API Plan plan(const std::vector<PlannedTensor>& tensors, uint64_t alignment,
+                 std::string_view source);
 
 }  // namespace torch::safetensors::ptd

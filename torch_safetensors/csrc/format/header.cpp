@@ -53,14 +53,6 @@ std::string_view found(JsonReader& json) {
   return json.number().integral ? "an integer" : "a floating-point number";
 }
 
-std::string shape_str(c10::IntArrayRef shape) {
-  std::ostringstream out;
-  out << '[';
-  for (size_t i = 0; i < shape.size(); ++i) out << (i ? ", " : "") << shape[i];
-  out << ']';
-  return out.str();
-}
-
 std::string known_dtypes() {
   std::string all;
   for (int i = 0; i < kNumDtypes; ++i) {
@@ -299,8 +291,8 @@ bool validate_layout(std::vector<TensorInfo>& tensors, uint64_t data_size,
     }
     const uint64_t needed = tensor_nbytes(info.dtype, info.shape, source, info.name);
     TS_CHECK(needed == info.nbytes(), source, where, "dtype ", dtype_name(info.dtype),
-             " and shape ", shape_str(info.shape), " need ", needed, " bytes, but data_offsets [",
-             info.begin, ", ", info.end, "] span ", info.nbytes());
+             " and shape ", c10::IntArrayRef(info.shape), " need ", needed,
+             " bytes, but data_offsets [", info.begin, ", ", info.end, "] span ", info.nbytes());
     expected = info.end;
     previous = &info;
   }
@@ -404,12 +396,12 @@ uint64_t tensor_nbytes(Dtype dtype, c10::IntArrayRef shape, std::string_view sou
   for (int64_t dim : shape) {
     TS_CHECK(dim >= 0, source, "tensor '", name, "': negative dimension ", dim);
     TS_CHECK(!__builtin_mul_overflow(numel, uint64_t(dim), &numel) && numel <= uint64_t(INT64_MAX),
-             source, "tensor '", name, "': shape ", shape_str(shape),
+             source, "tensor '", name, "': shape ", shape,
              " has more elements than 64-bit sizes can count");
   }
   uint64_t bits = 0;
   TS_CHECK(!__builtin_mul_overflow(numel, uint64_t(dtype_bits(dtype)), &bits), source, "tensor '",
-           name, "': shape ", shape_str(shape), " of ", dtype_name(dtype),
+           name, "': shape ", shape, " of ", dtype_name(dtype),
            " has more bits than 64-bit sizes can count");
   TS_CHECK(bits % 8 == 0, source, "tensor '", name, "': ", numel, " elements of ",
            dtype_name(dtype), " make ", bits, " bits, not a whole number of bytes");
