@@ -55,11 +55,20 @@ def env(path):
              "command": os.environ.get("GPU_CHECK_COMMAND", "bash scripts/test_gpu.sh"),
              "python": sys.version.split()[0], "cores": os.cpu_count(),
              "kernel": platform.release(),
-             "commit": run_text("git", "rev-parse", "--short=12", "HEAD") or "unknown",
+             "commit": run_text("git", "rev-parse", "--short=12", "HEAD"),
              "dirty": bool(run_text("git", "status", "--porcelain", "--untracked-files=no")),
              "cmake": run_text("cmake", "--version").split("\n")[0],
              "compiler": run_text(os.environ.get("CXX", "c++").split()[-1], "--version")
              .split("\n")[0]}
+    if not facts["commit"]:  # no .git where it runs: the commit prepare_gpu_check.sh saw
+        source = os.path.join(os.environ.get("GPU_CARRY", ".gpu_carry"), "source.txt")
+        if os.path.exists(source):
+            with open(source, encoding="utf-8") as f:
+                stamp = dict(line.split() for line in f if line.strip())
+            facts["commit"] = stamp["commit"] + " (as prepared)"
+            facts["dirty"] = stamp.get("dirty") == "1"
+        else:
+            facts["commit"] = "unknown"
     with open("/proc/cpuinfo", encoding="utf-8") as f:
         model = re.search(r"model name\s*:\s*(.*)", f.read())
     facts["cpu"] = model.group(1) if model else platform.processor()

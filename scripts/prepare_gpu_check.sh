@@ -50,6 +50,11 @@ done
 python3 -m pip download -q --no-deps --only-binary=:all: --python-version "$GPU_PYTHON" \
   --implementation cp "${platforms[@]}" -d "$CARRY/wheels" "${specs[@]}"
 
+# The working tree may travel without .git: the summary's commit stamp comes from here then.
+{ echo "commit $(git rev-parse --short=12 HEAD)"
+  echo "dirty $(git status --porcelain --untracked-files=no | grep -q . && echo 1 || echo 0)"
+} >"$CARRY/source.txt"
+
 # What travels: tracked and untracked-not-ignored files, plus the carried folder.
 tree_bytes=$(git ls-files -z --cached --others --exclude-standard |
   xargs -0 -r stat -c %s 2>/dev/null | awk '{s += $1} END {print s + 0}')

@@ -14,7 +14,9 @@
 set -uo pipefail
 cd "$(dirname "$0")/.."
 ROOT=$PWD
-CARRY=$(realpath -m "${GPU_CARRY:-.gpu_carry}")
+GPU_CARRY=$(realpath -m "${GPU_CARRY:-.gpu_carry}")
+export GPU_CARRY  # gpu_check.py reads the commit stamp there when .git did not travel
+CARRY=$GPU_CARRY
 BUILD_DIR=${BUILD_DIR:-build-gpu}
 JOBS=${JOBS:-$(nproc)}
 OUT=${OUT:-$ROOT/gpu_out}
@@ -79,7 +81,7 @@ configure() {
   local torch_prefix
   torch_prefix=$(python3 -c 'import torch; print(torch.utils.cmake_prefix_path)') || return 1
   cmake -S . -B "$BUILD_DIR" -G Ninja -DCMAKE_BUILD_TYPE=Release \
-    -DCMAKE_PREFIX_PATH="$torch_prefix" \
+    -DCMAKE_PREFIX_PATH="$torch_prefix" -DPython3_EXECUTABLE="$(command -v python3)" \
     -Dsimdjson_DIR="$LIB/cmake/simdjson" -DGTest_DIR="$LIB/cmake/GTest" \
     -DTS_TESTS="$(IFS=';'; echo "${TESTS[*]}")" -DTS_BUILD_CONVERT=OFF \
     -DTS_BUILD_DISTRIBUTED=OFF -DTS_WITH_EXECUTORCH=OFF "$@"
