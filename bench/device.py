@@ -5,6 +5,7 @@
     python3 bench/device.py --cold          # also from a cold page cache (posix_fadvise DONTNEED
                                             # before each run: no root needed)
     python3 bench/device.py --gpu           # on a GPU machine: a >= 8 GB checkpoint to cuda:0
+    python3 bench/device.py --gpu --gpu-gib 4 --reps 3 --json rows.json   # smaller, rows saved
 
 CPU rows (medians, one process): ours populated load (mmap + MADV_POPULATE_READ on all cores,
 every byte resident when load returns), ours lazy load + touch, the reference's load_file + touch,
@@ -63,7 +64,10 @@ def main():
     ap.add_argument("--reps", type=int, default=5)
     ap.add_argument("--cold", action="store_true")
     ap.add_argument("--gpu", action="store_true")
+    ap.add_argument("--gpu-gib", type=float, default=8.0,
+                    help="size of the --gpu checkpoint, in 128 MiB BF16 tensors (default 8 GiB)")
     ap.add_argument("--workdir", default=os.path.join("/tmp", "torch_safetensors_bench"))
+    ap.add_argument("--json", help="also write the rows and ratios to this file")
     args = ap.parse_args()
 
     import safetensors.torch
@@ -72,6 +76,18 @@ def main():
     import torch_safetensors
 
     rows = []
+    ratios = {}
+
+    def save_json(checkpoint):
+        if not args.json:
+            return
+        import json
+
+        with open(args.json, "w", encoding="utf-8") as f:
+            json.dump({"checkpoint": checkpoint, "bytes": total, "reps": args.reps,
+                       "rows": [dict(group=g, name=n, seconds=t, gb_per_s=r, peak_rss_bytes=p)
+                                for g, n, t, r, p in rows],
+                       "ratios": ratios}, f, indent=1)
 
     def row(group, name, body, setup=None, nbytes=None):
         times, peaks = bench_run.measure(args.reps, 1, body, setup=setup, budget=60.0)
@@ -85,12 +101,13 @@ def main():
     if args.gpu:
         if not torch.cuda.is_available():
             sys.exit("--gpu: torch sees no CUDA device")
-        path = os.path.join(args.workdir, "gpu_8gb.safetensors")
+        count = max(1, round(args.gpu_gib * 8))  # 8192 x 8192 BF16 = 128 MiB each
+        path = os.path.join(args.workdir, f"gpu_{count}x128mib.safetensors")
         if not os.path.exists(path):
             torch.manual_seed(0)
             os.makedirs(args.workdir, exist_ok=True)
             tensors = {f"layers.{i}.weight": torch.empty(8192, 8192, dtype=torch.bfloat16)
-                       for i in range(64)}  # 8.6 GB
+                       for i in range(count)}
             safetensors.torch.save_file(tensors, path)
             del tensors
         total = os.path.getsize(path)
@@ -109,8 +126,12 @@ def main():
         row("gpu", "reference: load_file + pin_memory() + .to('cuda')",
             lambda: ({k: v.pin_memory().to("cuda", non_blocking=True)
                       for k, v in safetensors.torch.load_file(path).items()}, sync()))
-        print(f"\nours / pinned H2D bandwidth = {(total / ours) / ((1 << 30) / h2d):.2f} "
-              f"(target >= 0.8); ours vs reference = {ref / ours:.1f}x (target >= 10x)")
+        ratios.update(ours_vs_pinned_h2d=(total / ours) / ((1 << 30) / h2d),
+                      ours_vs_reference=ref / ours)
+        print(f"\nours / pinned H2D bandwidth = {ratios['ours_vs_pinned_h2d']:.2f} "
+              f"(target >= 0.8); ours vs reference = {ratios['ours_vs_reference']:.1f}x "
+              "(target >= 10x)")
+        save_json(path)
         return
 
     path = os.path.join(args.workdir, "llama_bf16.safetensors")
@@ -135,6 +156,7 @@ def main():
           f"(target >= 2x); populated load at {(total / populated) / ((1 << 30) / memcpy):.2f} "
           "of memcpy bandwidth")
     if not args.cold:
+        save_json(path)
         return
     cold = lambda: drop_cache(path)  # noqa: E731
     seq = row("cold", "limit: sequential read, 16 MiB blocks (dd bs=16M)",
@@ -147,6 +169,7 @@ def main():
         lambda: touch_all(safetensors.torch.load_file(path)), setup=cold)
     print(f"\ncold: eager = {seq / eager:.2f}, populated = {seq / pop:.2f} of the sequential read "
           "bandwidth (target >= 0.8)")
+    save_json(path)
 
 
 if __name__ == "__main__":

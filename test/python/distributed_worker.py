@@ -1,5 +1,6 @@
-"""One rank of a torch.distributed (gloo) test of torch_safetensors.distributed, launched by
-test_distributed.py with RANK, WORLD_SIZE, MASTER_ADDR and MASTER_PORT set, as torchrun would.
+"""One rank of a torch.distributed test of torch_safetensors.distributed, launched by
+test_distributed.py with RANK, WORLD_SIZE, MASTER_ADDR and MASTER_PORT set, as torchrun would;
+TS_PG_BACKEND=nccl (default gloo) loads the pieces to this rank's GPU and exchanges them there.
 
     python distributed_worker.py SCENARIOS CHECKPOINT OUT_PREFIX
 
@@ -24,6 +25,8 @@ from torch_safetensors.distributed import (
     load_for_rank,
 )
 
+BACKEND = os.environ.get("TS_PG_BACKEND", "gloo")
+DEVICE = "cuda" if BACKEND == "nccl" else "cpu"
 
 
 def originals(checkpoint):
@@ -36,7 +39,8 @@ def gathered_equal(checkpoint, mine):
     want = originals(checkpoint)
     return {
         "same_keys": sorted(full) == sorted(want),
-        "bit_equal": all(torch.equal(full[k], want[k]) for k in want if k in full),
+        "bit_equal": all(torch.equal(full[k].cpu(), want[k]) for k in want if k in full),
+        "devices": sorted({t.device.type for t in [*full.values(), *mine.tensors.values()]}),
         "tensor_bytes": mine.tensor_bytes,
         "header_bytes": mine.header_bytes,
         "names": sorted(mine.tensors),
@@ -44,7 +48,8 @@ def gathered_equal(checkpoint, mine):
 
 
 def tp(checkpoint, rank, world):
-    return gathered_equal(checkpoint, load_for_rank(checkpoint, ShardPlan(LLAMA_PLAN)))
+    return gathered_equal(checkpoint, load_for_rank(checkpoint, ShardPlan(LLAMA_PLAN),
+                                                    device=DEVICE))
 
 
 def tp_pp(checkpoint, rank, world):
@@ -53,7 +58,7 @@ def tp_pp(checkpoint, rank, world):
 
 
 def single(checkpoint, rank, world):
-    mine = load_for_rank(checkpoint, ShardPlan(LLAMA_PLAN), single_reader=True)
+    mine = load_for_rank(checkpoint, ShardPlan(LLAMA_PLAN), single_reader=True, device=DEVICE)
     return gathered_equal(checkpoint, mine)
 
 
@@ -145,7 +150,12 @@ def main():
     scenarios, checkpoint, out = sys.argv[1:4]
     rank = int(os.environ["RANK"])
     timeout = datetime.timedelta(seconds=float(os.environ.get("TS_PG_TIMEOUT", "60")))
-    dist.init_process_group("gloo", timeout=timeout)
+    if BACKEND == "nccl":
+        gpu = torch.device("cuda", rank % torch.cuda.device_count())
+        torch.cuda.set_device(gpu)
+        dist.init_process_group("nccl", timeout=timeout, device_id=gpu)
+    else:
+        dist.init_process_group("gloo", timeout=timeout)
     result = {}
     try:
         for name in scenarios.split(","):

@@ -135,11 +135,12 @@ def free_port():
         return s.getsockname()[1]
 
 
-def run_ranks(world, scenarios, path, tmp_path, timeout=120, pg_timeout=60):
+def run_ranks(world, scenarios, path, tmp_path, timeout=120, pg_timeout=60, backend="gloo"):
     """Launches `world` worker processes (RANK/WORLD_SIZE/MASTER_* as torchrun sets them) and
     returns each rank's report."""
     env = dict(os.environ, MASTER_ADDR="127.0.0.1", MASTER_PORT=str(free_port()),
-               WORLD_SIZE=str(world), TS_PG_TIMEOUT=str(pg_timeout), OMP_NUM_THREADS="1")
+               WORLD_SIZE=str(world), TS_PG_TIMEOUT=str(pg_timeout), OMP_NUM_THREADS="1",
+               TS_PG_BACKEND=backend)
     out = str(tmp_path / "report")
     procs = [subprocess.Popen([sys.executable, WORKER, scenarios, path, out],
                               env=dict(env, RANK=str(r)), stderr=subprocess.PIPE, text=True)
@@ -173,6 +174,7 @@ def test_gloo_ranks_load_their_pieces_and_all_gather_the_original(checkpoint, wo
         assert "error" not in report and "exit" not in report, report
         for scenario in scenarios.split(","):
             assert report[scenario]["same_keys"] and report[scenario]["bit_equal"], (rank, scenario)
+            assert report[scenario]["devices"] == ["cpu"], (rank, scenario)
         assert report["tp"]["tensor_bytes"] == split_bytes(tensors, world)
         # One reader: rank 0 reads every byte once (replicated tensors once, broadcast), the
         # others nothing.
@@ -181,6 +183,20 @@ def test_gloo_ranks_load_their_pieces_and_all_gather_the_original(checkpoint, wo
     if world == 4:  # 2 stages x 2: stage 0 has no layer 1, stage 1 no layer 0
         assert not any(".layers.1." in n for n in reports[0]["tp_pp"]["names"])
         assert not any(".layers.0." in n for n in reports[3]["tp_pp"]["names"])
+
+
+@pytest.mark.skipif(not torch.cuda.is_available() or not dist.is_nccl_available(),
+                    reason="no CUDA device with NCCL")
+def test_nccl_cuda_one_rank_loads_its_pieces_to_the_gpu_and_all_gathers_them(checkpoint, tmp_path):
+    # One process: NCCL refuses two ranks on one GPU, and scripts/test_gpu.sh has one.
+    path, tensors = checkpoint
+    (report,) = run_ranks(1, "tp,single", path, tmp_path, backend="nccl")
+    assert "error" not in report and "exit" not in report, report
+    for scenario in ("tp", "single"):
+        assert report[scenario]["same_keys"] and report[scenario]["bit_equal"], scenario
+        assert report[scenario]["devices"] == ["cuda"], scenario
+    whole = split_bytes(tensors, 1)
+    assert report["tp"]["tensor_bytes"] == report["single"]["tensor_bytes"] == whole
 
 
 def test_gloo_disagreements_fail_on_every_rank(checkpoint, tmp_path):

@@ -10,7 +10,6 @@
 #include <ostream>
 
 #include <c10/util/SmallVector.h>
-#include <c10/util/safe_numerics.h>
 
 #include "check.h"
 
@@ -56,7 +55,7 @@ struct ElementRun {
 int64_t checked_mul(int64_t a, int64_t b, std::string_view source, const Where& where,
                     const char* what) {
   int64_t product = 0;
-  TS_CHECK(!c10::mul_overflows(a, b, &product), source, where, what, " overflows int64");
+  TS_CHECK(!__builtin_mul_overflow(a, b, &product), source, where, what, " overflows int64");
   return product;
 }
 
@@ -188,7 +187,8 @@ SlicePlan plan_slice(c10::IntArrayRef sizes, int64_t element_size, c10::ArrayRef
       if (s->count == 0) continue;
       const int64_t step = s->count == 1 ? 1 : s->step;
       // Repeated intervals can select more positions than the dimension has.
-      TS_CHECK(!c10::add_overflows(selection.count, s->count, &selection.count), source, where,
+      // The builtin, as elsewhere: LibTorch 2.8's c10::add_overflows takes uint64_t only.
+      TS_CHECK(!__builtin_add_overflow(selection.count, s->count, &selection.count), source, where,
                "the intervals' length overflows int64");
       if (selection.last > selection.first && step == 1) {
         Segment& previous = segments.back();
