@@ -89,7 +89,10 @@ def _fsyncs(code):
     if shutil.which("strace") is None:
         return None
     result = subprocess.run(["strace", "-f", "-qq", "-e", "trace=fsync,fdatasync", sys.executable,
-                             "-c", code], capture_output=True, text=True, check=True)
+                             "-c", code], capture_output=True, text=True)
+    if result.returncode != 0 and "ptrace" in result.stderr.lower():
+        return None  # tracing is not permitted here
+    assert result.returncode == 0, result.stderr
     return [line for line in result.stderr.splitlines() if "fsync(" in line]
 
 
@@ -100,7 +103,7 @@ def test_durable_saves_fsync_the_file_and_its_directory(tmp_path, durable):
             f"durable={durable})\n")
     calls = _fsyncs(code)
     if calls is None:
-        pytest.skip("strace is not installed (scripts/setup.sh installs it)")
+        pytest.skip("strace is not installed or may not trace here (scripts/setup.sh installs it)")
     # durable: the file, then its directory; otherwise none (as torch.save and the reference).
     assert len(calls) >= 2 if durable else calls == [], calls
     loaded = torch_safetensors.load_file(tmp_path / "w.safetensors")
