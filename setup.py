@@ -52,7 +52,7 @@ def _core_build():
         sources += folder_sources
         flags += [flag for flag in folder_flags if flag not in flags]
     bindings = [os.path.join(csrc, "python", name)
-                for name in ("bindings.cpp", "executorch.cpp", "distributed.cpp")]
+                for name in ("bindings.cpp", "executorch.cpp", "distributed.cpp", "coverage.cpp")]
     return sources + bindings, flags
 
 

@@ -64,6 +64,7 @@ std::string resolve_directory(const std::string& directory) {
 struct Checkpoint::Impl {
   std::string path;       // as given
   std::string directory;  // holding the shards
+  storage::Containment containment;  // where the shards may resolve (index only)
   std::optional<std::string> index_path;
   LoadOptions options;
   std::optional<Metadata> metadata;
@@ -90,7 +91,14 @@ struct Checkpoint::Impl {
   const File& shard(size_t i) const {
     std::lock_guard<std::mutex> lock(open_mutex);
     if (!files[i]) {
-      File file(storage::join_path(directory, shard_files[i]), options);
+      // An index's shards are checked again against the descriptor read: the path may have
+      // changed since the index was opened.
+      File file = index_path ? File(storage::open_contained(
+                                        containment, storage::join_path(directory, shard_files[i]),
+                                        options.backend == Backend::kMmap, *index_path,
+                                        shard_files[i]),
+                                    options)
+                             : File(storage::join_path(directory, shard_files[i]), options);
       check_shard(file, i);
       files[i] = std::move(file);
     }
@@ -135,6 +143,7 @@ Checkpoint::Checkpoint(const std::string& path, const LoadOptions& options) {
     Checkpoint single{File(target, options)};
     auto impl = std::const_pointer_cast<Impl>(single.impl_);
     impl->path = path;
+    impl->directory = storage::directory_of(target);  // "." for a bare file name
     impl_ = std::move(impl);
     return;
   }
@@ -142,8 +151,7 @@ Checkpoint::Checkpoint(const std::string& path, const LoadOptions& options) {
   impl->path = path;
   impl->index_path = target;
   impl->options = options;
-  impl->directory = storage::parent_path(target);
-  if (impl->directory.empty()) impl->directory = ".";
+  impl->directory = storage::directory_of(target);
   format::CheckpointIndex index = format::parse_index(read_index(target), target);
 
   Metadata metadata = std::move(index.metadata);
@@ -152,16 +160,15 @@ Checkpoint::Checkpoint(const std::string& path, const LoadOptions& options) {
 
   std::map<std::string, std::vector<std::string>> by_file;
   for (auto& [tensor, file] : index.weight_map) by_file[file].push_back(std::move(tensor));
-  // Every shard exists, is a regular file, and resolves (symlinks followed) inside the folder.
-  const std::string root = storage::real_path(impl->directory, "cannot resolve the folder");
-  const std::string inside = root == "/" ? root : root + "/";
+  // Every shard exists, is a regular file, and resolves (symlinks followed) inside the folder or
+  // its huggingface_hub blobs (storage::Containment); checked again when each shard is opened.
+  impl->containment = storage::containment_of(impl->directory, "cannot resolve the folder");
   for (auto& [file, tensors] : by_file) {
     const std::string shard_path = storage::join_path(impl->directory, file);
     const std::string real =
         storage::real_path(shard_path, target + ": shard '" + file + "' of tensor '" +
                                            tensors.front() + "' cannot be opened");
-    TS_CHECK(real.compare(0, inside.size(), inside) == 0, target, "shard '", file,
-             "' resolves outside the index's folder (to ", real, "); refusing to read it");
+    storage::check_contained(impl->containment, real, target, file);
     impl->shard_files.push_back(file);
     impl->listed.push_back(std::move(tensors));
   }

@@ -703,5 +703,6 @@ PYBIND11_MODULE(_C, m) {
            py::arg("dtype") = py::none(), py::arg("populate") = false,
            py::arg("staging_bytes") = uint64_t(256) << 20, py::arg("always_stage") = false);
   ts::python::bind_distributed(m);
+  ts::python::bind_coverage(m);
   ts::python::bind_executorch(m);
 }

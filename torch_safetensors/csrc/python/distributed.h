@@ -7,5 +7,7 @@
 namespace torch::safetensors::python {
 
 void bind_distributed(pybind11::module_& m);
+// DCP chunk coverage (python/coverage.cpp).
+void bind_coverage(pybind11::module_& m);
 
 }  // namespace torch::safetensors::python

@@ -36,8 +36,11 @@ detail::PartInfos part_infos(const Checkpoint& checkpoint, const QuantizedWeight
   return infos;
 }
 
+// A stored tensor's shape, every size within detail::kMaxDimension so that the arithmetic of
+// detection (sizes x 32 or x 8) cannot overflow.
 std::vector<int64_t> shape_of(const Checkpoint& checkpoint, const std::string& name) {
   const auto& shape = checkpoint.info(name).shape;
+  detail::check_dimensions(shape, checkpoint.path(), "tensor '" + name + "'");
   return std::vector<int64_t>(shape.begin(), shape.end());
 }
 
@@ -190,7 +193,7 @@ std::optional<QuantizedWeight> describe_by_names(const Checkpoint& checkpoint,
   }
   if (!checkpoint.contains(name)) return std::nullopt;
   const TensorInfo& info = checkpoint.info(name);
-  const std::vector<int64_t> shape(info.shape.begin(), info.shape.end());
+  const std::vector<int64_t> shape = shape_of(checkpoint, std::string(name));
   const c10::ScalarType type = to_scalar_type(info.dtype);
   const bool fp8 = type == at::kFloat8_e4m3fn || type == at::kFloat8_e5m2 ||
                    type == at::kFloat8_e4m3fnuz || type == at::kFloat8_e5m2fnuz;
@@ -204,10 +207,10 @@ std::optional<QuantizedWeight> describe_by_names(const Checkpoint& checkpoint,
     const std::string& scale_name = checkpoint.contains(scale_inv) ? scale_inv : scale;
     weight.tensors = {{"packed", std::string(name)}, {"scale", scale_name}};
     const auto scale_shape = shape_of(checkpoint, scale_name);
-    int64_t scale_count = 1;
-    for (int64_t s : scale_shape) scale_count *= s;
-    const bool per_channel = scale_shape == std::vector<int64_t>{shape.front(), 1} ||
-                             scale_shape == std::vector<int64_t>{shape.front()};
+    const int64_t scale_count = detail::saturating_numel(scale_shape);
+    // A 0-dim weight has no output channel: only one scale fits it (check_layout says so).
+    const bool per_channel = !shape.empty() && (scale_shape == std::vector<int64_t>{shape[0], 1} ||
+                                                scale_shape == std::vector<int64_t>{shape[0]});
     if (scale_count != 1 && !per_channel && shape.size() == 2) {
       // Block scales: the config's block size, else DeepSeek-V3's 128 x 128.
       weight.block_size =

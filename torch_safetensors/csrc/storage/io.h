@@ -75,6 +75,10 @@ namespace torch::safetensors::storage {
 
 std::string join_path(const std::string& directory, const std::string& name);  // "a" + "b" → "a/b"
 std::string parent_path(const std::string& path);  // "a/b" → "a"; "b" → ""; "/b" → "/"
+// The folder holding the file `path`, as a path to join sibling names to (config.json beside a
+// checkpoint): "a/b" → "a"; "b" → "."; "/b" → "/"; "../d/b" → "../d". The one place a file's
+// folder is derived, so that a bare file name finds its siblings in the working directory.
+std::string directory_of(const std::string& path);
 std::string file_name(const std::string& path);    // "a/b" → "b"
 bool is_directory(const std::string& path);        // following symlinks; false if absent
 bool is_regular_file(const std::string& path);     // following symlinks; false if absent
@@ -82,6 +86,30 @@ bool is_regular_file(const std::string& path);     // following symlinks; false 
 std::vector<std::string> list_files(const std::string& directory);
 // realpath(3): absolute, no symlinks, no "." or "..". Throws OSError naming `what`.
 std::string real_path(const std::string& path, const std::string& what);
+// Where the files a checkpoint names (its shards) may resolve, symlinks followed: inside its
+// folder, and -- when the folder is a huggingface_hub snapshot, `<cache>/<kind>s--<id>/snapshots/
+// <revision>/` reached as itself, not through a symlink of the snapshot folder -- the blob files
+// of that same cache repository, `<cache>/<kind>s--<id>/blobs/<hash>` (docs/dev/hardening.md,
+// "Paths and the huggingface_hub cache"). Resolved once, when a checkpoint is opened.
+struct Containment {
+  std::string folder;  // realpath of the folder, ending in '/'
+  std::string blobs;   // realpath of the repository's blobs/ folder, ending in '/'; "" if none
+};
+// Throws OSError naming `what` if `folder` cannot be resolved.
+Containment containment_of(const std::string& folder, const std::string& what);
+// Whether a resolved path (realpath) lies where `containment` allows.
+bool is_contained(const Containment& containment, const std::string& real);
+// Throws, naming `where` (the index) and `name` (the shard), unless `real` is contained.
+void check_contained(const Containment& containment, const std::string& real,
+                     const std::string& where, const std::string& name);
+// Opens `path` (a file the checkpoint names, `name` in messages) for reading and checks that the
+// file actually opened -- the descriptor that is then read, not the path looked up earlier --
+// lies where `containment` allows: a file swapped for a symlink to an outside file after the
+// checkpoint was opened is refused when it is opened. `where` prefixes the errors (the index).
+std::shared_ptr<const Source> open_contained(const Containment& containment,
+                                             const std::string& path, bool mapped,
+                                             const std::string& where, const std::string& name);
+
 // mkdir -p. Throws OSError.
 void make_directories(const std::string& path);
 // unlink(2); false when it fails.
