@@ -64,8 +64,9 @@ std::string resolve_directory(const std::string& directory) {
 struct Checkpoint::Impl {
   std::string path;       // as given
   std::string directory;  // holding the shards
-  storage::Containment containment;  // where the shards may resolve (index only)
   std::optional<std::string> index_path;
+  // Where an index's shards may resolve (storage::Containment).
+  storage::Containment containment;
   LoadOptions options;
   std::optional<Metadata> metadata;
   std::vector<std::string> shard_files;          // sorted
@@ -91,14 +92,14 @@ struct Checkpoint::Impl {
   const File& shard(size_t i) const {
     std::lock_guard<std::mutex> lock(open_mutex);
     if (!files[i]) {
-      // An index's shards are checked again against the descriptor read: the path may have
+      const std::string shard_path = storage::join_path(directory, shard_files[i]);
+      // An index's shard is checked again, against the descriptor then read: the path may have
       // changed since the index was opened.
-      File file = index_path ? File(storage::open_contained(
-                                        containment, storage::join_path(directory, shard_files[i]),
-                                        options.backend == Backend::kMmap, *index_path,
-                                        shard_files[i]),
+      const bool mapped = options.backend == Backend::kMmap;
+      File file = index_path ? File(storage::open_contained(containment, shard_path, mapped,
+                                                            *index_path, shard_files[i]),
                                     options)
-                             : File(storage::join_path(directory, shard_files[i]), options);
+                             : File(shard_path, options);
       check_shard(file, i);
       files[i] = std::move(file);
     }
