@@ -375,12 +375,30 @@ TEST(RoundTrip, GptqActOrderRecoversGroups) {
   EXPECT_LT((quant::dequantize(q.weight, parts, at::kFloat) - w).abs().max().item<double>(), 0.35);
 }
 
-TEST(Errors, BadCompanionsAreNamed) {
-  torch::manual_seed(10);
+// A 4-bit GPTQ weight [16, 64] in groups of 32, quantized from randn with `seed`.
+quant::Quantized small_gptq(uint64_t seed, const std::string& name,
+                            bool zero_point_minus_one = true) {
+  torch::manual_seed(seed);
   quant::QuantizeOptions options;
   options.scheme = quant::Scheme::kGptq;
   options.group_size = 32;
-  const auto q = quant::quantize(torch::randn({16, 64}), "l.weight", options);
+  options.zero_point_minus_one = zero_point_minus_one;
+  return quant::quantize(torch::randn({16, 64}), name, options);
+}
+
+// role -> stored tensor of `q`, as dequantize(weight, parts) takes them.
+std::map<std::string, at::Tensor> parts_of(const quant::Quantized& q) {
+  std::map<std::string, at::Tensor> parts;
+  for (const auto& [role, name] : q.weight.tensors) {
+    for (const auto& [stored, tensor] : q.tensors) {
+      if (stored == name) parts[role] = tensor;
+    }
+  }
+  return parts;
+}
+
+TEST(Errors, BadCompanionsAreNamed) {
+  const auto q = small_gptq(10, "l.weight");
   TempDir dir;
   write_config(dir, R"({"quant_method": "gptq", "bits": 4, "group_size": 32})");
   // A scale of the wrong shape.
@@ -474,14 +492,8 @@ TEST(Checkpoint, ShardedDirectoryWithConfig) {
   write_config(dir, R"({"quant_method": "gptq", "bits": 4, "group_size": 32, "sym": true})");
   st::Checkpoint checkpoint(dir.path());
   ASSERT_GT(checkpoint.shard_files().size(), 1u);
-  std::map<std::string, at::Tensor> parts;
-  for (const auto& [role, name] : q.weight.tensors) {
-    for (const auto& [stored, tensor] : q.tensors) {
-      if (stored == name) parts[role] = tensor;
-    }
-  }
   EXPECT_TRUE(at::equal(quant::dequantize(checkpoint, "model.proj.weight", at::kFloat),
-                        quant::dequantize(q.weight, parts, at::kFloat)));
+                        quant::dequantize(q.weight, parts_of(q), at::kFloat)));
   quant::DenseView dense(checkpoint, at::kBFloat16);
   EXPECT_EQ(dense.keys().size(), 2u);
   EXPECT_EQ(dense.tensor("model.proj.weight").scalar_type(), at::kBFloat16);
@@ -522,6 +534,12 @@ TEST(ZeroDim, Fp8WithOneScaleDequantizes) {
     EXPECT_EQ(view.keys(), std::vector<std::string>{"x.weight"});
     EXPECT_EQ(view.tensor("x.weight").item<float>(), 6.0f);
   }
+  // quantize writes a 0-dim FP8 weight the same way: one scale.
+  quant::QuantizeOptions fp8;
+  fp8.scheme = quant::Scheme::kFp8;
+  const auto q = quant::quantize(torch::tensor(3.0f), "s.weight", fp8);
+  EXPECT_TRUE(q.weight.shape.empty());
+  EXPECT_NEAR(quant::dequantize(q.weight, parts_of(q), at::kFloat).item<float>(), 3.0f, 1e-5);
   // A 0-dim weight has no output channel: a scale of several values is refused by name.
   const std::string path = dir.file("fp8_many.safetensors");
   st::save(st::NamedTensors{{"x.weight", torch::tensor(2.0f).to(at::kFloat8_e4m3fn)},
@@ -624,11 +642,7 @@ std::string gptq_metadata_with(const std::string& field, const std::string& valu
 }
 
 TEST(Integers, ConfigValuesAreRangeCheckedNeverTruncated) {
-  torch::manual_seed(12);
-  quant::QuantizeOptions options;
-  options.scheme = quant::Scheme::kGptq;
-  options.group_size = 32;
-  const auto q = quant::quantize(torch::randn({16, 64}), "a.weight", options);
+  const auto q = small_gptq(12, "a.weight");
   TempDir dir;
   st::save(st::NamedTensors(q.tensors.begin(), q.tensors.end()), dir.file("m.safetensors"));
   const std::pair<std::string, std::string> cases[] = {
@@ -748,11 +762,7 @@ TEST(Metadata, ForeignValuesUnderThePlainKeyAreIgnored) {
 }
 
 TEST(Metadata, NamespacedKeyAndFilesOf02) {
-  torch::manual_seed(13);
-  quant::QuantizeOptions options;
-  options.scheme = quant::Scheme::kGptq;
-  options.group_size = 32;
-  const auto q = quant::quantize(torch::randn({16, 64}), "a.weight", options);
+  const auto q = small_gptq(13, "a.weight");
   TempDir dir;
   // Written now: under the namespaced key, beside another tool's plain "quantization".
   quant::save({q}, {}, dir.file("new.safetensors"), st::Metadata{{"quantization", "none"}});
@@ -797,12 +807,7 @@ class WorkingDirectory {
 TEST(ConfigPaths, EverySpellingOfAPathFindsTheConfig) {
   // gptq_v2 stores zero points as they are; read without its config.json, the file would decode
   // as the original format (zero points + 1): wrong values, no error.
-  torch::manual_seed(14);
-  quant::QuantizeOptions options;
-  options.scheme = quant::Scheme::kGptq;
-  options.group_size = 32;
-  options.zero_point_minus_one = false;
-  const auto q = quant::quantize(torch::randn({16, 64}), "a.weight", options);
+  const auto q = small_gptq(14, "a.weight", /*zero_point_minus_one=*/false);
   TempDir dir;
   for (const char* sub : {"/ckpt", "/other", "/linked"}) ::mkdir((dir.path() + sub).c_str(), 0755);
   const std::string folder = dir.path() + "/ckpt";
@@ -814,13 +819,7 @@ TEST(ConfigPaths, EverySpellingOfAPathFindsTheConfig) {
   ts_test::write_file(dir.path() + "/linked/config.json", config);
   ASSERT_EQ(::symlink("../ckpt/m.safetensors", (dir.path() + "/linked/m.safetensors").c_str()), 0);
   ASSERT_EQ(::symlink("ckpt", (dir.path() + "/dirlink").c_str()), 0);
-  std::map<std::string, at::Tensor> parts;
-  for (const auto& [role, name] : q.weight.tensors) {
-    for (const auto& [stored, tensor] : q.tensors) {
-      if (stored == name) parts[role] = tensor;
-    }
-  }
-  const at::Tensor expected = quant::dequantize(q.weight, parts, at::kFloat);
+  const at::Tensor expected = quant::dequantize(q.weight, parts_of(q), at::kFloat);
   {
     WorkingDirectory cwd(folder);
     for (const std::string& path : std::vector<std::string>{

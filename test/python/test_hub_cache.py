@@ -134,6 +134,5 @@ def test_escapes_are_refused(cache, tmp_path):
     os.symlink(other, linked / COMMIT)
     with pytest.raises(torch_safetensors.SafetensorError, match="resolves outside"):
         torch_safetensors.open_checkpoint(linked / COMMIT)
-    with pytest.raises(Exception, match="resolves outside"):
-        dcp.load({"a.weight": torch.zeros(64, 64)}, storage_reader=StorageReader(linked / COMMIT),
-                 no_dist=True)
+    with pytest.raises(torch_safetensors.SafetensorError, match="resolves outside"):
+        StorageReader(linked / COMMIT).read_metadata()

@@ -150,6 +150,8 @@ std::optional<QuantizedWeight> describe_compressed(const Checkpoint& checkpoint,
              "': '", shape_name, "' says out = ", values[0].item<int64_t>(), ", but '", packed_name,
              "' has ", packed[0], " rows");
     in = values[1].item<int64_t>();
+    TS_CHECK(in > 0 && in <= detail::kMaxDimension, checkpoint.path(), "quantized weight '", name,
+             "': '", shape_name, "' says in = ", in, ", expected 1 to ", detail::kMaxDimension);
   }
   weight.bits = config.bits;
   if (!weight.bits && in) weight.bits = infer_bits(in, packed[1], {8, 4, 2, 1, 3, 5, 6, 7});
