@@ -53,7 +53,8 @@ def _core_build():
         flags += [flag for flag in folder_flags if flag not in flags]
     bindings = [os.path.join(csrc, "python", name)
                 for name in ("module.cpp", "common.cpp", "file.cpp", "save.cpp", "model.cpp",
-                             "cli.cpp", "quant.cpp", "distributed.cpp", "executorch.cpp")]
+                             "cli.cpp", "quant.cpp", "distributed.cpp", "executorch.cpp",
+                             "coverage.cpp")]
     return sources + bindings, flags
 
 

@@ -9,7 +9,10 @@
 #      checkpoint indexes) for INDEX_FUZZ_SECONDS (default 30) from fuzz/index_seeds
 #   5. libFuzzer: fuzz_unpickle (the converter's restricted unpickler) for UNPICKLE_FUZZ_SECONDS
 #      (default 20) from fuzz/seeds_pickle; fuzz_ptd (ExecuTorch .ptd files) for PTD_FUZZ_SECONDS
-#      (default 20) from fuzz/seeds_ptd
+#      (default 20) from fuzz/seeds_ptd; fuzz_dcp_metadata (DCP sharding metadata and chunk
+#      coverage) for DCP_FUZZ_SECONDS (default 20) from fuzz/seeds_dcp; fuzz_quant_config
+#      (quantization configs and metadata) for QUANT_FUZZ_SECONDS (default 20) from
+#      fuzz/seeds_quant
 #
 # Environment: FUZZ_SECONDS, JOBS (default 2), BUILD_ROOT (default: the repository; build trees
 # go to $BUILD_ROOT/build-asan and $BUILD_ROOT/build-tsan). Exits non-zero on the first failure.
@@ -20,6 +23,8 @@ FUZZ_SECONDS=${FUZZ_SECONDS:-60}
 UNPICKLE_FUZZ_SECONDS=${UNPICKLE_FUZZ_SECONDS:-20}
 PTD_FUZZ_SECONDS=${PTD_FUZZ_SECONDS:-20}
 INDEX_FUZZ_SECONDS=${INDEX_FUZZ_SECONDS:-30}
+DCP_FUZZ_SECONDS=${DCP_FUZZ_SECONDS:-20}
+QUANT_FUZZ_SECONDS=${QUANT_FUZZ_SECONDS:-20}
 JOBS=${JOBS:-2}
 BUILD_ROOT=${BUILD_ROOT:-$REPO}
 ASAN_DIR=$BUILD_ROOT/build-asan
@@ -109,5 +114,13 @@ run_fuzzer fuzz_unpickle "$UNPICKLE_FUZZ_SECONDS" 65536 fuzz/seeds_pickle test/c
 section "5/5 libFuzzer: fuzz_ptd (ExecuTorch .ptd files) for ${PTD_FUZZ_SECONDS}s"
 run_fuzzer fuzz_ptd "$PTD_FUZZ_SECONDS" 65536 fuzz/seeds_ptd \
   "PtdBadInput in test/cpp/test_executorch.cpp (and fuzz/seeds_ptd)"
+
+section "5/5 libFuzzer: fuzz_dcp_metadata (DCP chunk coverage) for ${DCP_FUZZ_SECONDS}s"
+run_fuzzer fuzz_dcp_metadata "$DCP_FUZZ_SECONDS" 4096 fuzz/seeds_dcp \
+  "test_coverage_is_checked_exactly in test/python/test_dcp.py (and fuzz/seeds_dcp)"
+
+section "5/5 libFuzzer: fuzz_quant_config (quantization configs, metadata) for ${QUANT_FUZZ_SECONDS}s"
+run_fuzzer fuzz_quant_config "$QUANT_FUZZ_SECONDS" 8192 fuzz/seeds_quant \
+  "the Integers/ZeroDim/Metadata tests of test/cpp/test_quant.cpp (and fuzz/seeds_quant)"
 
 section "all hardening checks passed in $(($(date +%s) - START))s"

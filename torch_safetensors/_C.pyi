@@ -73,8 +73,12 @@ class ModuleLoad:
     def ties(self) -> List[Tuple[List[str], Optional[str]]]: ...
     def apply(self) -> None: ...
 
+# DCP chunk placement and coverage (distributed/coverage.h); ValueError for bad metadata.
+def dcp_sharding_info(json: str, file: str) -> Dict[str, List[int]]: ...
+def dcp_check_coverage(tensor: str, chunks: Sequence[Tuple[str, Sequence[int], Sequence[int]]]) -> List[int]: ...
+
 # torch_safetensors.quant (include/torch_safetensors/quant.h).
-QUANT_METADATA_KEY: str
+QUANT_METADATA_KEY: str  # "torch_safetensors.quantization"
 
 class QuantizedWeight:
     name: str

@@ -58,6 +58,7 @@ from torch.distributed.checkpoint.planner import (
 )
 from torch.futures import Future
 
+from ._extension import _C
 from ._file import open_checkpoint, safe_open
 from ._model import _find_shared_tensors
 from ._save import save_file
@@ -86,6 +87,9 @@ class _StoredChunk:
     shape: Tuple[int, ...]  # torch's shape of the stored chunk
     dtype: torch.dtype
     spec_dtype: str
+    # The absolute index the shard belongs to, if any: reads open the index and let the core
+    # open the shard, which checks the shard's containment against the descriptor it reads.
+    index: Optional[str] = None
 
 
 def _done(value: Any) -> Future:
@@ -178,11 +182,21 @@ class StorageReader(_storage.StorageReader):
         tensor, unless the files carry DCP sharding info); headers only, no tensor data."""
         state: Dict[str, TensorStorageMetadata] = {}
         storage: Dict[MetadataIndex, _StoredChunk] = {}
-        for file_path, names in self._files():
+        placed: Dict[str, List[Tuple[str, List[int], List[int]]]] = defaultdict(list)
+        for file_path, names, index in self._files():
             with safe_open(file_path, framework="pt") as f:
                 offsets_of = self._saved_offsets(file_path, f.metadata())
                 for name in names:
                     self._add_chunk(state, storage, file_path, f, name, offsets_of.get(name))
+                    if index is not None:
+                        key = MetadataIndex(fqn=name, offset=state[name].chunks[-1].offsets)
+                        storage[key] = dataclasses.replace(storage[key], index=index)
+                    chunk = state[name].chunks[-1]
+                    placed[name].append((file_path, list(chunk.offsets), list(chunk.sizes)))
+        # The core checks that each tensor's chunks tile it exactly once (no gap, no overlap)
+        # and gives its global shape: DCP would otherwise leave uncovered elements unread.
+        for name, chunks in placed.items():
+            state[name].size = torch.Size(_C.dcp_check_coverage(name, chunks))
         metadata = Metadata(state_dict_metadata=dict(state), storage_data=storage)
         metadata.storage_meta = StorageMeta(checkpoint_id=self.path, load_id=self.load_id)
         return metadata
@@ -227,8 +241,8 @@ class StorageReader(_storage.StorageReader):
 
     # -- helpers ------------------------------------------------------------------------------
 
-    def _files(self) -> List[Tuple[str, List[str]]]:
-        """(absolute file, its tensor names) for every file of the checkpoint.
+    def _files(self) -> List[Tuple[str, List[str], Optional[str]]]:
+        """(absolute file, its tensor names, absolute index or None) for every file.
 
         A file, an index, or a directory with an index or one file: ``open_checkpoint`` reads and
         checks the index (shards exist, stay inside the directory, hold what it lists). A
@@ -246,7 +260,7 @@ class StorageReader(_storage.StorageReader):
                 out = []
                 for name in files:
                     with safe_open(os.path.join(path, name), framework="pt") as f:
-                        out.append((os.path.abspath(os.path.join(path, name)), f.keys()))
+                        out.append((os.path.abspath(os.path.join(path, name)), f.keys(), None))
                 return out
         with open_checkpoint(path) as checkpoint:
             index = checkpoint.index_path
@@ -259,21 +273,16 @@ class StorageReader(_storage.StorageReader):
             # Every shard's header is parsed (and checked against the index) here.
             for name in checkpoint.keys():
                 checkpoint.get_slice(name)
-        return [(os.path.join(directory, shard), names) for shard, names in by_file.items()]
+        index = None if index is None else os.path.abspath(index)
+        return [(os.path.join(directory, shard), names, index) for shard, names in by_file.items()]
 
     @staticmethod
     def _saved_offsets(file_path: str, metadata: Optional[Dict[str, str]]) -> Dict[str, List[int]]:
-        """torch's ``DCP_SHARDING_INFO``: ``{name: {"saved_offsets": [...]}}`` (JSON), if any."""
-        if not metadata or not metadata.get(SHARDING_INFO_KEY):
+        """torch's ``DCP_SHARDING_INFO``: ``{name: {"saved_offsets": [...]}}`` (JSON), if any,
+        parsed by the core (offsets are non-negative integers; ValueError naming the file)."""
+        if not metadata or SHARDING_INFO_KEY not in metadata:
             return {}
-        try:
-            info = json.loads(metadata[SHARDING_INFO_KEY])
-            return {name: [int(x) for x in e[SAVED_OFFSETS_KEY]] for name, e in info.items()}
-        except (ValueError, TypeError, KeyError, AttributeError) as error:
-            raise ValueError(
-                f"{file_path}: __metadata__[{SHARDING_INFO_KEY!r}] is not "
-                f'{{"<tensor>": {{"{SAVED_OFFSETS_KEY}": [offsets]}}}} JSON ({error})'
-            ) from None
+        return _C.dcp_sharding_info(metadata[SHARDING_INFO_KEY], file_path)
 
     @staticmethod
     def _add_chunk(
@@ -295,17 +304,12 @@ class StorageReader(_storage.StorageReader):
             )
         if offsets is None:
             offsets = [0] * len(shape)
-        if len(offsets) != len(shape):
-            raise ValueError(
-                f"{file_path}: tensor `{name}` has {len(shape)} dimensions but its "
-                f"{SHARDING_INFO_KEY} saved_offsets {offsets} has {len(offsets)}"
-            )
         chunk = ChunkStorageMetadata(offsets=torch.Size(offsets), sizes=torch.Size(shape))
-        end = [o + s for o, s in zip(offsets, shape)]
         entry = state.get(name)
         if entry is None:
+            # The size is set once every chunk is known (read_metadata's coverage check).
             state[name] = TensorStorageMetadata(
-                properties=TensorProperties(dtype=dtype), size=torch.Size(end), chunks=[chunk]
+                properties=TensorProperties(dtype=dtype), size=torch.Size(shape), chunks=[chunk]
             )
         else:
             if entry.properties.dtype != dtype or len(entry.size) != len(shape):
@@ -314,7 +318,6 @@ class StorageReader(_storage.StorageReader):
                     f"it as {entry.properties.dtype} with {len(entry.size)} dimensions"
                 )
             entry.chunks.append(chunk)
-            entry.size = torch.Size(max(a, b) for a, b in zip(entry.size, end))
         key = MetadataIndex(fqn=name, offset=offsets)
         if key in storage:
             raise ValueError(
@@ -344,7 +347,11 @@ class StorageReader(_storage.StorageReader):
             backend = "mmap" if whole or chunk.spec_dtype == "F4" else "pread"
         f = handles.get(backend)
         if f is None:
-            f = handles[backend] = safe_open(file_path, framework="pt", backend=backend)
+            if chunk.index is not None:
+                f = open_checkpoint(chunk.index, backend=backend)
+            else:
+                f = safe_open(file_path, framework="pt", backend=backend)
+            handles[backend] = f
         if whole or chunk.spec_dtype == "F4":
             # F4's header counts values, torch's dtype pairs: index torch's tensor instead.
             source = f.get_tensor(name)

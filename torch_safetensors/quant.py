@@ -11,9 +11,12 @@ Everything is the C++ core's (``torch::safetensors::quant``); this module adapts
     quant.save_file([q], {"norm.weight": norm}, "out.safetensors")  # self-describing
 
 A checkpoint is a file, an ``*.index.json`` or a directory. The quantization is read from the
-file's own ``__metadata__["quantization"]`` (written by :func:`save_file`), else from
-``config.json``'s ``quantization_config`` or ``hf_quant_config.json`` beside it, else inferred
-from the tensors' names, dtypes and shapes.
+file's own ``__metadata__["torch_safetensors.quantization"]`` (:data:`METADATA_KEY`, written by
+:func:`save_file`; version 0.2's documents under the plain ``"quantization"`` key are still read,
+any other value there is another tool's and is ignored), else from ``config.json``'s
+``quantization_config`` or ``hf_quant_config.json`` beside it (beside the path as spelled: a
+bare file name looks in the working directory), else inferred from the tensors' names, dtypes
+and shapes.
 """
 
 from __future__ import annotations
@@ -161,7 +164,7 @@ def save_file(
     metadata: Optional[Dict[str, str]] = None,
 ) -> None:
     """Writes quantized weights and ordinary tensors to one file, describing the quantized weights
-    under ``__metadata__["quantization"]`` so that no config file is needed to read them."""
+    under ``__metadata__[METADATA_KEY]`` so that no config file is needed to read them."""
     items = [(list(q.tensors.items()), q.weight) for q in weights]
     _C.quant_save(items, list((others or {}).items()), os.fspath(filename), metadata)
 

@@ -69,7 +69,9 @@ struct TS_API QuantizedWeight {
 };
 
 // The quantization described by a checkpoint, from (first found) our metadata entry
-// (kMetadataKey), `config.json`'s `quantization_config`, or `hf_quant_config.json` beside it.
+// (kMetadataKey, else our document under kLegacyMetadataKey), `config.json`'s
+// `quantization_config`, or `hf_quant_config.json` beside it (beside the file as the caller
+// spelled its path: a bare file name looks in the working directory).
 // Entries of `weights` come only from our metadata; the others describe every weight.
 struct TS_API QuantConfig {
   std::optional<Scheme> scheme;  // nullopt: decided per weight from names and dtypes
@@ -82,8 +84,13 @@ struct TS_API QuantConfig {
   std::map<std::string, QuantizedWeight> weights;  // from our metadata: name -> layout
 };
 
-// The metadata key of the self-describing convention (README, "Quantized weights").
-inline constexpr std::string_view kMetadataKey = "quantization";
+// The metadata key of the self-describing convention (README, "Quantized weights"): namespaced,
+// since other tools write their own values under plain names (fracast 0.1.0 stores
+// "quantization": "none"). Its value's "format" field holds the same string.
+inline constexpr std::string_view kMetadataKey = "torch_safetensors.quantization";
+// Where version 0.2 wrote the entry. A value there is read only if it is our document (a JSON
+// object whose "format" is kMetadataKey); any other value is another tool's and is ignored.
+inline constexpr std::string_view kLegacyMetadataKey = "quantization";
 
 TS_API QuantConfig read_config(const Checkpoint& checkpoint);
 
@@ -161,7 +168,10 @@ TS_API Quantized quantize(const at::Tensor& weight, std::string_view name,
 // in errors).
 TS_API std::string metadata_json(const std::vector<QuantizedWeight>& weights);
 TS_API std::map<std::string, QuantizedWeight> parse_metadata_json(std::string_view json,
-                                                                  std::string_view source);
+                                                           std::string_view source);
+// Whether `json` is our document (a JSON object whose "format" is kMetadataKey), whatever else
+// it holds: how a value under kLegacyMetadataKey is told from another tool's.
+TS_API bool is_metadata_json(std::string_view json);
 
 // Saves quantized weights and ordinary tensors in one file, recording the quantized weights
 // under kMetadataKey (added to `metadata`, which must not hold that key already).

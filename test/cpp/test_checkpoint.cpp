@@ -5,6 +5,7 @@
 #include <sys/stat.h>
 #include <unistd.h>
 
+#include <cstdlib>
 #include <fstream>
 
 #include <torch/torch.h>
@@ -397,4 +398,186 @@ TEST(SaveSharded, RefusesALoneViewOfALargerStorageLikeHuggingfaceHub) {
   });
   EXPECT_NE(error.find("none of them covers it all: [lo]"), std::string::npos) << error;
   EXPECT_EQ(dir.entries(), std::vector<std::string>{});
+}
+
+// ---- containment when each shard is opened, and the huggingface_hub cache (issue 22)
+
+namespace {
+
+void make_directories(const std::string& path) {
+  for (size_t slash = path.find('/', 1); slash != std::string::npos;
+       slash = path.find('/', slash + 1)) {
+    ::mkdir(path.substr(0, slash).c_str(), 0755);
+  }
+  ::mkdir(path.c_str(), 0755);
+}
+
+std::vector<std::string> files_in(const std::string& folder) {
+  std::vector<std::string> out;
+  for (const std::string& name : ts_test::list_dir(folder)) {
+    struct stat st {};
+    if (::stat((folder + "/" + name).c_str(), &st) == 0 && S_ISREG(st.st_mode)) out.push_back(name);
+  }
+  return out;
+}
+
+bool is_file(const std::string& path) {
+  struct stat st {};
+  return ::lstat(path.c_str(), &st) == 0 && S_ISREG(st.st_mode);
+}
+
+std::string real_path(const std::string& path) {
+  char* resolved = ::realpath(path.c_str(), nullptr);
+  std::string out = resolved ? resolved : "";
+  std::free(resolved);
+  return out;
+}
+
+TEST(CheckpointErrors, ShardSwappedForAnOutsideSymlinkAfterOpenIsRefused) {
+  TwoShards two;
+  TempDir outside;
+  ts::save(ts::NamedTensors{{"z", torch::arange(4) * 100}}, outside.file("b.safetensors"));
+  const ts::Checkpoint ckpt(two.dir.path());  // shards are checked here, opened lazily
+  ASSERT_EQ(::unlink(two.dir.file("b.safetensors").c_str()), 0);
+  ASSERT_EQ(::symlink(outside.file("b.safetensors").c_str(), two.dir.file("b.safetensors").c_str()),
+            0);
+  const std::string error = error_of([&] { ckpt.tensor("z"); });
+  EXPECT_NE(error.find("shard 'b.safetensors' resolves outside the index's folder (to " +
+                       real_path(outside.file("b.safetensors")) + ")"),
+            std::string::npos)
+      << error;
+  EXPECT_TRUE(torch::equal(ckpt.tensor("x"), torch::ones({2})));  // a.safetensors is unchanged
+}
+
+// A huggingface_hub cache (file_download.py: `_create_symlink`, `_cache_commit_hash_for_specific
+// _revision`): <cache>/models--<org>--<name>/refs/main holds the commit hash,
+// blobs/<sha256> the files, snapshots/<commit>/<file> is a relative symlink ../../blobs/<sha256>.
+struct HubCache {
+  TempDir cache;
+  static constexpr const char* kCommit = "0123456789abcdef0123456789abcdef01234567";
+
+  std::string repository(const std::string& name) const {
+    return cache.path() + "/models--org--" + name;
+  }
+  std::string snapshot(const std::string& name) const {
+    return repository(name) + "/snapshots/" + kCommit;
+  }
+  // A 64-hex-digit blob name for `bytes` (huggingface_hub uses their sha256; any name of that
+  // form exercises the same paths).
+  static std::string blob_name(const std::string& bytes) {
+    char out[65];
+    const size_t h = std::hash<std::string>()(bytes);
+    for (int i = 0; i < 64; ++i) out[i] = "0123456789abcdef"[(h >> ((i % 16) * 4)) & 15];
+    out[64] = 0;
+    return out;
+  }
+  // Moves every file of `folder` into repository `name` as blobs and links them from its snapshot.
+  void add(const std::string& name, const std::string& folder) const {
+    make_directories(repository(name) + "/refs");
+    make_directories(repository(name) + "/blobs");
+    make_directories(snapshot(name));
+    write_file(repository(name) + "/refs/main", kCommit);
+    for (const std::string& file : files_in(folder)) {
+      const std::string bytes = read_file(folder + "/" + file);
+      const std::string blob = blob_name(bytes);
+      write_file(repository(name) + "/blobs/" + blob, bytes);
+      EXPECT_EQ(::symlink(("../../blobs/" + blob).c_str(), (snapshot(name) + "/" + file).c_str()),
+                0);
+    }
+  }
+  void relink(const std::string& name, const std::string& file, const std::string& target) const {
+    ::unlink((snapshot(name) + "/" + file).c_str());
+    EXPECT_EQ(::symlink(target.c_str(), (snapshot(name) + "/" + file).c_str()), 0);
+  }
+};
+
+}  // namespace
+
+TEST(HubCache, ShardedAndSingleFileSnapshotsLoad) {
+  HubCache hub;
+  TempDir sharded, single;
+  ts::save_sharded(six_tensors(), sharded.path(), ts::ShardOptions().with_max_shard_size(10000));
+  ts::save(six_tensors(), single.file("model.safetensors"));
+  hub.add("sharded", sharded.path());
+  hub.add("single", single.path());
+  for (const std::string& path :
+       {hub.snapshot("sharded"), hub.snapshot("sharded") + "/model.safetensors.index.json",
+        hub.snapshot("single"), hub.snapshot("single") + "/model.safetensors"}) {
+    const ts::Checkpoint ckpt = ts::open_checkpoint(path);
+    expect_equal(ckpt.tensors(), six_tensors());
+    EXPECT_TRUE(torch::equal(ckpt.tensor("t3"), six_tensors()[3].second)) << path;
+  }
+  EXPECT_GT(ts::open_checkpoint(hub.snapshot("sharded")).shard_files().size(), 1u);
+  // Through a symlinked cache root (~/.cache -> /data/cache): the repository is still itself.
+  TempDir elsewhere;
+  const std::string root = elsewhere.path() + "/cache";
+  ASSERT_EQ(::symlink(hub.cache.path().c_str(), root.c_str()), 0);
+  const std::string via_root = root + "/models--org--sharded/snapshots/" + HubCache::kCommit;
+  expect_equal(ts::open_checkpoint(via_root).tensors(), six_tensors());
+}
+
+TEST(HubCache, EveryEscapeIsRefused) {
+  HubCache hub;
+  TempDir shards, other, outside;
+  ts::save_sharded(six_tensors(), shards.path(), ts::ShardOptions().with_max_shard_size(10000));
+  const std::string shard = "model-00002-of-00003.safetensors";
+  ASSERT_TRUE(is_file(shards.path() + "/" + shard));
+  const std::string bytes = read_file(shards.path() + "/" + shard);
+  hub.add("a", shards.path());
+  hub.add("b", shards.path());  // another repository holding the same blobs
+  write_file(outside.file("x.safetensors"), bytes);
+  const std::string blob = HubCache::blob_name(bytes);
+  auto refused = [&](const std::string& path, const std::string& expected) {
+    const std::string error = error_of([&] { ts::open_checkpoint(path).tensors(); });
+    EXPECT_NE(error.find(expected), std::string::npos) << path << ": " << error;
+  };
+  const std::string outside_message = "shard '" + shard + "' resolves outside the index's folder";
+  // A blob of another repository.
+  hub.relink("a", shard, "../../../models--org--b/blobs/" + blob);
+  refused(hub.snapshot("a"), outside_message);
+  // A file outside the cache, directly or through a blob that is itself a symlink.
+  hub.relink("a", shard, outside.file("x.safetensors"));
+  refused(hub.snapshot("a"), outside_message);
+  const std::string blob_path = hub.repository("a") + "/blobs/" + blob;
+  ::unlink(blob_path.c_str());
+  ASSERT_EQ(::symlink(outside.file("x.safetensors").c_str(), blob_path.c_str()), 0);
+  hub.relink("a", shard, "../../blobs/" + blob);
+  refused(hub.snapshot("a"), outside_message);
+  // A file in a folder below blobs/ (blobs are its direct files).
+  make_directories(hub.repository("a") + "/blobs/sub");
+  write_file(hub.repository("a") + "/blobs/sub/" + blob, bytes);
+  hub.relink("a", shard, "../../blobs/sub/" + blob);
+  refused(hub.snapshot("a"), outside_message);
+  // blobs/ itself a symlink to an outside folder.
+  const std::string repo_c = hub.repository("c");
+  hub.add("c", shards.path());
+  make_directories(other.path() + "/blobs");
+  for (const std::string& file : files_in(repo_c + "/blobs")) {
+    write_file(other.path() + "/blobs/" + file, read_file(repo_c + "/blobs/" + file));
+  }
+  const std::string moved = repo_c + "/blobs-moved";
+  ASSERT_EQ(::rename((repo_c + "/blobs").c_str(), moved.c_str()), 0);
+  ASSERT_EQ(::symlink((other.path() + "/blobs").c_str(), (repo_c + "/blobs").c_str()), 0);
+  refused(hub.snapshot("c"), "resolves outside the index's folder");
+  // A snapshot folder that is a symlink to another repository's snapshot.
+  const std::string snapshot_d = hub.snapshot("d");
+  make_directories(hub.repository("d") + "/snapshots");
+  ASSERT_EQ(::symlink(hub.snapshot("b").c_str(), snapshot_d.c_str()), 0);
+  refused(snapshot_d, "resolves outside the index's folder");
+  // Not a cache layout at all (the folder above is not "snapshots"): the plain rule.
+  TempDir plain;
+  make_directories(plain.path() + "/blobs");
+  make_directories(plain.path() + "/x/y");
+  write_file(plain.path() + "/blobs/" + blob, bytes);
+  for (const std::string& file : files_in(hub.snapshot("b"))) {
+    if (file == shard) {
+      ASSERT_EQ(::symlink(("../../blobs/" + blob).c_str(), (plain.path() + "/x/y/" + file).c_str()),
+                0);
+    } else {
+      write_file(plain.path() + "/x/y/" + file, read_file(hub.snapshot("b") + "/" + file));
+    }
+  }
+  refused(plain.path() + "/x/y", outside_message);
+  // The untouched repository still loads.
+  expect_equal(ts::open_checkpoint(hub.snapshot("b")).tensors(), six_tensors());
 }

@@ -4,6 +4,9 @@
 #include <gtest/gtest.h>
 #include <torch/torch.h>
 
+#include <sys/stat.h>
+#include <unistd.h>
+
 #include <cmath>
 #include <cstring>
 
@@ -372,12 +375,30 @@ TEST(RoundTrip, GptqActOrderRecoversGroups) {
   EXPECT_LT((quant::dequantize(q.weight, parts, at::kFloat) - w).abs().max().item<double>(), 0.35);
 }
 
-TEST(Errors, BadCompanionsAreNamed) {
-  torch::manual_seed(10);
+// A 4-bit GPTQ weight [16, 64] in groups of 32, quantized from randn with `seed`.
+quant::Quantized small_gptq(uint64_t seed, const std::string& name,
+                            bool zero_point_minus_one = true) {
+  torch::manual_seed(seed);
   quant::QuantizeOptions options;
   options.scheme = quant::Scheme::kGptq;
   options.group_size = 32;
-  const auto q = quant::quantize(torch::randn({16, 64}), "l.weight", options);
+  options.zero_point_minus_one = zero_point_minus_one;
+  return quant::quantize(torch::randn({16, 64}), name, options);
+}
+
+// role -> stored tensor of `q`, as dequantize(weight, parts) takes them.
+std::map<std::string, at::Tensor> parts_of(const quant::Quantized& q) {
+  std::map<std::string, at::Tensor> parts;
+  for (const auto& [role, name] : q.weight.tensors) {
+    for (const auto& [stored, tensor] : q.tensors) {
+      if (stored == name) parts[role] = tensor;
+    }
+  }
+  return parts;
+}
+
+TEST(Errors, BadCompanionsAreNamed) {
+  const auto q = small_gptq(10, "l.weight");
   TempDir dir;
   write_config(dir, R"({"quant_method": "gptq", "bits": 4, "group_size": 32})");
   // A scale of the wrong shape.
@@ -471,18 +492,350 @@ TEST(Checkpoint, ShardedDirectoryWithConfig) {
   write_config(dir, R"({"quant_method": "gptq", "bits": 4, "group_size": 32, "sym": true})");
   st::Checkpoint checkpoint(dir.path());
   ASSERT_GT(checkpoint.shard_files().size(), 1u);
-  std::map<std::string, at::Tensor> parts;
-  for (const auto& [role, name] : q.weight.tensors) {
-    for (const auto& [stored, tensor] : q.tensors) {
-      if (stored == name) parts[role] = tensor;
-    }
-  }
   EXPECT_TRUE(at::equal(quant::dequantize(checkpoint, "model.proj.weight", at::kFloat),
-                        quant::dequantize(q.weight, parts, at::kFloat)));
+                        quant::dequantize(q.weight, parts_of(q), at::kFloat)));
   quant::DenseView dense(checkpoint, at::kBFloat16);
   EXPECT_EQ(dense.keys().size(), 2u);
   EXPECT_EQ(dense.tensor("model.proj.weight").scalar_type(), at::kBFloat16);
   EXPECT_EQ(dense.tensor("model.norm.weight").scalar_type(), at::kFloat);
+}
+
+// ---- hostile and unusual files (issue 22): 0-dim tensors, integers out of range, foreign
+// metadata, config files beside a bare file name.
+
+// Every way of reading a checkpoint's quantization: describe (find_quantized), DenseView and
+// dequantize of `name`. Returns the first error ("" if none); a crash fails the whole binary.
+std::string quant_error(const std::string& path, const std::string& name) {
+  return ts_test::error_of([&] {
+    const st::Checkpoint checkpoint(path);
+    const quant::QuantConfig config = quant::read_config(checkpoint);
+    quant::find_quantized(checkpoint, config);
+    quant::DenseView dense(checkpoint, at::kFloat);
+    for (const std::string& key : dense.keys()) dense.tensor(key);
+    quant::dequantize(checkpoint, name, at::kFloat);
+  });
+}
+
+TEST(ZeroDim, Fp8WithOneScaleDequantizes) {
+  TempDir dir;
+  for (const std::string scale : {"x.weight_scale", "x.weight_scale_inv"}) {
+    const std::string path = dir.file("fp8" + scale + ".safetensors");
+    st::save(st::NamedTensors{{"x.weight", torch::tensor(2.0f).to(at::kFloat8_e4m3fn)},
+                              {scale, torch::tensor(3.0f)}},
+             path);
+    const st::Checkpoint checkpoint(path);
+    const auto weight = quant::describe(checkpoint, "x.weight", quant::read_config(checkpoint));
+    ASSERT_TRUE(weight.has_value());
+    EXPECT_TRUE(weight->shape.empty());
+    const at::Tensor dense = quant::dequantize(checkpoint, "x.weight", at::kFloat);
+    EXPECT_EQ(dense.dim(), 0);
+    EXPECT_EQ(dense.item<float>(), 6.0f);
+    quant::DenseView view(checkpoint, at::kFloat);
+    EXPECT_EQ(view.keys(), std::vector<std::string>{"x.weight"});
+    EXPECT_EQ(view.tensor("x.weight").item<float>(), 6.0f);
+  }
+  // quantize writes a 0-dim FP8 weight the same way: one scale.
+  quant::QuantizeOptions fp8;
+  fp8.scheme = quant::Scheme::kFp8;
+  const auto q = quant::quantize(torch::tensor(3.0f), "s.weight", fp8);
+  EXPECT_TRUE(q.weight.shape.empty());
+  EXPECT_NEAR(quant::dequantize(q.weight, parts_of(q), at::kFloat).item<float>(), 3.0f, 1e-5);
+  // A 0-dim weight has no output channel: a scale of several values is refused by name.
+  const std::string path = dir.file("fp8_many.safetensors");
+  st::save(st::NamedTensors{{"x.weight", torch::tensor(2.0f).to(at::kFloat8_e4m3fn)},
+                            {"x.weight_scale_inv", torch::ones({4})}},
+           path);
+  const std::string error = quant_error(path, "x.weight");
+  EXPECT_NE(error.find("'x.weight_scale_inv' has shape [4], expected one value (the weight is "
+                       "0-dim)"),
+            std::string::npos)
+      << error;
+}
+
+TEST(ZeroDim, EverySchemeRefusesA0DimPartByName) {
+  const at::Tensor i32 = torch::tensor(7, at::kInt), u8 = torch::tensor(7, at::kByte);
+  struct Case {
+    std::string scheme;
+    st::NamedTensors tensors;
+    std::string weight;
+    std::string config;  // quantization_config, "" for none
+  };
+  const at::Tensor f8 = torch::tensor(1.0f).to(at::kFloat8_e4m3fn);
+  const std::vector<Case> cases = {
+      {"fp8 block", {{"x.weight", f8}, {"x.weight_scale_inv", torch::ones({2, 2})}}, "x.weight",
+       R"({"quant_method": "fp8", "weight_block_size": [128, 128]})"},
+      {"gptq",
+       {{"x.qweight", i32}, {"x.scales", torch::ones({1, 8})}, {"x.qzeros", i32.clone()}},
+       "x.weight",
+       R"({"quant_method": "gptq", "bits": 4, "group_size": 128})"},
+      {"gptq 0-dim scales",
+       {{"x.qweight", torch::zeros({4, 8}, at::kInt)}, {"x.scales", torch::tensor(1.0f)},
+        {"x.qzeros", torch::zeros({1, 1}, at::kInt)}},
+       "x.weight",
+       ""},
+      {"awq",
+       {{"x.qweight", i32}, {"x.scales", torch::ones({1, 8})}, {"x.qzeros", i32.clone()}},
+       "x.weight",
+       R"({"quant_method": "awq", "bits": 4, "group_size": 128, "version": "gemm"})"},
+      {"pack_quantized",
+       {{"x.weight_packed", i32}, {"x.weight_scale", torch::tensor(1.0f)},
+        {"x.weight_shape", torch::tensor({1, 8})}},
+       "x.weight",
+       ""},
+      {"nvfp4_pack_quantized",
+       {{"x.weight_packed", u8}, {"x.weight_scale", torch::tensor(1.0f).to(at::kFloat8_e4m3fn)},
+        {"x.weight_global_scale", torch::tensor(1.0f)}},
+       "x.weight",
+       ""},
+      {"mxfp4", {{"x_blocks", u8}, {"x_scales", u8.clone()}}, "x", ""},
+      {"nvfp4",
+       {{"x.weight", u8}, {"x.weight_scale", torch::tensor(1.0f).to(at::kFloat8_e4m3fn)},
+        {"x.weight_scale_2", torch::tensor(1.0f)}},
+       "x.weight",
+       ""},
+  };
+  for (const Case& c : cases) {
+    TempDir dir;
+    if (!c.config.empty()) write_config(dir, c.config);
+    st::save(c.tensors, dir.file("m.safetensors"));
+    const std::string error = quant_error(dir.file("m.safetensors"), c.weight);
+    EXPECT_EQ(error.rfind("safetensors: ", 0), 0u) << c.scheme << ": " << error;
+    EXPECT_EQ(error.find(": :"), std::string::npos) << c.scheme << ": " << error;
+  }
+  // The same 0-dim shape in our own metadata.
+  quant::QuantizedWeight w;
+  w.name = "x.weight";
+  w.scheme = quant::Scheme::kGptq;
+  w.bits = 4;
+  w.group_size = 128;
+  w.tensors = {{"packed", "x.qweight"}, {"scale", "x.scales"}, {"zero_point", "x.qzeros"}};
+  const std::map<std::string, at::Tensor> parts = {
+      {"packed", i32}, {"scale", torch::tensor(1.0f)}, {"zero_point", i32}};
+  const std::string error =
+      ts_test::error_of([&] { quant::dequantize(w, parts, at::kFloat, "parts"); });
+  EXPECT_NE(error.find("its dense shape is unknown or 0-dim (gptq needs at least one dimension)"),
+            std::string::npos)
+      << error;
+}
+
+// A valid GPTQ metadata document with one field replaced by `value`.
+std::string gptq_metadata_with(const std::string& field, const std::string& value) {
+  std::string json =
+      R"({"format":"torch_safetensors.quantization","version":1,"weights":{"a.weight":)"
+      R"({"scheme":"gptq","bits":4,"group_size":32,"packing":"int32_lsb_first",)"
+      R"("zero_point":"stored_minus_one","shape":[16,64],)"
+      R"("tensors":{"packed":"a.qweight","scale":"a.scales","zero_point":"a.qzeros"}}}})";
+  const std::string key = "\"" + field + "\":";
+  const size_t at = json.find(key) + key.size();
+  size_t end = at;
+  int depth = 0;
+  for (; end < json.size(); ++end) {
+    const char ch = json[end];
+    if (ch == '[' || ch == '{') ++depth;
+    if (ch == ']' || ch == '}') {
+      if (depth == 0) break;
+      --depth;
+    }
+    if (ch == ',' && depth == 0) break;
+  }
+  return json.substr(0, at) + value + json.substr(end);
+}
+
+TEST(Integers, ConfigValuesAreRangeCheckedNeverTruncated) {
+  const auto q = small_gptq(12, "a.weight");
+  TempDir dir;
+  st::save(st::NamedTensors(q.tensors.begin(), q.tensors.end()), dir.file("m.safetensors"));
+  const std::pair<std::string, std::string> cases[] = {
+      {R"({"quant_method": "gptq", "bits": 4294967300, "group_size": 32})",
+       "'bits' must be an integer in [1, 8], found 4294967300"},
+      {R"({"quant_method": "gptq", "bits": 18446744073709551615})",
+       "'bits' must be an integer in [1, 8], found 18446744073709551615"},
+      {R"({"quant_method": "gptq", "bits": 4.5})", "'bits' must be an integer in [1, 8], found 4.5"},
+      {R"({"quant_method": "gptq", "bits": 1e300})", "'bits' must be an integer in [1, 8]"},
+      {R"({"quant_method": "gptq", "bits": "4"})", "'bits' must be an integer in [1, 8], found a string"},
+      {R"({"quant_method": "gptq", "bits": -4})", "'bits' must be an integer in [1, 8], found -4"},
+      // Beyond 64 bits, simdjson refuses the document itself.
+      {R"({"quant_method": "gptq", "bits": 4, "group_size": 1180591620717411303424})",
+       "config.json: is not valid JSON: Problem while parsing a number"},
+      {R"({"quant_method": "gptq", "bits": 4, "group_size": 9223372036854775808})",
+       "'group_size' must be an integer in [-1, 281474976710656], found 9223372036854775808"},
+      {R"({"quant_method": "gptq", "bits": 4, "group_size": -2})",
+       "'group_size' must be an integer in [-1, 281474976710656], found -2"},
+      {R"({"quant_method": "gptq", "bits": 4, "sym": "yes"})", "'sym' must be true or false"},
+      {R"({"quant_method": "gptq", "bits": 4, "desc_act": 1})", "'desc_act' must be true or false"},
+      {R"({"quant_method": "awq", "w_bit": 4294967300})", "'w_bit' must be an integer in [1, 8]"},
+      {R"({"quant_method": "awq", "q_group_size": 9e18})", "'q_group_size' must be an integer"},
+      {R"({"quant_method": "fp8", "weight_block_size": [128]})",
+       "'weight_block_size' must have 2 elements, found 1"},
+      {R"({"quant_method": "fp8", "weight_block_size": [128, 0]})",
+       "'weight_block_size' must be an integer in [1, 281474976710656], found 0"},
+      {R"({"quant_method": "compressed-tensors", "format": "pack-quantized", "config_groups":
+          {"group_0": {"weights": {"num_bits": 4294967300}}}})",
+       "config_groups 'group_0': weights: 'num_bits' must be an integer in [1, 8], found "
+       "4294967300"},
+      {R"({"quant_method": "compressed-tensors", "format": "pack-quantized", "config_groups":
+          {"group_0": {"weights": {"num_bits": 4, "symmetric": 0}}}})",
+       "'symmetric' must be true or false, found a number"},
+      {R"({"quant_method": "compressed-tensors", "format": "pack-quantized", "config_groups":
+          {"group_0": {"weights": {"num_bits": 4, "strategy": 3}}}})",
+       "'strategy' must be a string, found a number"},
+      {R"({"quant_method": "compressed-tensors", "format": "float-quantized", "config_groups":
+          {"group_0": {"weights": {"num_bits": 8, "block_structure": [128, -1]}}}})",
+       "'block_structure' must be an integer in [1, 281474976710656], found -1"},
+  };
+  for (const auto& [config, expected] : cases) {
+    write_config(dir, config);
+    const std::string error = quant_error(dir.file("m.safetensors"), "a.weight");
+    EXPECT_TRUE(error.find(dir.file("config.json") + ": 'quantization_config': ") !=
+                    std::string::npos ||
+                error.find("is not valid JSON") != std::string::npos)
+        << config << ": " << error;
+    EXPECT_NE(error.find(expected), std::string::npos) << config << ": " << error;
+    EXPECT_EQ(error.find(": :"), std::string::npos) << error;
+  }
+}
+
+TEST(Integers, MetadataValuesAreRangeCheckedNeverTruncated) {
+  const std::pair<std::pair<std::string, std::string>, std::string> cases[] = {
+      {{"bits", "4294967300"}, "'bits' must be an integer in [1, 8], found 4294967300"},
+      {{"bits", "4.0"}, ""},  // a whole float is its integer
+      {{"group_size", "-32"}, "'group_size' must be an integer in [0, 281474976710656], found -32"},
+      {{"group_size", "true"}, "'group_size' must be an integer in [0, 281474976710656], found a bool"},
+      {{"shape", "[16, -64]"}, "'shape' must be an integer in [0, 281474976710656], found -64"},
+      {{"shape", "[16, 36893488147419103232]"}, "is not valid JSON: Problem while parsing a number"},
+      {{"shape", "[16, 1e20]"}, "'shape' must be an integer in [0, 281474976710656], found 1e+20"},
+      {{"version", "4294967297"}, "'version' is 4294967297, but this library reads version 1"},
+      {{"version", "1.5"}, "'version' must be an integer in [0, 9223372036854775807], found 1.5"},
+  };
+  for (const auto& [edit, expected] : cases) {
+    const std::string json = gptq_metadata_with(edit.first, edit.second);
+    const std::string error =
+        ts_test::error_of([&] { quant::parse_metadata_json(json, "m.safetensors"); });
+    if (expected.empty()) {
+      EXPECT_EQ(error, "") << json;
+      continue;
+    }
+    EXPECT_NE(error.find(expected), std::string::npos) << json << ": " << error;
+    EXPECT_EQ(error.find(": :"), std::string::npos) << error;
+    EXPECT_NE(error.find("m.safetensors: metadata 'torch_safetensors.quantization'"),
+              std::string::npos)
+        << error;
+  }
+  EXPECT_EQ(quant::parse_metadata_json(gptq_metadata_with("bits", "4.0"), "m").at("a.weight").bits,
+            4);
+}
+
+TEST(Metadata, ForeignValuesUnderThePlainKeyAreIgnored) {
+  // fracast 0.1.0 (PyPI): fracast/weights/model.safetensors and model.int8.safetensors store
+  // these __metadata__ exactly; neither is our document.
+  const st::Metadata fracast = {
+      {"source_checkpoint_sha256",
+       "fb49b536fbd23c6356d0cdefb2014e2ea593246cbbf417c5a4c95c8ac5463372"},
+      {"quantization", "none"},
+      {"format", "pt"},
+      {"model_name", "fracast-0"},
+      {"parameter_count", "85001"}};
+  st::Metadata fracast_int8 = fracast;
+  fracast_int8["quantization"] = "fracast-w8-symmetric-per-output-channel";
+  TempDir dir;
+  for (const st::Metadata& metadata : {fracast, fracast_int8}) {
+    const std::string path = dir.file("model.safetensors");
+    st::save(st::NamedTensors{{"core.block.ffn.down.weight", torch::ones({64, 192})},
+                              {"core.block.ffn.down.weight.scale", torch::ones({64, 1})},
+                              {"core.block.dw_bias", torch::zeros({64})}},
+             path, metadata);
+    const st::Checkpoint checkpoint(path);
+    const quant::QuantConfig config = quant::read_config(checkpoint);
+    EXPECT_TRUE(config.weights.empty());
+    EXPECT_EQ(config.source, "");
+    EXPECT_TRUE(quant::find_quantized(checkpoint, config).empty());
+    quant::DenseView dense(checkpoint, at::kFloat);
+    EXPECT_EQ(dense.keys().size(), 3u);
+    EXPECT_TRUE(at::equal(dense.tensor("core.block.ffn.down.weight"), torch::ones({64, 192})));
+    const std::string error = ts_test::error_of(
+        [&] { quant::dequantize(checkpoint, "core.block.ffn.down.weight", at::kFloat); });
+    EXPECT_NE(error.find("'core.block.ffn.down.weight' is not a quantized weight"),
+              std::string::npos)
+        << error;
+    EXPECT_EQ(error.find("JSON"), std::string::npos) << error;
+  }
+}
+
+TEST(Metadata, NamespacedKeyAndFilesOf02) {
+  const auto q = small_gptq(13, "a.weight");
+  TempDir dir;
+  // Written now: under the namespaced key, beside another tool's plain "quantization".
+  quant::save({q}, {}, dir.file("new.safetensors"), st::Metadata{{"quantization", "none"}});
+  const st::File file(dir.file("new.safetensors"));
+  EXPECT_EQ(file.metadata()->count("torch_safetensors.quantization"), 1u);
+  EXPECT_EQ(file.metadata()->at("quantization"), "none");
+  const at::Tensor expected =
+      quant::dequantize(st::Checkpoint(dir.file("new.safetensors")), "a.weight", at::kFloat);
+  EXPECT_EQ(quant::read_config(st::Checkpoint(dir.file("new.safetensors"))).source,
+            dir.file("new.safetensors") + ": __metadata__['torch_safetensors.quantization']");
+  // Written by 0.2: our document under the plain key, still read.
+  st::save(st::NamedTensors(q.tensors.begin(), q.tensors.end()), dir.file("old.safetensors"),
+           st::Metadata{{"quantization", quant::metadata_json({q.weight})}});
+  const st::Checkpoint old(dir.file("old.safetensors"));
+  EXPECT_EQ(quant::read_config(old).weights.size(), 1u);
+  EXPECT_TRUE(at::equal(quant::dequantize(old, "a.weight", at::kFloat), expected));
+  // Our document with a bad field under the plain key is ours, so its error is reported.
+  st::save(st::NamedTensors(q.tensors.begin(), q.tensors.end()), dir.file("bad.safetensors"),
+           st::Metadata{{"quantization", gptq_metadata_with("bits", "4294967300")}});
+  const std::string error = quant_error(dir.file("bad.safetensors"), "a.weight");
+  EXPECT_NE(error.find("metadata 'quantization': quantized weight 'a.weight': 'bits' must be an "
+                       "integer in [1, 8], found 4294967300"),
+            std::string::npos)
+      << error;
+}
+
+// Restores the working directory when it goes out of scope.
+class WorkingDirectory {
+ public:
+  explicit WorkingDirectory(const std::string& path) {
+    char buffer[4096];
+    EXPECT_NE(::getcwd(buffer, sizeof buffer), nullptr);
+    previous_ = buffer;
+    EXPECT_EQ(::chdir(path.c_str()), 0);
+  }
+  ~WorkingDirectory() { EXPECT_EQ(::chdir(previous_.c_str()), 0); }
+
+ private:
+  std::string previous_;
+};
+
+TEST(ConfigPaths, EverySpellingOfAPathFindsTheConfig) {
+  // gptq_v2 stores zero points as they are; read without its config.json, the file would decode
+  // as the original format (zero points + 1): wrong values, no error.
+  const auto q = small_gptq(14, "a.weight", /*zero_point_minus_one=*/false);
+  TempDir dir;
+  for (const char* sub : {"/ckpt", "/other", "/linked"}) ::mkdir((dir.path() + sub).c_str(), 0755);
+  const std::string folder = dir.path() + "/ckpt";
+  st::save(st::NamedTensors(q.tensors.begin(), q.tensors.end()), folder + "/m.safetensors");
+  const std::string config = R"({"quantization_config": {"quant_method": "gptq", "bits": 4,
+                                 "group_size": 32, "checkpoint_format": "gptq_v2"}})";
+  ts_test::write_file(folder + "/config.json", config);
+  // As huggingface_hub's snapshots: the file a symlink, its config beside the symlink.
+  ts_test::write_file(dir.path() + "/linked/config.json", config);
+  ASSERT_EQ(::symlink("../ckpt/m.safetensors", (dir.path() + "/linked/m.safetensors").c_str()), 0);
+  ASSERT_EQ(::symlink("ckpt", (dir.path() + "/dirlink").c_str()), 0);
+  const at::Tensor expected = quant::dequantize(q.weight, parts_of(q), at::kFloat);
+  {
+    WorkingDirectory cwd(folder);
+    for (const std::string& path : std::vector<std::string>{
+             "m.safetensors", "./m.safetensors", "../ckpt/m.safetensors", folder + "/m.safetensors",
+             ".", "./", folder, "../linked/m.safetensors", "../linked", "../dirlink",
+             "../dirlink/m.safetensors"}) {
+      const st::Checkpoint checkpoint(path);
+      EXPECT_FALSE(quant::read_config(checkpoint).zero_point_minus_one) << path;
+      EXPECT_TRUE(at::equal(quant::dequantize(checkpoint, "a.weight", at::kFloat), expected))
+          << path;
+    }
+  }
+  WorkingDirectory cwd(dir.path() + "/other");
+  EXPECT_TRUE(at::equal(
+      quant::dequantize(st::Checkpoint("../ckpt/m.safetensors"), "a.weight", at::kFloat),
+      expected));
 }
 
 }  // namespace

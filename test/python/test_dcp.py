@@ -384,3 +384,69 @@ def test_two_ranks_gloo(tmp_path):
         for dim in (0, 1):
             # half of the data, plus headers (each shard's, at metadata and at read time)
             assert total / WORLD <= report[f"read_{dim}"] < total / WORLD + 64 * 1024, (rank, dim, report)
+
+
+def _sharded_files(folder, chunks):
+    """Files of torch's save_distributed layout: `chunks` is [(file, tensor, offsets, values)],
+    each file's __metadata__ placing its chunks with DCP_SHARDING_INFO."""
+    folder.mkdir()
+    by_file = {}
+    for file, name, offsets, values in chunks:
+        by_file.setdefault(file, []).append((name, offsets, values))
+    for file, entries in by_file.items():
+        info = {name: {"saved_offsets": offsets} for name, offsets, _ in entries}
+        torch_safetensors.save_file(
+            {name: values for name, _, values in entries}, folder / file,
+            metadata={"DCP_SHARDING_INFO": json.dumps(info)},
+        )
+    return folder
+
+
+def test_coverage_is_checked_exactly(tmp_path):
+    """Chunks must tile each tensor exactly once (the core's check_coverage), with offsets that
+    are non-negative integers: a gap, an overlap or a bad offset names the file and the tensor."""
+    w = torch.arange(10.0).reshape(5, 2)
+    # An exact cover in two files (rows 0-2 and 3-4), and one along dimension 1.
+    exact = _sharded_files(tmp_path / "exact", [
+        ("a.safetensors", "w", [0, 0], w[:3].clone()), ("b.safetensors", "w", [3, 0], w[3:].clone()),
+        ("a.safetensors", "v", [0, 0], w[:, :1].clone()), ("b.safetensors", "v", [0, 1], w[:, 1:].clone()),
+    ])
+    metadata = StorageReader(exact).read_metadata()
+    assert list(metadata.state_dict_metadata["w"].size) == [5, 2]
+    state = {"w": torch.full((5, 2), -1.0), "v": torch.full((5, 2), -1.0)}
+    dcp.load(state, storage_reader=StorageReader(exact), no_dist=True)
+    assert torch.equal(state["w"], w) and torch.equal(state["v"], w)
+    cases = {
+        # rows 0-1 and 3-4: row 2 would keep the destination's old values
+        "gap": ([("a.safetensors", "w", [0, 0], w[:2].clone()), ("b.safetensors", "w", [3, 0], w[3:].clone())],
+                r"b.safetensors|a.safetensors", r"tensor 'w': its 2 stored chunks cover 8 of the 10 elements"),
+        # rows 0-2 and 2-4: row 2 twice, with different values
+        "overlap": ([("a.safetensors", "w", [0, 0], w[:3].clone()), ("b.safetensors", "w", [2, 0], w[2:].clone() + 1)],
+                    r"b.safetensors", r"tensor 'w': the chunk at offsets \[2, 0\] of size \[3, 2\] in .*b.safetensors overlaps"),
+        "negative": ([("a.safetensors", "w", [-4, 0], w.clone())],
+                     r"a.safetensors", r"tensor 'w': 'saved_offsets' must be an integer in \[0, 9223372036854775807\], found -4"),
+        "fraction": ([("a.safetensors", "w", [3.9, 0], w.clone())],
+                     r"a.safetensors", r"tensor 'w': 'saved_offsets' must be an integer in .*, found 3.9"),
+        "huge": ([("a.safetensors", "w", [2**63, 0], w.clone())],
+                 r"a.safetensors", r"tensor 'w': 'saved_offsets' must be an integer in .*, found 9223372036854775808"),
+        "beyond_64_bits": ([("a.safetensors", "w", [2**70, 0], w.clone())],
+                           r"a.safetensors", r"DCP_SHARDING_INFO'\]: is not valid JSON"),
+        "end_overflows": ([("a.safetensors", "w", [2**63 - 2, 0], w.clone())],
+                          r"a.safetensors", r"tensor 'w': the chunk at offsets .* does not fit 64-bit sizes"),
+        "rank": ([("a.safetensors", "w", [0], w.clone())],
+                 r"a.safetensors", r"tensor 'w' has 2 dimensions, but its saved_offsets \[0\] has 1"),
+        "not_a_list": ([("a.safetensors", "w", 3, w.clone())],
+                       r"a.safetensors", r"tensor 'w': must be \{\"saved_offsets\": \[offsets\]\}"),
+    }
+    for case, (chunks, file, message) in cases.items():
+        folder = _sharded_files(tmp_path / case, chunks)
+        with pytest.raises(ValueError, match=message) as error:
+            StorageReader(folder).read_metadata()
+        assert __import__("re").search(file, str(error.value)), (case, str(error.value))
+    # A bad DCP_SHARDING_INFO value is refused whatever its JSON type.
+    folder = tmp_path / "bad_json"
+    folder.mkdir()
+    for name in ("a.safetensors", "b.safetensors"):
+        torch_safetensors.save_file({"w": w}, folder / name, metadata={"DCP_SHARDING_INFO": "[1, 2]"})
+    with pytest.raises(ValueError, match=r"a.safetensors: __metadata__\['DCP_SHARDING_INFO'\]: must be an object"):
+        StorageReader(folder).read_metadata()

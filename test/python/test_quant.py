@@ -299,3 +299,106 @@ def test_dequantize_on_cuda(tmp_path):
         cpu = quant.dequantize(tmp_path / "q.safetensors", "l.weight", torch.bfloat16)
         cuda = quant.dequantize(tmp_path / "q.safetensors", "l.weight", torch.bfloat16, "cuda")
         assert cuda.is_cuda and torch.equal(cuda.cpu(), cpu), scheme
+
+
+# ---- hostile and unusual files (issue 22; issue 21's metadata key)
+
+#: __metadata__ of fracast 0.1.0's fracast/weights/model.safetensors (PyPI), exactly; its
+#: model.int8.safetensors differs only in "quantization".
+FRACAST = {
+    "source_checkpoint_sha256": "fb49b536fbd23c6356d0cdefb2014e2ea593246cbbf417c5a4c95c8ac5463372",
+    "quantization": "none",
+    "format": "pt",
+    "model_name": "fracast-0",
+    "parameter_count": "85001",
+}
+
+
+@pytest.mark.parametrize("value", ["none", "fracast-w8-symmetric-per-output-channel"])
+def test_foreign_quantization_metadata_is_ignored(tmp_path, value):
+    path = tmp_path / "model.safetensors"
+    tensors = {"core.block.ffn.down.weight": torch.ones(64, 192),
+               "core.block.ffn.down.weight.scale": torch.ones(64, 1),
+               "core.block.dw_bias": torch.zeros(64)}
+    torch_safetensors.save_file(tensors, path, metadata={**FRACAST, "quantization": value})
+    assert quant.describe(path) == {}
+    dense = quant.DenseView(path, dtype=torch.float32)
+    assert sorted(dense) == sorted(tensors)
+    assert torch.equal(dense["core.block.ffn.down.weight"], tensors["core.block.ffn.down.weight"])
+    with pytest.raises(torch_safetensors.SafetensorError, match="is not a quantized weight") as e:
+        quant.dequantize(path, "core.block.ffn.down.weight")
+    assert "JSON" not in str(e.value)
+
+
+def test_metadata_key_is_namespaced_and_02_files_still_read(tmp_path):
+    assert quant.METADATA_KEY == "torch_safetensors.quantization"
+    torch.manual_seed(3)
+    q = quant.quantize(torch.randn(16, 64), "gptq", name="a.weight", group_size=32)
+    quant.save_file([q], {}, tmp_path / "new.safetensors", metadata={"quantization": "none"})
+    with torch_safetensors.safe_open(tmp_path / "new.safetensors", "pt") as f:
+        metadata = f.metadata()
+    assert metadata["quantization"] == "none"
+    assert json.loads(metadata[quant.METADATA_KEY])["weights"]["a.weight"]["bits"] == 4
+    expected = quant.dequantize(tmp_path / "new.safetensors", "a.weight", torch.float32)
+    # 0.2 wrote our document under the plain key.
+    torch_safetensors.save_file(q.tensors, tmp_path / "old.safetensors",
+                                metadata={"quantization": quant.metadata_json([q.weight])})
+    assert torch.equal(quant.dequantize(tmp_path / "old.safetensors", "a.weight", torch.float32),
+                       expected)
+
+
+def test_bare_file_name_finds_its_config(tmp_path, monkeypatch):
+    """gptq_v2 read without its config.json would decode with zero points off by one."""
+    torch.manual_seed(4)
+    q = quant.quantize(torch.randn(16, 64), "gptq", name="a.weight", group_size=32,
+                       zero_point_minus_one=False)
+    torch_safetensors.save_file(q.tensors, tmp_path / "m.safetensors")
+    write_config(tmp_path, {"quant_method": "gptq", "bits": 4, "group_size": 32,
+                            "checkpoint_format": "gptq_v2"})
+    expected = quant.dequantize_tensors(
+        q.weight, {role: q.tensors[name] for role, name in q.weight.tensors.items()}, torch.float32)
+    (tmp_path / "sub").mkdir()
+    monkeypatch.chdir(tmp_path / "sub")
+    assert torch.equal(quant.dequantize("../m.safetensors", "a.weight", torch.float32), expected)
+    monkeypatch.chdir(tmp_path)
+    for spelling in ["m.safetensors", "./m.safetensors", ".", str(tmp_path / "m.safetensors")]:
+        assert torch.equal(quant.dequantize(spelling, "a.weight", torch.float32), expected), spelling
+        assert quant.DenseView(spelling).config_source.endswith("config.json"), spelling
+
+
+def test_integers_are_range_checked_never_truncated(tmp_path):
+    torch.manual_seed(5)
+    q = quant.quantize(torch.randn(16, 64), "gptq", name="a.weight", group_size=32)
+    torch_safetensors.save_file(q.tensors, tmp_path / "m.safetensors")
+    for config, message in [
+        ({"quant_method": "gptq", "bits": 4294967300, "group_size": 32},
+         r"'bits' must be an integer in \[1, 8\], found 4294967300"),
+        ({"quant_method": "gptq", "bits": 4, "group_size": 3.5},
+         r"'group_size' must be an integer in \[-1, 281474976710656\], found 3.5"),
+        ({"quant_method": "gptq", "bits": 4, "sym": "true"}, r"'sym' must be true or false"),
+    ]:
+        write_config(tmp_path, config)
+        with pytest.raises(torch_safetensors.SafetensorError, match=message) as e:
+            quant.DenseView(tmp_path / "m.safetensors")
+        assert ": :" not in str(e.value)
+    document = json.loads(quant.metadata_json([q.weight]))
+    document["weights"]["a.weight"]["bits"] = 4294967300
+    with pytest.raises(torch_safetensors.SafetensorError,
+                       match=r"quantized weight 'a.weight': 'bits' must be an integer in \[1, 8\], found 4294967300") as e:
+        quant.parse_metadata_json(json.dumps(document))
+    assert ": :" not in str(e.value)
+
+
+def test_zero_dim_fp8_weight(tmp_path):
+    for scale in ["x.weight_scale", "x.weight_scale_inv"]:
+        path = tmp_path / f"{scale}.safetensors"
+        torch_safetensors.save_file(
+            {"x.weight": torch.tensor(2.0).to(torch.float8_e4m3fn), scale: torch.tensor(3.0)}, path)
+        assert quant.describe(path)["x.weight"].shape == []
+        assert quant.dequantize(path, "x.weight", torch.float32).item() == 6.0
+        assert quant.DenseView(path, dtype=torch.float32)["x.weight"].item() == 6.0
+    path = tmp_path / "many.safetensors"
+    torch_safetensors.save_file(
+        {"x.weight": torch.tensor(2.0).to(torch.float8_e4m3fn), "x.weight_scale": torch.ones(3)}, path)
+    with pytest.raises(torch_safetensors.SafetensorError, match="expected one value"):
+        quant.describe(path)

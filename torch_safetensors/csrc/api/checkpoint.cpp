@@ -68,6 +68,8 @@ struct Checkpoint::Impl {
   std::string path;       // as given
   std::string directory;  // holding the shards
   std::optional<std::string> index_path;
+  // Where an index's shards may resolve (storage::Containment).
+  storage::Containment containment;
   LoadOptions options;
   std::optional<Metadata> metadata;
   std::vector<std::string> shard_files;          // sorted
@@ -110,9 +112,13 @@ struct Checkpoint::Impl {
   const detail::OpenFile& shard(size_t i) const {
     std::lock_guard<std::mutex> lock(open_mutex);
     if (!files[i]) {
-      auto file = detail::open_file(file_source(storage::join_path(directory, shard_files[i]),
-                                                /*mapped=*/options.backend == Backend::kMmap),
-                                    options);
+      const std::string shard_path = storage::join_path(directory, shard_files[i]);
+      // An index's shard is checked again, against the descriptor then read: the path may have
+      // changed since the index was opened.
+      const bool mapped = options.backend == Backend::kMmap;
+      auto file = detail::open_file(
+          storage::open_contained(containment, shard_path, mapped, *index_path, shard_files[i]),
+          options);
       check_shard(*file, i);
       files[i] = std::move(file);
     }
@@ -154,12 +160,13 @@ struct Checkpoint::Impl {
 namespace {
 
 // A single file as a handle: the one shard, opened now.
-std::shared_ptr<Checkpoint::Impl> single_file(std::string path,
+// `directory`: the folder of a file (storage::directory_of: "." for a bare name), "" for a source.
+std::shared_ptr<Checkpoint::Impl> single_file(std::string path, std::string directory,
                                               std::shared_ptr<const detail::OpenFile> file,
                                               const LoadOptions& options) {
   auto impl = std::make_shared<Checkpoint::Impl>();
   impl->path = std::move(path);
-  impl->directory = storage::parent_path(file->name());
+  impl->directory = std::move(directory);
   impl->options = options;
   impl->metadata = file->header.metadata();
   impl->shard_files = {storage::file_name(file->name())};
@@ -181,8 +188,7 @@ std::shared_ptr<const Checkpoint::Impl> open_index(const std::string& path,
   impl->path = path;
   impl->index_path = target;
   impl->options = options;
-  impl->directory = storage::parent_path(target);
-  if (impl->directory.empty()) impl->directory = ".";
+  impl->directory = storage::directory_of(target);
   format::CheckpointIndex index = format::parse_index(read_index(target), target);
 
   Metadata metadata = std::move(index.metadata);
@@ -191,16 +197,15 @@ std::shared_ptr<const Checkpoint::Impl> open_index(const std::string& path,
 
   std::map<std::string, std::vector<std::string>> by_file;
   for (auto& [tensor, file] : index.weight_map) by_file[file].push_back(std::move(tensor));
-  // Every shard exists, is a regular file, and resolves (symlinks followed) inside the folder.
-  const std::string root = storage::real_path(impl->directory, "cannot resolve the folder");
-  const std::string inside = root == "/" ? root : root + "/";
+  // Every shard exists, is a regular file, and resolves (symlinks followed) inside the folder or
+  // its huggingface_hub blobs (storage::Containment); checked again when each shard is opened.
+  impl->containment = storage::containment_of(impl->directory, "cannot resolve the folder");
   for (auto& [file, tensors] : by_file) {
     const std::string shard_path = storage::join_path(impl->directory, file);
     const std::string real =
         storage::real_path(shard_path, target + ": shard '" + file + "' of tensor '" +
                                            tensors.front() + "' cannot be opened");
-    TS_CHECK(real.compare(0, inside.size(), inside) == 0, target, "shard '", file,
-             "' resolves outside the index's folder (to ", real, "); refusing to read it");
+    storage::check_contained(impl->containment, real, target, file);
     impl->shard_files.push_back(file);
     impl->listed.push_back(std::move(tensors));
   }
@@ -221,7 +226,7 @@ std::shared_ptr<const Checkpoint::Impl> open_any(const std::string& path,
   std::string target = path;
   if (storage::is_directory(path)) target = resolve_directory(path);
   if (ends_with(target, ".json")) return open_index(path, target, options);
-  return single_file(path, open_path(target, options), options);
+  return single_file(path, storage::directory_of(target), open_path(target, options), options);
 }
 
 }  // namespace
@@ -232,11 +237,12 @@ Checkpoint::Checkpoint(const PathArg& path, const LoadOptions& options)
 Checkpoint::Checkpoint(std::shared_ptr<const Source> source, const LoadOptions& options) {
   auto file = detail::open_file(std::move(source), options);
   std::string name = file->name();
-  impl_ = single_file(std::move(name), std::move(file), options);
+  impl_ = single_file(std::move(name), "", std::move(file), options);
 }
 
 File::File(const PathArg& path, const LoadOptions& options)
-    : Checkpoint(single_file(path.str(), open_path(path.str(), options), options)) {}
+    : Checkpoint(single_file(path.str(), storage::directory_of(path.str()),
+                             open_path(path.str(), options), options)) {}
 
 File::File(std::shared_ptr<const Source> source, const LoadOptions& options)
     : Checkpoint(std::move(source), options) {}
@@ -273,7 +279,8 @@ File Checkpoint::file(std::string_view name) const {
   const detail::Located at = impl_->locate(name);
   if (impl_->single()) return File(impl_);
   auto shared = std::shared_ptr<const detail::OpenFile>(impl_, at.file);  // kept alive by impl_
-  return File(single_file(at.file->name(), std::move(shared), impl_->options));
+  return File(single_file(at.file->name(), storage::directory_of(at.file->name()),
+                          std::move(shared), impl_->options));
 }
 
 const TensorInfo& Checkpoint::info(std::string_view name) const {

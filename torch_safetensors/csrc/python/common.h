@@ -67,5 +67,6 @@ void bind_cli(py::module_& m);          // cli_main
 void bind_quant(py::module_& m);        // quant_*: layouts, dequantize, quantize
 void bind_distributed(py::module_& m);  // shard plans, load_for_rank, the c10d collectives
 void bind_executorch(py::module_& m);   // .ptd files
+void bind_coverage(py::module_& m);     // DCP chunk placement and coverage
 
 }  // namespace torch::safetensors::python

@@ -17,5 +17,6 @@ PYBIND11_MODULE(_C, m) {
   python::bind_cli(m);
   python::bind_quant(m);
   python::bind_distributed(m);
+  python::bind_coverage(m);
   python::bind_executorch(m);
 }

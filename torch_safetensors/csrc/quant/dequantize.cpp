@@ -24,7 +24,8 @@ at::Tensor dequantize_fp8(const QuantizedWeight& weight, const at::Tensor& packe
                           const at::Tensor& scale, at::ScalarType dtype) {
   const at::Tensor scale32 = scale.to(at::kFloat);
   const bool blocked = !weight.block_size.empty();
-  const int64_t out = packed.size(0);
+  // A 0-dim weight (one scale: check_layout allows nothing else) counts as one row.
+  const int64_t out = packed.dim() ? packed.size(0) : 1;
   const int64_t in = blocked ? packed.size(1) : 0;
   const int64_t rows = blocked ? weight.block_size[0] : 0,
                 cols = blocked ? weight.block_size[1] : 0;

@@ -36,8 +36,11 @@ detail::PartInfos part_infos(const Checkpoint& checkpoint, const QuantizedWeight
   return infos;
 }
 
+// A stored tensor's shape, every size within detail::kMaxDimension so that the arithmetic of
+// detection (sizes x 32 or x 8) cannot overflow.
 std::vector<int64_t> shape_of(const Checkpoint& checkpoint, const std::string& name) {
   const auto& shape = checkpoint.info(name).shape;
+  detail::check_dimensions(shape, checkpoint.path(), "tensor '" + name + "'");
   return std::vector<int64_t>(shape.begin(), shape.end());
 }
 
@@ -147,6 +150,8 @@ std::optional<QuantizedWeight> describe_compressed(const Checkpoint& checkpoint,
              "': '", shape_name, "' says out = ", values[0].item<int64_t>(), ", but '", packed_name,
              "' has ", packed[0], " rows");
     in = values[1].item<int64_t>();
+    TS_CHECK(in > 0 && in <= detail::kMaxDimension, checkpoint.path(), "quantized weight '", name,
+             "': '", shape_name, "' says in = ", in, ", expected 1 to ", detail::kMaxDimension);
   }
   weight.bits = config.bits;
   if (!weight.bits && in) weight.bits = infer_bits(in, packed[1], {8, 4, 2, 1, 3, 5, 6, 7});
@@ -190,7 +195,7 @@ std::optional<QuantizedWeight> describe_by_names(const Checkpoint& checkpoint,
   }
   if (!checkpoint.contains(name)) return std::nullopt;
   const TensorInfo& info = checkpoint.info(name);
-  const std::vector<int64_t> shape(info.shape.begin(), info.shape.end());
+  const std::vector<int64_t> shape = shape_of(checkpoint, std::string(name));
   const c10::ScalarType type = to_scalar_type(info.dtype);
   const bool fp8 = type == at::kFloat8_e4m3fn || type == at::kFloat8_e5m2 ||
                    type == at::kFloat8_e4m3fnuz || type == at::kFloat8_e5m2fnuz;
@@ -204,10 +209,10 @@ std::optional<QuantizedWeight> describe_by_names(const Checkpoint& checkpoint,
     const std::string& scale_name = checkpoint.contains(scale_inv) ? scale_inv : scale;
     weight.tensors = {{"packed", std::string(name)}, {"scale", scale_name}};
     const auto scale_shape = shape_of(checkpoint, scale_name);
-    int64_t scale_count = 1;
-    for (int64_t s : scale_shape) scale_count *= s;
-    const bool per_channel = scale_shape == std::vector<int64_t>{shape.front(), 1} ||
-                             scale_shape == std::vector<int64_t>{shape.front()};
+    const int64_t scale_count = detail::saturating_numel(scale_shape);
+    // A 0-dim weight has no output channel: only one scale fits it (check_layout says so).
+    const bool per_channel = !shape.empty() && (scale_shape == std::vector<int64_t>{shape[0], 1} ||
+                                                scale_shape == std::vector<int64_t>{shape[0]});
     if (scale_count != 1 && !per_channel && shape.size() == 2) {
       // Block scales: the config's block size, else DeepSeek-V3's 128 x 128.
       weight.block_size =

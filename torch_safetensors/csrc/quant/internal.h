@@ -58,4 +58,13 @@ std::string_view packing_name(Scheme scheme);
 std::string sizes_string(c10::IntArrayRef sizes);
 inline int64_t ceil_div(int64_t a, int64_t b) { return (a + b - 1) / b; }
 
+// The largest dimension of a quantized weight or of one of its parts: far beyond any model, and
+// small enough that the layout arithmetic (a dimension x 32 bits, x 8 values a word) cannot
+// overflow. Header shapes may hold larger ones beside a 0 (no elements); they are refused here.
+inline constexpr int64_t kMaxDimension = int64_t{1} << 48;
+// Throws naming `source` and `what` unless every size is in [0, kMaxDimension].
+void check_dimensions(c10::IntArrayRef sizes, std::string_view source, std::string_view what);
+// The element count, saturating at INT64_MAX instead of overflowing.
+int64_t saturating_numel(c10::IntArrayRef sizes);
+
 }  // namespace torch::safetensors::quant::detail

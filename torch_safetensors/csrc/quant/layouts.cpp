@@ -54,6 +54,22 @@ std::string sizes_string(c10::IntArrayRef sizes) {
   return out.str();
 }
 
+void check_dimensions(c10::IntArrayRef sizes, std::string_view source, std::string_view what) {
+  for (int64_t size : sizes) {
+    TS_CHECK(size >= 0 && size <= kMaxDimension, source, what, ": shape ", sizes_string(sizes),
+             " has a size outside [0, ", kMaxDimension, "]");
+  }
+}
+
+int64_t saturating_numel(c10::IntArrayRef sizes) {
+  int64_t n = 1;
+  for (int64_t size : sizes) {
+    if (size == 0) return 0;
+    if (__builtin_mul_overflow(n, size, &n)) n = INT64_MAX;
+  }
+  return n;
+}
+
 at::Tensor unpack_bits(const at::Tensor& packed, int bits, int64_t count) {
   TORCH_CHECK(bits >= 1 && bits <= 8, "quant: bits must be 1..8, found ", bits);
   const at::Tensor words = packed.to(at::kInt).contiguous();
@@ -262,8 +278,15 @@ void check_layout(const QuantizedWeight& weight, const PartInfos& parts, std::st
                  std::count(optional.begin(), optional.end(), role),
              source, what, ": unexpected part '", role, "'");
   }
-  TS_CHECK(!weight.shape.empty(), source, what, ": its dense shape is unknown");
   const std::vector<int64_t>& shape = weight.shape;
+  check_dimensions(shape, source, what + ": its dense shape");
+  for (const auto& [role, info] : parts) {
+    check_dimensions(info.sizes, source, what + ": " + stored(role));
+  }
+  // Only FP8 with one scale has a meaning for a 0-dim weight; every other rule needs dimensions.
+  const bool scalar_fp8 = weight.scheme == Scheme::kFp8 && weight.block_size.empty();
+  TS_CHECK(!shape.empty() || scalar_fp8, source, what, ": its dense shape is unknown or 0-dim ",
+           "(", scheme_name(weight.scheme), " needs at least one dimension)");
   auto expect_dtype = [&](const std::string& role, bool ok, std::string_view expected) {
     TS_CHECK(ok, source, what, ": ", stored(role), " (", role, ") has dtype ", parts.at(role).dtype,
              ", expected ", expected);
@@ -274,14 +297,11 @@ void check_layout(const QuantizedWeight& weight, const PartInfos& parts, std::st
     TS_CHECK(found == expected, source, what, ": ", stored(role), " (", role, ") has shape ",
              sizes_string(found), ", expected ", sizes_string(expected), " (", formula, ")");
   };
-  auto numel = [](const std::vector<int64_t>& sizes) {
-    int64_t n = 1;
-    for (int64_t s : sizes) n *= s;
-    return n;
-  };
+  auto numel = [](const std::vector<int64_t>& sizes) { return saturating_numel(sizes); };
   const bool two_d = shape.size() == 2;
-  const int64_t out = shape.front();
-  const int64_t in = shape.back();
+  // 1 for a 0-dim FP8 weight, the only scheme that reaches here without a dimension.
+  const int64_t out = shape.empty() ? 1 : shape.front();
+  const int64_t in = shape.empty() ? 1 : shape.back();
   auto require_2d = [&] {
     TS_CHECK(two_d, source, what, ": expected a 2-D [out, in] weight, found shape ",
              sizes_string(shape));
@@ -308,8 +328,12 @@ void check_layout(const QuantizedWeight& weight, const PartInfos& parts, std::st
                      "ceil(out / block rows), ceil(in / block cols)");
       } else {
         const bool per_tensor = numel(scale) == 1;
-        const bool per_channel =
-            scale == std::vector<int64_t>{out, 1} || scale == std::vector<int64_t>{out};
+        const bool per_channel = !shape.empty() && (scale == std::vector<int64_t>{out, 1} ||
+                                                    scale == std::vector<int64_t>{out});
+        if (shape.empty()) {
+          TS_CHECK(per_tensor, source, what, ": ", stored("scale"), " has shape ",
+                   sizes_string(scale), ", expected one value (the weight is 0-dim)");
+        }
         TS_CHECK(per_tensor || per_channel, source, what, ": ", stored("scale"), " has shape ",
                  sizes_string(scale), ", expected one value, [", out, ", 1] or [", out,
                  "] (per tensor or per output channel; block scales need a block size)");

@@ -107,10 +107,12 @@ Quantized quantize_fp8(const at::Tensor& w, std::string_view name, const Quantiz
     result.weight.block_size = options.block_size;
     result.tensors = {{prefix + "weight", at::Tensor()}, {prefix + "weight_scale_inv", scale}};
   } else {
-    const at::Tensor amax = w.abs().reshape({w.size(0), -1}).amax(1, /*keepdim=*/true);
+    // One scale per output channel; a 0-dim weight has one value, so one scale.
+    const int64_t rows = w.dim() ? w.size(0) : 1;
+    const at::Tensor amax = w.abs().reshape({rows, -1}).amax(1, /*keepdim=*/true);
     scale = at::where(amax == 0, at::ones_like(amax), amax / kMax);  // [out, 1]
     std::vector<int64_t> sizes(w.dim(), 1);
-    sizes[0] = w.size(0);
+    if (w.dim()) sizes[0] = rows;
     full = scale.view(sizes);
     result.tensors = {{prefix + "weight", at::Tensor()}, {prefix + "weight_scale", scale}};
   }

@@ -78,9 +78,12 @@ class TS_API AtomicFileWriter {
 // libtorch.so export in copies of their own that win symbol resolution and crash (test_util.h).
 namespace torch::safetensors::storage {
 
-TS_API std::string join_path(const std::string& directory,
-                             const std::string& name);    // "a" + "b" → "a/b"
+TS_API std::string join_path(const std::string& directory, const std::string& name);  // "a" + "b" → "a/b"
 TS_API std::string parent_path(const std::string& path);  // "a/b" → "a"; "b" → ""; "/b" → "/"
+// The folder holding the file `path`, as a path to join sibling names to (config.json beside a
+// checkpoint): "a/b" → "a"; "b" → "."; "/b" → "/"; "../d/b" → "../d". The one place a file's
+// folder is derived, so that a bare file name finds its siblings in the working directory.
+TS_API std::string directory_of(const std::string& path);
 TS_API std::string file_name(const std::string& path);    // "a/b" → "b"
 TS_API bool is_directory(const std::string& path);        // following symlinks; false if absent
 TS_API bool is_regular_file(const std::string& path);     // following symlinks; false if absent
@@ -88,6 +91,30 @@ TS_API bool is_regular_file(const std::string& path);     // following symlinks;
 TS_API std::vector<std::string> list_files(const std::string& directory);
 // realpath(3): absolute, no symlinks, no "." or "..". Throws OSError naming `what`.
 TS_API std::string real_path(const std::string& path, const std::string& what);
+// Where the files a checkpoint names (its shards) may resolve, symlinks followed: inside its
+// folder, and -- when the folder is a huggingface_hub snapshot, `<cache>/<kind>s--<id>/snapshots/
+// <revision>/` reached as itself, not through a symlink of the snapshot folder -- the blob files
+// of that same cache repository, `<cache>/<kind>s--<id>/blobs/<hash>` (docs/dev/hardening.md,
+// "Paths and the huggingface_hub cache"). Resolved once, when a checkpoint is opened.
+struct TS_API Containment {
+  std::string folder;  // realpath of the folder, ending in '/'
+  std::string blobs;   // realpath of the repository's blobs/ folder, ending in '/'; "" if none
+};
+// Throws OSError naming `what` if `folder` cannot be resolved.
+TS_API Containment containment_of(const std::string& folder, const std::string& what);
+// Whether a resolved path (realpath) lies where `containment` allows.
+TS_API bool is_contained(const Containment& containment, const std::string& real);
+// Throws, naming `where` (the index) and `name` (the shard), unless `real` is contained.
+TS_API void check_contained(const Containment& containment, const std::string& real,
+                     const std::string& where, const std::string& name);
+// Opens `path` (a file the checkpoint names, `name` in messages) for reading and checks that the
+// file actually opened -- the descriptor that is then read, not the path looked up earlier --
+// lies where `containment` allows: a file swapped for a symlink to an outside file after the
+// checkpoint was opened is refused when it is opened. `where` prefixes the errors (the index).
+TS_API std::shared_ptr<const Source> open_contained(const Containment& containment,
+                                             const std::string& path, bool mapped,
+                                             const std::string& where, const std::string& name);
+
 // mkdir -p. Throws OSError.
 TS_API void make_directories(const std::string& path);
 // fsync(2) of a directory, making renames and removals in it durable. Throws OSError.

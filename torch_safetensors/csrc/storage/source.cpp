@@ -62,6 +62,7 @@ class FileSource final : public Source {
   const std::string& name() const override { return path_; }
   uint64_t size() const override { return size_; }
   uint8_t* data() const override { return data_; }
+  int descriptor() const { return fd_; }
 
   // pread even when mapped: a file truncated since open then gives an error, not SIGBUS, and
   // gathered slices do not fault in the mapping's pages.
@@ -143,6 +144,22 @@ std::shared_ptr<const Source> memory_source(std::string bytes, std::string name)
 }
 
 namespace storage {
+
+std::shared_ptr<const Source> open_contained(const Containment& containment,
+                                             const std::string& path, bool mapped,
+                                             const std::string& where, const std::string& name) {
+  auto source = std::make_shared<const FileSource>(path, mapped);
+  // What the descriptor is: the path resolved now, and the same file (device and inode) as the
+  // one opened. A swap between the open and the resolution shows as a different file.
+  const std::string real = real_path(path, where + ": shard '" + name + "' cannot be resolved");
+  struct stat opened {}, resolved {};
+  if (::fstat(source->descriptor(), &opened) != 0) throw_os_error(errno, path, "cannot stat");
+  TS_CHECK(::stat(real.c_str(), &resolved) == 0 && opened.st_dev == resolved.st_dev &&
+               opened.st_ino == resolved.st_ino,
+           where, "shard '", name, "' was replaced while it was being opened; refusing to read it");
+  check_contained(containment, real, where, name);
+  return source;
+}
 
 std::shared_ptr<const Source> borrowed_memory_source(std::string_view bytes, std::string name) {
   return std::make_shared<MemorySource>(std::string(), bytes, std::move(name),
