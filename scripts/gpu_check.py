@@ -111,6 +111,11 @@ def cases(xml_path):
     return out
 
 
+def one_line(message, limit=200):
+    """GoogleTest's skip message is "file:line" then the reason: both, on one line."""
+    return " ".join(message.split())[:limit]
+
+
 def tally(found):
     counts = {"passed": 0, "failed": 0, "skipped": 0}
     for _, outcome, _ in found:
@@ -132,7 +137,7 @@ def verdict(kind, xml_paths):
               f"{counts['skipped']} skipped")
         for name, outcome, message in found:
             if outcome != "passed":
-                print(f"  {outcome}: {name}: {message.splitlines()[0] if message else ''}")
+                print(f"  {outcome}: {name}: {one_line(message)}")
         if counts["failed"]:
             bad = True
         if kind == "cuda":
@@ -202,8 +207,8 @@ def markdown(result):
         lines.append(f"| {name} | {t['passed']} | {t['failed']} | {t['skipped']} |")
     for name, t in result["tests"].items():
         for case in t["not_passed"]:
-            first = case["message"].splitlines()[0] if case["message"] else ""
-            lines.append(f"- {name}: {case['outcome']} {case['case']}: {first}")
+            lines.append(f"- {name}: {case['outcome']} {case['case']}: "
+                         f"{one_line(case['message'])}")
     bench = result["bench"]
     if bench:
         lines += ["", f"#### bench/device.py --gpu: {bench['bytes'] / 1e9:.2f} GB "

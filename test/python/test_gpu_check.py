@@ -47,7 +47,7 @@ def test_verdicts(tmp_path, capsys, cases, cuda, cpu):
     assert gpu_check.verdict("cpu", [path]) == cpu
     if SKIPPED_NO_CUDA in cases:
         assert "skipped: DeviceCuda.WholeFilesSlicesShardsAndStreamingToTheGpu: " \
-            "test_device.cpp:173" in capsys.readouterr().out
+            "test_device.cpp:173 no CUDA device" in capsys.readouterr().out
 
 
 def test_a_missing_report_fails(tmp_path, capsys):
