@@ -18,6 +18,7 @@ from . import _args
 from ._errors import no_kept_name_error, size_mismatch_error, strict_load_error
 from ._extension import _C
 from ._save import save_file
+from .distributed import _dtensor
 
 
 def storage_ptr(tensor: torch.Tensor) -> int:
@@ -141,10 +142,8 @@ def load_model(
     """
     path = _args.path(filename)
     _args.device(device)
-    from . import distributed
-
-    if distributed.has_dtensors(model):  # parallelize_module's DTensors: shard-on-read
-        return distributed.load_dtensors(model, filename, strict, backend=backend)
+    if _dtensor.has_dtensors(model):  # parallelize_module's DTensors: shard-on-read
+        return _dtensor.load_dtensors(model, filename, strict, backend=backend)
     targets = _tensor_items(model.state_dict(keep_vars=True))
     plan = _C.ModuleLoad(targets, path, _args.backend(backend))
     for names, keep in plan.ties:

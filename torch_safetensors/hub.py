@@ -30,6 +30,7 @@ from ._errors import save_error
 from ._extension import _C
 from ._file import safe_open
 from ._model import _remove_duplicate_names
+from .distributed import _dtensor
 
 SAFETENSORS_WEIGHTS_FILE_PATTERN = "model{suffix}.safetensors"
 MAX_SHARD_SIZE = "5GB"
@@ -259,11 +260,9 @@ def load_torch_model(
     path = Path(checkpoint_path)
     if not path.exists():
         raise FileNotFoundError(f"Checkpoint path {path} does not exist")
-    from . import distributed
-
-    if distributed.has_dtensors(model) and (path.is_file() or filename_pattern is None):
+    if _dtensor.has_dtensors(model) and (path.is_file() or filename_pattern is None):
         # parallelize_module's DTensors: each rank reads only its local shards.
-        missing, unexpected = distributed.load_dtensors(model, path, strict=False)
+        missing, unexpected = _dtensor.load_dtensors(model, path, strict=False)
         return _load_into_result(model, missing, unexpected, strict)
     if path.is_file():
         state_dict = load_state_dict_from_file(path, map_location=map_location, safe=safe)

@@ -1,4 +1,4 @@
-"""torch.distributed.checkpoint storage on safetensors (torch_safetensors._dcp): round trips with
+"""torch.distributed.checkpoint storage on safetensors (torch_safetensors.distributed._dcp): round trips with
 our writer, huggingface_hub's and torch's; partial reads (bytes counted on the reading thread);
 DTensor loading on a 2-rank gloo group; the errors."""
 
@@ -18,7 +18,7 @@ from torch.distributed.checkpoint.api import CheckpointException
 
 import torch_safetensors
 from torch_safetensors import hub
-from torch_safetensors._dcp import StorageReader, StorageWriter
+from torch_safetensors.distributed import StorageReader, StorageWriter
 
 pytestmark = pytest.mark.filterwarnings("ignore::UserWarning", "ignore::FutureWarning")
 

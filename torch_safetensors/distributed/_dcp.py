@@ -58,9 +58,9 @@ from torch.distributed.checkpoint.planner import (
 )
 from torch.futures import Future
 
-from ._file import open_checkpoint, safe_open
-from ._model import _find_shared_tensors
-from ._save import save_file
+from .._extension import _C
+from .._file import open_checkpoint, safe_open
+from .._save import save_file
 
 __all__ = ["StorageReader", "StorageWriter"]
 
@@ -457,7 +457,7 @@ class StorageWriter(_storage.StorageWriter):
         for item in plan.items:
             tensors[item.index.fqn] = planner.resolve_data(item).detach().contiguous()
         # save_file refuses tensors sharing memory (tied weights): give each its own copy.
-        for group in _find_shared_tensors(tensors):
+        for group in _C.memory_groups(list(tensors.items())):
             for name in sorted(group)[1:]:
                 tensors[name] = tensors[name].clone()
         file_path = os.path.join(self.path, file_name)
