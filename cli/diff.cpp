@@ -28,13 +28,14 @@ const char* kHelp =
 // Elements compared per step, so that a large tensor never needs its float64 copy at once.
 constexpr int64_t kChunk = int64_t(1) << 22;
 
-// The largest |a - b| over two tensors of one dtype and shape; +inf where one side is NaN or the
-// dtype has no arithmetic (packed F4/F6, compared by bytes).
-double max_abs_difference(const at::Tensor& a, const at::Tensor& b) {
+// The largest |a - b| over two tensors of one stored dtype and shape; +inf where one side is NaN
+// or the dtype packs several values in a byte (F4, F6: the dtype table's values per group), whose
+// torch elements are not values, so they are compared by bytes.
+double max_abs_difference(Dtype stored, const at::Tensor& a, const at::Tensor& b) {
   const at::Tensor flat_a = a.contiguous().view(-1), flat_b = b.contiguous().view(-1);
   if (std::memcmp(flat_a.data_ptr(), flat_b.data_ptr(), flat_a.nbytes()) == 0) return 0;
+  if (values_per_group(stored) > 1) return INFINITY;
   const c10::ScalarType type = a.scalar_type();
-  if (type == c10::kFloat4_e2m1fn_x2) return INFINITY;
   double largest = 0;
   for (int64_t begin = 0; begin < flat_a.numel(); begin += kChunk) {
     const int64_t end = std::min(flat_a.numel(), begin + kChunk);
@@ -118,7 +119,7 @@ int diff_command(const std::vector<std::string>& args) {
       ++differences;
       continue;
     }
-    const double largest = max_abs_difference(a.tensor(name), b.tensor(name));
+    const double largest = max_abs_difference(info_a.dtype, a.tensor(name), b.tensor(name));
     progress.update(done);
     if (largest > tolerance) {
       progress.finish();

@@ -7,7 +7,7 @@
 #include <iostream>
 
 #include <torch/torch.h>
-#include <torch_safetensors/safetensors.h>
+#include <torch_safetensors/all.h>
 
 namespace st = torch::safetensors;
 

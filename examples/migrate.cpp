@@ -3,7 +3,7 @@
 #include <sstream>
 
 #include <torch/torch.h>
-#include <torch_safetensors/safetensors.h>
+#include <torch_safetensors/all.h>
 
 int main() {
   namespace st = torch::safetensors;

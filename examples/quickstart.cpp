@@ -1,6 +1,6 @@
 // The README's 10-line example.
 #include <torch/torch.h>
-#include <torch_safetensors/safetensors.h>
+#include <torch_safetensors/all.h>
 
 int main() {
   namespace st = torch::safetensors;

@@ -1,7 +1,7 @@
 // The README's sharded checkpoint example: save a model in shards (huggingface_hub's layout),
 // open the directory lazily, load it into a fresh model. Usage: sharded [directory]
 #include <torch/torch.h>
-#include <torch_safetensors/safetensors.h>
+#include <torch_safetensors/all.h>
 
 #include <cstdio>
 

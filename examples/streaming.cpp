@@ -2,7 +2,7 @@
 // there is one), cast on load, and a populated mapping. Usage: streaming [directory]
 #include <torch/cuda.h>
 #include <torch/torch.h>
-#include <torch_safetensors/safetensors.h>
+#include <torch_safetensors/all.h>
 
 #include <cstdio>
 

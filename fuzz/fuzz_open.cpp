@@ -33,7 +33,7 @@
 #include <torch/optim/adam.h>
 #include <torch/optim/lbfgs.h>
 
-#include "torch_safetensors/safetensors.h"
+#include "torch_safetensors/all.h"
 
 #ifndef TS_FUZZ_NO_CUSTOM_MUTATOR
 #include "json_mutator.h"

@@ -12,11 +12,12 @@
 
 #include <ATen/core/ivalue.h>
 
+#include "torch_safetensors/export.h"
 #include "torch_safetensors/serialize.h"
 
 namespace torch::safetensors {
 
-class OutputArchive {
+class TS_API OutputArchive {
  public:
   OutputArchive();
 
@@ -29,7 +30,7 @@ class OutputArchive {
   void write(const std::string& key, const OutputArchive& nested);
 
   // Saves everything written (tied or overlapping tensors are refused as by save(tensors)).
-  void save_to(const SaveTo& to, const std::optional<Metadata>& metadata = std::nullopt) const;
+  void save_to(const SaveTo& to, const SaveMetadata& metadata = {}) const;
 
   const NamedTensors& tensors() const { return tensors_; }
 
@@ -37,12 +38,13 @@ class OutputArchive {
   NamedTensors tensors_;
 };
 
-class InputArchive {
+class TS_API InputArchive {
  public:
   InputArchive() = default;
 
   // Opens the source; `device` like torch's load_from (tensors are read onto it).
   void load_from(const LoadFrom& from, std::optional<c10::Device> device = std::nullopt);
+  void load_from(const LoadFrom& from, const LoadOptions& options);
   void load_from(const char* data, size_t size, std::optional<c10::Device> device = std::nullopt);
   void load_from(const ReadFunction& read, const SizeFunction& size,
                  std::optional<c10::Device> device = std::nullopt);

@@ -1,10 +1,11 @@
-// Checkpoints: one handle over a single safetensors file or a sharded checkpoint (the
+// The lazy handle: one class over a single safetensors file, a sharded checkpoint (the
 // `model.safetensors.index.json` layout that huggingface_hub, transformers and
-// torch.distributed.checkpoint's HuggingFaceStorageWriter write), and sharded saving.
+// torch.distributed.checkpoint's HuggingFaceStorageWriter write) or a directory holding either.
+// File (file.h) is its single-file case, with the header and the source on top. Every accessor is
+// implemented once, here, for both.
 //
 //   Checkpoint ckpt("Llama-3-8B/");              // a directory: its index, or its one file
 //   at::Tensor w = ckpt.tensor("model.layers.0.mlp.up_proj.weight");  // opens that shard only
-//   save_sharded(model, "out/", ShardOptions().with_max_shard_size("5GB"));
 #pragma once
 
 #include <cstdint>
@@ -13,33 +14,49 @@
 #include <optional>
 #include <string>
 #include <string_view>
-#include <unordered_set>
 #include <utility>
 #include <vector>
 
-#include <torch/nn/module.h>
+#include <ATen/core/Tensor.h>
 
-#include "torch_safetensors/file.h"
-#include "torch_safetensors/serialize.h"
+#include "torch_safetensors/export.h"
+#include "torch_safetensors/header.h"
+#include "torch_safetensors/options.h"
+#include "torch_safetensors/slice.h"
+#include "torch_safetensors/source.h"
+#include "torch_safetensors/types.h"
+
+namespace at::indexing {
+struct TensorIndex;  // ATen/TensorIndexing.h, which callers of slice() include (torch/torch.h does)
+}
 
 namespace torch::safetensors {
 
-// A lazy handle with File's interface over every tensor of a checkpoint. `path` is
+class File;
+namespace detail {
+struct CheckpointAccess;
+}
+
+// Opening reads and validates only what names the tensors: a file's header, or an index (every
+// shard it names must exist inside the directory). `path` is
 //   - a directory: its `model.safetensors.index.json`, else its one `*.safetensors.index.json`,
 //     else its one `*.safetensors` file (several candidates and no index is an error);
 //   - a file whose name ends in `.json`: an index;
 //   - any other file: a single safetensors file.
-// An index is read and checked on open (every shard it names must exist inside the directory,
-// symlinks included); each shard is opened on first use, once (one mapping per shard, shared by
-// every tensor from it), and checked then against the index: it must hold exactly the tensors
-// the index assigns to it. Errors name the index, the shard and the tensor. Thread-safe.
-class Checkpoint {
+// Each shard of an index is opened on first use, once (one mapping per shard, shared by every
+// tensor from it), and checked then against the index: it must hold exactly the tensors the index
+// assigns to it. Tensors are produced on request, all through one read path: with Backend::kMmap
+// and a source with addressable memory (a mapped file, owned bytes) they are zero-copy views of
+// it, each with its own storage; otherwise owned memory filled with Source::read, reading only the
+// bytes asked for; to a device, through the staging ring. Errors name the file (or the index,
+// the shard) and the tensor. Thread-safe.
+class TS_API Checkpoint {
  public:
-  explicit Checkpoint(const std::string& path, const LoadOptions& options = {});
-  // A single open file (any Source) as a checkpoint.
-  explicit Checkpoint(File file);
+  explicit Checkpoint(const PathArg& path, const LoadOptions& options = {});
+  // A single file read from `source` (bytes in memory, a stream, a source of your own).
+  explicit Checkpoint(std::shared_ptr<const Source> source, const LoadOptions& options = {});
 
-  const std::string& path() const;       // as given
+  const std::string& path() const;       // as given (a source's name)
   const std::string& directory() const;  // the folder holding the files ("" for a non-file source)
   // The index file, when the checkpoint has one.
   const std::optional<std::string>& index_path() const;
@@ -50,21 +67,34 @@ class Checkpoint {
   // (values that are not strings as their JSON text).
   const std::optional<Metadata>& metadata() const;
 
-  // Tensor names: a single file in data-offset order; an index shard by shard (in shard_files()
-  // order), each shard's names in the order the index lists them.
+  // Tensor names: a single file in data-offset order (`offset_keys` in the reference); an index
+  // shard by shard (in shard_files() order), each shard's names in the order the index lists them.
   const std::vector<std::string>& keys() const;
   bool contains(std::string_view name) const;
-  size_t size() const { return keys().size(); }
+  size_t size() const;
   // The shard holding `name`, relative to directory(), and that shard opened.
   const std::string& shard_file(std::string_view name) const;
-  const File& file(std::string_view name) const;
+  File file(std::string_view name) const;
 
-  // As File's, through the shard holding `name`.
+  // A missing name is a c10::Error "no tensor named '<name>' (N tensors: ...)" naming the file or
+  // the index, the same for every accessor and every kind of checkpoint.
   const TensorInfo& info(std::string_view name) const;
+
+  // One whole tensor. Packed dtypes (F4 as Float4_e2m1fn_x2, F6 as uint8 bytes) keep the logical
+  // shape with the last dimension counted in torch elements (stored_sizes in dtype.h); when it
+  // does not hold whole groups the tensor comes back 1-D, one element per stored byte.
   at::Tensor tensor(std::string_view name) const;
+
+  // `tensor(name).index(indices)`, reading only the bytes the result holds: integers, slices with
+  // any positive step, `...`, None and booleans, on any dimension (see slice.h). A view when the
+  // backend views memory, else exactly the selected bytes read into owned memory. Tensor indices
+  // (advanced indexing) apply to the whole tensor.
   at::Tensor slice(std::string_view name, at::ArrayRef<at::indexing::TensorIndex> indices) const;
+  // Several [begin, end) ranges of dimension `dim`, concatenated in order: a rank's share of a
+  // fused weight (the q, k and v blocks of a qkv projection). Reads exactly those bytes.
   at::Tensor slice_intervals(std::string_view name, int64_t dim,
                              std::vector<std::pair<int64_t, int64_t>> ranges) const;
+
   RawTensor raw(std::string_view name) const;
 
   // Every tensor, in keys() order. With Backend::kPread every shard is read in one parallel pass
@@ -76,89 +106,34 @@ class Checkpoint {
 
   // Streams every tensor, in file order (shard by shard), to `consume` as soon as it has landed —
   // the shape of the weight iterators inference engines consume. To a device, copies of later
-  // tensors proceed while `consume` runs. An exception from `consume` stops the load.
+  // tensors proceed while `consume` runs; pread loads go in batches of about staging_bytes. An
+  // exception from `consume` stops the load.
   using Consumer = std::function<void(const std::string& name, at::Tensor tensor)>;
   void for_each(const Consumer& consume) const;
 
-  // File::check_intact of every shard opened so far.
+  // Throws if a file opened so far is now shorter than when it was opened. With the mmap backend,
+  // touching a tensor whose pages lie past the new end raises SIGBUS (the OS's rule for mappings),
+  // so a program that lets other processes rewrite files in place should call this first, or use
+  // the pread backend, which turns a short read into a c10::Error. Files replaced by rename (as
+  // our save and the reference's do) are safe: the mapping keeps the old contents.
   void check_intact() const;
 
   struct Impl;
 
- private:
+ protected:
+  explicit Checkpoint(std::shared_ptr<const Impl> impl) : impl_(std::move(impl)) {}
   std::shared_ptr<const Impl> impl_;
+
+ private:
+  friend struct detail::CheckpointAccess;
 };
-
-// huggingface_hub's size strings: "5GB" → 5'000'000'000 (units TB, GB, MB, KB, powers of 10,
-// case-insensitive; a decimal value such as "1.5GB" is allowed). Anything else is a c10::Error.
-uint64_t parse_size(std::string_view size);
-
-struct ShardOptions {
-  uint64_t max_shard_size = 5'000'000'000;  // "5GB", huggingface_hub's default
-  // `{suffix}` becomes "" for a single file, "-00001-of-00004" for shards; the index is the
-  // single file's name plus ".index.json".
-  std::string filename_pattern = "model{suffix}.safetensors";
-  // Written to the index's "metadata" (after "total_size") when sharded, else to the file.
-  std::optional<Metadata> metadata;
-  // Names of tied tensors to drop rather than keep when there is a choice (huggingface_hub's
-  // shared_tensors_to_discard).
-  std::unordered_set<std::string> discard;
-  // Remove files of an earlier save with this pattern (shards, index) that this one did not
-  // write (huggingface_hub's is_main_process).
-  bool remove_stale = true;
-  // Called after each file is written with (bytes of tensor data written, total): progress bars.
-  std::function<void(uint64_t done, uint64_t total)> on_progress;
-
-  ShardOptions& with_max_shard_size(uint64_t bytes) {
-    max_shard_size = bytes;
-    return *this;
-  }
-  ShardOptions& with_max_shard_size(std::string_view size) {
-    max_shard_size = parse_size(size);
-    return *this;
-  }
-  ShardOptions& with_filename_pattern(std::string pattern) {
-    filename_pattern = std::move(pattern);
-    return *this;
-  }
-  ShardOptions& with_metadata(Metadata m) {
-    metadata = std::move(m);
-    return *this;
-  }
-};
-
-// huggingface_hub's StateDictSplit: which tensors go to which file.
-struct ShardSplit {
-  // File name → tensor names, in file order.
-  std::vector<std::pair<std::string, std::vector<std::string>>> files;
-  uint64_t total_size = 0;  // bytes, each storage counted once
-  bool is_sharded() const { return files.size() > 1; }
-};
-
-// huggingface_hub's split_torch_state_dict_into_shards, exactly: tensors are taken in order and a
-// new shard starts when the next tensor would pass max_shard_size (a larger tensor gets a shard of
-// its own); sizes are storage sizes, and tensors on one storage go with the first of them.
-ShardSplit plan_shards(const NamedTensors& tensors, const ShardOptions& options = {});
-
-// Writes tensors as huggingface_hub's save_torch_state_dict does, with the same file names, the
-// same split, an index with the same content and byte-identical files: tied tensors are stored
-// once (the tie policy of save(Module), recorded in metadata as dropped → kept; a tensor that
-// shares memory with no name covering it all, alone or in a group, is refused), then split by
-// plan_shards. The directory is created if needed. Every file is written to a temporary file
-// first and renamed into place only once all are written, so a failed save (full disk, bad
-// tensor) changes nothing; then stale files of an earlier save are removed (remove_stale).
-void save_sharded(const NamedTensors& tensors, const std::string& directory,
-                  const ShardOptions& options = {});
-// A module's parameters and buffers.
-void save_sharded(const torch::nn::Module& module, const std::string& directory,
-                  const ShardOptions& options = {});
-
-}  // namespace torch::safetensors
-
-namespace torch::safetensors {
 
 // What load(from) opens: a path as Checkpoint(path) (a file, an index or a directory), any other
 // source as its one file.
-Checkpoint open_checkpoint(const LoadFrom& from, const LoadOptions& options = {});
+class LoadFrom;
+TS_API Checkpoint open_checkpoint(const LoadFrom& from, const LoadOptions& options = {});
 
 }  // namespace torch::safetensors
+
+// A checkpoint's file() is a File: complete wherever a Checkpoint is.
+#include "torch_safetensors/file.h"  // IWYU pragma: export

@@ -8,6 +8,8 @@
 //   st::convert_torch_checkpoint("llama-bin/", "llama-st/", options);
 #pragma once
 
+#include "torch_safetensors/export.h"
+
 #include <cstdint>
 #include <functional>
 #include <optional>
@@ -18,6 +20,7 @@
 
 #include "torch_safetensors/checkpoint.h"
 #include "torch_safetensors/serialize.h"
+#include "torch_safetensors/sharded.h"
 
 namespace torch::safetensors {
 
@@ -33,9 +36,9 @@ namespace torch::safetensors {
 // views of the mapped file where the archive stores them uncompressed (as torch.save does).
 // Anything else — a list, a number, an optimizer's param_groups, a global other than torch's
 // tensor rebuild functions, the legacy pre-zip format — is a c10::Error naming it.
-NamedTensors load_torch_checkpoint(const std::string& path);
+TS_API NamedTensors load_torch_checkpoint(const std::string& path);
 
-struct ConvertOptions {
+struct TS_API ConvertOptions {
   // Set: `to` is a directory written by save_sharded (shards of at most this many bytes and an
   // index). Unset: `to` is one safetensors file.
   std::optional<uint64_t> max_shard_size;
@@ -48,7 +51,7 @@ struct ConvertOptions {
   std::function<void(uint64_t done, uint64_t total)> on_progress;
 };
 
-struct ConvertReport {
+struct TS_API ConvertReport {
   size_t tensors_read = 0;         // names in the checkpoint
   size_t tensors_written = 0;      // after dropping tied duplicates
   uint64_t bytes_written = 0;      // tensor data
@@ -59,7 +62,7 @@ struct ConvertReport {
 // (one file) or save_sharded (a directory) write a module: tied tensors once, each dropped name
 // recorded in the metadata as dropped → kept, a tie none of whose names covers its storage
 // refused (the reference's save_model). Writes are atomic.
-ConvertReport convert_torch_checkpoint(const std::string& from, const std::string& to,
-                                       const ConvertOptions& options = {});
+TS_API ConvertReport convert_torch_checkpoint(const std::string& from, const std::string& to,
+                                              const ConvertOptions& options = {});
 
 }  // namespace torch::safetensors

@@ -14,6 +14,8 @@
 // reassembly) are in distributed_c10d.h, an optional target.
 #pragma once
 
+#include "torch_safetensors/export.h"
+
 #include <cstdint>
 #include <optional>
 #include <string>
@@ -41,7 +43,7 @@ enum class ShardStyle {
   kEmbeddingColwise,  // the embedding's columns (dim 1)
 };
 
-struct ShardRule {
+struct TS_API ShardRule {
   ShardStyle style = ShardStyle::kReplicate;
   // Packed styles: the fused blocks' sizes along the split dimension, in order (q, k, v). Empty:
   // two equal blocks, transformers' convention for a fused gate_up_proj.
@@ -59,7 +61,7 @@ struct ShardRule {
 // One tensor's explicit split among the tensor-parallel ranks, like torch.tensor_split but with
 // any offsets: rank r holds [ranges[r].first, ranges[r].first + ranges[r].second) of `dim`.
 // Ranges may be empty or overlap; together they must cover the dimension.
-struct TensorSplit {
+struct TS_API TensorSplit {
   int64_t dim = 0;
   std::vector<std::pair<int64_t, int64_t>> ranges;  // (offset, length) per rank
 };
@@ -68,7 +70,7 @@ struct TensorSplit {
 // path segment after `layers` ("model.layers.7.mlp..."); stage s holds layers
 // [stages[s].first, stages[s].second). Other tensors go to the first stage when a pattern of
 // `first_stage` matches their module (embeddings), else to the last (final norm, head).
-struct PipelinePlan {
+struct TS_API PipelinePlan {
   std::string layers = "layers";
   std::vector<std::pair<int64_t, int64_t>> stages;
   std::vector<std::string> first_stage = {"embed_tokens", "embed_positions", "wte",
@@ -81,7 +83,7 @@ struct PipelinePlan {
 
 // The whole plan. Ranks are laid out stage-major: with S pipeline stages and world size W
 // (divisible by S), rank r is tensor-parallel rank r % (W / S) of stage r / (W / S).
-struct ShardPlan {
+struct TS_API ShardPlan {
   // Module-name pattern → rule. Patterns match a tensor's module path (its name without the last
   // segment), or its full name, by their last segments: "layers.*.mlp.up_proj" matches
   // "model.layers.3.mlp.up_proj.weight"; `*` matches one numeric segment. The longest pattern
@@ -99,14 +101,14 @@ struct ShardPlan {
 };
 
 // One split of a piece: [begin, end) ranges along `dim`, concatenated in order.
-struct DimSplit {
+struct TS_API DimSplit {
   int64_t dim = 0;
   std::vector<std::pair<int64_t, int64_t>> ranges;
 };
 
 // Where a rank's piece of a tensor lies in the full tensor: the full (torch) sizes and the splits,
 // none for a whole (replicated) tensor.
-struct Piece {
+struct TS_API Piece {
   std::string name;
   std::vector<int64_t> full_sizes;
   std::vector<DimSplit> splits;
@@ -115,7 +117,7 @@ struct Piece {
 };
 
 // A tensor's name and its sizes as torch sees them: what planning needs.
-struct TensorShape {
+struct TS_API TensorShape {
   std::string name;
   std::vector<int64_t> sizes;
 };
@@ -125,11 +127,12 @@ struct TensorShape {
 // divide, packed blocks that do not add up, a split that cuts a block, an explicit split with the
 // wrong number of ranges or leaving part of a dimension on no rank, a layer on no stage, a rank
 // outside [0, world_size)); errors name `source`, the tensor, and expected vs found.
-std::vector<Piece> plan_for_rank(const std::vector<TensorShape>& tensors, const ShardPlan& plan,
-                                 int64_t rank, int64_t world_size, std::string_view source,
-                                 std::vector<std::string>* warnings = nullptr);
+TS_API std::vector<Piece> plan_for_rank(const std::vector<TensorShape>& tensors,
+                                        const ShardPlan& plan, int64_t rank, int64_t world_size,
+                                        std::string_view source,
+                                        std::vector<std::string>* warnings = nullptr);
 
-struct RankLoad {
+struct TS_API RankLoad {
   TensorDict tensors;         // this rank's pieces, in checkpoint order
   std::vector<Piece> pieces;  // the same order
   // Tensor bytes this load read (or viewed): exactly its pieces' bytes, nothing of other ranks'.
@@ -142,14 +145,15 @@ struct RankLoad {
 
 // Rank `rank`'s pieces of `checkpoint` under `plan`, reading only their bytes: only the shards
 // holding them are opened, through the checkpoint's options (backend, device, dtype).
-RankLoad load_for_rank(const Checkpoint& checkpoint, const ShardPlan& plan, int64_t rank,
-                       int64_t world_size);
+TS_API RankLoad load_for_rank(const Checkpoint& checkpoint, const ShardPlan& plan, int64_t rank,
+                              int64_t world_size);
 
 // The given pieces (any splits: a DTensor's local shard on a 2-D mesh) in one bulk read.
-TensorDict load_pieces(const Checkpoint& checkpoint, const std::vector<Piece>& pieces);
+TS_API TensorDict load_pieces(const Checkpoint& checkpoint, const std::vector<Piece>& pieces);
 
 // Reassembly: the full tensor from every rank's piece of it (`pieces[r]` and `tensors[r]` from
 // rank r; ranks holding none of it pass an undefined tensor). Every element must be covered.
-at::Tensor assemble(const std::vector<Piece>& pieces, const std::vector<at::Tensor>& tensors);
+TS_API at::Tensor assemble(const std::vector<Piece>& pieces,
+                           const std::vector<at::Tensor>& tensors);
 
 }  // namespace torch::safetensors

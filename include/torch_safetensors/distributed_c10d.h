@@ -7,6 +7,8 @@
 //   RankLoad mine = load_for_rank("Llama/", plan, *group);
 #pragma once
 
+#include "torch_safetensors/export.h"
+
 #include <string>
 
 #include <torch/csrc/distributed/c10d/ProcessGroup.hpp>
@@ -15,7 +17,7 @@
 
 namespace torch::safetensors {
 
-struct CollectiveOptions {
+struct TS_API CollectiveOptions {
   // The world size this rank's plan assumes; -1: the group's size. Ranks that disagree with
   // each other or with the group fail together.
   int64_t world_size = -1;
@@ -31,12 +33,13 @@ struct CollectiveOptions {
 // then each loads its pieces. A failure on any rank (a bad plan, a missing file) is raised on
 // every rank, naming the rank; a rank that dies or stops answering makes the others fail with a
 // c10::Error within the group's timeout, never hang.
-RankLoad load_for_rank(const std::string& path, const ShardPlan& plan, c10d::ProcessGroup& group,
-                       const LoadOptions& options = {}, const CollectiveOptions& collective = {});
+TS_API RankLoad load_for_rank(const std::string& path, const ShardPlan& plan,
+                              c10d::ProcessGroup& group, const LoadOptions& options = {},
+                              const CollectiveOptions& collective = {});
 
 // Every full tensor, on every rank, from the pieces each rank loaded (`mine` on this rank): the
 // ranks exchange their piece layouts, then each piece is broadcast by its holder. Tensors are in
 // the order of first appearance, rank by rank.
-TensorDict all_gather_tensors(const RankLoad& mine, c10d::ProcessGroup& group);
+TS_API TensorDict all_gather_tensors(const RankLoad& mine, c10d::ProcessGroup& group);
 
 }  // namespace torch::safetensors

@@ -3,12 +3,15 @@
 #pragma once
 
 #include <cstdint>
+#include <iosfwd>
 #include <optional>
 #include <string_view>
 #include <vector>
 
 #include <c10/core/ScalarType.h>
 #include <c10/util/ArrayRef.h>
+
+#include "torch_safetensors/export.h"
 
 namespace torch::safetensors {
 
@@ -58,35 +61,48 @@ inline constexpr int kNumDtypes = 0 TS_FORALL_DTYPES(TS_DTYPE_COUNT);
 #undef TS_DTYPE_COUNT
 
 // The spec's name ("F32", "F8_E4M3", ...), exactly as written in headers.
-std::string_view dtype_name(Dtype dtype);
+TS_API std::string_view dtype_name(Dtype dtype);
 
 // Parses a spec name; case-sensitive, like the reference. nullopt if unknown.
-std::optional<Dtype> parse_dtype(std::string_view name);
+TS_API std::optional<Dtype> parse_dtype(std::string_view name);
 
 // Logical values per group and bytes per group (see the table).
-int64_t values_per_group(Dtype dtype);
-int64_t bytes_per_group(Dtype dtype);
+TS_API int64_t values_per_group(Dtype dtype);
+TS_API int64_t bytes_per_group(Dtype dtype);
 
 // Size of one value in bits: 4 (F4), 6 (F6_*), 8, 16, 32 or 64.
-int dtype_bits(Dtype dtype);
+TS_API int dtype_bits(Dtype dtype);
 
 // The torch dtype a tensor of this spec dtype loads as.
-c10::ScalarType to_scalar_type(Dtype dtype);
+TS_API c10::ScalarType to_scalar_type(Dtype dtype);
 
 // The spec dtype a torch tensor of this type is saved as; nullopt for torch dtypes the spec lacks
 // (UInt1..7, Bits*, quantized, ComplexHalf, ComplexDouble, ...). Byte saves as U8: the F6 dtypes
 // are written only from raw bytes (RawTensor).
-std::optional<Dtype> from_scalar_type(c10::ScalarType type);
+TS_API std::optional<Dtype> from_scalar_type(c10::ScalarType type);
 
 // The sizes a stored tensor loads as, given its logical (header) shape and byte count: the
 // logical shape, with a packed dtype's last dimension counted in torch elements instead of values
 // (F4 [.., 2n] -> [.., n] Float4_e2m1fn_x2; F6 [.., 4n] -> [.., 3n] bytes). A packed tensor whose
 // last dimension does not hold whole groups loads 1-D, one element per stored byte.
-std::vector<int64_t> stored_sizes(Dtype dtype, c10::IntArrayRef shape, uint64_t nbytes);
+TS_API std::vector<int64_t> stored_sizes(Dtype dtype, c10::IntArrayRef shape, uint64_t nbytes);
 
 // The logical (header) shape of a torch tensor of `sizes` saved as `dtype`: the inverse of
 // stored_sizes. nullopt when there is none: a 0-d tensor of a packed dtype (no last dimension to
 // hold the group) or a last dimension whose value count overflows int64.
-std::optional<std::vector<int64_t>> logical_shape(Dtype dtype, c10::IntArrayRef sizes);
+TS_API std::optional<std::vector<int64_t>> logical_shape(Dtype dtype, c10::IntArrayRef sizes);
+
+// "F32", "BF16", ...: the spec's name, so that `std::cout << info.dtype` prints what headers say.
+TS_API std::ostream& operator<<(std::ostream& out, Dtype dtype);
+
+// The dtype-on-load rule, the one place it is decided (LoadOptions::dtype, `convert --dtype`):
+// whether a tensor stored as `stored` is cast to a requested dtype. The floating types F64, F32,
+// F16 and BF16 are; the FP8 types only with `include_fp8` (they are usually quantized weights
+// whose scale lives in another tensor, so a plain cast would give wrong values); everything else
+// keeps its dtype: integers (position ids, GPTQ/AWQ packed words), bools, packed sub-byte types
+// and F8_E8M0 block scales. This is what `module.to(dtype)` and transformers' `torch_dtype` do.
+TS_API bool cast_applies(c10::ScalarType stored, bool include_fp8 = false);
+// Whether a dtype may be requested for such a cast: F64, F32, F16 or BF16.
+TS_API bool is_cast_target(c10::ScalarType requested);
 
 }  // namespace torch::safetensors

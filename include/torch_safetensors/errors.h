@@ -8,9 +8,11 @@
 
 #include <c10/util/Exception.h>
 
+#include "torch_safetensors/export.h"
+
 namespace torch::safetensors {
 
-class OSError : public c10::Error {
+class TS_API OSError : public c10::Error {
  public:
   // `context`: what was being done, when the path alone does not say it (a shard of a checkpoint
   // index); bindings put it before strerror.

@@ -12,6 +12,8 @@
 // .ptd, see executorch_data_map.h.
 #pragma once
 
+#include "torch_safetensors/export.h"
+
 #include <cstdint>
 #include <memory>
 #include <optional>
@@ -22,12 +24,13 @@
 
 #include "torch_safetensors/checkpoint.h"
 #include "torch_safetensors/serialize.h"
+#include "torch_safetensors/sharded.h"
 
 namespace torch::safetensors {
 
 // How safetensors names become ExecuTorch keys (a program's keys are the fully qualified names of
 // the exported module's parameters and buffers: "linear.weight").
-struct PtdOptions {
+struct TS_API PtdOptions {
   // A name listed here becomes its value; any other name loses `strip_prefix` when it starts
   // with it. Two names mapping to one key is an error.
   std::unordered_map<std::string, std::string> rename;
@@ -56,14 +59,15 @@ struct PtdOptions {
 // Non-contiguous tensors are written in logical order, other devices via the CPU. A dtype
 // ExecuTorch cannot express (complex, F8_E8M0, F4, F6) is an error naming the tensor. A path is
 // written atomically (temporary file + rename).
-void save_ptd(const NamedTensors& tensors, const SaveTo& to, const PtdOptions& options = {});
+TS_API void save_ptd(const NamedTensors& tensors, const SaveTo& to, const PtdOptions& options = {});
 // Every tensor of a checkpoint (a file, an index, a directory: checkpoint.h), its stored bytes
 // copied straight from the mapping, one tensor at a time (memory stays bounded).
-void save_ptd(const Checkpoint& checkpoint, const SaveTo& to, const PtdOptions& options = {});
+TS_API void save_ptd(const Checkpoint& checkpoint, const SaveTo& to,
+                     const PtdOptions& options = {});
 
 // One named blob of a .ptd. Tensors carry their layout; opaque named data (a delegate's blob, no
 // TensorLayout) reads as U8 [size].
-struct PtdTensorInfo {
+struct TS_API PtdTensorInfo {
   std::string key;
   Dtype dtype = Dtype::U8;
   int executorch_scalar_type = 0;  // ExecuTorch's code (scalar_type.fbs)
@@ -78,7 +82,7 @@ struct PtdTensorInfo {
 // A .ptd opened and verified: its header, every offset, vector and string of its flatbuffer, and
 // every entry (segment inside the file, known scalar type, bytes within the segment, unique key)
 // are checked on open. Errors name the file and the key ("ptd: model.ptd: tensor 'w' ...").
-class PtdFile {
+class TS_API PtdFile {
  public:
   // kMmap: tensors are zero-copy views of a private mapping; kPread: owned copies.
   explicit PtdFile(const std::string& path, Backend backend = Backend::kMmap);
@@ -104,14 +108,14 @@ class PtdFile {
 };
 
 // The tensors of a .ptd, in its order.
-TensorDict load_ptd(const std::string& path);
+TS_API TensorDict load_ptd(const std::string& path);
 
 // A .ptd as a safetensors file (its keys as the names): for inspecting and editing what a program
 // ships. Returns the number of tensors written.
-size_t ptd_to_safetensors(const std::string& ptd_path, const SaveTo& to,
-                          const std::optional<Metadata>& metadata = std::nullopt);
+TS_API size_t ptd_to_safetensors(const std::string& ptd_path, const SaveTo& to,
+                                 const std::optional<Metadata>& metadata = std::nullopt);
 
 // Whether `path` is a regular file that starts like a .ptd (its flatbuffer identifier is FT01).
-bool is_ptd_file(const std::string& path);
+TS_API bool is_ptd_file(const std::string& path);
 
 }  // namespace torch::safetensors

@@ -14,6 +14,8 @@
 // found (the executorch package's, see cmake/FindExecuTorchPackage.cmake).
 #pragma once
 
+#include "torch_safetensors/export.h"
+
 #include <memory>
 #include <string>
 #include <string_view>
@@ -24,7 +26,7 @@
 
 namespace torch::safetensors {
 
-class SafetensorsDataMap final : public ::executorch::ET_RUNTIME_NAMESPACE::NamedDataMap {
+class TS_API SafetensorsDataMap final : public ::executorch::ET_RUNTIME_NAMESPACE::NamedDataMap {
  public:
   using Error = ::executorch::runtime::Error;
   template <typename T>

@@ -16,6 +16,7 @@
 #include <c10/util/DimVector.h>
 
 #include "torch_safetensors/dtype.h"
+#include "torch_safetensors/export.h"
 
 namespace torch::safetensors {
 
@@ -27,7 +28,7 @@ inline constexpr uint64_t kMaxHeaderSize = 100'000'000;  // same bound as the re
 
 // One tensor's entry. `name` views bytes owned by the Header that holds the entry (valid as long
 // as that Header or a copy of it lives).
-struct TensorInfo {
+struct TS_API TensorInfo {
   std::string_view name;
   Dtype dtype = Dtype::U8;
   c10::DimVector shape;  // logical shape, as in the header (F4: values, not bytes); inline up to 5
@@ -37,19 +38,21 @@ struct TensorInfo {
 
   uint64_t nbytes() const { return end - begin; }
   int64_t numel() const;
+  // The torch dtype this tensor loads as (to_scalar_type in dtype.h).
+  c10::ScalarType scalar_type() const { return to_scalar_type(dtype); }
 };
 
 class Header;
 struct Layout;
-Header parse_header(std::string_view json, uint64_t file_size, std::string_view source);
-Layout plan_layout(c10::ArrayRef<TensorInfo> tensors, const std::optional<Metadata>& metadata,
-                   std::string_view source);
+TS_API Header parse_header(std::string_view json, uint64_t file_size, std::string_view source);
+TS_API Layout plan_layout(c10::ArrayRef<TensorInfo> tensors,
+                          const std::optional<Metadata>& metadata, std::string_view source);
 
 // A validated header: the only kind there is. It is built by parse_header (bytes of a file) or
 // plan_layout (what save will write), both of which check every rule of the format, and cannot
 // be changed afterwards. Tensors are in data-offset order (the order of their bytes in the file).
 // Copies are cheap and share the name bytes and the name lookup.
-class Header {
+class TS_API Header {
  public:
   Header() = default;  // no tensors, no metadata
 
@@ -85,12 +88,13 @@ class Header {
 
 // Reads the u64 header length from the first 8 bytes and checks it against the bound and the
 // file size. Returns N. `source` names the file in errors.
-uint64_t parse_header_length(std::string_view first8, uint64_t file_size, std::string_view source);
+TS_API uint64_t parse_header_length(std::string_view first8, uint64_t file_size,
+                                    std::string_view source);
 
 // Parses and validates the JSON header (exactly N bytes, padding included) of a file of
 // `file_size` bytes. Every rule of the format is checked here, once, before any tensor byte is
 // trusted; failures throw c10::Error naming `source`, the tensor and what was expected vs found.
-Header parse_header(std::string_view json, uint64_t file_size, std::string_view source);
+TS_API Header parse_header(std::string_view json, uint64_t file_size, std::string_view source);
 
 // What a save writes, planned before any byte is: the one layout planner behind every save.
 struct Layout {
@@ -105,16 +109,16 @@ struct Layout {
 // a multiple of 8 bytes. Checks what a valid file needs (unique names, none `__metadata__`, UTF-8
 // names and metadata, byte counts that fit, a header within the size limit) and throws
 // c10::Error naming `source` otherwise.
-Layout plan_layout(c10::ArrayRef<TensorInfo> tensors, const std::optional<Metadata>& metadata,
-                   std::string_view source);
+TS_API Layout plan_layout(c10::ArrayRef<TensorInfo> tensors,
+                          const std::optional<Metadata>& metadata, std::string_view source);
 
 // The header's bytes as a file holds them (u64 length + JSON + padding), as the reference writes
 // them. For a parsed header this is the canonical form of what was read.
-std::string serialize_header(const Header& header, std::string_view source);
+TS_API std::string serialize_header(const Header& header, std::string_view source);
 
 // Number of bytes a tensor of this dtype and shape occupies; throws on a negative dimension,
 // overflow or a fractional byte count, naming `source` and the tensor `name`.
-uint64_t tensor_nbytes(Dtype dtype, c10::IntArrayRef shape, std::string_view source,
-                       std::string_view name);
+TS_API uint64_t tensor_nbytes(Dtype dtype, c10::IntArrayRef shape, std::string_view source,
+                              std::string_view name);
 
 }  // namespace torch::safetensors

@@ -7,19 +7,20 @@
 
 #include <torch/csrc/jit/api/module.h>
 
+#include "torch_safetensors/export.h"
 #include "torch_safetensors/module.h"
 
 namespace torch::safetensors {
 
 // Every parameter and buffer, recursively, by dotted name ("fc1.weight"), as Python's
 // `scripted.state_dict()` names them.
-NamedTensors named_tensors(const torch::jit::Module& module);
+TS_API NamedTensors named_tensors(const torch::jit::Module& module);
 
-ModuleLoadReport load(torch::jit::Module& module, const LoadFrom& from,
-                      const ModuleLoadOptions& options = {});
-ModuleLoadReport load(torch::jit::Module& module, const LoadFrom& from, c10::Device device);
+TS_API ModuleLoadReport load(torch::jit::Module& module, const LoadFrom& from,
+                             const ModuleLoadOptions& options = {});
+TS_API ModuleLoadReport load(torch::jit::Module& module, const LoadFrom& from, c10::Device device);
 
-void save(const torch::jit::Module& module, const SaveTo& to,
-          const std::optional<Metadata>& metadata = std::nullopt);
+TS_API void save(const torch::jit::Module& module, const SaveTo& to,
+                 const SaveMetadata& metadata = {});
 
 }  // namespace torch::safetensors

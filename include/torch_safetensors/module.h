@@ -13,48 +13,71 @@
 #include <torch/nn/pimpl.h>
 
 #include "torch_safetensors/checkpoint.h"
+#include "torch_safetensors/export.h"
+#include "torch_safetensors/options.h"
 #include "torch_safetensors/serialize.h"
+#include "torch_safetensors/sharded.h"
 
 namespace torch::safetensors {
 
-struct ModuleLoadOptions {
-  Backend backend = Backend::kMmap;  // how the file is read (see Backend)
+// LoadOptions, extended by what only a module load decides. `device` keeps torch::load's meaning:
+// set, tensors are loaded onto it and a target on another device takes them with `set_data` (it
+// moves there); unset, every target keeps its device (and dtype), taking the values with `copy_`
+// where set_ cannot keep them.
+struct TS_API ModuleLoadOptions : LoadOptions {
   // Throw, changing nothing, when a name is missing, unexpected or shape-mismatched.
   bool strict = true;
-  // torch::load's device argument. Set: tensors are loaded onto it, and a target on another device
-  // takes them with `set_data` (it moves there, as with torch::load). Unset: every target keeps
-  // its device (and dtype), taking the values with `copy_` where set_ cannot keep them.
-  std::optional<c10::Device> device;
 
-  ModuleLoadOptions& with_device(c10::Device d) {
-    device = d;
-    return *this;
-  }
-  ModuleLoadOptions& with_backend(Backend b) {
-    backend = b;
-    return *this;
-  }
+  ModuleLoadOptions() = default;
+  ModuleLoadOptions(const LoadOptions& options) : LoadOptions(options) {}  // NOLINT: implicit
+
   ModuleLoadOptions& with_strict(bool s) {
     strict = s;
     return *this;
   }
+  // LoadOptions' setters, returning this type so that they chain with with_strict.
+  ModuleLoadOptions& with_backend(Backend b) {
+    LoadOptions::with_backend(b);
+    return *this;
+  }
+  ModuleLoadOptions& with_device(c10::Device d) {
+    LoadOptions::with_device(d);
+    return *this;
+  }
+  ModuleLoadOptions& with_dtype(c10::ScalarType t) {
+    LoadOptions::with_dtype(t);
+    return *this;
+  }
+  ModuleLoadOptions& with_staging_bytes(uint64_t bytes) {
+    LoadOptions::with_staging_bytes(bytes);
+    return *this;
+  }
+  ModuleLoadOptions& with_populate(bool p = true) {
+    LoadOptions::with_populate(p);
+    return *this;
+  }
 };
 
-struct SizeMismatch {
+struct TS_API SizeMismatch {
   std::string name;
   std::vector<int64_t> target_sizes;  // the module's tensor
   std::vector<int64_t> file_sizes;    // the file's tensor, as File::tensor returns it
 };
 
-struct ModuleLoadReport {
+struct TS_API ModuleLoadReport {
   // In the module, not in the file. A tied name (one sharing memory with others) whose group keeps
   // another name is never missing, like in the reference's load_model.
   std::vector<std::string> missing;
-  // In the file, not in the module; then the tied names the file has but whose group keeps
-  // another name (like the reference's load_model). Not loaded.
+  // In the file, not in the module. Not loaded.
   std::vector<std::string> unexpected;
   std::vector<SizeMismatch> mismatched;  // in both, with different sizes (not loaded)
-  bool ok() const { return missing.empty() && unexpected.empty() && mismatched.empty(); }
+  // (dropped, kept): names that are one tensor in the module (tied) and that the file holds both
+  // of, with different values, so that the module cannot hold both. The kept name is loaded. A
+  // file holding both names with equal values (a state dict saved without dropping ties) loads.
+  std::vector<std::pair<std::string, std::string>> tied_conflicts;
+  bool ok() const {
+    return missing.empty() && unexpected.empty() && mismatched.empty() && tied_conflicts.empty();
+  }
 };
 
 // Loading a file into named tensors in two steps: checking (which changes nothing) and applying.
@@ -65,18 +88,12 @@ struct ModuleLoadReport {
 // preferred): each group is loaded through the one name it keeps, which covers the whole storage,
 // so the ties survive. A file's tensor fits its target when their sizes are equal, the sizes being
 // those File::tensor returns (packed dtypes: see File::tensor).
-class ModuleLoadPlan {
+class TS_API ModuleLoadPlan {
  public:
-  // Opens the checkpoint (a file, an index or a directory; on the CPU) and checks names and
-  // sizes; changes nothing.
-  ModuleLoadPlan(NamedTensors targets, const std::string& path, Backend backend = Backend::kMmap);
-  // The same over an open checkpoint. With `device` (the checkpoint opened with that device),
-  // apply() moves targets on other devices there with set_data, like torch::load(module, source,
-  // device).
-  ModuleLoadPlan(NamedTensors targets, Checkpoint checkpoint,
-                 std::optional<c10::Device> device = std::nullopt);
-  ModuleLoadPlan(NamedTensors targets, File file, std::optional<c10::Device> device = std::nullopt)
-      : ModuleLoadPlan(std::move(targets), Checkpoint(std::move(file)), device) {}
+  // Checks names and sizes against an open checkpoint; changes nothing. With a device in the
+  // checkpoint's options, apply() moves targets on other devices there with set_data, like
+  // torch::load(module, source, device); without one, targets keep their devices.
+  ModuleLoadPlan(NamedTensors targets, Checkpoint checkpoint);
 
   const ModuleLoadReport& report() const { return report_; }
   // The groups of target names that share memory (each name in one group, most alone), with the
@@ -115,19 +132,19 @@ class ModuleLoadPlan {
 };
 
 // ModuleLoadPlan over the source (a path — a file, an index or a directory —, a stream, any Source:
-// see LoadFrom and open_checkpoint) opened with
-// options.backend and options.device, then: throws (a c10::Error naming the source and every
-// problem) when a group of two or more tied names has no name covering its storage, or with
-// options.strict when the report is not ok; otherwise applies it and returns the report.
-ModuleLoadReport load_into(const NamedTensors& targets, const LoadFrom& from,
-                           const ModuleLoadOptions& options = {});
+// see LoadFrom and open_checkpoint) opened with `options`, then: throws (a c10::Error naming the
+// source and every problem) when a group of two or more tied names has no name covering its
+// storage, or with options.strict when the report is not ok; otherwise applies it and returns the
+// report.
+TS_API ModuleLoadReport load_into(const NamedTensors& targets, const LoadFrom& from,
+                                  const ModuleLoadOptions& options = {});
 
 // torch::load(module, source[, device]): load_into the module's parameters and buffers (dotted
 // names, as `named_parameters()` and `named_buffers()` give them), strict. The options overload
-// gives the non-strict report, another backend or a device.
-ModuleLoadReport load(torch::nn::Module& module, const LoadFrom& from,
-                      const ModuleLoadOptions& options = {});
-ModuleLoadReport load(torch::nn::Module& module, const LoadFrom& from, c10::Device device);
+// gives the non-strict report, another backend, a device, a dtype.
+TS_API ModuleLoadReport load(torch::nn::Module& module, const LoadFrom& from,
+                             const ModuleLoadOptions& options = {});
+TS_API ModuleLoadReport load(torch::nn::Module& module, const LoadFrom& from, c10::Device device);
 
 // Any module held by a std::shared_ptr or a ModuleHolder (torch::nn::Linear, TORCH_MODULE(Net)),
 // as torch::load takes them.
@@ -148,18 +165,21 @@ ModuleLoadReport load(const torch::nn::ModuleHolder<M>& module, const LoadFrom& 
 // first in sorted order among those covering the whole storage) is written, and each dropped name
 // is recorded in the metadata as dropped → kept (unless the caller's metadata already has that
 // key). A group of two or more names none of which covers the storage is refused.
-void save(const torch::nn::Module& module, const SaveTo& to,
-          const std::optional<Metadata>& metadata = std::nullopt);
+TS_API void save(const torch::nn::Module& module, const SaveTo& to,
+                 const SaveMetadata& metadata = {});
 template <typename M, std::enable_if_t<std::is_base_of_v<torch::nn::Module, M>, int> = 0>
-void save(const std::shared_ptr<M>& module, const SaveTo& to,
-          const std::optional<Metadata>& metadata = std::nullopt) {
+void save(const std::shared_ptr<M>& module, const SaveTo& to, const SaveMetadata& metadata = {}) {
   TORCH_CHECK(module, "safetensors: cannot save a null module pointer");
   save(static_cast<const torch::nn::Module&>(*module), to, metadata);
 }
 template <typename M>
 void save(const torch::nn::ModuleHolder<M>& module, const SaveTo& to,
-          const std::optional<Metadata>& metadata = std::nullopt) {
+          const SaveMetadata& metadata = {}) {
   save(module.ptr(), to, metadata);
 }
+
+// save_sharded (sharded.h) of a module's parameters and buffers.
+TS_API void save_sharded(const torch::nn::Module& module, const PathArg& directory,
+                         const ShardOptions& options = {});
 
 }  // namespace torch::safetensors

@@ -12,6 +12,8 @@
 // pure-tensor core that on-device loading calls after moving the stored parts to the device.
 #pragma once
 
+#include "torch_safetensors/export.h"
+
 #include <map>
 #include <optional>
 #include <string>
@@ -40,9 +42,9 @@ enum class Scheme {
   kNvfp4,               // "nvfp4": ModelOpt weight + weight_scale (F8 per 16) x weight_scale_2
 };
 
-std::string_view scheme_name(Scheme scheme);
+TS_API std::string_view scheme_name(Scheme scheme);
 // nullopt for an unknown name.
-std::optional<Scheme> parse_scheme(std::string_view name);
+TS_API std::optional<Scheme> parse_scheme(std::string_view name);
 
 // One quantized weight: which stored tensors form it and how. Roles name the stored tensors
 // independently of each project's spelling:
@@ -53,7 +55,7 @@ std::optional<Scheme> parse_scheme(std::string_view name);
 //   g_idx         gptq act-order group of each input column (optional)
 //   shape         compressed-tensors `weight_shape` (optional)
 //   global_scale  compressed-tensors `weight_global_scale`, nvfp4 `weight_scale_2`
-struct QuantizedWeight {
+struct TS_API QuantizedWeight {
   std::string name;  // the dense weight's name: "x.weight" (mxfp4: "x.gate_up_proj")
   Scheme scheme = Scheme::kFp8;
   int bits = 0;                     // bits per stored value: 2..8, 4 for FP4, 8 for FP8
@@ -69,7 +71,7 @@ struct QuantizedWeight {
 // The quantization described by a checkpoint, from (first found) our metadata entry
 // (kMetadataKey), `config.json`'s `quantization_config`, or `hf_quant_config.json` beside it.
 // Entries of `weights` come only from our metadata; the others describe every weight.
-struct QuantConfig {
+struct TS_API QuantConfig {
   std::optional<Scheme> scheme;  // nullopt: decided per weight from names and dtypes
   int bits = 0;                  // 0: unknown (inferred from shapes)
   int64_t group_size = 0;        // 0: unknown / none
@@ -83,30 +85,31 @@ struct QuantConfig {
 // The metadata key of the self-describing convention (README, "Quantized weights").
 inline constexpr std::string_view kMetadataKey = "quantization";
 
-QuantConfig read_config(const Checkpoint& checkpoint);
+TS_API QuantConfig read_config(const Checkpoint& checkpoint);
 
 // The quantized weight named `name` (its dense name), or nullopt if the checkpoint stores `name`
 // as an ordinary tensor or not at all. Checks every part's dtype and shape against the layout.
-std::optional<QuantizedWeight> describe(const Checkpoint& checkpoint, std::string_view name,
-                                        const QuantConfig& config);
+TS_API std::optional<QuantizedWeight> describe(const Checkpoint& checkpoint, std::string_view name,
+                                               const QuantConfig& config);
 // Every quantized weight of the checkpoint, in the order of their packed tensors.
-std::vector<QuantizedWeight> find_quantized(const Checkpoint& checkpoint,
-                                            const QuantConfig& config);
+TS_API std::vector<QuantizedWeight> find_quantized(const Checkpoint& checkpoint,
+                                                   const QuantConfig& config);
 
 // The dense weight, reading only the tensors that form it. Throws naming the checkpoint and the
 // weight if `name` is not a quantized weight or a part has the wrong dtype or shape.
-at::Tensor dequantize(const Checkpoint& checkpoint, std::string_view name,
-                      at::ScalarType dtype = at::kBFloat16, c10::Device device = c10::kCPU);
-at::Tensor dequantize(const Checkpoint& checkpoint, const QuantizedWeight& weight,
-                      at::ScalarType dtype = at::kBFloat16, c10::Device device = c10::kCPU);
+TS_API at::Tensor dequantize(const Checkpoint& checkpoint, std::string_view name,
+                             at::ScalarType dtype = at::kBFloat16, c10::Device device = c10::kCPU);
+TS_API at::Tensor dequantize(const Checkpoint& checkpoint, const QuantizedWeight& weight,
+                             at::ScalarType dtype = at::kBFloat16, c10::Device device = c10::kCPU);
 // The pure-tensor core: `parts` maps roles to the stored tensors (on any one device; the result
 // is on theirs). `source` names the checkpoint in errors.
-at::Tensor dequantize(const QuantizedWeight& weight, const std::map<std::string, at::Tensor>& parts,
-                      at::ScalarType dtype, std::string_view source = "<tensors>");
+TS_API at::Tensor dequantize(const QuantizedWeight& weight,
+                             const std::map<std::string, at::Tensor>& parts, at::ScalarType dtype,
+                             std::string_view source = "<tensors>");
 
 // A checkpoint seen as dense tensors: quantized weights under their dense names (dequantized on
 // access to `dtype`), their companions hidden, every other tensor as stored (moved to `device`).
-class DenseView {
+class TS_API DenseView {
  public:
   DenseView(Checkpoint checkpoint, at::ScalarType dtype = at::kBFloat16,
             c10::Device device = c10::kCPU);
@@ -134,7 +137,7 @@ class DenseView {
 };
 
 // How to quantize one dense weight ([out, in]; mxfp4 and fp8 also take more leading dims).
-struct QuantizeOptions {
+struct TS_API QuantizeOptions {
   Scheme scheme = Scheme::kFp8;
   int bits = 4;                            // gptq: 2, 3, 4, 8; pack_quantized: 1..8; others fixed
   int64_t group_size = 128;                // gptq, awq, pack_quantized; <= 0: one group per row
@@ -145,24 +148,25 @@ struct QuantizeOptions {
   at::ScalarType scale_dtype = at::kHalf;  // gptq/awq scales (F16, as stored today)
 };
 
-struct Quantized {
+struct TS_API Quantized {
   std::vector<std::pair<std::string, at::Tensor>> tensors;  // stored name -> tensor
   QuantizedWeight weight;                                   // how they form the weight
 };
 
 // The stored tensors of `weight` under the names its scheme uses, `name` being the dense name.
-Quantized quantize(const at::Tensor& weight, std::string_view name, const QuantizeOptions& options);
+TS_API Quantized quantize(const at::Tensor& weight, std::string_view name,
+                          const QuantizeOptions& options);
 
 // The JSON value of kMetadataKey describing `weights`, and its inverse (`source` names the file
 // in errors).
-std::string metadata_json(const std::vector<QuantizedWeight>& weights);
-std::map<std::string, QuantizedWeight> parse_metadata_json(std::string_view json,
-                                                           std::string_view source);
+TS_API std::string metadata_json(const std::vector<QuantizedWeight>& weights);
+TS_API std::map<std::string, QuantizedWeight> parse_metadata_json(std::string_view json,
+                                                                  std::string_view source);
 
 // Saves quantized weights and ordinary tensors in one file, recording the quantized weights
 // under kMetadataKey (added to `metadata`, which must not hold that key already).
-void save(const std::vector<Quantized>& weights,
-          const std::vector<std::pair<std::string, at::Tensor>>& others, const SaveTo& to,
-          std::optional<Metadata> metadata = std::nullopt);
+TS_API void save(const std::vector<Quantized>& weights,
+                 const std::vector<std::pair<std::string, at::Tensor>>& others, const SaveTo& to,
+                 std::optional<Metadata> metadata = std::nullopt);
 
 }  // namespace torch::safetensors::quant

@@ -13,6 +13,8 @@
 
 #include <c10/util/ArrayRef.h>
 
+#include "torch_safetensors/export.h"
+
 namespace torch::safetensors {
 
 // Python slice semantics: start/stop default to the ends, negative values count from the end,
@@ -45,7 +47,7 @@ struct StridedView {
   std::vector<int64_t> sizes, strides;
 };
 
-struct SlicePlan {
+struct TS_API SlicePlan {
   std::vector<int64_t> sizes;  // the result's sizes
   // In destination order: the result, contiguous, is their concatenation. Exactly adjacent runs
   // are coalesced; there is no slack (bytes read == bytes returned). Empty for an empty result.
@@ -68,10 +70,12 @@ struct SlicePlan {
 //  - an Intervals range outside [0, size] or with begin > end: c10::IndexError naming the range
 //    and the dimension's size;
 //  - a result whose byte count overflows int64: c10::Error.
-SlicePlan plan_slice(c10::IntArrayRef sizes, int64_t element_size, c10::ArrayRef<IndexItem> index,
-                     std::string_view source, std::string_view name);
+TS_API SlicePlan plan_slice(c10::IntArrayRef sizes, int64_t element_size,
+                            c10::ArrayRef<IndexItem> index, std::string_view source,
+                            std::string_view name);
 
 // "These intervals along dimension `dim`": `dim` full ranges, then Intervals{ranges}.
-std::vector<IndexItem> dim_intervals(int64_t dim, std::vector<std::pair<int64_t, int64_t>> ranges);
+TS_API std::vector<IndexItem> dim_intervals(int64_t dim,
+                                            std::vector<std::pair<int64_t, int64_t>> ranges);
 
 }  // namespace torch::safetensors

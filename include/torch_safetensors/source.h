@@ -11,9 +11,11 @@
 #include <memory>
 #include <string>
 
+#include "torch_safetensors/export.h"
+
 namespace torch::safetensors {
 
-class Source {
+class TS_API Source {
  public:
   virtual ~Source() = default;
 
@@ -35,20 +37,21 @@ class Source {
 // The sources of this library. Files: `mapped` gives a private copy-on-write mapping (data() is
 // set; pages are read when first touched), otherwise reads use pread(2) and nothing stays mapped.
 // Errors of the OS (missing file, no permission) are OSError with errno (errors.h).
-std::shared_ptr<const Source> file_source(const std::string& path, bool mapped);
+TS_API std::shared_ptr<const Source> file_source(const std::string& path, bool mapped);
 // Owns `bytes`; data() views them.
-std::shared_ptr<const Source> memory_source(std::string bytes, std::string name = "<bytes>");
+TS_API std::shared_ptr<const Source> memory_source(std::string bytes, std::string name = "<bytes>");
 
 // Copies `size` bytes at `data`: tensors loaded from it never refer to the caller's memory (as
 // torch::load(value, data, size) copies). data() views the copy.
-std::shared_ptr<const Source> copied_memory_source(const char* data, size_t size,
-                                                   std::string name = "<bytes>");
+TS_API std::shared_ptr<const Source> copied_memory_source(const char* data, size_t size,
+                                                          std::string name = "<bytes>");
 
 // A std::istream, from its current position to its end. A seekable stream is read on demand (the
 // header, then only the bytes asked for; seekg + read under a mutex) and must stay alive and
 // unchanged while the source is used; a stream that cannot seek is read whole into memory at once.
 // A stream that ends before the bytes asked for is a c10::Error naming the offset.
-std::shared_ptr<const Source> stream_source(std::istream& stream, std::string name = "<stream>");
+TS_API std::shared_ptr<const Source> stream_source(std::istream& stream,
+                                                   std::string name = "<stream>");
 
 // torch::load's function pair: `read(pos, buf, n)` fills `buf` with the `n` bytes at `pos` and
 // returns how many it read; `size()` gives the total once, at open. Calls are serialized (a mutex),
@@ -56,12 +59,12 @@ std::shared_ptr<const Source> stream_source(std::istream& stream, std::string na
 // offset.
 using ReadFunction = std::function<size_t(uint64_t pos, void* buf, size_t n)>;
 using SizeFunction = std::function<size_t()>;
-std::shared_ptr<const Source> function_source(ReadFunction read, SizeFunction size,
-                                              std::string name = "<read function>");
+TS_API std::shared_ptr<const Source> function_source(ReadFunction read, SizeFunction size,
+                                                     std::string name = "<read function>");
 
 // Counts what is read through `inner` (not what is viewed in place): the byte accounting of
 // slices and of rank-local loads.
-class CountingSource : public Source {
+class TS_API CountingSource : public Source {
  public:
   explicit CountingSource(std::shared_ptr<const Source> inner, bool allow_views = false)
       : inner_(std::move(inner)), allow_views_(allow_views) {}

@@ -8,7 +8,7 @@
 #include <fstream>
 
 #include <torch/torch.h>
-#include <torch_safetensors/safetensors.h>
+#include <torch_safetensors/all.h>
 
 #include "test_util.h"
 

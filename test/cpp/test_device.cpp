@@ -7,8 +7,9 @@
 
 #include <torch/cuda.h>
 #include <torch/torch.h>
-#include <torch_safetensors/safetensors.h>
+#include <torch_safetensors/all.h>
 
+#include "api/handle.h"
 #include "test_dtypes.h"
 #include "test_util.h"
 
@@ -34,9 +35,8 @@ void expect_bits_equal(const at::Tensor& a, const at::Tensor& b, const std::stri
 
 ts::LoadOptions staged_on_cpu(uint64_t ring_bytes = uint64_t(2) << 20) {
   ts::LoadOptions options;
-  options.always_stage = true;
   options.staging_bytes = ring_bytes;
-  return options;
+  return ts::detail::LoadOptionsTesting::stage_on_cpu(options);
 }
 
 }  // namespace
@@ -131,15 +131,66 @@ TEST(DtypeOnLoad, CastAfterTheRawCopyOnEveryPath) {
   ts::save(ts::NamedTensors{{"b", bf16}, {"f", fp8}}, dir.file("m.safetensors"));
   for (ts::LoadOptions options :
        {ts::LoadOptions(), ts::LoadOptions().with_backend(ts::Backend::kPread), staged_on_cpu()}) {
-    options.with_dtype(at::kHalf);
+    options.with_dtype(at::kHalf).with_cast_fp8();
     const ts::File file(dir.file("m.safetensors"), options);
     EXPECT_TRUE(torch::equal(file.tensor("b"), bf16.to(at::kHalf)));
     EXPECT_TRUE(torch::equal(file.tensors()["f"], fp8.to(at::kHalf)));
     EXPECT_TRUE(torch::equal(file.slice("b", {Slice(0, 8)}), bf16.narrow(0, 0, 8).to(at::kHalf)));
   }
-  const ts::TensorDict as_bf16 =
-      ts::load(dir.file("m.safetensors"), ts::LoadOptions().with_dtype(at::kBFloat16));
+  const ts::TensorDict as_bf16 = ts::load(
+      dir.file("m.safetensors"), ts::LoadOptions().with_dtype(at::kBFloat16).with_cast_fp8());
   EXPECT_TRUE(torch::equal(as_bf16["f"], fp8.to(at::kBFloat16)));
+  // Without cast_fp8, FP8 (a quantized weight whose scale is elsewhere) keeps its dtype.
+  const ts::TensorDict kept =
+      ts::load(dir.file("m.safetensors"), ts::LoadOptions().with_dtype(at::kFloat));
+  EXPECT_EQ(kept["f"].scalar_type(), at::kFloat8_e4m3fn);
+  EXPECT_EQ(kept["b"].scalar_type(), at::kFloat);
+}
+
+// The dtype-on-load rule: only floating tensors are cast. Integer buffers (position ids), GPTQ's
+// packed I32 words, bools, F8_E8M0 block scales and F4 keep their dtype and bits, on every path
+// (views, pread, the staging ring, streaming, modules).
+TEST(DtypeOnLoad, IntegersAndPackedWordsKeepTheirDtype) {
+  TempDir dir;
+  const at::Tensor position_ids = torch::arange(4096, torch::kLong).view({1, 4096});
+  const at::Tensor qweight = torch::randint(INT32_MIN, INT32_MAX, {64, 32}, torch::kInt);
+  const at::Tensor mask = torch::rand({8}) > 0.5;
+  const at::Tensor scales = ts_test::random_bytes_as(at::kFloat8_e8m0fnu, {4, 2});
+  const at::Tensor f4 = ts_test::random_bytes_as(at::kFloat4_e2m1fn_x2, {4, 4});
+  const at::Tensor weight = torch::randn({8, 8});
+  ts::save({{"position_ids", position_ids},
+            {"qweight", qweight},
+            {"mask", mask},
+            {"scales", scales},
+            {"f4", f4},
+            {"weight", weight}},
+           dir.file("m.safetensors"));
+  auto check = [&](const ts::TensorDict& loaded, const std::string& path) {
+    SCOPED_TRACE(path);
+    EXPECT_EQ(loaded["position_ids"].scalar_type(), at::kLong);
+    EXPECT_TRUE(torch::equal(loaded["position_ids"], position_ids));
+    EXPECT_EQ(loaded["qweight"].scalar_type(), at::kInt);
+    EXPECT_TRUE(torch::equal(loaded["qweight"], qweight));
+    EXPECT_TRUE(torch::equal(loaded["mask"], mask));
+    EXPECT_TRUE(ts_test::same_bits(loaded["scales"], scales));
+    EXPECT_TRUE(ts_test::same_bits(loaded["f4"], f4));
+    EXPECT_EQ(loaded["weight"].scalar_type(), at::kBFloat16);
+    EXPECT_TRUE(torch::equal(loaded["weight"], weight.to(at::kBFloat16)));
+  };
+  for (ts::LoadOptions options :
+       {ts::LoadOptions(), ts::LoadOptions().with_backend(ts::Backend::kPread), staged_on_cpu()}) {
+    options.with_dtype(at::kBFloat16);
+    check(ts::load(dir.file("m.safetensors"), options), "load");
+    const ts::File file(dir.file("m.safetensors"), options);
+    EXPECT_EQ(file.tensor("qweight").scalar_type(), at::kInt);
+    EXPECT_EQ(file.slice("position_ids", {0, Slice(0, 16)}).scalar_type(), at::kLong);
+    ts::TensorDict streamed;
+    file.for_each([&](const std::string& name, at::Tensor t) { streamed.insert(name, t); });
+    check(streamed, "for_each");
+  }
+  // A dtype that is not floating cannot be asked for: it would turn every float into integers.
+  EXPECT_THROW(ts::File(dir.file("m.safetensors"), ts::LoadOptions().with_dtype(at::kInt)),
+               c10::ValueError);
 }
 
 TEST(Populate, MappedTensorsAreResidentAndEqual) {

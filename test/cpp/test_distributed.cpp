@@ -6,8 +6,9 @@
 #include <gtest/gtest.h>
 
 #include <torch/torch.h>
-#include <torch_safetensors/safetensors.h>
+#include <torch_safetensors/all.h>
 
+#include "api/handle.h"
 #include "test_util.h"
 
 namespace ts = torch::safetensors;
@@ -187,7 +188,7 @@ TEST_F(Distributed, ReadsOnlyItsBytesOnEveryBackend) {
     EXPECT_GT(sum, total);
   }
   ts::LoadOptions staged;
-  staged.always_stage = true;
+  ts::detail::LoadOptionsTesting::stage_on_cpu(staged);
   load_all(tp_plan(), 2, staged);
 }
 

@@ -5,7 +5,7 @@
 #include <gtest/gtest.h>
 
 #include <torch/torch.h>
-#include <torch_safetensors/safetensors.h>
+#include <torch_safetensors/all.h>
 
 #include <sstream>
 #include <streambuf>

@@ -24,6 +24,7 @@
 #include <ATen/Parallel.h>
 #include <gtest/gtest.h>
 
+#include "api/handle.h"
 #include "test_util.h"
 #include "torch_safetensors/safetensors.h"
 
@@ -668,7 +669,7 @@ TEST(Concurrency, ShardedCheckpointAndStagingRingAcrossThreads) {
   }
   ts::save_sharded(tensors, dir.path(), ts::ShardOptions().with_max_shard_size("400KB"));
   ts::LoadOptions ring;
-  ring.always_stage = true;
+  ts::detail::LoadOptionsTesting::stage_on_cpu(ring);
   ring.staging_bytes = uint64_t(2) << 20;
   const ts::Checkpoint lazy(dir.path());
   const ts::Checkpoint staged(dir.path(), ring);

@@ -5,7 +5,7 @@
 
 #include <torch/script.h>
 #include <torch/torch.h>
-#include <torch_safetensors/safetensors.h>
+#include <torch_safetensors/all.h>
 
 #include <sstream>
 

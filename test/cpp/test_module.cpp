@@ -2,7 +2,7 @@
 #include <gtest/gtest.h>
 
 #include <torch/torch.h>
-#include <torch_safetensors/safetensors.h>
+#include <torch_safetensors/all.h>
 
 #include "test_util.h"
 
@@ -150,6 +150,28 @@ TEST(Module, TiedWeightsAreSavedOnceAndStayTiedOnLoad) {
             std::string::npos);
 }
 
+// A file that holds both names of a tie (a state dict saved as is, e.g. by torch.save of a
+// Python model converted without dropping ties): equal copies load strictly, the tie intact;
+// different copies are refused as what they are, not as an unknown name.
+TEST(Module, FileWithBothTiedNamesLoadsWhenTheCopiesAreEqual) {
+  TempDir dir;
+  const std::string path = dir.file("both.safetensors");
+  const at::Tensor weight = torch::randn({10, 4});
+  ts::save({{"embed.weight", weight}, {"head.weight", weight.clone()}}, path);
+  Tied target;
+  EXPECT_TRUE(ts::load(*target, path).ok());
+  EXPECT_TRUE(torch::equal(target->embed->weight, weight));
+  EXPECT_TRUE(target->head->named_parameters()["weight"].is_same(target->embed->weight));
+
+  ts::save({{"embed.weight", weight}, {"head.weight", weight + 1}}, path);
+  const std::string message = error_of([&] { ts::load(*target, path); });
+  EXPECT_EQ(message.find("not in the module"), std::string::npos) << message;
+  EXPECT_NE(message.find("head.weight and embed.weight are one tensor in the module; the file "
+                         "holds both, with different values"),
+            std::string::npos)
+      << message;
+}
+
 TEST(Module, CudaParametersStayOnTheirDevice) {
   if (!torch::cuda::is_available()) GTEST_SKIP() << "no CUDA device";
   TempDir dir;
@@ -187,7 +209,7 @@ TEST(Module, LoadIntoNamedTensorsKeepsViewsTied) {
   const ts::NamedTensors targets{{"part", part}, {"whole", whole}};
 
   // Planning changes nothing; it reports the tie and keeps the name that covers the storage.
-  const ts::ModuleLoadPlan plan(targets, path);
+  const ts::ModuleLoadPlan plan(targets, ts::Checkpoint(path));
   EXPECT_TRUE(plan.report().ok());
   ASSERT_EQ(plan.ties().size(), 1u);
   EXPECT_EQ(plan.ties()[0].names, (std::vector<std::string>{"part", "whole"}));
@@ -200,11 +222,25 @@ TEST(Module, LoadIntoNamedTensorsKeepsViewsTied) {
   EXPECT_TRUE(torch::equal(part, at::arange(2, 5, at::kFloat)));
   EXPECT_EQ(part.data_ptr<float>(), whole.data_ptr<float>() + 2);
 
-  // A file that has the dropped name too: unexpected, like the reference's load_model.
-  ts::save(ts::NamedTensors{{"whole", at::ones({10})}, {"part", at::ones({3})}}, path);
+  // A file that has the dropped name too, with the values the tie gives it: it loads, tie intact.
+  ts::save(ts::NamedTensors{{"whole", at::arange(10, at::kFloat) * 2},
+                            {"part", at::arange(2, 5, at::kFloat) * 2}},
+           path);
+  EXPECT_TRUE(ts::load_into(targets, path).ok());
+  EXPECT_TRUE(torch::equal(part, at::arange(2, 5, at::kFloat) * 2));
+  EXPECT_EQ(part.data_ptr<float>(), whole.data_ptr<float>() + 2);
+  // With other values the module cannot hold both: a tied conflict, named as such (strict).
+  ts::save(ts::NamedTensors{{"whole", at::ones({10})}, {"part", at::zeros({3})}}, path);
   const auto report = ts::load_into(targets, path, ts::ModuleLoadOptions().with_strict(false));
-  EXPECT_EQ(report.unexpected, std::vector<std::string>{"part"});
+  EXPECT_EQ(report.tied_conflicts,
+            (std::vector<std::pair<std::string, std::string>>{{"part", "whole"}}));
+  EXPECT_TRUE(report.unexpected.empty());
   EXPECT_TRUE(report.missing.empty());
+  const std::string conflict = error_of([&] { ts::load_into(targets, path); });
+  EXPECT_NE(conflict.find("part and whole are one tensor in the module; the file holds both, "
+                          "with different values"),
+            std::string::npos)
+      << conflict;
   // And the other way round: a file with only the dropped name leaves the group's keeper missing.
   ts::save(ts::NamedTensors{{"part", at::ones({3})}}, path);
   const auto only_part = ts::load_into(targets, path, ts::ModuleLoadOptions().with_strict(false));

@@ -7,7 +7,7 @@
 
 #include <ATen/Parallel.h>
 #include <torch/torch.h>
-#include <torch_safetensors/safetensors.h>
+#include <torch_safetensors/all.h>
 
 #include "test_util.h"
 
@@ -211,4 +211,83 @@ TEST(Optimizer, WrongOrBrokenFilesAreClearErrorsThatChangeNothing) {
   EXPECT_NE(broken("state", R"({"0":{"step":1.5}})").find("'step' must be an integer"),
             std::string::npos);
   EXPECT_NE(broken("state", "[]").find("'state' must be a JSON object"), std::string::npos);
+}
+
+namespace {
+// A language-model-like module whose output projection is its embedding (a tied weight):
+// Module::parameters() lists that tensor twice, so an optimizer built from it holds it twice.
+struct TiedLmImpl : torch::nn::Module {
+  TiedLmImpl() {
+    embed = register_module("embed", torch::nn::Embedding(12, 5));
+    head = register_module("head", std::make_shared<torch::nn::Module>());
+    head->register_parameter("weight", embed->weight);
+  }
+  torch::Tensor forward(const torch::Tensor& ids) {
+    return torch::linear(embed(ids), head->named_parameters()["weight"]);
+  }
+  torch::nn::Embedding embed{nullptr};
+  std::shared_ptr<torch::nn::Module> head;
+};
+TORCH_MODULE(TiedLm);
+
+void train_step(TiedLm& model, torch::optim::Optimizer& optimizer, int64_t seed) {
+  torch::manual_seed(seed);
+  const torch::Tensor ids = torch::randint(0, 12, {4, 3});
+  optimizer.zero_grad();
+  model->forward(ids).pow(2).mean().backward();
+  optimizer.step();
+}
+}  // namespace
+
+// As torch::save/torch::load: the tied tensor's state is written once, and loading restores it
+// for every index that names the tensor; training then resumes bit for bit.
+TEST(Optimizer, ATensorListedTwiceSavesOnceAndResumesExactly) {
+  TempDir dir;
+  TiedLm model;
+  const auto params = model->parameters();
+  ASSERT_EQ(params.size(), 2u);
+  ASSERT_TRUE(params[0].is_same(params[1]));  // LibTorch lists the tied tensor twice
+  torch::optim::Adam adam(params, torch::optim::AdamOptions(1e-2));
+  train_step(model, adam, 1);
+  ts::save(*model, dir.file("model.safetensors"));
+  ts::save(adam, dir.file("adam.safetensors"));
+  const ts::File file(dir.file("adam.safetensors"));
+  EXPECT_TRUE(file.contains("state.0.exp_avg"));
+  EXPECT_FALSE(file.contains("state.1.exp_avg"));  // the same tensor: written once
+
+  TiedLm resumed;
+  ts::load(*resumed, dir.file("model.safetensors"));
+  torch::optim::Adam resumed_adam(resumed->parameters(), torch::optim::AdamOptions(1e-2));
+  ts::load(resumed_adam, dir.file("adam.safetensors"));
+  for (int64_t step = 2; step < 5; ++step) {
+    train_step(model, adam, step);
+    train_step(resumed, resumed_adam, step);
+  }
+  EXPECT_TRUE(torch::equal(model->embed->weight, resumed->embed->weight));
+  EXPECT_TRUE(resumed->head->named_parameters()["weight"].is_same(resumed->embed->weight));
+}
+
+// load(optimizer, source, device) reads the state there (then to each parameter's device).
+TEST(Optimizer, LoadHonoursTheDevice) {
+  TempDir dir;
+  Net net;
+  torch::optim::Adam adam(net->parameters(), torch::optim::AdamOptions(1e-2));
+  torch::manual_seed(0);
+  adam.zero_grad();
+  net->forward(torch::randn({2, 6})).sum().backward();
+  adam.step();
+  ts::save(adam, dir.file("adam.safetensors"));
+  Net other;
+  torch::optim::Adam restored(other->parameters(), torch::optim::AdamOptions(1e-2));
+  ts::load(restored, dir.file("adam.safetensors"), torch::Device(torch::kCPU));
+  const auto& state = static_cast<torch::optim::AdamParamState&>(
+      *restored.state().at(other->parameters()[0].unsafeGetTensorImpl()));
+  EXPECT_TRUE(state.exp_avg().is_cpu());
+  // A device this LibTorch cannot reach is refused, naming it, before anything changes.
+  if (!torch::cuda::is_available()) {
+    const std::string message = error_of([&] {
+      ts::load(restored, dir.file("adam.safetensors"), torch::Device(torch::kCUDA));
+    });
+    EXPECT_NE(message.find("cuda"), std::string::npos) << message;
+  }
 }

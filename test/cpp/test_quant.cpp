@@ -8,7 +8,7 @@
 #include <cstring>
 
 #include "test_util.h"
-#include "torch_safetensors/safetensors.h"
+#include "torch_safetensors/all.h"
 
 namespace st = torch::safetensors;
 namespace quant = torch::safetensors::quant;

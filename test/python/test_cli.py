@@ -341,6 +341,28 @@ def test_diff(tmp_path):
     assert "values differ" not in tolerated.stdout
 
 
+def test_diff_packed_dtypes_compare_bytes(tmp_path):
+    """F6 loads as its packed bytes (uint8) and F4 as Float4_e2m1fn_x2: neither's torch elements are
+    values, so any byte that differs is a difference, whatever --atol says (a one-bit change in a
+    packed byte would otherwise read as a difference of 1 in a uint8)."""
+    packed = torch.tensor([0x10, 0x20, 0x30], dtype=torch.uint8)
+    nudged = torch.tensor([0x10, 0x21, 0x30], dtype=torch.uint8)
+    paths = []
+    for name, data in (("a", packed), ("b", nudged)):
+        path = tmp_path / f"{name}.safetensors"
+        torch_safetensors.save_file({"f6": torch_safetensors.RawTensor("F6_E2M3", [4], data),
+                                     "f4": torch.tensor([1, 2], dtype=torch.uint8)
+                                     .view(torch.float4_e2m1fn_x2) if name == "a" else
+                                     torch.tensor([1, 3], dtype=torch.uint8)
+                                     .view(torch.float4_e2m1fn_x2)}, path)
+        paths.append(path)
+    result = run_cli("diff", *paths, "--atol", "100")
+    assert result.returncode == 1, result.stdout
+    lines = result.stdout.splitlines()
+    assert "values differ: f6: max |A - B| = inf" in lines
+    assert "values differ: f4: max |A - B| = inf" in lines
+
+
 def test_help_usage_errors_and_stderr(tmp_path):
     for command in ("inspect", "verify", "convert", "diff"):
         result = run_cli(command, "--help")

@@ -2,6 +2,7 @@
 
 #include <algorithm>
 
+#include <ATen/EmptyTensor.h>
 #include <ATen/ops/from_blob.h>
 #include <c10/util/strides.h>
 #include <torch/utils.h>
@@ -32,6 +33,10 @@ at::Tensor view_memory(uint8_t* data, uint64_t storage_bytes, c10::ScalarType dt
                        c10::IntArrayRef sizes, c10::IntArrayRef strides,
                        std::shared_ptr<const void> owner) {
   if (reinterpret_cast<uintptr_t>(data) % c10::elementSize(dtype) != 0) return at::Tensor();
+  // The view never reaches past the bytes it was given (the tensor's region of the file).
+  TORCH_INTERNAL_ASSERT(
+      at::detail::computeStorageNbytes(sizes, strides, c10::elementSize(dtype)) <= storage_bytes,
+      "safetensors: a view of ", storage_bytes, " bytes would reach past them");
   return at::for_blob(data, sizes)
       .strides(strides)
       .storage_offset(0)

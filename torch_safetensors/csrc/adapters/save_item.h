@@ -2,6 +2,8 @@
 // one set of rules a save request is checked against.
 #pragma once
 
+#include "torch_safetensors/export.h"
+
 #include <ATen/core/Tensor.h>
 
 #include <memory>
@@ -10,14 +12,13 @@
 #include <string_view>
 #include <vector>
 
-#include "torch_safetensors/file.h"
 #include "torch_safetensors/header.h"
-#include "torch_safetensors/serialize.h"
+#include "torch_safetensors/types.h"
 
 namespace torch::safetensors::adapters {
 
 // What one entry contributes to the header, and the tensor that holds its bytes.
-struct SaveItem {
+struct TS_API SaveItem {
   TensorInfo info;    // name, dtype, logical shape; offsets are filled in by the layout
   at::Tensor source;  // as given: may be non-contiguous or on another device
 };
@@ -25,11 +26,13 @@ struct SaveItem {
 // Items are built without the checks of check_save (so that those run over all items, in the
 // reference's order): an item is only meaningful once check_save has passed on all of them.
 // Raw tensors are checked here (1-D uint8 bytes of the size their dtype and shape need).
-SaveItem to_save_item(const std::string& name, const at::Tensor& tensor, std::string_view source);
-SaveItem to_save_item(const std::string& name, const RawTensor& raw, std::string_view source);
+TS_API SaveItem to_save_item(const std::string& name, const at::Tensor& tensor,
+                             std::string_view source);
+TS_API SaveItem to_save_item(const std::string& name, const RawTensor& raw,
+                             std::string_view source);
 
 // The item's bytes as a contiguous CPU tensor (a copy only when it is not one already).
-at::Tensor contiguous_cpu_bytes(const SaveItem& item);
+TS_API at::Tensor contiguous_cpu_bytes(const SaveItem& item);
 
 // Why a save request is refused. The checks, in the order the reference applies them
 // (bindings/python/py_src/safetensors/torch.py: `_flatten_as_ptr`, then its Rust serializer):
@@ -48,14 +51,14 @@ enum class SaveProblemKind {
   kUnsupportedDtype,
   kFloat4Scalar
 };
-struct SaveProblem {
+struct TS_API SaveProblem {
   SaveProblemKind kind;
   // kSparse: one group, every sparse tensor; kSharedMemory: each group of overlapping tensors;
   // otherwise one group holding the first tensor with the problem.
   std::vector<std::vector<std::string>> names;
 };
 
-struct SaveRules {
+struct TS_API SaveRules {
   // The C++ API writes a non-contiguous tensor in logical (row-major) order; the Python drop-in
   // refuses it like the reference.
   bool allow_non_contiguous = true;
@@ -67,14 +70,14 @@ struct SaveRules {
 };
 
 // The first problem of a save request (name → the tensor to write; raw tensors: their bytes).
-std::optional<SaveProblem> find_save_problem(const NamedTensors& tensors,
-                                             const SaveRules& rules = {});
+TS_API std::optional<SaveProblem> find_save_problem(const NamedTensors& tensors,
+                                                    const SaveRules& rules = {});
 // c10 errors naming `source` and the tensors: ValueError (sparse, non-contiguous),
 // NotImplementedError (meta), c10::Error otherwise; Python raises them as their own kinds.
 [[noreturn]] void throw_save_problem(const SaveProblem& problem, const NamedTensors& tensors,
                                      std::string_view source);
 // find_save_problem over the items' sources, throwing what it finds.
-void check_save(const std::vector<SaveItem>& items, const SaveRules& rules,
-                std::string_view source);
+TS_API void check_save(const std::vector<SaveItem>& items, const SaveRules& rules,
+                       std::string_view source);
 
 }  // namespace torch::safetensors::adapters

@@ -12,7 +12,7 @@
 #include <utility>
 #include <vector>
 
-#include "torch_safetensors/serialize.h"
+#include "torch_safetensors/types.h"
 
 namespace torch::safetensors::adapters {
 

@@ -29,13 +29,18 @@ void OutputArchive::write(const std::string& key, const OutputArchive& nested) {
   for (const auto& [name, tensor] : nested.tensors_) write(key + "." + name, tensor);
 }
 
-void OutputArchive::save_to(const SaveTo& to, const std::optional<Metadata>& metadata) const {
+void OutputArchive::save_to(const SaveTo& to, const SaveMetadata& metadata) const {
   save(tensors_, to, metadata);
 }
 
 void InputArchive::load_from(const LoadFrom& from, std::optional<c10::Device> device) {
-  file_ = std::make_shared<const File>(
-      from.open(LoadOptions().with_device(device.value_or(c10::kCPU))));
+  LoadOptions options;
+  options.device = device;
+  load_from(from, options);
+}
+
+void InputArchive::load_from(const LoadFrom& from, const LoadOptions& options) {
+  file_ = std::make_shared<const File>(from.open(options));
   prefix_.clear();
 }
 

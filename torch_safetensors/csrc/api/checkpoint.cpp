@@ -1,18 +1,23 @@
-// Checkpoint: File's interface over a single file or a sharded checkpoint (index + shards). The
-// index is checked on open; each shard is opened once, on first use, and checked against it.
-// Every tensor still comes through File's one read path; a whole-checkpoint pread load plans the
-// reads of every shard and runs them in one parallel pass.
+// The lazy handle: one implementation for a single file, an index and a directory. The index is
+// checked on open; each shard is opened once, on first use, and checked against it. Every tensor
+// comes through the one load engine (file.cpp); a whole-checkpoint pread load plans the reads of
+// every shard and runs them in one parallel pass.
 #include "torch_safetensors/checkpoint.h"
 
 #include <cerrno>
 #include <mutex>
 #include <unordered_map>
 
-#include "api/bulk_load.h"
+#include <ATen/TensorIndexing.h>
+
+#include "api/handle.h"
 #include "check.h"
+#include "device/staging_ring.h"
 #include "format/index.h"
 #include "storage/io.h"
+#include "torch_safetensors/endpoints.h"
 #include "torch_safetensors/errors.h"
+#include "torch_safetensors/file.h"
 
 namespace torch::safetensors {
 namespace {
@@ -68,43 +73,65 @@ struct Checkpoint::Impl {
   LoadOptions options;
   std::optional<Metadata> metadata;
   std::vector<std::string> shard_files;          // sorted
-  std::vector<std::vector<std::string>> listed;  // per shard: the index's names, in its order
-  std::vector<std::string> keys;
-  std::unordered_map<std::string_view, size_t> shard_of;  // views of `keys`
+  std::vector<std::vector<std::string>> listed;  // an index: per shard, its names in index order
+  std::unordered_map<std::string_view, size_t> shard_of;  // an index: views of `keys`
+  mutable std::once_flag keys_once;  // a single file: keys are its header's, made on first use
+  mutable std::vector<std::string> keys;
   mutable std::mutex open_mutex;  // guards `files`: each shard is opened once, by one thread
-  mutable std::vector<std::optional<File>> files;
+  mutable std::vector<std::shared_ptr<const detail::OpenFile>> files;
 
+  bool single() const { return !index_path; }
   // Messages name the index when there is one, else the file.
   const std::string& name() const { return index_path ? *index_path : path; }
 
+  const std::vector<std::string>& key_list() const {
+    if (single()) {
+      std::call_once(keys_once, [&] {
+        const Header& header = files[0]->header;
+        keys.reserve(header.size());
+        for (const auto& info : header.tensors()) keys.emplace_back(info.name);
+      });
+    }
+    return keys;
+  }
+
+  // The index of the shard holding `tensor` (an index), or the one missing-name error.
   size_t shard_index(std::string_view tensor) const {
     const auto found = shard_of.find(tensor);
     if (found == shard_of.end()) {
-      // File::info's error for a missing name (the same words for one file and many).
-      TORCH_CHECK_INDEX(false, "safetensors: ", name(), ": no tensor named '", tensor, "' (",
-                        keys.size(), " tensors in the checkpoint)");
+      std::vector<std::string_view> first;
+      for (size_t i = 0; i < keys.size() && i < 5; ++i) first.push_back(keys[i]);
+      throw_missing_tensor(name(), tensor, keys.size(), first);
     }
     return found->second;
   }
 
-  const File& shard(size_t i) const {
+  detail::Located locate(std::string_view tensor) const {
+    if (single()) return {files[0].get(), &files[0]->header.at(tensor, name())};
+    const detail::OpenFile& file = shard(shard_index(tensor));
+    return {&file, file.header.find(tensor)};  // check_shard: the shard holds it
+  }
+
+  const detail::OpenFile& shard(size_t i) const {
     std::lock_guard<std::mutex> lock(open_mutex);
     if (!files[i]) {
-      File file(storage::join_path(directory, shard_files[i]), options);
-      check_shard(file, i);
+      auto file = detail::open_file(file_source(storage::join_path(directory, shard_files[i]),
+                                                /*mapped=*/options.backend == Backend::kMmap),
+                                    options);
+      check_shard(*file, i);
       files[i] = std::move(file);
     }
     return *files[i];  // never reassigned, so the reference outlives the lock
   }
 
   // A shard holds exactly the tensors the index assigns to it.
-  void check_shard(const File& file, size_t i) const {
+  void check_shard(const detail::OpenFile& file, size_t i) const {
     const std::string& shard = shard_files[i];
     for (const auto& tensor : listed[i]) {
-      TS_CHECK(file.contains(tensor), name(), "the index lists tensor '", tensor, "' in shard '",
+      TS_CHECK(file.header.find(tensor), name(), "the index lists tensor '", tensor, "' in shard '",
                shard, "', which does not hold it");
     }
-    for (const auto& info : file.header().tensors()) {
+    for (const auto& info : file.header.tensors()) {
       const auto found = shard_of.find(info.name);
       TS_CHECK(found != shard_of.end(), name(), "shard '", shard, "' holds tensor '", info.name,
                "', which the index does not list");
@@ -112,33 +139,50 @@ struct Checkpoint::Impl {
                "', which the index assigns to shard '", shard_files[found->second], "'");
     }
   }
+
+  // One names -> tensors path for every accessor that returns several.
+  TensorDict load_named(const std::vector<std::string>& names) const {
+    std::vector<detail::LoadItem> items;
+    items.reserve(names.size());
+    for (const std::string& tensor : names) {
+      const detail::Located at = locate(tensor);
+      items.push_back({at.file, at.info});
+    }
+    std::vector<at::Tensor> loaded = detail::load_many(items, options);
+    TensorDict out;
+    out.reserve(names.size());
+    for (size_t i = 0; i < names.size(); ++i) out.insert(names[i], std::move(loaded[i]));
+    return out;
+  }
 };
 
-Checkpoint::Checkpoint(File file) {
-  auto impl = std::make_shared<Impl>();
-  impl->path = file.path();
-  impl->directory = storage::parent_path(file.path());
-  impl->options = file.options();
-  impl->metadata = file.metadata();
-  impl->shard_files = {storage::file_name(file.path())};
-  impl->keys = file.keys();
-  impl->listed = {impl->keys};
-  for (const auto& key : impl->keys) impl->shard_of.emplace(key, 0);
-  impl->files.emplace_back(std::move(file));  // opened already
-  impl_ = std::move(impl);
+namespace {
+
+// A single file as a handle: the one shard, opened now.
+std::shared_ptr<Checkpoint::Impl> single_file(std::string path,
+                                              std::shared_ptr<const detail::OpenFile> file,
+                                              const LoadOptions& options) {
+  auto impl = std::make_shared<Checkpoint::Impl>();
+  impl->path = std::move(path);
+  impl->directory = storage::parent_path(file->name());
+  impl->options = options;
+  impl->metadata = file->header.metadata();
+  impl->shard_files = {storage::file_name(file->name())};
+  impl->files = {std::move(file)};
+  return impl;
 }
 
-Checkpoint::Checkpoint(const std::string& path, const LoadOptions& options) {
-  std::string target = path;
-  if (storage::is_directory(path)) target = resolve_directory(path);
-  if (!ends_with(target, ".json")) {
-    Checkpoint single{File(target, options)};
-    auto impl = std::const_pointer_cast<Impl>(single.impl_);
-    impl->path = path;
-    impl_ = std::move(impl);
-    return;
-  }
-  auto impl = std::make_shared<Impl>();
+std::shared_ptr<const detail::OpenFile> open_path(const std::string& path,
+                                                  const LoadOptions& options) {
+  return detail::open_file(file_source(path, /*mapped=*/options.backend == Backend::kMmap),
+                           options);
+}
+
+std::shared_ptr<const Checkpoint::Impl> open_index(const std::string& path,
+                                                   const std::string& target,
+                                                   const LoadOptions& options) {
+  if (options.device) device::check_device(*options.device, target);
+  auto impl = std::make_shared<Checkpoint::Impl>();
   impl->path = path;
   impl->index_path = target;
   impl->options = options;
@@ -174,8 +218,37 @@ Checkpoint::Checkpoint(const std::string& path, const LoadOptions& options) {
     for (size_t j = 0; j < impl->listed[i].size(); ++j) impl->shard_of.emplace(impl->keys[k++], i);
   }
   impl->files.resize(impl->shard_files.size());
-  impl_ = std::move(impl);
+  return impl;
 }
+
+std::shared_ptr<const Checkpoint::Impl> open_any(const std::string& path,
+                                                 const LoadOptions& options) {
+  std::string target = path;
+  if (storage::is_directory(path)) target = resolve_directory(path);
+  if (ends_with(target, ".json")) return open_index(path, target, options);
+  return single_file(path, open_path(target, options), options);
+}
+
+}  // namespace
+
+Checkpoint::Checkpoint(const PathArg& path, const LoadOptions& options)
+    : impl_(open_any(path.str(), options)) {}
+
+Checkpoint::Checkpoint(std::shared_ptr<const Source> source, const LoadOptions& options) {
+  auto file = detail::open_file(std::move(source), options);
+  std::string name = file->name();
+  impl_ = single_file(std::move(name), std::move(file), options);
+}
+
+File::File(const PathArg& path, const LoadOptions& options)
+    : Checkpoint(single_file(path.str(), open_path(path.str(), options), options)) {}
+
+File::File(std::shared_ptr<const Source> source, const LoadOptions& options)
+    : Checkpoint(std::move(source), options) {}
+
+const Source& File::source() const { return *impl_->files[0]->source; }
+std::shared_ptr<const Source> File::shared_source() const { return impl_->files[0]->source; }
+const Header& File::header() const { return impl_->files[0]->header; }
 
 const std::string& Checkpoint::path() const { return impl_->path; }
 const std::string& Checkpoint::directory() const { return impl_->directory; }
@@ -183,66 +256,89 @@ const std::optional<std::string>& Checkpoint::index_path() const { return impl_-
 const std::vector<std::string>& Checkpoint::shard_files() const { return impl_->shard_files; }
 const LoadOptions& Checkpoint::options() const { return impl_->options; }
 const std::optional<Metadata>& Checkpoint::metadata() const { return impl_->metadata; }
-const std::vector<std::string>& Checkpoint::keys() const { return impl_->keys; }
+const std::vector<std::string>& Checkpoint::keys() const { return impl_->key_list(); }
+size_t Checkpoint::size() const {
+  return impl_->single() ? impl_->files[0]->header.size() : impl_->keys.size();
+}
 
-bool Checkpoint::contains(std::string_view name) const { return impl_->shard_of.count(name); }
+bool Checkpoint::contains(std::string_view name) const {
+  return impl_->single() ? impl_->files[0]->header.find(name) != nullptr
+                         : impl_->shard_of.count(name) != 0;
+}
 
 const std::string& Checkpoint::shard_file(std::string_view name) const {
+  if (impl_->single()) {
+    impl_->locate(name);  // the missing-name error
+    return impl_->shard_files[0];
+  }
   return impl_->shard_files[impl_->shard_index(name)];
 }
 
-const File& Checkpoint::file(std::string_view name) const {
-  return impl_->shard(impl_->shard_index(name));
+File Checkpoint::file(std::string_view name) const {
+  const detail::Located at = impl_->locate(name);
+  if (impl_->single()) return File(impl_);
+  auto shared = std::shared_ptr<const detail::OpenFile>(impl_, at.file);  // kept alive by impl_
+  return File(single_file(at.file->name(), std::move(shared), impl_->options));
 }
 
-const TensorInfo& Checkpoint::info(std::string_view name) const { return file(name).info(name); }
-at::Tensor Checkpoint::tensor(std::string_view name) const { return file(name).tensor(name); }
+const TensorInfo& Checkpoint::info(std::string_view name) const {
+  return *impl_->locate(name).info;
+}
+
+at::Tensor Checkpoint::tensor(std::string_view name) const {
+  return detail::load_one(impl_->locate(name), impl_->options);
+}
+
 at::Tensor Checkpoint::slice(std::string_view name,
                              at::ArrayRef<at::indexing::TensorIndex> indices) const {
-  return file(name).slice(name, indices);
+  return detail::load_slice(impl_->locate(name), indices, impl_->options);
 }
+
 at::Tensor Checkpoint::slice_intervals(std::string_view name, int64_t dim,
                                        std::vector<std::pair<int64_t, int64_t>> ranges) const {
-  return file(name).slice_intervals(name, dim, std::move(ranges));
+  const detail::Located at = impl_->locate(name);
+  const SlicePlan plan = detail::plan_tensor_slice(at, dim_intervals(dim, std::move(ranges)));
+  return detail::load_many({{at.file, at.info, {}, &plan}}, impl_->options)[0];
 }
-RawTensor Checkpoint::raw(std::string_view name) const { return file(name).raw(name); }
+
+RawTensor Checkpoint::raw(std::string_view name) const {
+  return detail::load_raw(impl_->locate(name));
+}
 
 TensorDict Checkpoint::tensors() const {
-  // One file: its keys are its header's order; skip the name lookups (100,000-tensor files).
-  if (impl_->shard_files.size() == 1) return impl_->shard(0).tensors();
-  return tensors(impl_->keys);
+  if (!impl_->single()) return impl_->load_named(impl_->keys);
+  // One file: its header's order; no name lookups (100,000-tensor files).
+  const detail::OpenFile& file = *impl_->files[0];
+  const std::vector<TensorInfo>& infos = file.header.tensors();
+  std::vector<detail::LoadItem> items;
+  items.reserve(infos.size());
+  for (const TensorInfo& info : infos) items.push_back({&file, &info});
+  std::vector<at::Tensor> loaded = detail::load_many(items, impl_->options);
+  TensorDict out;
+  out.reserve(infos.size());
+  for (size_t i = 0; i < infos.size(); ++i)
+    out.insert(std::string(infos[i].name), std::move(loaded[i]));
+  return out;
 }
 
 TensorDict Checkpoint::tensors(const std::vector<std::string>& names) const {
-  // One pass over every shard: one parallel read (kPread), or one staging ring to a device, so
-  // that many shards load as fast as one file of their total size.
-  std::vector<LoadItem> items;
-  items.reserve(names.size());
-  for (const std::string& name : names) {
-    const File& shard = file(name);
-    items.push_back({&shard, &shard.info(name)});
-  }
-  std::vector<at::Tensor> loaded = load_many(items, impl_->options);
-  TensorDict out;
-  out.reserve(names.size());
-  for (size_t i = 0; i < names.size(); ++i) out.insert(names[i], std::move(loaded[i]));
-  return out;
+  return impl_->load_named(names);
 }
 
 void Checkpoint::for_each(const Consumer& consume) const {
   const Impl& impl = *impl_;
   for (size_t s = 0; s < impl.shard_files.size(); ++s) {
-    const File& shard = impl.shard(s);
-    const std::vector<TensorInfo>& infos = shard.header().tensors();
-    std::vector<LoadItem> items;
+    const detail::OpenFile& shard = detail::shard(*this, s);
+    const std::vector<TensorInfo>& infos = shard.header.tensors();
+    std::vector<detail::LoadItem> items;
     for (const TensorInfo& info : infos) items.push_back({&shard, &info});
-    const bool batched = impl.options.backend == Backend::kPread && impl.options.device.is_cpu() &&
-                         !impl.options.always_stage;
+    const bool batched = impl.options.backend == Backend::kPread && !detail::staged(impl.options);
     if (!batched) {
       // Views are ready at once; to a device, each tensor is handed over as soon as it landed
       // while the ring goes on with the next ones.
-      load_many(items, impl.options,
-                [&](size_t i, const at::Tensor& t) { consume(std::string(infos[i].name), t); });
+      detail::load_many(items, impl.options, [&](size_t i, const at::Tensor& t) {
+        consume(std::string(infos[i].name), t);
+      });
       continue;
     }
     // Reads into owned memory: in batches of about staging_bytes, so that memory stays bounded
@@ -254,8 +350,8 @@ void Checkpoint::for_each(const Consumer& consume) const {
              (end == begin || bytes + items[end].info->nbytes() <= impl.options.staging_bytes)) {
         bytes += items[end++].info->nbytes();
       }
-      std::vector<LoadItem> batch(items.begin() + begin, items.begin() + end);
-      std::vector<at::Tensor> loaded = load_many(batch, impl.options);
+      std::vector<detail::LoadItem> batch(items.begin() + begin, items.begin() + end);
+      std::vector<at::Tensor> loaded = detail::load_many(batch, impl.options);
       for (size_t i = 0; i < loaded.size(); ++i)
         consume(std::string(infos[begin + i].name), std::move(loaded[i]));
       begin = end;
@@ -267,12 +363,25 @@ void Checkpoint::check_intact() const {
   std::lock_guard<std::mutex> lock(impl_->open_mutex);
   // Only shards opened so far: the others are checked when opened.
   for (const auto& file : impl_->files) {
-    if (file) file->check_intact();
+    if (file) file->source->check_intact();
   }
 }
 
+namespace detail {
+
+Located locate(const Checkpoint& checkpoint, std::string_view name) {
+  return CheckpointAccess::impl(checkpoint).locate(name);
+}
+
+const OpenFile& shard(const Checkpoint& checkpoint, size_t index) {
+  const Checkpoint::Impl& impl = CheckpointAccess::impl(checkpoint);
+  return impl.single() ? *impl.files[0] : impl.shard(index);
+}
+
+}  // namespace detail
+
 Checkpoint open_checkpoint(const LoadFrom& from, const LoadOptions& options) {
-  return from.path() ? Checkpoint(*from.path(), options) : Checkpoint(File(from.source(), options));
+  return from.path() ? Checkpoint(*from.path(), options) : Checkpoint(from.source(), options);
 }
 
 }  // namespace torch::safetensors

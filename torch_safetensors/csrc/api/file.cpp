@@ -1,20 +1,20 @@
-// File: the lazy handle. The header on open; tensors on request, all through one read path:
-// plan the bytes (a whole tensor, or slice_plan), then view them in the source's memory, read
-// them with Source::read (read_all: chunked and parallel when large), or, for another device,
-// stream them into device memory through the staging ring (device/staging_ring.h).
-#include "torch_safetensors/file.h"
-
+// The read path of the lazy handle: open a file (the header), then every tensor through one
+// engine, load_many: plan the bytes (a whole tensor, or slice_plan), then view them in the
+// source's memory, read them with Source::read (read_all: chunked and parallel when large), or,
+// for another device, stream them into device memory through the staging ring
+// (device/staging_ring.h). The handle itself (names, shards, accessors) is checkpoint.cpp.
+#include <ATen/TensorIndexing.h>
 #include <ATen/ops/empty.h>
 #include <c10/util/strides.h>
 
 #include "adapters/load_tensor.h"
-#include "api/bulk_load.h"
+#include "api/handle.h"
 #include "check.h"
 #include "device/staging_ring.h"
 #include "huge_pages.h"
 #include "storage/io.h"
 
-namespace torch::safetensors {
+namespace torch::safetensors::detail {
 namespace {
 
 // Reads and validates the header at the start of `source`.
@@ -59,12 +59,6 @@ std::optional<std::vector<IndexItem>> to_index_items(
   return items;
 }
 
-bool staged(const LoadOptions& options) { return !options.device.is_cpu() || options.always_stage; }
-
-at::Tensor cast(at::Tensor t, const LoadOptions& options) {
-  return options.dtype && t.scalar_type() != *options.dtype ? t.to(*options.dtype) : t;
-}
-
 // Uninitialised destination memory on the device for a staged load: `bytes` (1-D uint8, what the
 // ring fills) and the same memory as the tensor. Out of memory names the tensor.
 struct Staged {
@@ -74,13 +68,14 @@ struct Staged {
 Staged staged_empty(uint64_t nbytes, c10::ScalarType dtype, c10::IntArrayRef sizes,
                     const LoadOptions& options, std::string_view source, std::string_view name) {
   try {
-    const auto on_device = at::TensorOptions().device(options.device);
+    const auto on_device = at::TensorOptions().device(options.target_device());
     at::Tensor bytes = at::empty({int64_t(nbytes)}, on_device.dtype(at::kByte));
     at::Tensor tensor =
         nbytes ? bytes.view(dtype).view(sizes) : at::empty(sizes, on_device.dtype(dtype));
     return {std::move(bytes), std::move(tensor)};
   } catch (const c10::Error& e) {  // OutOfMemoryError from devices; a plain c10::Error from the CPU
-    TS_FAIL(source, "cannot allocate ", nbytes, " bytes on ", options.device, " for tensor '", name,
+    TS_FAIL(source, "cannot allocate ", nbytes, " bytes on ", options.target_device(),
+            " for tensor '", name,
             "' (out of memory?); the tensors of this load allocated so far are freed: ",
             e.what_without_backtrace());
   }
@@ -94,11 +89,20 @@ device::RingOptions ring_options(const LoadOptions& options) {
 
 }  // namespace
 
+c10::ScalarType loaded_dtype(c10::ScalarType stored, const LoadOptions& options) {
+  return options.dtype && cast_applies(stored, options.cast_fp8) ? *options.dtype : stored;
+}
+
+at::Tensor cast_on_load(at::Tensor tensor, const LoadOptions& options) {
+  const c10::ScalarType to = loaded_dtype(tensor.scalar_type(), options);
+  return to == tensor.scalar_type() ? tensor : tensor.to(to);
+}
+
 std::vector<at::Tensor> load_many(const std::vector<LoadItem>& items, const LoadOptions& options,
                                   const std::function<void(size_t, const at::Tensor&)>& on_loaded) {
   std::vector<at::Tensor> out(items.size());
   auto done = [&](size_t i) {
-    out[i] = cast(std::move(out[i]), options);
+    out[i] = cast_on_load(std::move(out[i]), options);
     if (on_loaded) on_loaded(i, out[i]);
   };
   // A planned item's bytes: its runs, relative to the tensor's first byte.
@@ -106,10 +110,10 @@ std::vector<at::Tensor> load_many(const std::vector<LoadItem>& items, const Load
     return item.plan ? item.plan->runs : std::vector<ByteRun>{{0, item.info->nbytes()}};
   };
   auto sizes_of = [](const LoadItem& item) {
-    return item.plan ? item.plan->sizes : adapters::torch_sizes(*item.info, item.file->path());
+    return item.plan ? item.plan->sizes : adapters::torch_sizes(*item.info, item.file->name());
   };
   auto absolute = [](const LoadItem& item, const ByteRun& run) {
-    return item.file->header().data_offset() + item.info->begin + run.offset;
+    return item.file->absolute(*item.info) + run.offset;
   };
   if (staged(options)) {
     std::vector<device::DeviceRun> runs;
@@ -120,15 +124,16 @@ std::vector<at::Tensor> load_many(const std::vector<LoadItem>& items, const Load
       Staged dst = item.into.defined()
                        ? Staged{item.into.reshape({-1}).view(at::kByte), item.into}
                        : staged_empty(nbytes, to_scalar_type(item.info->dtype), sizes_of(item),
-                                      options, item.file->path(), item.info->name);
+                                      options, item.file->name(), item.info->name);
       uint64_t at = 0;
       for (const ByteRun& run : runs_of(item)) {
-        runs.push_back({&item.file->source(), absolute(item, run), run.length, dst.bytes, at, i});
+        runs.push_back(
+            {item.file->source.get(), absolute(item, run), run.length, dst.bytes, at, i});
         at += run.length;
       }
       out[i] = std::move(dst.tensor);
     }
-    device::copy_through_ring(runs, options.device, ring_options(options), done);
+    device::copy_through_ring(runs, options.target_device(), ring_options(options), done);
     return out;
   }
   std::vector<TensorInfo> to_read;  // whole tensors into fresh arenas
@@ -136,7 +141,8 @@ std::vector<at::Tensor> load_many(const std::vector<LoadItem>& items, const Load
   std::vector<storage::ReadJob> jobs;
   auto read_into = [&](const LoadItem& item, uint8_t* dst) {
     for (const ByteRun& run : runs_of(item)) {
-      if (run.length) jobs.push_back({dst, run.length, absolute(item, run), &item.file->source()});
+      if (run.length)
+        jobs.push_back({dst, run.length, absolute(item, run), item.file->source.get()});
       dst += run.length;
     }
   };
@@ -148,13 +154,12 @@ std::vector<at::Tensor> load_many(const std::vector<LoadItem>& items, const Load
       read_into(item, static_cast<uint8_t*>(out[i].data_ptr()));
       continue;
     }
-    uint8_t* memory = options.backend == Backend::kMmap ? item.file->source().data() : nullptr;
-    uint8_t* first =
-        memory ? memory + item.file->header().data_offset() + item.info->begin : nullptr;
+    uint8_t* memory = options.backend == Backend::kMmap ? item.file->memory : nullptr;
+    uint8_t* first = memory ? memory + item.file->absolute(*item.info) : nullptr;
     if (memory && !item.plan && item.info->nbytes() > 0) {
       const std::vector<int64_t> sizes = sizes_of(item);
       out[i] = adapters::view_memory(first, item.info->nbytes(), dtype, sizes,
-                                     c10::contiguous_strides(sizes), item.file->shared_source());
+                                     c10::contiguous_strides(sizes), item.file->source);
       if (out[i].defined()) continue;
     }
     if (memory && item.plan && item.plan->view && item.plan->nbytes() > 0) {
@@ -163,7 +168,7 @@ std::vector<at::Tensor> load_many(const std::vector<LoadItem>& items, const Load
       int64_t last = 0;  // the view's last element, relative to its first
       for (size_t d = 0; d < v.sizes.size(); ++d) last += (v.sizes[d] - 1) * v.strides[d];
       out[i] = adapters::view_memory(first + v.offset * element, uint64_t(last + 1) * element,
-                                     dtype, v.sizes, v.strides, item.file->shared_source());
+                                     dtype, v.sizes, v.strides, item.file->source);
       if (out[i].defined()) continue;
     }
     if (item.plan) {
@@ -176,7 +181,7 @@ std::vector<at::Tensor> load_many(const std::vector<LoadItem>& items, const Load
   }
   if (!to_read.empty()) {
     // Whole tensors: allocate everything, then read it all in large chunks on a few threads.
-    std::vector<at::Tensor> owned = adapters::empty_for_read(to_read, items.front().file->path());
+    std::vector<at::Tensor> owned = adapters::empty_for_read(to_read, items.front().file->name());
     for (size_t k = 0; k < owned.size(); ++k) {
       read_into(items[read_index[k]], static_cast<uint8_t*>(owned[k].data_ptr()));
       out[read_index[k]] = std::move(owned[k]);
@@ -187,124 +192,68 @@ std::vector<at::Tensor> load_many(const std::vector<LoadItem>& items, const Load
   return out;
 }
 
-struct File::Impl {
-  std::shared_ptr<const Source> source;
-  Header header;
-  LoadOptions options;
-  uint8_t* memory = nullptr;  // the source's memory, when tensors view it
+SlicePlan plan_tensor_slice(const Located& tensor, c10::ArrayRef<IndexItem> index) {
+  const std::string& source = tensor.file->name();
+  const std::vector<int64_t> sizes = adapters::torch_sizes(*tensor.info, source);
+  const int64_t item = int64_t(c10::elementSize(tensor.info->scalar_type()));
+  return plan_slice(sizes, item, index, source, tensor.info->name);
+}
 
-  const std::string& name() const { return source->name(); }
-  uint64_t absolute(const TensorInfo& info) const { return header.data_offset() + info.begin; }
-
-  // A whole tensor on the CPU: a view of the source's memory, or read into owned memory.
-  at::Tensor whole_on_cpu(const TensorInfo& info) const {
-    const std::vector<int64_t> sizes = adapters::torch_sizes(info, name());
-    const c10::ScalarType dtype = to_scalar_type(info.dtype);
-    if (memory && info.nbytes() > 0) {
-      at::Tensor view = adapters::view_memory(memory + absolute(info), info.nbytes(), dtype, sizes,
-                                              c10::contiguous_strides(sizes), source);
-      if (view.defined()) return view;
-    }
-    at::Tensor out = at::empty(sizes, at::TensorOptions().dtype(dtype));
-    if (info.nbytes())
-      storage::read_all(*source, {{out.data_ptr(), info.nbytes(), absolute(info)}});
-    return out;
+std::shared_ptr<const OpenFile> open_file(std::shared_ptr<const Source> source,
+                                          const LoadOptions& options) {
+  TORCH_CHECK(source != nullptr, "safetensors: a checkpoint needs a source, got nullptr");
+  if (options.device) device::check_device(*options.device, source->name());
+  if (options.dtype) {
+    TS_CHECK_VALUE(is_cast_target(*options.dtype), source->name(),
+                   "dtype on load must be a floating dtype (Float64, Float32, Float16 or "
+                   "BFloat16), found ",
+                   *options.dtype);
   }
+  auto file = std::make_shared<OpenFile>();
+  file->header = read_header(*source);
+  if (options.backend == Backend::kMmap) file->memory = source->data();
+  if (file->memory && options.populate) storage::populate(file->memory, source->size());
+  file->source = std::move(source);
+  return file;
+}
 
-  SlicePlan plan(const TensorInfo& info, c10::ArrayRef<IndexItem> index) const {
-    const std::vector<int64_t> sizes = adapters::torch_sizes(info, name());
-    const int64_t item = int64_t(c10::elementSize(to_scalar_type(info.dtype)));
-    return plan_slice(sizes, item, index, name(), info.name);
+// One tensor: a view or a read on the CPU without the bulk machinery (the common
+// `tensor(name)` call), else load_many.
+at::Tensor load_one(const Located& tensor, const LoadOptions& options) {
+  const OpenFile& file = *tensor.file;
+  const TensorInfo& info = *tensor.info;
+  if (staged(options)) return load_many({{&file, &info}}, options)[0];
+  const std::vector<int64_t> sizes = adapters::torch_sizes(info, file.name());
+  const c10::ScalarType dtype = info.scalar_type();
+  if (file.memory && info.nbytes() > 0) {
+    at::Tensor view = adapters::view_memory(file.memory + file.absolute(info), info.nbytes(), dtype,
+                                            sizes, c10::contiguous_strides(sizes), file.source);
+    if (view.defined()) return cast_on_load(std::move(view), options);
   }
-};
-
-File::File(const std::string& path, const LoadOptions& options)
-    : File(file_source(path, /*mapped=*/options.backend == Backend::kMmap), options) {}
-
-File::File(std::shared_ptr<const Source> source, const LoadOptions& options) {
-  TORCH_CHECK(source != nullptr, "safetensors: File needs a source, got nullptr");
-  device::check_device(options.device, source->name());
-  auto impl = std::make_shared<Impl>();
-  impl->header = read_header(*source);
-  impl->options = options;
-  if (options.backend == Backend::kMmap) impl->memory = source->data();
-  if (impl->memory && options.populate) storage::populate(impl->memory, source->size());
-  impl->source = std::move(source);
-  impl_ = std::move(impl);
+  at::Tensor out = at::empty(sizes, at::TensorOptions().dtype(dtype));
+  if (info.nbytes())
+    storage::read_all(*file.source, {{out.data_ptr(), info.nbytes(), file.absolute(info)}});
+  return cast_on_load(std::move(out), options);
 }
 
-const std::string& File::path() const { return impl_->name(); }
-const Source& File::source() const { return *impl_->source; }
-std::shared_ptr<const Source> File::shared_source() const { return impl_->source; }
-const LoadOptions& File::options() const { return impl_->options; }
-const Header& File::header() const { return impl_->header; }
-
-std::vector<std::string> File::keys() const {
-  std::vector<std::string> names;
-  names.reserve(header().size());
-  for (const auto& info : header().tensors()) names.emplace_back(info.name);
-  return names;
-}
-
-const TensorInfo& File::info(std::string_view name) const { return header().at(name, path()); }
-
-at::Tensor File::tensor(std::string_view name) const {
-  const TensorInfo& tensor_info = info(name);
-  if (staged(options())) return load_many({{this, &tensor_info}}, options())[0];
-  return cast(impl_->whole_on_cpu(tensor_info), options());
-}
-
-at::Tensor File::slice(std::string_view name,
-                       at::ArrayRef<at::indexing::TensorIndex> indices) const {
-  const TensorInfo& tensor_info = info(name);
-  if (indices.empty()) return tensor(name);
+at::Tensor load_slice(const Located& tensor, at::ArrayRef<at::indexing::TensorIndex> indices,
+                      const LoadOptions& options) {
+  if (indices.empty()) return load_one(tensor, options);
   if (auto items = to_index_items(indices)) {
-    const SlicePlan plan = impl_->plan(tensor_info, *items);
-    return load_many({{this, &tensor_info, {}, &plan}}, options())[0];
+    const SlicePlan plan = plan_tensor_slice(tensor, *items);
+    return load_many({{tensor.file, tensor.info, {}, &plan}}, options)[0];
   }
-  return tensor(name).index(indices);
+  return load_one(tensor, options).index(indices);
 }
 
-at::Tensor File::slice_intervals(std::string_view name, int64_t dim,
-                                 std::vector<std::pair<int64_t, int64_t>> ranges) const {
-  const TensorInfo& tensor_info = info(name);
-  const SlicePlan plan = impl_->plan(tensor_info, dim_intervals(dim, std::move(ranges)));
-  return load_many({{this, &tensor_info, {}, &plan}}, options())[0];
-}
-
-RawTensor File::raw(std::string_view name) const {
-  const TensorInfo& tensor_info = info(name);
-  TensorInfo bytes_info = tensor_info;  // the same bytes, typed as U8, on the CPU
+RawTensor load_raw(const Located& tensor) {
+  const TensorInfo& info = *tensor.info;
+  TensorInfo bytes_info = info;  // the same bytes, typed as U8, on the CPU, never cast
   bytes_info.dtype = Dtype::U8;
-  bytes_info.shape = {int64_t(tensor_info.nbytes())};
-  return RawTensor{tensor_info.dtype, c10::IntArrayRef(tensor_info.shape).vec(),
-                   impl_->whole_on_cpu(bytes_info)};
+  bytes_info.shape = {int64_t(info.nbytes())};
+  return RawTensor{
+      info.dtype, c10::IntArrayRef(info.shape).vec(),
+      load_one({tensor.file, &bytes_info}, LoadOptions().with_backend(Backend::kMmap))};
 }
 
-TensorDict File::tensors() const {
-  const std::vector<TensorInfo>& infos = header().tensors();
-  std::vector<LoadItem> items;
-  items.reserve(infos.size());
-  for (const TensorInfo& info : infos) items.push_back({this, &info});
-  std::vector<at::Tensor> loaded = load_many(items, options());
-  TensorDict out;
-  out.reserve(infos.size());
-  for (size_t i = 0; i < infos.size(); ++i)
-    out.insert(std::string(infos[i].name), std::move(loaded[i]));
-  return out;
-}
-
-TensorDict File::tensors(const std::vector<std::string>& names) const {
-  std::vector<LoadItem> items;
-  items.reserve(names.size());
-  for (const std::string& name : names) items.push_back({this, &info(name)});
-  std::vector<at::Tensor> loaded = load_many(items, options());
-  TensorDict out;
-  out.reserve(names.size());
-  for (size_t i = 0; i < names.size(); ++i) out.insert(names[i], std::move(loaded[i]));
-  return out;
-}
-
-void File::check_intact() const { impl_->source->check_intact(); }
-
-}  // namespace torch::safetensors
+}  // namespace torch::safetensors::detail

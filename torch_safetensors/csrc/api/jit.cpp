@@ -23,9 +23,8 @@ ModuleLoadReport load(torch::jit::Module& module, const LoadFrom& from, c10::Dev
   return load_into(named_tensors(module), from, ModuleLoadOptions().with_device(device));
 }
 
-void save(const torch::jit::Module& module, const SaveTo& to,
-          const std::optional<Metadata>& metadata) {
-  save_named_module(named_tensors(module), to, metadata);
+void save(const torch::jit::Module& module, const SaveTo& to, const SaveMetadata& metadata) {
+  save_named_module(named_tensors(module), to, metadata.value());
 }
 
 }  // namespace torch::safetensors

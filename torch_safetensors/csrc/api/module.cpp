@@ -12,7 +12,7 @@
 
 #include "adapters/load_tensor.h"
 #include "adapters/shared_memory.h"
-#include "api/bulk_load.h"
+#include "api/handle.h"
 #include "api/named_module.h"
 #include "check.h"
 
@@ -53,14 +53,11 @@ NamedTensors module_tensors(const torch::nn::Module& module) {
   return out;
 }
 
-ModuleLoadPlan::ModuleLoadPlan(NamedTensors targets, const std::string& path, Backend backend)
-    : ModuleLoadPlan(std::move(targets), Checkpoint(path, LoadOptions().with_backend(backend))) {}
-
-ModuleLoadPlan::ModuleLoadPlan(NamedTensors targets, Checkpoint checkpoint,
-                               std::optional<c10::Device> device)
+ModuleLoadPlan::ModuleLoadPlan(NamedTensors targets, Checkpoint checkpoint)
     : checkpoint_(std::move(checkpoint)) {
   const Checkpoint& file = checkpoint_;
-  const c10::Device loaded_device = file.options().device;
+  const std::optional<c10::Device> device = file.options().device;
+  const c10::Device loaded_device = file.options().target_device();
   const std::vector<std::string>& file_names = file.keys();
   const std::unordered_set<std::string> in_file(file_names.begin(), file_names.end());
 
@@ -72,7 +69,6 @@ ModuleLoadPlan::ModuleLoadPlan(NamedTensors targets, Checkpoint checkpoint,
   std::unordered_map<std::string, const at::Tensor*> by_name;
   for (const auto& [name, target] : targets) by_name.emplace(name, &target);
 
-  std::vector<std::string> tied_in_file;  // dropped by the tie policy, yet in the file
   for (const auto& [name, target] : targets) {
     const auto group_index = group_of.find(name);
     const TiedGroup* group = group_index == group_of.end() ? nullptr : &ties_[group_index->second];
@@ -82,7 +78,22 @@ ModuleLoadPlan::ModuleLoadPlan(NamedTensors targets, Checkpoint checkpoint,
       continue;
     }
     if (dropped) {
-      tied_in_file.push_back(name);
+      // The file holds a name the tie policy drops. Without the kept name it is unexpected (the
+      // reference's load_model). With it (a state dict saved without dropping ties), what this
+      // name will see once the kept one is loaded must be what the file holds for it: then it
+      // loads, ties intact; otherwise both cannot be honoured (a tied conflict).
+      if (!file.contains(*group->keep)) {
+        report_.unexpected.push_back(name);
+        continue;
+      }
+      const at::Tensor& keeper = *by_name.at(*group->keep);
+      const at::Tensor kept = file.tensor(*group->keep);
+      const at::Tensor here = file.tensor(name);
+      if (kept.sizes() != keeper.sizes()) continue;  // the kept name's mismatch says it
+      const at::Tensor seen = kept.as_strided(target.sizes(), target.strides(),
+                                              target.storage_offset() - keeper.storage_offset());
+      if (!(seen.sizes() == here.sizes() && seen.dtype() == here.dtype() && seen.equal(here)))
+        report_.tied_conflicts.emplace_back(name, *group->keep);
       continue;
     }
     if (group && !group->keep && group->names.size() > 1) continue;  // see ties()
@@ -113,7 +124,6 @@ ModuleLoadPlan::ModuleLoadPlan(NamedTensors targets, Checkpoint checkpoint,
   for (const auto& name : file_names) {
     if (!by_name.count(name)) report_.unexpected.push_back(name);
   }
-  report_.unexpected.insert(report_.unexpected.end(), tied_in_file.begin(), tied_in_file.end());
 }
 
 void ModuleLoadPlan::apply() const {
@@ -121,25 +131,24 @@ void ModuleLoadPlan::apply() const {
   // Targets already on the load's (non-CPU) device, contiguous and of the stored dtype, are
   // filled in place, all through one staging ring: no second copy of the model on the device.
   const LoadOptions& options = checkpoint_.options();
-  std::vector<LoadItem> in_place;
+  const c10::Device load_device = options.target_device();
+  std::vector<detail::LoadItem> in_place;
   std::vector<bool> filled(assignments_.size(), false);
   for (size_t i = 0; i < assignments_.size(); ++i) {
     const Assignment& a = assignments_[i];
     const c10::Device at = a.target.device();
-    const bool on_load_device =
-        at.type() == options.device.type() &&
-        (!options.device.has_index() || at.index() == options.device.index());
-    if (a.mode == Mode::kSetData || (options.device.is_cpu() && !options.always_stage) ||
-        !on_load_device || !a.target.is_contiguous() || options.dtype) {
+    const bool on_load_device = at.type() == load_device.type() &&
+                                (!load_device.has_index() || at.index() == load_device.index());
+    if (a.mode == Mode::kSetData || !detail::staged(options) || !on_load_device ||
+        !a.target.is_contiguous() || options.dtype) {
       continue;
     }
-    const File& file = checkpoint_.file(a.name);
-    const TensorInfo& info = file.info(a.name);
-    if (a.target.scalar_type() != to_scalar_type(info.dtype)) continue;
-    in_place.push_back({&file, &info, a.target});
+    const detail::Located tensor = detail::locate(checkpoint_, a.name);
+    if (a.target.scalar_type() != tensor.info->scalar_type()) continue;
+    in_place.push_back({tensor.file, tensor.info, a.target});
     filled[i] = true;
   }
-  if (!in_place.empty()) load_many(in_place, options);
+  if (!in_place.empty()) detail::load_many(in_place, options);
   for (size_t i = 0; i < assignments_.size(); ++i) {
     if (filled[i]) continue;
     const Assignment& assignment = assignments_[i];
@@ -161,9 +170,7 @@ void ModuleLoadPlan::apply() const {
 
 ModuleLoadReport load_into(const NamedTensors& targets, const LoadFrom& from,
                            const ModuleLoadOptions& options) {
-  LoadOptions open_options = LoadOptions().with_backend(options.backend);
-  if (options.device) open_options.with_device(*options.device);
-  const ModuleLoadPlan plan(targets, open_checkpoint(from, open_options), options.device);
+  const ModuleLoadPlan plan(targets, open_checkpoint(from, options));
   const std::string& path = plan.checkpoint().path();
   const auto groups = unkeepable(plan.ties());
   TS_CHECK(groups.empty(), path, describe_unkeepable(groups),
@@ -174,6 +181,13 @@ ModuleLoadReport load_into(const NamedTensors& targets, const LoadFrom& from,
     msg << "cannot load:";
     if (!report.missing.empty()) msg << "\n  missing from the file: " << join(report.missing);
     if (!report.unexpected.empty()) msg << "\n  not in the module: " << join(report.unexpected);
+    if (!report.tied_conflicts.empty()) {
+      msg << "\n  tied in the module but different in the file:";
+      for (const auto& [dropped, kept] : report.tied_conflicts) {
+        msg << "\n  " << dropped << " and " << kept
+            << " are one tensor in the module; the file holds both, with different values";
+      }
+    }
     if (!report.mismatched.empty()) {
       msg << "\n  shape mismatch:";
       for (const auto& m : report.mismatched) {
@@ -225,14 +239,13 @@ std::vector<SaveEntry> drop_tied_duplicates(const NamedTensors& tensors, Metadat
 void save_named_module(const NamedTensors& tensors, const SaveTo& to,
                        const std::optional<Metadata>& metadata) {
   Metadata meta = metadata.value_or(Metadata());
-  const std::vector<SaveEntry> entries = drop_tied_duplicates(tensors, meta, {}, to.name());
+  std::vector<SaveEntry> entries = drop_tied_duplicates(tensors, meta, {}, to.name());
   // Metadata only when given or when names were dropped, as the reference's save_model.
-  save(entries, to, meta.empty() ? metadata : std::optional<Metadata>(std::move(meta)));
+  save(std::move(entries), to, meta.empty() ? metadata : std::optional<Metadata>(std::move(meta)));
 }
 
-void save(const torch::nn::Module& module, const SaveTo& to,
-          const std::optional<Metadata>& metadata) {
-  save_named_module(module_tensors(module), to, metadata);
+void save(const torch::nn::Module& module, const SaveTo& to, const SaveMetadata& metadata) {
+  save_named_module(module_tensors(module), to, metadata.value());
 }
 
 }  // namespace torch::safetensors

@@ -3,11 +3,13 @@
 // by which fields its options and its per-parameter state have; saving and restoring visit them.
 #include "torch_safetensors/optim.h"
 
+#include <charconv>
 #include <cmath>
 #include <deque>
 #include <map>
 #include <optional>
 #include <tuple>
+#include <unordered_set>
 
 #include <simdjson.h>
 #include <torch/optim/adagrad.h>
@@ -286,9 +288,14 @@ OptimizerState save_as(const optim::Optimizer& optimizer, std::string_view type)
   out.metadata.emplace(kGroupsKey, groups + "]");
   std::string state = "{";
   const std::vector<at::Tensor> params = all_params(optimizer);
+  // A tensor listed twice (a tied weight through Module::parameters()) has one state, keyed by its
+  // TensorImpl as LibTorch keeps it: written once, under its first index; loading it restores
+  // the state of every index, which are the same tensor.
+  std::unordered_set<const void*> written;
   for (size_t i = 0; i < params.size(); ++i) {
     const auto found = optimizer.state().find(params[i].unsafeGetTensorImpl());
     if (found == optimizer.state().end()) continue;
+    if (!written.insert(params[i].unsafeGetTensorImpl()).second) continue;
     if (state.size() > 1) state += ',';
     format::append_json_string(state, std::to_string(i));
     state += ":{";
@@ -408,7 +415,11 @@ void load(optim::Optimizer& optimizer, const LoadFrom& from, std::optional<c10::
   // Owned, 64-byte aligned memory rather than views of the mapping: the state is rewritten every
   // step anyway, and reductions over unaligned data may sum in another order (LBFGS's dot
   // products then drift from an uninterrupted run in the last bits).
-  restore_optimizer(optimizer, from.open(LoadOptions().with_backend(Backend::kPread)));
+  // With `device`, the state is read there (then moved to each parameter's device, a no-op when
+  // it is the same), as torch::load(optimizer, source, device) does.
+  LoadOptions options = LoadOptions().with_backend(Backend::kPread);
+  options.device = device;
+  restore_optimizer(optimizer, from.open(options));
 }
 
 }  // namespace torch::safetensors

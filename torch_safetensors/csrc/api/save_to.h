@@ -3,6 +3,8 @@
 // write function is called until it has taken every byte. Every writer of a file format uses it.
 #pragma once
 
+#include "torch_safetensors/export.h"
+
 #include <cstdint>
 #include <functional>
 
@@ -13,6 +15,6 @@ namespace torch::safetensors {
 // Takes the next `n` bytes of the output.
 using ByteSink = std::function<void(const void* data, uint64_t n)>;
 
-void write_to(const SaveTo& to, const std::function<void(const ByteSink& sink)>& body);
+TS_API void write_to(const SaveTo& to, const std::function<void(const ByteSink& sink)>& body);
 
 }  // namespace torch::safetensors

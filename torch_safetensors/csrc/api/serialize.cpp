@@ -52,21 +52,6 @@ void write(const SavePlan& plan, Sink&& sink) {
   }
 }
 
-template <typename Tensors>
-std::vector<SaveEntry> to_entries(const Tensors& tensors) {
-  std::vector<SaveEntry> entries;
-  entries.reserve(tensors.size());
-  for (const auto& [name, tensor] : tensors) entries.emplace_back(name, tensor);
-  return entries;
-}
-
-std::vector<SaveEntry> to_entries(const TensorDict& tensors) {
-  std::vector<SaveEntry> entries;
-  entries.reserve(tensors.size());
-  for (const auto& item : tensors) entries.emplace_back(item.key(), item.value());
-  return entries;
-}
-
 // "17" → 17; anything else (a sign, a leading zero, letters) → SIZE_MAX.
 size_t index_of(const std::string& name) {
   if (name.empty() || name.size() > 18 || (name.size() > 1 && name[0] == '0')) return SIZE_MAX;
@@ -95,7 +80,7 @@ void write_to(const SaveTo& to, const std::function<void(const ByteSink& sink)>&
   if (to.path()) {
     storage::AtomicFileWriter writer(*to.path());
     body([&](const void* data, uint64_t n) { writer.write(data, n); });
-    writer.commit();
+    writer.commit(to.is_durable());
     return;
   }
   uint64_t offset = 0;
@@ -113,14 +98,14 @@ void write_to(const SaveTo& to, const std::function<void(const ByteSink& sink)>&
   }
 }
 
-void save(const std::vector<SaveEntry>& entries, const SaveTo& to,
-          const std::optional<Metadata>& metadata) {
-  write_to(to, [&](const ByteSink& sink) { write(plan(entries, metadata, to.name()), sink); });
+void save(const TensorsToSave& tensors, const SaveTo& to, const SaveMetadata& metadata) {
+  write_to(to, [&](const ByteSink& sink) {
+    write(plan(tensors.entries(), metadata.value(), to.name()), sink);
+  });
 }
 
-std::string to_bytes(const std::vector<SaveEntry>& entries,
-                     const std::optional<Metadata>& metadata) {
-  const SavePlan layout = plan(entries, metadata, kInMemory);
+std::string to_bytes(const TensorsToSave& tensors, const SaveMetadata& metadata) {
+  const SavePlan layout = plan(tensors.entries(), metadata.value(), kInMemory);
   std::string out;
   out.reserve(layout.layout.header_bytes.size() + layout.layout.header.data_size());
   write(layout,
@@ -128,19 +113,8 @@ std::string to_bytes(const std::vector<SaveEntry>& entries,
   return out;
 }
 
-void save(const NamedTensors& tensors, const SaveTo& to, const std::optional<Metadata>& metadata) {
-  save(to_entries(tensors), to, metadata);
-}
-void save(const TensorDict& tensors, const SaveTo& to, const std::optional<Metadata>& metadata) {
-  save(to_entries(tensors), to, metadata);
-}
-void save(const std::unordered_map<std::string, at::Tensor>& tensors, const SaveTo& to,
-          const std::optional<Metadata>& metadata) {
-  save(to_entries(tensors), to, metadata);
-}
-
 void save(const at::Tensor& tensor, const SaveTo& to) {
-  save(std::vector<SaveEntry>{{"0", tensor}}, to, std::nullopt);
+  save(std::vector<SaveEntry>{{"0", tensor}}, to);
 }
 
 void save(const std::vector<at::Tensor>& tensors, const SaveTo& to) {
@@ -155,12 +129,13 @@ void save(const std::vector<at::Tensor>& tensors, const SaveTo& to) {
                         !storages.insert(tensor.storage().data()).second;
     entries.emplace_back(std::to_string(i), shared ? tensor.clone() : tensor);
   }
-  save(entries, to, std::nullopt);
+  save(std::move(entries), to);
 }
 
 void load(at::Tensor& tensor, const LoadFrom& from, std::optional<c10::Device> device) {
-  const Checkpoint file =
-      open_checkpoint(from, LoadOptions().with_device(device.value_or(c10::kCPU)));
+  LoadOptions options;
+  options.device = device;
+  const Checkpoint file = open_checkpoint(from, options);
   TS_CHECK(file.contains("0"), file.path(), "no tensor \"0\": not a file of one tensor (",
            file.size(), " tensors, none named \"0\")");
   adapters::assign_like_torch_load(tensor, file.tensor("0"));
@@ -168,8 +143,9 @@ void load(at::Tensor& tensor, const LoadFrom& from, std::optional<c10::Device> d
 
 void load(std::vector<at::Tensor>& tensors, const LoadFrom& from,
           std::optional<c10::Device> device) {
-  const Checkpoint file =
-      open_checkpoint(from, LoadOptions().with_device(device.value_or(c10::kCPU)));
+  LoadOptions options;
+  options.device = device;
+  const Checkpoint file = open_checkpoint(from, options);
   // Every name must be an index below the count, so a module's or a dict's file is refused whole
   // instead of loading as an empty vector (which is what torch::load would give).
   for (const std::string& name : file.keys()) {
@@ -179,17 +155,6 @@ void load(std::vector<at::Tensor>& tensors, const LoadFrom& from,
   }
   tensors.reserve(tensors.size() + file.size());
   for (size_t i = 0; i < file.size(); ++i) tensors.push_back(file.tensor(std::to_string(i)));
-}
-
-std::string to_bytes(const NamedTensors& tensors, const std::optional<Metadata>& metadata) {
-  return to_bytes(to_entries(tensors), metadata);
-}
-std::string to_bytes(const TensorDict& tensors, const std::optional<Metadata>& metadata) {
-  return to_bytes(to_entries(tensors), metadata);
-}
-std::string to_bytes(const std::unordered_map<std::string, at::Tensor>& tensors,
-                     const std::optional<Metadata>& metadata) {
-  return to_bytes(to_entries(tensors), metadata);
 }
 
 TensorDict from_bytes(std::string_view data) {

@@ -10,8 +10,9 @@
 #include "check.h"
 #include "format/index.h"
 #include "storage/io.h"
-#include "torch_safetensors/checkpoint.h"
 #include "torch_safetensors/errors.h"
+#include "torch_safetensors/module.h"
+#include "torch_safetensors/sharded.h"
 
 namespace torch::safetensors {
 namespace {
@@ -66,6 +67,18 @@ std::string shard_suffix(size_t index, size_t count) {
   return buffer;
 }
 
+// The tensors of a sharded save: torch tensors (storage sizes and ties decide the split).
+NamedTensors named_tensors(const TensorsToSave& tensors, const std::string& directory) {
+  NamedTensors out;
+  out.reserve(tensors.entries().size());
+  for (const SaveEntry& entry : tensors.entries()) {
+    TS_CHECK(!entry.raw, directory, "tensor '", entry.name,
+             "': save_sharded takes torch tensors, not raw bytes (save a RawTensor with save())");
+    out.emplace_back(entry.name, entry.tensor);
+  }
+  return out;
+}
+
 }  // namespace
 
 uint64_t parse_size(std::string_view size) {
@@ -94,7 +107,8 @@ uint64_t parse_size(std::string_view size) {
   return uint64_t(value * found->second);
 }
 
-ShardSplit plan_shards(const NamedTensors& tensors, const ShardOptions& options) {
+ShardSplit plan_shards(const TensorsToSave& to_save, const ShardOptions& options) {
+  const NamedTensors tensors = named_tensors(to_save, "plan_shards");
   const uint64_t max_size = options.max_shard_size;
   // Storage identity as huggingface_hub's get_torch_storage_id: device, address, size.
   using StorageId = std::tuple<int, int, uintptr_t, uint64_t>;
@@ -156,8 +170,10 @@ ShardSplit plan_shards(const NamedTensors& tensors, const ShardOptions& options)
   return split;
 }
 
-void save_sharded(const NamedTensors& tensors, const std::string& directory,
+void save_sharded(const TensorsToSave& to_save, const PathArg& directory_arg,
                   const ShardOptions& options) {
+  const std::string& directory = directory_arg.str();
+  const NamedTensors tensors = named_tensors(to_save, directory);
   Metadata metadata = options.metadata.value_or(Metadata());
   // huggingface_hub's _clean_state_dict_for_safetensors: ties stored once, then contiguous.
   NamedTensors kept;
@@ -203,17 +219,19 @@ void save_sharded(const NamedTensors& tensors, const std::string& directory,
     writers.back()->write(json.data(), json.size());
     written.push_back(name);
   }
-  for (auto& writer : writers) writer->commit();
+  for (auto& writer : writers) writer->commit(options.durable);
 
   if (!options.remove_stale) return;
+  bool removed = false;
   for (const std::string& name : storage::list_files(directory)) {
     if (std::find(written.begin(), written.end(), name) != written.end()) continue;
-    if (written_by_pattern(name, options.filename_pattern))
-      storage::remove_file(storage::join_path(directory, name));  // best effort, as the hub's
+    if (written_by_pattern(name, options.filename_pattern))  // best effort, as the hub's
+      removed = storage::remove_file(storage::join_path(directory, name)) || removed;
   }
+  if (removed && options.durable) storage::sync_directory(directory);
 }
 
-void save_sharded(const torch::nn::Module& module, const std::string& directory,
+void save_sharded(const torch::nn::Module& module, const PathArg& directory,
                   const ShardOptions& options) {
   save_sharded(module_tensors(module), directory, options);
 }

@@ -13,18 +13,13 @@
 namespace torch::safetensors {
 namespace {
 
-bool castable(c10::ScalarType type) {
-  return type == c10::kDouble || type == c10::kFloat || type == c10::kHalf ||
-         type == c10::kBFloat16;
-}
-
 // Casts storage by storage, so that tensors sharing one (tied weights, views) share the cast one
 // too and the tie policy still sees them as one.
 void cast_tensors(NamedTensors& tensors, c10::ScalarType dtype) {
   std::map<std::pair<const c10::StorageImpl*, c10::ScalarType>, c10::Storage> cast_storages;
   for (auto& [name, tensor] : tensors) {
     const c10::ScalarType from = tensor.scalar_type();
-    if (!castable(from) || from == dtype) continue;
+    if (!cast_applies(from) || from == dtype) continue;  // the dtype-on-load rule (dtype.h)
     const c10::Storage& source = tensor.storage();
     auto key = std::make_pair(source.unsafeGetStorageImpl(), from);
     auto it = cast_storages.find(key);
@@ -46,7 +41,7 @@ ConvertReport convert_torch_checkpoint(const std::string& from, const std::strin
                                        const ConvertOptions& options) {
   NamedTensors tensors = load_torch_checkpoint(from);
   if (options.dtype) {
-    TS_CHECK(castable(*options.dtype), to, "--dtype must be F64, F32, F16 or BF16, found ",
+    TS_CHECK(is_cast_target(*options.dtype), to, "--dtype must be F64, F32, F16 or BF16, found ",
              c10::toString(*options.dtype));
     cast_tensors(tensors, *options.dtype);
   }

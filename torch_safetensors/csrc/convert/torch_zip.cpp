@@ -38,7 +38,8 @@ void check_zip_archive(const Source& file, const std::string& path) {
   TS_CHECK(!(size >= 2 && head[0] == 0x80), path,
            "this is the legacy (pre-1.6, non-zip) torch.save format, which is a pickle "
            "stream that only Python's own unpickler reads; re-save it with a current torch "
-           "(torch.save(torch.load(f, weights_only=True), f)) and convert that");
+           "(torch.save(torch.load(f, map_location=\"cpu\", weights_only=True), f): map_location "
+           "lets files saved from CUDA load on a machine without one) and convert that");
   TS_CHECK(!(size >= 262 && std::memcmp(head + 257, "ustar", 5) == 0), path,
            "this is the legacy tar torch.save format (torch before 0.4); re-save it with a "
            "current torch and convert that");

@@ -5,6 +5,8 @@
 // the device guard), so one binary serves CPU-only, CUDA and ROCm builds of LibTorch.
 #pragma once
 
+#include "torch_safetensors/export.h"
+
 #include <cstdint>
 #include <functional>
 #include <string_view>
@@ -20,7 +22,7 @@ namespace torch::safetensors::device {
 // One contiguous run of bytes: `length` bytes at `offset` of `source` into the 1-D uint8 tensor
 // `dst` (on the destination device) at byte `dst_offset`. `group` numbers the tensor the run
 // belongs to; runs come grouped, groups in increasing order.
-struct DeviceRun {
+struct TS_API DeviceRun {
   const Source* source;
   uint64_t offset;
   uint64_t length;
@@ -29,7 +31,7 @@ struct DeviceRun {
   size_t group;
 };
 
-struct RingOptions {
+struct TS_API RingOptions {
   uint64_t total_bytes = uint64_t(256) << 20;  // all buffers together; never grows with the model
   uint64_t buffer_bytes = uint64_t(16) << 20;  // one read and one copy
 };
@@ -39,15 +41,15 @@ struct RingOptions {
 // then). On error, waits for copies in flight, then rethrows the first failure. With a CPU
 // destination (the test path: pageable buffers, synchronous copies) it does the same work without
 // streams.
-void copy_through_ring(const std::vector<DeviceRun>& runs, c10::Device device,
-                       const RingOptions& options,
-                       const std::function<void(size_t)>& on_group_done = {});
+TS_API void copy_through_ring(const std::vector<DeviceRun>& runs, c10::Device device,
+                              const RingOptions& options,
+                              const std::function<void(size_t)>& on_group_done = {});
 
 // A c10::Error naming `source` unless this LibTorch can reach `device` (a CUDA device from a
 // CPU-only build, cuda:7 on a one-GPU machine).
-void check_device(c10::Device device, std::string_view source);
+TS_API void check_device(c10::Device device, std::string_view source);
 
 // Whether buffers for copies to `device` can be pinned (an accelerator of that type is present).
-bool can_pin(c10::Device device);
+TS_API bool can_pin(c10::Device device);
 
 }  // namespace torch::safetensors::device

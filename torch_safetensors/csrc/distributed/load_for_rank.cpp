@@ -1,5 +1,5 @@
 // A rank's pieces of a checkpoint: plan them (plan.cpp), turn each into a slice plan of its
-// tensor, and read them all in one bulk load (api/bulk_load.h) — the one read path of every
+// tensor, and read them all in one bulk load (api/handle.h) — the one read path of every
 // load, so every backend and device works and only the pieces' bytes are read.
 #include <algorithm>
 #include <functional>
@@ -9,7 +9,7 @@
 #include <ATen/ops/zeros.h>
 
 #include "adapters/load_tensor.h"
-#include "api/bulk_load.h"
+#include "api/handle.h"
 #include "check.h"
 #include "distributed/plan.h"
 
@@ -40,7 +40,7 @@ uint64_t header_bytes(const Checkpoint& checkpoint, const std::vector<std::strin
   std::set<std::string_view> opened;
   for (const std::string& name : names) {
     if (opened.insert(checkpoint.shard_file(name)).second) {
-      bytes += checkpoint.file(name).header().data_offset();
+      bytes += detail::locate(checkpoint, name).file->header.data_offset();
     }
   }
   if (checkpoint.index_path()) {
@@ -58,22 +58,21 @@ TensorDict load_planned(const Checkpoint& checkpoint, const std::vector<Piece>& 
                         uint64_t* tensor_bytes) {
   std::vector<SlicePlan> plans;
   plans.reserve(pieces.size());
-  std::vector<LoadItem> items;
+  std::vector<detail::LoadItem> items;
   items.reserve(pieces.size());
   for (const Piece& piece : pieces) {
-    const File& file = checkpoint.file(piece.name);
-    const TensorInfo& info = file.info(piece.name);
-    const std::vector<int64_t> sizes = adapters::torch_sizes(info, file.path());
-    TS_CHECK(sizes == piece.full_sizes, file.path(), "tensor '", piece.name,
-             "': the piece is of a ", "tensor of sizes ", c10::IntArrayRef(piece.full_sizes),
-             ", the file holds ", c10::IntArrayRef(sizes));
-    const int64_t element = int64_t(c10::elementSize(to_scalar_type(info.dtype)));
-    plans.push_back(
-        plan_slice(sizes, element, distributed::index_items(piece), file.path(), piece.name));
+    const detail::Located tensor = detail::locate(checkpoint, piece.name);
+    const std::string& source = tensor.file->name();
+    const std::vector<int64_t> sizes = adapters::torch_sizes(*tensor.info, source);
+    TS_CHECK(sizes == piece.full_sizes, source, "tensor '", piece.name, "': the piece is of a ",
+             "tensor of sizes ", c10::IntArrayRef(piece.full_sizes), ", the file holds ",
+             c10::IntArrayRef(sizes));
+    plans.push_back(detail::plan_tensor_slice(tensor, distributed::index_items(piece)));
     if (tensor_bytes) *tensor_bytes += plans.back().nbytes();
-    items.push_back({&file, &info, {}, &plans.back()});  // `plans` never reallocates: reserved
+    // `plans` never reallocates: reserved.
+    items.push_back({tensor.file, tensor.info, {}, &plans.back()});
   }
-  std::vector<at::Tensor> loaded = load_many(items, checkpoint.options());
+  std::vector<at::Tensor> loaded = detail::load_many(items, checkpoint.options());
   TensorDict out;
   out.reserve(pieces.size());
   for (size_t i = 0; i < pieces.size(); ++i) out.insert(pieces[i].name, std::move(loaded[i]));
@@ -97,8 +96,8 @@ RankLoad load_for_rank(const Checkpoint& checkpoint, const ShardPlan& plan, int6
   std::vector<TensorShape> mine;
   for (const std::string& name : checkpoint.keys()) {
     if (distributed::stage_of(plan, name) != layout.stage) continue;
-    const File& file = checkpoint.file(name);
-    mine.push_back({name, adapters::torch_sizes(file.info(name), file.path())});
+    const detail::Located tensor = detail::locate(checkpoint, name);
+    mine.push_back({name, adapters::torch_sizes(*tensor.info, tensor.file->name())});
   }
   out.pieces = distributed::split_pieces(mine, plan, layout.tp_rank, layout.tp_size, source);
   out.tensors = load_planned(checkpoint, out.pieces, &out.tensor_bytes);

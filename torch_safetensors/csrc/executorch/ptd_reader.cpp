@@ -3,6 +3,9 @@
 #include <unordered_map>
 #include <unordered_set>
 
+#include <ATen/ops/empty.h>
+#include <ATen/ops/empty_strided.h>
+
 #include "adapters/load_tensor.h"
 #include "executorch/flat_tensor.h"
 #include "storage/io.h"

@@ -2,6 +2,7 @@
 #include "torch_safetensors/dtype.h"
 
 #include <array>
+#include <ostream>
 
 #include <torch/version.h>
 
@@ -94,6 +95,26 @@ std::optional<std::vector<int64_t>> logical_shape(Dtype dtype, c10::IntArrayRef 
   const int64_t groups = shape.back() / elements_per_group(e);
   if (__builtin_mul_overflow(groups, e.values, &shape.back())) return std::nullopt;
   return shape;
+}
+
+std::ostream& operator<<(std::ostream& out, Dtype dtype) { return out << dtype_name(dtype); }
+
+bool is_cast_target(c10::ScalarType requested) {
+  return requested == c10::kDouble || requested == c10::kFloat || requested == c10::kHalf ||
+         requested == c10::kBFloat16;
+}
+
+bool cast_applies(c10::ScalarType stored, bool include_fp8) {
+  if (is_cast_target(stored)) return true;
+  switch (stored) {
+    case c10::kFloat8_e4m3fn:
+    case c10::kFloat8_e5m2:
+    case c10::kFloat8_e4m3fnuz:
+    case c10::kFloat8_e5m2fnuz:
+      return include_fp8;
+    default:
+      return false;  // integers, bools, F8_E8M0 scales, packed sub-byte types
+  }
 }
 
 }  // namespace torch::safetensors

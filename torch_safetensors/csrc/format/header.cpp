@@ -383,12 +383,19 @@ const TensorInfo* Header::find(std::string_view name) const {
 
 const TensorInfo& Header::at(std::string_view name, std::string_view source) const {
   if (const TensorInfo* info = find(name)) return *info;
+  std::vector<std::string_view> first;
+  for (size_t i = 0; i < tensors_.size() && i < 5; ++i) first.push_back(tensors_[i].name);
+  throw_missing_tensor(source, name, tensors_.size(), first);
+}
+
+void throw_missing_tensor(std::string_view source, std::string_view name, size_t count,
+                          c10::ArrayRef<std::string_view> first_names) {
   std::string some;
-  for (size_t i = 0; i < tensors_.size() && i < 5; ++i)
-    some += (i ? ", '" : "'") + std::string(tensors_[i].name) + "'";
-  if (tensors_.size() > 5) some += ", ...";
-  TS_FAIL(source, "no tensor named '", name, "' (the file has ", tensors_.size(), " tensors",
-          tensors_.empty() ? "" : ": ", some, ")");
+  for (size_t i = 0; i < first_names.size(); ++i)
+    some += (i ? ", '" : "'") + std::string(first_names[i]) + "'";
+  if (count > first_names.size()) some += ", ...";
+  TS_FAIL(source, "no tensor named '", name, "' (", count, count == 1 ? " tensor" : " tensors",
+          count ? ": " : "", some, ")");
 }
 
 uint64_t tensor_nbytes(Dtype dtype, c10::IntArrayRef shape, std::string_view source,
@@ -414,8 +421,21 @@ uint64_t parse_header_length(std::string_view first8, uint64_t file_size, std::s
            file_size, " bytes, too small to hold the 8-byte header length");
   uint64_t n = 0;
   for (int i = 7; i >= 0; --i) n = (n << 8) | static_cast<unsigned char>(first8[i]);  // LE
-  TS_CHECK(n <= kMaxHeaderSize, source, "header length ", n, " exceeds the limit of ",
-           kMaxHeaderSize, " bytes");
+  if (n > kMaxHeaderSize) {
+    // A file of another format read as safetensors: its first bytes are not a length. The torch
+    // formats are recognised by their magic so that the error says what the file is.
+    TS_CHECK(first8.substr(0, 4) != std::string_view("PK\x03\x04", 4), source,
+             "this is a torch.save / torch::save archive (a zip file), not safetensors; convert "
+             "it with `torch-safetensors convert ",
+             source, " <output>.safetensors`");
+    TS_CHECK(static_cast<unsigned char>(first8[0]) != 0x80 || first8[1] < 2 || first8[1] > 5,
+             source,
+             "this is a legacy torch.save archive (a pickle stream), not safetensors; convert it "
+             "with `torch-safetensors convert ",
+             source, " <output>.safetensors`");
+    TS_FAIL(source, "header length ", n, " exceeds the limit of ", kMaxHeaderSize,
+            " bytes (not a safetensors file?)");
+  }
   TS_CHECK(n <= file_size - kHeaderLengthSize, source, "header length ", n,
            " exceeds the file: only ", file_size - kHeaderLengthSize,
            " bytes follow the length prefix (truncated file?)");

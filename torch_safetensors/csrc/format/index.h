@@ -6,6 +6,8 @@
 //   {"metadata": {"total_size": 1234, ...}, "weight_map": {"tensor name": "shard file", ...}}
 #pragma once
 
+#include "torch_safetensors/export.h"
+
 #include <cstdint>
 #include <optional>
 #include <string>
@@ -20,7 +22,7 @@ namespace torch::safetensors::format {
 // huggingface_hub's MAX_INDEX_FILE_SIZE: a larger index is refused before it is read.
 inline constexpr uint64_t kMaxIndexSize = uint64_t(10) << 20;
 
-struct CheckpointIndex {
+struct TS_API CheckpointIndex {
   // "metadata"."total_size" when it is a non-negative integer (as writers store it).
   std::optional<uint64_t> total_size;
   // The other "metadata" entries: strings as they are, any other JSON value as its compact text.
@@ -35,18 +37,18 @@ struct CheckpointIndex {
 // file name check_shard_file_name refuses; "metadata", when present, must be an object.
 // `extension` is what shard names must end in: ".bin" reads a `pytorch_model.bin.index.json`
 // (the same layout over torch.save shards, for conversion).
-CheckpointIndex parse_index(std::string_view json, const std::string& index_name,
-                            std::string_view extension = ".safetensors");
+TS_API CheckpointIndex parse_index(std::string_view json, const std::string& index_name,
+                                   std::string_view extension = ".safetensors");
 
 // A shard file name must stay inside the index's folder and name a safetensors file: not empty,
 // relative (no leading '/', no drive such as "C:"), no ".." component, no backslash, no NUL, and
 // ending in `extension`. Symlinks are checked where the file system is (api/checkpoint.cpp).
-void check_shard_file_name(std::string_view file, const std::string& index_name,
-                           std::string_view extension = ".safetensors");
+TS_API void check_shard_file_name(std::string_view file, const std::string& index_name,
+                                  std::string_view extension = ".safetensors");
 
 // The index as huggingface_hub writes it: {"metadata": {"total_size": N, <metadata>...},
 // "weight_map": {...}}, indented by 2, non-ASCII escaped, no final newline. A "total_size" key in
 // `metadata` replaces the number (Python's dict merge). Entries of `metadata` come sorted.
-std::string index_json(const CheckpointIndex& index);
+TS_API std::string index_json(const CheckpointIndex& index);
 
 }  // namespace torch::safetensors::format

@@ -11,7 +11,7 @@
 #include <string>
 #include <vector>
 
-#include "torch_safetensors/safetensors.h"
+#include "torch_safetensors/all.h"
 
 namespace torch::safetensors::python {
 

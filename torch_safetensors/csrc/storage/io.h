@@ -2,6 +2,8 @@
 // (temp file + rename) writes.
 #pragma once
 
+#include "torch_safetensors/export.h"
+
 #include <cstdint>
 #include <functional>
 #include <iosfwd>
@@ -16,7 +18,7 @@ namespace torch::safetensors::storage {
 
 // One contiguous read: `length` bytes at source `offset` into `dst`; `source` is set by read_all's
 // one-source overload, and by callers reading several sources (the shards of a checkpoint).
-struct ReadJob {
+struct TS_API ReadJob {
   void* dst;
   uint64_t length;
   uint64_t offset;
@@ -26,31 +28,32 @@ struct ReadJob {
 // Performs every job, splitting large ones into chunks and spreading the chunks over up to one
 // thread per core when there is enough to read; rethrows the first failure after all threads end.
 // The bulk path of every load: whole files, many tensors, large slices.
-void read_all(const Source& source, std::vector<ReadJob> jobs);
+TS_API void read_all(const Source& source, std::vector<ReadJob> jobs);
 // The same over jobs that each name their source: one pass for many files.
-void read_all(const std::vector<ReadJob>& jobs);
+TS_API void read_all(const std::vector<ReadJob>& jobs);
 
 // Faults in [data, data + size) of a mapping on every core: madvise(MADV_POPULATE_READ) (Linux
 // 5.14), or a read per page where the kernel lacks it. LoadOptions::populate.
-void populate(uint8_t* data, uint64_t size);
+TS_API void populate(uint8_t* data, uint64_t size);
 
 // `bytes` as a source, without a copy: the caller keeps them alive and unchanged while the source
 // is used. data() is not offered (tensors must not outlive or write the caller's bytes).
-std::shared_ptr<const Source> borrowed_memory_source(std::string_view bytes, std::string name);
+TS_API std::shared_ptr<const Source> borrowed_memory_source(std::string_view bytes,
+                                                            std::string name);
 
 // The non-file destinations of a save. Each write goes to the end of what was written before;
 // `offset` (the bytes written so far) only names the place of a failure. A stream that fails or a
 // write function that returns less than `length` is a c10::Error naming `name` and the offset.
 using WriteFunction = std::function<size_t(const void* data, size_t length)>;
-void write_to_stream(std::ostream& out, const void* data, uint64_t length, uint64_t offset,
-                     const std::string& name);
-void write_to_function(const WriteFunction& write, const void* data, uint64_t length,
-                       uint64_t offset, const std::string& name);
+TS_API void write_to_stream(std::ostream& out, const void* data, uint64_t length, uint64_t offset,
+                            const std::string& name);
+TS_API void write_to_function(const WriteFunction& write, const void* data, uint64_t length,
+                              uint64_t offset, const std::string& name);
 
 // Writes `path` atomically: bytes go to a temporary file beside it, renamed over `path` by
 // commit(). Destroyed without commit (an error was thrown), it removes the temporary file, so a
 // failed save never leaves a partial file in place of a good one.
-class AtomicFileWriter {
+class TS_API AtomicFileWriter {
  public:
   explicit AtomicFileWriter(std::string path);
   ~AtomicFileWriter();
@@ -58,7 +61,9 @@ class AtomicFileWriter {
   AtomicFileWriter& operator=(const AtomicFileWriter&) = delete;
 
   void write(const void* data, uint64_t length);
-  void commit();
+  // Renames the file into place; `durable`: fsyncs it first and its directory after, so that the
+  // new file survives a power loss once commit returns.
+  void commit(bool durable = false);
 
  private:
   std::string path_;
@@ -73,18 +78,21 @@ class AtomicFileWriter {
 // libtorch.so export in copies of their own that win symbol resolution and crash (test_util.h).
 namespace torch::safetensors::storage {
 
-std::string join_path(const std::string& directory, const std::string& name);  // "a" + "b" → "a/b"
-std::string parent_path(const std::string& path);  // "a/b" → "a"; "b" → ""; "/b" → "/"
-std::string file_name(const std::string& path);    // "a/b" → "b"
-bool is_directory(const std::string& path);        // following symlinks; false if absent
-bool is_regular_file(const std::string& path);     // following symlinks; false if absent
+TS_API std::string join_path(const std::string& directory,
+                             const std::string& name);    // "a" + "b" → "a/b"
+TS_API std::string parent_path(const std::string& path);  // "a/b" → "a"; "b" → ""; "/b" → "/"
+TS_API std::string file_name(const std::string& path);    // "a/b" → "b"
+TS_API bool is_directory(const std::string& path);        // following symlinks; false if absent
+TS_API bool is_regular_file(const std::string& path);     // following symlinks; false if absent
 // The regular files (symlinks followed) in `directory`, sorted. Throws OSError.
-std::vector<std::string> list_files(const std::string& directory);
+TS_API std::vector<std::string> list_files(const std::string& directory);
 // realpath(3): absolute, no symlinks, no "." or "..". Throws OSError naming `what`.
-std::string real_path(const std::string& path, const std::string& what);
+TS_API std::string real_path(const std::string& path, const std::string& what);
 // mkdir -p. Throws OSError.
-void make_directories(const std::string& path);
+TS_API void make_directories(const std::string& path);
+// fsync(2) of a directory, making renames and removals in it durable. Throws OSError.
+TS_API void sync_directory(const std::string& directory);
 // unlink(2); false when it fails.
-bool remove_file(const std::string& path);
+TS_API bool remove_file(const std::string& path);
 
 }  // namespace torch::safetensors::storage

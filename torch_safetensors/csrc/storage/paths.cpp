@@ -1,5 +1,6 @@
 // Paths and directories (io.h), with POSIX calls.
 #include <dirent.h>
+#include <fcntl.h>
 #include <limits.h>
 #include <sys/stat.h>
 #include <unistd.h>
@@ -86,5 +87,14 @@ void make_directories(const std::string& path) {
 }
 
 bool remove_file(const std::string& path) { return ::unlink(path.c_str()) == 0; }
+
+void sync_directory(const std::string& directory) {
+  const int fd = ::open(directory.c_str(), O_RDONLY | O_DIRECTORY | O_CLOEXEC);
+  if (fd < 0) fail(errno, directory, "cannot open the directory to fsync it");
+  const int result = ::fsync(fd);
+  const int error = errno;
+  ::close(fd);
+  if (result != 0) fail(error, directory, "fsync of the directory failed");
+}
 
 }  // namespace torch::safetensors::storage

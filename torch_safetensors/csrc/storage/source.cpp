@@ -250,14 +250,24 @@ void AtomicFileWriter::write(const void* data, uint64_t length) {
   }
 }
 
-void AtomicFileWriter::commit() {
+void AtomicFileWriter::commit(bool durable) {
   const int fd = fd_;
   fd_ = -1;
+  if (durable && ::fsync(fd) != 0) {
+    const int error = errno;
+    ::close(fd);
+    TS_FAIL(path_, "fsync failed: ", os_error(error),
+            "; the previous file, if any, is left untouched");
+  }
   TS_CHECK(::close(fd) == 0, path_, "write failed on close: ", os_error(errno),
            "; the previous file, if any, is left untouched");
   TS_CHECK(::rename(temp_path_.c_str(), path_.c_str()) == 0, path_,
            "cannot move the temporary file into place: ", os_error(errno));
   committed_ = true;
+  if (durable) {
+    const std::string directory = parent_path(path_);
+    sync_directory(directory.empty() ? "." : directory);
+  }
 }
 
 }  // namespace storage

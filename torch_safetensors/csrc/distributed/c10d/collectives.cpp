@@ -13,6 +13,7 @@
 #include <ATen/ops/tensor.h>
 
 #include "adapters/load_tensor.h"
+#include "api/handle.h"
 #include "distributed/plan.h"
 
 namespace torch::safetensors {
@@ -185,10 +186,9 @@ RankLoad single_reader(const std::string& path, const ShardPlan& plan, Group& gr
     checkpoint.emplace(path, options);
     Writer w;
     for (const std::string& name : checkpoint->keys()) {
-      const File& file = checkpoint->file(name);
-      const TensorInfo& info = file.info(name);
-      write_piece(w, Piece{name, adapters::torch_sizes(info, file.path()), {}},
-                  options.dtype.value_or(to_scalar_type(info.dtype)));
+      const detail::Located tensor = detail::locate(*checkpoint, name);
+      write_piece(w, Piece{name, adapters::torch_sizes(*tensor.info, tensor.file->name()), {}},
+                  detail::loaded_dtype(tensor.info->scalar_type(), options));
     }
     description = w.take();
   });
@@ -219,7 +219,7 @@ RankLoad single_reader(const std::string& path, const ShardPlan& plan, Group& gr
       }
     }
   });
-  const auto on_device = at::TensorOptions().device(options.device);
+  const auto on_device = at::TensorOptions().device(options.target_device());
   for (size_t t = 0; t < tensors.size(); ++t) {
     const std::string& name = tensors[t].name;
     const std::string doing = "sending tensor '" + name + "'";

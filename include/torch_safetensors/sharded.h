@@ -1,0 +1,88 @@
+// Sharded saving, as huggingface_hub's save_torch_state_dict does it: the same split, file names,
+// index and byte-identical files. Checkpoint (checkpoint.h) reads what it writes.
+//
+//   save_sharded(tensors, "out/", ShardOptions().with_max_shard_size("5GB"));
+#pragma once
+
+#include <cstdint>
+#include <functional>
+#include <optional>
+#include <string>
+#include <string_view>
+#include <unordered_set>
+#include <utility>
+#include <vector>
+
+#include "torch_safetensors/export.h"
+#include "torch_safetensors/serialize.h"
+#include "torch_safetensors/types.h"
+
+namespace torch::safetensors {
+
+// huggingface_hub's size strings: "5GB" → 5'000'000'000 (units TB, GB, MB, KB, powers of 10,
+// case-insensitive; a decimal value such as "1.5GB" is allowed). Anything else is a c10::Error.
+TS_API uint64_t parse_size(std::string_view size);
+
+struct TS_API ShardOptions {
+  uint64_t max_shard_size = 5'000'000'000;  // "5GB", huggingface_hub's default
+  // `{suffix}` becomes "" for a single file, "-00001-of-00004" for shards; the index is the
+  // single file's name plus ".index.json".
+  std::string filename_pattern = "model{suffix}.safetensors";
+  // Written to the index's "metadata" (after "total_size") when sharded, else to the file.
+  std::optional<Metadata> metadata;
+  // Names of tied tensors to drop rather than keep when there is a choice (huggingface_hub's
+  // shared_tensors_to_discard).
+  std::unordered_set<std::string> discard;
+  // Remove files of an earlier save with this pattern (shards, index) that this one did not
+  // write (huggingface_hub's is_main_process).
+  bool remove_stale = true;
+  // fsync every file and the directory before the save reports success (SaveTo::durable).
+  bool durable = false;
+  // Called after each file is written with (bytes of tensor data written, total): progress bars.
+  std::function<void(uint64_t done, uint64_t total)> on_progress;
+
+  ShardOptions& with_max_shard_size(uint64_t bytes) {
+    max_shard_size = bytes;
+    return *this;
+  }
+  ShardOptions& with_max_shard_size(std::string_view size) {
+    max_shard_size = parse_size(size);
+    return *this;
+  }
+  ShardOptions& with_filename_pattern(std::string pattern) {
+    filename_pattern = std::move(pattern);
+    return *this;
+  }
+  ShardOptions& with_durable(bool d = true) {
+    durable = d;
+    return *this;
+  }
+  ShardOptions& with_metadata(Metadata m) {
+    metadata = std::move(m);
+    return *this;
+  }
+};
+
+// huggingface_hub's StateDictSplit: which tensors go to which file.
+struct ShardSplit {
+  // File name → tensor names, in file order.
+  std::vector<std::pair<std::string, std::vector<std::string>>> files;
+  uint64_t total_size = 0;  // bytes, each storage counted once
+  bool is_sharded() const { return files.size() > 1; }
+};
+
+// huggingface_hub's split_torch_state_dict_into_shards, exactly: tensors are taken in order and a
+// new shard starts when the next tensor would pass max_shard_size (a larger tensor gets a shard of
+// its own); sizes are storage sizes, and tensors on one storage go with the first of them.
+TS_API ShardSplit plan_shards(const TensorsToSave& tensors, const ShardOptions& options = {});
+
+// Writes tensors as huggingface_hub's save_torch_state_dict does, with the same file names, the
+// same split, an index with the same content and byte-identical files: tied tensors are stored
+// once (the tie policy of save(Module), recorded in metadata as dropped → kept; a tensor that
+// shares memory with no name covering it all, alone or in a group, is refused), then split by
+// plan_shards. The directory is created if needed. Every file is written to a temporary file
+// first and renamed into place only once all are written, so a failed save (full disk, bad
+// tensor) changes nothing; then stale files of an earlier save are removed (remove_stale).
+TS_API void save_sharded(const TensorsToSave& tensors, const PathArg& directory,
+                         const ShardOptions& options = {});
+}  // namespace torch::safetensors
