@@ -9,7 +9,7 @@ from typing import Any, List, Optional, Set, Tuple
 import torch
 
 from .. import _args
-from .._errors import size_mismatch_error, strict_load_error
+from .._errors import checked_report
 from .._extension import _C
 
 
@@ -55,25 +55,18 @@ def load_dtensors(
     or a directory). Each rank computes its local shard of each DTensor and reads only those bytes,
     then copies them into the shard in place (``full_tensor()`` equals the stored tensor). Returns
     ``(missing, unexpected)``; with ``strict`` either being non-empty raises RuntimeError, as
-    ``load_model`` does, and a shape mismatch always does, before anything is changed."""
+    ``load_model`` does, and a shape mismatch always does, before anything is changed. Names,
+    ties and sizes are checked by the C++ module-load report (``ModuleLoadPlan``), which compares
+    each DTensor's global sizes with the sizes the stored tensor loads as (F4: pairs of values)."""
     dtensor = _dtensor_type()
-    handle = _C.Checkpoint(_args.path(checkpoint), _args.backend(backend), torch.device("cpu"))
-    names = handle.keys()
-    stored = set(names)
-    targets = model.state_dict(keep_vars=True)
-    missing = {name for name in targets if name not in stored}
-    unexpected = [name for name in names if name not in targets]
-    mismatched = [(name, list(t.shape), handle.info(name)[1])
-                  for name, t in targets.items()
-                  if name in stored and handle.info(name)[1] != list(t.shape)]
-    if mismatched:
-        raise size_mismatch_error(model, mismatched)
-    if strict and (missing or unexpected):
-        raise strict_load_error(model, missing, unexpected)
+    handle = _C.Checkpoint(_args.path(checkpoint), _C.LoadOptions(backend=_args.backend(backend)))
+    targets = {name: t for name, t in model.state_dict(keep_vars=True).items()
+               if isinstance(t, torch.Tensor)}
+    plan = _C.ModuleLoad(list(targets.items()), handle)
+    missing, unexpected = checked_report(model, plan, strict)
     pieces, destinations = [], []
-    for name, target in targets.items():
-        if name in missing:
-            continue
+    for name in plan.loaded_names:
+        target = targets[name]
         is_dtensor = dtensor is not None and isinstance(target, dtensor)
         pieces.append(_local_piece(name, target) if is_dtensor
                       else _C.Piece(name, list(target.shape), []))

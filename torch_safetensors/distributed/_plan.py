@@ -137,12 +137,12 @@ def load_for_rank(
     group's timeout. ``single_reader``: only ``source_rank`` reads (storage the other ranks cannot
     see) and sends each rank its pieces through the group; the others read nothing."""
     path = _args.path(checkpoint)
-    options = _C.LoadOptions(_args.backend(backend), _args.device(device), dtype)
+    options = _args.load_options(backend, device, dtype, None, path)
     native_plan = plan._native()
     if group is None and rank is not None and world_size is not None:
         if single_reader:
             raise ValueError("single_reader needs a process group (group= or the default one)")
-        handle = _C.Checkpoint(path, _args.backend(backend), _args.device(device), dtype)
+        handle = _C.Checkpoint(path, options)
         return _wrap(_C.load_for_rank(handle, native_plan, int(rank), int(world_size)))
     pg = _default_group(group)
     if rank is not None and rank != pg.rank():
