@@ -5,11 +5,12 @@ from __future__ import annotations
 
 import os
 import re
-from typing import List, NamedTuple, Union
+from typing import Any, List, NamedTuple, Optional, Union
 
 import torch
 
 from ._errors import SafetensorError, not_instance
+from ._extension import _C
 
 FilePath = Union[str, "os.PathLike[str]"]
 Device = Union[str, int, torch.device]
@@ -71,27 +72,17 @@ def _parse_index(device: str, text: str) -> int:
     return int(text)
 
 
-def _available(device: torch.device) -> torch.device:
-    # Fail at open with a clear message rather than at the first copy (RuntimeError, like the
-    # reference's failure in that case).
-    if device.type == "cuda" and not torch.cuda.is_available():
-        raise RuntimeError(
-            f"device {device}: CUDA is not available (torch.cuda.is_available() is false)"
-        )
-    return device
-
-
-def device(value: object) -> torch.device:
+def _parse_device(value: object) -> torch.device:
     """The reference's device rules: names, "name:index" and ints; anything else is invalid."""
     if isinstance(value, torch.device):
-        return _available(value)
+        return value
     if isinstance(value, str):
         if value == "cpu":
             return torch.device("cpu")
         if value == "mps":
             return torch.device("mps")
         if value in _INDEXED_DEVICES:
-            return _available(torch.device(value, 0))
+            return torch.device(value, 0)
         kind, _, index = value.partition(":")
         if (kind in _INDEXED_DEVICES or kind == "mps") and value.count(":") == 1:
             number = _parse_index(value, index)
@@ -101,7 +92,7 @@ def device(value: object) -> torch.device:
                         f"device {value} is invalid: only mps or mps:0 is supported"
                     )
                 return torch.device("mps")
-            return _available(torch.device(kind, number))
+            return torch.device(kind, number)
         raise SafetensorError(f"device {value} is invalid")
     if isinstance(value, int):
         if value < 0:
@@ -110,10 +101,38 @@ def device(value: object) -> torch.device:
     raise SafetensorError(f"device {value!r} is invalid")
 
 
-def load_options(backend_name: object, device_value: object, dtype: object, populate: object):
-    """(backend, device, dtype, populate) for the extension's File and Checkpoint."""
+def device(value: object, source: Union[str, bytes]) -> torch.device:
+    """The device ``value`` names (the reference's spellings), checked by the core's one rule
+    (``device::check_device``, which every C++ load applies at open): RuntimeError, as torch and
+    the reference raise it, when this torch cannot reach it (a CUDA or XPU device on a CPU-only
+    build, ``cuda:7`` on a one-GPU machine). ``source`` names what is loaded, for the message."""
+    parsed = _parse_device(value)
+    try:
+        _C.check_device(parsed, os.fsdecode(source))
+    except SafetensorError as error:
+        raise RuntimeError(str(error)) from None
+    return parsed
+
+
+def load_options(
+    backend_name: object,
+    device_value: object,
+    dtype: object,
+    populate: Optional[bool],
+    source: Union[str, bytes],
+    staging_bytes: Optional[int] = None,
+) -> Any:
+    """The extension's ``LoadOptions`` from the Python arguments: only what the caller chose is
+    set, every default is the C++ one."""
     if dtype is not None and not isinstance(dtype, torch.dtype):
         raise not_instance("dtype", dtype, "torch.dtype")
-    if not isinstance(populate, bool):
+    if populate is not None and not isinstance(populate, bool):
         raise not_instance("populate", populate, "bool")
-    return (backend(backend_name), device(device_value), dtype, populate)
+    options = _C.LoadOptions(backend=backend(backend_name), device=device(device_value, source))
+    if populate is not None:
+        options.populate = populate
+    if dtype is not None:
+        options.dtype = dtype
+    if staging_bytes is not None:
+        options.staging_bytes = staging_bytes
+    return options

@@ -9,7 +9,7 @@ Python's ``OSError`` for them, with the errno the core kept (``FileNotFoundError
 
 from __future__ import annotations
 
-from typing import Dict, Iterable, List, Sequence, Tuple
+from typing import Any, Dict, Iterable, List, Sequence, Set, Tuple
 
 import torch
 
@@ -103,13 +103,39 @@ def size_mismatch_error(
 
 
 def strict_load_error(
-    model: torch.nn.Module, missing: Iterable[str], unexpected: Iterable[str]
+    model: torch.nn.Module,
+    missing: Iterable[str],
+    unexpected: Iterable[str],
+    tied_conflicts: Sequence[Tuple[str, str]] = (),
 ) -> RuntimeError:
-    """The reference's ``load_model`` error for missing or unexpected names."""
+    """The reference's ``load_model`` error for missing or unexpected names; then the tied names
+    the file holds with values the module cannot hold at once (the C++ report's
+    ``tied_conflicts``)."""
     error = f"Error(s) in loading state_dict for {model.__class__.__name__}:"
     missing, unexpected = sorted(missing), sorted(unexpected)
     if missing:
         error += "\n    Missing key(s) in state_dict: " + ", ".join(f'"{k}"' for k in missing)
     if unexpected:
         error += "\n    Unexpected key(s) in state_dict: " + ", ".join(f'"{k}"' for k in unexpected)
+    if tied_conflicts:
+        error += "\n    Tied key(s) whose values in state_dict differ: " + ", ".join(
+            f'"{dropped}" (tied to "{kept}", which is loaded)' for dropped, kept in tied_conflicts)
     return RuntimeError(error)
+
+
+def checked_report(model: torch.nn.Module, plan: Any, strict: bool) -> Tuple[Set[str], List[str]]:
+    """``(missing, unexpected)`` of the C++ module-load report (``_C.ModuleLoad``: names, ties and
+    the sizes each stored tensor loads as), after raising what the reference's ``load_model``
+    raises: a tied group no name of which covers its storage, a size mismatch, and with ``strict``
+    a missing or unexpected name or a tied conflict. Nothing has been loaded yet. A tied name whose
+    stored values differ from its kept name's is unexpected (the reference's word for it)."""
+    for names, keep in plan.ties:
+        if keep is None:
+            raise no_kept_name_error(names)
+    if plan.mismatched:
+        raise size_mismatch_error(model, plan.mismatched)
+    missing, unexpected = set(plan.missing), list(plan.unexpected)
+    conflicts = list(plan.tied_conflicts)
+    if strict and (missing or unexpected or conflicts):
+        raise strict_load_error(model, missing, unexpected, conflicts)
+    return missing, unexpected + [dropped for dropped, _ in conflicts]

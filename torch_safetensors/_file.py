@@ -57,13 +57,16 @@ class safe_open:  # noqa: N801 (the reference's name)
             mapping of the file), ``"cuda"``, ``"cuda:1"``, an int, or a ``torch.device``.
         backend: ``"mmap"`` (default) or ``"pread"`` (tensors are read into owned memory, and the
             file may change or vanish afterwards).
-        dtype: cast every tensor to this dtype on load, on ``device`` after the raw copy.
+        dtype: cast floating-point tensors (F64, F32, F16, BF16) to this floating dtype on load,
+            on ``device`` after the raw copy, as ``model.to(dtype)`` does; integers, bools, FP8
+            and packed (F4, F6) tensors keep their stored dtype (the core's rule).
         populate: with ``"mmap"``, fault the whole mapping in now on all cores
             (``MADV_POPULATE_READ``) so that tensors are resident at once.
 
     To a device other than the CPU, tensors are allocated there and filled straight from the file
-    through a small ring of pinned host buffers (256 MiB in all) with asynchronous copies: host
-    memory stays bounded whatever the model's size.
+    through a small ring of pinned host buffers (``staging_bytes`` of ``open_checkpoint`` in all,
+    the core's default here) with asynchronous copies: host memory stays bounded whatever the
+    model's size.
 
     Use it as a context manager; after the ``with`` block the handle is closed (tensors and
     slices obtained from it stay valid).
@@ -82,9 +85,9 @@ class safe_open:  # noqa: N801 (the reference's name)
         self._file: Any = None
         _args.check_framework(framework)
         path = _args.path(filename)
-        options = _args.load_options(backend, device, dtype, populate)
+        options = _args.load_options(backend, device, dtype, populate, path)
         # A file the OS cannot open raises OSError (FileNotFoundError, ...) from the binding.
-        self._file = _C.File(path, *options)
+        self._file = _C.File(path, options)
 
     def __enter__(self) -> "safe_open":
         return self
@@ -174,11 +177,12 @@ class open_checkpoint(safe_open):  # noqa: N801 (a function-like name, as safe_o
         backend: str = "mmap",
         dtype: Optional[torch.dtype] = None,
         populate: bool = False,
-        staging_bytes: int = 256 << 20,
+        staging_bytes: Optional[int] = None,
     ) -> None:
         self._file = None
-        options = _args.load_options(backend, device, dtype, populate)
-        self._file = _C.Checkpoint(_args.path(path), *options, staging_bytes=staging_bytes)
+        name = _args.path(path)
+        options = _args.load_options(backend, device, dtype, populate, name, staging_bytes)
+        self._file = _C.Checkpoint(name, options)
 
     def iter_tensors(self) -> Iterator[Tuple[str, torch.Tensor]]:
         """``(name, tensor)`` for every tensor in file order (shard by shard), each as soon as it

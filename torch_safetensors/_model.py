@@ -15,9 +15,10 @@ from typing import Any, Dict, Iterable, List, Optional, Set, Tuple
 import torch
 
 from . import _args
-from ._errors import no_kept_name_error, size_mismatch_error, strict_load_error
+from ._errors import checked_report, no_kept_name_error
 from ._extension import _C
 from ._save import save_file
+from .distributed import _dtensor
 
 
 def storage_ptr(tensor: torch.Tensor) -> int:
@@ -140,20 +141,11 @@ def load_model(
     reads only its local shards (``torch_safetensors.distributed.load_dtensors``).
     """
     path = _args.path(filename)
-    _args.device(device)
-    from . import distributed
-
-    if distributed.has_dtensors(model):  # parallelize_module's DTensors: shard-on-read
-        return distributed.load_dtensors(model, filename, strict, backend=backend)
-    targets = _tensor_items(model.state_dict(keep_vars=True))
-    plan = _C.ModuleLoad(targets, path, _args.backend(backend))
-    for names, keep in plan.ties:
-        if keep is None:
-            raise no_kept_name_error(names)
-    if plan.mismatched:
-        raise size_mismatch_error(model, plan.mismatched)
-    missing, unexpected = set(plan.missing), list(plan.unexpected)
-    if strict and (missing or unexpected):
-        raise strict_load_error(model, missing, unexpected)
+    _args.device(device, path)  # the reference loads there first: the same check, no copy here
+    if _dtensor.has_dtensors(model):  # parallelize_module's DTensors: shard-on-read
+        return _dtensor.load_dtensors(model, filename, strict, backend=backend)
+    options = _C.ModuleLoadOptions(backend=_args.backend(backend), strict=strict)
+    plan = _C.ModuleLoad(_tensor_items(model.state_dict(keep_vars=True)), path, options)
+    missing, unexpected = checked_report(model, plan, options.strict)
     plan.apply()
     return missing, unexpected

@@ -45,12 +45,16 @@ def save_file(
     tensors: Dict[str, torch.Tensor],
     filename: _args.FilePath,
     metadata: Optional[Dict[str, str]] = None,
+    *,
+    durable: bool = False,
 ) -> None:
     """Writes tensors to ``filename`` in safetensors format (same rules as ``save``).
 
     The file is written to a temporary file beside it and renamed into place: a failed save
     leaves any previous file untouched, and tensors still mapped from the old file keep their
-    contents.
+    contents. ``durable``: the file and then its directory are fsync'ed before the call returns,
+    so that a power loss afterwards cannot lose or tear it (off by default, as in the reference
+    and ``torch.save``: it costs a flush to the disk).
     """
     items = _checked_items(tensors)
-    _C.save_file(items, _args.path(filename), metadata)
+    _C.save_file(items, _args.path(filename), metadata, bool(durable))

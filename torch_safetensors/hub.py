@@ -26,10 +26,10 @@ from typing import Any, Dict, Iterable, List, NamedTuple, Optional, Union
 import torch
 
 from . import _args
-from ._errors import save_error
+from ._errors import save_error, size_mismatch_error
 from ._extension import _C
-from ._file import safe_open
 from ._model import _remove_duplicate_names
+from .distributed import _dtensor
 
 SAFETENSORS_WEIGHTS_FILE_PATTERN = "model{suffix}.safetensors"
 MAX_SHARD_SIZE = "5GB"
@@ -111,6 +111,7 @@ def save_torch_state_dict(
     safe_serialization: bool = True,
     is_main_process: bool = True,
     shared_tensors_to_discard: Optional[List[str]] = None,
+    durable: bool = False,
 ) -> None:
     """Saves a state dict as safetensors, sharded when larger than ``max_shard_size``.
 
@@ -118,7 +119,8 @@ def save_torch_state_dict(
     in ``shared_tensors_to_discard`` are dropped first), each dropped name recorded in the metadata
     as ``dropped → kept``. A single file carries ``{"format": "pt", **metadata}``; shards carry
     ``{"format": "pt"}`` and the index ``{"total_size": ..., **metadata}``. Files of an earlier
-    save with the same pattern are removed when ``is_main_process``.
+    save with the same pattern are removed when ``is_main_process``. ``durable`` (ours): every file
+    and the directory are fsync'ed before the call returns (off by default, as huggingface_hub).
     """
     if not safe_serialization:
         raise ValueError("safe_serialization=False writes pickles; " + _NEVER_UNPICKLED.split(";")[0])
@@ -137,6 +139,7 @@ def save_torch_state_dict(
         metadata,
         set(shared_tensors_to_discard or ()),
         is_main_process,
+        bool(durable),
     )
 
 
@@ -151,6 +154,7 @@ def save_torch_model(
     safe_serialization: bool = True,
     is_main_process: bool = True,
     shared_tensors_to_discard: Optional[List[str]] = None,
+    durable: bool = False,
 ) -> None:
     """``save_torch_state_dict(model.state_dict(), ...)``."""
     save_torch_state_dict(
@@ -163,6 +167,7 @@ def save_torch_model(
         safe_serialization=safe_serialization,
         is_main_process=is_main_process,
         shared_tensors_to_discard=shared_tensors_to_discard,
+        durable=durable,
     )
 
 
@@ -171,6 +176,35 @@ def _map_location(map_location: Any) -> str:
         return "cpu"
     device = str(map_location.type) if hasattr(map_location, "type") else str(map_location)
     return "cpu" if device == "meta" else device
+
+
+def _not_safetensors(path: Path, error: Exception) -> ValueError:
+    return ValueError(f"Cannot load '{path}' as safetensors ({error}). {_NEVER_UNPICKLED}.")
+
+
+def _open_file(path: Path, map_location: Any) -> Any:
+    """The file opened (a ``_C.File``, tensors on ``map_location``), after huggingface_hub's
+    checks; a file that is not safetensors (a pickle) is refused with ValueError."""
+    if not path.is_file():
+        raise FileNotFoundError(
+            f"No checkpoint file found at '{path}'. Please verify the path is correct and "
+            "the file has been properly downloaded."
+        )
+    try:
+        name = _args.path(path)
+        handle = _C.File(name, _args.load_options("mmap", _map_location(map_location), None,
+                                                  None, name))
+        metadata = handle.metadata()
+    except OSError:
+        raise
+    except Exception as error:
+        raise _not_safetensors(path, error) from error
+    if metadata is not None and metadata.get("format") not in ["pt", "mlx"]:
+        raise OSError(
+            f"The safetensors archive passed at {path} does not contain the valid "
+            "metadata. Make sure you save your model with the `save_torch_model` method."
+        )
+    return handle
 
 
 def load_state_dict_from_file(
@@ -184,41 +218,29 @@ def load_state_dict_from_file(
     """Loads a safetensors file (tensors on ``map_location``, default CPU). A file that is not
     safetensors (a pickle) is refused with ValueError; it is never unpickled."""
     path = Path(checkpoint_file)
-    if not path.is_file():
-        raise FileNotFoundError(
-            f"No checkpoint file found at '{path}'. Please verify the path is correct and "
-            "the file has been properly downloaded."
-        )
+    handle = _open_file(path, map_location)
     try:
-        with safe_open(path, framework="pt", device=_map_location(map_location)) as f:
-            metadata = f.metadata()
-            if metadata is not None and metadata.get("format") not in ["pt", "mlx"]:
-                raise OSError(
-                    f"The safetensors archive passed at {path} does not contain the valid "
-                    "metadata. Make sure you save your model with the `save_torch_model` method."
-                )
-            return f.get_tensors()
+        return handle.tensors()
     except OSError:
         raise
     except Exception as error:
-        raise ValueError(f"Cannot load '{path}' as safetensors ({error}). {_NEVER_UNPICKLED}.") from error
+        raise _not_safetensors(path, error) from error
 
 
-def _load_into(model: torch.nn.Module, state_dict: Dict[str, torch.Tensor], strict: bool) -> Any:
-    """``model.load_state_dict`` (its hooks run), then the keys huggingface_hub reports, except
-    that a tied name whose group was loaded through another name (a name the save dropped) is not
-    missing: the reference's ``load_model`` rule, so tied models load with ``strict=True``."""
-    model.load_state_dict(state_dict, strict=False)
-    current = model.state_dict()
-    loaded = set(state_dict.keys())
-    tied = set()
-    items = [(k, v) for k, v in current.items() if isinstance(v, torch.Tensor)]
-    for names, keep in _C.kept_names(items, loaded, set()):
-        if keep is not None and keep in loaded:
-            tied.update(name for name in names if name != keep)
-    missing = set(current.keys()) - loaded - tied
-    unexpected = loaded - set(current.keys())
-    return _load_into_result(model, missing, unexpected, strict)
+def _load_into(model: torch.nn.Module, checkpoint: Any, strict: bool) -> Any:
+    """The C++ module-load report (``_C.ModuleLoad``: names, ties, sizes) decides what is missing
+    and unexpected — a tied name the save dropped is not missing, the reference's ``load_model``
+    rule, so tied models load with ``strict=True`` — and refuses, before anything changes, what
+    cannot load; then ``model.load_state_dict`` loads the tensors, so its hooks run."""
+    targets = [(k, v) for k, v in model.state_dict(keep_vars=True).items()
+               if isinstance(v, torch.Tensor)]
+    plan = _C.ModuleLoad(targets, checkpoint)
+    if plan.mismatched:
+        raise size_mismatch_error(model, plan.mismatched)
+    unexpected = list(plan.unexpected) + [dropped for dropped, _ in plan.tied_conflicts]
+    result = _load_into_result(model, plan.missing, unexpected, strict)
+    model.load_state_dict(checkpoint.tensors(), strict=False)
+    return result
 
 
 def _load_into_result(model: torch.nn.Module, missing: Iterable[str], unexpected: Iterable[str],
@@ -259,15 +281,12 @@ def load_torch_model(
     path = Path(checkpoint_path)
     if not path.exists():
         raise FileNotFoundError(f"Checkpoint path {path} does not exist")
-    from . import distributed
-
-    if distributed.has_dtensors(model) and (path.is_file() or filename_pattern is None):
+    if _dtensor.has_dtensors(model) and (path.is_file() or filename_pattern is None):
         # parallelize_module's DTensors: each rank reads only its local shards.
-        missing, unexpected = distributed.load_dtensors(model, path, strict=False)
+        missing, unexpected = _dtensor.load_dtensors(model, path, strict=False)
         return _load_into_result(model, missing, unexpected, strict)
     if path.is_file():
-        state_dict = load_state_dict_from_file(path, map_location=map_location, safe=safe)
-        return _load_into(model, state_dict, strict)
+        return _load_into(model, _open_file(path, map_location), strict)
     if filename_pattern is None:
         filename_pattern = SAFETENSORS_WEIGHTS_FILE_PATTERN
     elif not filename_pattern.format(suffix="").lower().endswith(".safetensors"):
@@ -277,12 +296,12 @@ def load_torch_model(
         )
     index_path = path / (filename_pattern.format(suffix="") + ".index.json")
     if index_path.is_file():
-        checkpoint = _C.Checkpoint(_args.path(index_path), "mmap", torch.device("cpu"))
-        return _load_into(model, checkpoint.tensors(), strict)
+        name = _args.path(index_path)
+        options = _args.load_options("mmap", _map_location(map_location), None, None, name)
+        return _load_into(model, _C.Checkpoint(name, options), strict)
     model_files = list(path.glob("*.safetensors"))
     if len(model_files) == 1:
-        state_dict = load_state_dict_from_file(model_files[0], map_location=map_location, safe=safe)
-        return _load_into(model, state_dict, strict)
+        return _load_into(model, _open_file(model_files[0], map_location), strict)
     raise ValueError(
         f"Directory '{path}' does not contain a valid checkpoint. "
         "Expected either a sharded checkpoint with an index file, or a single model file."

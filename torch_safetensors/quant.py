@@ -28,6 +28,7 @@ from typing import Dict, Iterator, List, Optional, Sequence, Union
 
 import torch
 
+from . import _args
 from ._extension import _C
 
 __all__ = [
@@ -56,10 +57,6 @@ SCHEMES = ("fp8", "gptq", "awq", "pack_quantized", "nvfp4_pack_quantized", "mxfp
 PathLike = Union[str, "os.PathLike[str]"]
 
 
-def _device(device: Union[str, int, torch.device]) -> torch.device:
-    return torch.device(f"cuda:{device}" if isinstance(device, int) else device)
-
-
 @dataclass
 class Quantized:
     """What :func:`quantize` returns: the stored tensors and how they form the weight."""
@@ -75,7 +72,8 @@ def dequantize(
     device: Union[str, int, torch.device] = "cpu",
 ) -> torch.Tensor:
     """The dense weight ``name``, reading only the tensors that form it; computed on ``device``."""
-    return _C.quant_dequantize(os.fspath(checkpoint), name, dtype, _device(device))
+    path = os.fspath(checkpoint)
+    return _C.quant_dequantize(path, name, dtype, _args.device(device, path))
 
 
 def dequantize_tensors(
@@ -100,7 +98,8 @@ class DenseView(Mapping):
         dtype: torch.dtype = torch.bfloat16,
         device: Union[str, int, torch.device] = "cpu",
     ) -> None:
-        self._view = _C.QuantView(os.fspath(checkpoint), dtype, _device(device))
+        path = os.fspath(checkpoint)
+        self._view = _C.QuantView(path, dtype, _args.device(device, path))
 
     def __getitem__(self, name: str) -> torch.Tensor:
         if name not in self._view:

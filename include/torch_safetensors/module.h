@@ -104,6 +104,9 @@ class TS_API ModuleLoadPlan {
     std::optional<std::string> keep;  // nullopt: no name covers the whole storage
   };
   const std::vector<TiedGroup>& ties() const { return ties_; }
+  // The names apply() loads, in target order: each in the file and fitting its target, a tied group
+  // through the name it keeps. (A loader of its own, e.g. of DTensor shards, loads exactly these.)
+  std::vector<std::string> loaded_names() const;
   const Checkpoint& checkpoint() const { return checkpoint_; }
 
   // Loads every target the file fits, under NoGradGuard. A CPU target of the file's dtype takes the

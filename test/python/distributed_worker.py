@@ -132,6 +132,46 @@ def dtensor(checkpoint, rank, world):
     }
 
 
+def dtensor_f4(checkpoint, rank, world):
+    """A DTensor model with an F4 (float4_e2m1fn_x2) parameter, sharded on rows, and a float one:
+    load_model checks each against the size the stored tensor loads as (the C++ report: F4's last
+    dimension in pairs), then fills each rank's shard."""
+    from torch.distributed.device_mesh import init_device_mesh
+    from torch.distributed.tensor import Shard, distribute_tensor
+
+    from torch_safetensors import load_model, save_file
+
+    torch.manual_seed(0)  # the same values on every rank
+    packed = torch.randint(0, 256, (8, 4), dtype=torch.uint8)  # header shape [8, 8] (values)
+    scale = torch.randn(8)
+    path = os.path.join(os.path.dirname(checkpoint), "f4.safetensors")
+    if rank == 0:
+        save_file({"w": packed.view(torch.float4_e2m1fn_x2), "scale": scale}, path)
+    dist.barrier()
+    mesh = init_device_mesh("cpu", (world,))
+
+    def sharded(full):
+        return torch.nn.Parameter(distribute_tensor(full, mesh, [Shard(0)], src_data_rank=None),
+                                  requires_grad=False)
+
+    model = torch.nn.Module()
+    model.w = sharded(torch.zeros(8, 4, dtype=torch.uint8).view(torch.float4_e2m1fn_x2))
+    model.scale = sharded(torch.zeros(8))
+    missing, unexpected = load_model(model, path)
+    rows = slice(rank * 8 // world, (rank + 1) * 8 // world)
+    wrong = torch.nn.Module()
+    wrong.w = sharded(torch.zeros(8, 8, dtype=torch.uint8).view(torch.float4_e2m1fn_x2))
+    mismatch = expect_error(lambda: load_model(wrong, path, strict=False))
+    return {
+        "missing": sorted(missing), "unexpected": sorted(unexpected),
+        "dtype": str(model.w.to_local().dtype), "global_shape": list(model.w.shape),
+        "local_shape": list(model.w.to_local().shape),
+        "f4_equal": torch.equal(model.w.to_local().view(torch.uint8), packed[rows]),
+        "scale_equal": torch.equal(model.scale.to_local(), scale[rows]),
+        "mismatch": mismatch,
+    }
+
+
 def die(checkpoint, rank, world):
     dist.barrier()
     if rank == 1:
@@ -143,7 +183,7 @@ def die(checkpoint, rank, world):
 
 
 SCENARIOS = {f.__name__: f for f in (tp, tp_pp, single, world_mismatch, plan_mismatch,
-                                     rank_failure, dtensor, die)}
+                                     rank_failure, dtensor, dtensor_f4, die)}
 
 
 def main():

@@ -1,4 +1,4 @@
-"""torch.distributed.checkpoint storage on safetensors (torch_safetensors._dcp): round trips with
+"""torch.distributed.checkpoint storage on safetensors (torch_safetensors.distributed._dcp): round trips with
 our writer, huggingface_hub's and torch's; partial reads (bytes counted on the reading thread);
 DTensor loading on a 2-rank gloo group; the errors."""
 
@@ -18,7 +18,7 @@ from torch.distributed.checkpoint.api import CheckpointException
 
 import torch_safetensors
 from torch_safetensors import hub
-from torch_safetensors._dcp import StorageReader, StorageWriter
+from torch_safetensors.distributed import StorageReader, StorageWriter
 
 pytestmark = pytest.mark.filterwarnings("ignore::UserWarning", "ignore::FutureWarning")
 
@@ -450,3 +450,75 @@ def test_coverage_is_checked_exactly(tmp_path):
         torch_safetensors.save_file({"w": w}, folder / name, metadata={"DCP_SHARDING_INFO": "[1, 2]"})
     with pytest.raises(ValueError, match=r"a.safetensors: __metadata__\['DCP_SHARDING_INFO'\]: must be an object"):
         StorageReader(folder).read_metadata()
+
+
+def _write_as_ranks(writer, state_dicts):
+    """dcp.save's steps for len(state_dicts) ranks, in one process: each rank's planner, then the
+    writer's global plan, each rank's write_data and the coordinator's finish."""
+    from torch.distributed.checkpoint import DefaultSavePlanner
+
+    planners = []
+    for rank, state_dict in enumerate(state_dicts):
+        planner = DefaultSavePlanner()
+        planner.set_up_planner(state_dict, None, rank == 0)
+        planners.append(planner)
+    writer.set_up_storage_writer(True)
+    local = [writer.prepare_local_plan(p.create_local_plan()) for p in planners]
+    plans, metadata = planners[0].create_global_plan(local)
+    plans = writer.prepare_global_plan(plans)
+    results = [writer.write_data(p.finish_plan(plan), p).wait() for p, plan in zip(planners, plans)]
+    writer.finish(metadata, results)
+
+
+def test_writer_index_is_save_shardeds_byte_for_byte(tmp_path):
+    """The index comes from the core (one writer of index bytes): the same tensors split the same
+    way give the same file, byte for byte, as save_sharded's."""
+    gen = torch.Generator().manual_seed(0)
+    rank0 = {"b.weight": torch.randn(10, 10, generator=gen), "a.bias": torch.randn(100, generator=gen)}
+    rank1 = {"z.weight": torch.randn(100, generator=gen), "c.weight": torch.randn(10, 10, generator=gen)}
+    metadata = {"origin": "test", "ünïcode": "värde"}
+    _write_as_ranks(StorageWriter(tmp_path / "dcp", metadata=metadata), [rank0, rank1])
+    # save_sharded's split of the same tensors: a new shard once 800 bytes are reached
+    hub.save_torch_state_dict({**rank0, **rank1}, tmp_path / "hub", max_shard_size=800,
+                              metadata=metadata)
+    index = "model.safetensors.index.json"
+    assert sorted(os.listdir(tmp_path / "hub")) == sorted(os.listdir(tmp_path / "dcp")) == [
+        "model-00001-of-00002.safetensors", "model-00002-of-00002.safetensors", index]
+    ours = (tmp_path / "dcp" / index).read_bytes()
+    assert ours == (tmp_path / "hub" / index).read_bytes()
+    assert json.loads(ours)["weight_map"] == {"b.weight": "model-00001-of-00002.safetensors",
+                                              "a.bias": "model-00001-of-00002.safetensors",
+                                              "z.weight": "model-00002-of-00002.safetensors",
+                                              "c.weight": "model-00002-of-00002.safetensors"}
+    assert_same(load(empty_like({**rank0, **rank1}), StorageReader(tmp_path / "dcp")),
+                {**rank0, **rank1})
+
+
+def test_writer_removes_stale_files_by_the_cores_rule(tmp_path):
+    # an earlier sharded save with the same pattern (3 shards, an index) and a single file
+    for name in ["model-00001-of-00003.safetensors", "model-00003-of-00003.safetensors",
+                 "model.safetensors", "other.safetensors", "model-1-of-3.safetensors"]:
+        (tmp_path / name).write_bytes(b"old")
+    _write_as_ranks(StorageWriter(tmp_path), [{"w": torch.ones(2)}, {"v": torch.zeros(3)}])
+    assert sorted(os.listdir(tmp_path)) == [
+        "model-00001-of-00002.safetensors", "model-00002-of-00002.safetensors",
+        "model-1-of-3.safetensors", "model.safetensors.index.json", "other.safetensors"]
+
+
+@pytest.mark.parametrize("sync_files", [True, False])
+def test_writer_durability_is_the_cores(tmp_path, monkeypatch, sync_files):
+    """sync_files=True (the default, as FileSystemWriter's) makes every file durable through the
+    core (save_file(durable=True), the index and the stale-file removal): no Python fsync."""
+    calls = []
+    real = (torch_safetensors._extension._C.save_file, torch_safetensors._extension._C.write_index,
+            torch_safetensors._extension._C.remove_stale_files)
+    C = torch_safetensors._extension._C
+    monkeypatch.setattr(C, "save_file", lambda *a: calls.append(("save_file", a[-1])) or real[0](*a))
+    monkeypatch.setattr(C, "write_index", lambda *a: calls.append(("write_index", a[-1])) or real[1](*a))
+    monkeypatch.setattr(C, "remove_stale_files",
+                        lambda *a: calls.append(("remove_stale_files", a[-1])) or real[2](*a))
+    monkeypatch.setattr(os, "fsync", lambda fd: pytest.fail("a Python fsync"))
+    writer = StorageWriter(tmp_path, **({} if sync_files else {"sync_files": False}))
+    dcp.save({"w": torch.ones(2)}, storage_writer=writer, no_dist=True)
+    assert calls == [("save_file", sync_files), ("write_index", sync_files),
+                     ("remove_stale_files", sync_files)]

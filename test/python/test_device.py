@@ -84,8 +84,8 @@ def test_iter_tensors_closed_early_stops_the_load(sharded):
 
 def test_staging_ring_forced_on_the_cpu(sharded):
     directory, tensors = sharded
-    ckpt = _C.Checkpoint(str(directory), "pread", torch.device("cpu"), staging_bytes=1 << 20,
-                         always_stage=True)
+    options = _C._testing_stage_on_cpu(_C.LoadOptions(backend="pread", staging_bytes=1 << 20))
+    ckpt = _C.Checkpoint(str(directory), options)
     loaded = ckpt.tensors()
     for name, tensor in tensors.items():
         assert torch.equal(loaded[name], tensor)
@@ -114,3 +114,58 @@ def test_cuda_load_stream_and_convert(sharded):
     loaded = torch_safetensors.load_file(single, device="cuda")
     for name, tensor in tensors.items():
         assert loaded[name].is_cuda and torch.equal(loaded[name].cpu(), tensor)
+
+
+def _entry_points(tmp_path):
+    """Every Python entry point that takes a device, as f(device) on a small checkpoint."""
+    from torch_safetensors import quant
+    from torch_safetensors.distributed import ShardPlan, load_for_rank
+
+    path = tmp_path / "w.safetensors"
+    torch_safetensors.save_file({"w": torch.zeros(2, 2)}, path, metadata={"format": "pt"})
+    model = torch.nn.Linear(2, 2, bias=False)
+    return {
+        "safe_open": lambda d: torch_safetensors.safe_open(path, "pt", device=d),
+        "load_file": lambda d: torch_safetensors.load_file(path, device=d),
+        "open_checkpoint": lambda d: torch_safetensors.open_checkpoint(path, device=d),
+        "load_model": lambda d: torch_safetensors.load_model(
+            torch.nn.ParameterDict({"w": torch.nn.Parameter(torch.ones(2, 2))}), path, device=d),
+        "hub.load_state_dict_from_file": lambda d: hub.load_state_dict_from_file(
+            path, map_location=d),
+        "hub.load_torch_model": lambda d: hub.load_torch_model(model, path, map_location=d),
+        "load_for_rank": lambda d: load_for_rank(path, ShardPlan(), rank=0, world_size=1,
+                                                 device=d),
+        "quant.dequantize": lambda d: quant.dequantize(path, "w", device=d),
+        "quant.DenseView": lambda d: quant.DenseView(path, device=d),
+    }
+
+
+UNREACHABLE = ["xpu", "xpu:0"] + ([] if torch.cuda.is_available() else ["cuda", "cuda:1"])
+
+
+ENTRY_POINTS = ["safe_open", "load_file", "open_checkpoint", "load_model",
+                "hub.load_state_dict_from_file", "hub.load_torch_model", "load_for_rank",
+                "quant.dequantize", "quant.DenseView"]
+
+
+@pytest.mark.parametrize("name", ENTRY_POINTS)
+@pytest.mark.parametrize("device", UNREACHABLE)
+def test_every_entry_point_refuses_an_unreachable_device_the_same_way(tmp_path, name, device):
+    """One check (the core's device::check_device), one error: load_model(device="xpu") used to
+    pass silently. hub's loaders wrap it in their ValueError, as they wrap every open error."""
+    call = _entry_points(tmp_path)[name]
+    kind = torch.device(device).type.upper()
+    with pytest.raises((RuntimeError, ValueError), match=f"cannot load to {kind.lower()}") as error:
+        call(device)
+    assert f"this LibTorch has no {kind} support" in str(error.value) or "no " + kind in str(
+        error.value)
+    if not name.startswith("hub."):
+        assert type(error.value) is RuntimeError
+        assert "w.safetensors" in str(error.value)  # names what is loaded
+
+
+def test_every_entry_point_takes_a_reachable_device(tmp_path):
+    calls = _entry_points(tmp_path)
+    assert sorted(calls) == sorted(ENTRY_POINTS)
+    for name, call in calls.items():
+        call("cpu")  # none of them refuses the CPU

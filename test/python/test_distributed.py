@@ -236,6 +236,22 @@ def test_gloo_dtensor_model_loads_shard_on_read(checkpoint, tmp_path):
         assert d["local_shapes"]["2.bias"] == [8]        # rowwise bias: replicated
 
 
+def test_gloo_dtensor_model_with_an_f4_parameter_loads(checkpoint, tmp_path):
+    """F4 DTensor parameters load: their sizes are compared as they load (pairs of values), not
+    as the header counts them (which used to report them as mismatched)."""
+    path, _ = checkpoint
+    reports = run_ranks(2, "dtensor_f4", path, tmp_path)
+    for report in reports:
+        assert "error" not in report, report
+        d = report["dtensor_f4"]
+        assert (d["missing"], d["unexpected"]) == ([], [])
+        assert d["dtype"] == "torch.float4_e2m1fn_x2" and d["global_shape"] == [8, 4]
+        assert d["local_shape"] == [4, 4] and d["f4_equal"] and d["scale_equal"], d
+        # a model whose F4 parameter holds twice the values is refused, with torch's sizes
+        assert "size mismatch for w" in d["mismatch"], d
+        assert "torch.Size([8, 4]) from checkpoint" in d["mismatch"], d
+
+
 @pytest.mark.parametrize("single_reader", [False, True])
 def test_the_readme_torchrun_example_runs(tmp_path, single_reader):
     example = os.path.join(os.path.dirname(__file__), "..", "..", "examples", "tp_load.py")

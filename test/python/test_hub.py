@@ -280,3 +280,43 @@ def test_open_checkpoint_is_lazy_and_checks_shards(tmp_path):
         with pytest.raises(torch_safetensors.SafetensorError, match="holds tensor 'w0', which the "
                            "index assigns to shard 'model-00001-of-00004.safetensors'"):
             f.get_tensor("w1")
+
+
+@pytest.mark.parametrize("layout", ["file", "sharded", "one_file_dir"])
+def test_load_torch_model_runs_load_state_dict_hooks_and_reports_from_the_core(tmp_path, layout):
+    """load_torch_model loads through model.load_state_dict (its pre- and post-hooks run, with
+    the stored tensors), while what is missing or unexpected is the C++ module-load report's: a
+    tied name the save dropped is not missing, a size mismatch is refused before anything
+    changes."""
+    source = Net(tied=True)
+    if layout == "file":
+        path = tmp_path / "model.safetensors"
+        torch_safetensors.save_model(source, path, metadata={"format": "pt"})
+    else:
+        path = tmp_path / "ckpt"
+        ours.save_torch_model(source, path, max_shard_size="1KB" if layout == "sharded" else "5GB")
+        assert (len(list(path.glob("*.safetensors"))) > 1) == (layout == "sharded")
+    target = Net(tied=True, extra=True)
+    seen = []
+
+    def pre_hook(module, state_dict, prefix, *args):
+        seen.append(("pre", sorted(state_dict)))
+
+    target.register_load_state_dict_pre_hook(pre_hook)
+    target.register_load_state_dict_post_hook(lambda module, keys: seen.append(("post",)))
+    keys = ours.load_torch_model(target, path)
+    stored = sorted(torch_safetensors.open_checkpoint(path).keys())
+    assert seen == [("pre", stored), ("post",)]
+    assert sorted(keys.missing_keys) == ["extra.bias", "extra.weight"] and keys.unexpected_keys == []
+    for name, tensor in source.state_dict().items():
+        assert torch.equal(target.state_dict()[name], tensor), name
+    # refused before load_state_dict runs: no hook sees it
+    seen.clear()
+    wrong = Net(tied=True)
+    wrong.register_load_state_dict_pre_hook(pre_hook)
+    wrong.norm.weight = torch.nn.Parameter(torch.zeros(3, 3))
+    before = {k: v.clone() for k, v in wrong.state_dict().items()}
+    with pytest.raises(RuntimeError, match="size mismatch for norm.weight"):
+        ours.load_torch_model(wrong, path)
+    assert seen == []
+    assert all(torch.equal(v, before[k]) for k, v in wrong.state_dict().items())

@@ -7,9 +7,13 @@
 namespace torch::safetensors::adapters {
 namespace {
 
+// A tensor subclass dispatched to Python (a DTensor, whose memory is its local shard's) has no
+// memory of its own to share or cover; touching its storage may throw.
+bool is_wrapper(const at::Tensor& t) { return t.unsafeGetTensorImpl()->is_python_dispatch(); }
+
 bool has_memory(const at::Tensor& t) {
-  return t.defined() && t.has_storage() && !t.is_meta() && t.storage().data() != nullptr &&
-         t.storage().nbytes() != 0;
+  return t.defined() && !is_wrapper(t) && t.has_storage() && !t.is_meta() &&
+         t.storage().data() != nullptr && t.storage().nbytes() != 0;
 }
 
 }  // namespace
@@ -23,7 +27,7 @@ std::pair<uintptr_t, uintptr_t> byte_extent(const at::Tensor& t) {
 }
 
 bool covers_storage(const at::Tensor& t) {
-  if (!t.defined() || !t.has_storage()) return false;
+  if (!t.defined() || is_wrapper(t) || !t.has_storage()) return false;
   return t.storage_offset() == 0 &&
          uint64_t(t.numel()) * t.element_size() == uint64_t(t.storage().nbytes());
 }

@@ -11,6 +11,7 @@
 #include <ATen/TensorIndexing.h>
 
 #include <c10/util/StringUtil.h>
+#include "api/checkpoint_files.h"
 #include "api/handle.h"
 
 #include "check.h"
@@ -24,8 +25,6 @@
 namespace torch::safetensors {
 namespace {
 
-constexpr std::string_view kDefaultIndex = "model.safetensors.index.json";
-
 bool ends_with(std::string_view text, std::string_view end) {
   return text.size() >= end.size() && text.substr(text.size() - end.size()) == end;
 }
@@ -38,28 +37,6 @@ std::string read_index(const std::string& path) {
   std::string text(source->size(), '\0');
   source->read(text.data(), text.size(), 0);
   return text;
-}
-
-// The file a directory stands for: its index (the default name first), else its one
-// safetensors file.
-std::string resolve_directory(const std::string& directory) {
-  const std::string default_index = storage::join_path(directory, std::string(kDefaultIndex));
-  if (storage::is_regular_file(default_index)) return default_index;
-  std::vector<std::string> indexes, files;
-  for (const std::string& name : storage::list_files(directory)) {
-    if (ends_with(name, ".safetensors.index.json")) indexes.push_back(name);
-    if (ends_with(name, ".safetensors")) files.push_back(name);
-  }
-  TS_CHECK(indexes.size() <= 1, directory, "several indexes and none named '", kDefaultIndex,
-           "': ", c10::Join(", ", indexes), "; open the one you mean");
-  if (indexes.size() == 1) return storage::join_path(directory, indexes[0]);
-  TS_CHECK(
-      !files.empty(), directory,
-      "no checkpoint here: expected an index (*.safetensors.index.json) or a .safetensors file");
-  TS_CHECK(files.size() == 1, directory,
-           "several .safetensors files and no index: ", c10::Join(", ", files),
-           "; open the one you mean");
-  return storage::join_path(directory, files[0]);
 }
 
 }  // namespace

@@ -122,6 +122,13 @@ ModuleLoadPlan::ModuleLoadPlan(NamedTensors targets, Checkpoint checkpoint)
   }
 }
 
+std::vector<std::string> ModuleLoadPlan::loaded_names() const {
+  std::vector<std::string> names;
+  names.reserve(assignments_.size());
+  for (const Assignment& assignment : assignments_) names.push_back(assignment.name);
+  return names;
+}
+
 void ModuleLoadPlan::apply() const {
   torch::NoGradGuard no_grad;
   // Targets already on the load's (non-CPU) device, contiguous and of the stored dtype, are

@@ -6,6 +6,7 @@
 #include <map>
 #include <tuple>
 
+#include "api/checkpoint_files.h"
 #include "api/named_module.h"
 #include "check.h"
 #include "format/index.h"
@@ -16,56 +17,6 @@
 
 namespace torch::safetensors {
 namespace {
-
-// Python's `pattern.format(suffix=suffix)` for the one field patterns have.
-std::string format_pattern(const std::string& pattern, std::string_view suffix) {
-  std::string out;
-  for (size_t i = 0; i < pattern.size(); ++i) {
-    if (pattern.compare(i, 8, "{suffix}") == 0) {
-      out += suffix;
-      i += 7;
-    } else if ((pattern[i] == '{' || pattern[i] == '}') && i + 1 < pattern.size() &&
-               pattern[i + 1] == pattern[i]) {
-      out += pattern[i++];
-    } else {
-      TORCH_CHECK_VALUE(pattern[i] != '{' && pattern[i] != '}', "safetensors: filename pattern '",
-                        pattern, "' has a brace that is not part of '{suffix}'");
-      out += pattern[i];
-    }
-  }
-  return out;
-}
-
-// Whether `name` is a file an earlier save with `pattern` wrote: prefix, optionally
-// "-NNNNN-of-NNNNN", suffix, optionally ".index.json" (huggingface_hub's existing_files_regex).
-bool written_by_pattern(const std::string& name, const std::string& pattern) {
-  const size_t field = pattern.find("{suffix}");
-  if (field == std::string::npos) return false;
-  const std::string_view prefix(pattern.data(), field);
-  const std::string_view suffix = std::string_view(pattern).substr(field + 8);
-  std::string_view rest(name);
-  if (rest.substr(0, prefix.size()) != prefix) return false;
-  rest.remove_prefix(prefix.size());
-  constexpr std::string_view kIndex = ".index.json";
-  if (rest.size() >= kIndex.size() && rest.substr(rest.size() - kIndex.size()) == kIndex)
-    rest.remove_suffix(kIndex.size());
-  if (rest.size() < suffix.size() || rest.substr(rest.size() - suffix.size()) != suffix)
-    return false;
-  rest.remove_suffix(suffix.size());
-  if (rest.empty()) return true;
-  auto digits = [](std::string_view d) {
-    return d.size() == 5 &&
-           std::all_of(d.begin(), d.end(), [](char c) { return c >= '0' && c <= '9'; });
-  };
-  return rest.size() == 15 && rest[0] == '-' && digits(rest.substr(1, 5)) &&
-         rest.substr(6, 4) == "-of-" && digits(rest.substr(10, 5));
-}
-
-std::string shard_suffix(size_t index, size_t count) {
-  char buffer[32];
-  std::snprintf(buffer, sizeof(buffer), "-%05zu-of-%05zu", index + 1, count);
-  return buffer;
-}
 
 // The tensors of a sharded save: torch tensors (storage sizes and ties decide the split).
 NamedTensors named_tensors(const TensorsToSave& tensors, const std::string& directory) {
@@ -158,10 +109,12 @@ ShardSplit plan_shards(const TensorsToSave& to_save, const ShardOptions& options
     }
   }
   for (size_t s = 0; s < shards.size(); ++s) {
-    const std::string suffix = shards.size() == 1 ? "" : shard_suffix(s, shards.size());
     std::vector<std::string> names;
     for (size_t i : shards[s]) names.push_back(tensors[i].first);
-    split.files.emplace_back(format_pattern(options.filename_pattern, suffix), std::move(names));
+    split.files.emplace_back(shards.size() == 1
+                                 ? format_pattern(options.filename_pattern, "")
+                                 : shard_file_name(options.filename_pattern, s, shards.size()),
+                             std::move(names));
   }
   TORCH_CHECK_VALUE(
       !split.is_sharded() || options.filename_pattern.find("{suffix}") != std::string::npos,
@@ -213,7 +166,7 @@ void save_sharded(const TensorsToSave& to_save, const PathArg& directory_arg,
       for (const auto& name : names) index.weight_map.emplace_back(name, file);
     }
     const std::string json = format::index_json(index);
-    const std::string name = format_pattern(options.filename_pattern, "") + ".index.json";
+    const std::string name = index_file_name(options.filename_pattern);
     writers.push_back(
         std::make_unique<storage::AtomicFileWriter>(storage::join_path(directory, name)));
     writers.back()->write(json.data(), json.size());
@@ -221,14 +174,8 @@ void save_sharded(const TensorsToSave& to_save, const PathArg& directory_arg,
   }
   for (auto& writer : writers) writer->commit(options.durable);
 
-  if (!options.remove_stale) return;
-  bool removed = false;
-  for (const std::string& name : storage::list_files(directory)) {
-    if (std::find(written.begin(), written.end(), name) != written.end()) continue;
-    if (written_by_pattern(name, options.filename_pattern))  // best effort, as the hub's
-      removed = storage::remove_file(storage::join_path(directory, name)) || removed;
-  }
-  if (removed && options.durable) storage::sync_directory(directory);
+  if (options.remove_stale)
+    remove_stale_files(directory, options.filename_pattern, written, options.durable);
 }
 
 void save_sharded(const torch::nn::Module& module, const PathArg& directory,

@@ -101,6 +101,10 @@ void bind_errors(py::module_& m) {
   py::register_local_exception_translator(translate);
 }
 
+std::string_view backend_name(ts::Backend backend) {
+  return backend == ts::Backend::kPread ? "pread" : "mmap";
+}
+
 ts::Backend parse_backend(const std::string& name) {
   if (name == "mmap") return ts::Backend::kMmap;
   if (name == "pread") return ts::Backend::kPread;
@@ -187,17 +191,5 @@ py::dict to_dict(const ts::TensorDict& tensors) {
 }
 
 std::string dtype_str(ts::Dtype dtype) { return std::string(ts::dtype_name(dtype)); }
-
-ts::LoadOptions load_options(const std::string& backend, at::Device device,
-                             std::optional<at::ScalarType> dtype, bool populate,
-                             uint64_t staging_bytes, bool always_stage) {
-  ts::LoadOptions options;
-  options.with_backend(parse_backend(backend)).with_device(device);
-  options.dtype = dtype;
-  options.populate = populate;
-  options.staging_bytes = staging_bytes;
-  options.always_stage = always_stage;
-  return options;
-}
 
 }  // namespace torch::safetensors::python

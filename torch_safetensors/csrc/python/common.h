@@ -9,6 +9,7 @@
 
 #include <optional>
 #include <string>
+#include <string_view>
 #include <vector>
 
 #include "torch_safetensors/all.h"
@@ -24,6 +25,7 @@ void bind_errors(py::module_& m);
 
 // "mmap" / "pread" -> Backend; ValueError for anything else.
 Backend parse_backend(const std::string& name);
+std::string_view backend_name(Backend backend);
 
 // The name of obj's type, for TypeError messages.
 std::string type_name(py::handle obj);
@@ -60,7 +62,7 @@ py::list names_and_keep(const std::vector<Group>& groups) {
 }
 
 // One per feature, in the file of that name.
-void bind_file(py::module_& m);         // File, Checkpoint, LoadOptions
+void bind_file(py::module_& m);         // LoadOptions, Checkpoint, File, check_device
 void bind_save(py::module_& m);         // save_file, save_sharded, to/from bytes, tie rules
 void bind_model(py::module_& m);        // ModuleLoad (the module-load plan and report)
 void bind_cli(py::module_& m);          // cli_main

@@ -8,10 +8,14 @@
 #include <cstdint>
 #include <optional>
 #include <string>
+#include <type_traits>
 #include <utility>
 #include <vector>
 
 #include "adapters/load_tensor.h"
+#include "api/checkpoint_files.h"
+#include "api/handle.h"
+#include "device/staging_ring.h"
 
 namespace torch::safetensors::python {
 
@@ -137,42 +141,88 @@ void bind_tensor_access(py::class_<Handle>& cls) {
       });
 }
 
+// LoadOptions(**fields): the C++ defaults, then each given field through its property setter, so
+// that every default and every conversion has one place.
+template <typename Options>
+Options options_from(const py::kwargs& fields) {
+  Options options;
+  py::object self = py::cast(&options, py::return_value_policy::reference);
+  for (auto item : fields) {
+    const std::string name = py::str(item.first);
+    if (!py::hasattr(py::type::of(self), name.c_str())) {
+      throw py::type_error(type_name(self) + "() got an unexpected keyword argument '" + name +
+                           "'");
+    }
+    py::setattr(self, item.first, item.second);
+  }
+  return options;
+}
+
+template <typename Options>
+std::string options_repr(const Options& options) {
+  py::object self = py::cast(options);
+  std::string out = type_name(self) + "(backend=" + std::string(backend_name(options.backend));
+  for (const char* field : {"device", "dtype", "cast_fp8", "populate", "staging_bytes"}) {
+    out += std::string(", ") + field + "=" + std::string(py::repr(self.attr(field)));
+  }
+  if constexpr (std::is_same_v<Options, ts::ModuleLoadOptions>) {
+    out += std::string(", strict=") + (options.strict ? "True" : "False");
+  }
+  return out + ")";
+}
+
 }  // namespace
 
 void bind_file(py::module_& m) {
-  auto file = py::class_<ts::File>(m, "File").def(
-      py::init([](const std::string& path, const std::string& backend, at::Device device,
-                  std::optional<at::ScalarType> dtype, bool populate, uint64_t staging_bytes,
-                  bool always_stage) {
-        const ts::LoadOptions options =
-            load_options(backend, device, dtype, populate, staging_bytes, always_stage);
-        py::gil_scoped_release release;
-        return ts::File(path, options);
-      }),
-      py::arg("path"), py::arg("backend"), py::arg("device"), py::arg("dtype") = py::none(),
-      py::arg("populate") = false, py::arg("staging_bytes") = uint64_t(256) << 20,
-      py::arg("always_stage") = false);
-  bind_tensor_access(file);
-  file.def("keys", &ts::File::keys, "Tensor names in file (data offset) order.");
+  py::class_<ts::LoadOptions>(m, "LoadOptions",
+                              "How a load reads and where its tensors go (options.h); fields not "
+                              "given keep the C++ defaults.")
+      .def(py::init(&options_from<ts::LoadOptions>))
+      .def_property(
+          "backend", [](const ts::LoadOptions& o) { return std::string(backend_name(o.backend)); },
+          [](ts::LoadOptions& o, const std::string& name) { o.backend = parse_backend(name); })
+      .def_readwrite("device", &ts::LoadOptions::device)
+      .def_property(
+          "dtype", [](const ts::LoadOptions& o) { return o.dtype; },
+          [](ts::LoadOptions& o, std::optional<at::ScalarType> dtype) { o.dtype = dtype; })
+      .def_readwrite("cast_fp8", &ts::LoadOptions::cast_fp8)
+      .def_readwrite("populate", &ts::LoadOptions::populate)
+      .def_readwrite("staging_bytes", &ts::LoadOptions::staging_bytes)
+      .def("__repr__", &options_repr<ts::LoadOptions>);
+  py::class_<ts::ModuleLoadOptions, ts::LoadOptions>(
+      m, "ModuleLoadOptions", "LoadOptions and what only a module load decides (module.h).")
+      .def(py::init(&options_from<ts::ModuleLoadOptions>))
+      .def_readwrite("strict", &ts::ModuleLoadOptions::strict)
+      .def("__repr__", &options_repr<ts::ModuleLoadOptions>);
+  m.def(
+      "_testing_stage_on_cpu",
+      [](ts::LoadOptions options) { return ts::detail::LoadOptionsTesting::stage_on_cpu(options); },
+      py::arg("options"),
+      "Tests only: a copy of options whose CPU loads go through the staging ring.");
 
-  auto checkpoint =
-      py::class_<ts::Checkpoint>(m, "Checkpoint")
-          .def(py::init([](const std::string& path, const std::string& backend, at::Device device,
-                           std::optional<at::ScalarType> dtype, bool populate,
-                           uint64_t staging_bytes, bool always_stage) {
-                 const ts::LoadOptions options =
-                     load_options(backend, device, dtype, populate, staging_bytes, always_stage);
-                 py::gil_scoped_release release;
-                 return ts::Checkpoint(path, options);
-               }),
-               py::arg("path"), py::arg("backend"), py::arg("device"),
-               py::arg("dtype") = py::none(), py::arg("populate") = false,
-               py::arg("staging_bytes") = uint64_t(256) << 20, py::arg("always_stage") = false);
+  m.def(
+      "check_device",
+      [](at::Device device, const std::string& source) {
+        ts::device::check_device(device, source);
+      },
+      py::arg("device"), py::arg("source"),
+      "A SafetensorError naming source unless this LibTorch can reach device (the check every "
+      "load makes at open).");
+
+  auto checkpoint = py::class_<ts::Checkpoint>(m, "Checkpoint")
+                        .def(py::init([](const std::string& path, const ts::LoadOptions& options) {
+                               py::gil_scoped_release release;
+                               return ts::Checkpoint(path, options);
+                             }),
+                             py::arg("path"), py::arg("options") = ts::LoadOptions());
   bind_tensor_access(checkpoint);
-  checkpoint.def("keys", &ts::Checkpoint::keys, "Tensor names, shard by shard.")
+  checkpoint
+      .def("keys", &ts::Checkpoint::keys,
+           "Tensor names: a file's in data-offset order, an index's shard by shard.")
       .def_property_readonly("index_path", &ts::Checkpoint::index_path)
       .def_property_readonly("directory", &ts::Checkpoint::directory)
       .def_property_readonly("shard_files", &ts::Checkpoint::shard_files)
+      .def_property_readonly("options", &ts::Checkpoint::options)
       .def("shard_file",
            [](const ts::Checkpoint& c, const std::string& name) { return c.shard_file(name); })
       .def(
@@ -183,10 +233,22 @@ void bind_file(py::module_& m) {
             c.for_each([&](const std::string& name, at::Tensor t) { consume(name, std::move(t)); });
           },
           py::arg("consume"), "Calls consume(name, tensor) for every tensor, in file order.");
-  py::class_<ts::LoadOptions>(m, "LoadOptions")
-      .def(py::init(&load_options), py::arg("backend"), py::arg("device"),
-           py::arg("dtype") = py::none(), py::arg("populate") = false,
-           py::arg("staging_bytes") = uint64_t(256) << 20, py::arg("always_stage") = false);
+
+  py::class_<ts::File, ts::Checkpoint>(m, "File", "A Checkpoint of one safetensors file.")
+      .def(py::init([](const std::string& path, const ts::LoadOptions& options) {
+             py::gil_scoped_release release;
+             return ts::File(path, options);
+           }),
+           py::arg("path"), py::arg("options") = ts::LoadOptions());
+
+  m.def(
+      "checkpoint_files",
+      [](const std::string& directory) {
+        ts::CheckpointFiles found = ts::list_checkpoint_files(directory);
+        return py::make_tuple(std::move(found.indexes), std::move(found.files));
+      },
+      py::arg("directory"),
+      "(indexes, safetensors files) in a directory, each sorted: what Checkpoint chooses from.");
 }
 
 }  // namespace torch::safetensors::python

@@ -12,6 +12,7 @@
 
 #include "adapters/save_item.h"
 #include "adapters/shared_memory.h"
+#include "api/checkpoint_files.h"
 
 namespace torch::safetensors::python {
 
@@ -43,20 +44,21 @@ void bind_save(py::module_& m) {
       "save_sharded",
       [](const py::list& items, const std::string& directory, uint64_t max_shard_size,
          std::string filename_pattern, py::handle metadata, std::unordered_set<std::string> discard,
-         bool remove_stale) {
+         bool remove_stale, bool durable) {
         ts::ShardOptions options;
         options.with_max_shard_size(max_shard_size)
             .with_filename_pattern(std::move(filename_pattern));
         options.metadata = to_metadata(metadata);
         options.discard = std::move(discard);
         options.remove_stale = remove_stale;
+        options.durable = durable;
         auto named = to_named(items);
         py::gil_scoped_release release;
         ts::save_sharded(named, directory, options);
       },
       py::arg("items"), py::arg("directory"), py::arg("max_shard_size"),
-      py::arg("filename_pattern"), py::arg("metadata"), py::arg("discard"),
-      py::arg("remove_stale"));
+      py::arg("filename_pattern"), py::arg("metadata"), py::arg("discard"), py::arg("remove_stale"),
+      py::arg("durable"));
   m.def(
       "plan_shards",
       [](const py::list& items, uint64_t max_shard_size, std::string filename_pattern) {
@@ -72,13 +74,36 @@ void bind_save(py::module_& m) {
 
   m.def(
       "save_file",
-      [](const py::list& items, const std::string& path, py::handle metadata) {
+      [](const py::list& items, const std::string& path, py::handle metadata, bool durable) {
         auto entries = to_entries(items);
         auto md = to_metadata(metadata);
         py::gil_scoped_release release;
-        ts::save(entries, path, md);
+        ts::save(entries, ts::SaveTo(path).durable(durable), md);
       },
-      py::arg("items"), py::arg("path"), py::arg("metadata"));
+      py::arg("items"), py::arg("path"), py::arg("metadata"), py::arg("durable"));
+
+  // The files of a sharded checkpoint as save_sharded names and writes them, for writers of their
+  // own (the DCP StorageWriter): shard names, the index's bytes, stale files (checkpoint_files.h).
+  m.def("shard_file_name", &ts::shard_file_name, py::arg("pattern"), py::arg("index"),
+        py::arg("count"), "Shard index (from 0) of count: model-00001-of-00004.safetensors.");
+  m.def(
+      "write_index",
+      [](const std::string& directory, const std::string& pattern,
+         std::vector<std::pair<std::string, std::string>> weight_map, uint64_t total_size,
+         py::handle metadata, bool durable) {
+        ts::format::CheckpointIndex index;
+        index.total_size = total_size;
+        index.metadata = to_metadata(metadata).value_or(ts::Metadata());
+        index.weight_map = std::move(weight_map);
+        py::gil_scoped_release release;
+        return ts::write_index(directory, pattern, index, durable);
+      },
+      py::arg("directory"), py::arg("pattern"), py::arg("weight_map"), py::arg("total_size"),
+      py::arg("metadata"), py::arg("durable"),
+      "Writes huggingface_hub's index (save_sharded's bytes) atomically; returns its file name.");
+  m.def("remove_stale_files", &ts::remove_stale_files, py::arg("directory"), py::arg("pattern"),
+        py::arg("written"), py::arg("durable"),
+        "Removes files of an earlier save with pattern that are not in written.");
 
   m.def(
       "save_bytes",

@@ -1,53 +1,15 @@
-"""Tensor- and pipeline-parallel loading: every rank reads only its own bytes.
-
-A :class:`ShardPlan` is data, not code: module-name patterns in the style of transformers'
-``base_model_tp_plan`` (``"layers.*.self_attn.q_proj": "colwise"``), explicit per-tensor splits,
-and a pipeline filter. :func:`load_for_rank` reads one rank's pieces of a checkpoint (a file, an
-index or a directory) and nothing else; with a ``torch.distributed`` process group the ranks
-check each other, and storage only one rank can see is served by that rank (``single_reader``)::
-
-    import torch.distributed as dist
-    from torch_safetensors.distributed import ShardPlan, load_for_rank, all_gather_tensors
-
-    dist.init_process_group("gloo")                   # torchrun: env:// rendezvous
-    plan = ShardPlan({"layers.*.self_attn.q_proj": "colwise",
-                      "layers.*.self_attn.o_proj": "rowwise"})
-    mine = load_for_rank("Llama/", plan)              # this rank's pieces
-    full = all_gather_tensors(mine)                   # every tensor, reassembled
-
-A model parallelized with ``torch.distributed.tensor.parallel.parallelize_module`` (DTensor
-parameters) loads shard-on-read with :func:`load_dtensors`, which ``load_model`` and
-``hub.load_torch_model`` call for such models. ``torch.distributed.checkpoint`` reads and writes
-safetensors checkpoints through :class:`StorageReader` and :class:`StorageWriter`.
-
-Every rule (pattern matching, splits, companions, checks) and every collective is the C++ core's
-(``distributed.h``, ``distributed_c10d.h``); this module adapts arguments.
-"""
+"""Shard plans and rank loads: what each rank reads (``ShardPlan``, ``PipelinePlan``),
+``load_for_rank`` and reassembly. The rules are the C++ core's (``distributed.h``)."""
 
 from __future__ import annotations
 
 import dataclasses
-import sys
-from typing import Any, Dict, List, Mapping, Optional, Sequence, Set, Tuple, Union
+from typing import Any, Dict, List, Mapping, Optional, Sequence, Tuple
 
 import torch
 
-from . import _args
-from ._extension import _C
-
-__all__ = [
-    "LLAMA_TP_PLAN",
-    "PipelinePlan",
-    "ShardPlan",
-    "RankLoad",
-    "load_for_rank",
-    "all_gather_tensors",
-    "assemble",
-    "load_dtensors",
-    "has_dtensors",
-    "StorageReader",
-    "StorageWriter",
-]
+from .. import _args
+from .._extension import _C
 
 Range = Tuple[int, int]
 
@@ -175,12 +137,12 @@ def load_for_rank(
     group's timeout. ``single_reader``: only ``source_rank`` reads (storage the other ranks cannot
     see) and sends each rank its pieces through the group; the others read nothing."""
     path = _args.path(checkpoint)
-    options = _C.LoadOptions(_args.backend(backend), _args.device(device), dtype)
+    options = _args.load_options(backend, device, dtype, None, path)
     native_plan = plan._native()
     if group is None and rank is not None and world_size is not None:
         if single_reader:
             raise ValueError("single_reader needs a process group (group= or the default one)")
-        handle = _C.Checkpoint(path, _args.backend(backend), _args.device(device), dtype)
+        handle = _C.Checkpoint(path, options)
         return _wrap(_C.load_for_rank(handle, native_plan, int(rank), int(world_size)))
     pg = _default_group(group)
     if rank is not None and rank != pg.rank():
@@ -200,88 +162,3 @@ def all_gather_tensors(load: RankLoad, group: Any = None) -> Dict[str, torch.Ten
 def assemble(pieces: Sequence[Any], tensors: Sequence[Optional[torch.Tensor]]) -> torch.Tensor:
     """The full tensor from every rank's piece of it (``None`` for ranks holding none)."""
     return _C.assemble(list(pieces), list(tensors))
-
-
-# ---- DTensor models: shard-on-read ----
-
-def _dtensor_type() -> Optional[type]:
-    # A model can hold DTensors only once their module is imported: no import cost otherwise.
-    module = sys.modules.get("torch.distributed.tensor")
-    return getattr(module, "DTensor", None)
-
-
-def has_dtensors(model: torch.nn.Module) -> bool:
-    """Whether any parameter or buffer of ``model`` is a DTensor."""
-    dtensor = _dtensor_type()
-    return dtensor is not None and any(
-        isinstance(t, dtensor) for t in model.state_dict(keep_vars=True).values())
-
-
-def _local_piece(name: str, tensor: torch.Tensor) -> Any:
-    """The piece of the full tensor this rank's DTensor shard holds."""
-    from torch.distributed.tensor import Replicate, Shard
-    from torch.distributed.tensor._utils import compute_local_shape_and_global_offset
-
-    for placement in tensor.placements:
-        if type(placement) not in (Shard, Replicate):
-            raise ValueError(
-                f"{name}: DTensor placement {placement} cannot be read shard-on-read (expected "
-                "Shard or Replicate); load the full state dict and distribute it instead")
-    shape, offset = compute_local_shape_and_global_offset(
-        tensor.shape, tensor.device_mesh, tensor.placements)
-    splits = [_C.DimSplit(d, [(o, o + n)])
-              for d, (n, o, full) in enumerate(zip(shape, offset, tensor.shape)) if n != full]
-    return _C.Piece(name, list(tensor.shape), splits)
-
-
-def load_dtensors(
-    model: torch.nn.Module,
-    checkpoint: _args.FilePath,
-    strict: bool = True,
-    *,
-    backend: str = "mmap",
-) -> Tuple[Set[str], List[str]]:
-    """Fills ``model`` — DTensor parameters from ``parallelize_module`` (ColwiseParallel,
-    RowwiseParallel, ... over a DeviceMesh) and plain ones — from ``checkpoint`` (a file, an index
-    or a directory). Each rank computes its local shard of each DTensor and reads only those bytes,
-    then copies them into the shard in place (``full_tensor()`` equals the stored tensor). Returns
-    ``(missing, unexpected)``; with ``strict`` either being non-empty raises RuntimeError, as
-    ``load_model`` does, and a shape mismatch always does, before anything is changed."""
-    from ._errors import size_mismatch_error, strict_load_error
-
-    dtensor = _dtensor_type()
-    handle = _C.Checkpoint(_args.path(checkpoint), _args.backend(backend), torch.device("cpu"))
-    names = handle.keys()
-    stored = set(names)
-    targets = model.state_dict(keep_vars=True)
-    missing = {name for name in targets if name not in stored}
-    unexpected = [name for name in names if name not in targets]
-    mismatched = [(name, list(t.shape), handle.info(name)[1])
-                  for name, t in targets.items()
-                  if name in stored and handle.info(name)[1] != list(t.shape)]
-    if mismatched:
-        raise size_mismatch_error(model, mismatched)
-    if strict and (missing or unexpected):
-        raise strict_load_error(model, missing, unexpected)
-    pieces, destinations = [], []
-    for name, target in targets.items():
-        if name in missing:
-            continue
-        is_dtensor = dtensor is not None and isinstance(target, dtensor)
-        pieces.append(_local_piece(name, target) if is_dtensor
-                      else _C.Piece(name, list(target.shape), []))
-        destinations.append(target.to_local() if is_dtensor else target)
-    loaded = _C.load_pieces(handle, pieces)
-    with torch.no_grad():
-        for piece, destination in zip(pieces, destinations):
-            destination.copy_(loaded[piece.name])
-    return missing, unexpected
-
-
-def __getattr__(name: str) -> Any:
-    # torch.distributed.checkpoint is imported only by those who use it.
-    if name in ("StorageReader", "StorageWriter"):
-        from . import _dcp
-
-        return getattr(_dcp, name)
-    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")

@@ -31,7 +31,6 @@ from __future__ import annotations
 import dataclasses
 import json
 import os
-import re
 import uuid
 from collections import defaultdict
 from concurrent.futures import ThreadPoolExecutor
@@ -58,10 +57,9 @@ from torch.distributed.checkpoint.planner import (
 )
 from torch.futures import Future
 
-from ._extension import _C
-from ._file import open_checkpoint, safe_open
-from ._model import _find_shared_tensors
-from ._save import save_file
+from .._extension import _C
+from .._file import open_checkpoint, safe_open
+from .._save import save_file
 
 __all__ = ["StorageReader", "StorageWriter"]
 
@@ -69,9 +67,9 @@ PathLike = Union[str, "os.PathLike[str]"]
 
 #: The index huggingface_hub, transformers and torch's HuggingFaceStorageWriter write.
 INDEX_NAME = "model.safetensors.index.json"
-#: The file name pattern of ``StorageWriter`` (the one of huggingface_hub and of torch).
-FILE_NAME = "model-{index:05d}-of-{count:05d}.safetensors"
-_FILE_NAME_RE = re.compile(r"^model-\d{5}-of-\d{5}\.safetensors$")
+#: The file name pattern of ``StorageWriter`` (huggingface_hub's and torch's): shard ``i`` of ``n``
+#: is ``model-{i:05d}-of-{n:05d}.safetensors``, the index ``model.safetensors.index.json``.
+FILE_PATTERN = "model{suffix}.safetensors"
 #: torch's key (``_hf_utils.CUSTOM_METADATA_KEY``) for where each stored chunk sits in its tensor.
 SHARDING_INFO_KEY = "DCP_SHARDING_INFO"
 SAVED_OFFSETS_KEY = "saved_offsets"
@@ -98,25 +96,13 @@ def _done(value: Any) -> Future:
     return future
 
 
-def _fsync(path: str) -> None:
-    fd = os.open(path, os.O_RDONLY)
-    try:
-        os.fsync(fd)
-    finally:
-        os.close(fd)
-
-
-def _safetensors_files(directory: str) -> List[str]:
-    return sorted(n for n in os.listdir(directory) if n.endswith(".safetensors"))
-
-
 def _is_checkpoint_path(path: str) -> bool:
     """Whether ``path`` names something ``StorageReader`` opens (for DCP's ``checkpoint_id``)."""
     if os.path.isfile(path):
         return path.endswith(".safetensors") or path.endswith(".json")
     if os.path.isdir(path):
-        names = os.listdir(path)
-        return any(n.endswith((".safetensors", ".safetensors.index.json")) for n in names)
+        indexes, files = _C.checkpoint_files(path)
+        return bool(indexes or files)
     return False
 
 
@@ -249,8 +235,9 @@ class StorageReader(_storage.StorageReader):
         directory of several files and no index: each file, as torch's reader does."""
         path = self.path
         if os.path.isdir(path):
-            files = _safetensors_files(path)
-            has_index = any(n.endswith(".safetensors.index.json") for n in os.listdir(path))
+            # What the directory holds, by the core's rule (the one Checkpoint chooses from).
+            indexes, files = _C.checkpoint_files(path)
+            has_index = bool(indexes)
             if not has_index and not files:
                 raise FileNotFoundError(
                     f"safetensors checkpoint {path!r}: the directory holds no .safetensors file "
@@ -392,7 +379,8 @@ class StorageWriter(_storage.StorageWriter):
         path: the output directory (created if missing).
         metadata: extra ``str → str`` entries for every file's ``__metadata__`` (beside
             ``"format": "pt"``) and for the index's ``metadata``.
-        sync_files: ``fsync`` each file before the index names it (the default, as DCP's
+        sync_files: durable files (the core's ``durable`` save: each file and the directory
+            fsync'ed before the index names it, and the index too; the default, as DCP's
             ``FileSystemWriter``): after a crash the index never points at data still in the
             page cache. ``save_file``'s rename is atomic either way.
     """
@@ -453,7 +441,7 @@ class StorageWriter(_storage.StorageWriter):
         counting the ranks with something to write (so the numbering has no gaps)."""
         writers = [i for i, plan in enumerate(plans) if plan.items]
         count = max(len(writers), 1)
-        names = {rank: FILE_NAME.format(index=i + 1, count=count) for i, rank in enumerate(writers)}
+        names = {rank: _C.shard_file_name(FILE_PATTERN, i, count) for i, rank in enumerate(writers)}
         return [dataclasses.replace(p, storage_data=names.get(i)) for i, p in enumerate(plans)]
 
     def write_data(self, plan: SavePlan, planner: SavePlanner) -> Future:
@@ -464,13 +452,12 @@ class StorageWriter(_storage.StorageWriter):
         for item in plan.items:
             tensors[item.index.fqn] = planner.resolve_data(item).detach().contiguous()
         # save_file refuses tensors sharing memory (tied weights): give each its own copy.
-        for group in _find_shared_tensors(tensors):
+        for group in _C.memory_groups(list(tensors.items())):
             for name in sorted(group)[1:]:
                 tensors[name] = tensors[name].clone()
         file_path = os.path.join(self.path, file_name)
-        save_file(tensors, file_path, metadata={"format": "pt", **self.metadata})
-        if self.sync_files:
-            _fsync(file_path)
+        save_file(tensors, file_path, metadata={"format": "pt", **self.metadata},
+                  durable=self.sync_files)
         results = [
             _storage.WriteResult(
                 index=item.index,
@@ -482,29 +469,15 @@ class StorageWriter(_storage.StorageWriter):
         return _done(results)
 
     def finish(self, metadata: Metadata, results: List[List[_storage.WriteResult]]) -> None:
-        """Writes the index (atomically, last), then removes stale files of an earlier save."""
-        weight_map: Dict[str, str] = {}
+        """Writes the index (atomically, last; the core's bytes, as ``save_sharded`` writes
+        them), then removes stale files of an earlier save (the core's rule)."""
+        weight_map: Dict[str, str] = {}  # file by file, each file's tensors in plan order
         total_size = 0
         for rank_results in results:
             for result in rank_results:
                 weight_map[result.index.fqn] = result.storage_data
                 total_size += result.size_in_bytes
-        index = {
-            "metadata": {"total_size": total_size, **self.metadata},
-            "weight_map": dict(sorted(weight_map.items())),
-        }
-        index_path = os.path.join(self.path, INDEX_NAME)
-        temporary = index_path + f".tmp.{os.getpid()}"
-        with open(temporary, "w", encoding="utf-8") as out:
-            json.dump(index, out, indent=2)
-            out.write("\n")
-            out.flush()
-            if self.sync_files:
-                os.fsync(out.fileno())
-        os.replace(temporary, index_path)
-        if self.sync_files:
-            _fsync(self.path)  # the renames
-        written = set(weight_map.values())
-        for name in os.listdir(self.path):
-            if _FILE_NAME_RE.match(name) and name not in written:
-                os.remove(os.path.join(self.path, name))
+        index_name = _C.write_index(self.path, FILE_PATTERN, list(weight_map.items()), total_size,
+                                    self.metadata, self.sync_files)
+        written = sorted(set(weight_map.values())) + [index_name]
+        _C.remove_stale_files(self.path, FILE_PATTERN, written, self.sync_files)
