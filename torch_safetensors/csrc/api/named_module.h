@@ -28,9 +28,10 @@ std::vector<SaveEntry> drop_tied_duplicates(const NamedTensors& tensors, Metadat
                                             bool refuse_partial_views = false);
 
 // save() into a file writer that the caller commits: for saves of several files that must all
-// be written before any replaces an old one.
+// be written before any replaces an old one. `on_written`, if set, is told each chunk's length.
 void write_file(const std::vector<SaveEntry>& entries, const std::optional<Metadata>& metadata,
-                storage::AtomicFileWriter& writer, const std::string& name);
+                storage::AtomicFileWriter& writer, const std::string& name,
+                const std::function<void(uint64_t)>& on_written = nullptr);
 
 // Writes `tensors` with tied ones once: of each group sharing memory the name the tie policy
 // keeps is written and each dropped name recorded in the metadata as dropped → kept (the

@@ -241,7 +241,7 @@ void ZipReader::parse_central_directory() {
   // one another or the central directory.
   std::vector<ZipEntry*> order;
   for (ZipEntry& entry : entries_) order.push_back(&entry);
-  std::sort(order.begin(), order.end(),
+  std::stable_sort(order.begin(), order.end(),
             [](const ZipEntry* a, const ZipEntry* b) { return a->header_offset < b->header_offset; });
   for (size_t i = 0; i < order.size(); ++i) {
     const uint64_t limit = i + 1 < order.size() ? order[i + 1]->header_offset : cd_offset;
