@@ -102,8 +102,9 @@ int convert_command(const std::vector<std::string>& args) {
   ConvertOptions options;
   if (auto size = parsed->value("--max-shard-size")) {
     // A plain number is bytes; otherwise huggingface_hub's units ("5GB").
-    const char* kExpected = "a number of bytes (at most 18446744073709551615) or a size with a unit "
-                            "(KB, MB, GB, TB: \"5GB\")";
+    const char* kExpected =
+        "a number of bytes (at most 18446744073709551615) or a size with a unit "
+        "(KB, MB, GB, TB: \"5GB\")";
     if (!size->empty() && size->find_first_not_of("0123456789") == std::string::npos) {
       options.max_shard_size = parse_unsigned_option("--max-shard-size", *size, kExpected);
     } else {

@@ -807,6 +807,11 @@ def pickle_seeds(corpus):
             continue
         if data and len(data) <= SEED_MAX_BYTES:
             out.append(("convert_" + name, data))
+    # Small floods of the cheap opcodes the budget and the limits bound, for mutations to grow.
+    out.append(("flood_none", b"\x80\x02" + b"N" * 4000 + b"."))
+    out.append(("flood_dicts", b"\x80\x02" + b"}0" * 2000 + b"}."))
+    out.append(("flood_memo", b"\x80\x02}" + b"\x94" * 4000 + b"."))
+    out.append(("flood_marks", b"\x80\x02" + b"(" * 1000 + b"}."))
     return out
 
 def write_tree(directory, files, check):

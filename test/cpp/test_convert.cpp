@@ -320,7 +320,8 @@ TEST(ConvertCorpus, NegatedAndConjugatedViewsAreMaterialized) {
   // Bit for bit: -0.0 for 0.0 and the other way round.
   EXPECT_TRUE(neg[0].second.view(at::kInt).equal(stored.neg().view({2, 3}).view(at::kInt)));
   const st::NamedTensors conj = st::load_torch_checkpoint(dir + "ok_conj_view.pt");
-  const at::Tensor z = at::view_as_complex(at::tensor({1.0f, 2.0f, -3.0f, 0.5f, 0.0f, -0.0f}).view({3, 2}));
+  const at::Tensor z =
+      at::view_as_complex(at::tensor({1.0f, 2.0f, -3.0f, 0.5f, 0.0f, -0.0f}).view({3, 2}));
   EXPECT_FALSE(conj[0].second.is_conj());
   EXPECT_TRUE(at::view_as_real(conj[0].second).equal(at::view_as_real(z.conj().resolve_conj())));
   // neg: False is the stored values, untouched and still a view of the file.

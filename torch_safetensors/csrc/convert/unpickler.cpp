@@ -446,7 +446,8 @@ PickleValue* Machine::rebuild_tensor(const PickleValue& args, bool has_dtype) {
   PickleValue* tensor = make(PickleValue::Kind::kTensor);
   tensor->tensor = at::empty({0}, c10::TensorOptions().dtype(dtype));
   tensor->tensor.set_(storage.storage, offset, sizes, strides);
-  if (args.items.size() == required + 1) apply_tensor_metadata(*args.items[required], *tensor, function);
+  if (args.items.size() == required + 1)
+    apply_tensor_metadata(*args.items[required], *tensor, function);
   return tensor;
 }
 
@@ -469,8 +470,8 @@ void Machine::apply_tensor_metadata(const PickleValue& metadata, PickleValue& te
     fail(function + " expects its metadata to be a dict, found " + describe(metadata));
   }
   for (const auto& [key, value] : metadata.entries) {
-    const bool known = key->kind == PickleValue::Kind::kString &&
-                       (key->text == "neg" || key->text == "conj");
+    const bool known =
+        key->kind == PickleValue::Kind::kString && (key->text == "neg" || key->text == "conj");
     if (!known) {
       fail(function + "'s metadata has the key " + describe(*key) +
            ", which this converter does not know how to honour (it knows 'neg' and 'conj')");
@@ -779,17 +780,17 @@ at::Tensor resolve_tensor(const PickleValue& value, const std::string& path, Fla
            "' is a view of size ", view.sizes(), " and stride ", view.strides(), " naming ", bytes,
            " bytes of a storage of ", storage_bytes,
            " bytes (stride 0 or overlapping): materializing it would write more than the file "
-           "holds for it; refused (a tensor may name at most ", kMaxViewExpansion,
-           "x its storage's bytes)");
+           "holds for it; refused (a tensor may name at most ",
+           kMaxViewExpansion, "x its storage's bytes)");
   at::Tensor tensor = view;
   try {
     if (value.conjugate) tensor = tensor.conj().resolve_conj();
     if (value.negative) tensor = at::neg(tensor);
   } catch (const c10::Error& e) {
-    TS_FAIL(state.name, "tensor '", path, "' is saved ",
-            value.negative ? "negated" : "conjugated", " (torch's lazy view bit), and the ",
-            c10::toString(view.scalar_type()), " values cannot be ",
-            value.negative ? "negated" : "conjugated", ": ", e.what_without_backtrace());
+    TS_FAIL(state.name, "tensor '", path, "' is saved ", value.negative ? "negated" : "conjugated",
+            " (torch's lazy view bit), and the ", c10::toString(view.scalar_type()),
+            " values cannot be ", value.negative ? "negated" : "conjugated", ": ",
+            e.what_without_backtrace());
   }
   state.resolved.emplace(&value, tensor);
   return tensor;

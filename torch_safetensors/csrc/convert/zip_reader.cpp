@@ -28,8 +28,8 @@ constexpr uint16_t kU16Max = 0xffff;
 // The general-purpose flags whose meaning changes how an entry is read: encryption (0), a data
 // descriptor after the data (3), strong encryption (6), UTF-8 names (11), a masked local header
 // (13). Local header and central directory must agree on each.
-constexpr uint16_t kFlagEncrypted = 1 << 0, kFlagDescriptor = 1 << 3, kFlagStrongEncryption = 1 << 6,
-                   kFlagUtf8 = 1 << 11, kFlagMaskedHeader = 1 << 13;
+constexpr uint16_t kFlagEncrypted = 1 << 0, kFlagDescriptor = 1 << 3,
+                   kFlagStrongEncryption = 1 << 6, kFlagUtf8 = 1 << 11, kFlagMaskedHeader = 1 << 13;
 constexpr uint16_t kFlagsThatMatter =
     kFlagEncrypted | kFlagDescriptor | kFlagStrongEncryption | kFlagUtf8 | kFlagMaskedHeader;
 // Deflate's ceiling: no stream inflates more than 1032 times its length (258-byte matches in
@@ -132,7 +132,8 @@ void ZipReader::parse_central_directory() {
   const auto* t = reinterpret_cast<const uint8_t*>(tail.data());
   int64_t found = -1;
   for (int64_t at = int64_t(tail_size - kEocd); at >= 0; --at) {
-    if (u32(t + at) == kEndOfCentralDirectory && uint64_t(at) + kEocd + u16(t + at + 20) == tail_size) {
+    if (u32(t + at) == kEndOfCentralDirectory &&
+        uint64_t(at) + kEocd + u16(t + at + 20) == tail_size) {
       found = at;
       break;
     }
@@ -218,7 +219,8 @@ void ZipReader::parse_central_directory() {
     TS_CHECK((entry.flags & (kFlagEncrypted | kFlagStrongEncryption | kFlagMaskedHeader)) == 0,
              path_, "zip entry '", name, "' is encrypted");
     TS_CHECK(entry.method == 0 || entry.method == 8, path_, "zip entry '", name,
-             "' uses compression method ", entry.method, " (only stored (0) and deflate (8) are read)");
+             "' uses compression method ", entry.method,
+             " (only stored (0) and deflate (8) are read)");
     TS_CHECK(entry.method != 0 || entry.compressed_size == entry.size, path_, "zip entry '", name,
              "' is stored uncompressed but its compressed size ", entry.compressed_size,
              " differs from its size ", entry.size);
@@ -234,15 +236,16 @@ void ZipReader::parse_central_directory() {
     entries_.push_back(std::move(entry));
     at += 46 + name_length + extra_length + comment_length;
   }
-  TS_CHECK(at == cd_size, path_, "the central directory has ", cd_size - at,
-           " bytes after its ", count, " entries");
+  TS_CHECK(at == cd_size, path_, "the central directory has ", cd_size - at, " bytes after its ",
+           count, " entries");
 
   // Local headers, in file order: each agrees with its central entry, and entries do not overlap
   // one another or the central directory.
   std::vector<ZipEntry*> order;
   for (ZipEntry& entry : entries_) order.push_back(&entry);
-  std::stable_sort(order.begin(), order.end(),
-            [](const ZipEntry* a, const ZipEntry* b) { return a->header_offset < b->header_offset; });
+  std::stable_sort(order.begin(), order.end(), [](const ZipEntry* a, const ZipEntry* b) {
+    return a->header_offset < b->header_offset;
+  });
   for (size_t i = 0; i < order.size(); ++i) {
     const uint64_t limit = i + 1 < order.size() ? order[i + 1]->header_offset : cd_offset;
     uint64_t end = 0;
@@ -268,8 +271,8 @@ void ZipReader::check_local_header(ZipEntry& entry, uint64_t data_limit, uint64_
   uint64_t compressed = u32(h + 18), size = u32(h + 22);
   const size_t name_length = u16(h + 26), extra_length = u16(h + 28);
   TS_CHECK(method == entry.method, path_, "zip entry '", name,
-           "': the local header says compression method ", method,
-           ", the central directory says ", entry.method);
+           "': the local header says compression method ", method, ", the central directory says ",
+           entry.method);
   TS_CHECK((flags & kFlagsThatMatter) == (entry.flags & kFlagsThatMatter), path_, "zip entry '",
            name, "': the local header's flags 0x", c10::str(std::hex, flags),
            " disagree with the central directory's 0x", c10::str(std::hex, entry.flags));
@@ -278,7 +281,8 @@ void ZipReader::check_local_header(ZipEntry& entry, uint64_t data_limit, uint64_
            "': its local header runs past the data of the archive");
   const std::string rest = read_bytes(*file_, entry.header_offset + 30, name_length + extra_length);
   TS_CHECK(std::string_view(rest).substr(0, name_length) == name, path_, "zip entry '", name,
-           "': the local header names it ", quoted_prefix(std::string_view(rest).substr(0, name_length)));
+           "': the local header names it ",
+           quoted_prefix(std::string_view(rest).substr(0, name_length)));
   const Zip64Fields zip64_extra = zip64_fields(
       reinterpret_cast<const uint8_t*>(rest.data()) + name_length, extra_length, path_, name);
   apply_zip64(zip64_extra, {&size, &compressed}, path_, name, "local header");
