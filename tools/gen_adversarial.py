@@ -597,7 +597,8 @@ def convert_cases():
     add("ok_zip64_end_record", checkpoint(W_PICKLE, [("0", F32_6)], zip64=True), "OK")
     add("ok_deflated", zip_archive([Record("archive/data.pkl", W_PICKLE, method=8),
                                     Record("archive/byteorder", b"little", method=8),
-                                    Record("archive/data/0", F32_6, method=8)]), "OK")
+                                    Record("archive/data/0", F32_6, method=8),
+                                    Record("archive/version", b"3\n", method=8)]), "OK")
     add("ok_zip64_extra_fields", zip_archive(records(
         central_csize=0xFFFFFFFF, central_size=0xFFFFFFFF, central_zip64=(24, 24),
         local_csize=0xFFFFFFFF, local_size=0xFFFFFFFF, local_zip64=(24, 24)), descriptor=False),
@@ -680,6 +681,8 @@ def convert_cases():
     add("zip_zip64_disagrees_with_end_record", checkpoint(W_PICKLE, [("0", F32_6)], zip64=True,
                                                           eocd={"zip64_cd_offset": 3}),
         "the end record says central directory offset")
+    add("zip_no_entries", zip_archive([], lead=b"PK\x03\x04" + b"J" * 60),
+        "the zip archive is empty")
     add("zip_no_end_record", checkpoint(W_PICKLE, [("0", F32_6)])[:-10],
         "no end-of-central-directory record")
     add("zip_local_header_missing", zip_archive(
@@ -795,7 +798,8 @@ def convert_cases():
 
 
 def pickle_seeds(corpus):
-    """fuzz_unpickle seeds: the data.pkl of every convert case that has one (small enough)."""
+    """fuzz_unpickle seeds: the data.pkl of every convert case that has one and every case's
+    archive (small enough), and a few floods."""
     import io
     import zipfile
     out = []
@@ -807,6 +811,8 @@ def pickle_seeds(corpus):
             continue
         if data and len(data) <= SEED_MAX_BYTES:
             out.append(("convert_" + name, data))
+    # Whole archives too: fuzz_unpickle reads an input starting "PK\x03\x04" as a torch.save zip.
+    out += [("zip_" + name, blob) for name, blob, _ in corpus if len(blob) <= SEED_MAX_BYTES]
     # Small floods of the cheap opcodes the budget and the limits bound, for mutations to grow.
     out.append(("flood_none", b"\x80\x02" + b"N" * 4000 + b"."))
     out.append(("flood_dicts", b"\x80\x02" + b"}0" * 2000 + b"}."))

@@ -485,8 +485,8 @@ def test_numeric_options_that_do_not_parse_are_usage_errors(tmp_path):
     for command, option, value, expected in [
         ("convert", "--max-shard-size", "99999999999999999999999", "a number of bytes"),
         ("convert", "--max-shard-size", "-5", "a number of bytes"),
-        ("convert", "--max-shard-size", "5XB", "a size with a unit"),
-        ("convert", "--max-shard-size", "1e30GB", "a size with a unit"),
+        ("convert", "--max-shard-size", "5XB", "a number of bytes"),
+        ("convert", "--max-shard-size", "1e30GB", "a number of bytes"),
         ("convert", "--max-shard-size", "", "a number of bytes"),
         ("ptd", "--alignment", "99999999999999999999999", "a number of bytes, a power of two"),
         ("ptd", "--alignment", "0x40", "a number of bytes, a power of two"),

@@ -11,6 +11,7 @@
 
 #include "check.h"
 #include "convert/limits.h"
+#include "convert/torch_zip.h"
 #include "convert/unpickler.h"
 #include "convert/zip_reader.h"
 #include "format/index.h"
@@ -48,10 +49,14 @@ void check_zip_archive(const Source& file, const std::string& path) {
   TS_FAIL(path, "not a torch.save checkpoint: expected a zip archive (starting 'PK\\x03\\x04')");
 }
 
-NamedTensors load_torch_file(const std::string& path) {
-  std::shared_ptr<const Source> file = file_source(path, /*mapped=*/true);
+}  // namespace
+
+NamedTensors convert::load_torch_archive(const std::shared_ptr<const Source>& file,
+                                         const std::string& path) {
   check_zip_archive(*file, path);
   const convert::ZipReader archive(file, path);
+  TS_CHECK(!archive.entries().empty(), path,
+           "the zip archive is empty: not a torch.save checkpoint");
   // torch.save puts every record under one folder (archive/ or the file's stem): the first
   // entry's, as LibTorch's reader finds it.
   const std::string& first = archive.entries().front().name;
@@ -112,6 +117,12 @@ NamedTensors load_torch_file(const std::string& path) {
       archive.read(*pickle_entry, convert::kMaxPickleBytes, "data.pkl may have");
   convert::PickleTree tree = convert::unpickle(pickle, load_storage, path);
   return convert::flatten_tensors(tree.root(), path);
+}
+
+namespace {
+
+NamedTensors load_torch_file(const std::string& path) {
+  return convert::load_torch_archive(file_source(path, /*mapped=*/true), path);
 }
 
 NamedTensors load_torch_index(const std::string& index_path) {
