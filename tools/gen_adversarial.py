@@ -611,9 +611,9 @@ def convert_cases():
     add("ok_conj_view", checkpoint(pk_program(pk_dict([("z", pk_tensor(
         pk_storage("ComplexFloatStorage", "0", 3), 0, [3], [1],
         metadata=pk_dict([("conj", b"\x88")])))])), [("0", c64)]), "OK")
-    add("ok_neg_false", checkpoint(pk_program(pk_dict([("w", pk_tensor(
-        pk_storage("FloatStorage", "0", 6), 0, [6], [1],
-        metadata=pk_dict([("neg", b"\x89")])))])), [("0", F32_6)]), "OK")
+    add("ok_metadata_none", checkpoint(pk_program(pk_dict([("w", pk_tensor(
+        pk_storage("FloatStorage", "0", 6), 0, [6], [1], metadata=b"N"))])), [("0", F32_6)]),
+        "OK")
     # transformers' position_ids: arange(n).expand((1, -1)), a stride-0 dim of size 1.
     add("ok_expanded_size_one", checkpoint(pk_program(pk_dict([("ids", pk_tensor(
         pk_storage("LongStorage", "0", 3), 0, [1, 3], [0, 1]))])),
@@ -759,7 +759,11 @@ def convert_cases():
         "_rebuild_tensor_v2's metadata has the key the string 'sparse', which this converter "
         "does not know how to honour")
     add("rebuild_metadata_not_bool", one_tensor(metadata=pk_dict([("neg", pk_int(1))])),
-        "_rebuild_tensor_v2's metadata 'neg' is the int 1, expected a bool")
+        "_rebuild_tensor_v2's metadata 'neg' is the int 1, expected True")
+    # torch.load negates whatever the value: False has no one meaning.
+    add("rebuild_metadata_false", one_tensor(metadata=pk_dict([("neg", b"\x89")])),
+        "_rebuild_tensor_v2's metadata 'neg' is False, expected True (torch.save writes only "
+        "True")
     add("rebuild_metadata_not_dict", one_tensor(metadata=pk_int(1)),
         "expects its metadata to be a dict, found the int 1")
     add("rebuild_conj_real", one_tensor(metadata=pk_dict([("conj", b"\x88")])),

@@ -324,8 +324,8 @@ TEST(ConvertCorpus, NegatedAndConjugatedViewsAreMaterialized) {
       at::view_as_complex(at::tensor({1.0f, 2.0f, -3.0f, 0.5f, 0.0f, -0.0f}).view({3, 2}));
   EXPECT_FALSE(conj[0].second.is_conj());
   EXPECT_TRUE(at::view_as_real(conj[0].second).equal(at::view_as_real(z.conj().resolve_conj())));
-  // neg: False is the stored values, untouched and still a view of the file.
-  const st::NamedTensors plain = st::load_torch_checkpoint(dir + "ok_neg_false.pt");
+  // No metadata (None) is the stored values, untouched.
+  const st::NamedTensors plain = st::load_torch_checkpoint(dir + "ok_metadata_none.pt");
   EXPECT_TRUE(plain[0].second.view(at::kInt).equal(stored.view(at::kInt)));
 }
 

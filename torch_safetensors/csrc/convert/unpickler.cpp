@@ -476,18 +476,21 @@ void Machine::apply_tensor_metadata(const PickleValue& metadata, PickleValue& te
       fail(function + "'s metadata has the key " + describe(*key) +
            ", which this converter does not know how to honour (it knows 'neg' and 'conj')");
     }
-    if (value->kind != PickleValue::Kind::kBool) {
+    // torch.save writes only True; torch.load sets the bit for the key whatever its value, so
+    // anything else has no one meaning.
+    if (value != true_) {
       fail(function + "'s metadata '" + key->text + "' is " + describe(*value) +
-           ", expected a bool");
+           ", expected True (torch.save writes only True, and torch.load sets the bit whatever "
+           "the value)");
     }
     if (key->text == "neg") {
-      tensor.negative = value->boolean;
+      tensor.negative = true;
     } else {
-      if (value->boolean && !c10::isComplexType(tensor.tensor.scalar_type())) {
+      if (!c10::isComplexType(tensor.tensor.scalar_type())) {
         fail(function + "'s metadata marks a " + c10::toString(tensor.tensor.scalar_type()) +
              " tensor as conjugated; only complex tensors have a conjugate");
       }
-      tensor.conjugate = value->boolean;
+      tensor.conjugate = true;
     }
   }
 }
@@ -828,6 +831,8 @@ std::string describe(const PickleValue& value) {
       return "the string '" + value.text.substr(0, 64) + (value.text.size() > 64 ? "...'" : "'");
     case PickleValue::Kind::kInt:
       return "the int " + std::to_string(value.integer);
+    case PickleValue::Kind::kBool:
+      return value.boolean ? "True" : "False";
     case PickleValue::Kind::kGlobal:
       return "the global " + value.text;
     case PickleValue::Kind::kTuple:
