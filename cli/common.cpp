@@ -3,7 +3,11 @@
 #include <fnmatch.h>
 #include <unistd.h>
 
+#include <cerrno>
+#include <charconv>
+#include <cmath>
 #include <cstdio>
+#include <cstdlib>
 #include <iostream>
 
 namespace torch::safetensors::cli {
@@ -52,6 +56,38 @@ std::optional<ParsedArgs> parse_args(const std::vector<std::string>& args,
                          : "wrong number of arguments");
   }
   return parsed;
+}
+
+namespace {
+
+[[noreturn]] void bad_option(const std::string& option, const std::string& text,
+                             const std::string& expected) {
+  throw UsageError(option + " must be " + expected + ", found '" + text.substr(0, 64) +
+                   (text.size() > 64 ? "...'" : "'"));
+}
+
+}  // namespace
+
+uint64_t parse_unsigned_option(const std::string& option, const std::string& text,
+                               const std::string& expected) {
+  uint64_t value = 0;
+  const char* end = text.data() + text.size();
+  const bool digits = !text.empty() && text.find_first_not_of("0123456789") == std::string::npos;
+  const auto [stop, error] = std::from_chars(text.data(), end, value);
+  if (!digits || error != std::errc() || stop != end) bad_option(option, text, expected);
+  return value;
+}
+
+double parse_non_negative_option(const std::string& option, const std::string& text,
+                                 const std::string& expected) {
+  char* end = nullptr;
+  errno = 0;
+  const double value = std::strtod(text.c_str(), &end);
+  if (text.empty() || end != text.c_str() + text.size() || errno != 0 || !std::isfinite(value) ||
+      !(value >= 0)) {
+    bad_option(option, text, expected);
+  }
+  return value;
 }
 
 std::string human_bytes(uint64_t bytes) {

@@ -47,6 +47,14 @@ std::optional<ParsedArgs> parse_args(const std::vector<std::string>& args,
                                      const std::string& help, size_t min_positional,
                                      size_t max_positional);
 
+// Numeric option values: `text` as a non-negative integer (decimal digits, at most 2^64 - 1) or
+// as a finite non-negative number; anything else is a UsageError "OPTION must be EXPECTED, found
+// 'TEXT'" (exit 2), never an exception of the C++ library.
+uint64_t parse_unsigned_option(const std::string& option, const std::string& text,
+                               const std::string& expected);
+double parse_non_negative_option(const std::string& option, const std::string& text,
+                                 const std::string& expected);
+
 // "1.50 GB" (powers of 10, as huggingface_hub's size strings), "512 B".
 std::string human_bytes(uint64_t bytes);
 // "[2, 3]".

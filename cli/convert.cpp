@@ -77,12 +77,8 @@ std::optional<int> convert_executorch(const ParsedArgs& parsed) {
   PtdOptions options;
   if (auto prefix = parsed.value("--strip-prefix")) options.strip_prefix = *prefix;
   if (auto alignment = parsed.value("--alignment")) {
-    const bool plain = !alignment->empty() && alignment->size() <= 10 &&
-                       alignment->find_first_not_of("0123456789") == std::string::npos;
-    if (!plain) {
-      throw UsageError("--alignment must be a number of bytes, found '" + *alignment + "'");
-    }
-    options.alignment = std::stoull(*alignment);
+    options.alignment =
+        parse_unsigned_option("--alignment", *alignment, "a number of bytes, a power of two");
   }
   const Checkpoint checkpoint(in);
   save_ptd(checkpoint, out, options);
@@ -105,13 +101,18 @@ int convert_command(const std::vector<std::string>& args) {
   if (auto code = convert_executorch(*parsed)) return *code;
   ConvertOptions options;
   if (auto size = parsed->value("--max-shard-size")) {
-    try {
-      // A plain number is bytes; otherwise huggingface_hub's units ("5GB").
-      const bool plain =
-          !size->empty() && size->find_first_not_of("0123456789") == std::string::npos;
-      options.max_shard_size = plain ? std::stoull(*size) : parse_size(*size);
-    } catch (const c10::Error& e) {
-      throw UsageError("--max-shard-size: " + std::string(e.what_without_backtrace()));
+    // A plain number is bytes; otherwise huggingface_hub's units ("5GB").
+    const char* kExpected =
+        "a number of bytes (at most 18446744073709551615) or a size with a unit "
+        "(KB, MB, GB, TB: \"5GB\")";
+    if (!size->empty() && size->find_first_not_of("0123456789") == std::string::npos) {
+      options.max_shard_size = parse_unsigned_option("--max-shard-size", *size, kExpected);
+    } else {
+      try {
+        options.max_shard_size = parse_size(*size);
+      } catch (const c10::Error&) {
+        parse_unsigned_option("--max-shard-size", *size, kExpected);  // throws the UsageError
+      }
     }
   }
   if (auto dtype = parsed->value("--dtype")) options.dtype = parse_cast_dtype(*dtype);

@@ -72,11 +72,7 @@ int diff_command(const std::vector<std::string>& args) {
   if (!parsed) return 0;
   double tolerance = 0;
   if (auto text = parsed->value("--atol")) {
-    char* end = nullptr;
-    tolerance = std::strtod(text->c_str(), &end);
-    if (end == text->c_str() || *end != '\0' || !(tolerance >= 0)) {
-      throw UsageError("--atol must be a non-negative number, found '" + *text + "'");
-    }
+    tolerance = parse_non_negative_option("--atol", *text, "a finite non-negative number");
   }
   const std::string& path_a = parsed->positional[0];
   const std::string& path_b = parsed->positional[1];

@@ -1,5 +1,7 @@
-// libFuzzer target over the restricted unpickler (convert/unpickler.h), the part of the
-// converter that reads untrusted bytes with code of ours: each input is a data.pkl. Storages are
+// libFuzzer target over the converter's readers of untrusted bytes: each input is a data.pkl for
+// the restricted unpickler (convert/unpickler.h), or, when it starts with a zip local header
+// ("PK\x03\x04"), a whole torch.save archive for the zip reader (convert/zip_reader.h) and
+// everything after it. Storages are
 // zero-filled buffers of the size the pickle asks for (capped); every tensor built must lie inside
 // its storage (all its elements are read, so ASan sees any overrun), and flattening must either
 // name tensors or fail. c10::Error naming the file is the expected outcome for bad input; a crash,
@@ -16,7 +18,9 @@
 #include <c10/util/Exception.h>
 
 #include "check.h"
+#include "convert/torch_zip.h"
 #include "convert/unpickler.h"
+#include "torch_safetensors/source.h"
 
 namespace convert = torch::safetensors::convert;
 
@@ -40,8 +44,15 @@ extern "C" int LLVMFuzzerTestOneInput(const uint8_t* bytes, size_t size) {
                         c10::GetDefaultCPUAllocator()->allocate(nbytes), nullptr, false);
   };
   try {
-    convert::PickleTree tree = convert::unpickle(data, load, name);
-    const auto tensors = convert::flatten_tensors(tree.root(), name);
+    std::vector<std::pair<std::string, at::Tensor>> tensors;
+    convert::PickleTree tree;
+    if (data.substr(0, 4) == std::string_view("PK\x03\x04", 4)) {
+      tensors = convert::load_torch_archive(
+          torch::safetensors::memory_source(std::string(data), name), name);
+    } else {
+      tree = convert::unpickle(data, load, name);
+      tensors = convert::flatten_tensors(tree.root(), name);
+    }
     for (const auto& [tensor_name, tensor] : tensors) {
       if (tensor_name.empty() && tensors.size() > 1) finding("empty name among several", "");
       // Expanded (stride-0) tensors may be large views of a small storage: not copied here.

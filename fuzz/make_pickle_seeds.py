@@ -1,6 +1,8 @@
 """Writes fuzz/seeds_pickle: the data.pkl of checkpoints torch.save makes (every dtype, nested
-dicts, ties, views, parameters, a module's state dict with _metadata) and hand-made hostile
-pickles. Run from the repository root: python3 fuzz/make_pickle_seeds.py"""
+dicts, ties, views, negated/conjugated/expanded views, parameters, a module's state dict with
+_metadata) and hand-made hostile pickles. Run from the repository root:
+python3 fuzz/make_pickle_seeds.py. (tools/gen_adversarial.py adds convert_*.pkl: the data.pkl of
+each case of the converter's adversarial corpus.)"""
 
 import io
 import os
@@ -40,6 +42,12 @@ def main():
         "module_state_dict": torch.nn.Sequential(torch.nn.Linear(2, 2)).state_dict(),
         "scalar_and_empty": {"s": torch.tensor(1.0), "e": torch.zeros(0, 3)},
         "non_tensor_values": {"epoch": 3, "lr": 0.5, "name": "x", "flags": [True, None]},
+        # Issue 22: rebuild metadata ({'neg': True}, {'conj': True}) and views that would
+        # multiply their storage (refused) beside one that does not (position_ids).
+        "neg_conj_views": {"n": torch._neg_view(torch.ones(3)),
+                           "c": torch.ones(2, dtype=torch.cfloat).conj()},
+        "expanded_views": {"e": torch.zeros(1).expand(64, 64),
+                           "position_ids": torch.arange(4).expand((1, -1))},
     }
     for name, obj in seeds.items():
         with open(os.path.join(OUT, name + ".pkl"), "wb") as f:

@@ -405,6 +405,425 @@ def index_cases():
     return out
 
 
+
+# ---- torch.save checkpoints for the converter (convert/): hand-built zips and pickles ----
+# test/data/adversarial_convert/<case>.pt, with a MANIFEST.tsv as above; test/cpp/test_convert.cpp
+# checks every row through load_torch_checkpoint, and test/python/test_cli.py compares the "OK"
+# ones with torch.load. Zips are laid out as torch.save lays them out ("archive/" records, stored,
+# data descriptors, zip64 end records) unless a case says otherwise; deflate streams are built by
+# hand (stored blocks) so the bytes never depend on zlib's version.
+CONVERT_CORPUS_DIR = os.path.join(ROOT, "test", "data", "adversarial_convert")
+PICKLE_SEEDS_DIR = os.path.join(ROOT, "fuzz", "seeds_pickle")
+
+
+def le16(n):
+    return struct.pack("<H", n)
+
+
+def le32(n):
+    return struct.pack("<I", n)
+
+
+def crc32(data):
+    import zlib
+    return zlib.crc32(data) & 0xFFFFFFFF
+
+
+def deflate_stored(data):
+    """A raw deflate stream of stored blocks (what any inflater accepts, no zlib involved)."""
+    out, at = b"", 0
+    while True:
+        block = data[at:at + 65535]
+        at += len(block)
+        final = at >= len(data)
+        out += bytes([1 if final else 0]) + le16(len(block)) + le16(len(block) ^ 0xFFFF) + block
+        if final:
+            return out
+
+
+class Record:
+    """One zip entry; every field can be made to lie (None: the truth)."""
+
+    def __init__(self, name, data, method=0, compressed=None, **lies):
+        self.name, self.data, self.method = name, data, method
+        self.compressed = compressed if compressed is not None else (
+            deflate_stored(data) if method == 8 else data)
+        self.lies = lies
+
+
+def zip_archive(records, descriptor=True, zip64=False, comment=b"", eocd=None, extra_tail=b"",
+                lead=b""):
+    """A zip in torch.save's layout. Per record, lies= overrides what a header says:
+    local_/central_ + method, crc, csize, size, flags, name, offset; descriptor_crc; and
+    central_zip64 / local_zip64 (tuples of 64-bit values for a zip64 extra field)."""
+    body, central = lead, b""
+    for r in records:
+        lie = r.lies
+        name = r.name.encode("utf-8")
+        flags = (0x08 if descriptor else 0) | 0x800
+        crc, csize, size = crc32(r.data), len(r.compressed), len(r.data)
+        offset = len(body)
+
+        def field(prefix, key, truth):
+            return lie.get(prefix + key, truth)
+
+        local_extra = b""
+        if "local_zip64" in lie:
+            values = lie["local_zip64"]
+            local_extra = le16(1) + le16(8 * len(values)) + b"".join(le64(v) for v in values)
+        l_crc, l_csize, l_size = (0, 0, 0) if descriptor else (crc, csize, size)
+        local = (le32(0x04034B50) + le16(20) + le16(field("local_", "flags", flags)) +
+                 le16(field("local_", "method", r.method)) + le16(0) + le16(0) +
+                 le32(field("local_", "crc", l_crc)) + le32(field("local_", "csize", l_csize)) +
+                 le32(field("local_", "size", l_size)))
+        local_name = field("local_", "name", name)
+        # torch.save pads with an 'FB' extra field so that data starts on a 64-byte boundary.
+        pad = -(offset + len(local) + 4 + len(local_name) + len(local_extra) + 4) % 64
+        local_extra += b"FB" + le16(pad) + b"Z" * pad
+        body += local + le16(len(local_name)) + le16(len(local_extra)) + local_name + local_extra
+        body += r.compressed
+        if descriptor:
+            body += le32(0x08074B50) + le32(lie.get("descriptor_crc", crc)) + le32(csize) + le32(size)
+        central_extra = b""
+        if "central_zip64" in lie:
+            values = lie["central_zip64"]
+            central_extra = le16(1) + le16(8 * len(values)) + b"".join(le64(v) for v in values)
+        c_name = field("central_", "name", name)
+        central += (le32(0x02014B50) + le16(0x031E) + le16(20) +
+                    le16(field("central_", "flags", flags)) +
+                    le16(field("central_", "method", r.method)) + le16(0) + le16(0) +
+                    le32(field("central_", "crc", crc)) + le32(field("central_", "csize", csize)) +
+                    le32(field("central_", "size", size)) + le16(len(c_name)) +
+                    le16(len(central_extra)) + le16(0) + le16(0) + le16(0) + le32(0) +
+                    le32(field("central_", "offset", offset)) + c_name + central_extra)
+    cd_offset, cd_size, count = len(body), len(central), len(records)
+    e = dict(count=count, cd_size=cd_size, cd_offset=cd_offset)
+    e.update(eocd or {})
+    out = body + central
+    if zip64:
+        record_offset = len(out)
+        out += (le32(0x06064B50) + le64(44) + le16(0x031E) + le16(45) + le32(0) + le32(0) +
+                le64(e.get("zip64_count", e["count"])) + le64(e.get("zip64_count", e["count"])) +
+                le64(e.get("zip64_cd_size", e["cd_size"])) +
+                le64(e.get("zip64_cd_offset", e["cd_offset"])))
+        out += le32(0x07064B50) + le32(0) + le64(record_offset) + le32(1)
+    out += extra_tail
+    out += (le32(0x06054B50) + le16(0) + le16(0) + le16(min(e["count"], 0xFFFF)) +
+            le16(min(e["count"], 0xFFFF)) + le32(min(e["cd_size"], 0xFFFFFFFF)) +
+            le32(min(e["cd_offset"], 0xFFFFFFFF)) + le16(len(comment)) + comment)
+    return out
+
+
+# Pickle opcodes (protocol 2), as torch.save writes them.
+def pk_str(text):
+    data = text.encode("utf-8") if isinstance(text, str) else text
+    return b"X" + le32(len(data)) + data
+
+
+def pk_int(value):
+    if 0 <= value < 256:
+        return b"K" + bytes([value])
+    if 0 <= value < 65536:
+        return b"M" + le16(value)
+    return b"\x8a\x08" + struct.pack("<q", value)
+
+
+def pk_global(module, name):
+    return b"c" + module.encode() + b"\n" + name.encode() + b"\n"
+
+
+def pk_ints(values):
+    return b"(" + b"".join(pk_int(v) for v in values) + b"t"
+
+
+def pk_dict(items):
+    """{key: value, ...} from (key, pickled value) pairs."""
+    return b"}(" + b"".join(pk_str(k) + v for k, v in items) + b"u"
+
+
+def pk_storage(storage_type, key, numel):
+    return (b"(" + pk_str("storage") + pk_global("torch", storage_type) + pk_str(key) +
+            pk_str("cpu") + pk_int(numel) + b"tQ")
+
+
+HOOKS = pk_global("collections", "OrderedDict") + b")R"
+
+
+def pk_tensor(storage, offset, size, stride, requires_grad=b"\x89", hooks=HOOKS, metadata=None,
+              dtype=None):
+    """_rebuild_tensor_v2 (or _v3 with `dtype`) of (storage, offset, size, stride, ...)."""
+    function = "_rebuild_tensor_v3" if dtype else "_rebuild_tensor_v2"
+    args = storage + pk_int(offset) + pk_ints(size) + pk_ints(stride) + requires_grad + hooks
+    if dtype:
+        args += pk_global("torch", dtype)
+    if metadata is not None:
+        args += metadata
+    return pk_global("torch._utils", function) + b"(" + args + b"tR"
+
+
+def pk_program(body):
+    return b"\x80\x02" + body + b"."
+
+
+def checkpoint(pickle_bytes, storages=(), extra=(), **archive):
+    """A torch.save-shaped archive: data.pkl, byteorder, data/<key> records, version."""
+    records = [Record("archive/data.pkl", pickle_bytes), Record("archive/byteorder", b"little")]
+    records += [Record("archive/data/" + key, data) for key, data in storages]
+    records += [Record("archive/version", b"3\n")]
+    records += list(extra)
+    return zip_archive(records, **archive)
+
+
+F32_6 = struct.pack("<6f", 0.5, -1.5, 2.25, 0.0, -0.0, 3.0)
+W_PICKLE = pk_program(pk_dict([("w", pk_tensor(pk_storage("FloatStorage", "0", 6), 0, [2, 3],
+                                               [3, 1]))]))
+
+
+def convert_cases():
+    """(name, bytes, expected error substring or OK) for load_torch_checkpoint(<name>.pt)."""
+    out = []
+
+    def add(name, blob, expected):
+        out.append((name, blob, expected))
+
+    def records(pickle_bytes=W_PICKLE, storage=F32_6, **lies):
+        """data.pkl, byteorder, the storage (with lies), version."""
+        return [Record("archive/data.pkl", pickle_bytes), Record("archive/byteorder", b"little"),
+                Record("archive/data/0", storage, **lies), Record("archive/version", b"3\n")]
+
+    # ---- valid: must load (test_cli.py compares each with torch.load) ----
+    add("ok_basic", checkpoint(W_PICKLE, [("0", F32_6)]), "OK")
+    add("ok_no_descriptor", checkpoint(W_PICKLE, [("0", F32_6)], descriptor=False), "OK")
+    add("ok_zip64_end_record", checkpoint(W_PICKLE, [("0", F32_6)], zip64=True), "OK")
+    add("ok_deflated", zip_archive([Record("archive/data.pkl", W_PICKLE, method=8),
+                                    Record("archive/byteorder", b"little", method=8),
+                                    Record("archive/data/0", F32_6, method=8),
+                                    Record("archive/version", b"3\n", method=8)]), "OK")
+    add("ok_zip64_extra_fields", zip_archive(records(
+        central_csize=0xFFFFFFFF, central_size=0xFFFFFFFF, central_zip64=(24, 24),
+        local_csize=0xFFFFFFFF, local_size=0xFFFFFFFF, local_zip64=(24, 24)), descriptor=False),
+        "OK")
+    neg = pk_dict([("neg", b"\x88")])
+    add("ok_neg_view", checkpoint(pk_program(pk_dict([("w", pk_tensor(
+        pk_storage("FloatStorage", "0", 6), 0, [2, 3], [3, 1], metadata=neg))])), [("0", F32_6)]),
+        "OK")
+    c64 = struct.pack("<6f", 1.0, 2.0, -3.0, 0.5, 0.0, -0.0)
+    add("ok_conj_view", checkpoint(pk_program(pk_dict([("z", pk_tensor(
+        pk_storage("ComplexFloatStorage", "0", 3), 0, [3], [1],
+        metadata=pk_dict([("conj", b"\x88")])))])), [("0", c64)]), "OK")
+    add("ok_metadata_none", checkpoint(pk_program(pk_dict([("w", pk_tensor(
+        pk_storage("FloatStorage", "0", 6), 0, [6], [1], metadata=b"N"))])), [("0", F32_6)]),
+        "OK")
+    # transformers' position_ids: arange(n).expand((1, -1)), a stride-0 dim of size 1.
+    add("ok_expanded_size_one", checkpoint(pk_program(pk_dict([("ids", pk_tensor(
+        pk_storage("LongStorage", "0", 3), 0, [1, 3], [0, 1]))])),
+        [("0", struct.pack("<3q", 0, 1, 2))]), "OK")
+    add("ok_parameter", checkpoint(pk_program(pk_dict([("p", pk_global(
+        "torch._utils", "_rebuild_parameter") + b"(" + pk_tensor(
+        pk_storage("FloatStorage", "0", 6), 0, [6], [1]) + b"\x88" + HOOKS + b"tR")])),
+        [("0", F32_6)]), "OK")
+
+    # ---- the zip: the central directory is the one truth ----
+    add("zip_local_method_stored_central_deflate", zip_archive(records(
+        method=8, local_method=0)), "the local header says compression method 0, the central "
+        "directory says 8")
+    add("zip_local_method_deflate_central_stored", zip_archive(records(local_method=8)),
+        "the local header says compression method 8, the central directory says 0")
+    add("zip_local_size_disagrees", zip_archive(records(local_size=20, local_csize=20),
+                                                descriptor=False),
+        "zip entry 'archive/data/0': the local header says CRC")
+    add("zip_local_crc_disagrees", zip_archive(records(local_crc=1234), descriptor=False),
+        "the local header says CRC 1234")
+    add("zip_local_sizes_with_descriptor_disagree", zip_archive(records(local_size=20)),
+        "the local header says CRC 0, 0 compressed bytes and 20 bytes")
+    add("zip_local_name_disagrees", zip_archive(records(local_name=b"archive/data/9")),
+        "the local header names it 'archive/data/9'")
+    add("zip_local_flags_disagree", zip_archive(records(local_flags=0x800)),
+        "the local header's flags 0x800 disagree with the central directory's 0x808")
+    add("zip_encrypted", zip_archive(records(local_flags=0x809, central_flags=0x809)),
+        "zip entry 'archive/data/0' is encrypted")
+    add("zip_method_bzip2", zip_archive(records(local_method=12, central_method=12)),
+        "uses compression method 12")
+    add("zip_stored_sizes_differ", zip_archive(records(central_csize=23)),
+        "is stored uncompressed but its compressed size 23 differs from its size 24")
+    add("zip_descriptor_disagrees", zip_archive(records(descriptor_crc=99)),
+        "zip entry 'archive/data/0': its data descriptor")
+    add("zip_data_past_archive", zip_archive(records(central_csize=1 << 20, central_size=1 << 20)),
+        "bytes of data at offset")
+    add("zip_overlapping_entries", zip_archive(records(
+        central_csize=60, central_size=60, local_csize=60, local_size=60), descriptor=False),
+        "overlaps zip entry 'archive/version'")
+    add("zip_two_entries_one_header", zip_archive(records() + [Record(
+        "archive/data/1", F32_6, central_offset=0)]),
+        "zip entry 'archive/data.pkl' (offset 0 to 221) overlaps zip entry 'archive/data/1'")
+    add("zip_duplicate_name", zip_archive(records() + [Record("archive/data/0", F32_6)]),
+        "zip entry 'archive/data/0' is in the central directory twice")
+    add("zip_zip64_marker_without_value", zip_archive(records(central_csize=0xFFFFFFFF)),
+        "marks a field as zip64 (0xffffffff) but has no zip64 value for it")
+    add("zip_zip64_extra_disagrees", zip_archive(records(
+        central_csize=0xFFFFFFFF, central_size=0xFFFFFFFF, central_zip64=(24, 24),
+        local_csize=0xFFFFFFFF, local_size=0xFFFFFFFF, local_zip64=(1 << 33, 1 << 33)),
+        descriptor=False), "the local header says CRC")
+    add("zip_zip64_huge_storage", zip_archive(records(
+        central_csize=0xFFFFFFFF, central_size=0xFFFFFFFF, central_zip64=(1 << 40, 1 << 40),
+        local_csize=0xFFFFFFFF, local_size=0xFFFFFFFF, local_zip64=(1 << 40, 1 << 40)),
+        descriptor=False), "bytes of data at offset")
+    add("zip_central_directory_size_wrong", checkpoint(W_PICKLE, [("0", F32_6)],
+                                                       eocd={"cd_size": 100}),
+        "does not end where the end record begins")
+    add("zip_count_marker_without_zip64", checkpoint(W_PICKLE, [("0", F32_6)],
+                                                     eocd={"count": 0xFFFF}),
+        "no zip64 locator precedes it")
+    add("zip_zip64_claims_many_entries", checkpoint(W_PICKLE, [("0", F32_6)], zip64=True,
+                                                    eocd={"count": 0xFFFF,
+                                                          "zip64_count": 1 << 40}),
+        "the archive claims 1099511627776 entries")
+    add("zip_zip64_disagrees_with_end_record", checkpoint(W_PICKLE, [("0", F32_6)], zip64=True,
+                                                          eocd={"zip64_cd_offset": 3}),
+        "the end record says central directory offset")
+    add("zip_no_entries", zip_archive([], lead=b"PK\x03\x04" + b"J" * 60),
+        "the zip archive is empty")
+    add("zip_no_end_record", checkpoint(W_PICKLE, [("0", F32_6)])[:-10],
+        "no end-of-central-directory record")
+    add("zip_local_header_missing", zip_archive(
+        [Record("archive/data.pkl", W_PICKLE, central_offset=8)] + records()[1:],
+        lead=b"PK\x03\x04" + b"J" * 60),
+        "zip entry 'archive/data.pkl': no local header at offset 8")
+    add("zip_local_header_past_the_data", zip_archive(records(central_offset=1 << 31)),
+        "zip entry 'archive/data/0': its local header (offset 2147483648) lies past the data")
+    add("zip_deflate_bomb_storage", zip_archive(records(
+        method=8, compressed=b"\x00" * 64, central_size=1 << 31, central_csize=64)),
+        "claims 2147483648 bytes from 64 compressed bytes, which no deflate stream does")
+    add("zip_storage_crc_wrong", zip_archive(records(method=8, central_crc=7, local_crc=7),
+                                             descriptor=False),
+        "zip entry 'archive/data/0': CRC mismatch")
+    add("zip_deflate_stream_short", zip_archive(records(
+        method=8, compressed=deflate_stored(F32_6[:20]))),
+        "its deflate stream does not inflate to the 24 bytes")
+
+    # ---- records read whole: bounded before anything is allocated, never quoted in full ----
+    def claimed(name, size, compressed):
+        """A deflated record claiming `size` bytes from `compressed` bytes of junk (refused before
+        any inflating)."""
+        return Record(name, b"", method=8, compressed=b"\x00" * compressed, central_size=size,
+                      local_size=size, central_crc=0, local_crc=0)
+    add("record_pickle_too_large", zip_archive([claimed("archive/data.pkl", 40 << 20, 65536)],
+                                               descriptor=False),
+        "zip entry 'archive/data.pkl' is 41943040 bytes once inflated, more than the 33554432 "
+        "bytes data.pkl may have")
+    add("record_pickle_compression_bomb", zip_archive([claimed("archive/data.pkl", 4 << 20, 4096)],
+                                                      descriptor=False),
+        "inflates 4096 bytes to 4194304, more than the 64 times a record read whole may")
+    add("record_byteorder_big", checkpoint(W_PICKLE, [("0", F32_6)], extra=()).replace(
+        b"little", b"big\x00\x00\x00"), "CRC mismatch")
+    add("record_byteorder_huge", zip_archive([
+        Record("archive/data.pkl", W_PICKLE),
+        Record("archive/byteorder", b"x" * 65)]),
+        "zip entry 'archive/byteorder' is 65 bytes once inflated, more than the 64 bytes a "
+        "byteorder record may have")
+    add("record_byteorder_quoted_short", zip_archive([
+        Record("archive/data.pkl", W_PICKLE), Record("archive/byteorder", b"B" * 60)]),
+        "written in 'BBBBBBBBBBBBBBBBBBBBBBBBBBBBBBBB'... byte order")
+    add("record_version_unsupported", zip_archive([
+        Record("archive/data.pkl", W_PICKLE), Record("archive/version", b"99\n")]),
+        "the archive's version record says '99', expected a format version from 1 to 10")
+    add("record_version_huge", zip_archive([
+        Record("archive/data.pkl", W_PICKLE), Record("archive/.data/version", b"3" * 100)]),
+        "more than the 64 bytes a version record may have")
+    add("record_no_pickle", zip_archive([Record("archive/byteorder", b"little")]),
+        "the archive has no data.pkl")
+
+    # ---- the unpickler: bounded, and one value exactly at STOP ----
+    add("pickle_leftover_value", checkpoint(b"\x80\x02N" + W_PICKLE[2:], [("0", F32_6)]),
+        "the program leaves 1 more value(s) and 0 mark(s) on the stack")
+    add("pickle_leftover_mark", checkpoint(b"\x80\x02(" + W_PICKLE[2:], [("0", F32_6)]),
+        "leaves 0 more value(s) and 1 mark(s) on the stack")
+    add("pickle_bytes_after_stop", checkpoint(W_PICKLE + b"N.", [("0", F32_6)]),
+        "2 bytes follow STOP")
+    add("pickle_mark_flood", checkpoint(b"\x80\x02" + b"(" * 1100 + b".", []),
+        "more than 1024 MARKs are open")
+    add("pickle_string_too_long", checkpoint(b"\x80\x02\x8d" + le64(1 << 40) + b".", []),
+        "a string of 1099511627776 bytes, more than the 65536")
+    # Floods of cheap opcodes (NONE, '}0', MEMOIZE) are built in memory by test_convert.cpp
+    # (Unpickler.CheapOpcodesCostBoundedMemory) and, compressed, by test_cli.py under RLIMIT_AS.
+
+    # ---- rebuild arguments: honoured or refused by name, never dropped ----
+    def one_tensor(**kwargs):
+        storage = pk_storage(kwargs.pop("storage_type", "FloatStorage"), "0",
+                             kwargs.pop("numel", 6))
+        return checkpoint(pk_program(pk_dict([("w", pk_tensor(storage, 0, kwargs.pop("size", [6]),
+                                                              kwargs.pop("stride", [1]),
+                                                              **kwargs))])),
+                          [("0", F32_6)])
+    add("rebuild_metadata_unknown_key", one_tensor(metadata=pk_dict([("sparse", b"\x88")])),
+        "_rebuild_tensor_v2's metadata has the key the string 'sparse', which this converter "
+        "does not know how to honour")
+    add("rebuild_metadata_not_bool", one_tensor(metadata=pk_dict([("neg", pk_int(1))])),
+        "_rebuild_tensor_v2's metadata 'neg' is the int 1, expected True")
+    # torch.load negates whatever the value: False has no one meaning.
+    add("rebuild_metadata_false", one_tensor(metadata=pk_dict([("neg", b"\x89")])),
+        "_rebuild_tensor_v2's metadata 'neg' is False, expected True (torch.save writes only "
+        "True")
+    add("rebuild_metadata_not_dict", one_tensor(metadata=pk_int(1)),
+        "expects its metadata to be a dict, found the int 1")
+    add("rebuild_conj_real", one_tensor(metadata=pk_dict([("conj", b"\x88")])),
+        "marks a Float tensor as conjugated")
+    add("rebuild_v3_metadata_unknown_key", one_tensor(
+        storage_type="UntypedStorage", numel=24, size=[24], dtype="uint8",
+        metadata=pk_dict([("python_dispatch", b"\x88")])),
+        "_rebuild_tensor_v3's metadata has the key the string 'python_dispatch'")
+    add("rebuild_hooks_not_empty", one_tensor(hooks=pk_dict([("h", pk_int(1))])),
+        "expects the backward hooks to be an empty OrderedDict")
+    add("rebuild_requires_grad_not_bool", one_tensor(requires_grad=pk_int(2)),
+        "expects requires_grad to be a bool, found the int 2")
+    add("rebuild_parameter_with_state", checkpoint(pk_program(pk_dict([("p", pk_global(
+        "torch._utils", "_rebuild_parameter_with_state") + b"(" + pk_tensor(
+        pk_storage("FloatStorage", "0", 6), 0, [6], [1]) + b"\x88" + HOOKS +
+        pk_dict([("tp_dim", pk_int(0))]) + b"tR")])), [("0", F32_6)]),
+        "the parameter has Python attributes (the string 'tp_dim')")
+    add("rebuild_neg_bool", checkpoint(pk_program(pk_dict([("b", pk_tensor(
+        pk_storage("BoolStorage", "0", 2), 0, [2], [1],
+        metadata=pk_dict([("neg", b"\x88")])))])), [("0", b"\x01\x00")]),
+        "tensor 'b' is saved negated")
+
+    # ---- views that would multiply the storage's bytes ----
+    add("view_expand_stride_zero", checkpoint(pk_program(pk_dict([("w", pk_tensor(
+        pk_storage("FloatStorage", "0", 1), 0, [8192, 8192], [0, 0]))])),
+        [("0", F32_6[:4])]),
+        "tensor 'w' is a view of size [8192, 8192] and stride [0, 0] naming 268435456 bytes of a "
+        "storage of 4 bytes")
+    add("view_overlapping", checkpoint(pk_program(pk_dict([("w", pk_tensor(
+        pk_storage("FloatStorage", "0", 6), 0, [3, 4], [1, 1]))])), [("0", F32_6)]),
+        "naming 48 bytes of a storage of 24 bytes")
+    add("view_expand_under_neg", checkpoint(pk_program(pk_dict([("w", pk_tensor(
+        pk_storage("FloatStorage", "0", 1), 0, [4096, 4096], [0, 0],
+        metadata=neg))])), [("0", F32_6[:4])]), "tensor 'w' is a view of size [4096, 4096]")
+    return out
+
+
+def pickle_seeds(corpus):
+    """fuzz_unpickle seeds: the data.pkl of every convert case that has one and every case's
+    archive (small enough), and a few floods."""
+    import io
+    import zipfile
+    out = []
+    for name, blob, _ in corpus:
+        try:
+            with zipfile.ZipFile(io.BytesIO(blob)) as archive:
+                data = archive.read("archive/data.pkl")
+        except Exception:  # cases whose zip (or its data.pkl) is the point
+            continue
+        if data and len(data) <= SEED_MAX_BYTES:
+            out.append(("convert_" + name, data))
+    # Whole archives too: fuzz_unpickle reads an input starting "PK\x03\x04" as a torch.save zip.
+    out += [("zip_" + name, blob) for name, blob, _ in corpus if len(blob) <= SEED_MAX_BYTES]
+    # Small floods of the cheap opcodes the budget and the limits bound, for mutations to grow.
+    out.append(("flood_none", b"\x80\x02" + b"N" * 4000 + b"."))
+    out.append(("flood_dicts", b"\x80\x02" + b"}0" * 2000 + b"}."))
+    out.append(("flood_memo", b"\x80\x02}" + b"\x94" * 4000 + b"."))
+    out.append(("flood_marks", b"\x80\x02" + b"(" * 1000 + b"}."))
+    return out
+
 def write_tree(directory, files, check):
     """Writes name→bytes into `directory` (names may hold '/'), removing files it does not list."""
     stale = []
@@ -457,6 +876,21 @@ def main():
     stale += write_tree(INDEX_CORPUS_DIR, index_files, args.check)
     stale += write_tree(INDEX_SEEDS_DIR, [(n + ".json", b) for n, b, _ in index_corpus], args.check)
     stale += write_tree(SEEDS_DIR, [(n + ".safetensors", b) for n, b in seeds(corpus)], args.check)
+    convert_corpus = convert_cases()
+    assert len({n for n, _, _ in convert_corpus}) == len(convert_corpus), "duplicate convert cases"
+    convert_manifest = "# torch.save file\texpected error substring (OK: must load)\n" + "".join(
+        "%s.pt\t%s\n" % (name, expected) for name, _, expected in convert_corpus)
+    convert_files = [(n + ".pt", b) for n, b, _ in convert_corpus]
+    convert_files.append(("MANIFEST.tsv", convert_manifest.encode("utf-8")))
+    stale += write_tree(CONVERT_CORPUS_DIR, convert_files, args.check)
+    # Only the generated seeds: fuzz/make_pickle_seeds.py writes the others (with torch).
+    for name, blob in pickle_seeds(convert_corpus):
+        path = os.path.join(PICKLE_SEEDS_DIR, name + ".pkl")
+        if not os.path.exists(path) or open(path, "rb").read() != blob:
+            stale.append(os.path.relpath(path, ROOT))
+            if not args.check:
+                with open(path, "wb") as f:
+                    f.write(blob)
     bad = sum(1 for _, _, e in corpus if e != "OK")
     if args.check:
         if stale:

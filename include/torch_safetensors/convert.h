@@ -36,6 +36,12 @@ namespace torch::safetensors {
 // views of the mapped file where the archive stores them uncompressed (as torch.save does).
 // Anything else — a list, a number, an optimizer's param_groups, a global other than torch's
 // tensor rebuild functions, the legacy pre-zip format — is a c10::Error naming it.
+// Hostile files are errors, never guesses (docs/dev/hardening.md, "Converter limits"): the zip's
+// central directory rules and every local header must agree with it; records, the unpickler's
+// memory, stack, memo and strings are bounded; negated and conjugated tensors ({'neg': True},
+// {'conj': True} in torch's rebuild metadata) come back materialized, any other metadata is
+// refused by name; a view naming more bytes than its storage holds (stride 0, overlapping) is
+// refused.
 TS_API NamedTensors load_torch_checkpoint(const std::string& path);
 
 struct TS_API ConvertOptions {

@@ -186,9 +186,13 @@ TEST(Unpickler, HostileStructuresAreErrorsNotCrashes) {
   // A list that contains itself, at the top.
   EXPECT_NE(error_of_unpickle(kProto + "]" + put(0) + get(0) + "a" + kStop).find("expected a dict"),
             std::string::npos);
-  // 200000 nested lists: no recursion anywhere (the arena frees them flat).
-  std::string deep = kProto + std::string(200000, ']') + std::string(199999, 'a') + kStop;
+  // 60000 nested lists: no recursion anywhere (the arena frees them flat).
+  std::string deep = kProto + std::string(60000, ']') + std::string(59999, 'a') + kStop;
   EXPECT_NE(error_of_unpickle(deep).find("a list"), std::string::npos);
+  // 200000 values on the stack: past the stack's limit.
+  EXPECT_NE(error_of_unpickle(kProto + std::string(200000, ']') + kStop)
+                .find("the stack is deeper than 65536 values"),
+            std::string::npos);
   // Values that are not tensors are named by their dotted path.
   EXPECT_NE(error_of_unpickle(kProto + kEmptyDict + text("m") + kEmptyDict + text("epoch") +
                               int1(3) + kSetItem + kSetItem + kStop)
@@ -266,4 +270,105 @@ TEST(TorchCheckpoint, RefusesMissingOrShortRecordsAndLegacyFiles) {
               st::load_torch_checkpoint(dir.file("text.pt"));
             }).find("expected a zip archive"),
             std::string::npos);
+}
+
+// ---- issue 22: the adversarial converter corpus (tools/gen_adversarial.py) ----
+
+namespace {
+
+struct ConvertCase {
+  std::string file, expected;
+};
+
+std::vector<ConvertCase> convert_corpus() {
+  std::ifstream in(std::string(TS_TEST_DATA_DIR) + "/adversarial_convert/MANIFEST.tsv");
+  std::vector<ConvertCase> cases;
+  std::string line;
+  while (std::getline(in, line)) {
+    if (line.empty() || line[0] == '#') continue;
+    const size_t tab = line.find('\t');
+    cases.push_back({line.substr(0, tab), line.substr(tab + 1)});
+  }
+  return cases;
+}
+
+}  // namespace
+
+TEST(ConvertCorpus, EveryCaseLoadsOrFailsWithItsError) {
+  const std::vector<ConvertCase> cases = convert_corpus();
+  ASSERT_GE(cases.size(), 50u) << "corpus missing? run python3 tools/gen_adversarial.py";
+  for (const ConvertCase& c : cases) {
+    const std::string path = std::string(TS_TEST_DATA_DIR) + "/adversarial_convert/" + c.file;
+    std::string error = error_of([&] { st::load_torch_checkpoint(path); });
+    if (c.expected == "OK") {
+      EXPECT_EQ(error, "") << c.file;
+      continue;
+    }
+    EXPECT_NE(error.find(c.expected), std::string::npos)
+        << c.file << "\n  expected: " << c.expected << "\n  got: " << error;
+    // Every error names the file the caller gave, and quotes no record at length.
+    EXPECT_NE(error.find("safetensors: " + path + ": "), std::string::npos) << c.file << error;
+    EXPECT_LT(error.size(), 1000u) << c.file;
+  }
+}
+
+TEST(ConvertCorpus, NegatedAndConjugatedViewsAreMaterialized) {
+  const std::string dir = std::string(TS_TEST_DATA_DIR) + "/adversarial_convert/";
+  const at::Tensor stored = at::tensor({0.5f, -1.5f, 2.25f, 0.0f, -0.0f, 3.0f});
+  const st::NamedTensors neg = st::load_torch_checkpoint(dir + "ok_neg_view.pt");
+  ASSERT_EQ(neg.size(), 1u);
+  // Bit for bit: -0.0 for 0.0 and the other way round.
+  EXPECT_TRUE(neg[0].second.view(at::kInt).equal(stored.neg().view({2, 3}).view(at::kInt)));
+  const st::NamedTensors conj = st::load_torch_checkpoint(dir + "ok_conj_view.pt");
+  const at::Tensor z =
+      at::view_as_complex(at::tensor({1.0f, 2.0f, -3.0f, 0.5f, 0.0f, -0.0f}).view({3, 2}));
+  EXPECT_FALSE(conj[0].second.is_conj());
+  EXPECT_TRUE(at::view_as_real(conj[0].second).equal(at::view_as_real(z.conj().resolve_conj())));
+  // No metadata (None) is the stored values, untouched.
+  const st::NamedTensors plain = st::load_torch_checkpoint(dir + "ok_metadata_none.pt");
+  EXPECT_TRUE(plain[0].second.view(at::kInt).equal(stored.view(at::kInt)));
+}
+
+TEST(Unpickler, CheapOpcodesCostBoundedMemory) {
+  // 4 MB of NONE: one shared value, so only the stack grows, and it stops at its limit.
+  EXPECT_NE(error_of_unpickle(kProto + std::string(4 << 20, 'N') + kStop)
+                .find("the stack is deeper than 65536 values"),
+            std::string::npos);
+  // '}0' repeated: each dict is charged, and the budget (48 bytes per pickle byte + 4 MiB) stops
+  // it; the error comes long before the end of the program.
+  std::string dicts = kProto;
+  for (int i = 0; i < (2 << 20); ++i) dicts += "}0";
+  const std::string error = error_of_unpickle(dicts + "}" + kStop);
+  EXPECT_NE(error.find("the pickle builds more than the"), std::string::npos) << error;
+  // MEMOIZE of one value, over and over: each entry is charged (within the budget, which is
+  // 48 bytes per byte), and the memo stops at its limit.
+  std::string memo = kProto + "}" + std::string((4 << 20) + 1, '\x94') + kStop;
+  EXPECT_NE(error_of_unpickle(memo).find("the memo holds more than 4194304 entries"),
+            std::string::npos);
+  // A string length past the program, and past the string limit.
+  EXPECT_NE(error_of_unpickle(kProto + "X" + std::string("\xff\xff\xff\x7f", 4) + kStop)
+                .find("more than the 65536"),
+            std::string::npos);
+}
+
+TEST(Unpickler, ExactlyOneValueAtStop) {
+  const std::string good = dict_of("w", v2_tensor(storage("FloatStorage", "0", 8), 0, {8}, {1}));
+  EXPECT_EQ(error_of_unpickle(good), "");
+  EXPECT_NE(error_of_unpickle(kProto + "N" + good.substr(2)).find("leaves 1 more value(s)"),
+            std::string::npos);
+  EXPECT_NE(error_of_unpickle(kProto + kMark + good.substr(2)).find("1 mark(s)"),
+            std::string::npos);
+  EXPECT_NE(error_of_unpickle(good + "N").find("1 bytes follow STOP"), std::string::npos);
+}
+
+TEST(TorchCheckpoint, ErrorsNameTheOutputPathTheCallerGave) {
+  TempDir dir;
+  const std::string path = dir.file("model.pt");
+  write_archive(path, dict_of("w", v2_tensor(storage("FloatStorage", "0", 6), 0, {6}, {1})),
+                {{"data/0", std::string(24, '\0')}});
+  // A destination in a folder that does not exist: the error names it as given.
+  const std::string out = dir.file("missing/out.safetensors");
+  const std::string error = error_of([&] { st::convert_torch_checkpoint(path, out); });
+  EXPECT_NE(error.find(out), std::string::npos) << error;
+  EXPECT_EQ(error.find("<write function>"), std::string::npos) << error;
 }

@@ -425,3 +425,201 @@ def test_console_script_entry_point_is_declared():
         assert 'torch-safetensors = "torch_safetensors.__main__:main"' in f.read()
     from torch_safetensors.__main__ import main
     assert main(["--version"]) == 0
+
+
+# ---- issue 22: hostile and unusual torch.save files ----
+
+CONVERT_CORPUS = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "data",
+                              "adversarial_convert")
+
+
+def resolved(tensor):
+    return tensor.resolve_conj().resolve_neg()
+
+
+@pytest.mark.parametrize("make", [
+    lambda: {"c": torch.randn(3, dtype=torch.cfloat).conj()},
+    lambda: {"n": torch._neg_view(torch.randn(2, 3))},
+    lambda: {"ct": torch.randn(2, 2, dtype=torch.cfloat).conj().t()},
+    # neg and conj at once, and a conjugated tensor tied to its plain base.
+    lambda: {"both": torch._neg_view(torch.randn(4, dtype=torch.cfloat).conj())},
+    lambda: (lambda z: {"z": z, "zc": z.conj()})(torch.randn(3, dtype=torch.cfloat)),
+    lambda: {"i": torch._neg_view(torch.arange(-3, 3, dtype=torch.int32))},
+    lambda: {"p": torch.nn.Parameter(torch._neg_view(torch.randn(3)))},
+])
+def test_negated_and_conjugated_views_convert_bit_for_bit(tmp_path, make):
+    torch.manual_seed(3)
+    tensors = make()
+    torch.save(tensors, tmp_path / "views.pt")
+    result = run_cli("convert", tmp_path / "views.pt", tmp_path / "views.safetensors")
+    assert result.returncode == 0, result.stderr
+    expected = torch.load(tmp_path / "views.pt", weights_only=True)
+    assert any(t.is_neg() or t.is_conj() for t in expected.values())
+    loaded = safetensors.torch.load_file(tmp_path / "views.safetensors")
+    assert sorted(loaded) == sorted(expected)
+    for name, tensor in expected.items():
+        assert same_bits(loaded[name], resolved(tensor.detach())), name
+
+
+def test_adversarial_convert_corpus_matches_torch_load(tmp_path):
+    """The corpus's valid cases convert to what torch.load reads, bit for bit."""
+    with open(os.path.join(CONVERT_CORPUS, "MANIFEST.tsv")) as f:
+        rows = [line.rstrip("\n").split("\t") for line in f if not line.startswith("#")]
+    valid = [name for name, expected in rows if expected == "OK"]
+    assert len(valid) >= 8
+    for name in valid:
+        source = os.path.join(CONVERT_CORPUS, name)
+        out = tmp_path / (name + ".safetensors")
+        result = run_cli("convert", source, out)
+        assert result.returncode == 0, (name, result.stderr)
+        expected = torch.load(source, weights_only=True)
+        loaded = safetensors.torch.load_file(out)
+        for key, tensor in expected.items():
+            assert same_bits(loaded[key], resolved(tensor.detach())), (name, key)
+
+
+def test_local_header_disagreeing_with_central_directory_is_refused(tmp_path):
+    """torch.load believes the central directory; a local header that disagrees is an error
+    naming the entry, never a raw deflate stream stored as the tensor."""
+    source = os.path.join(CONVERT_CORPUS, "zip_local_method_stored_central_deflate.pt")
+    assert torch.load(source, weights_only=True)["w"].tolist() == [[0.5, -1.5, 2.25],
+                                                                    [0.0, -0.0, 3.0]]
+    result = run_cli("convert", source, tmp_path / "out.safetensors")
+    assert result.returncode == 1
+    assert ("zip entry 'archive/data/0': the local header says compression method 0, the central "
+            "directory says 8") in result.stderr
+    assert not (tmp_path / "out.safetensors").exists()
+
+
+def test_expanded_view_is_refused_not_multiplied(tmp_path):
+    torch.save({"w": torch.zeros(1).expand(8192, 8192)}, tmp_path / "expand.pt")
+    assert os.path.getsize(tmp_path / "expand.pt") < 4096
+    result = run_cli("convert", tmp_path / "expand.pt", tmp_path / "out.safetensors")
+    assert result.returncode == 1
+    assert ("tensor 'w' is a view of size [8192, 8192] and stride [0, 0] naming 268435456 bytes "
+            "of a storage of 4 bytes") in result.stderr
+    assert not (tmp_path / "out.safetensors").exists()
+
+
+def test_numeric_options_that_do_not_parse_are_usage_errors(tmp_path):
+    torch.save({"w": torch.ones(2)}, tmp_path / "w.pt")
+    safetensors.torch.save_file({"w": torch.ones(2)}, tmp_path / "w.safetensors")
+    for command, option, value, expected in [
+        ("convert", "--max-shard-size", "99999999999999999999999", "a number of bytes"),
+        ("convert", "--max-shard-size", "-5", "a number of bytes"),
+        ("convert", "--max-shard-size", "5XB", "a number of bytes"),
+        ("convert", "--max-shard-size", "1e30GB", "a number of bytes"),
+        ("convert", "--max-shard-size", "", "a number of bytes"),
+        ("ptd", "--alignment", "99999999999999999999999", "a number of bytes, a power of two"),
+        ("ptd", "--alignment", "0x40", "a number of bytes, a power of two"),
+        ("diff", "--atol", "1e999", "a finite non-negative number"),
+        ("diff", "--atol", "nan", "a finite non-negative number"),
+        ("diff", "--atol", "-1", "a finite non-negative number"),
+    ]:
+        if command == "diff":
+            args = ["diff", tmp_path / "w.safetensors", tmp_path / "w.safetensors", option, value]
+        elif command == "ptd":
+            args = ["convert", tmp_path / "w.safetensors", tmp_path / "w.ptd", "--to", "ptd",
+                    option, value]
+        else:
+            args = ["convert", tmp_path / "w.pt", tmp_path / "o", option, value]
+        result = run_cli(*args)
+        assert result.returncode == 2, (option, value, result.stderr)
+        assert f"{option} must be {expected}" in result.stderr, result.stderr
+        assert f"found '{value}'" in result.stderr
+        assert "stoull" not in result.stderr and "stod" not in result.stderr
+    # The largest number of bytes still parses.
+    ok = run_cli("convert", tmp_path / "w.pt", tmp_path / "big", "--max-shard-size",
+                 str(2**64 - 1))
+    assert ok.returncode == 0, ok.stderr
+
+
+def test_convert_errors_name_the_paths_the_user_typed(tmp_path):
+    torch.save({"w": torch.ones(2)}, tmp_path / "w.pt")
+    result = run_cli("convert", "w.pt", "no/such/dir/out.safetensors", cwd=tmp_path)
+    assert result.returncode == 1
+    assert "no/such/dir/out.safetensors" in result.stderr
+    assert "<write function>" not in result.stderr and "<stream>" not in result.stderr
+    result = run_cli("convert", "missing.pt", "out.safetensors", cwd=tmp_path)
+    assert result.returncode == 1 and "missing.pt" in result.stderr
+
+
+def zipped_checkpoint(pickle_bytes, compression):
+    """A torch.save-shaped zip (Python's zipfile) holding `pickle_bytes` as data.pkl."""
+    import io
+    import zipfile
+    buffer = io.BytesIO()
+    with zipfile.ZipFile(buffer, "w") as archive:
+        archive.writestr("archive/data.pkl", pickle_bytes, compress_type=compression)
+        archive.writestr("archive/byteorder", b"little")
+    return buffer.getvalue()
+
+
+def deflated_checkpoint(pickle_bytes):
+    import zipfile
+    blob = zipped_checkpoint(pickle_bytes, zipfile.ZIP_DEFLATED)
+    assert len(blob) < 16 * 1024
+    return blob
+
+
+def stored_checkpoint(pickle_bytes):
+    import zipfile
+    return zipped_checkpoint(pickle_bytes, zipfile.ZIP_STORED)
+
+
+def peak_vm_of(args, limit=None):
+    """Runs the CLI under RLIMIT_AS = limit; returns (result, its peak virtual memory in bytes)."""
+    import resource
+    script = ("import resource, sys, runpy\n"
+              "sys.argv = ['torch_safetensors'] + sys.argv[1:]\n"
+              "try:\n"
+              "    runpy.run_module('torch_safetensors', run_name='__main__')\n"
+              "finally:\n"
+              "    peak = [l for l in open('/proc/self/status') if l.startswith('VmPeak')][0]\n"
+              "    sys.stderr.write('\\nVMPEAK ' + peak.split()[1] + '\\n')\n")
+    env = dict(os.environ, PYTHONPATH=PACKAGE_ROOT, OMP_NUM_THREADS="1")
+    preexec = None
+    if limit is not None:
+        preexec = lambda: resource.setrlimit(resource.RLIMIT_AS, (limit, limit))  # noqa: E731
+    result = subprocess.run([sys.executable, "-c", script, *map(str, args)], env=env,
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+                            timeout=300, preexec_fn=preexec)
+    peak = [line for line in result.stderr.splitlines() if line.startswith("VMPEAK ")]
+    return result, (int(peak[-1].split()[1]) * 1024 if peak else None)
+
+
+def test_hostile_inputs_fail_cleanly_under_rlimit_as(tmp_path):
+    """Memory is bounded by what the file holds: under an address-space limit of the process's
+    own baseline plus 256 MiB, every hostile file is a clean error (exit 1, named), never a
+    MemoryError, a bad_alloc or a kill."""
+    torch.save({"w": torch.ones(4)}, tmp_path / "small.pt")
+    baseline, peak = peak_vm_of(["convert", tmp_path / "small.pt", tmp_path / "small.st"])
+    assert baseline.returncode == 0, baseline.stderr
+    limit = peak + (256 << 20)
+    nones = b"\x80\x02" + b"N" * (4 << 20) + b"."
+    dicts = b"\x80\x02" + b"}0" * (2 << 20) + b"}."
+    # name: (file, what it may cost above the baseline: its own bound, far below the limit)
+    hostile = {
+        # 4 KB of compressed NONEs (about 4 MB of opcodes), and '}0' (a dict built and dropped
+        # per two bytes): refused by the inflation bound before a byte is unpickled.
+        "nones.pt": (deflated_checkpoint(nones), 16 << 20),
+        "dicts.pt": (deflated_checkpoint(dicts), 16 << 20),
+        # The same 4 MB stored: the stack limit, and the unpickler's budget (48 bytes a byte).
+        "nones_stored.pt": (stored_checkpoint(nones), 16 << 20),
+        "dicts_stored.pt": (stored_checkpoint(dicts), 48 * len(dicts) + (48 << 20)),
+        # An expanded view of 16 GiB from a file of 1.5 KB: refused, nothing materialized.
+        "expand.pt": (None, 16 << 20),
+    }
+    torch.save({"w": torch.zeros(1).expand(65536, 65536)}, tmp_path / "expand.pt")
+    for name, (blob, allowance) in hostile.items():
+        if blob is not None:
+            (tmp_path / name).write_bytes(blob)
+        result, used = peak_vm_of(["convert", tmp_path / name, tmp_path / "out.st"], limit)
+        assert result.returncode == 1, (name, result.returncode, result.stderr[-2000:])
+        assert str(tmp_path / name) in result.stderr, name
+        assert "bad_alloc" not in result.stderr and "MemoryError" not in result.stderr, name
+        assert used is not None and used - peak < allowance, (name, (used - peak) >> 20)
+    # A real file of the same shape still converts under the limit.
+    torch.save({f"t{i}": torch.randn(8) for i in range(2000)}, tmp_path / "many.pt")
+    result, _ = peak_vm_of(["convert", tmp_path / "many.pt", tmp_path / "many.st"], limit)
+    assert result.returncode == 0, result.stderr[-2000:]

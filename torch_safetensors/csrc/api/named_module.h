@@ -30,10 +30,10 @@ TS_API std::vector<SaveEntry> drop_tied_duplicates(const NamedTensors& tensors, 
                                                    bool refuse_partial_views = false);
 
 // save() into a file writer that the caller commits: for saves of several files that must all
-// be written before any replaces an old one.
-TS_API void write_file(const std::vector<SaveEntry>& entries,
-                       const std::optional<Metadata>& metadata, storage::AtomicFileWriter& writer,
-                       const std::string& name);
+// be written before any replaces an old one. `on_written`, if set, is told each chunk's length.
+TS_API void write_file(const std::vector<SaveEntry>& entries, const std::optional<Metadata>& metadata,
+                storage::AtomicFileWriter& writer, const std::string& name,
+                const std::function<void(uint64_t)>& on_written = nullptr);
 
 // Writes `tensors` with tied ones once: of each group sharing memory the name the tie policy
 // keeps is written and each dropped name recorded in the metadata as dropped → kept (the

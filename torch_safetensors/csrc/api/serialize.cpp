@@ -70,9 +70,12 @@ TensorDict load(const LoadFrom& from, const LoadOptions& options) {
 }
 
 void write_file(const std::vector<SaveEntry>& entries, const std::optional<Metadata>& metadata,
-                storage::AtomicFileWriter& writer, const std::string& name) {
-  write(plan(entries, metadata, name),
-        [&](const void* data, uint64_t n) { writer.write(data, n); });
+                storage::AtomicFileWriter& writer, const std::string& name,
+                const std::function<void(uint64_t)>& on_written) {
+  write(plan(entries, metadata, name), [&](const void* data, uint64_t n) {
+    writer.write(data, n);
+    if (on_written) on_written(n);
+  });
 }
 
 void write_to(const SaveTo& to, const std::function<void(const ByteSink& sink)>& body) {

@@ -63,7 +63,7 @@ ConvertReport convert_torch_checkpoint(const std::string& from, const std::strin
     return report;
   }
 
-  // One file, through a write function so that progress can be reported; atomic as save(path).
+  // One file, atomic as save(path), reporting progress as it goes.
   Metadata metadata = options.metadata.value_or(Metadata());
   const std::vector<SaveEntry> entries = drop_tied_duplicates(tensors, metadata, {}, to);
   const bool any_metadata = options.metadata.has_value() || !metadata.empty();
@@ -71,13 +71,12 @@ ConvertReport convert_torch_checkpoint(const std::string& from, const std::strin
   for (const SaveEntry& entry : entries) total += entry.tensor.nbytes();
   storage::AtomicFileWriter writer(to);
   uint64_t written = 0;
-  save(entries, SaveTo([&](const void* data, size_t length) -> size_t {
-         writer.write(data, length);
-         written += length;
-         if (options.on_progress) options.on_progress(std::min(written, total), total);
-         return length;
-       }),
-       any_metadata ? std::optional<Metadata>(metadata) : std::nullopt);
+  // Errors name `to`, the path the caller gave.
+  write_file(entries, any_metadata ? std::optional<Metadata>(metadata) : std::nullopt, writer, to,
+             [&](uint64_t length) {
+               written += length;
+               if (options.on_progress) options.on_progress(std::min(written, total), total);
+             });
   writer.commit();
   report.tensors_written = entries.size();
   report.bytes_written = total;

@@ -1,4 +1,4 @@
-// Reading torch.save checkpoints: LibTorch's zip reader for the archive, our restricted
+// Reading torch.save checkpoints: our zip reader (zip_reader.h) for the archive, our restricted
 // unpickler (unpickler.h) for data.pkl, and the library's mapped file for the storages.
 #include <cstring>
 #include <memory>
@@ -6,10 +6,14 @@
 #include <unordered_map>
 #include <unordered_set>
 
-#include <caffe2/serialize/inline_container.h>
+#include <c10/core/CPUAllocator.h>
+#include <caffe2/serialize/versions.h>
 
 #include "check.h"
+#include "convert/limits.h"
+#include "convert/torch_zip.h"
 #include "convert/unpickler.h"
+#include "convert/zip_reader.h"
 #include "format/index.h"
 #include "storage/io.h"
 #include "torch_safetensors/convert.h"
@@ -46,67 +50,80 @@ void check_zip_archive(const Source& file, const std::string& path) {
   TS_FAIL(path, "not a torch.save checkpoint: expected a zip archive (starting 'PK\\x03\\x04')");
 }
 
-NamedTensors load_torch_file(const std::string& path) {
-  std::shared_ptr<const Source> file = file_source(path, /*mapped=*/true);
+}  // namespace
+
+NamedTensors convert::load_torch_archive(const std::shared_ptr<const Source>& file,
+                                         const std::string& path) {
   check_zip_archive(*file, path);
-  std::unique_ptr<caffe2::serialize::PyTorchStreamReader> reader;
-  try {
-    reader = std::make_unique<caffe2::serialize::PyTorchStreamReader>(path);
-  } catch (const c10::Error& e) {
-    TS_FAIL(path, "not a readable torch.save zip archive: ", e.what_without_backtrace());
-  }
-  auto record = [&](const std::string& name) -> std::string {
-    try {
-      auto [data, size] = reader->getRecord(name);
-      return std::string(static_cast<const char*>(data.get()), size);
-    } catch (const c10::Error& e) {
-      TS_FAIL(path, "cannot read the archive's record '", name, "': ", e.what_without_backtrace());
-    }
-  };
-  TS_CHECK(reader->hasRecord("data.pkl"), path,
+  const convert::ZipReader archive(file, path);
+  TS_CHECK(!archive.entries().empty(), path,
+           "the zip archive is empty: not a torch.save checkpoint");
+  // torch.save puts every record under one folder (archive/ or the file's stem): the first
+  // entry's, as LibTorch's reader finds it.
+  const std::string& first = archive.entries().front().name;
+  const size_t slash = first.find('/');
+  TS_CHECK(slash != std::string::npos, path, "zip entry '", first,
+           "' is not inside a folder: not a torch.save checkpoint");
+  const std::string folder = first.substr(0, slash + 1);
+  auto entry = [&](const std::string& name) { return archive.find(folder + name); };
+  const convert::ZipEntry* pickle_entry = entry("data.pkl");
+  TS_CHECK(pickle_entry != nullptr, path,
            "the archive has no data.pkl: not a torch.save checkpoint (a TorchScript archive "
            "holds code, which is never converted)");
-  if (reader->hasRecord("byteorder")) {
-    const std::string order = record("byteorder");
-    TS_CHECK(order == "little", path, "the checkpoint was written in '", order,
-             "' byte order, expected 'little'");
+  if (const convert::ZipEntry* byteorder = entry("byteorder")) {
+    const std::string order =
+        archive.read(*byteorder, convert::kMaxSmallRecordBytes, "a byteorder record may have");
+    TS_CHECK(order == "little", path, "the checkpoint was written in ",
+             convert::quoted_prefix(order), " byte order, expected 'little'");
   }
-  const uint8_t* mapped = file->data();
-  const uint64_t file_size = file->size();
+  for (const char* name : {"version", ".data/version"}) {
+    const convert::ZipEntry* version_entry = entry(name);
+    if (version_entry == nullptr) continue;
+    std::string text =
+        archive.read(*version_entry, convert::kMaxSmallRecordBytes, "a version record may have");
+    if (!text.empty() && text.back() == '\n') text.pop_back();
+    const bool number = !text.empty() && text.size() <= 4 &&
+                        text.find_first_not_of("0123456789") == std::string::npos;
+    const uint64_t version = number ? std::stoull(text) : 0;
+    TS_CHECK(number && version >= caffe2::serialize::kMinSupportedFileFormatVersion &&
+                 version <= caffe2::serialize::kMaxSupportedFileFormatVersion,
+             path, "the archive's ", name, " record says ", convert::quoted_prefix(text),
+             ", expected a format version from ", caffe2::serialize::kMinSupportedFileFormatVersion,
+             " to ", caffe2::serialize::kMaxSupportedFileFormatVersion);
+  }
+  uint8_t* mapped = file->data();
 
   auto load_storage = [&](const std::string& key, uint64_t nbytes) -> c10::Storage {
     const std::string name = "data/" + key;
-    TS_CHECK(reader->hasRecord(name), path, "storage '", key,
+    const convert::ZipEntry* record = entry(name);
+    TS_CHECK(record != nullptr, path, "storage '", key,
              "' is named by the pickle but the archive has no record '", name, "'");
-    const uint64_t size = reader->getRecordSize(name);
-    TS_CHECK(size == nbytes, path, "storage '", key, "' needs ", nbytes, " bytes, its record has ",
-             size);
-    // A record stored uncompressed (what torch.save writes) is viewed in the mapping; anything
-    // else is extracted by the zip reader into owned memory.
-    const uint64_t header = reader->getRecordHeaderOffset(name);
-    if (mapped != nullptr && header <= file_size && file_size - header >= 30 &&
-        read_u32(mapped + header) == 0x04034b50 &&
-        (mapped[header + 8] | mapped[header + 9] << 8) == 0) {
-      const uint64_t offset = reader->getRecordOffset(name);
-      TS_CHECK(offset <= file_size && file_size - offset >= size, path, "storage '", key,
-               "' lies past the end of the file");
+    TS_CHECK(record->size == nbytes, path, "storage '", key, "' needs ", nbytes,
+             " bytes, its record has ", record->size);
+    // A record stored uncompressed (what torch.save writes) is viewed in the mapping; a deflated
+    // one is inflated into owned memory (its size is at most deflate's ratio of what the file
+    // holds: zip_reader.cpp).
+    if (mapped != nullptr && record->method == 0) {
       auto* context = new std::shared_ptr<const Source>(file);
-      return c10::Storage(c10::Storage::use_byte_size_t(), size,
-                          c10::DataPtr(const_cast<uint8_t*>(mapped + offset), context,
-                                       &release_source, c10::Device(c10::kCPU)),
+      return c10::Storage(c10::Storage::use_byte_size_t(), nbytes,
+                          c10::DataPtr(mapped + record->data_offset, context, &release_source,
+                                       c10::Device(c10::kCPU)),
                           nullptr, /*resizable=*/false);
     }
-    try {
-      auto [data, read] = reader->getRecord(name);
-      TS_CHECK(read == size, path, "storage '", key, "': read ", read, " bytes of ", size);
-      return c10::Storage(c10::Storage::use_byte_size_t(), size, std::move(data), nullptr, false);
-    } catch (const c10::Error& e) {
-      TS_FAIL(path, "cannot read storage '", key, "': ", e.what_without_backtrace());
-    }
+    c10::DataPtr data = c10::GetDefaultCPUAllocator()->allocate(nbytes);
+    archive.read_into(*record, data.get());
+    return c10::Storage(c10::Storage::use_byte_size_t(), nbytes, std::move(data), nullptr, false);
   };
-  const std::string pickle = record("data.pkl");
+  const std::string pickle =
+      archive.read(*pickle_entry, convert::kMaxPickleBytes, "data.pkl may have");
   convert::PickleTree tree = convert::unpickle(pickle, load_storage, path);
   return convert::flatten_tensors(tree.root(), path);
+}
+
+namespace {
+
+NamedTensors load_torch_file(const std::string& path) {
+  return convert::load_torch_archive(file_source(path, /*mapped=*/true), path);
 }
 
 NamedTensors load_torch_index(const std::string& index_path) {

@@ -1,14 +1,17 @@
 #include "convert/unpickler.h"
 
+#include <algorithm>
 #include <cstring>
 #include <limits>
 #include <unordered_map>
 #include <unordered_set>
 
 #include <ATen/ops/empty.h>
+#include <ATen/ops/neg.h>
 #include <c10/core/TensorOptions.h>
 
 #include "check.h"
+#include "convert/limits.h"
 
 namespace torch::safetensors::convert {
 namespace {
@@ -125,7 +128,18 @@ class Machine {
  public:
   Machine(std::string_view bytes, const StorageLoader& load_storage, const std::string& name,
           std::deque<PickleValue>& arena)
-      : bytes_(bytes), load_storage_(load_storage), name_(name), arena_(arena) {}
+      : bytes_(bytes),
+        load_storage_(load_storage),
+        name_(name),
+        arena_(arena),
+        budget_(std::min(kMaxUnpicklerBytes,
+                         kUnpicklerBaseBytes + kUnpicklerBytesPerPickleByte * bytes.size())) {
+    // None, True and False are immutable: one value each, however many the program pushes.
+    none_ = make(PickleValue::Kind::kNone);
+    true_ = make(PickleValue::Kind::kBool);
+    true_->boolean = true;
+    false_ = make(PickleValue::Kind::kBool);
+  }
 
   PickleValue* run();
 
@@ -154,12 +168,31 @@ class Machine {
     TS_CHECK(end != std::string_view::npos, name_, "pickle truncated: GLOBAL at offset ",
              opcode_offset_, " has no end of line");
     std::string_view result = bytes_.substr(position_, end - position_);
+    if (result.size() > kMaxStringBytes) fail("a GLOBAL name longer than a name can be");
     position_ = end + 1;
     return result;
   }
 
+  // Every allocation the program causes is charged to the budget (limits.h).
+  void charge(uint64_t bytes) {
+    charged_ += bytes;
+    if (charged_ > budget_) {
+      fail("the pickle builds more than the " + std::to_string(budget_) +
+           " bytes of values its size allows (" + std::to_string(kUnpicklerBytesPerPickleByte) +
+           " per byte of data.pkl plus " + std::to_string(kUnpicklerBaseBytes) + ", at most " +
+           std::to_string(kMaxUnpicklerBytes) + "): not a tensor checkpoint");
+    }
+  }
+  void push(PickleValue* value) {
+    if (stack_.size() >= kMaxStackDepth) {
+      fail("the stack is deeper than " + std::to_string(kMaxStackDepth) + " values");
+    }
+    stack_.push_back(value);
+  }
+
   // Values.
   PickleValue* make(PickleValue::Kind kind) {
+    charge(sizeof(PickleValue));
     arena_.emplace_back();
     arena_.back().kind = kind;
     return &arena_.back();
@@ -192,10 +225,12 @@ class Machine {
     marks_.pop_back();
     std::vector<PickleValue*> items(stack_.begin() + begin, stack_.end());
     stack_.resize(begin);
+    charge(items.size() * sizeof(PickleValue*));
     return items;
   }
   PickleValue* pop_tuple(size_t n) {
     PickleValue* tuple = make(PickleValue::Kind::kTuple);
+    charge(n * sizeof(PickleValue*));
     tuple->items.resize(n);
     for (size_t i = n; i-- > 0;) tuple->items[i] = pop();
     return tuple;
@@ -206,16 +241,19 @@ class Machine {
     // Python's dict semantics: a string key set twice keeps its place and takes the new value.
     if (key->kind == PickleValue::Kind::kString) {
       auto& index = dict_index_[&dict];
+      charge(key->text.size() + 64);  // a node of the index, about
       auto [it, inserted] = index.emplace(key->text, dict.entries.size());
       if (!inserted) {
         dict.entries[it->second].second = value;
         return;
       }
     }
+    charge(sizeof(std::pair<PickleValue*, PickleValue*>));
     dict.entries.emplace_back(key, value);
   }
   void append(PickleValue& list, PickleValue* item) {
     if (list.kind != PickleValue::Kind::kList) fail("appends to " + describe(list));
+    charge(sizeof(PickleValue*));
     list.items.push_back(item);
   }
 
@@ -223,6 +261,19 @@ class Machine {
   PickleValue* persistent_load(const PickleValue& id);
   PickleValue* call(const PickleValue& callable, const PickleValue& args);
   PickleValue* rebuild_tensor(const PickleValue& args, bool has_dtype);
+  void memoize(uint64_t index, PickleValue* value) {
+    auto [it, inserted] = memo_.emplace(index, value);
+    if (inserted) {
+      if (memo_.size() > kMaxMemoEntries) {
+        fail("the memo holds more than " + std::to_string(kMaxMemoEntries) + " entries");
+      }
+      charge(48);  // a node of the memo, about
+    }
+    it->second = value;
+  }
+  void check_hooks(const PickleValue& hooks, const std::string& function);
+  void apply_tensor_metadata(const PickleValue& metadata, PickleValue& tensor,
+                             const std::string& function);
   int64_t int_argument(const PickleValue& value, const char* what);
   std::vector<int64_t> ints_argument(const PickleValue& value, const char* what);
 
@@ -238,6 +289,11 @@ class Machine {
   std::unordered_map<uint64_t, PickleValue*> memo_;
   std::unordered_map<std::string, PickleValue*> storages_;  // by key: one storage per record
   std::unordered_map<const PickleValue*, std::unordered_map<std::string, size_t>> dict_index_;
+  uint64_t budget_;
+  uint64_t charged_ = 0;
+  PickleValue* none_ = nullptr;
+  PickleValue* true_ = nullptr;
+  PickleValue* false_ = nullptr;
 };
 
 PickleValue* Machine::global(std::string_view module, std::string_view attribute) {
@@ -382,10 +438,61 @@ PickleValue* Machine::rebuild_tensor(const PickleValue& args, bool has_dtype) {
     fail("storage offset " + std::to_string(offset) + " is past the storage's " +
          std::to_string(elements) + " elements");
   }
+  if (args.items[4]->kind != PickleValue::Kind::kBool) {
+    fail(std::string(function) + " expects requires_grad to be a bool, found " +
+         describe(*args.items[4]));
+  }
+  check_hooks(*args.items[5], function);
   PickleValue* tensor = make(PickleValue::Kind::kTensor);
   tensor->tensor = at::empty({0}, c10::TensorOptions().dtype(dtype));
   tensor->tensor.set_(storage.storage, offset, sizes, strides);
+  if (args.items.size() == required + 1)
+    apply_tensor_metadata(*args.items[required], *tensor, function);
   return tensor;
+}
+
+// torch.save writes an empty OrderedDict for a tensor's backward hooks; hooks themselves are
+// Python functions, which no tensor file can carry.
+void Machine::check_hooks(const PickleValue& hooks, const std::string& function) {
+  if (hooks.kind != PickleValue::Kind::kDict || !hooks.entries.empty()) {
+    fail(function + " expects the backward hooks to be an empty OrderedDict, found " +
+         describe(hooks) + (hooks.kind == PickleValue::Kind::kDict ? " of entries" : ""));
+  }
+}
+
+// The metadata torch writes for a tensor (torch._utils.get_tensor_metadata): {'neg': True} for a
+// negative view, {'conj': True} for a conjugate one. Each is honoured; any other key, or a value
+// other than a bool, is refused by name rather than dropped.
+void Machine::apply_tensor_metadata(const PickleValue& metadata, PickleValue& tensor,
+                                    const std::string& function) {
+  if (metadata.kind == PickleValue::Kind::kNone) return;
+  if (metadata.kind != PickleValue::Kind::kDict) {
+    fail(function + " expects its metadata to be a dict, found " + describe(metadata));
+  }
+  for (const auto& [key, value] : metadata.entries) {
+    const bool known =
+        key->kind == PickleValue::Kind::kString && (key->text == "neg" || key->text == "conj");
+    if (!known) {
+      fail(function + "'s metadata has the key " + describe(*key) +
+           ", which this converter does not know how to honour (it knows 'neg' and 'conj')");
+    }
+    // torch.save writes only True; torch.load sets the bit for the key whatever its value, so
+    // anything else has no one meaning.
+    if (value != true_) {
+      fail(function + "'s metadata '" + key->text + "' is " + describe(*value) +
+           ", expected True (torch.save writes only True, and torch.load sets the bit whatever "
+           "the value)");
+    }
+    if (key->text == "neg") {
+      tensor.negative = true;
+    } else {
+      if (!c10::isComplexType(tensor.tensor.scalar_type())) {
+        fail(function + "'s metadata marks a " + c10::toString(tensor.tensor.scalar_type()) +
+             " tensor as conjugated; only complex tensors have a conjugate");
+      }
+      tensor.conjugate = true;
+    }
+  }
 }
 
 PickleValue* Machine::call(const PickleValue& callable, const PickleValue& args) {
@@ -408,6 +515,30 @@ PickleValue* Machine::call(const PickleValue& callable, const PickleValue& args)
       if (args.items.size() != expected || args.items[0]->kind != PickleValue::Kind::kTensor) {
         fail(callable.text + " expects a tensor and " + std::to_string(expected - 1) +
              " more arguments");
+      }
+      if (args.items[1]->kind != PickleValue::Kind::kBool) {
+        fail(callable.text + " expects requires_grad to be a bool, found " +
+             describe(*args.items[1]));
+      }
+      check_hooks(*args.items[2], callable.text);
+      // The state torch writes for a Parameter with Python attributes (its __dict__, or a
+      // (__dict__, slots) tuple): attributes a safetensors file cannot carry, refused by name.
+      if (expected == 4) {
+        const PickleValue& state = *args.items[3];
+        const bool empty = state.kind == PickleValue::Kind::kNone ||
+                           (state.kind == PickleValue::Kind::kDict && state.entries.empty());
+        if (!empty) {
+          std::string names;
+          if (state.kind == PickleValue::Kind::kDict) {
+            for (const auto& entry : state.entries) {
+              names += (names.empty() ? "" : ", ") + describe(*entry.first);
+              if (names.size() > 200) break;
+            }
+          }
+          fail(callable.text + ": the parameter has Python attributes (" +
+               (names.empty() ? describe(state) : names) +
+               "), which a safetensors file cannot store; delete them before saving");
+        }
       }
       return args.items[0];  // a parameter is saved as its data
     }
@@ -442,9 +573,21 @@ PickleValue* Machine::run() {
       case 0x95:  // FRAME: a length hint only
         take(8);
         break;
-      case '.':  // STOP
-        return pop();
+      case '.': {  // STOP: exactly the result is left, and nothing follows
+        PickleValue* result = pop();
+        if (!stack_.empty() || !marks_.empty()) {
+          fail("the program leaves " + std::to_string(stack_.size()) + " more value(s) and " +
+               std::to_string(marks_.size()) + " mark(s) on the stack: not one pickled value");
+        }
+        if (position_ != bytes_.size()) {
+          fail(std::to_string(bytes_.size() - position_) + " bytes follow STOP");
+        }
+        return result;
+      }
       case '(':  // MARK
+        if (marks_.size() >= kMaxMarkDepth) {
+          fail("more than " + std::to_string(kMaxMarkDepth) + " MARKs are open");
+        }
         marks_.push_back(stack_.size());
         break;
       case '0':  // POP
@@ -454,33 +597,32 @@ PickleValue* Machine::run() {
         pop_to_mark();
         break;
       case '2':  // DUP
-        stack_.push_back(top());
+        push(top());
         break;
       case 'N':  // NONE
-        stack_.push_back(make(PickleValue::Kind::kNone));
+        push(none_);
         break;
-      case 0x88:    // NEWTRUE
-      case 0x89: {  // NEWFALSE
-        PickleValue* v = make(PickleValue::Kind::kBool);
-        v->boolean = opcode == 0x88;
-        stack_.push_back(v);
+      case 0x88:  // NEWTRUE
+        push(true_);
         break;
-      }
+      case 0x89:  // NEWFALSE
+        push(false_);
+        break;
       case 'J':  // BININT
-        stack_.push_back(make_int(int32_t(uint32_t(little_endian(4)))));
+        push(make_int(int32_t(uint32_t(little_endian(4)))));
         break;
       case 'K':  // BININT1
-        stack_.push_back(make_int(int64_t(little_endian(1))));
+        push(make_int(int64_t(little_endian(1))));
         break;
       case 'M':  // BININT2
-        stack_.push_back(make_int(int64_t(little_endian(2))));
+        push(make_int(int64_t(little_endian(2))));
         break;
       case 0x8a: {  // LONG1: n bytes of two's complement, little-endian
         const uint8_t n = *take(1);
         if (n > 8) fail("an integer of " + std::to_string(n) + " bytes does not fit in 64 bits");
         uint64_t value = little_endian(n);
         if (n > 0 && n < 8 && (value >> (8 * n - 1)) & 1) value |= ~uint64_t(0) << (8 * n);
-        stack_.push_back(make_int(int64_t(value)));
+        push(make_int(int64_t(value)));
         break;
       }
       case 'G': {  // BINFLOAT: big-endian double
@@ -489,7 +631,7 @@ PickleValue* Machine::run() {
         for (int i = 0; i < 8; ++i) bits = (bits << 8) | data[i];
         PickleValue* v = make(PickleValue::Kind::kFloat);
         std::memcpy(&v->real, &bits, sizeof(bits));
-        stack_.push_back(v);
+        push(v);
         break;
       }
       case 'X':     // BINUNICODE
@@ -497,35 +639,40 @@ PickleValue* Machine::run() {
       case 0x8d: {  // BINUNICODE8
         const size_t width = opcode == 'X' ? 4 : opcode == 0x8c ? 1 : 8;
         const uint64_t length = little_endian(width);
+        if (length > kMaxStringBytes) {
+          fail("a string of " + std::to_string(length) + " bytes, more than the " +
+               std::to_string(kMaxStringBytes) + " a name or key of a tensor checkpoint needs");
+        }
         PickleValue* v = make(PickleValue::Kind::kString);
+        charge(length);
         v->text = std::string(text(length));
-        stack_.push_back(v);
+        push(v);
         break;
       }
       case '}':  // EMPTY_DICT
-        stack_.push_back(make(PickleValue::Kind::kDict));
+        push(make(PickleValue::Kind::kDict));
         break;
       case ']':  // EMPTY_LIST
-        stack_.push_back(make(PickleValue::Kind::kList));
+        push(make(PickleValue::Kind::kList));
         break;
       case ')':  // EMPTY_TUPLE
-        stack_.push_back(make(PickleValue::Kind::kTuple));
+        push(make(PickleValue::Kind::kTuple));
         break;
       case 0x85:  // TUPLE1
       case 0x86:  // TUPLE2
       case 0x87:  // TUPLE3
-        stack_.push_back(pop_tuple(opcode - 0x85 + 1));
+        push(pop_tuple(opcode - 0x85 + 1));
         break;
       case 't': {  // TUPLE
         PickleValue* tuple = make(PickleValue::Kind::kTuple);
         tuple->items = pop_to_mark();
-        stack_.push_back(tuple);
+        push(tuple);
         break;
       }
       case 'l': {  // LIST
         PickleValue* list = make(PickleValue::Kind::kList);
         list->items = pop_to_mark();
-        stack_.push_back(list);
+        push(list);
         break;
       }
       case 'd': {  // DICT
@@ -533,7 +680,7 @@ PickleValue* Machine::run() {
         if (items.size() % 2 != 0) fail("an odd number of keys and values");
         PickleValue* dict = make(PickleValue::Kind::kDict);
         for (size_t i = 0; i < items.size(); i += 2) set_item(*dict, items[i], items[i + 1]);
-        stack_.push_back(dict);
+        push(dict);
         break;
       }
       case 's': {  // SETITEM
@@ -562,23 +709,23 @@ PickleValue* Machine::run() {
       }
       case 'q':  // BINPUT
       case 'r':  // LONG_BINPUT
-        memo_[little_endian(opcode == 'q' ? 1 : 4)] = top();
+        memoize(little_endian(opcode == 'q' ? 1 : 4), top());
         break;
       case 0x94:  // MEMOIZE
-        memo_[memo_.size()] = top();
+        memoize(memo_.size(), top());
         break;
       case 'h':    // BINGET
       case 'j': {  // LONG_BINGET
         const uint64_t index = little_endian(opcode == 'h' ? 1 : 4);
         auto it = memo_.find(index);
         if (it == memo_.end()) fail("memo entry " + std::to_string(index) + " was never set");
-        stack_.push_back(it->second);
+        push(it->second);
         break;
       }
       case 'c': {  // GLOBAL: "module\nname\n"
         const std::string_view module = line();
         const std::string_view attribute = line();
-        stack_.push_back(global(module, attribute));
+        push(global(module, attribute));
         break;
       }
       case 0x93: {  // STACK_GLOBAL
@@ -588,13 +735,13 @@ PickleValue* Machine::run() {
             attribute->kind != PickleValue::Kind::kString) {
           fail("expected two strings");
         }
-        stack_.push_back(global(module->text, attribute->text));
+        push(global(module->text, attribute->text));
         break;
       }
       case 'R': {  // REDUCE
         PickleValue* args = pop();
         PickleValue* callable = pop();
-        stack_.push_back(call(*callable, *args));
+        push(call(*callable, *args));
         break;
       }
       case 'b': {  // BUILD: an OrderedDict's attributes (a state_dict's _metadata) are dropped
@@ -607,7 +754,7 @@ PickleValue* Machine::run() {
         break;
       }
       case 'Q':  // BINPERSID
-        stack_.push_back(persistent_load(*pop()));
+        push(persistent_load(*pop()));
         break;
       default:
         fail(
@@ -617,9 +764,44 @@ PickleValue* Machine::run() {
   }
 }
 
+// The tensor a pickled tensor value stands for: its view, after the size check, with torch's
+// negation and conjugation bits applied (materialized, once per value so that ties stay ties).
+struct FlattenState {
+  const std::string& name;
+  std::unordered_set<std::string> seen;
+  std::unordered_map<const PickleValue*, at::Tensor> resolved;
+  std::vector<std::pair<std::string, at::Tensor>> out;
+};
+
+at::Tensor resolve_tensor(const PickleValue& value, const std::string& path, FlattenState& state) {
+  auto it = state.resolved.find(&value);
+  if (it != state.resolved.end()) return it->second;
+  const at::Tensor& view = value.tensor;
+  const uint64_t storage_bytes = view.storage().nbytes();
+  const uint64_t bytes = uint64_t(view.numel()) * view.element_size();
+  TS_CHECK(bytes <= kMaxViewExpansion * storage_bytes || bytes == 0, state.name, "tensor '", path,
+           "' is a view of size ", view.sizes(), " and stride ", view.strides(), " naming ", bytes,
+           " bytes of a storage of ", storage_bytes,
+           " bytes (stride 0 or overlapping): materializing it would write more than the file "
+           "holds for it; refused (a tensor may name at most ",
+           kMaxViewExpansion, "x its storage's bytes)");
+  at::Tensor tensor = view;
+  try {
+    if (value.conjugate) tensor = tensor.conj().resolve_conj();
+    if (value.negative) tensor = at::neg(tensor);
+  } catch (const c10::Error& e) {
+    TS_FAIL(state.name, "tensor '", path, "' is saved ", value.negative ? "negated" : "conjugated",
+            " (torch's lazy view bit), and the ", c10::toString(view.scalar_type()),
+            " values cannot be ", value.negative ? "negated" : "conjugated", ": ",
+            e.what_without_backtrace());
+  }
+  state.resolved.emplace(&value, tensor);
+  return tensor;
+}
+
 void flatten_into(const PickleValue& value, const std::string& prefix, int depth,
-                  const std::string& name, std::unordered_set<std::string>& seen,
-                  std::vector<std::pair<std::string, at::Tensor>>& out) {
+                  FlattenState& state) {
+  const std::string& name = state.name;
   TS_CHECK(depth <= kMaxFlattenDepth, name, "'", prefix, "' is nested more than ", kMaxFlattenDepth,
            " dicts deep");
   for (const auto& [key, item] : value.entries) {
@@ -628,11 +810,11 @@ void flatten_into(const PickleValue& value, const std::string& prefix, int depth
              describe(*key), ": only string keys name tensors");
     const std::string path = prefix.empty() ? key->text : prefix + "." + key->text;
     if (item->kind == PickleValue::Kind::kTensor) {
-      TS_CHECK(seen.insert(path).second, name, "two tensors are named '", path,
+      TS_CHECK(state.seen.insert(path).second, name, "two tensors are named '", path,
                "' once nested keys are joined with '.'");
-      out.emplace_back(path, item->tensor);
+      state.out.emplace_back(path, resolve_tensor(*item, path, state));
     } else if (item->kind == PickleValue::Kind::kDict) {
-      flatten_into(*item, path, depth + 1, name, seen, out);
+      flatten_into(*item, path, depth + 1, state);
     } else {
       TS_FAIL(name, "'", path, "' is ", describe(*item),
               ", not a tensor or a dict of tensors: only tensors in (nested) dicts can be "
@@ -649,6 +831,8 @@ std::string describe(const PickleValue& value) {
       return "the string '" + value.text.substr(0, 64) + (value.text.size() > 64 ? "...'" : "'");
     case PickleValue::Kind::kInt:
       return "the int " + std::to_string(value.integer);
+    case PickleValue::Kind::kBool:
+      return value.boolean ? "True" : "False";
     case PickleValue::Kind::kGlobal:
       return "the global " + value.text;
     case PickleValue::Kind::kTuple:
@@ -671,10 +855,9 @@ std::vector<std::pair<std::string, at::Tensor>> flatten_tensors(const PickleValu
                                                                 const std::string& name) {
   TS_CHECK(root.kind == PickleValue::Kind::kDict, name, "the checkpoint holds ", describe(root),
            ", expected a dict of tensors (a state dict)");
-  std::vector<std::pair<std::string, at::Tensor>> tensors;
-  std::unordered_set<std::string> seen;
-  flatten_into(root, "", 0, name, seen, tensors);
-  return tensors;
+  FlattenState state{name, {}, {}, {}};
+  flatten_into(root, "", 0, state);
+  return std::move(state.out);
 }
 
 }  // namespace torch::safetensors::convert

@@ -48,7 +48,11 @@ struct TS_API PickleValue {
   int global_id = -1;                             // kGlobal: row of the allowed-globals table
   c10::ScalarType dtype = c10::ScalarType::Byte;  // kStorage: the storage type's dtype
   c10::Storage storage;                           // kStorage
-  at::Tensor tensor;                              // kTensor
+  at::Tensor tensor;                              // kTensor: a view of its storage
+  // kTensor: _rebuild_tensor_v2/v3's metadata {'neg': True} / {'conj': True}, torch's lazy
+  // negation and conjugation bits: flatten_tensors materializes them.
+  bool negative = false;
+  bool conjugate = false;
 };
 
 // What the pickle says about a value, for error messages: "a list", "the string 'x'", ...
@@ -69,14 +73,19 @@ class TS_API PickleTree {
 };
 
 // Runs the pickle program `bytes` (protocols 2 to 5, the opcodes a tensor checkpoint uses).
-// Errors are c10::Errors naming `name`, the opcode and its offset, or the refused global.
+// Errors are c10::Errors naming `name`, the opcode and its offset, or the refused global. The
+// program must leave exactly its result at STOP, and nothing may follow STOP. Memory, stack,
+// memo and strings are bounded by limits.h.
 TS_API PickleTree unpickle(std::string_view bytes, const StorageLoader& load_storage,
-                           const std::string& name);
+                    const std::string& name);
 
 // The tensors of a (nested) dict, with nested keys joined by '.': {"a": {"b": t}} → "a.b".
 // Anything else — a list, a number, a non-string key, a bare tensor at the top — is an error
-// naming its dotted path. Tensors keep their storages (ties stay visible to the tie policy).
+// naming its dotted path. Tensors keep their storages (ties stay visible to the tie policy),
+// except negated or conjugated ones, which are materialized (once per pickled tensor). A tensor
+// naming more than kMaxViewExpansion times its storage's bytes (a stride-0 or overlapping view)
+// is refused, naming it, its storage's size and its size.
 TS_API std::vector<std::pair<std::string, at::Tensor>> flatten_tensors(const PickleValue& root,
-                                                                       const std::string& name);
+                                                                const std::string& name);
 
 }  // namespace torch::safetensors::convert
