@@ -31,6 +31,7 @@ const char* kHelp =
     "                          huggingface_hub does; without it OUT is one .safetensors file\n"
     "  --dtype DTYPE           cast F64/F32/F16/BF16 tensors to DTYPE (F32, F16 or BF16);\n"
     "                          integer, bool, FP8 and complex tensors keep their dtype\n"
+    "  --durable               fsync every file written and its folder before exiting\n"
     "\n"
     "ExecuTorch (.ptd, the FlatTensor file of a program's external weights):\n"
     "  --to ptd                IN is a safetensors file, index or directory: write OUT as a\n"
@@ -66,7 +67,7 @@ std::optional<int> convert_executorch(const ParsedArgs& parsed) {
     if (parsed.value("--max-shard-size") || parsed.value("--dtype")) {
       throw UsageError("--max-shard-size and --dtype do not apply to a .ptd input");
     }
-    const size_t n = ptd_to_safetensors(in, out);
+    const size_t n = ptd_to_safetensors(in, SaveTo(out).durable(parsed.flag("--durable")));
     std::cout << "converted " << in << " -> " << out << ": " << n << " tensors (.ptd to "
               << "safetensors)\n";
     return 0;
@@ -81,7 +82,7 @@ std::optional<int> convert_executorch(const ParsedArgs& parsed) {
         parse_unsigned_option("--alignment", *alignment, "a number of bytes, a power of two");
   }
   const Checkpoint checkpoint(in);
-  save_ptd(checkpoint, out, options);
+  save_ptd(checkpoint, SaveTo(out).durable(parsed.flag("--durable")), options);
   std::cout << "converted " << in << " -> " << out << ": " << checkpoint.size()
             << " tensors (.ptd for ExecuTorch)\n";
   return 0;
@@ -95,7 +96,8 @@ int convert_command(const std::vector<std::string>& args) {
                             {"--dtype", true},
                             {"--to", true},
                             {"--strip-prefix", true},
-                            {"--alignment", true}},
+                            {"--alignment", true},
+                            {"--durable", false}},
                            kHelp, 2, 2);
   if (!parsed) return 0;
   if (auto code = convert_executorch(*parsed)) return *code;
@@ -116,6 +118,7 @@ int convert_command(const std::vector<std::string>& args) {
     }
   }
   if (auto dtype = parsed->value("--dtype")) options.dtype = parse_cast_dtype(*dtype);
+  options.durable = parsed->flag("--durable");
   std::optional<ProgressBar> bar;
   options.on_progress = [&](uint64_t done, uint64_t total) {
     if (!bar) bar.emplace("convert", total);

@@ -53,6 +53,8 @@ struct TS_API ConvertOptions {
   std::optional<c10::ScalarType> dtype;
   // As transformers' conversions write it; tied names are added by the tie policy.
   std::optional<Metadata> metadata = Metadata{{"format", "pt"}};
+  // fsync every file written and its directory before returning (SaveTo::durable).
+  bool durable = false;
   // Called with (bytes written, bytes to write) while a single file is written.
   std::function<void(uint64_t done, uint64_t total)> on_progress;
 };

@@ -108,3 +108,16 @@ def test_durable_saves_fsync_the_file_and_its_directory(tmp_path, durable):
     assert len(calls) >= 2 if durable else calls == [], calls
     loaded = torch_safetensors.load_file(tmp_path / "w.safetensors")
     assert torch.equal(loaded["w"], torch.ones(4))
+
+
+def test_convert_durable_fsyncs(tmp_path):
+    source = tmp_path / "model.pt"
+    torch.save({"w": torch.ones(4)}, source)
+    code = ("import sys, torch_safetensors.__main__ as m\n"
+            f"sys.exit(m.main(['convert', {str(source)!r}, {str(tmp_path / 'm.safetensors')!r}, "
+            "'--durable']))\n")
+    calls = _fsyncs(code)
+    if calls is None:
+        pytest.skip("strace is not installed or may not trace here (scripts/setup.sh installs it)")
+    assert len(calls) >= 2, calls
+    assert torch.equal(torch_safetensors.load_file(tmp_path / "m.safetensors")["w"], torch.ones(4))

@@ -53,6 +53,7 @@ ConvertReport convert_torch_checkpoint(const std::string& from, const std::strin
     shard_options.max_shard_size = *options.max_shard_size;
     shard_options.metadata = options.metadata;
     shard_options.on_progress = options.on_progress;
+    shard_options.durable = options.durable;
     save_sharded(tensors, to, shard_options);
     const Checkpoint written(to);
     report.files = written.shard_files();
@@ -77,7 +78,7 @@ ConvertReport convert_torch_checkpoint(const std::string& from, const std::strin
                written += length;
                if (options.on_progress) options.on_progress(std::min(written, total), total);
              });
-  writer.commit();
+  writer.commit(options.durable);
   report.tensors_written = entries.size();
   report.bytes_written = total;
   report.files.push_back(to);
