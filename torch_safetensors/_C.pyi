@@ -1,5 +1,5 @@
 # Private extension module: the C++ core's binding. Use the torch_safetensors package API.
-from typing import Any, Callable, Dict, List, Optional, Sequence, Set, Tuple, overload
+from typing import Any, Callable, Dict, List, Optional, Sequence, Set, Tuple, Union, overload
 
 import torch
 
@@ -25,7 +25,7 @@ class ModuleLoadOptions(LoadOptions):
 
 def _testing_stage_on_cpu(options: LoadOptions) -> LoadOptions: ...  # tests only
 # A SafetensorError naming source unless this LibTorch can reach device.
-def check_device(device: torch.device, source: str) -> None: ...
+def check_device(device: torch.device, source: Union[str, bytes]) -> None: ...
 # (indexes, safetensors files) of a directory, each sorted: what Checkpoint chooses from.
 def checkpoint_files(directory: str) -> Tuple[List[str], List[str]]: ...
 

@@ -108,7 +108,7 @@ def device(value: object, source: Union[str, bytes]) -> torch.device:
     build, ``cuda:7`` on a one-GPU machine). ``source`` names what is loaded, for the message."""
     parsed = _parse_device(value)
     try:
-        _C.check_device(parsed, os.fsdecode(source))
+        _C.check_device(parsed, source)
     except SafetensorError as error:
         raise RuntimeError(str(error)) from None
     return parsed
