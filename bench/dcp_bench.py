@@ -1,6 +1,6 @@
 #!/usr/bin/env python3
 """torch.distributed.checkpoint on safetensors: our StorageReader/StorageWriter
-(torch_safetensors._dcp) against torch's HuggingFaceStorageReader/Writer, same checkpoint.
+(torch_safetensors.distributed) against torch's HuggingFaceStorageReader/Writer, same checkpoint.
 
     python3 bench/dcp_bench.py                       # ~768 MB Llama-like BF16, 4+ shards
     python3 bench/dcp_bench.py --size-mb 256 --reps 3 --ranks 2
@@ -37,7 +37,7 @@ import warnings
 
 HERE = os.path.dirname(os.path.abspath(__file__))
 sys.path.insert(0, HERE)
-# The checkout's Python modules (torch_safetensors._dcp) over an older installed copy; the C++
+# The checkout's Python modules (torch_safetensors.distributed) over an older installed copy; the C++
 # extension is the installed one either way (torch_safetensors._extension finds it).
 sys.path.insert(1, os.path.dirname(HERE))
 import run as bench_run  # noqa: E402  (llama_stack, machine)
@@ -112,7 +112,7 @@ def readers(directory: str, variants):
     """``variants``: (label, backend or "torch", thread_count) -> label: reader factory."""
     from torch.distributed.checkpoint import HuggingFaceStorageReader
 
-    from torch_safetensors._dcp import StorageReader
+    from torch_safetensors.distributed import StorageReader
 
     made = {}
     for label, backend, threads in variants:
@@ -246,7 +246,7 @@ def saves(expected, workdir: str, reps: int):
     import torch.distributed.checkpoint as dcp
     from torch.distributed.checkpoint import HuggingFaceStorageWriter
 
-    from torch_safetensors._dcp import StorageWriter
+    from torch_safetensors.distributed import StorageWriter
 
     writers = {
         "ours": lambda path: StorageWriter(path),

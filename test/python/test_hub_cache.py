@@ -16,7 +16,7 @@ import torch.distributed.checkpoint as dcp
 
 import torch_safetensors
 from torch_safetensors import hub
-from torch_safetensors._dcp import StorageReader
+from torch_safetensors.distributed import StorageReader
 
 huggingface_hub = pytest.importorskip("huggingface_hub")
 

@@ -2,7 +2,7 @@
 // they cover each tensor exactly once. torch's HuggingFaceStorageWriter(save_distributed=True)
 // records a chunk's place as `__metadata__["DCP_SHARDING_INFO"]`, JSON of
 // {"<tensor>": {"saved_offsets": [o0, o1, ...]}} (torch/distributed/checkpoint/_hf_utils.py);
-// the chunk's sizes are its stored shape. The reader (torch_safetensors/_dcp.py) calls these
+// the chunk's sizes are its stored shape. The reader (torch_safetensors/distributed/_dcp.py) calls these
 // before it plans any read, so a gap, an overlap or a bad offset is an error naming the file and
 // the tensor, never a destination left with its old values.
 #pragma once

@@ -1,4 +1,4 @@
-// DCP chunk placement and coverage (distributed/coverage.h) for torch_safetensors._dcp, which
+// DCP chunk placement and coverage (distributed/coverage.h) for torch_safetensors.distributed._dcp, which
 // raises ValueError for a checkpoint's bad metadata as torch's DCP readers do.
 #include <pybind11/stl.h>
 
