@@ -412,6 +412,7 @@ def index_cases():
 # ones with torch.load. Zips are laid out as torch.save lays them out ("archive/" records, stored,
 # data descriptors, zip64 end records) unless a case says otherwise; deflate streams are built by
 # hand (stored blocks) so the bytes never depend on zlib's version.
+CHECKPOINT_CORPUS_DIR = os.path.join(ROOT, "test", "data", "adversarial_checkpoints")
 CONVERT_CORPUS_DIR = os.path.join(ROOT, "test", "data", "adversarial_convert")
 PICKLE_SEEDS_DIR = os.path.join(ROOT, "fuzz", "seeds_pickle")
 
@@ -824,6 +825,90 @@ def pickle_seeds(corpus):
     out.append(("flood_marks", b"\x80\x02" + b"(" * 1000 + b"}."))
     return out
 
+def checkpoint_cases():
+    """(name, {file: bytes}, expected error substring or OK) for a folder per case: quantized
+    checkpoints (quant.describe / DenseView of <name>/model.safetensors, config.json beside it)
+    and DCP save_distributed layouts (StorageReader(<name>).read_metadata()). The issue-22 classes
+    beyond the header: 0-dim quantized weights, integers out of range, foreign metadata values,
+    chunks that do not tile a tensor exactly once."""
+    out = []
+
+    def add(name, files, expected):
+        out.append((name, files, expected))
+
+    def f32(n, seed=0):
+        return data_bytes(4 * n, seed)
+
+    def file_of(tensors, metadata=None):
+        """tensors: [(name, dtype, shape, bytes)] in order."""
+        header, data = {}, b""
+        if metadata is not None:
+            header["__metadata__"] = metadata
+        for name, dtype, shape, blob in tensors:
+            header[name] = t(dtype, list(shape), len(data), len(data) + len(blob))
+            data += blob
+        return build(header, data)
+
+    # ---- quant ----
+    fp8_scalar = [("x.weight", "F8_E4M3", [], b"\x40"), ("x.weight_scale", "F32", [], f32(1))]
+    add("quant_zero_dim_fp8_one_scale", {"model.safetensors": file_of(fp8_scalar)}, "OK")
+    add("quant_zero_dim_fp8_scale_inv",
+        {"model.safetensors": file_of([fp8_scalar[0], ("x.weight_scale_inv", "F32", [], f32(1))])},
+        "OK")
+    add("quant_zero_dim_fp8_many_scales",
+        {"model.safetensors": file_of([fp8_scalar[0], ("x.weight_scale", "F32", [3], f32(3))])},
+        "expected one value")
+    # GPTQ, 4 bits, in 64, out 16, groups of 32
+    gptq = [("a.g_idx", "I32", [64], data_bytes(256, 1)), ("a.qweight", "I32", [8, 16], data_bytes(512, 2)),
+            ("a.qzeros", "I32", [2, 2], data_bytes(16, 3)), ("a.scales", "F16", [2, 16], data_bytes(64, 4))]
+    for name, config, expected in [
+        ("quant_gptq_bits_2pow32_plus_4", {"quant_method": "gptq", "bits": 4294967300, "group_size": 32},
+         "'bits' must be an integer in [1, 8], found 4294967300"),
+        ("quant_gptq_bits_fraction", {"quant_method": "gptq", "bits": 4.5, "group_size": 32},
+         "'bits' must be an integer in [1, 8], found 4.5"),
+        ("quant_gptq_bits_string", {"quant_method": "gptq", "bits": "4", "group_size": 32},
+         "'bits' must be an integer in [1, 8], found a string"),
+        ("quant_gptq_group_size_2pow63", {"quant_method": "gptq", "bits": 4,
+                                          "group_size": 9223372036854775808},
+         "'group_size' must be an integer in [-1, 281474976710656], found 9223372036854775808"),
+        ("quant_gptq_sym_string", {"quant_method": "gptq", "bits": 4, "group_size": 32, "sym": "true"},
+         "'sym' must be true or false"),
+        ("quant_awq_w_bit_overflow", {"quant_method": "awq", "w_bit": 4294967300, "q_group_size": 32},
+         "'w_bit' must be an integer in [1, 8]"),
+    ]:
+        add(name, {"model.safetensors": file_of(gptq),
+                   "config.json": json.dumps({"quantization_config": config}).encode()}, expected)
+    # fracast 0.1.0's own metadata: "quantization" is theirs, not ours; the file is unquantized
+    for name, value in [("quant_foreign_key_none", "none"),
+                        ("quant_foreign_key_label", "fracast-w8-symmetric-per-output-channel")]:
+        add(name, {"model.safetensors": file_of([("w", "F32", [2], f32(2))],
+                                                {"format": "pt", "quantization": value})}, "OK")
+
+    # ---- DCP save_distributed layouts: w is [4, 2] F32, stored in chunks ----
+    def dcp(chunks):
+        """chunks: [(file, offsets, rows)]: rows of w (2 floats each) at offsets."""
+        files = {}
+        for file, offsets, rows in chunks:
+            info = json.dumps({"w": {"saved_offsets": offsets}})
+            files[file] = file_of([("w", "F32", [rows, 2], f32(2 * rows, len(files)))],
+                                  {"DCP_SHARDING_INFO": info})
+        return files
+    add("dcp_exact", dcp([("a.safetensors", [0, 0], 2), ("b.safetensors", [2, 0], 2)]), "OK")
+    add("dcp_gap", dcp([("a.safetensors", [0, 0], 1), ("b.safetensors", [2, 0], 2)]),
+        "tensor 'w': its 2 stored chunks cover 6 of the 8 elements")
+    add("dcp_overlap", dcp([("a.safetensors", [0, 0], 3), ("b.safetensors", [2, 0], 2)]),
+        "overlaps")
+    add("dcp_negative_offset", dcp([("a.safetensors", [-4, 0], 4)]),
+        "'saved_offsets' must be an integer in [0, 9223372036854775807], found -4")
+    add("dcp_fractional_offset", dcp([("a.safetensors", [3.9, 0], 4)]),
+        "'saved_offsets' must be an integer in [0, 9223372036854775807], found 3.9")
+    add("dcp_offset_2pow63", dcp([("a.safetensors", [2**63, 0], 4)]),
+        "found 9223372036854775808")
+    add("dcp_offsets_rank", dcp([("a.safetensors", [0], 4)]),
+        "tensor 'w' has 2 dimensions, but its saved_offsets [0] has 1")
+    return out
+
+
 def write_tree(directory, files, check):
     """Writes name→bytes into `directory` (names may hold '/'), removing files it does not list."""
     stale = []
@@ -883,6 +968,14 @@ def main():
     convert_files = [(n + ".pt", b) for n, b, _ in convert_corpus]
     convert_files.append(("MANIFEST.tsv", convert_manifest.encode("utf-8")))
     stale += write_tree(CONVERT_CORPUS_DIR, convert_files, args.check)
+    checkpoint_corpus = checkpoint_cases()
+    assert len({n for n, _, _ in checkpoint_corpus}) == len(checkpoint_corpus), "duplicate cases"
+    checkpoint_files = [(name + "/" + file, blob) for name, files, _ in checkpoint_corpus
+                        for file, blob in sorted(files.items())]
+    checkpoint_files.append(("MANIFEST.tsv", (
+        "# folder\texpected error substring (OK: must load)\n" + "".join(
+            "%s\t%s\n" % (name, expected) for name, _, expected in checkpoint_corpus)).encode()))
+    stale += write_tree(CHECKPOINT_CORPUS_DIR, checkpoint_files, args.check)
     # Only the generated seeds: fuzz/make_pickle_seeds.py writes the others (with torch).
     for name, blob in pickle_seeds(convert_corpus):
         path = os.path.join(PICKLE_SEEDS_DIR, name + ".pkl")
