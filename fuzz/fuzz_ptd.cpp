@@ -10,6 +10,7 @@
 #include <cstdlib>
 #include <string>
 
+#include <ATen/ops/equal.h>
 #include <c10/util/Exception.h>
 
 #include "torch_safetensors/executorch.h"
