@@ -112,14 +112,18 @@ def strict_load_error(
     the file holds with values the module cannot hold at once (the C++ report's
     ``tied_conflicts``)."""
     error = f"Error(s) in loading state_dict for {model.__class__.__name__}:"
-    missing, unexpected = sorted(missing), sorted(unexpected)
+    # A tied conflict is an unexpected key in the reference's words (its tests match them); the
+    # line after says what actually happened.
+    missing = sorted(missing)
+    unexpected = sorted(list(unexpected) + [dropped for dropped, _ in tied_conflicts])
     if missing:
         error += "\n    Missing key(s) in state_dict: " + ", ".join(f'"{k}"' for k in missing)
     if unexpected:
         error += "\n    Unexpected key(s) in state_dict: " + ", ".join(f'"{k}"' for k in unexpected)
     if tied_conflicts:
-        error += "\n    Tied key(s) whose values in state_dict differ: " + ", ".join(
-            f'"{dropped}" (tied to "{kept}", which is loaded)' for dropped, kept in tied_conflicts)
+        error += "\n    (tied in the model but different in the file: " + ", ".join(
+            f'"{dropped}" is one tensor with "{kept}", which is loaded'
+            for dropped, kept in tied_conflicts) + ")"
     return RuntimeError(error)
 
 
