@@ -121,6 +121,7 @@ def load_options(
     populate: Optional[bool],
     source: Union[str, bytes],
     staging_bytes: Optional[int] = None,
+    cast_fp8: Optional[bool] = None,
 ) -> Any:
     """The extension's ``LoadOptions`` from the Python arguments: only what the caller chose is
     set, every default is the C++ one."""
@@ -135,4 +136,8 @@ def load_options(
         options.dtype = dtype
     if staging_bytes is not None:
         options.staging_bytes = staging_bytes
+    if cast_fp8 is not None:
+        if not isinstance(cast_fp8, bool):
+            raise not_instance("cast_fp8", cast_fp8, "bool")
+        options.cast_fp8 = cast_fp8
     return options

@@ -60,6 +60,8 @@ class safe_open:  # noqa: N801 (the reference's name)
         dtype: cast floating-point tensors (F64, F32, F16, BF16) to this floating dtype on load,
             on ``device`` after the raw copy, as ``model.to(dtype)`` does; integers, bools, FP8
             and packed (F4, F6) tensors keep their stored dtype (the core's rule).
+        cast_fp8: with ``dtype``, cast FP8 tensors too (only where they are plain values, not
+            quantized weights whose scale is another tensor).
         populate: with ``"mmap"``, fault the whole mapping in now on all cores
             (``MADV_POPULATE_READ``) so that tensors are resident at once.
 
@@ -81,11 +83,12 @@ class safe_open:  # noqa: N801 (the reference's name)
         backend: str = "mmap",
         dtype: Optional[torch.dtype] = None,
         populate: bool = False,
+        cast_fp8: bool = False,
     ) -> None:
         self._file: Any = None
         _args.check_framework(framework)
         path = _args.path(filename)
-        options = _args.load_options(backend, device, dtype, populate, path)
+        options = _args.load_options(backend, device, dtype, populate, path, cast_fp8=cast_fp8)
         # A file the OS cannot open raises OSError (FileNotFoundError, ...) from the binding.
         self._file = _C.File(path, options)
 
@@ -178,10 +181,12 @@ class open_checkpoint(safe_open):  # noqa: N801 (a function-like name, as safe_o
         dtype: Optional[torch.dtype] = None,
         populate: bool = False,
         staging_bytes: Optional[int] = None,
+        cast_fp8: bool = False,
     ) -> None:
         self._file = None
         name = _args.path(path)
-        options = _args.load_options(backend, device, dtype, populate, name, staging_bytes)
+        options = _args.load_options(backend, device, dtype, populate, name, staging_bytes,
+                                     cast_fp8)
         self._file = _C.Checkpoint(name, options)
 
     def iter_tensors(self) -> Iterator[Tuple[str, torch.Tensor]]:

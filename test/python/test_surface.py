@@ -52,6 +52,17 @@ def test_dtype_on_load_casts_floating_tensors_only(tmp_path, backend):
         torch_safetensors.safe_open(path, "pt", dtype=torch.int32)
 
 
+def test_fp8_is_cast_only_when_asked(tmp_path):
+    path = tmp_path / "f8.safetensors"
+    fp8 = torch.randn(16).to(torch.float8_e4m3fn)
+    torch_safetensors.save_file({"f": fp8}, path)
+    with torch_safetensors.safe_open(path, "pt", dtype=torch.bfloat16) as f:
+        assert f.get_tensor("f").dtype == torch.float8_e4m3fn
+    for handle in (torch_safetensors.safe_open(path, "pt", dtype=torch.bfloat16, cast_fp8=True),
+                   torch_safetensors.open_checkpoint(path, dtype=torch.bfloat16, cast_fp8=True)):
+        assert torch.equal(handle.get_tensor("f"), fp8.to(torch.bfloat16))
+
+
 def test_torch_archives_are_recognised(tmp_path):
     zipped = tmp_path / "model.pt"
     torch.save({"w": torch.ones(2)}, zipped)
