@@ -1,14 +1,17 @@
 #!/usr/bin/env bash
-# Hardening checks (issue 5), run by .ci/run after the normal tests. Needs clang (Debian's clang-14
-# has libFuzzer and the sanitizer runtimes). On 2 cores it takes about 10-15 minutes.
+# Hardening checks, run by .ci/run after the normal tests. Needs clang (Debian's clang-14 has
+# libFuzzer and the sanitizer runtimes). Each sanitizer build compiles only what it runs: ASan+UBSan
+# the test executables and the fuzzers, TSan the core and the concurrency tests' source.
+# The fuzzers read the test corpora in test/data directly; fuzz/ holds only the extra seeds.
 #
 #   1. the adversarial corpus matches its generator (tools/gen_adversarial.py --check)
 #   2. ASan+UBSan: the whole C++ test suite, built with clang (the fuzz target in the same tree)
 #   3. TSan: the concurrency tests
-#   4. libFuzzer: fuzz_open for FUZZ_SECONDS (default 60) from fuzz/seeds, fuzz_index (sharded
-#      checkpoint indexes) for INDEX_FUZZ_SECONDS (default 30) from fuzz/index_seeds
+#   4. libFuzzer: fuzz_open for FUZZ_SECONDS (default 60) from test/data/adversarial and fuzz/seeds,
+#      fuzz_index (sharded checkpoint indexes) for INDEX_FUZZ_SECONDS (default 30) from
+#      test/data/adversarial_index
 #   5. libFuzzer: fuzz_unpickle (the converter's restricted unpickler) for UNPICKLE_FUZZ_SECONDS
-#      (default 20) from fuzz/seeds_pickle; fuzz_ptd (ExecuTorch .ptd files) for PTD_FUZZ_SECONDS
+#      (default 20) from fuzz/seeds_pickle and test/data/adversarial_convert; fuzz_ptd (ExecuTorch .ptd files) for PTD_FUZZ_SECONDS
 #      (default 20) from fuzz/seeds_ptd; fuzz_dcp_metadata (DCP sharding metadata and chunk
 #      coverage) for DCP_FUZZ_SECONDS (default 20) from fuzz/seeds_dcp; fuzz_quant_config
 #      (quantization configs and metadata) for QUANT_FUZZ_SECONDS (default 20) from
@@ -63,27 +66,30 @@ python3 tools/gen_adversarial.py --check || fail "run python3 tools/gen_adversar
 section "2/5 ASan+UBSan: build (clang, -fsanitize=address,undefined, with fuzz_open)"
 mkdir -p "$ASAN_DIR"
 configure "$ASAN_DIR" -DTS_SANITIZE=address,undefined -DTS_BUILD_TESTS=ON -DTS_BUILD_FUZZ=ON
-cmake --build "$ASAN_DIR" -j "$JOBS" || fail "ASan+UBSan build"
+cmake --build "$ASAN_DIR" -j "$JOBS" --target ts_tests ts_fuzzers || fail "ASan+UBSan build"
 
 section "2/5 ASan+UBSan: ctest (every C++ test)"
 (cd "$ASAN_DIR" && ctest --output-on-failure -j "$JOBS" --timeout 600) || fail "tests under ASan+UBSan"
 
 section "3/5 TSan: build (clang, -fsanitize=thread)"
 mkdir -p "$TSAN_DIR"
-configure "$TSAN_DIR" -DTS_SANITIZE=thread -DTS_BUILD_TESTS=ON
-cmake --build "$TSAN_DIR" -j "$JOBS" --target test_hardening || fail "TSan build"
+# Only the core and test_hardening.cpp (the Concurrency and SaveFaults cases) in test_core.
+configure "$TSAN_DIR" -DTS_SANITIZE=thread -DTS_BUILD_TESTS=ON -DTS_TESTS=test_hardening \
+  -DTS_BUILD_CONVERT=OFF -DTS_BUILD_DISTRIBUTED=OFF -DTS_WITH_EXECUTORCH=OFF
+cmake --build "$TSAN_DIR" -j "$JOBS" --target test_core || fail "TSan build"
 
 section "3/5 TSan: concurrency tests"
 # setarch -R: clang-14's TSan cannot map its shadow under the high mmap entropy of newer kernels.
 RUN_TSAN=()
 if setarch "$(uname -m)" -R true 2>/dev/null; then RUN_TSAN=(setarch "$(uname -m)" -R); fi
-"${RUN_TSAN[@]}" "$TSAN_DIR/test/test_hardening" --gtest_filter='Concurrency.*:SaveFaults.SaveOver*' ||
+"${RUN_TSAN[@]}" "$TSAN_DIR/test/test_core" --gtest_filter='Concurrency.*:SaveFaults.SaveOver*' ||
   fail "concurrency tests under TSan"
 
 ARTIFACTS=$ASAN_DIR/fuzz/artifacts
 mkdir -p "$ARTIFACTS"
-# run_fuzzer TARGET SECONDS MAX_LEN SEEDS WHERE_TO_ADD_A_REGRESSION [extra libFuzzer flags...]:
-# TARGET from SEEDS (with a corpus of its own) for SECONDS; a crash fails with how to reproduce.
+# run_fuzzer TARGET SECONDS MAX_LEN "SEED_DIRS" WHERE_TO_ADD_A_REGRESSION [libFuzzer flags...]:
+# TARGET from the seed folders (with a corpus of its own) for SECONDS; a crash fails with how to
+# reproduce. libFuzzer only reads the seed folders: new inputs go to the corpus of its own.
 # Leak checking stays off in the fuzzers: libFuzzer's own leak detection would flag libtorch.
 run_fuzzer() {
   local target=$1 seconds=$2 max_len=$3 seeds=$4 regression=$5
@@ -92,7 +98,7 @@ run_fuzzer() {
   mkdir -p "$corpus"
   if ! ASAN_OPTIONS="detect_leaks=0:halt_on_error=1" "$ASAN_DIR/fuzz/$target" \
     -max_total_time="$seconds" -max_len="$max_len" -timeout=10 -rss_limit_mb=4096 "$@" \
-    -print_final_stats=1 -artifact_prefix="$ARTIFACTS/" "$corpus" "$seeds" >"$log" 2>&1; then
+    -print_final_stats=1 -artifact_prefix="$ARTIFACTS/" "$corpus" $seeds >"$log" 2>&1; then
     tail -n 60 "$log"
     ls -l "$ARTIFACTS"
     fail "$target found a crash; reproduce with $ASAN_DIR/fuzz/$target <artifact> (from the repository root), then add it to $regression as a regression case"
@@ -101,15 +107,17 @@ run_fuzzer() {
 }
 
 section "4/5 libFuzzer: fuzz_open for ${FUZZ_SECONDS}s"
-run_fuzzer fuzz_open "$FUZZ_SECONDS" 65536 fuzz/seeds tools/gen_adversarial.py \
+run_fuzzer fuzz_open "$FUZZ_SECONDS" 65536 "test/data/adversarial fuzz/seeds" \
+  tools/gen_adversarial.py \
   -dict=fuzz/safetensors.dict
 
 section "4/5 libFuzzer: fuzz_index (sharded checkpoint indexes) for ${INDEX_FUZZ_SECONDS}s"
-run_fuzzer fuzz_index "$INDEX_FUZZ_SECONDS" 4096 fuzz/index_seeds \
+run_fuzzer fuzz_index "$INDEX_FUZZ_SECONDS" 4096 test/data/adversarial_index \
   "index_cases() in tools/gen_adversarial.py"
 
 section "5/5 libFuzzer: fuzz_unpickle for ${UNPICKLE_FUZZ_SECONDS}s"
-run_fuzzer fuzz_unpickle "$UNPICKLE_FUZZ_SECONDS" 65536 fuzz/seeds_pickle test/cpp/test_convert.cpp
+run_fuzzer fuzz_unpickle "$UNPICKLE_FUZZ_SECONDS" 65536 \
+  "fuzz/seeds_pickle test/data/adversarial_convert" test/cpp/test_convert.cpp
 
 section "5/5 libFuzzer: fuzz_ptd (ExecuTorch .ptd files) for ${PTD_FUZZ_SECONDS}s"
 run_fuzzer fuzz_ptd "$PTD_FUZZ_SECONDS" 65536 fuzz/seeds_ptd \

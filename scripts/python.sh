@@ -1,5 +1,6 @@
 #!/usr/bin/env bash
-# Builds and installs the Python package from this checkout (one extension from the C++ sources).
+# Builds and installs the Python package from this checkout: the bindings, linked with the C++
+# libraries of the CMake build in build/ (setup.py configures and builds it when it is not there).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 export MAX_JOBS=${MAX_JOBS:-$(nproc)}

@@ -3,7 +3,7 @@
 # CPU wheel) and the test-only Python packages. Idempotent and quick when everything is there.
 set -euo pipefail
 
-APT_PACKAGES=(libsimdjson-dev libgtest-dev libbenchmark-dev ccache clang libclang-rt-14-dev strace)
+APT_PACKAGES=(libsimdjson-dev libgtest-dev ccache clang libclang-rt-14-dev strace)
 PIP_PACKAGES=(torch==2.13.0 safetensors pytest numpy)
 # Peers for interop tests only (never dependencies of the library); they could pull another torch,
 # so they install against a constraints file pinning it.

@@ -6,13 +6,15 @@ bash scripts/setup.sh
 # ccache: relative paths make builds in another clone of the repo hit the same cache entries.
 export CCACHE_BASEDIR="$PWD"
 
-# The Python package first: the C++ TorchScript test (test_jit) runs a Python script that
-# imports it, and fails if it cannot.
+echo "== C++ libraries and the GoogleTest executables"
+bash scripts/build.sh
+
+# The Python package links the libraries just built (setup.py, build/), so it compiles only its
+# bindings; the C++ TorchScript test (in test_core) runs a Python script that imports it.
 echo "== Python package"
 bash scripts/python.sh
 
-echo "== C++ library and GoogleTest suite"
-bash scripts/build.sh
+echo "== C++ tests"
 (cd build && ctest --output-on-failure -j "$(nproc)")
 
 echo "== examples against the installed package (find_package)"
@@ -21,6 +23,7 @@ bash scripts/examples.sh build/install >/dev/null
   ./examples/demo demo_model.safetensors >/dev/null && ./examples/sharded sharded_model >/dev/null &&
   ./examples/streaming streamed_model >/dev/null && ./examples/tensor_parallel tp_model >/dev/null)
 echo "examples: 6 passed, 0 failed"
+./build/examples/docs_examples
 
 echo "== Python package: interop tests against the reference safetensors"
 python3 -m pytest test/python -q

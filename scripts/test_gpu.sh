@@ -26,8 +26,9 @@ mkdir -p "$OUT" "$WORK"
 rm -f "$WORK"/*.xml "$WORK"/*.json "$WORK/steps.tsv"
 exec > >(tee "$OUT/gpu_check.log") 2>&1
 
-# The executables with CUDA cases (and test_distributed, the rank-piece planner); a CUDA case has
-# "Cuda" in its name (gpu_check.py fails a CPU case that skips for want of CUDA).
+# The test sources with CUDA cases (and test_distributed, the rank-piece planner), built into
+# test_core; a CUDA case has "Cuda" in its name (gpu_check.py fails a CPU case that skips for want
+# of CUDA).
 TESTS=(test_load_save test_module test_device test_distributed test_quant)
 CUDA_FILTER='*Cuda*'
 # The pytest CUDA cases ("cuda" in their names) and the NCCL one.
@@ -83,31 +84,28 @@ configure() {
   cmake -S . -B "$BUILD_DIR" -G Ninja -DCMAKE_BUILD_TYPE=Release \
     -DCMAKE_PREFIX_PATH="$torch_prefix" -DPython3_EXECUTABLE="$(command -v python3)" \
     -Dsimdjson_DIR="$LIB/cmake/simdjson" -DGTest_DIR="$LIB/cmake/GTest" \
-    -DTS_TESTS="$(IFS=';'; echo "${TESTS[*]}")" -DTS_BUILD_CONVERT=OFF \
-    -DTS_BUILD_DISTRIBUTED=OFF -DTS_WITH_EXECUTORCH=OFF "$@"
+    -DTS_TESTS="$(IFS=';'; echo "${TESTS[*]}")" -DTS_WITH_EXECUTORCH=OFF "$@"
 }
 
-build_cpp() { cmake --build "$BUILD_DIR" -j "$JOBS" --target torch_safetensors "${TESTS[@]}"; }
+# The core, test_core, and the archive the Python extension links (setup.py builds that target in
+# the same folder, so the library compiles once).
+build_cpp() {
+  cmake --build "$BUILD_DIR" -j "$JOBS" --target torch_safetensors test_core \
+    torch_safetensors_for_python
+}
 
 build_python() {
   # In place: torch_safetensors/_C*.so next to the package (PYTHONPATH has the checkout first).
-  MAX_JOBS=$JOBS python3 setup.py -q build_ext --inplace &&
+  TS_CMAKE_BUILD_DIR=$BUILD_DIR MAX_JOBS=$JOBS python3 setup.py -q build_ext --inplace &&
     python3 -c 'import torch_safetensors as t; print("extension:", t._extension._C.__file__)'
 }
 
-gtest_run() {  # gtest_run cpu|cuda: the verdict on the reports, and every executable's exit status
-  local kind=$1 filter t rc=0 xmls=()
+gtest_run() {  # gtest_run cpu|cuda: the verdict on the report, and the executable's exit status
+  local kind=$1 filter rc=0
   [ "$kind" = cuda ] && filter=$CUDA_FILTER || filter=-$CUDA_FILTER
-  for t in "${TESTS[@]}"; do
-    if [ "$kind" = cuda ] && ! "$BUILD_DIR/test/$t" --gtest_list_tests \
-        --gtest_filter="$filter" | grep -q '^ '; then
-      continue  # no CUDA case in this executable (test_distributed)
-    fi
-    "$BUILD_DIR/test/$t" --gtest_filter="$filter" --gtest_brief=1 \
-      --gtest_output="xml:$WORK/$t.$kind.xml" || rc=1
-    xmls+=("$WORK/$t.$kind.xml")
-  done
-  python3 scripts/gpu_check.py gtest "$kind" "${xmls[@]}" && return $rc
+  "$BUILD_DIR/test/test_core" --gtest_filter="$filter" --gtest_brief=1 \
+    --gtest_output="xml:$WORK/test_core.$kind.xml" || rc=1
+  python3 scripts/gpu_check.py gtest "$kind" "$WORK/test_core.$kind.xml" && return $rc
 }
 
 pytest_run() {  # pytest_run NAME ARGS...: fails on a failure, any skip, or no test
@@ -125,7 +123,7 @@ bench() {
 
 if step "carried packages and environment" check_carry &&
   step "configure (CMake, the carried simdjson and GoogleTest)" configure "$@"; then
-  step "build: core and ${TESTS[*]}" build_cpp && built_cpp=1 || built_cpp=0
+  step "build: core and test_core (${TESTS[*]})" build_cpp && built_cpp=1 || built_cpp=0
   step "build: Python extension in place" build_python && built_py=1 || built_py=0
 else
   built_cpp=0 built_py=0

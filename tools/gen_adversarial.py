@@ -20,11 +20,12 @@ import sys
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 CORPUS_DIR = os.path.join(ROOT, "test", "data", "adversarial")
+# Seeds of fuzz_open beyond the corpus: the fuzzers read the corpus folders themselves
+# (.ci/hardening.sh), so fuzz/ holds no copies of them.
 SEEDS_DIR = os.path.join(ROOT, "fuzz", "seeds")
-# Sharded checkpoint indexes: one folder with a few small shards and one index per case.
+# Sharded checkpoint indexes: one folder with a few small shards and one index per case (also
+# fuzz_index's seeds).
 INDEX_CORPUS_DIR = os.path.join(ROOT, "test", "data", "adversarial_index")
-INDEX_SEEDS_DIR = os.path.join(ROOT, "fuzz", "index_seeds")
-SEED_MAX_BYTES = 64 * 1024  # keep the seed corpus small; fuzz.sh runs with -max_len near this
 
 U64_MAX = 2**64 - 1
 I64_MAX = 2**63 - 1
@@ -307,9 +308,9 @@ def cases():
     return out
 
 
-def seeds(corpus):
-    """Fuzzer seeds: the small corpus files plus a few more valid files of varied shapes."""
-    out = [(name, blob) for name, blob, _ in corpus if len(blob) <= SEED_MAX_BYTES]
+def extra_seeds():
+    """fuzz_open's seeds beyond the corpus (which it reads too): valid files of varied shapes."""
+    out = []
     out.append(("seed_metadata_and_tensors",
                 build({"__metadata__": {"format": "pt"}, "w": t("BF16", [2, 3], 0, 12),
                        "b": t("BF16", [3], 12, 18), "i": t("I32", [1, 1, 2], 18, 26)},
@@ -803,8 +804,8 @@ def convert_cases():
 
 
 def pickle_seeds(corpus):
-    """fuzz_unpickle seeds: the data.pkl of every convert case that has one and every case's
-    archive (small enough), and a few floods."""
+    """fuzz_unpickle seeds: the data.pkl of every convert case that has one, and a few floods. The
+    cases' whole archives are seeds too: the fuzzer reads test/data/adversarial_convert itself."""
     import io
     import zipfile
     out = []
@@ -814,10 +815,8 @@ def pickle_seeds(corpus):
                 data = archive.read("archive/data.pkl")
         except Exception:  # cases whose zip (or its data.pkl) is the point
             continue
-        if data and len(data) <= SEED_MAX_BYTES:
+        if data and len(data) <= 64 * 1024:  # the fuzzer runs with -max_len=65536
             out.append(("convert_" + name, data))
-    # Whole archives too: fuzz_unpickle reads an input starting "PK\x03\x04" as a torch.save zip.
-    out += [("zip_" + name, blob) for name, blob, _ in corpus if len(blob) <= SEED_MAX_BYTES]
     # Small floods of the cheap opcodes the budget and the limits bound, for mutations to grow.
     out.append(("flood_none", b"\x80\x02" + b"N" * 4000 + b"."))
     out.append(("flood_dicts", b"\x80\x02" + b"}0" * 2000 + b"}."))
@@ -959,8 +958,7 @@ def main():
 
     stale = write_tree(CORPUS_DIR, files, args.check)
     stale += write_tree(INDEX_CORPUS_DIR, index_files, args.check)
-    stale += write_tree(INDEX_SEEDS_DIR, [(n + ".json", b) for n, b, _ in index_corpus], args.check)
-    stale += write_tree(SEEDS_DIR, [(n + ".safetensors", b) for n, b in seeds(corpus)], args.check)
+    stale += write_tree(SEEDS_DIR, [(n + ".safetensors", b) for n, b in extra_seeds()], args.check)
     convert_corpus = convert_cases()
     assert len({n for n, _, _ in convert_corpus}) == len(convert_corpus), "duplicate convert cases"
     convert_manifest = "# torch.save file\texpected error substring (OK: must load)\n" + "".join(
@@ -993,7 +991,7 @@ def main():
         return 0
     print("%d cases (%d invalid, %d valid) in %s; %d seeds in %s"
           % (len(corpus), bad, len(corpus) - bad, os.path.relpath(CORPUS_DIR, ROOT),
-             len(seeds(corpus)), os.path.relpath(SEEDS_DIR, ROOT)))
+             len(extra_seeds()), os.path.relpath(SEEDS_DIR, ROOT)))
     return 0
 
 
