@@ -81,8 +81,7 @@ DOC_EXAMPLE(devices_dtype_on_load) {
   DOC_CHECK(file.tensor("position_ids").scalar_type() == torch::kLong);    // integer: kept
   DOC_CHECK(file.tensor("scale").scalar_type() == torch::kFloat8_e4m3fn);  // FP8: kept...
 
-  st::File fp8("model.safetensors",
-               st::LoadOptions().with_dtype(torch::kBFloat16).with_cast_fp8());
+  st::File fp8("model.safetensors", st::LoadOptions().with_dtype(torch::kBFloat16).with_cast_fp8());
   DOC_CHECK(fp8.tensor("scale").scalar_type() == torch::kBFloat16);  // ...unless asked
 
   DOC_CHECK(st::cast_applies(torch::kFloat) && !st::cast_applies(torch::kInt));

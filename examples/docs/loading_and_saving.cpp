@@ -25,9 +25,9 @@ DOC_EXAMPLE(loading_save_and_load) {
   DOC_CHECK(tensors.keys() == std::vector<std::string>({"bias", "weight"}));
 
   std::map<std::string, at::Tensor> by_name{{"a", torch::ones({2})}, {"b", torch::arange(3)}};
-  st::save(by_name, "map.safetensors");      // any range of (name, tensor) pairs
-  st::save(tensors, "copy.safetensors");     // a TensorDict
-  DOC_CHECK(!st::File("map.safetensors").metadata());  // no metadata given: no __metadata__
+  st::save(by_name, "map.safetensors");                    // any range of (name, tensor) pairs
+  st::save(tensors, "copy.safetensors");                   // a TensorDict
+  DOC_CHECK(!st::File("map.safetensors").metadata());      // no metadata given: no __metadata__
   st::save(by_name, "empty.safetensors", st::Metadata{});  // writes "__metadata__": {}
   DOC_CHECK(st::File("empty.safetensors").metadata()->empty());
 }
@@ -45,8 +45,8 @@ DOC_EXAMPLE(loading_lazy_file) {
   DOC_CHECK(c10::IntArrayRef(info.shape).vec() == std::vector<int64_t>({4, 3}));
 
   at::Tensor w = file.tensor("weight");
-  at::Tensor row = file.slice("weight", {1});                            // weight[1]
-  at::Tensor column = file.slice("weight", {at::indexing::Slice(), 2});  // weight[:, 2]
+  at::Tensor row = file.slice("weight", {1});                             // weight[1]
+  at::Tensor column = file.slice("weight", {at::indexing::Slice(), 2});   // weight[:, 2]
   at::Tensor rows = file.slice_intervals("weight", 0, {{0, 1}, {3, 4}});  // rows 0 and 3
   st::RawTensor raw = file.raw("bias");  // the stored bytes (1-D uint8) and the spec dtype
   DOC_CHECK(torch::equal(w, weight) && torch::equal(row, weight[1]));
@@ -85,13 +85,13 @@ DOC_EXAMPLE(loading_backends) {
 
 DOC_EXAMPLE(loading_memory_streams_functions) {
   const at::Tensor w = torch::randn({2, 2});
-  std::string bytes = st::to_bytes({{"w", w}});  // the bytes a save would write
-  st::TensorDict copies = st::from_bytes(bytes);   // owned copies: nothing refers to `bytes`
+  std::string bytes = st::to_bytes({{"w", w}});        // the bytes a save would write
+  st::TensorDict copies = st::from_bytes(bytes);       // owned copies: nothing refers to `bytes`
   st::File lazy(st::memory_source(std::move(bytes)));  // lazy, zero-copy and sliceable
   DOC_CHECK(torch::equal(copies["w"], w) && torch::equal(lazy.slice("w", {0}), w[0]));
 
   std::stringstream stream;
-  st::save({{"w", w}}, stream);                 // to a std::ostream
+  st::save({{"w", w}}, stream);                   // to a std::ostream
   st::TensorDict from_stream = st::load(stream);  // from a std::istream
   DOC_CHECK(torch::equal(from_stream["w"], w));
 

@@ -39,13 +39,13 @@ DOC_EXAMPLE(migrating_paths) {
   st::save(v, "vector.safetensors");             // was torch::save(v, "vector.pt"): "0", "1"
 
   torch::nn::Linear loaded(4, 2);
-  st::load(loaded, "model.safetensors");         // was torch::load(loaded, "model.pt")
+  st::load(loaded, "model.safetensors");  // was torch::load(loaded, "model.pt")
   st::load(loaded, "model.safetensors", torch::Device(torch::kCPU));  // with a device
   st::load(optimizer, "optimizer.safetensors");  // was torch::load(optimizer, "optimizer.pt")
   torch::Tensor t2;
-  st::load(t2, "tensor.safetensors");            // was torch::load(t2, "tensor.pt")
+  st::load(t2, "tensor.safetensors");  // was torch::load(t2, "tensor.pt")
   std::vector<torch::Tensor> v2;
-  st::load(v2, "vector.safetensors");            // appends, as torch::load does
+  st::load(v2, "vector.safetensors");  // appends, as torch::load does
   DOC_CHECK(torch::equal(loaded->weight, model->weight) && torch::equal(t2, t));
   DOC_CHECK(v2.size() == 2 && torch::equal(v2[1], v[1]));
 }

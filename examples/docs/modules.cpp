@@ -51,7 +51,7 @@ DOC_EXAMPLE(modules_tied_weights) {
   st::save(model, "tied.safetensors");
   st::File file("tied.safetensors");
   DOC_CHECK(file.keys() == std::vector<std::string>({"embed"}));  // stored once
-  DOC_CHECK(file.metadata()->at("head.weight") == "embed");      // dropped -> kept
+  DOC_CHECK(file.metadata()->at("head.weight") == "embed");       // dropped -> kept
 
   auto fresh = make_model();
   DOC_CHECK(st::load(fresh, "tied.safetensors").ok());

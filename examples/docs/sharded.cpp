@@ -40,8 +40,8 @@ DOC_EXAMPLE(sharded_save_and_open) {
   st::Checkpoint checkpoint("out");  // reads and checks the index; no shard opened yet
   DOC_CHECK(checkpoint.index_path().has_value());
   DOC_CHECK(checkpoint.shard_files() ==
-            std::vector<std::string>({"model-00001-of-00002.safetensors",
-                                      "model-00002-of-00002.safetensors"}));
+            std::vector<std::string>(
+                {"model-00001-of-00002.safetensors", "model-00002-of-00002.safetensors"}));
   DOC_CHECK(checkpoint.shard_file("2.weight") == "model-00002-of-00002.safetensors");
   at::Tensor w = checkpoint.tensor("2.weight");  // opens that shard (once): a zero-copy view
   DOC_CHECK(torch::equal(w, model[2]->as<torch::nn::Linear>()->weight));
@@ -58,7 +58,7 @@ DOC_EXAMPLE(sharded_save_and_open) {
 
 DOC_EXAMPLE(sharded_small_save_is_one_file) {
   st::save_sharded({{"w", torch::ones({4})}}, "small");  // under 5GB: one file, no index
-  st::Checkpoint checkpoint("small");                      // a directory with one .safetensors
+  st::Checkpoint checkpoint("small");                    // a directory with one .safetensors
   DOC_CHECK(!checkpoint.index_path() &&
             checkpoint.shard_files() == std::vector<std::string>({"model.safetensors"}));
 }
