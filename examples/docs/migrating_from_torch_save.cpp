@@ -9,23 +9,11 @@
 #include <torch_safetensors/all.h>
 
 #include "doc_example.h"
+#include "doc_throws.h"
 
 namespace st = torch::safetensors;
 
-namespace {
-
-// Whether `run` throws a c10::Error whose message (backtrace aside) contains `expected`.
-template <typename Run>
-bool throws(Run&& run, const std::string& expected) {
-  try {
-    run();
-  } catch (const c10::Error& error) {
-    return std::string(error.what_without_backtrace()).find(expected) != std::string::npos;
-  }
-  return false;
-}
-
-}  // namespace
+using doc_example::throws;
 
 DOC_EXAMPLE(migrating_paths) {
   torch::nn::Linear model(4, 2);

@@ -8,6 +8,7 @@
 #include <torch_safetensors/all.h>
 
 #include "doc_example.h"
+#include "doc_throws.h"
 
 namespace st = torch::safetensors;
 
@@ -18,18 +19,9 @@ torch::nn::Sequential make_model() {
                                torch::nn::Linear(256, 256));
 }
 
-// Whether `run` throws a c10::Error whose message (backtrace aside) contains `expected`.
-template <typename Run>
-bool throws(Run&& run, const std::string& expected) {
-  try {
-    run();
-  } catch (const c10::Error& error) {
-    return std::string(error.what_without_backtrace()).find(expected) != std::string::npos;
-  }
-  return false;
-}
-
 }  // namespace
+
+using doc_example::throws;
 
 DOC_EXAMPLE(sharded_save_and_open) {
   torch::nn::Sequential model = make_model();
