@@ -6,7 +6,15 @@ cd "$(dirname "$0")/.."
 PREFIX=$(realpath "$1")
 TORCH_PREFIX=$(python3 -c 'import torch; print(torch.utils.cmake_prefix_path)')
 generator=(); command -v ninja >/dev/null && generator=(-G Ninja)
-cmake -S examples -B build/examples "${generator[@]}" -DCMAKE_PREFIX_PATH="$PREFIX;$TORCH_PREFIX"
+# ccache as in the library's build (CMakeLists.txt): the examples share a precompiled header.
+cache=() compiler=("${CXX:-g++}")
+if command -v ccache >/dev/null; then
+  export CCACHE_SLOPPINESS=pch_defines,time_macros,include_file_mtime,include_file_ctime
+  cache=(-DCMAKE_CXX_COMPILER_LAUNCHER=ccache -DCMAKE_CXX_FLAGS=-fpch-preprocess)
+  compiler=(ccache "${CXX:-g++}")
+fi
+cmake -S examples -B build/examples "${generator[@]}" -DCMAKE_PREFIX_PATH="$PREFIX;$TORCH_PREFIX" \
+  "${cache[@]}"
 cmake --build build/examples -j "$(nproc)"
 
 # A hand-linked application (no CMake): the link line docs/ and the README give. It must start:
@@ -14,7 +22,7 @@ cmake --build build/examples -j "$(nproc)"
 TORCH_LIB=$(python3 -c 'import os, torch; print(os.path.join(os.path.dirname(torch.__file__), "lib"))')
 TORCH_INCLUDES=$(python3 -c 'import torch.utils.cpp_extension as c; print(" ".join("-I" + p for p in c.include_paths()))')
 # shellcheck disable=SC2086
-${CXX:-g++} -std=c++17 -O1 examples/quickstart.cpp -o build/examples/quickstart_hand_linked \
+"${compiler[@]}" -std=c++17 -O1 examples/quickstart.cpp -o build/examples/quickstart_hand_linked \
   -I"$PREFIX/include" $TORCH_INCLUDES -L"$PREFIX/lib" -ltorch_safetensors \
   -L"$TORCH_LIB" -ltorch -ltorch_cpu -lc10 -Wl,-rpath,"$PREFIX/lib" -Wl,-rpath,"$TORCH_LIB"
 (cd build && ./examples/quickstart_hand_linked >/dev/null)

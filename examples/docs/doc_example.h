@@ -40,8 +40,8 @@ inline void check(bool ok, const char* what, const char* file, int line) {
 
 }  // namespace doc_example
 
-#define DOC_EXAMPLE(name)                                                              \
-  static void doc_example_##name();                                                    \
+#define DOC_EXAMPLE(name)                                                                      \
+  static void doc_example_##name();                                                            \
   static const ::doc_example::Register doc_example_register_##name(#name, doc_example_##name); \
   static void doc_example_##name()
 

@@ -48,6 +48,10 @@ struct TS_API ModuleLoadOptions : LoadOptions {
     LoadOptions::with_dtype(t);
     return *this;
   }
+  ModuleLoadOptions& with_cast_fp8(bool c = true) {
+    LoadOptions::with_cast_fp8(c);
+    return *this;
+  }
   ModuleLoadOptions& with_staging_bytes(uint64_t bytes) {
     LoadOptions::with_staging_bytes(bytes);
     return *this;

@@ -38,7 +38,7 @@ struct LoadOptions {
   // Casts floating-point tensors (F64, F32, F16, BF16 and the FP8 types) to this floating dtype on
   // load, on the destination device after the raw copy, as `module.to(dtype)` and transformers'
   // `torch_dtype` do. Integers, bools, packed sub-byte dtypes (F4, F6) and therefore quantized
-  // weights and their integer companions keep their stored dtype (cast_on_load in dtype.h is the
+  // weights and their integer companions keep their stored dtype (cast_applies in dtype.h is the
   // rule). A dtype that is not floating is an error.
   std::optional<c10::ScalarType> dtype;
   // Also cast the FP8 types (F8_E4M3, F8_E5M2 and their FNUZ variants) to `dtype`: only for FP8

@@ -97,6 +97,26 @@ TEST(Module, KeepsEachParametersDtype) {
   EXPECT_TRUE(target->fc1->weight.requires_grad());
 }
 
+// dtype on load casts the file's tensors; each parameter keeps its dtype (a parameter of the
+// stored dtype is not replaced by the cast tensor's storage).
+TEST(Module, DtypeOnLoadCastsAndEachParameterKeepsItsDtype) {
+  TempDir dir;
+  Net source;
+  ts::save(*source, dir.file("f32.safetensors"));
+  Net f32_target;
+  ts::load(*f32_target, dir.file("f32.safetensors"),
+           ts::ModuleLoadOptions().with_strict(false).with_dtype(torch::kBFloat16));
+  EXPECT_EQ(f32_target->fc1->weight.scalar_type(), torch::kFloat);
+  EXPECT_TRUE(torch::equal(f32_target->fc1->weight,
+                           source->fc1->weight.to(torch::kBFloat16).to(torch::kFloat)));
+  Net bf16_target;
+  bf16_target->to(torch::kBFloat16);
+  ts::load(*bf16_target, dir.file("f32.safetensors"),
+           ts::ModuleLoadOptions().with_cast_fp8().with_dtype(torch::kBFloat16).with_strict(true));
+  EXPECT_EQ(bf16_target->fc1->weight.scalar_type(), torch::kBFloat16);
+  EXPECT_TRUE(torch::equal(bf16_target->fc1->weight, source->fc1->weight.to(torch::kBFloat16)));
+}
+
 TEST(Module, StrictListsEveryProblemAndChangesNothing) {
   TempDir dir;
   torch::nn::Linear small(4, 2), big(4, 3);

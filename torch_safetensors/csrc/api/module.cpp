@@ -108,9 +108,10 @@ ModuleLoadPlan::ModuleLoadPlan(NamedTensors targets, Checkpoint checkpoint)
             replaceable && by_name.at(other)->unsafeGetTensorImpl() == target.unsafeGetTensorImpl();
       }
     }
+    // kSet only where the loaded tensor (after dtype on load) has the target's dtype.
     Mode mode = Mode::kCopy;
     if (replaceable && target.device() == loaded_device &&
-        target.scalar_type() == to_scalar_type(info.dtype)) {
+        target.scalar_type() == detail::loaded_dtype(to_scalar_type(info.dtype), file.options())) {
       mode = Mode::kSet;
     } else if (replaceable && device && target.device() != loaded_device) {
       mode = Mode::kSetData;
