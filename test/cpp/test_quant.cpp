@@ -562,14 +562,17 @@ TEST(ZeroDim, EverySchemeRefusesA0DimPartByName) {
   };
   const at::Tensor f8 = torch::tensor(1.0f).to(at::kFloat8_e4m3fn);
   const std::vector<Case> cases = {
-      {"fp8 block", {{"x.weight", f8}, {"x.weight_scale_inv", torch::ones({2, 2})}}, "x.weight",
+      {"fp8 block",
+       {{"x.weight", f8}, {"x.weight_scale_inv", torch::ones({2, 2})}},
+       "x.weight",
        R"({"quant_method": "fp8", "weight_block_size": [128, 128]})"},
       {"gptq",
        {{"x.qweight", i32}, {"x.scales", torch::ones({1, 8})}, {"x.qzeros", i32.clone()}},
        "x.weight",
        R"({"quant_method": "gptq", "bits": 4, "group_size": 128})"},
       {"gptq 0-dim scales",
-       {{"x.qweight", torch::zeros({4, 8}, at::kInt)}, {"x.scales", torch::tensor(1.0f)},
+       {{"x.qweight", torch::zeros({4, 8}, at::kInt)},
+        {"x.scales", torch::tensor(1.0f)},
         {"x.qzeros", torch::zeros({1, 1}, at::kInt)}},
        "x.weight",
        ""},
@@ -578,18 +581,21 @@ TEST(ZeroDim, EverySchemeRefusesA0DimPartByName) {
        "x.weight",
        R"({"quant_method": "awq", "bits": 4, "group_size": 128, "version": "gemm"})"},
       {"pack_quantized",
-       {{"x.weight_packed", i32}, {"x.weight_scale", torch::tensor(1.0f)},
+       {{"x.weight_packed", i32},
+        {"x.weight_scale", torch::tensor(1.0f)},
         {"x.weight_shape", torch::tensor({1, 8})}},
        "x.weight",
        ""},
       {"nvfp4_pack_quantized",
-       {{"x.weight_packed", u8}, {"x.weight_scale", torch::tensor(1.0f).to(at::kFloat8_e4m3fn)},
+       {{"x.weight_packed", u8},
+        {"x.weight_scale", torch::tensor(1.0f).to(at::kFloat8_e4m3fn)},
         {"x.weight_global_scale", torch::tensor(1.0f)}},
        "x.weight",
        ""},
       {"mxfp4", {{"x_blocks", u8}, {"x_scales", u8.clone()}}, "x", ""},
       {"nvfp4",
-       {{"x.weight", u8}, {"x.weight_scale", torch::tensor(1.0f).to(at::kFloat8_e4m3fn)},
+       {{"x.weight", u8},
+        {"x.weight_scale", torch::tensor(1.0f).to(at::kFloat8_e4m3fn)},
         {"x.weight_scale_2", torch::tensor(1.0f)}},
        "x.weight",
        ""},
@@ -650,9 +656,11 @@ TEST(Integers, ConfigValuesAreRangeCheckedNeverTruncated) {
        "'bits' must be an integer in [1, 8], found 4294967300"},
       {R"({"quant_method": "gptq", "bits": 18446744073709551615})",
        "'bits' must be an integer in [1, 8], found 18446744073709551615"},
-      {R"({"quant_method": "gptq", "bits": 4.5})", "'bits' must be an integer in [1, 8], found 4.5"},
+      {R"({"quant_method": "gptq", "bits": 4.5})",
+       "'bits' must be an integer in [1, 8], found 4.5"},
       {R"({"quant_method": "gptq", "bits": 1e300})", "'bits' must be an integer in [1, 8]"},
-      {R"({"quant_method": "gptq", "bits": "4"})", "'bits' must be an integer in [1, 8], found a string"},
+      {R"({"quant_method": "gptq", "bits": "4"})",
+       "'bits' must be an integer in [1, 8], found a string"},
       {R"({"quant_method": "gptq", "bits": -4})", "'bits' must be an integer in [1, 8], found -4"},
       // Beyond 64 bits, simdjson refuses the document itself.
       {R"({"quant_method": "gptq", "bits": 4, "group_size": 1180591620717411303424})",
@@ -700,9 +708,11 @@ TEST(Integers, MetadataValuesAreRangeCheckedNeverTruncated) {
       {{"bits", "4294967300"}, "'bits' must be an integer in [1, 8], found 4294967300"},
       {{"bits", "4.0"}, ""},  // a whole float is its integer
       {{"group_size", "-32"}, "'group_size' must be an integer in [0, 281474976710656], found -32"},
-      {{"group_size", "true"}, "'group_size' must be an integer in [0, 281474976710656], found a bool"},
+      {{"group_size", "true"},
+       "'group_size' must be an integer in [0, 281474976710656], found a bool"},
       {{"shape", "[16, -64]"}, "'shape' must be an integer in [0, 281474976710656], found -64"},
-      {{"shape", "[16, 36893488147419103232]"}, "is not valid JSON: Problem while parsing a number"},
+      {{"shape", "[16, 36893488147419103232]"},
+       "is not valid JSON: Problem while parsing a number"},
       {{"shape", "[16, 1e20]"}, "'shape' must be an integer in [0, 281474976710656], found 1e+20"},
       {{"version", "4294967297"}, "'version' is 4294967297, but this library reads version 1"},
       {{"version", "1.5"}, "'version' must be an integer in [0, 9223372036854775807], found 1.5"},
@@ -833,9 +843,9 @@ TEST(ConfigPaths, EverySpellingOfAPathFindsTheConfig) {
     }
   }
   WorkingDirectory cwd(dir.path() + "/other");
-  EXPECT_TRUE(at::equal(
-      quant::dequantize(st::Checkpoint("../ckpt/m.safetensors"), "a.weight", at::kFloat),
-      expected));
+  EXPECT_TRUE(
+      at::equal(quant::dequantize(st::Checkpoint("../ckpt/m.safetensors"), "a.weight", at::kFloat),
+                expected));
 }
 
 }  // namespace
