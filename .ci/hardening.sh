@@ -7,15 +7,14 @@
 #   1. the adversarial corpus matches its generator (tools/gen_adversarial.py --check)
 #   2. ASan+UBSan: the whole C++ test suite, built with clang (the fuzz target in the same tree)
 #   3. TSan: the concurrency tests
-#   4. libFuzzer: fuzz_open for FUZZ_SECONDS (default 60) from test/data/adversarial and fuzz/seeds,
-#      fuzz_index (sharded checkpoint indexes) for INDEX_FUZZ_SECONDS (default 30) from
-#      test/data/adversarial_index
-#   5. libFuzzer: fuzz_unpickle (the converter's restricted unpickler) for UNPICKLE_FUZZ_SECONDS
-#      (default 20) from fuzz/seeds_pickle and test/data/adversarial_convert; fuzz_ptd (ExecuTorch .ptd files) for PTD_FUZZ_SECONDS
-#      (default 20) from fuzz/seeds_ptd; fuzz_dcp_metadata (DCP sharding metadata and chunk
-#      coverage) for DCP_FUZZ_SECONDS (default 20) from fuzz/seeds_dcp; fuzz_quant_config
-#      (quantization configs and metadata) for QUANT_FUZZ_SECONDS (default 20) from
-#      fuzz/seeds_quant
+#   4-5. libFuzzer, JOBS fuzzers at a time, each for its own time on a core of its own:
+#      fuzz_open (FUZZ_SECONDS, default 60) from test/data/adversarial and fuzz/seeds; fuzz_index
+#      (sharded checkpoint indexes; INDEX_FUZZ_SECONDS, 30) from test/data/adversarial_index;
+#      fuzz_unpickle (the converter's restricted unpickler; UNPICKLE_FUZZ_SECONDS, 20) from
+#      fuzz/seeds_pickle and test/data/adversarial_convert; fuzz_ptd (ExecuTorch .ptd files;
+#      PTD_FUZZ_SECONDS, 20) from fuzz/seeds_ptd; fuzz_dcp_metadata (DCP sharding metadata and
+#      chunk coverage; DCP_FUZZ_SECONDS, 20) from fuzz/seeds_dcp; fuzz_quant_config (quantization
+#      configs and metadata; QUANT_FUZZ_SECONDS, 20) from fuzz/seeds_quant
 #
 # Environment: FUZZ_SECONDS, JOBS (default 2), BUILD_ROOT (default: the repository; build trees
 # go to $BUILD_ROOT/build-asan and $BUILD_ROOT/build-tsan). Exits non-zero on the first failure.
@@ -123,29 +122,43 @@ run_fuzzer() {
   grep -E '^(stat::|Done|#[0-9]+ +DONE)' "$log" || tail -n 5 "$log"
 }
 
-section "4/5 libFuzzer: fuzz_open for ${FUZZ_SECONDS}s"
-run_fuzzer fuzz_open "$FUZZ_SECONDS" 65536 "test/data/adversarial fuzz/seeds" \
-  tools/gen_adversarial.py \
-  -dict=fuzz/safetensors.dict
+# The fuzzers run JOBS at a time, each single-threaded on a core of its own for its whole time;
+# start_fuzzer takes run_fuzzer's arguments. Their reports print in order once all have finished.
+FUZZERS=()
+start_fuzzer() {
+  while [ "$(jobs -rp | wc -l)" -ge "$JOBS" ]; do wait -n || true; done
+  echo "started $1 for $2 s"
+  { (run_fuzzer "$@") >"$ASAN_DIR/fuzz/$1.out" 2>&1; echo $? >"$ASAN_DIR/fuzz/$1.status"; } &
+  FUZZERS+=("$1")
+}
 
-section "4/5 libFuzzer: fuzz_index (sharded checkpoint indexes) for ${INDEX_FUZZ_SECONDS}s"
-run_fuzzer fuzz_index "$INDEX_FUZZ_SECONDS" 4096 test/data/adversarial_index \
+section "4/5 libFuzzer: fuzz_open (${FUZZ_SECONDS}s), fuzz_index (${INDEX_FUZZ_SECONDS}s), fuzz_unpickle (${UNPICKLE_FUZZ_SECONDS}s), fuzz_ptd (${PTD_FUZZ_SECONDS}s), fuzz_dcp_metadata (${DCP_FUZZ_SECONDS}s), fuzz_quant_config (${QUANT_FUZZ_SECONDS}s), $JOBS at a time"
+rm -f "$ASAN_DIR"/fuzz/*.status
+start_fuzzer fuzz_open "$FUZZ_SECONDS" 65536 "test/data/adversarial fuzz/seeds" \
+  tools/gen_adversarial.py -dict=fuzz/safetensors.dict
+# Sharded checkpoint indexes.
+start_fuzzer fuzz_index "$INDEX_FUZZ_SECONDS" 4096 test/data/adversarial_index \
   "index_cases() in tools/gen_adversarial.py"
-
-section "5/5 libFuzzer: fuzz_unpickle for ${UNPICKLE_FUZZ_SECONDS}s"
-run_fuzzer fuzz_unpickle "$UNPICKLE_FUZZ_SECONDS" 65536 \
+# The converter's restricted unpickler and zip reader.
+start_fuzzer fuzz_unpickle "$UNPICKLE_FUZZ_SECONDS" 65536 \
   "fuzz/seeds_pickle test/data/adversarial_convert" test/cpp/test_convert.cpp
-
-section "5/5 libFuzzer: fuzz_ptd (ExecuTorch .ptd files) for ${PTD_FUZZ_SECONDS}s"
-run_fuzzer fuzz_ptd "$PTD_FUZZ_SECONDS" 65536 fuzz/seeds_ptd \
+# ExecuTorch .ptd files.
+start_fuzzer fuzz_ptd "$PTD_FUZZ_SECONDS" 65536 fuzz/seeds_ptd \
   "PtdBadInput in test/cpp/test_executorch.cpp (and fuzz/seeds_ptd)"
-
-section "5/5 libFuzzer: fuzz_dcp_metadata (DCP chunk coverage) for ${DCP_FUZZ_SECONDS}s"
-run_fuzzer fuzz_dcp_metadata "$DCP_FUZZ_SECONDS" 4096 fuzz/seeds_dcp \
+# DCP chunk coverage.
+start_fuzzer fuzz_dcp_metadata "$DCP_FUZZ_SECONDS" 4096 fuzz/seeds_dcp \
   "test_coverage_is_checked_exactly in test/python/test_dcp.py (and fuzz/seeds_dcp)"
-
-section "5/5 libFuzzer: fuzz_quant_config (quantization configs, metadata) for ${QUANT_FUZZ_SECONDS}s"
-run_fuzzer fuzz_quant_config "$QUANT_FUZZ_SECONDS" 8192 fuzz/seeds_quant \
+# Quantization configs and metadata.
+start_fuzzer fuzz_quant_config "$QUANT_FUZZ_SECONDS" 8192 fuzz/seeds_quant \
   "the Integers/ZeroDim/Metadata tests of test/cpp/test_quant.cpp (and fuzz/seeds_quant)"
+wait
+section "5/5 libFuzzer: reports"
+fuzz_failed=()
+for target in "${FUZZERS[@]}"; do
+  echo "-- $target"
+  cat "$ASAN_DIR/fuzz/$target.out"
+  [ "$(cat "$ASAN_DIR/fuzz/$target.status" 2>/dev/null)" = 0 ] || fuzz_failed+=("$target")
+done
+[ ${#fuzz_failed[@]} = 0 ] || fail "${fuzz_failed[*]}: see the reports above"
 
 section "all hardening checks passed in $(($(date +%s) - START))s"

@@ -4,7 +4,7 @@
 set -euo pipefail
 
 APT_PACKAGES=(libsimdjson-dev libgtest-dev ccache clang libclang-rt-14-dev strace)
-PIP_PACKAGES=(torch==2.13.0 safetensors pytest numpy)
+PIP_PACKAGES=(torch==2.13.0 safetensors pytest pytest-xdist numpy)
 # Peers for interop tests only (never dependencies of the library); they could pull another torch,
 # so they install against a constraints file pinning it.
 PEER_PACKAGES=(huggingface_hub==2.4.0)
@@ -21,8 +21,8 @@ fi
 
 if ! python3 - <<'PY' 2>/dev/null
 import importlib.metadata as m, sys
-need = {"torch": "2.13.0", "safetensors": None, "pytest": None, "numpy": None,
-        "huggingface_hub": "2.4.0"}
+need = {"torch": "2.13.0", "safetensors": None, "pytest": None, "pytest-xdist": None,
+        "numpy": None, "huggingface_hub": "2.4.0"}
 for name, version in need.items():
     have = m.version(name)
     if version and not have.startswith(version):

@@ -26,7 +26,8 @@ echo "examples: 6 passed, 0 failed"
 ./build/examples/docs_examples
 
 echo "== Python package: interop tests against the reference safetensors"
-python3 -m pytest test/python -q
+# pytest-xdist: one worker a core (the tests use their own temporary folders and free ports).
+python3 -m pytest test/python -q -n "$(nproc)"
 
 echo "== hardening: adversarial corpus, ASan+UBSan suite, TSan concurrency, 60 s of fuzzing"
 bash .ci/hardening.sh
