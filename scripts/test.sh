@@ -14,6 +14,11 @@ bash scripts/build.sh
 echo "== Python package"
 bash scripts/python.sh
 
+# The hardening run's sanitizer builds compile from here on, at the lowest priority: on the cores
+# that ctest, the examples and pytest leave idle. The hardening run below waits for them.
+nice -n 19 bash .ci/hardening.sh --build-only >build/sanitizer_builds.log 2>&1 &
+sanitizer_builds=$!
+
 echo "== C++ tests"
 (cd build && ctest --output-on-failure -j "$(nproc)")
 
@@ -29,5 +34,6 @@ echo "== Python package: interop tests against the reference safetensors"
 # pytest-xdist: one worker a core (the tests use their own temporary folders and free ports).
 python3 -m pytest test/python -q -n "$(nproc)"
 
-echo "== hardening: adversarial corpus, ASan+UBSan suite, TSan concurrency, 60 s of fuzzing"
+echo "== hardening: adversarial corpus, ASan+UBSan suite, TSan concurrency, 170 s of fuzzing"
+wait "$sanitizer_builds" || { tail -n 80 build/sanitizer_builds.log; exit 1; }
 bash .ci/hardening.sh
