@@ -9,15 +9,16 @@ export CCACHE_BASEDIR="$PWD"
 echo "== C++ libraries and the GoogleTest executables"
 bash scripts/build.sh
 
+# The hardening run's sanitizer builds compile from here on, at the lowest priority: on the cores
+# that the Python build, ctest, the examples and pytest leave idle. The hardening run below waits
+# for them.
+nice -n 19 bash .ci/hardening.sh --build-only >build/sanitizer_builds.log 2>&1 &
+sanitizer_builds=$!
+
 # The Python package links the libraries just built (setup.py, build/), so it compiles only its
 # bindings; the C++ TorchScript test (in test_core) runs a Python script that imports it.
 echo "== Python package"
 bash scripts/python.sh
-
-# The hardening run's sanitizer builds compile from here on, at the lowest priority: on the cores
-# that ctest, the examples and pytest leave idle. The hardening run below waits for them.
-nice -n 19 bash .ci/hardening.sh --build-only >build/sanitizer_builds.log 2>&1 &
-sanitizer_builds=$!
 
 echo "== C++ tests"
 (cd build && ctest --output-on-failure -j "$(nproc)")
