@@ -1,7 +1,7 @@
 // Everything of the core library: safetensors.h, plus torch::nn modules, optimizers, archives,
 // TorchScript modules, quantized weights and tensor/pipeline-parallel plans. The optional
-// components have their own headers (convert.h, distributed_c10d.h, executorch.h), installed with
-// them.
+// components have their own headers (aoti.h, convert.h, distributed_c10d.h, executorch.h),
+// installed with them.
 #pragma once
 
 #include "torch_safetensors/archive.h"

@@ -5,13 +5,6 @@
 #include <gtest/gtest.h>
 #include <torch/torch.h>
 
-#include <fcntl.h>
-#include <sys/file.h>
-#include <sys/stat.h>
-#include <unistd.h>
-
-#include <cstdio>
-#include <cstdlib>
 #include <string>
 #include <vector>
 
@@ -36,8 +29,6 @@ using ::executorch::extension::FlatTensorDataMap;
 using ts_test::TempDir;
 
 namespace {
-
-constexpr int kMissing = 77;  // the script's exit code when executorch is not installed
 
 // Runs `forward` of the program at `pte` on `x` with weights from `weights`.
 at::Tensor run(const std::string& pte, const et::NamedDataMap* weights, const at::Tensor& x) {
@@ -76,43 +67,12 @@ at::Tensor run(const std::string& pte, const et::NamedDataMap* weights, const at
   return torch::from_blob(out.mutable_data_ptr(), out_sizes, torch::kFloat32).clone();
 }
 
-// The exported program, made once per build tree and script version (ctest runs each case in a
-// process of its own, under a lock): exported into a temporary folder, then renamed into place. ""
-// when the executorch package is missing, with the script's reason in `skip`.
-std::string export_program(std::string& skip) {
-  struct stat script;
-  TORCH_CHECK(::stat(TS_EXECUTORCH_SCRIPT, &script) == 0, "no ", TS_EXECUTORCH_SCRIPT);
-  const std::string program =
-      std::string(TS_EXECUTORCH_CACHE) + "-" + std::to_string(int64_t(script.st_mtime));
-  // One process exports while the others wait for it.
-  const int lock =
-      ::open((std::string(TS_EXECUTORCH_CACHE) + ".lock").c_str(), O_CREAT | O_RDWR, 0644);
-  TORCH_CHECK(lock >= 0 && ::flock(lock, LOCK_EX) == 0, "cannot lock ", TS_EXECUTORCH_CACHE);
-  struct Unlock {
-    int fd;
-    ~Unlock() { ::close(fd); }
-  } unlock{lock};
-  struct stat done;
-  if (::stat((program + "/io.safetensors").c_str(), &done) == 0) return program;
-  TempDir staging;
-  const std::string out = staging.file("program");
-  const std::string command = std::string(TS_PYTHON) + " " + TS_EXECUTORCH_SCRIPT + " " + out +
-                              " > " + staging.file("export.log") + " 2>&1";
-  const int status = std::system(command.c_str());
-  if (WIFEXITED(status) && WEXITSTATUS(status) == kMissing) {
-    skip = ts_test::read_file(staging.file("export.log"));
-    return "";
-  }
-  TORCH_CHECK(status == 0, "exporting failed:\n", ts_test::read_file(staging.file("export.log")));
-  TORCH_CHECK(::rename(out.c_str(), program.c_str()) == 0, "cannot rename ", out, " to ", program);
-  return program;
-}
-
 class ExecuTorchRuntime : public ::testing::Test {
  protected:
   void SetUp() override {
     std::string skip;
-    program_ = export_program(skip);
+    program_ = ts_test::cached_script_output(TS_EXECUTORCH_SCRIPT, TS_EXECUTORCH_CACHE,
+                                               "io.safetensors", skip);
     if (program_.empty()) {
       GTEST_SKIP() << "the executorch Python package is not installed (scripts/setup.sh "
                       "installs it): cannot export a program. "

@@ -8,7 +8,11 @@
 #include <stdexcept>
 
 #include <dirent.h>
+#include <fcntl.h>
 #include <ftw.h>
+#include <sys/file.h>
+#include <sys/stat.h>
+#include <sys/wait.h>
 #include <unistd.h>
 
 #include <c10/util/Exception.h>
@@ -88,6 +92,33 @@ std::string mapped_file_of(const void* address) {
     return slash == std::string::npos ? "" : line.substr(slash);
   }
   return "";
+}
+
+std::string cached_script_output(const std::string& script, const std::string& cache,
+                                 const std::string& done, std::string& skip) {
+  constexpr int kMissing = 77;
+  struct stat info;
+  TORCH_CHECK(::stat(script.c_str(), &info) == 0, "no ", script);
+  const std::string folder = cache + "-" + std::to_string(int64_t(info.st_mtime));
+  const int lock = ::open((cache + ".lock").c_str(), O_CREAT | O_RDWR, 0644);
+  TORCH_CHECK(lock >= 0 && ::flock(lock, LOCK_EX) == 0, "cannot lock ", cache);
+  struct Unlock {
+    int fd;
+    ~Unlock() { ::close(fd); }
+  } unlock{lock};
+  if (::stat((folder + "/" + done).c_str(), &info) == 0) return folder;
+  TempDir staging;
+  const std::string out = staging.file("out");
+  const std::string command = std::string(TS_PYTHON) + " " + script + " " + out + " > " +
+                              staging.file("script.log") + " 2>&1";
+  const int status = std::system(command.c_str());
+  if (WIFEXITED(status) && WEXITSTATUS(status) == kMissing) {
+    skip = read_file(staging.file("script.log"));
+    return "";
+  }
+  TORCH_CHECK(status == 0, script, " failed:\n", read_file(staging.file("script.log")));
+  TORCH_CHECK(::rename(out.c_str(), folder.c_str()) == 0, "cannot rename ", out, " to ", folder);
+  return folder;
 }
 
 }  // namespace ts_test

@@ -41,4 +41,12 @@ std::string error_of(const std::function<void()>& f);
 // The file that the mapping holding `address` maps, from /proc/self/maps; "" if none.
 std::string mapped_file_of(const void* address);
 
+// Runs `python3 <script> <folder>` once per `cache` and script version (ctest runs each case in a
+// process of its own: the others wait on a lock), into a temporary folder renamed into place when
+// `done` (a file the script writes last) exists. Returns the folder, or "" when the script exits
+// with 77 (something it needs is not installed), with its output in `skip`. Any other failure is
+// a c10::Error with the script's output.
+std::string cached_script_output(const std::string& script, const std::string& cache,
+                                 const std::string& done, std::string& skip);
+
 }  // namespace ts_test

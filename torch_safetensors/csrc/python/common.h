@@ -70,5 +70,6 @@ void bind_quant(py::module_& m);        // quant_*: layouts, dequantize, quantiz
 void bind_distributed(py::module_& m);  // shard plans, load_for_rank, the c10d collectives
 void bind_executorch(py::module_& m);   // .ptd files
 void bind_coverage(py::module_& m);     // DCP chunk placement and coverage
+void bind_aoti(py::module_& m);         // AOTInductor packages' constants
 
 }  // namespace torch::safetensors::python

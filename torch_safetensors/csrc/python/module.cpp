@@ -19,4 +19,5 @@ PYBIND11_MODULE(_C, m) {
   python::bind_distributed(m);
   python::bind_coverage(m);
   python::bind_executorch(m);
+  python::bind_aoti(m);
 }
