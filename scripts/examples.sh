@@ -37,9 +37,10 @@ components=$(mktemp -d)
 cat >"$components/CMakeLists.txt" <<'CMAKE'
 cmake_minimum_required(VERSION 3.18)
 project(components LANGUAGES CXX)
-find_package(TorchSafetensors REQUIRED COMPONENTS convert executorch)
+find_package(TorchSafetensors REQUIRED COMPONENTS aoti convert executorch)
 if(NOT TARGET TorchSafetensors::torch_safetensors_convert OR
-   NOT TARGET TorchSafetensors::torch_safetensors_executorch)
+   NOT TARGET TorchSafetensors::torch_safetensors_executorch OR
+   NOT TARGET TorchSafetensors::torch_safetensors_aoti)
   message(FATAL_ERROR "components found without their targets")
 endif()
 find_package(TorchSafetensors QUIET COMPONENTS no_such_component)

@@ -28,7 +28,11 @@ bash scripts/examples.sh build/install >/dev/null
 (cd build && ./examples/quickstart >/dev/null && ./examples/migrate >/dev/null &&
   ./examples/demo demo_model.safetensors >/dev/null && ./examples/sharded sharded_model >/dev/null &&
   ./examples/streaming streamed_model >/dev/null && ./examples/tensor_parallel tp_model >/dev/null)
-echo "examples: 6 passed, 0 failed"
+# AOTInductor: a package exported without its weights, run from C++ with them from safetensors.
+python3 examples/aoti_export.py build/aoti_example 2>build/aoti_example.log ||
+  { cat build/aoti_example.log; exit 1; }
+(cd build/aoti_example && ../examples/aoti_app model.pt2 model.safetensors io.safetensors >/dev/null)
+echo "examples: 7 passed, 0 failed"
 ./build/examples/docs_examples
 
 echo "== Python package: interop tests against the reference safetensors"

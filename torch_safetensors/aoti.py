@@ -26,6 +26,7 @@ import torch
 from . import _args
 from ._extension import _C
 from ._model import _remove_duplicate_names
+from ._errors import SafetensorError
 from ._save import save_file
 
 __all__ = ["WEIGHTLESS", "constants", "load_weights", "swap_weights", "save_weights"]
@@ -37,6 +38,10 @@ WEIGHTLESS: Dict[str, bool] = {
     "aot_inductor.package_constants_in_so": False,
     "always_keep_tensor_constants": True,
 }
+
+
+# The C++ message of a strict load's refusal (package_constants.cpp).
+_STRICT_REFUSAL = "cannot load into the AOTInductor package:"
 
 
 def _loader(package):
@@ -88,8 +93,14 @@ def load_weights(
         options.device = _args.device(device, filename)
     if dtype is not None:
         options.dtype = dtype
-    missing, unexpected, mismatched = _C.aoti_load(
-        _loader(package), filename, options, inactive, copy, dict(aliases or {}))
+    try:
+        missing, unexpected, mismatched = _C.aoti_load(
+            _loader(package), filename, options, inactive, copy, dict(aliases or {}))
+    except SafetensorError as error:
+        # What a strict load refuses is RuntimeError, as in load_model and torch's load_constants.
+        if _STRICT_REFUSAL in str(error):
+            raise RuntimeError(str(error)) from None
+        raise
     return list(missing) + [name for name, _, _ in mismatched], list(unexpected)
 
 
@@ -97,6 +108,38 @@ def swap_weights(package) -> None:
     """Makes the inactive buffer (filled by ``load_weights(..., inactive=True)``) the active one;
     the previously active set becomes the inactive one."""
     _C.aoti_swap(_loader(package))
+
+
+def _layout(constant: dict) -> tuple:
+    return (constant["dtype"], tuple(constant["sizes"]) if constant["sizes"] is not None
+            else constant["nbytes"])
+
+
+def _tensor_layout(tensor: torch.Tensor, by_bytes: bool) -> tuple:
+    return (tensor.dtype, tensor.numel() * tensor.element_size() if by_bytes
+            else tuple(tensor.shape))
+
+
+def _package_names(wanted: List[dict], tensors: Dict[str, torch.Tensor]) -> Dict[str, torch.Tensor]:
+    """The program's tensors under the package's names. Parameters and buffers keep their FQNs;
+    a lifted tensor constant (a plain tensor attribute) is renamed by AOTInductor
+    (``_tensor_constant<N>``, torch/_inductor/compile_fx.py), so it is matched by dtype and shape,
+    and only where exactly one tensor left fits exactly one constant left."""
+    named = {c["fqn"]: tensors[c["fqn"]] for c in wanted if c["fqn"] in tensors}
+    left = [c for c in wanted if c["fqn"] not in tensors]
+    spare = {name: tensor for name, tensor in tensors.items() if name not in named}
+    for constant in left:
+        by_bytes = constant["sizes"] is None
+        fits = [name for name, tensor in spare.items()
+                if _tensor_layout(tensor, by_bytes) == _layout(constant)]
+        rivals = [c for c in left if _layout(c) == _layout(constant)]
+        if len(fits) != 1 or len(rivals) != 1:
+            raise KeyError(
+                f"the package asks for {constant['fqn']!r} ({_layout(constant)}), which the program "
+                f"holds under no such name, and {len(fits)} of its other tensors fit it: register "
+                "the tensor as a buffer (register_buffer(..., persistent=False)) to keep its name")
+        named[constant["fqn"]] = spare.pop(fits[0])
+    return {c["fqn"]: named[c["fqn"]] for c in wanted}
 
 
 def save_weights(
@@ -110,7 +153,9 @@ def save_weights(
     package compiled from it asks for.
 
     With ``package`` (a ``.pt2`` path or what ``aoti_load_package`` returns): exactly the package's
-    constants, so that ``load_weights(..., strict=True)`` takes the file as is. Without: every name
+    constants, so that ``load_weights(..., strict=True)`` takes the file as is (a lifted tensor
+    constant, which the package asks for as ``_tensor_constant<N>``, is matched by dtype and shape;
+    KeyError where that is ambiguous). Without: every name
     of the program, tensors sharing memory (tied weights) stored once, each dropped name recorded
     in the metadata as ``dropped → kept`` (the reference's ``save_model`` convention, which the
     loader follows).
@@ -120,11 +165,7 @@ def save_weights(
                     if isinstance(value, torch.Tensor)})
     metadata = None if metadata is None else dict(metadata)
     if package is not None:
-        wanted = [constant["fqn"] for constant in constants(package)]
-        absent = [name for name in wanted if name not in tensors]
-        if absent:
-            raise KeyError(f"the package asks for {absent}, which the program does not hold")
-        tensors = {name: tensors[name] for name in wanted}
+        tensors = _package_names(constants(package), tensors)
     else:
         for kept, dropped in _remove_duplicate_names(tensors).items():
             for name in dropped:

@@ -9,6 +9,7 @@
 
 #include <atomic>
 #include <fstream>
+#include <set>
 #include <string>
 #include <thread>
 #include <vector>
@@ -127,16 +128,16 @@ TEST_F(Aoti, SwapsToTheInactiveSetWhileAnotherThreadRuns) {
       if (thread.joinable()) thread.join();
     }
   } server{stop, std::thread([&] {
-    while (!stop) {
-      const at::Tensor y = run(package);
-      if (torch::allclose(y, y_b_, 1e-4, 1e-4)) {
-        ++saw_b;
-      } else if (!torch::allclose(y, y_a_, 1e-4, 1e-4)) {
-        ++neither;
-      }
-      ++runs;
-    }
-  })};
+             while (!stop) {
+               const at::Tensor y = run(package);
+               if (torch::allclose(y, y_b_, 1e-4, 1e-4)) {
+                 ++saw_b;
+               } else if (!torch::allclose(y, y_a_, 1e-4, 1e-4)) {
+                 ++neither;
+               }
+               ++runs;
+             }
+           })};
   while (runs < 3) std::this_thread::yield();
   EXPECT_EQ(saw_b, 0);
   ts::load(package, file("weights_b.safetensors"), ts::AotiLoadOptions().with_inactive());
@@ -154,6 +155,36 @@ TEST_F(Aoti, SwapsToTheInactiveSetWhileAnotherThreadRuns) {
   EXPECT_TRUE(torch::allclose(run(package), y_a_, 1e-4, 1e-4));
 }
 
+TEST_F(Aoti, ReplacedSetsAreReleased) {
+  // AOTInductor never releases a user-managed constant; the library releases each once replaced,
+  // so however many sets are swapped in, at most the two buffers' stay mapped.
+  const std::string weights = ts_test::read_file(file("weights_b.safetensors"));
+  const auto mapped = [&](int count) {
+    std::ifstream maps("/proc/self/maps");
+    std::string line;
+    std::set<std::string> files;
+    while (std::getline(maps, line)) {
+      for (int i = 0; i < count; ++i) {
+        if (line.find(dir_.file("set" + std::to_string(i))) != std::string::npos) {
+          files.insert(std::to_string(i));
+        }
+      }
+    }
+    return files.size();
+  };
+  AOTIModelPackageLoader package(file("model.pt2"));
+  ts::load(package, file("weights_a.safetensors"));
+  constexpr int kSets = 5;
+  for (int i = 0; i < kSets; ++i) {
+    const std::string path = dir_.file("set" + std::to_string(i) + ".safetensors");
+    ts_test::write_file(path, weights);
+    ts::load(package, path, ts::AotiLoadOptions().with_inactive());
+    ts::swap_constants(package);
+    EXPECT_TRUE(torch::allclose(run(package), y_b_, 1e-4, 1e-4));
+  }
+  EXPECT_LE(mapped(kSets), 2u);
+}
+
 TEST_F(Aoti, WrongFilesAreRefusedBeforeThePackageChanges) {
   AOTIModelPackageLoader package(file("model.pt2"));
   ts::load(package, file("weights_a.safetensors"));
@@ -163,7 +194,8 @@ TEST_F(Aoti, WrongFilesAreRefusedBeforeThePackageChanges) {
     EXPECT_TRUE(torch::allclose(run(package), serving, 1e-4, 1e-4)) << "changed by " << error;
     return error;
   };
-  std::string error = refused(edited([](auto& t) { t["l1.weight"] = t["l1.weight"].to(at::kDouble); }));
+  std::string error =
+      refused(edited([](auto& t) { t["l1.weight"] = t["l1.weight"].to(at::kDouble); }));
   EXPECT_NE(error.find("tensor 'l1.weight' is Double, the package's constant 'l1.weight' is Float"),
             std::string::npos)
       << error;
@@ -175,6 +207,10 @@ TEST_F(Aoti, WrongFilesAreRefusedBeforeThePackageChanges) {
   EXPECT_NE(error.find("missing from the file: l2.bias"), std::string::npos) << error;
   error = refused(edited([](auto& t) { t["extra"] = torch::ones({3}); }));
   EXPECT_NE(error.find("not taken by the package: extra"), std::string::npos) << error;
+  error = refused(file("weights_b.safetensors"), ts::AotiLoadOptions().with_device(c10::kMeta));
+  EXPECT_NE(error.find("the package runs on cpu, its constants cannot be loaded to meta"),
+            std::string::npos)
+      << error;
   // Not strict: an unexpected name is reported and skipped, a missing one keeps its value.
   const std::string partial = edited([](auto& t) {
     t = {{"l1.bias", torch::zeros({2048})}, {"extra", torch::ones({3})}};

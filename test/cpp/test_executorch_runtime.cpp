@@ -72,7 +72,7 @@ class ExecuTorchRuntime : public ::testing::Test {
   void SetUp() override {
     std::string skip;
     program_ = ts_test::cached_script_output(TS_EXECUTORCH_SCRIPT, TS_EXECUTORCH_CACHE,
-                                               "io.safetensors", skip);
+                                             "io.safetensors", skip);
     if (program_.empty()) {
       GTEST_SKIP() << "the executorch Python package is not installed (scripts/setup.sh "
                       "installs it): cannot export a program. "

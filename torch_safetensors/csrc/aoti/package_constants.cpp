@@ -16,8 +16,10 @@
 #include <ATen/ops/equal.h>
 #include <c10/util/StringUtil.h>
 #include <torch/csrc/inductor/aoti_package/model_package_loader.h>
+#include <torch/csrc/inductor/aoti_torch/c/shim.h>
 
 #include <fstream>
+#include <mutex>
 #include <sstream>
 #include <unordered_map>
 #include <unordered_set>
@@ -135,7 +137,8 @@ std::unordered_map<size_t, SourceShape> source_shapes(at::DynamicLibrary& librar
 
 std::vector<int64_t> contiguous_strides(const std::vector<int64_t>& sizes) {
   std::vector<int64_t> strides(sizes.size(), 1);
-  for (size_t i = sizes.size(); i-- > 1;) strides[i - 1] = strides[i] * std::max<int64_t>(sizes[i], 1);
+  for (size_t i = sizes.size(); i-- > 1;)
+    strides[i - 1] = strides[i] * std::max<int64_t>(sizes[i], 1);
   return strides;
 }
 
@@ -154,6 +157,51 @@ std::string describe_sizes(const AotiConstant& constant) {
     out << constant.nbytes << " bytes";
   }
   return out.str();
+}
+
+// The raw handles of a constant buffer, by FQN (the C ABI's map entries).
+std::unordered_map<std::string, AtenTensorHandle> buffer_handles(AOTIModelContainerRunner& runner,
+                                                                 bool inactive) {
+  const auto extract = abi_function<decltype(&AOTInductorModelContainerExtractConstantsMapEntries)>(
+      RunnerAccess::library(runner), "AOTInductorModelContainerExtractConstantsMapEntries");
+  const AOTInductorConstantMapEntry* entries = nullptr;
+  size_t count = 0;
+  check_abi(extract(RunnerAccess::container(runner), &entries, &count, inactive),
+            "ExtractConstantsMapEntries", 0);
+  std::unordered_map<std::string, AtenTensorHandle> handles;
+  for (size_t i = 0; i < count; ++i) handles.emplace(entries[i].name, entries[i].handle);
+  return handles;
+}
+
+// For a user-managed constant the package makes a new tensor handle (sharing our storage) that it
+// never deletes (aoti_runtime/utils.h, MaybeOwningAtenTensorHandle: torch 2.13), which would keep
+// every set of weights ever loaded mapped. The handles it made for our loads, process-wide; each is
+// deleted once a later load has replaced it in its buffer, so a package pins at most the two sets
+// its buffers hold.
+std::mutex borrowed_mutex;
+std::unordered_set<AtenTensorHandle>& borrowed_handles() {
+  static auto* handles = new std::unordered_set<AtenTensorHandle>();  // never destroyed
+  return *handles;
+}
+
+// Runs `update` (a load into one buffer), then deletes the borrowed handles it replaced and
+// registers the ones it made.
+template <typename Update>
+void update_buffer(AOTIModelContainerRunner& runner, bool inactive, bool user_managed,
+                   const Update& update) {
+  const auto before = buffer_handles(runner, inactive);
+  update();
+  const auto after = buffer_handles(runner, inactive);
+  std::lock_guard<std::mutex> lock(borrowed_mutex);
+  auto& borrowed = borrowed_handles();
+  for (const auto& [fqn, handle] : after) {
+    const auto old = before.find(fqn);
+    if (old != before.end() && old->second == handle) continue;  // untouched
+    if (old != before.end() && borrowed.erase(old->second) != 0) {
+      aoti_torch_delete_tensor_object(old->second);
+    }
+    if (user_managed) borrowed.insert(handle);
+  }
 }
 
 }  // namespace
@@ -212,7 +260,10 @@ ModuleLoadReport load(AOTIModelPackageLoader& package, const LoadFrom& from,
                       const AotiLoadOptions& options) {
   const std::vector<AotiConstant> constants = aoti_constants(package);
   LoadOptions load_options = options;
-  if (!load_options.device) load_options.device = package_device(package);
+  const c10::Device device = package_device(package);
+  if (!load_options.device) load_options.device = device;
+  TS_CHECK_VALUE(load_options.device->type() == device.type(), kSource, "the package runs on ",
+                 device.type(), ", its constants cannot be loaded to ", *load_options.device);
   const Checkpoint checkpoint = open_checkpoint(from, load_options);
   const std::string& path = checkpoint.path();
   const auto& metadata = checkpoint.metadata();
@@ -250,13 +301,13 @@ ModuleLoadReport load(AOTIModelPackageLoader& package, const LoadFrom& from,
                   ", the package's constant '", constant.fqn, "' is ", constant.dtype,
                   " (LoadOptions::dtype casts floating-point tensors on load)");
     const std::vector<int64_t> file_sizes(info.shape.begin(), info.shape.end());
-    const bool fits = constant.sizes
-                          ? file_sizes == *constant.sizes
-                          : static_cast<uint64_t>(info.numel()) * c10::elementSize(dtype) ==
-                                constant.nbytes;
+    const bool fits =
+        constant.sizes
+            ? file_sizes == *constant.sizes
+            : static_cast<uint64_t>(info.numel()) * c10::elementSize(dtype) == constant.nbytes;
     if (!fits) {
-      report.mismatched.push_back({constant.fqn, constant.sizes.value_or(std::vector<int64_t>{}),
-                                   file_sizes});
+      report.mismatched.push_back(
+          {constant.fqn, constant.sizes.value_or(std::vector<int64_t>{}), file_sizes});
       TS_CHECK_VALUE(options.strict || present.count(constant.fqn), path, "tensor '", name,
                      "' has shape ", c10::IntArrayRef(file_sizes), ", the package's constant '",
                      constant.fqn, "' is ", describe_sizes(constant),
@@ -274,7 +325,8 @@ ModuleLoadReport load(AOTIModelPackageLoader& package, const LoadFrom& from,
     key << int(info.dtype) << c10::IntArrayRef(info.shape.data(), info.shape.size());
     return key.str();
   };
-  for (const auto& name : file_names) loaded_by_layout[layout(checkpoint.info(name))].push_back(name);
+  for (const auto& name : file_names)
+    loaded_by_layout[layout(checkpoint.info(name))].push_back(name);
   for (const auto& name : checkpoint.keys()) {
     if (used.count(name)) continue;
     bool duplicate = false;
@@ -328,18 +380,19 @@ ModuleLoadReport load(AOTIModelPackageLoader& package, const LoadFrom& from,
     // A copying package memcpy's the tensor's whole storage into its slot: give it exactly the
     // constant's bytes.
     if (options.copy && (tensor.storage_offset() != 0 ||
-                         tensor.storage().nbytes() != static_cast<size_t>(tensor.numel()) * tensor.element_size())) {
+                         tensor.storage().nbytes() !=
+                             static_cast<size_t>(tensor.numel()) * tensor.element_size())) {
       tensor = tensor.clone();
     }
     by_fqn.emplace(constant.fqn, std::move(tensor));
   }
-  package.load_constants(by_fqn, options.inactive, /*check_full_update=*/false,
-                         /*user_managed=*/!options.copy);
+  update_buffer(runner_of(package), options.inactive, !options.copy, [&] {
+    package.load_constants(by_fqn, options.inactive, /*check_full_update=*/false,
+                           /*user_managed=*/!options.copy);
+  });
   return report;
 }
 
-void swap_constants(AOTIModelPackageLoader& package) {
-  runner_of(package).swap_constant_buffer();
-}
+void swap_constants(AOTIModelPackageLoader& package) { runner_of(package).swap_constant_buffer(); }
 
 }  // namespace torch::safetensors

@@ -26,11 +26,11 @@ AOTIModelPackageLoader& loader_of(py::handle object) {
   const std::string module = py::str(type.attr("__module__"));
   const std::string name = py::str(type.attr("__name__"));
   const py::detail::type_info* info = py::detail::get_type_info(Py_TYPE(object.ptr()));
-  TORCH_CHECK_TYPE(info != nullptr && module == "torch._C._aoti" &&
-                       name == "AOTIModelPackageLoader",
-                   "expected torch._C._aoti.AOTIModelPackageLoader (what "
-                   "torch._inductor.aoti_load_package returns holds one as .loader), got ",
-                   module, ".", name);
+  TORCH_CHECK_TYPE(
+      info != nullptr && module == "torch._C._aoti" && name == "AOTIModelPackageLoader",
+      "expected torch._C._aoti.AOTIModelPackageLoader (what "
+      "torch._inductor.aoti_load_package returns holds one as .loader), got ",
+      module, ".", name);
   auto* instance = reinterpret_cast<py::detail::instance*>(object.ptr());
   void* value = instance->get_value_and_holder(info).value_ptr();
   TORCH_CHECK_VALUE(value != nullptr, "the AOTIModelPackageLoader is not initialized");
@@ -59,9 +59,8 @@ void bind_aoti(py::module_& m) {
       py::arg("package"));
   m.def(
       "aoti_load",
-      [](py::handle package, const std::string& path,
-         const ts::ModuleLoadOptions& options, bool inactive, bool copy,
-         const std::map<std::string, std::string>& aliases) {
+      [](py::handle package, const std::string& path, const ts::ModuleLoadOptions& options,
+         bool inactive, bool copy, const std::map<std::string, std::string>& aliases) {
         ts::AotiLoadOptions aoti(options);
         aoti.strict = options.strict;
         aoti.inactive = inactive;
@@ -79,8 +78,8 @@ void bind_aoti(py::module_& m) {
         }
         return py::make_tuple(report.missing, report.unexpected, mismatched);
       },
-      py::arg("package"), py::arg("path"), py::arg("options"), py::arg("inactive"),
-      py::arg("copy"), py::arg("aliases"));
+      py::arg("package"), py::arg("path"), py::arg("options"), py::arg("inactive"), py::arg("copy"),
+      py::arg("aliases"));
   m.def(
       "aoti_swap",
       [](py::handle package) {
