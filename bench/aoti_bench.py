@@ -4,6 +4,7 @@ against PyTorch's own weights-on-disk format (`pickle_weights`, loaded by
 `torch.export.pt2_archive._package.load_pt2(..., load_weights_from_disk=True)`).
 
     python3 bench/aoti_bench.py [--quick] [--reps 3] [--workdir DIR] [--cold] [--json FILE]
+    python3 bench/aoti_bench.py --render FILE    # re-prints a saved --json run
 
 The model: a stack of square float32 Linear layers (8 x 4096, 537 MB; --quick: 5 x 1024, 21 MB).
 It is exported once and compiled into three packages in --workdir (reused by later runs):
@@ -191,6 +192,8 @@ def summarize(runs):
     return {
         "load_s": statistics.median(r["load_s"] for r in runs),
         "first_run_s": statistics.median(r["first_run_s"] for r in runs),
+        "total_s": statistics.median(r["load_s"] + r["first_run_s"] for r in runs),
+        "load_range_s": [min(r["load_s"] for r in runs), max(r["load_s"] for r in runs)],
         "rss_mb": growth("VmRSS"), "anon_mb": growth("RssAnon"), "file_mb": growth("RssFile"),
         "peak_mb": growth("VmHWM"), "loaded_rss_mb": growth("VmRSS", "loaded"),
         "max_abs_diff": max(r["max_abs_diff"] for r in runs),
@@ -202,7 +205,7 @@ def table(summary, meta, reps, cold):
     base = summary["compiled_in"]
 
     def ratio(value, key):
-        return f" ({value / base[key]:.2f}×)" if base[key] > 0.5 or key.endswith("_s") else ""
+        return f" ({value / base[key]:.2g}×)" if base[key] > 0.5 or key.endswith("_s") else ""
 
     lines = [
         f"{meta['config']['layers']} Linear layers {meta['config']['dim']}×{meta['config']['dim']}"
@@ -213,15 +216,17 @@ def table(summary, meta, reps, cold):
         f"`_load_aoti` (once per process, every variant, median "
         f"{statistics.median(s['isa_probe_s'] for s in summary.values()):.2f} s)",
         "",
-        "| variant | load s | first run s | RSS growth MiB | RssAnon growth MiB "
-        "| RssFile growth MiB | peak (VmHWM) growth MiB |",
-        "| --- | ---: | ---: | ---: | ---: | ---: | ---: |",
+        "| variant | load s | load min–max s | first run s | load + first run s | RSS growth MiB "
+        "| RssAnon growth MiB | RssFile growth MiB | peak (VmHWM) growth MiB |",
+        "| --- | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: |",
     ]
     for variant in VARIANTS:
         s = summary[variant]
         lines.append(
             f"| {LABELS[variant]} | {s['load_s']:.3f}{ratio(s['load_s'], 'load_s')} "
+            f"| {s['load_range_s'][0]:.3f}–{s['load_range_s'][1]:.3f} "
             f"| {s['first_run_s']:.3f}{ratio(s['first_run_s'], 'first_run_s')} "
+            f"| {s['total_s']:.3f}{ratio(s['total_s'], 'total_s')} "
             f"| {s['rss_mb']:.0f}{ratio(s['rss_mb'], 'rss_mb')} "
             f"| {s['anon_mb']:.0f}{ratio(s['anon_mb'], 'anon_mb')} "
             f"| {s['file_mb']:.0f} | {s['peak_mb']:.0f}{ratio(s['peak_mb'], 'peak_mb')} |")
@@ -237,12 +242,19 @@ def main():
     parser.add_argument("--cold", action="store_true",
                         help="evict the variant's files from the page cache before each process")
     parser.add_argument("--json", default=None, help="save the raw runs here")
+    parser.add_argument("--render", default=None, help="re-print the table of a saved --json run")
     parser.add_argument("--child", choices=VARIANTS, help=argparse.SUPPRESS)
     args = parser.parse_args()
     workdir = args.workdir or os.path.join(
         tempfile.gettempdir(), "torch_safetensors_aoti_bench" + ("_quick" if args.quick else ""))
     if args.child:
         return child(args.child, workdir)
+    if args.render:
+        with open(args.render) as f:
+            saved = json.load(f)
+        summary = {variant: summarize(runs) for variant, runs in saved["runs"].items()}
+        print(table(summary, saved["meta"], len(saved["runs"]["ours"]), saved["cold"]))
+        return 0
 
     meta = build(workdir, args.quick)
     for name, seconds in meta["compile_s"].items():
