@@ -161,16 +161,6 @@ def build(workdir, quick):
     return meta
 
 
-def evict(paths):
-    for path in paths:
-        fd = os.open(path, os.O_RDONLY)
-        try:
-            os.fdatasync(fd)
-            os.posix_fadvise(fd, 0, 0, os.POSIX_FADV_DONTNEED)
-        finally:
-            os.close(fd)
-
-
 def run_child(variant, workdir):
     proc = subprocess.run([sys.executable, os.path.abspath(__file__), "--child", variant,
                            "--workdir", workdir], capture_output=True, text=True)
@@ -256,6 +246,9 @@ def main():
         print(table(summary, saved["meta"], len(saved["runs"]["ours"]), saved["cold"]))
         return 0
 
+    if args.cold:
+        sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+        from device import drop_cache  # noqa: E402  (bench/device.py)
     meta = build(workdir, args.quick)
     for name, seconds in meta["compile_s"].items():
         size = os.path.getsize(os.path.join(workdir, name))
@@ -263,8 +256,8 @@ def main():
     runs = {variant: [] for variant in VARIANTS}
     for rep in range(args.reps):
         for variant in VARIANTS:
-            if args.cold:
-                evict([os.path.join(workdir, f) for f in FILES[variant]])
+            for name in FILES[variant] if args.cold else ():
+                drop_cache(os.path.join(workdir, name))
             result = run_child(variant, workdir)
             runs[variant].append(result)
             print(f"  rep {rep + 1} {variant}: load {result['load_s']:.3f} s, first run "
