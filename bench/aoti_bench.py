@@ -29,15 +29,17 @@ import sys
 import tempfile
 import time
 
-VARIANTS = ("ours", "ours_copy", "compiled_in", "pickle_weights")
+VARIANTS = ("ours", "ours_populate", "ours_copy", "compiled_in", "pickle_weights")
 LABELS = {
     "ours": "weightless .pt2 + safetensors, `aoti.load_weights` (zero-copy)",
+    "ours_populate": "weightless .pt2 + safetensors, `aoti.load_weights(populate=True)`",
     "ours_copy": "weightless .pt2 + safetensors, `aoti.load_weights(copy=True)`",
     "compiled_in": "weights compiled in (`aoti_load_package`)",
     "pickle_weights": "`pickle_weights` (`load_pt2(load_weights_from_disk=True)`)",
 }
 FILES = {
     "ours": ("weightless.pt2", "model.safetensors"),
+    "ours_populate": ("weightless.pt2", "model.safetensors"),
     "ours_copy": ("weightless.pt2", "model.safetensors"),
     "compiled_in": ("compiled_in.pt2",),
     "pickle_weights": ("pickle_weights.pt2",),
@@ -82,11 +84,11 @@ def child(variant, workdir):
     probe_s = time.perf_counter() - probe_start
     before = status_kib()
     start = time.perf_counter()
-    if variant in ("ours", "ours_copy"):
+    if variant in ("ours", "ours_populate", "ours_copy"):
         from torch_safetensors import aoti
         compiled = torch._inductor.aoti_load_package(os.path.join(workdir, "weightless.pt2"))
         aoti.load_weights(compiled, os.path.join(workdir, "model.safetensors"),
-                          copy=variant == "ours_copy")
+                          copy=variant == "ours_copy", populate=variant == "ours_populate")
     elif variant == "compiled_in":
         compiled = torch._inductor.aoti_load_package(os.path.join(workdir, "compiled_in.pt2"))
     elif variant == "pickle_weights":

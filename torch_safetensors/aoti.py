@@ -73,6 +73,7 @@ def load_weights(
     device: Optional[_args.Device] = None,
     dtype: Optional[torch.dtype] = None,
     backend: str = "mmap",
+    populate: bool = False,
 ) -> Tuple[List[str], List[str]]:
     """Loads the package's constants from ``path`` (a file, an index or a directory).
 
@@ -85,10 +86,13 @@ def load_weights(
     ``inactive`` fills the inactive buffer (then ``swap_weights``); ``copy`` lets the package copy
     the tensors instead of borrowing them (zero-copy views of the file on the CPU); ``aliases``
     maps a constant's FQN to the name the file holds it under (a tied weight); ``device``
-    overrides the package's device.
+    overrides the package's device; ``populate`` reads the whole mapping in at load (in bulk, on
+    all cores) instead of page by page during the first run: faster when the file is not in the
+    page cache.
     """
     filename = _args.path(path)
-    options = _C.ModuleLoadOptions(backend=_args.backend(backend), strict=strict)
+    options = _C.ModuleLoadOptions(backend=_args.backend(backend), strict=strict,
+                                   populate=populate)
     if device is not None:
         options.device = _args.device(device, filename)
     if dtype is not None:
