@@ -104,6 +104,18 @@ TEST_F(Aoti, LoadsZeroCopyAndMatchesEager) {
   }
 }
 
+TEST_F(Aoti, LoadsFromAShardedCheckpoint) {
+  std::map<std::string, at::Tensor> tensors;
+  for (const auto& item : ts::Checkpoint(file("weights_b.safetensors")).tensors()) {
+    tensors[item.key()] = item.value();
+  }
+  ts::save_sharded(tensors, dir_.file("sharded"), ts::ShardOptions().with_max_shard_size("5MB"));
+  ASSERT_GT(ts::Checkpoint(dir_.file("sharded")).shard_files().size(), 2u);
+  AOTIModelPackageLoader package(file("model.pt2"));
+  EXPECT_TRUE(ts::load(package, dir_.file("sharded")).ok());
+  EXPECT_TRUE(torch::allclose(run(package), y_b_, 1e-4, 1e-4));
+}
+
 TEST_F(Aoti, CopyModeGivesThePackageItsOwnMemory) {
   AOTIModelPackageLoader package(file("model.pt2"));
   const int64_t before = rss_anon();

@@ -270,8 +270,8 @@ ModuleLoadReport load(AOTIModelPackageLoader& package, const LoadFrom& from,
 
   // Names already in the buffer being filled: a partial update may leave those out.
   std::unordered_set<std::string> present;
-  for (const auto& [fqn, tensor] : runner_of(package).extract_constants_map(options.inactive)) {
-    if (tensor.defined()) present.insert(fqn);
+  for (const auto& [fqn, handle] : buffer_handles(runner_of(package), options.inactive)) {
+    if (handle != nullptr) present.insert(fqn);
   }
 
   ModuleLoadReport report;
