@@ -27,6 +27,8 @@ constexpr Command kCommands[] = {
      "safetensors to and from ExecuTorch .ptd",
      &convert_command},
     {"diff", "compare two checkpoints tensor by tensor; exit 1 when they differ", &diff_command},
+    {"realign", "rewrite a file with every tensor aligned (default 64 bytes), in place or to OUT",
+     &realign_command},
 };
 
 std::string help() {

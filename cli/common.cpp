@@ -116,6 +116,38 @@ bool matches_filter(const std::string& name, const std::string& pattern) {
   return ::fnmatch(pattern.c_str(), name.c_str(), 0) == 0;
 }
 
+Alignment alignment_of(const File& file, const std::vector<std::string>& names, uint64_t boundary) {
+  Alignment out;
+  out.data_offset = file.header().data_offset();
+  for (const std::string& name : names) {
+    const TensorInfo& info = file.info(name);
+    const uint64_t offset = out.data_offset + info.begin;
+    if (info.nbytes() > 0 && !can_view_at(offset, info.scalar_type())) {
+      out.copied_on_load.push_back(name);
+      out.copied_bytes += info.nbytes();
+    }
+    if (offset % boundary != 0) out.off_boundary.push_back(name);
+  }
+  return out;
+}
+
+uint64_t parse_boundary(const std::string& option, const std::string& text) {
+  const std::string expected =
+      "a power of two of at most " + std::to_string(kMaxAlignment) + " (64, 4096)";
+  const uint64_t value = parse_unsigned_option(option, text, expected);
+  if (value == 0 || (value & (value - 1)) != 0 || value > kMaxAlignment) {
+    bad_option(option, text, expected);
+  }
+  return value;
+}
+
+std::string first_names(const std::vector<std::string>& names, size_t shown) {
+  std::string out;
+  for (size_t i = 0; i < names.size() && i < shown; ++i) out += (i ? ", " : "") + names[i];
+  if (names.size() > shown) out += " and " + std::to_string(names.size() - shown) + " more";
+  return out;
+}
+
 ProgressBar::ProgressBar(std::string label, uint64_t total)
     : label_(std::move(label)), total_(total), enabled_(::isatty(STDERR_FILENO) == 1) {}
 

@@ -11,6 +11,8 @@
 
 #include <c10/util/ArrayRef.h>
 
+#include "torch_safetensors/file.h"
+
 namespace torch::safetensors::cli {
 
 inline constexpr const char* kProgram = "torch-safetensors";
@@ -63,6 +65,20 @@ std::string shape_text(c10::ArrayRef<int64_t> shape);
 // that contain it.
 bool matches_filter(const std::string& name, const std::string& pattern);
 
+// Where one file's tensors sit (offsets absolute in the file), by the loader's rule (can_view_at).
+struct Alignment {
+  uint64_t data_offset = 0;                 // where the data section starts
+  std::vector<std::string> copied_on_load;  // not on a multiple of their element size
+  uint64_t copied_bytes = 0;                // their bytes
+  std::vector<std::string> off_boundary;    // not on a multiple of the boundary
+};
+// `names`: the file's tensors to check (in the order to report them).
+Alignment alignment_of(const File& file, const std::vector<std::string>& names, uint64_t boundary);
+// A --alignment value: a power of two from 1 to kMaxAlignment (UsageError otherwise).
+uint64_t parse_boundary(const std::string& option, const std::string& text);
+// "a, b, c and 4 more".
+std::string first_names(const std::vector<std::string>& names, size_t shown = 5);
+
 // A one-line progress bar on stderr, drawn only when stderr is a terminal (never in pipes, logs or
 // captured output), at most ten times a second; finish() clears it.
 class ProgressBar {
@@ -86,5 +102,6 @@ int inspect_command(const std::vector<std::string>& args);
 int verify_command(const std::vector<std::string>& args);
 int convert_command(const std::vector<std::string>& args);
 int diff_command(const std::vector<std::string>& args);
+int realign_command(const std::vector<std::string>& args);
 
 }  // namespace torch::safetensors::cli

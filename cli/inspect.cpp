@@ -16,7 +16,9 @@ const char* kHelp =
     "\n"
     "Lists the tensors of a safetensors file, an index (*.safetensors.index.json) or a directory\n"
     "holding either: name, dtype, shape, bytes, offset (in the file's data section) and shard;\n"
-    "then the metadata, the totals and a summary per dtype. Only headers are read.\n"
+    "then the metadata, the totals, a summary per dtype and how many tensors a zero-copy load\n"
+    "would copy (offset in the file not a multiple of their element size; see verify\n"
+    "--alignment and realign). Only headers are read.\n"
     "\n"
     "options:\n"
     "  --json              one JSON document on stdout instead of the table\n"
@@ -47,8 +49,26 @@ void append_totals(std::string& out, const Totals& totals) {
   out += "}";
 }
 
+// The listed tensors that a zero-copy load copies (alignment_of, per file).
+struct Copied {
+  uint64_t tensors = 0, bytes = 0;
+};
+
+Copied copied_on_load(const Checkpoint& checkpoint, const std::vector<Row>& rows) {
+  std::map<std::string, std::vector<std::string>> names_by_shard;
+  for (const Row& row : rows) names_by_shard[row.shard].push_back(row.name);
+  Copied copied;
+  for (const auto& [shard, names] : names_by_shard) {
+    const Alignment a = alignment_of(checkpoint.file(names.front()), names, 1);
+    copied.tensors += a.copied_on_load.size();
+    copied.bytes += a.copied_bytes;
+  }
+  return copied;
+}
+
 std::string json_document(const Checkpoint& checkpoint, const std::vector<Row>& rows,
-                          const Totals& totals, const std::map<std::string, Totals>& by_dtype) {
+                          const Totals& totals, const std::map<std::string, Totals>& by_dtype,
+                          const Copied& copied) {
   std::string out = "{\"path\": ";
   format::append_json_string(out, checkpoint.path());
   out += ", \"index\": ";
@@ -106,6 +126,10 @@ std::string json_document(const Checkpoint& checkpoint, const std::vector<Row>& 
     out += ": ";
     append_totals(out, dtype_totals);
   }
+  out += "},\n \"copied_on_load\": {\"tensors\": ";
+  format::append_uint(out, copied.tensors);
+  out += ", \"bytes\": ";
+  format::append_uint(out, copied.bytes);
   out += "}}\n";
   return out;
 }
@@ -152,8 +176,9 @@ int inspect_command(const std::vector<std::string>& args) {
     rows.push_back(std::move(row));
   }
 
+  const Copied copied = copied_on_load(checkpoint, rows);
   if (parsed->flag("--json")) {
-    std::cout << json_document(checkpoint, rows, totals, by_dtype);
+    std::cout << json_document(checkpoint, rows, totals, by_dtype, copied);
     return 0;
   }
   std::vector<std::vector<std::string>> table{
@@ -184,6 +209,9 @@ int inspect_command(const std::vector<std::string>& args) {
   summary.push_back({"total", std::to_string(totals.tensors), std::to_string(totals.parameters),
                      std::to_string(totals.bytes), human_bytes(totals.bytes)});
   print_table(summary, std::cout);
+  std::cout << "\nzero-copy load: " << copied.tensors
+            << " tensor(s) not aligned to their element size would be copied";
+  if (copied.tensors > 0) std::cout << " (" << human_bytes(copied.bytes) << ")";
   std::cout << "\n"
             << checkpoint.shard_files().size() << " file(s)"
             << (checkpoint.index_path() ? ", index " + *checkpoint.index_path() : std::string())

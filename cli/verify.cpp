@@ -11,7 +11,7 @@ namespace torch::safetensors::cli {
 namespace {
 
 const char* kHelp =
-    "usage: torch-safetensors verify PATH [--data]\n"
+    "usage: torch-safetensors verify PATH [--data] [--alignment [BOUNDARY]]\n"
     "\n"
     "Validates a safetensors file, an index (*.safetensors.index.json) or a directory holding\n"
     "either: the index, every shard it names (present, inside the folder, holding exactly the\n"
@@ -19,13 +19,52 @@ const char* kHelp =
     "Prints one line per problem and exits 1 if there is any, else prints a summary and exits 0.\n"
     "\n"
     "options:\n"
-    "  --data    also read every tensor's bytes from disk (I/O errors, files changed meanwhile)\n";
+    "  --data    also read every tensor's bytes from disk (I/O errors, files changed meanwhile)\n"
+    "  --alignment [BOUNDARY]\n"
+    "            also report, per file, where the data section starts, the tensors whose offset\n"
+    "            in the file is not a multiple of their element size (a zero-copy load copies\n"
+    "            them) and those not on a multiple of BOUNDARY (a power of two; default 64).\n"
+    "            Misalignment is legal in the format: it does not change the exit code\n"
+    "            (torch-safetensors realign fixes it)\n";
+
+// "--alignment" alone or followed by a path means the default boundary; "--alignment N" and
+// "--alignment=N" choose N. Rewritten to "--alignment=N" for parse_args.
+std::vector<std::string> with_boundary_value(std::vector<std::string> args) {
+  for (size_t i = 0; i < args.size(); ++i) {
+    if (args[i] == "--") break;
+    if (args[i] != "--alignment") continue;
+    const bool next_is_number = i + 1 < args.size() && !args[i + 1].empty() &&
+                                args[i + 1].find_first_not_of("0123456789") == std::string::npos;
+    args[i] = "--alignment=" + (next_is_number ? args[i + 1] : std::string("64"));
+    if (next_is_number) args.erase(args.begin() + std::ptrdiff_t(i) + 1);
+  }
+  return args;
+}
+
+void report_alignment(const Checkpoint& checkpoint, const std::vector<std::string>& names,
+                      uint64_t boundary) {
+  const File file = checkpoint.file(names.front());
+  const Alignment a = alignment_of(file, names, boundary);
+  std::cout << "alignment: " << checkpoint.shard_file(names.front()) << ": data section at byte "
+            << a.data_offset << ", " << names.size() << " tensors\n";
+  std::cout << "  not aligned to their element size (copied by a zero-copy load): "
+            << a.copied_on_load.size();
+  if (!a.copied_on_load.empty()) {
+    std::cout << " (" << human_bytes(a.copied_bytes) << "): " << first_names(a.copied_on_load);
+  }
+  std::cout << "\n  not aligned to " << boundary << " bytes: " << a.off_boundary.size();
+  if (!a.off_boundary.empty()) std::cout << ": " << first_names(a.off_boundary);
+  std::cout << "\n";
+}
 
 }  // namespace
 
 int verify_command(const std::vector<std::string>& args) {
-  auto parsed = parse_args(args, {{"--data", false}}, kHelp, 1, 1);
+  auto parsed = parse_args(with_boundary_value(args), {{"--data", false}, {"--alignment", true}},
+                           kHelp, 1, 1);
   if (!parsed) return 0;
+  std::optional<uint64_t> boundary;
+  if (auto text = parsed->value("--alignment")) boundary = parse_boundary("--alignment", *text);
   const std::string& path = parsed->positional[0];
   const bool read_data = parsed->flag("--data");
   size_t problems = 0;
@@ -76,6 +115,9 @@ int verify_command(const std::vector<std::string>& args) {
       }
     }
     progress.finish();
+    if (boundary) {
+      for (const auto* names : readable) report_alignment(*checkpoint, *names, *boundary);
+    }
     if (read_data) {
       try {
         checkpoint->check_intact();

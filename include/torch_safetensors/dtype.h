@@ -76,6 +76,12 @@ TS_API int dtype_bits(Dtype dtype);
 // The torch dtype a tensor of this spec dtype loads as.
 TS_API c10::ScalarType to_scalar_type(Dtype dtype);
 
+// The one alignment rule of loading: a tensor of torch type `type` whose bytes start at `address`
+// can be viewed in place only when `address` is a multiple of its element size (typed access needs
+// it; the format does not guarantee it). Otherwise a load copies that tensor into aligned memory.
+// A mapping starts on a page boundary, so a file offset answers as its mapped address does.
+TS_API bool can_view_at(uint64_t address, c10::ScalarType type);
+
 // The spec dtype a torch tensor of this type is saved as; nullopt for torch dtypes the spec lacks
 // (UInt1..7, Bits*, quantized, ComplexHalf, ComplexDouble, ...). Byte saves as U8: the F6 dtypes
 // are written only from raw bytes (RawTensor).

@@ -25,6 +25,10 @@ using Metadata = std::map<std::string, std::string>;
 
 inline constexpr uint64_t kHeaderLengthSize = 8;         // the u64 prefix
 inline constexpr uint64_t kMaxHeaderSize = 100'000'000;  // same bound as the reference
+// The reference pads its header to a multiple of 8 bytes, so its data section starts on one.
+inline constexpr uint64_t kReferenceAlignment = 8;
+// The largest `alignment` plan_layout takes (a header padded to it stays small).
+inline constexpr uint64_t kMaxAlignment = uint64_t(1) << 20;
 
 // One tensor's entry. `name` views bytes owned by the Header that holds the entry (valid as long
 // as that Header or a copy of it lives).
@@ -46,7 +50,8 @@ class Header;
 struct Layout;
 TS_API Header parse_header(std::string_view json, uint64_t file_size, std::string_view source);
 TS_API Layout plan_layout(c10::ArrayRef<TensorInfo> tensors,
-                          const std::optional<Metadata>& metadata, std::string_view source);
+                          const std::optional<Metadata>& metadata, std::string_view source,
+                          uint64_t alignment);
 
 // A validated header: the only kind there is. It is built by parse_header (bytes of a file) or
 // plan_layout (what save will write), both of which check every rule of the format, and cannot
@@ -72,7 +77,7 @@ class TS_API Header {
  private:
   friend Header parse_header(std::string_view, uint64_t, std::string_view);
   friend Layout plan_layout(c10::ArrayRef<TensorInfo>, const std::optional<Metadata>&,
-                            std::string_view);
+                            std::string_view, uint64_t);
   // Builds the name lookup. False if some name appears twice.
   bool index();
 
@@ -109,12 +114,24 @@ struct Layout {
 // a multiple of 8 bytes. Checks what a valid file needs (unique names, none `__metadata__`, UTF-8
 // names and metadata, byte counts that fit, a header within the size limit) and throws
 // c10::Error naming `source` otherwise.
+//
+// The alignment this guarantees (docs/dtypes-and-validation.md, "Alignment of written files"): the
+// data section starts at a multiple of 8, and every tensor's offset in the file is a multiple of
+// its element size (all sizes are powers of two up to 8, largest first), so nothing written here
+// is copied on a zero-copy load. With `alignment` A above 8 (a power of two, at most
+// kMaxAlignment) the header is padded with spaces until the data section starts at a multiple of
+// A, and the tensors whose byte count is a multiple of A come first (in the same order among
+// themselves), so each of those starts on a multiple of A too; the rest follow, still aligned to
+// their element size. No more is possible: the format allows no gaps between tensors.
 TS_API Layout plan_layout(c10::ArrayRef<TensorInfo> tensors,
-                          const std::optional<Metadata>& metadata, std::string_view source);
+                          const std::optional<Metadata>& metadata, std::string_view source,
+                          uint64_t alignment = kReferenceAlignment);
 
 // The header's bytes as a file holds them (u64 length + JSON + padding), as the reference writes
-// them. For a parsed header this is the canonical form of what was read.
-TS_API std::string serialize_header(const Header& header, std::string_view source);
+// them. For a parsed header this is the canonical form of what was read. The padding (spaces)
+// makes the data section start at a multiple of `alignment` (a power of two, at least 8).
+TS_API std::string serialize_header(const Header& header, std::string_view source,
+                                    uint64_t alignment = kReferenceAlignment);
 
 // Number of bytes a tensor of this dtype and shape occupies; throws on a negative dimension,
 // overflow or a fractional byte count, naming `source` and the tensor `name`.

@@ -128,4 +128,23 @@ decltype(auto) load(Value& value, const ReadFunction& read, const SizeFunction& 
   return load(value, LoadFrom(function_source(read, size)), std::forward<Rest>(rest)...);
 }
 
+// What realign did.
+struct RealignReport {
+  uint64_t tensors = 0;
+  uint64_t bytes = 0;        // tensor bytes copied
+  uint64_t data_offset = 0;  // where the new file's data section starts (a multiple of alignment)
+  // Tensors of the new file not on a multiple of `alignment`: those whose byte count is not a
+  // multiple of it (the format allows no gaps); every tensor is aligned to its element size.
+  uint64_t off_boundary = 0;
+};
+
+// Rewrites the safetensors file `in` to `to` (a path; `in` itself is allowed) with the data
+// section and every tensor laid out by plan_layout(..., alignment): same names, dtypes, shapes,
+// metadata and bytes. Streams: tensor bytes are copied in chunks of at most 8 MiB through one
+// buffer, never the whole file. The new file is written beside `to`, read back and compared byte
+// for byte with `in` (header fields and every tensor's bytes), and only then renamed over `to`
+// (fsynced first with to.durable()); on any failure `to` is left as it was. `alignment`: a power
+// of two, at most kMaxAlignment.
+TS_API RealignReport realign(const std::string& in, const SaveTo& to, uint64_t alignment = 64);
+
 }  // namespace torch::safetensors

@@ -32,7 +32,7 @@ std::vector<int64_t> torch_sizes(const TensorInfo& info, std::string_view source
 at::Tensor view_memory(uint8_t* data, uint64_t storage_bytes, c10::ScalarType dtype,
                        c10::IntArrayRef sizes, c10::IntArrayRef strides,
                        std::shared_ptr<const void> owner) {
-  if (reinterpret_cast<uintptr_t>(data) % c10::elementSize(dtype) != 0) return at::Tensor();
+  if (!can_view_at(reinterpret_cast<uintptr_t>(data), dtype)) return at::Tensor();
   // The view never reaches past the bytes it was given (the tensor's region of the file).
   TORCH_INTERNAL_ASSERT(
       at::detail::computeStorageNbytes(sizes, strides, c10::elementSize(dtype)) <= storage_bytes,

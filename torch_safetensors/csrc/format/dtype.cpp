@@ -68,6 +68,10 @@ std::optional<Dtype> parse_dtype(std::string_view name) {
 
 c10::ScalarType to_scalar_type(Dtype dtype) { return entry(dtype).scalar_type; }
 
+bool can_view_at(uint64_t address, c10::ScalarType type) {
+  return address % c10::elementSize(type) == 0;
+}
+
 std::optional<Dtype> from_scalar_type(c10::ScalarType type) {
   for (size_t d = 0; d < kTable.size(); ++d) {
     if (kTable[d].scalar_type == type && !bytes_only(kTable[d])) return static_cast<Dtype>(d);

@@ -24,7 +24,11 @@ void check_utf8(std::string_view text, std::string_view source, std::string_view
 }  // namespace
 
 Layout plan_layout(c10::ArrayRef<TensorInfo> tensors, const std::optional<Metadata>& metadata,
-                   std::string_view source) {
+                   std::string_view source, uint64_t alignment) {
+  TS_CHECK_VALUE(alignment >= 1 && alignment <= kMaxAlignment && (alignment & (alignment - 1)) == 0,
+                 source, "alignment must be a power of two of at most ", kMaxAlignment,
+                 " bytes, found ", alignment);
+  alignment = std::max(alignment, kReferenceAlignment);
   std::unordered_set<std::string_view> names;
   names.reserve(tensors.size());
   size_t name_bytes = 0;
@@ -37,11 +41,16 @@ Layout plan_layout(c10::ArrayRef<TensorInfo> tensors, const std::optional<Metada
     sizes[i] = tensor_nbytes(info.dtype, info.shape, source, info.name);
     name_bytes += info.name.size();
   }
-  // The reference's order: dtype descending (its enum order), then name, bytewise.
+  // The reference's order: dtype descending (its enum order), then name, bytewise. Above its
+  // alignment, the tensors whose sizes are whole multiples of the alignment go first.
+  const auto off_boundary = [&](size_t i) {
+    return alignment > kReferenceAlignment && sizes[i] % alignment != 0;
+  };
   Layout layout;
   layout.order.resize(tensors.size());
   std::iota(layout.order.begin(), layout.order.end(), size_t(0));
   std::stable_sort(layout.order.begin(), layout.order.end(), [&](size_t a, size_t b) {
+    if (off_boundary(a) != off_boundary(b)) return off_boundary(b);
     if (tensors[a].dtype != tensors[b].dtype) return tensors[a].dtype > tensors[b].dtype;
     return tensors[a].name < tensors[b].name;
   });
@@ -63,12 +72,16 @@ Layout plan_layout(c10::ArrayRef<TensorInfo> tensors, const std::optional<Metada
   header.names_ = std::move(name_buffer);
   header.metadata_ = metadata;
   header.index();  // names were checked unique above
-  layout.header_bytes = serialize_header(header, source);
+  layout.header_bytes = serialize_header(header, source, alignment);
   header.header_size_ = layout.header_bytes.size() - kHeaderLengthSize;
   return layout;
 }
 
-std::string serialize_header(const Header& header, std::string_view source) {
+std::string serialize_header(const Header& header, std::string_view source, uint64_t alignment) {
+  TS_CHECK_VALUE(alignment >= kReferenceAlignment && alignment <= kMaxAlignment &&
+                     (alignment & (alignment - 1)) == 0,
+                 source, "header alignment must be a power of two from 8 to ", kMaxAlignment,
+                 " bytes, found ", alignment);
   const auto& metadata = header.metadata();
   std::string out(kHeaderLengthSize, '\0');
   out.reserve(64 + header.size() * 96);
@@ -109,7 +122,9 @@ std::string serialize_header(const Header& header, std::string_view source) {
   }
   out += '}';
   const size_t json_size = out.size() - kHeaderLengthSize;
-  const size_t padded = (json_size + 7) / 8 * 8;
+  // Spaces until the data section (after the u64 length and the JSON) starts on `alignment`.
+  const size_t padded =
+      (kHeaderLengthSize + json_size + alignment - 1) / alignment * alignment - kHeaderLengthSize;
   out.append(padded - json_size, ' ');
   TS_CHECK(padded <= kMaxHeaderSize, source, "header of ", padded, " bytes exceeds the limit of ",
            kMaxHeaderSize, " bytes (too many tensors or too much metadata)");

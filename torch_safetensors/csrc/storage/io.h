@@ -61,6 +61,9 @@ class TS_API AtomicFileWriter {
   AtomicFileWriter& operator=(const AtomicFileWriter&) = delete;
 
   void write(const void* data, uint64_t length);
+  // Where the bytes are until commit (to read them back and check them before they replace
+  // anything).
+  const std::string& temp_path() const { return temp_path_; }
   // Renames the file into place; `durable`: fsyncs it first and its directory after, so that the
   // new file survives a power loss once commit returns.
   void commit(bool durable = false);
@@ -78,15 +81,16 @@ class TS_API AtomicFileWriter {
 // libtorch.so export in copies of their own that win symbol resolution and crash (test_util.h).
 namespace torch::safetensors::storage {
 
-TS_API std::string join_path(const std::string& directory, const std::string& name);  // "a" + "b" → "a/b"
+TS_API std::string join_path(const std::string& directory,
+                             const std::string& name);    // "a" + "b" → "a/b"
 TS_API std::string parent_path(const std::string& path);  // "a/b" → "a"; "b" → ""; "/b" → "/"
 // The folder holding the file `path`, as a path to join sibling names to (config.json beside a
 // checkpoint): "a/b" → "a"; "b" → "."; "/b" → "/"; "../d/b" → "../d". The one place a file's
 // folder is derived, so that a bare file name finds its siblings in the working directory.
 TS_API std::string directory_of(const std::string& path);
-TS_API std::string file_name(const std::string& path);    // "a/b" → "b"
-TS_API bool is_directory(const std::string& path);        // following symlinks; false if absent
-TS_API bool is_regular_file(const std::string& path);     // following symlinks; false if absent
+TS_API std::string file_name(const std::string& path);  // "a/b" → "b"
+TS_API bool is_directory(const std::string& path);      // following symlinks; false if absent
+TS_API bool is_regular_file(const std::string& path);   // following symlinks; false if absent
 // The regular files (symlinks followed) in `directory`, sorted. Throws OSError.
 TS_API std::vector<std::string> list_files(const std::string& directory);
 // realpath(3): absolute, no symlinks, no "." or "..". Throws OSError naming `what`.
@@ -106,14 +110,15 @@ TS_API Containment containment_of(const std::string& folder, const std::string& 
 TS_API bool is_contained(const Containment& containment, const std::string& real);
 // Throws, naming `where` (the index) and `name` (the shard), unless `real` is contained.
 TS_API void check_contained(const Containment& containment, const std::string& real,
-                     const std::string& where, const std::string& name);
+                            const std::string& where, const std::string& name);
 // Opens `path` (a file the checkpoint names, `name` in messages) for reading and checks that the
 // file actually opened -- the descriptor that is then read, not the path looked up earlier --
 // lies where `containment` allows: a file swapped for a symlink to an outside file after the
 // checkpoint was opened is refused when it is opened. `where` prefixes the errors (the index).
 TS_API std::shared_ptr<const Source> open_contained(const Containment& containment,
-                                             const std::string& path, bool mapped,
-                                             const std::string& where, const std::string& name);
+                                                    const std::string& path, bool mapped,
+                                                    const std::string& where,
+                                                    const std::string& name);
 
 // mkdir -p. Throws OSError.
 TS_API void make_directories(const std::string& path);
