@@ -109,10 +109,11 @@ std::optional<int> repair_safetensors(const ParsedArgs& parsed) {
   uint64_t length = 0;
   for (int i = 7; i >= 0; --i) length = (length << 8) | first9[i];
   if (first9[8] != '{' || length > source->size() - kHeaderLengthSize) return std::nullopt;
-  if (parsed.value("--max-shard-size") || parsed.value("--dtype") || parsed.value("--to")) {
+  if (parsed.value("--to").value_or("safetensors") != "safetensors") return std::nullopt;
+  if (parsed.value("--max-shard-size") || parsed.value("--dtype")) {
     throw UsageError(
         "a safetensors input is only repaired (a NUL-padded header): "
-        "--max-shard-size, --dtype and --to do not apply to it");
+        "--max-shard-size and --dtype do not apply to it");
   }
   const std::string& out = parsed.positional[1];
   repair_header_padding(in, SaveTo(out).durable(parsed.flag("--durable")));

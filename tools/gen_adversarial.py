@@ -148,7 +148,7 @@ def cases():
     add("json_trailing_comma", build(b'{"x":{"dtype":"F32","shape":[1],"data_offsets":[0,4]},}',
                                      data_bytes(4)), "not valid JSON")
     # NUL padding (some writers pad so): refused naming the cause; convert repairs it.
-    nul_padded = "header is padded with NUL bytes"
+    nul_padded = "not valid JSON: it is padded with NUL bytes"
     add("json_nul_padding", build(jdump(one()) + b"\x00" * 4, data_bytes(4), pad=False),
         nul_padded)
     add("json_nul_and_space_padding",

@@ -451,9 +451,10 @@ TEST(Header, NulPaddingIsRefusedNamingTheCause) {
   const std::string json = R"({"x":{"dtype":"U8","shape":[1],"data_offsets":[0,1]}})";
   for (const std::string padding :
        {std::string(3, '\0'), std::string(" \0", 2), std::string("\0 \n", 3)}) {
-    expect_invalid(json + padding, 1,
-                   {"header is padded with NUL bytes", "pads with spaces (0x20)",
-                    "`torch-safetensors convert test.safetensors <output>.safetensors`"});
+    expect_invalid(
+        json + padding, 1,
+        {"header is not valid JSON: it is padded with NUL bytes", "pads with spaces (0x20)",
+         "`torch-safetensors convert test.safetensors <output>.safetensors`"});
     EXPECT_TRUE(ts::is_nul_padded(json + padding));
   }
   EXPECT_FALSE(ts::is_nul_padded(json));
