@@ -457,8 +457,8 @@ Header parse_header(std::string_view json, uint64_t file_size, std::string_view 
            "header is not valid JSON: it is not valid UTF-8");
   TS_CHECK(!is_nul_padded(json), source,
            "header is not valid JSON: it is padded with NUL bytes; the format pads with spaces "
-           "(0x20), and neither this "
-           "library nor the reference reads NUL padding. `torch-safetensors convert ",
+           "(0x20), and neither this library nor the reference reads NUL padding. "
+           "`torch-safetensors convert ",
            source, " <output>.safetensors` rewrites the file with space padding");
   NameStore names(json.size());
   Header header;
