@@ -1,5 +1,7 @@
 // `convert IN OUT`: a torch.save checkpoint to safetensors, without running code from it;
 // safetensors to ExecuTorch's .ptd (--to ptd) and a .ptd back.
+#include <sys/stat.h>
+
 #include <cctype>
 #include <iostream>
 
@@ -7,6 +9,9 @@
 #include "torch_safetensors/convert.h"
 #include "torch_safetensors/dtype.h"
 #include "torch_safetensors/executorch.h"
+#include "torch_safetensors/header.h"
+#include "torch_safetensors/serialize.h"
+#include "torch_safetensors/source.h"
 
 namespace torch::safetensors::cli {
 namespace {
@@ -40,7 +45,10 @@ const char* kHelp =
     "  --strip-prefix PREFIX   with --to ptd: drop PREFIX from the names that start with it\n"
     "  --alignment BYTES       with --to ptd: segment alignment, a power of two (default 128)\n"
     "  IN a .ptd file          (recognised by its FT01 identifier) is written to OUT as\n"
-    "                          safetensors, its keys as the names\n";
+    "                          safetensors, its keys as the names\n"
+    "\n"
+    "Repair: IN a safetensors file whose header is padded with NUL bytes instead of spaces\n"
+    "(which no reader accepts) is written to OUT with space padding, every other byte kept.\n";
 
 c10::ScalarType parse_cast_dtype(std::string text) {
   for (char& c : text) c = char(std::toupper(static_cast<unsigned char>(c)));
@@ -88,6 +96,32 @@ std::optional<int> convert_executorch(const ParsedArgs& parsed) {
   return 0;
 }
 
+// A safetensors file (its 8-byte length fits the file and the JSON opens with '{'): the one
+// conversion of such a file is repairing a NUL-padded header. nullopt for any other input.
+std::optional<int> repair_safetensors(const ParsedArgs& parsed) {
+  const std::string& in = parsed.positional[0];
+  struct stat status;
+  if (::stat(in.c_str(), &status) != 0 || !S_ISREG(status.st_mode)) return std::nullopt;
+  const std::shared_ptr<const Source> source = file_source(in, /*mapped=*/false);
+  if (source->size() < kHeaderLengthSize + 1) return std::nullopt;
+  unsigned char first9[kHeaderLengthSize + 1];
+  source->read(first9, sizeof(first9), 0);
+  uint64_t length = 0;
+  for (int i = 7; i >= 0; --i) length = (length << 8) | first9[i];
+  if (first9[8] != '{' || length > source->size() - kHeaderLengthSize) return std::nullopt;
+  if (parsed.value("--to").value_or("safetensors") != "safetensors") return std::nullopt;
+  if (parsed.value("--max-shard-size") || parsed.value("--dtype")) {
+    throw UsageError(
+        "a safetensors input is only repaired (a NUL-padded header): "
+        "--max-shard-size and --dtype do not apply to it");
+  }
+  const std::string& out = parsed.positional[1];
+  repair_header_padding(in, SaveTo(out).durable(parsed.flag("--durable")));
+  std::cout << "repaired " << in << " -> " << out
+            << ": the header's NUL padding is now spaces; every other byte is unchanged\n";
+  return 0;
+}
+
 }  // namespace
 
 int convert_command(const std::vector<std::string>& args) {
@@ -100,6 +134,7 @@ int convert_command(const std::vector<std::string>& args) {
                             {"--durable", false}},
                            kHelp, 2, 2);
   if (!parsed) return 0;
+  if (auto code = repair_safetensors(*parsed)) return *code;
   if (auto code = convert_executorch(*parsed)) return *code;
   ConvertOptions options;
   if (auto size = parsed->value("--max-shard-size")) {

@@ -147,8 +147,16 @@ def cases():
     add("json_truncated", build(b'{"x":{"dtype":"F32","shape":[1]'), "not valid JSON")
     add("json_trailing_comma", build(b'{"x":{"dtype":"F32","shape":[1],"data_offsets":[0,4]},}',
                                      data_bytes(4)), "not valid JSON")
+    # NUL padding (some writers pad so): refused naming the cause; convert repairs it.
+    nul_padded = "not valid JSON: it is padded with NUL bytes"
     add("json_nul_padding", build(jdump(one()) + b"\x00" * 4, data_bytes(4), pad=False),
+        nul_padded)
+    add("json_nul_and_space_padding",
+        build(jdump(one()) + b" \x00\x00\n", data_bytes(4), pad=False), nul_padded)
+    add("json_nul_before_the_end",
+        build(b'{"x":{"dtype":"F32","shape":[1],\x00"data_offsets":[0,4]}}', data_bytes(4)),
         "not valid JSON")
+    add("json_only_nul", build(b"\x00" * 8, pad=False), "not valid JSON")
     add("json_bom", build(b"\xef\xbb\xbf" + jdump(one()), data_bytes(4)), "not valid JSON")
     add("json_nan_dim", build(raw_one('{"dtype":"F32","shape":[NaN],"data_offsets":[0,4]}'),
                               data_bytes(4)), "not valid JSON")
@@ -159,6 +167,19 @@ def cases():
     add("json_raw_control_char",
         build(b'{"x\x01":{"dtype":"U8","shape":[1],"data_offsets":[0,1]}}', data_bytes(1)),
         "not valid JSON")
+    # Control characters, escaped as JSON requires: loaded, as the reference does (our save
+    # refuses to write them; verify reports them).
+    add("name_escaped_nul", build(raw_one('{"dtype":"U8","shape":[1],"data_offsets":[0,1]}')
+                                  .replace('"x"', '"a\\u0000b"'), data_bytes(1)), "OK")
+    add("names_escaped_controls",
+        build('{"\\u0001\\u001f":{"dtype":"U8","shape":[1],"data_offsets":[0,1]},'
+              '"\\u007f\\u0085\\u009f":{"dtype":"U8","shape":[1],"data_offsets":[1,2]}}',
+              data_bytes(2)), "OK")
+    add("metadata_escaped_controls",
+        build({"__metadata__": {"k\x00": "v\x01\x1b[31m"}, **one("U8", (1,), 0, 1)},
+              data_bytes(1)), "OK")
+    add("name_escaped___metadata__twice",
+        build('{"__metadata__":{},"\\u005f_metadata__":{}}'), "__metadata__ appears twice")
     add("non_utf8_name",
         build(b'{"x\xff":{"dtype":"U8","shape":[1],"data_offsets":[0,1]}}', data_bytes(1)),
         "not valid JSON")
@@ -170,6 +191,17 @@ def cases():
         "not valid JSON")
     add("non_utf8_metadata_value",
         build(b'{"__metadata__":{"k":"v\xfe"}}'), "not valid JSON")
+    # Headers around 100,000 bytes, a size other tools mishandle: unpadded and padded.
+    def sized(json_size, padding=b""):
+        head = b'{"__metadata__":{"p":"'
+        tail = b'"},' + jdump(one("U8", (1,), 0, 1))[1:]
+        body = head + b"p" * (json_size - len(head) - len(tail)) + tail
+        assert len(body) == json_size
+        return build(body + padding, data_bytes(1), pad=False)
+    add("boundary_json_99999_unpadded", sized(99_999), "OK")
+    add("boundary_json_100001_unpadded", sized(100_001), "OK")
+    add("boundary_json_100001_padded_100008", sized(100_001, b" " * 7), "OK")
+    add("boundary_json_99999_nul_padded_100000", sized(99_999, b"\x00"), nul_padded)
     add("deep_nesting_header", build(b"[" * 100_000 + b"]" * 100_000), "not valid JSON")
     add("deep_nesting_extra_field",
         build(b'{"x":{"dtype":"U8","shape":[1],"data_offsets":[0,1],"deep":'

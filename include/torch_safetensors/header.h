@@ -96,6 +96,11 @@ class TS_API Header {
 TS_API uint64_t parse_header_length(std::string_view first8, uint64_t file_size,
                                     std::string_view source);
 
+// Whether the N bytes of a header end in padding that holds NUL bytes (the bytes after the JSON
+// are NUL or whitespace, at least one NUL), as some writers pad. parse_header refuses such a
+// header naming this cause; repair_header_padding (serialize.h) rewrites the file with spaces.
+TS_API bool is_nul_padded(std::string_view json);
+
 // Parses and validates the JSON header (exactly N bytes, padding included) of a file of
 // `file_size` bytes. Every rule of the format is checked here, once, before any tensor byte is
 // trusted; failures throw c10::Error naming `source`, the tensor and what was expected vs found.
@@ -113,7 +118,8 @@ struct Layout {
 // offsets; compact JSON with `__metadata__` first (when given, even empty), padded with spaces to
 // a multiple of 8 bytes. Checks what a valid file needs (unique names, none `__metadata__`, UTF-8
 // names and metadata, byte counts that fit, a header within the size limit) and throws
-// c10::Error naming `source` otherwise.
+// c10::Error naming `source` otherwise (c10::ValueError for a name or metadata that
+// check_header_text refuses, or a tensor named `__metadata__`).
 //
 // The alignment this guarantees (docs/dtypes-and-validation.md, "Alignment of written files"): the
 // data section starts at a multiple of 8, and every tensor's offset in the file is a multiple of
@@ -126,6 +132,23 @@ struct Layout {
 TS_API Layout plan_layout(c10::ArrayRef<TensorInfo> tensors,
                           const std::optional<Metadata>& metadata, std::string_view source,
                           uint64_t alignment = kReferenceAlignment);
+
+// Stricter than the reference (docs/dtypes-and-validation.md): the text a file this library
+// writes may hold. A name (tensor name, metadata key) holds no control character: U+0000-U+001F,
+// U+007F and U+0080-U+009F. A metadata value may also hold tab, newline and carriage return, the
+// whitespace of text (JSON documents, licences). Files holding others still load.
+enum class HeaderText { kName, kMetadataValue };
+
+// The byte offset in `text` of the first control character a `kind` may not hold, or npos.
+TS_API size_t find_control_character(std::string_view text, HeaderText kind);
+
+// `text` for an error message: control characters as \uXXXX ("a\u0000b").
+TS_API std::string escape_control_characters(std::string_view text);
+
+// Throws c10::ValueError "<source>: <what> '<escaped text>' holds the control character U+XXXX
+// at byte N; ..." unless `text` may be written as a `kind`. `what`: "tensor name", ...
+TS_API void check_header_text(std::string_view text, HeaderText kind, std::string_view source,
+                              std::string_view what);
 
 // The header's bytes as a file holds them (u64 length + JSON + padding), as the reference writes
 // them. For a parsed header this is the canonical form of what was read. The padding (spaces)

@@ -115,6 +115,14 @@ TS_API void load(at::Tensor& tensor, const LoadFrom& from,
 TS_API void load(std::vector<at::Tensor>& tensors, const LoadFrom& from,
                  std::optional<c10::Device> device = std::nullopt);
 
+// Rewrites the safetensors file `path` to `to` with its header's NUL padding replaced by spaces:
+// some writers pad with NUL, which the format (and parse_header) does not allow. Every other byte
+// is kept, so each tensor keeps its offset. The repaired header is validated (every rule of the
+// format) before a byte is written; the rest is copied 8 MiB at a time; a path is written
+// atomically. Throws c10::Error naming `path` when its header is not NUL-padded or is invalid.
+// `torch-safetensors convert IN.safetensors OUT.safetensors` runs it.
+TS_API void repair_header_padding(const std::string& path, const SaveTo& to);
+
 // torch::load's two-argument sources, for every value `load` takes (tensors, vectors, modules,
 // optimizers), with whatever follows (a device, options): `(data, size)` is copied first (nothing
 // refers to it after the call); `(read, size)` reads only the header and the bytes asked for.

@@ -315,15 +315,15 @@ TEST(Serialize, MatchesTheReferenceLayout) {
   const std::vector<ts::TensorInfo> infos = {
       {"b", ts::Dtype::U8, {3}, 0, 0},
       {"a", ts::Dtype::F32, {}, 0, 0},
-      {"c\"\n\x01\xc3\xa9", ts::Dtype::F32, {1, 0}, 0, 0},
+      {"c\"\\\xc3\xa9", ts::Dtype::F32, {1, 0}, 0, 0},
   };
-  const ts::Layout layout = ts::plan_layout(infos, ts::Metadata{{"k", "v\t"}}, "f");
+  const ts::Layout layout = ts::plan_layout(infos, ts::Metadata{{"k", "v\t\n"}}, "f");
   // dtype descending, then name; order maps file positions back to the input.
   EXPECT_EQ(layout.order, (std::vector<size_t>{1, 2, 0}));
   const auto& tensors = layout.header.tensors();
   ASSERT_EQ(tensors.size(), 3u);
   EXPECT_EQ(tensors[0].name, "a");
-  EXPECT_EQ(tensors[1].name, "c\"\n\x01\xc3\xa9");
+  EXPECT_EQ(tensors[1].name, "c\"\\\xc3\xa9");
   EXPECT_EQ(tensors[2].name, "b");
   EXPECT_EQ(tensors[2].begin, 4u);  // consecutive offsets
   EXPECT_EQ(tensors[2].end, 7u);
@@ -334,8 +334,8 @@ TEST(Serialize, MatchesTheReferenceLayout) {
   EXPECT_EQ(layout.header.header_size(), json.size());
   EXPECT_EQ(uint64_t(uint8_t(bytes[0])) | uint64_t(uint8_t(bytes[1])) << 8, json.size());
   const std::string expected =
-      R"({"__metadata__":{"k":"v\t"},"a":{"dtype":"F32","shape":[],"data_offsets":[0,4]},)"
-      "\"c\\\"\\n\\u0001\xc3\xa9\":{\"dtype\":\"F32\",\"shape\":[1,0],\"data_offsets\":[4,4]},"
+      R"({"__metadata__":{"k":"v\t\n"},"a":{"dtype":"F32","shape":[],"data_offsets":[0,4]},)"
+      "\"c\\\"\\\\\xc3\xa9\":{\"dtype\":\"F32\",\"shape\":[1,0],\"data_offsets\":[4,4]},"
       R"("b":{"dtype":"U8","shape":[3],"data_offsets":[4,7]}})";
   EXPECT_EQ(json.substr(0, expected.size()), expected);
   EXPECT_EQ(json.find_first_not_of(' ', expected.size()), std::string::npos);
@@ -362,4 +362,109 @@ TEST(Serialize, LayoutRefusesWhatNoFileMayHold) {
   EXPECT_EQ(ts::plan_layout({}, std::nullopt, "f").header_bytes.substr(8, 2), "{}");
   EXPECT_EQ(ts::plan_layout({}, ts::Metadata{}, "f").header_bytes.substr(8, 18),
             R"({"__metadata__":{})");
+}
+
+// Stricter than the reference (docs/dtypes-and-validation.md): no control character in a name or
+// metadata key; none but tab, newline and carriage return in a metadata value.
+TEST(Serialize, RefusesControlCharactersInNamesAndMetadata) {
+  using Infos = std::vector<ts::TensorInfo>;
+  const auto refused = [](const Infos& infos, const std::optional<ts::Metadata>& metadata) {
+    try {
+      ts::plan_layout(infos, metadata, "out.safetensors");
+    } catch (const c10::ValueError& e) {
+      return std::string(e.what_without_backtrace());
+    }
+    ADD_FAILURE() << "no ValueError";
+    return std::string();
+  };
+  const auto one = [](std::string_view name) { return Infos{{name, ts::Dtype::U8, {0}, 0, 0}}; };
+  const std::string nul = refused(one(std::string_view("a\0b", 3)), std::nullopt);
+  EXPECT_NE(nul.find("safetensors: out.safetensors: tensor name 'a\\u0000b' holds the control "
+                     "character U+0000 at byte 1"),
+            std::string::npos)
+      << nul;
+  EXPECT_NE(nul.find("no control character"), std::string::npos) << nul;
+  EXPECT_EQ(nul.find('\0'), std::string::npos) << "the message holds the NUL itself";
+  // Every C0 control, DEL, and the C1 controls U+0080-U+009F (UTF-8 C2 80 .. C2 9F).
+  for (int c = 0; c < 0x20; ++c) {
+    const std::string name = "w" + std::string(1, char(c));
+    EXPECT_NE(refused(one(name), std::nullopt).find("at byte 1"), std::string::npos) << c;
+  }
+  EXPECT_NE(refused(one("x\x7f"), std::nullopt)
+                .find("'x\\u007f' holds the control character "
+                      "U+007F"),
+            std::string::npos);
+  EXPECT_NE(refused(one("x\xc2\x85y"), std::nullopt)
+                .find("'x\\u0085y' holds the control "
+                      "character U+0085"),
+            std::string::npos);
+  EXPECT_NE(refused(one("\xc2\x9f"), std::nullopt).find("U+009F at byte 0"), std::string::npos);
+  // The characters next to them are fine: U+00A0 (C2 A0), U+0100, and text around them.
+  for (const char* fine : {"x\xc2\xa0", "\xc4\x80", "\xc2\xbfqu\xc3\xa9?", " ~"}) {
+    EXPECT_NO_THROW(ts::plan_layout(one(fine), std::nullopt, "f")) << fine;
+  }
+  // Metadata: keys are names; values may hold the whitespace of text but nothing else.
+  const Infos none;
+  EXPECT_NE(refused(none, ts::Metadata{{std::string("k\n"), "v"}})
+                .find("metadata key 'k\\u000a' holds the control character U+000A at byte 1"),
+            std::string::npos);
+  const std::string value = refused(none, ts::Metadata{{"k", std::string("v\0", 2)}});
+  EXPECT_NE(value.find("metadata value of 'k': 'v\\u0000' holds the control character U+0000"),
+            std::string::npos)
+      << value;
+  EXPECT_NE(value.find("tab, newline and carriage return"), std::string::npos) << value;
+  EXPECT_NE(refused(none, ts::Metadata{{"k", "bell\x07"}}).find("U+0007"), std::string::npos);
+  EXPECT_NE(refused(none, ts::Metadata{{"k", "\x7f"}}).find("U+007F"), std::string::npos);
+  const ts::Layout text = ts::plan_layout(none, ts::Metadata{{"k", "a\tb\nc\r\n"}}, "f");
+  EXPECT_NE(text.header_bytes.find(R"("k":"a\tb\nc\r\n")"), std::string::npos);
+  // `__metadata__` is reserved, as a ValueError too.
+  EXPECT_NE(refused(one("__metadata__"), std::nullopt).find("cannot be named '__metadata__'"),
+            std::string::npos);
+}
+
+TEST(Serialize, ControlCharacterRuleAndEscaping) {
+  using ts::HeaderText;
+  constexpr size_t npos = std::string_view::npos;
+  EXPECT_EQ(ts::find_control_character("plain.name", HeaderText::kName), npos);
+  EXPECT_EQ(ts::find_control_character("a\tb", HeaderText::kName), 1u);
+  EXPECT_EQ(ts::find_control_character("a\tb", HeaderText::kMetadataValue), npos);
+  EXPECT_EQ(ts::find_control_character("a\tb\x1b[31m", HeaderText::kMetadataValue), 3u);
+  EXPECT_EQ(ts::find_control_character("\xc2", HeaderText::kName), npos);  // a lone lead byte
+  EXPECT_EQ(ts::escape_control_characters(std::string_view("\0\x1f\x7f\xc2\x80\xc2\xa0z", 8)),
+            "\\u0000\\u001f\\u007f\\u0080\xc2\xa0z");
+}
+
+// Files holding such names still load (the reference writes them): refusing them would lock
+// users out of their files. `verify` reports them.
+TEST(Header, LoadsControlCharactersInNamesAndMetadata) {
+  const ts::Header header = parse(
+      R"({"__metadata__":{"k\u0000":"v\u0001"},"a\u0000b":{"dtype":"U8","shape":[1],)"
+      R"("data_offsets":[0,1]},"\u007f\u0085":{"dtype":"U8","shape":[0],"data_offsets":[1,1]}})",
+      1);
+  ASSERT_EQ(header.size(), 2u);
+  EXPECT_EQ(header.tensors()[0].name, std::string_view("a\0b", 3));
+  EXPECT_EQ(header.tensors()[1].name, "\x7f\xc2\x85");
+  EXPECT_EQ(header.metadata()->at(std::string("k\0", 2)), "v\x01");
+}
+
+TEST(Header, NulPaddingIsRefusedNamingTheCause) {
+  const std::string json = R"({"x":{"dtype":"U8","shape":[1],"data_offsets":[0,1]}})";
+  for (const std::string padding :
+       {std::string(3, '\0'), std::string(" \0", 2), std::string("\0 \n", 3)}) {
+    expect_invalid(
+        json + padding, 1,
+        {"header is not valid JSON: it is padded with NUL bytes", "pads with spaces (0x20)",
+         "`torch-safetensors convert test.safetensors <output>.safetensors`"});
+    EXPECT_TRUE(ts::is_nul_padded(json + padding));
+  }
+  EXPECT_FALSE(ts::is_nul_padded(json));
+  EXPECT_FALSE(ts::is_nul_padded(json + "   "));
+  EXPECT_FALSE(ts::is_nul_padded(std::string(8, '\0')));  // nothing but padding: no JSON at all
+  // A NUL elsewhere is a plain JSON error.
+  const std::string inside =
+      R"({"x":{"dtype":"U8",)" + std::string(1, '\0') + R"("shape":[1],"data_offsets":[0,1]}})";
+  EXPECT_FALSE(ts::is_nul_padded(inside));
+  expect_invalid(inside, 1, {"not valid JSON"});
+  // Space padding, the format's, parses.
+  EXPECT_EQ(parse(json + "       ", 1).size(), 1u);
 }

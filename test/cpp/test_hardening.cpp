@@ -655,6 +655,99 @@ TEST(Scale, HeaderAtTheLimitAndOneByteOver) {
   }
 }
 
+std::string length_prefix(uint64_t n) {  // the u64 little-endian header length
+  std::string length(8, '\0');
+  for (int i = 0; i < 8; ++i) length[i] = char((n >> (8 * i)) & 0xFF);
+  return length;
+}
+
+// Every JSON size from 99,990 to 100,010 bytes (and so every padded size around 100,000): our
+// writer pads to a multiple of 8 with spaces and reads its file back; a file holding exactly that
+// many JSON bytes, unpadded, reads too. tools/gen_adversarial.py keeps boundary files in the
+// corpus; test_interop.py checks the same sizes against the reference, both ways.
+TEST(Scale, HeadersAroundHundredThousandBytesRoundTrip) {
+  TempDir dir;
+  const std::string path = dir.file("boundary.safetensors");
+  const ts::NamedTensors tensors = {{"w", at::arange(6, at::kFloat)}};
+  // The JSON of {"__metadata__":{"p":""},"w":{...}}, without its padding.
+  const ts::File small(ts::memory_source(ts::to_bytes(tensors, ts::Metadata{{"p", ""}})));
+  const size_t json_base = ts::serialize_header(small.header(), "f").find_last_not_of(' ') - 7;
+  for (size_t json_size = 99'990; json_size <= 100'010; ++json_size) {
+    const ts::Metadata metadata{{"p", std::string(json_size - json_base, 'p')}};
+    ts::save(tensors, path, metadata);
+    const std::string bytes = ts_test::read_file(path);
+    const size_t padded = (json_size + 7) / 8 * 8;
+    ts::File file(path);
+    ASSERT_EQ(file.header().header_size(), padded) << json_size;
+    EXPECT_EQ(bytes.substr(8 + json_size, padded - json_size),
+              std::string(padded - json_size, ' '));
+    EXPECT_EQ(bytes[8 + json_size - 1], '}');
+    EXPECT_EQ(*file.metadata(), metadata);
+    EXPECT_TRUE(file.tensor("w").equal(tensors[0].second)) << json_size;
+    // The same header unpadded, exactly json_size bytes.
+    const std::string unpadded = dir.file("unpadded.safetensors");
+    ts_test::write_file(
+        unpadded, length_prefix(json_size) + bytes.substr(8, json_size) + bytes.substr(8 + padded));
+    ts::File exact(unpadded, ts::LoadOptions().with_backend(ts::Backend::kPread));
+    ASSERT_EQ(exact.header().header_size(), json_size);
+    EXPECT_TRUE(exact.tensor("w").equal(tensors[0].second)) << json_size;
+  }
+}
+
+// The repair path of a NUL-padded header: refused on open naming the cause, rewritten with spaces
+// (every other byte kept) by repair_header_padding, atomically; nothing else is "repaired".
+TEST(Repair, NulPaddedHeaderIsRewrittenWithSpaces) {
+  TempDir dir;
+  const ts::NamedTensors tensors = {{"a", at::arange(5, at::kShort)},
+                                    {"b", at::ones({3, 2}, at::kDouble)}};
+  const std::string good = ts::to_bytes(tensors, ts::Metadata{{"format", "pt"}});
+  const uint64_t n = uint64_t(uint8_t(good[0])) | uint64_t(uint8_t(good[1])) << 8;
+  const std::string json = good.substr(8, n);
+  const size_t end = json.find_last_not_of(' ') + 1;
+  // NUL padding of as many bytes as the JSON needs to reach 16 more than its size, like the
+  // writers that pad to alignment with zeros.
+  std::string nul_header = json.substr(0, end) + std::string(16 - end % 8, '\0');
+  const std::string broken = length_prefix(nul_header.size()) + nul_header + good.substr(8 + n);
+  const std::string in = dir.file("nul.safetensors");
+  ts_test::write_file(in, broken);
+  for (auto backend : {ts::Backend::kMmap, ts::Backend::kPread}) {
+    const std::string message =
+        error_of([&] { ts::File file(in, ts::LoadOptions().with_backend(backend)); });
+    EXPECT_TRUE(contains(message, in + ": header is not valid JSON: it is padded with NUL bytes"))
+        << message;
+    EXPECT_TRUE(contains(message, "`torch-safetensors convert " + in)) << message;
+  }
+  const std::string out = dir.file("fixed.safetensors");
+  ts::repair_header_padding(in, out);
+  const std::string fixed = ts_test::read_file(out);
+  ASSERT_EQ(fixed.size(), broken.size());
+  std::string expected = broken;
+  for (size_t i = 8 + end; i < 8 + nul_header.size(); ++i) expected[i] = ' ';
+  EXPECT_EQ(fixed, expected);
+  ts::File file(out);
+  EXPECT_EQ(file.metadata()->at("format"), "pt");
+  EXPECT_TRUE(file.tensor("a").equal(tensors[0].second));
+  EXPECT_TRUE(file.tensor("b").equal(tensors[1].second));
+  EXPECT_EQ(dir.entries(), (std::vector<std::string>{"fixed.safetensors", "nul.safetensors"}));
+  // In place, over the broken file (atomically renamed over it).
+  ts::repair_header_padding(in, in);
+  EXPECT_EQ(ts_test::read_file(in), expected);
+  // A good file has nothing to repair; a file broken otherwise says what is wrong, and neither
+  // writes anything.
+  const std::string again = dir.file("again.safetensors");
+  EXPECT_TRUE(
+      contains(error_of([&] { ts::repair_header_padding(out, again); }), "nothing to repair"));
+  std::string overlapping = expected;
+  overlapping.replace(overlapping.find("[0,"), 3, "[2,");  // the first tensor's begin
+  nul_header = overlapping.substr(8, nul_header.size());
+  for (size_t i = end; i < nul_header.size(); ++i) nul_header[i] = '\0';
+  ts_test::write_file(
+      in, overlapping.substr(0, 8) + nul_header + overlapping.substr(8 + nul_header.size()));
+  const std::string message = error_of([&] { ts::repair_header_padding(in, again); });
+  EXPECT_TRUE(contains(message, "data_offsets [2,")) << message;
+  EXPECT_EQ(dir.entries(), (std::vector<std::string>{"fixed.safetensors", "nul.safetensors"}));
+}
+
 }  // namespace
 
 // One sharded checkpoint handle shared by 8 threads: each shard is opened once whatever the race,

@@ -471,6 +471,30 @@ TEST_F(Reference, FilesLoadBitExactAndResaveByteIdentical) {
   }
 }
 
+// Names and metadata with control characters: the reference writes them, this library loads them
+// (bit-exact) but refuses to write them (docs/dtypes-and-validation.md).
+TEST_F(Reference, ControlCharacterNamesLoadButAreNotWritten) {
+  const std::string path = file("control_names.safetensors");
+  ts::File loaded(path);
+  EXPECT_EQ(loaded.keys(),
+            (std::vector<std::string>{std::string("a\0b", 3), "\n\t\x01\x1f\x7f\xc2\x85"}));
+  EXPECT_EQ(loaded.metadata()->at(std::string("k\0", 2)), "control \x07 chars");
+  EXPECT_EQ(loaded.tensor(std::string("a\0b", 3)).numel(), 2);
+  std::vector<ts::SaveEntry> entries;
+  for (const auto& key : loaded.keys()) entries.emplace_back(key, loaded.tensor(key));
+  const std::string out = dir_->file("control_names.ours");
+  try {
+    ts::save(entries, out, loaded.metadata());
+    ADD_FAILURE() << "saved control characters";
+  } catch (const c10::ValueError& e) {
+    const std::string message = e.what_without_backtrace();
+    EXPECT_NE(message.find(out + ": tensor name 'a\\u0000b' holds the control character U+0000"),
+              std::string::npos)
+        << message;
+  }
+  EXPECT_FALSE(std::ifstream(out).good());
+}
+
 // --- Devices ----------------------------------------------------------------------------------
 // CI has no GPU: these skip there and run for real wherever LibTorch sees a CUDA device.
 

@@ -35,7 +35,7 @@ BAD_FILES = {
     "not-utf8": (_file(b'{"\xff":1}'), "UTF-8"),
     "not-object": (_file(b"[]"), "object"),
     "empty-header": (_file(b""), "JSON"),
-    "trailing-nul": (_file(b"{}\0\0"), "JSON"),
+    "trailing-nul": (_file(b"{}\0\0"), "not valid JSON: it is padded with NUL bytes"),
     "unknown-dtype": (_file({"a": {**F32_1, "dtype": "F33"}}, b"\0" * 4), "'a'.*F33"),
     "lowercase-dtype": (_file({"a": {**F32_1, "dtype": "f32"}}, b"\0" * 4), "'a'.*f32"),
     "shape-size-mismatch": (_file({"a": {**F32_1, "shape": [2]}}, b"\0" * 4), "'a'"),

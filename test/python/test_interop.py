@@ -199,12 +199,14 @@ def test_raw_size_is_checked(tmp_path):
 
 @pytest.mark.parametrize(
     "metadata",
-    [{"ключ": "значение 🚀"}, {"quote\"back\\slash": "tab\tnl\ncr\rnul\x00ctl\x01\x1f\x7f"},
+    [{"ключ": "значение 🚀"}, {"quote\"back\\slash": "tab\tnl\ncr\r"},
      {"": ""}, {"emoji 👩‍🔬": "中文"}],
     ids=["cyrillic", "escapes", "empty-strings", "emoji-cjk"],
 )
 def test_unicode_metadata_and_names_byte_identical(metadata, tmp_path):
-    name = next(iter(metadata)) + "/ü\"\\\n"  # tensor names go through the same JSON escaping
+    # Tensor names go through the same JSON escaping. Control characters (other than tab, newline
+    # and carriage return in metadata values) are refused on save: test_validation.py.
+    name = next(iter(metadata)) + "/ü\"\\"
     tensors = {name: random_tensor(torch.float16, (2, 2)), "plain": random_tensor(torch.int8, (3,))}
     ours = torch_safetensors.save(tensors, metadata=metadata)
     assert ours == safetensors.torch.save(tensors, metadata=metadata)

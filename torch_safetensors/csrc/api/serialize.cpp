@@ -107,6 +107,41 @@ void save(const TensorsToSave& tensors, const SaveTo& to, const SaveMetadata& me
   });
 }
 
+void repair_header_padding(const std::string& path, const SaveTo& to) {
+  const std::shared_ptr<const Source> source = file_source(path, /*mapped=*/false);
+  const uint64_t file_size = source->size();
+  std::string first8(std::min(file_size, kHeaderLengthSize), '\0');
+  source->read(first8.data(), first8.size(), 0);
+  const uint64_t header_size = parse_header_length(first8, file_size, path);
+  std::string header(header_size, '\0');
+  source->read(header.data(), header_size, kHeaderLengthSize);
+  if (!is_nul_padded(header)) {
+    parse_header(header, file_size, path);  // says what else is wrong, if anything
+    TS_FAIL(path, "the header is valid and not padded with NUL bytes: there is nothing to repair");
+  }
+  for (size_t i = header.size(); i > 0; --i) {
+    char& c = header[i - 1];
+    if (c == '\0') {
+      c = ' ';
+    } else if (c != ' ' && c != '\t' && c != '\n' && c != '\r') {
+      break;  // the end of the JSON
+    }
+  }
+  parse_header(header, file_size, path);  // the repaired file is valid, or nothing is written
+  write_to(to, [&](const ByteSink& sink) {
+    sink(first8.data(), first8.size());
+    sink(header.data(), header.size());
+    std::string chunk;
+    for (uint64_t offset = kHeaderLengthSize + header_size; offset < file_size;) {
+      const uint64_t n = std::min<uint64_t>(file_size - offset, uint64_t(8) << 20);
+      chunk.resize(n);
+      source->read(chunk.data(), n, offset);
+      sink(chunk.data(), n);
+      offset += n;
+    }
+  });
+}
+
 std::string to_bytes(const TensorsToSave& tensors, const SaveMetadata& metadata) {
   const SavePlan layout = plan(tensors.entries(), metadata.value(), kInMemory);
   std::string out;

@@ -434,6 +434,19 @@ uint64_t parse_header_length(std::string_view first8, uint64_t file_size, std::s
   return n;
 }
 
+bool is_nul_padded(std::string_view json) {
+  bool nul = false;
+  for (size_t i = json.size(); i > 0; --i) {
+    const char c = json[i - 1];
+    if (c == '\0') {
+      nul = true;
+    } else if (c != ' ' && c != '\t' && c != '\n' && c != '\r') {
+      return nul;
+    }
+  }
+  return false;  // nothing but padding: not a header at all
+}
+
 Header parse_header(std::string_view json, uint64_t file_size, std::string_view source) {
   TS_CHECK(json.size() <= file_size - std::min(file_size, kHeaderLengthSize), source, "header of ",
            json.size(), " bytes does not fit in a file of ", file_size, " bytes");
@@ -442,6 +455,11 @@ Header parse_header(std::string_view json, uint64_t file_size, std::string_view 
            " exceeds the limit of ", kMaxHeaderSize, " bytes");
   TS_CHECK(simdjson::validate_utf8(json.data(), json.size()), source,
            "header is not valid JSON: it is not valid UTF-8");
+  TS_CHECK(!is_nul_padded(json), source,
+           "header is not valid JSON: it is padded with NUL bytes; the format pads with spaces "
+           "(0x20), and neither this library nor the reference reads NUL padding. "
+           "`torch-safetensors convert ",
+           source, " <output>.safetensors` rewrites the file with space padding");
   NameStore names(json.size());
   Header header;
   try {

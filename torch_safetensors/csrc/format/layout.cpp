@@ -3,6 +3,7 @@
 // it, so that saved files are byte-identical.
 #include <algorithm>
 #include <charconv>
+#include <cstdio>
 #include <cstring>
 #include <numeric>
 #include <unordered_set>
@@ -21,7 +22,66 @@ void check_utf8(std::string_view text, std::string_view source, std::string_view
            " is not valid UTF-8, which a JSON header cannot hold");
 }
 
+// The code point of the control character at `text[i]` (C0, DEL, or C1 as UTF-8 C2 80-9F), or
+// -1 when there is none there.
+int control_character_at(std::string_view text, size_t i) {
+  const auto byte = static_cast<unsigned char>(text[i]);
+  if (byte < 0x20 || byte == 0x7F) return byte;
+  if (byte == 0xC2 && i + 1 < text.size()) {
+    const auto next = static_cast<unsigned char>(text[i + 1]);
+    if (next >= 0x80 && next <= 0x9F) return next;
+  }
+  return -1;
+}
+
+bool text_whitespace(int code_point) {
+  return code_point == '\t' || code_point == '\n' || code_point == '\r';
+}
+
 }  // namespace
+
+size_t find_control_character(std::string_view text, HeaderText kind) {
+  for (size_t i = 0; i < text.size(); ++i) {
+    const int code_point = control_character_at(text, i);
+    if (code_point < 0) continue;
+    if (kind == HeaderText::kMetadataValue && text_whitespace(code_point)) continue;
+    return i;
+  }
+  return std::string_view::npos;
+}
+
+std::string escape_control_characters(std::string_view text) {
+  std::string out;
+  out.reserve(text.size());
+  for (size_t i = 0; i < text.size(); ++i) {
+    const int code_point = control_character_at(text, i);
+    if (code_point < 0) {
+      out += text[i];
+      continue;
+    }
+    format::append_u_escape(out, uint32_t(code_point));
+    if (code_point >= 0x80) ++i;  // the second byte of a C1 control
+  }
+  return out;
+}
+
+void check_header_text(std::string_view text, HeaderText kind, std::string_view source,
+                       std::string_view what) {
+  const size_t at = find_control_character(text, kind);
+  if (at == std::string_view::npos) return;
+  char code_point[8];
+  std::snprintf(code_point, sizeof(code_point), "U+%04X", control_character_at(text, at));
+  // Other tools truncate names at NUL, and a terminal runs escape sequences printed with them.
+  TS_CHECK_VALUE(false, source, what, " '", escape_control_characters(text),
+                 "' holds the control character ", code_point, " at byte ", at, "; ",
+                 kind == HeaderText::kName
+                     ? "names and metadata keys may hold no control character (U+0000-U+001F, "
+                       "U+007F-U+009F)"
+                     : "metadata values may hold tab, newline and carriage return but no other "
+                       "control character",
+                 ", which this library refuses to write although the reference writes them "
+                 "(docs/dtypes-and-validation.md)");
+}
 
 Layout plan_layout(c10::ArrayRef<TensorInfo> tensors, const std::optional<Metadata>& metadata,
                    std::string_view source, uint64_t alignment) {
@@ -35,11 +95,20 @@ Layout plan_layout(c10::ArrayRef<TensorInfo> tensors, const std::optional<Metada
   std::vector<uint64_t> sizes(tensors.size());
   for (size_t i = 0; i < tensors.size(); ++i) {
     const TensorInfo& info = tensors[i];
-    TS_CHECK(info.name != "__metadata__", source,
-             "a tensor cannot be named '__metadata__' (the key is reserved for metadata)");
+    // The reference writes such a file, then cannot read it.
+    TS_CHECK_VALUE(info.name != "__metadata__", source,
+                   "a tensor cannot be named '__metadata__' (the key is reserved for metadata)");
+    check_header_text(info.name, HeaderText::kName, source, "tensor name");
     TS_CHECK(names.insert(info.name).second, source, "tensor '", info.name, "' is given twice");
     sizes[i] = tensor_nbytes(info.dtype, info.shape, source, info.name);
     name_bytes += info.name.size();
+  }
+  if (metadata) {
+    for (const auto& [key, value] : *metadata) {
+      check_header_text(key, HeaderText::kName, source, "metadata key");
+      check_header_text(value, HeaderText::kMetadataValue, source,
+                        "metadata value of '" + escape_control_characters(key) + "':");
+    }
   }
   // The reference's order: dtype descending (its enum order), then name, bytewise. Above its
   // alignment, the tensors whose sizes are whole multiples of the alignment go first.
