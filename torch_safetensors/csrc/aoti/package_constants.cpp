@@ -54,10 +54,11 @@ AOTIModelContainerRunner& runner_of(AOTIModelPackageLoader& package) {
   return *runner;
 }
 
-template <typename Fn>
-Fn abi_function(at::DynamicLibrary& library, const char* name) {
-  return reinterpret_cast<Fn>(library.sym(name));
-}
+// AOTInductorModelContainer<Name> of the model library, typed by its declaration in interface.h
+// (the symbol's name and type from one token, so they cannot disagree).
+#define TS_AOTI_ABI(library, Name)                              \
+  reinterpret_cast<decltype(&AOTInductorModelContainer##Name)>( \
+      (library).sym("AOTInductorModelContainer" #Name))
 
 void check_abi(AOTIRuntimeError error, const char* what, size_t index) {
   TS_CHECK(error == AOTI_RUNTIME_SUCCESS, kSource, what, " failed for constant ", index);
@@ -162,8 +163,7 @@ std::string describe_sizes(const AotiConstant& constant) {
 // The raw handles of a constant buffer, by FQN (the C ABI's map entries).
 std::unordered_map<std::string, AtenTensorHandle> buffer_handles(AOTIModelContainerRunner& runner,
                                                                  bool inactive) {
-  const auto extract = abi_function<decltype(&AOTInductorModelContainerExtractConstantsMapEntries)>(
-      RunnerAccess::library(runner), "AOTInductorModelContainerExtractConstantsMapEntries");
+  const auto extract = TS_AOTI_ABI(RunnerAccess::library(runner), ExtractConstantsMapEntries);
   const AOTInductorConstantMapEntry* entries = nullptr;
   size_t count = 0;
   check_abi(extract(RunnerAccess::container(runner), &entries, &count, inactive),
@@ -210,18 +210,12 @@ std::vector<AotiConstant> aoti_constants(AOTIModelPackageLoader& package) {
   AOTIModelContainerRunner& runner = runner_of(package);
   at::DynamicLibrary& library = RunnerAccess::library(runner);
   const AOTInductorModelContainerHandle container = RunnerAccess::container(runner);
-  const auto count_fn = abi_function<decltype(&AOTInductorModelContainerGetNumConstants)>(
-      library, "AOTInductorModelContainerGetNumConstants");
-  const auto name_fn = abi_function<decltype(&AOTInductorModelContainerGetConstantName)>(
-      library, "AOTInductorModelContainerGetConstantName");
-  const auto fqn_fn = abi_function<decltype(&AOTInductorModelContainerGetConstantOriginalFQN)>(
-      library, "AOTInductorModelContainerGetConstantOriginalFQN");
-  const auto folded_fn = abi_function<decltype(&AOTInductorModelContainerGetConstantFromFolded)>(
-      library, "AOTInductorModelContainerGetConstantFromFolded");
-  const auto dtype_fn = abi_function<decltype(&AOTInductorModelContainerGetConstantDtype)>(
-      library, "AOTInductorModelContainerGetConstantDtype");
-  const auto size_fn = abi_function<decltype(&AOTInductorModelContainerGetConstantDataSize)>(
-      library, "AOTInductorModelContainerGetConstantDataSize");
+  const auto count_fn = TS_AOTI_ABI(library, GetNumConstants);
+  const auto name_fn = TS_AOTI_ABI(library, GetConstantName);
+  const auto fqn_fn = TS_AOTI_ABI(library, GetConstantOriginalFQN);
+  const auto folded_fn = TS_AOTI_ABI(library, GetConstantFromFolded);
+  const auto dtype_fn = TS_AOTI_ABI(library, GetConstantDtype);
+  const auto size_fn = TS_AOTI_ABI(library, GetConstantDataSize);
 
   size_t count = 0;
   check_abi(count_fn(container, &count), "counting the constants", 0);
