@@ -12,9 +12,9 @@
 // Names: the package asks for its constants by their original FQN (get_constant_fqns()), the
 // names of the exported module's state_dict, plus the lifted constants' names. A tied group is
 // asked for once, by one of its names (AotiLoadOptions::aliases maps it to the name a file holds);
-// constants AOTInductor folded into the code at compile time (tensors of up to 8 values, unless
-// compiled with always_keep_tensor_constants=True) or computes itself (runtime constant folding)
-// are not asked for. See docs/aoti.md.
+// constants AOTInductor folded into the code at compile time (0-d, and 1-D of up to 8 values,
+// unless compiled with always_keep_tensor_constants=True) or computes itself (runtime constant
+// folding) are not asked for. See docs/aoti.md.
 //
 // Library torch_safetensors_aoti (component `aoti`): LibTorch's AOTInductor runtime only.
 #pragma once
