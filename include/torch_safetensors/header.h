@@ -100,6 +100,8 @@ TS_API uint64_t parse_header_length(std::string_view first8, uint64_t file_size,
 // are NUL or whitespace, at least one NUL), as some writers pad. parse_header refuses such a
 // header naming this cause; repair_header_padding (serialize.h) rewrites the file with spaces.
 TS_API bool is_nul_padded(std::string_view json);
+// `json` with the NUL bytes of its padding replaced by spaces; the JSON itself is unchanged.
+TS_API std::string nul_padding_as_spaces(std::string_view json);
 
 // Parses and validates the JSON header (exactly N bytes, padding included) of a file of
 // `file_size` bytes. Every rule of the format is checked here, once, before any tensor byte is

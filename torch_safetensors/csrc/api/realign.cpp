@@ -1,8 +1,8 @@
 // realign: a file re-laid out by the one layout planner, its tensor bytes streamed from the old
 // file in bounded chunks, checked against it byte for byte before it replaces anything.
-#include <algorithm>
 #include <cstring>
 #include <memory>
+#include <string>
 
 #include "check.h"
 #include "storage/io.h"
@@ -13,16 +13,6 @@
 namespace torch::safetensors {
 namespace {
 
-constexpr uint64_t kChunk = uint64_t(8) << 20;
-
-// Calls `each(offset, length)` for the chunks of [0, n).
-template <typename Each>
-void for_chunks(uint64_t n, Each&& each) {
-  for (uint64_t done = 0; done < n; done += std::min(kChunk, n - done)) {
-    each(done, std::min(kChunk, n - done));
-  }
-}
-
 // The written file against the source: the same metadata and tensors (name, dtype, shape, bytes),
 // and the layout plan_layout promised.
 void check_copy(const Header& from, const Source& source, const Header& written, const Source& copy,
@@ -32,7 +22,7 @@ void check_copy(const Header& from, const Source& source, const Header& written,
            from.size(), " read");
   TS_CHECK(written.data_offset() == layout.header.data_offset(), name,
            "realign: the data section moved");
-  std::unique_ptr<char[]> a(new char[kChunk]), b(new char[kChunk]);
+  std::string other;
   for (const TensorInfo& info : from.tensors()) {
     const TensorInfo* out = written.find(info.name);
     TS_CHECK(out != nullptr, name, "realign: tensor '", info.name, "' is missing");
@@ -41,12 +31,14 @@ void check_copy(const Header& from, const Source& source, const Header& written,
     const TensorInfo* planned = layout.header.find(info.name);
     TS_CHECK(planned && planned->begin == out->begin && planned->end == out->end, name,
              "realign: tensor '", info.name, "' is not where the layout put it");
-    for_chunks(info.nbytes(), [&](uint64_t at, uint64_t n) {
-      source.read(a.get(), n, from.data_offset() + info.begin + at);
-      copy.read(b.get(), n, written.data_offset() + out->begin + at);
-      TS_CHECK(std::memcmp(a.get(), b.get(), n) == 0, name, "realign: tensor '", info.name,
-               "' differs from the source at byte ", at);
-    });
+    storage::for_each_chunk(source, from.data_offset() + info.begin, info.nbytes(),
+                            [&](const char* data, uint64_t n, uint64_t at) {
+                              other.resize(n);
+                              copy.read(other.data(), n, written.data_offset() + out->begin + at);
+                              TS_CHECK(std::memcmp(data, other.data(), n) == 0, name,
+                                       "realign: tensor '", info.name,
+                                       "' differs from the source at byte ", at);
+                            });
   }
 }
 
@@ -64,14 +56,11 @@ RealignReport realign(const std::string& in, const SaveTo& to, uint64_t alignmen
 
   storage::AtomicFileWriter writer(out_path);
   writer.write(layout.header_bytes.data(), layout.header_bytes.size());
-  std::unique_ptr<char[]> buffer(new char[kChunk]);
   RealignReport report;
   for (size_t i : layout.order) {
     const TensorInfo& info = header.tensors()[i];
-    for_chunks(info.nbytes(), [&](uint64_t at, uint64_t n) {
-      source->read(buffer.get(), n, header.data_offset() + info.begin + at);
-      writer.write(buffer.get(), n);
-    });
+    storage::for_each_chunk(*source, header.data_offset() + info.begin, info.nbytes(),
+                            [&](const char* data, uint64_t n, uint64_t) { writer.write(data, n); });
     report.bytes += info.nbytes();
   }
   source->check_intact();

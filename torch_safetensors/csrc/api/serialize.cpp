@@ -119,26 +119,14 @@ void repair_header_padding(const std::string& path, const SaveTo& to) {
     parse_header(header, file_size, path);  // says what else is wrong, if anything
     TS_FAIL(path, "the header is valid and not padded with NUL bytes: there is nothing to repair");
   }
-  for (size_t i = header.size(); i > 0; --i) {
-    char& c = header[i - 1];
-    if (c == '\0') {
-      c = ' ';
-    } else if (c != ' ' && c != '\t' && c != '\n' && c != '\r') {
-      break;  // the end of the JSON
-    }
-  }
+  header = nul_padding_as_spaces(header);
   parse_header(header, file_size, path);  // the repaired file is valid, or nothing is written
   write_to(to, [&](const ByteSink& sink) {
     sink(first8.data(), first8.size());
     sink(header.data(), header.size());
-    std::string chunk;
-    for (uint64_t offset = kHeaderLengthSize + header_size; offset < file_size;) {
-      const uint64_t n = std::min<uint64_t>(file_size - offset, uint64_t(8) << 20);
-      chunk.resize(n);
-      source->read(chunk.data(), n, offset);
-      sink(chunk.data(), n);
-      offset += n;
-    }
+    const uint64_t data_offset = kHeaderLengthSize + header_size;
+    storage::for_each_chunk(*source, data_offset, file_size - data_offset,
+                            [&](const char* data, uint64_t n, uint64_t) { sink(data, n); });
   });
 }
 

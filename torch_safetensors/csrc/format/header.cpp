@@ -434,17 +434,31 @@ uint64_t parse_header_length(std::string_view first8, uint64_t file_size, std::s
   return n;
 }
 
+namespace {
+
+bool is_padding(char c) { return c == '\0' || c == ' ' || c == '\t' || c == '\n' || c == '\r'; }
+
+// Where the bytes after the JSON (NUL or whitespace) begin.
+size_t padding_start(std::string_view json) {
+  size_t end = json.size();
+  while (end > 0 && is_padding(json[end - 1])) --end;
+  return end;
+}
+
+}  // namespace
+
 bool is_nul_padded(std::string_view json) {
-  bool nul = false;
-  for (size_t i = json.size(); i > 0; --i) {
-    const char c = json[i - 1];
-    if (c == '\0') {
-      nul = true;
-    } else if (c != ' ' && c != '\t' && c != '\n' && c != '\r') {
-      return nul;
-    }
+  const size_t start = padding_start(json);
+  // Nothing but padding is not a header at all.
+  return start > 0 && json.find('\0', start) != std::string_view::npos;
+}
+
+std::string nul_padding_as_spaces(std::string_view json) {
+  std::string out(json);
+  for (size_t i = padding_start(json); i < out.size(); ++i) {
+    if (out[i] == '\0') out[i] = ' ';
   }
-  return false;  // nothing but padding: not a header at all
+  return out;
 }
 
 Header parse_header(std::string_view json, uint64_t file_size, std::string_view source) {

@@ -41,6 +41,13 @@ TS_API void populate(uint8_t* data, uint64_t size);
 TS_API std::shared_ptr<const Source> borrowed_memory_source(std::string_view bytes,
                                                             std::string name);
 
+// Calls `each(data, n, at)` for [offset, offset + length) of `source`, read in chunks of at most
+// 8 MiB into one buffer (`at` is the chunk's place within the range): the streaming copies and
+// comparisons of realign and header repair, in memory bounded by the chunk, not the file.
+using ChunkFunction = std::function<void(const char* data, uint64_t n, uint64_t at)>;
+TS_API void for_each_chunk(const Source& source, uint64_t offset, uint64_t length,
+                           const ChunkFunction& each);
+
 // The non-file destinations of a save. Each write goes to the end of what was written before;
 // `offset` (the bytes written so far) only names the place of a failure. A stream that fails or a
 // write function that returns less than `length` is a c10::Error naming `name` and the offset.

@@ -1,9 +1,11 @@
 #include "storage/io.h"
 
+#include <algorithm>
 #include <atomic>
 #include <cerrno>
 #include <cstring>
 #include <exception>
+#include <memory>
 #include <mutex>
 #include <thread>
 
@@ -152,7 +154,8 @@ std::shared_ptr<const Source> open_contained(const Containment& containment,
   // What the descriptor is: the path resolved now, and the same file (device and inode) as the
   // one opened. A swap between the open and the resolution shows as a different file.
   const std::string real = real_path(path, where + ": shard '" + name + "' cannot be resolved");
-  struct stat opened {}, resolved {};
+  struct stat opened {
+  }, resolved{};
   if (::fstat(source->descriptor(), &opened) != 0) throw_os_error(errno, path, "cannot stat");
   TS_CHECK(::stat(real.c_str(), &resolved) == 0 && opened.st_dev == resolved.st_dev &&
                opened.st_ino == resolved.st_ino,
@@ -210,6 +213,18 @@ void read_all(const std::vector<ReadJob>& jobs) {
   worker();
   for (auto& t : pool) t.join();
   if (error) std::rethrow_exception(error);
+}
+
+void for_each_chunk(const Source& source, uint64_t offset, uint64_t length,
+                    const ChunkFunction& each) {
+  constexpr uint64_t kChunk = uint64_t(8) << 20;
+  std::unique_ptr<char[]> buffer(new char[std::min(kChunk, length) + 1]);
+  for (uint64_t at = 0; at < length;) {
+    const uint64_t n = std::min(kChunk, length - at);
+    source.read(buffer.get(), n, offset + at);
+    each(buffer.get(), n, at);
+    at += n;
+  }
 }
 
 void populate(uint8_t* data, uint64_t size) {
