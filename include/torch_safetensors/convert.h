@@ -104,10 +104,10 @@ struct TS_API ConvertOptions : ExtractOptions {
 };
 
 struct TS_API ConvertReport {
-  size_t tensors_read = 0;         // names in the checkpoint
-  size_t tensors_written = 0;      // after dropping tied duplicates
-  uint64_t bytes_written = 0;      // tensor data
-  std::vector<std::string> files;  // written, relative to `to` when sharded
+  size_t tensors_read = 0;            // names in the checkpoint
+  size_t tensors_written = 0;         // after dropping tied duplicates
+  uint64_t bytes_written = 0;         // tensor data
+  std::vector<std::string> files;     // written, relative to `to` when sharded
   std::vector<SkippedValue> skipped;  // what was not converted (ExtractOptions::strict false)
   size_t metadata_scalars = 0;        // metadata entries from scalars (metadata_scalars)
 };

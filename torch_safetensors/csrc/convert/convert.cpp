@@ -47,7 +47,8 @@ ConvertReport convert_torch_checkpoint(const std::string& from, const std::strin
     for (auto& [name, value] : contents.scalars) {
       TS_CHECK(base_metadata->count(name) == 0, from, "the scalar '", name,
                "' would be the metadata entry of that name, which is already '",
-               base_metadata->at(name), "'; select with a key, or convert without metadata "
+               base_metadata->at(name),
+               "'; select with a key, or convert without metadata "
                "scalars");
       base_metadata->emplace(name, std::move(value));
     }

@@ -4,9 +4,9 @@
 #include <cmath>
 #include <cstdio>
 #include <cstdlib>
-#include <optional>
 #include <cstring>
 #include <limits>
+#include <optional>
 #include <unordered_map>
 #include <unordered_set>
 
@@ -144,11 +144,12 @@ const char* kind_name(PickleValue::Kind kind) {
 class Machine {
  public:
   Machine(std::string_view bytes, const StorageLoader& load_storage, const std::string& name,
-          std::deque<PickleValue>& arena)
+          std::deque<PickleValue>& arena, std::deque<PickleValue::ObjectParts>& object_parts)
       : bytes_(bytes),
         load_storage_(load_storage),
         name_(name),
         arena_(arena),
+        object_parts_(object_parts),
         budget_(std::min(kMaxUnpicklerBytes,
                          kUnpicklerBaseBytes + kUnpicklerBytesPerPickleByte * bytes.size())) {
     // None, True and False are immutable: one value each, however many the program pushes.
@@ -214,6 +215,15 @@ class Machine {
     arena_.back().kind = kind;
     return &arena_.back();
   }
+  PickleValue* make_object(std::string qualified_name, bool called) {
+    PickleValue* v = make(PickleValue::Kind::kObject);
+    charge(sizeof(PickleValue::ObjectParts) + qualified_name.size());
+    object_parts_.emplace_back();
+    v->parts = &object_parts_.back();
+    v->text = std::move(qualified_name);
+    v->called = called;
+    return v;
+  }
   PickleValue* make_int(int64_t value) {
     PickleValue* v = make(PickleValue::Kind::kInt);
     v->integer = value;
@@ -276,18 +286,17 @@ class Machine {
   void append(PickleValue& list, PickleValue* item) {
     charge(sizeof(PickleValue*));
     if (list.kind == PickleValue::Kind::kObject) {  // a list subclass's items
-      list.appended.push_back(item);
+      list.parts->appended.push_back(item);
       return;
     }
     if (list.kind != PickleValue::Kind::kList) fail("appends to " + describe(list));
     list.items.push_back(item);
   }
   // What calling (REDUCE, NEWOBJ) a placeholder makes: another one, keeping the arguments.
-  PickleValue* placeholder_call(const PickleValue& callable, const std::vector<PickleValue*>& args) {
-    PickleValue* object = make(PickleValue::Kind::kObject);
-    charge(callable.text.size() + args.size() * sizeof(PickleValue*));
-    object->text = callable.text;
-    object->called = true;
+  PickleValue* placeholder_call(const PickleValue& callable,
+                                const std::vector<PickleValue*>& args) {
+    PickleValue* object = make_object(callable.text, /*called=*/true);
+    charge(args.size() * sizeof(PickleValue*));
     object->items = args;
     return object;
   }
@@ -326,6 +335,7 @@ class Machine {
   const StorageLoader& load_storage_;
   const std::string& name_;
   std::deque<PickleValue>& arena_;
+  std::deque<PickleValue::ObjectParts>& object_parts_;
   size_t position_ = 0;
   size_t opcode_offset_ = 0;
   std::string opcode_name_;
@@ -353,10 +363,7 @@ PickleValue* Machine::global(std::string_view module, std::string_view attribute
     }
   }
   // Any other global: an inert stand-in keeping only its name (nothing is imported).
-  PickleValue* v = make(PickleValue::Kind::kObject);
-  charge(qualified.size());
-  v->text = std::move(qualified);
-  return v;
+  return make_object(std::move(qualified), /*called=*/false);
 }
 
 int64_t Machine::int_argument(const PickleValue& value, const char* what) {
@@ -853,11 +860,12 @@ PickleValue* Machine::run() {
         PickleValue* object = top();
         if (object->kind == PickleValue::Kind::kObject) {
           charge(sizeof(PickleValue*));
-          object->states.push_back(state);
+          object->parts->states.push_back(state);
           break;
         }
         if (object->kind != PickleValue::Kind::kDict) {
-          fail("sets the state of " + describe(*object) + "; only dicts' and objects' states are "
+          fail("sets the state of " + describe(*object) +
+               "; only dicts' and objects' states are "
                "accepted");
         }
         break;
@@ -925,11 +933,14 @@ void flatten_into(const PickleValue& value, const std::string& prefix, int depth
     } else if (item->kind == PickleValue::Kind::kDict) {
       flatten_into(*item, path, depth + 1, state);
     } else {
-      TS_FAIL(name, "'", path, "' is ", describe(*item),
-              ", not a tensor or a dict of tensors: only tensors in (nested) dicts are converted "
-              "strictly", item->kind == PickleValue::Kind::kObject ?
-              " (the global is never imported or called; without strict, what is not a tensor "
-              "is skipped and reported)" : "");
+      TS_FAIL(
+          name, "'", path, "' is ", describe(*item),
+          ", not a tensor or a dict of tensors: only tensors in (nested) dicts are converted "
+          "strictly",
+          item->kind == PickleValue::Kind::kObject
+              ? " (the global is never imported or called; without strict, what is not a tensor "
+                "is skipped and reported)"
+              : "");
     }
   }
 }
@@ -1031,6 +1042,7 @@ struct ExtractState {
   std::string key;  // the selected part's path, which skipped and scalar paths start with
   std::unordered_set<const PickleValue*> on_path;
   uint64_t visits = 0;
+  uint64_t path_bytes = 0;
 
   void skip(const std::string& path, std::string type) {
     result.skipped.emplace_back(join(key, path), std::move(type));
@@ -1046,8 +1058,8 @@ bool visit_entries(const std::vector<std::pair<PickleValue*, PickleValue*>>& ent
   for (const auto& [key, item] : entries) {
     const std::optional<std::string> part = key_part(*key);
     if (!part) {
-      state.skip(join(path, "<" + describe(*key) + ">"), "a dict entry whose key is a " +
-                                                             type_name(*key));
+      state.skip(join(path, "<" + describe(*key) + ">"),
+                 "a dict entry whose key is a " + type_name(*key));
       continue;
     }
     found |= visit(*item, join(path, *part), depth + 1, plain, state);
@@ -1067,9 +1079,12 @@ bool visit_items(const std::vector<PickleValue*>& items, const std::string& path
 bool visit(const PickleValue& value, const std::string& path, int depth, bool in_plain_dict,
            ExtractState& state) {
   const std::string& name = state.flat.name;
-  TS_CHECK(++state.visits <= kMaxExtractVisits, name, "the checkpoint's values are reached by more ",
-           "than ", kMaxExtractVisits, " paths (shared containers nested in each other): not a "
-           "checkpoint's tree");
+  state.path_bytes += path.size();
+  TS_CHECK(++state.visits <= kMaxExtractVisits && state.path_bytes <= kMaxExtractPathBytes, name,
+           "the checkpoint's values are reached by more than ", kMaxExtractVisits, " paths or ",
+           kMaxExtractPathBytes,
+           " bytes of dotted names (shared containers nested in each "
+           "other): not a checkpoint's tree");
   TS_CHECK(depth <= kMaxFlattenDepth, name, "'", join(state.key, path), "' is nested more than ",
            kMaxFlattenDepth, " containers deep");
   switch (value.kind) {
@@ -1111,7 +1126,7 @@ bool visit(const PickleValue& value, const std::string& path, int depth, bool in
     case PickleValue::Kind::kObject:
       // A state dict's keys are attributes (a TorchScript module's `fc`, `weight`): they join
       // the object's own path, as named_parameters() names them; so do a (state, slots) pair's.
-      for (const PickleValue* object_state : value.states) {
+      for (const PickleValue* object_state : value.parts->states) {
         const bool pair = object_state->kind == PickleValue::Kind::kTuple &&
                           object_state->items.size() == 2 &&
                           object_state->items[1]->kind == PickleValue::Kind::kDict;
@@ -1129,7 +1144,7 @@ bool visit(const PickleValue& value, const std::string& path, int depth, bool in
         }
       }
       found |= visit_entries(value.entries, path, depth, false, state);
-      found |= visit_items(value.appended, path, depth, state);
+      found |= visit_items(value.parts->appended, path, depth, state);
       found |= visit_items(value.items, path, depth, state);
       break;
     default:
@@ -1161,7 +1176,7 @@ const PickleValue& select(const PickleValue& root, const std::string& key, bool 
     std::vector<const std::vector<std::pair<PickleValue*, PickleValue*>>*> tables;
     if (value->kind == PickleValue::Kind::kDict) tables.push_back(&value->entries);
     if (value->kind == PickleValue::Kind::kObject) {
-      for (const PickleValue* s : value->states) {
+      for (const PickleValue* s : value->parts->states) {
         if (s->kind == PickleValue::Kind::kDict) tables.push_back(&s->entries);
       }
       tables.push_back(&value->entries);
@@ -1246,7 +1261,7 @@ std::string describe(const PickleValue& value) {
 PickleTree unpickle(std::string_view bytes, const StorageLoader& load_storage,
                     const std::string& name) {
   PickleTree tree;
-  Machine machine(bytes, load_storage, name, tree.arena_);
+  Machine machine(bytes, load_storage, name, tree.arena_, tree.object_parts_);
   tree.root_ = machine.run();
   return tree;
 }
@@ -1269,7 +1284,7 @@ Extracted extract_tensors(const PickleValue& root, const std::string& key, bool 
     result.tensors = flatten_tensors(selected, name);
     return result;
   }
-  ExtractState state{{name, {}, {}, {}}, result, metadata_scalars, key, {}, 0};
+  ExtractState state{{name, {}, {}, {}}, result, metadata_scalars, key, {}, 0, 0};
   visit(selected, "", 0, selected.kind == PickleValue::Kind::kDict, state);
   result.tensors = std::move(state.flat.out);
   return result;

@@ -40,12 +40,13 @@ struct TS_API PickleValue {
     kGlobal,   // an allowed global (see unpickler.cpp), `text` is "module.name"
     kStorage,  // a storage from a persistent id
     kTensor,
-    kBytes,    // `text` holds the bytes
-    kSet,      // a set or frozenset, its items in `items`
+    kBytes,  // `text` holds the bytes
+    kSet,    // a set or frozenset, its items in `items`
     // A placeholder: a global outside the allow-list (`text` is "module.name", `called` false),
     // or what calling it would have made (`called` true; `text` names the callable). Its
     // arguments are `items`, what SETITEM(S) set on it `entries`, what APPEND(S) added
-    // `appended`, and its BUILD states `states`, in order. Nothing is ever imported or run.
+    // `parts->appended`, and its BUILD states `parts->states`, in order. Nothing is ever
+    // imported or run.
     kObject,
   };
   Kind kind = Kind::kNone;
@@ -55,9 +56,13 @@ struct TS_API PickleValue {
   std::string text;                                            // kString; kGlobal's qualified name
   std::vector<PickleValue*> items;                             // kTuple, kList
   std::vector<std::pair<PickleValue*, PickleValue*>> entries;  // kDict, in insertion order
-  std::vector<PickleValue*> appended;  // kObject
-  std::vector<PickleValue*> states;    // kObject
-  bool called = false;                 // kObject
+  // kObject: what APPEND(S) added and the BUILD states, apart so that other values stay small.
+  struct ObjectParts {
+    std::vector<PickleValue*> appended;
+    std::vector<PickleValue*> states;
+  };
+  ObjectParts* parts = nullptr;                   // kObject: never null
+  bool called = false;                            // kObject
   int global_id = -1;                             // kGlobal: row of the allowed-globals table
   c10::ScalarType dtype = c10::ScalarType::Byte;  // kStorage: the storage type's dtype
   c10::Storage storage;                           // kStorage
@@ -82,6 +87,7 @@ class TS_API PickleTree {
  private:
   friend PickleTree unpickle(std::string_view, const StorageLoader&, const std::string&);
   std::deque<PickleValue> arena_;
+  std::deque<PickleValue::ObjectParts> object_parts_;
   PickleValue* root_ = nullptr;
 };
 
@@ -90,7 +96,7 @@ class TS_API PickleTree {
 // program must leave exactly its result at STOP, and nothing may follow STOP. Memory, stack,
 // memo and strings are bounded by limits.h.
 TS_API PickleTree unpickle(std::string_view bytes, const StorageLoader& load_storage,
-                    const std::string& name);
+                           const std::string& name);
 
 // The tensors of a (nested) dict, with nested keys joined by '.': {"a": {"b": t}} → "a.b".
 // Anything else — a list, a number, a non-string key, a bare tensor at the top — is an error
@@ -99,7 +105,7 @@ TS_API PickleTree unpickle(std::string_view bytes, const StorageLoader& load_sto
 // naming more than kMaxViewExpansion times its storage's bytes (a stride-0 or overlapping view)
 // is refused, naming it, its storage's size and its size.
 TS_API std::vector<std::pair<std::string, at::Tensor>> flatten_tensors(const PickleValue& root,
-                                                                const std::string& name);
+                                                                       const std::string& name);
 
 // What extract_tensors finds (convert.h's ExtractOptions say what to look at).
 struct TS_API Extracted {
