@@ -237,3 +237,13 @@ def test_command_line_key_strict_and_metadata_scalars(tmp_path, lightning):
 def oracle_state_dict_names():
     model, _ = trained()
     return ["model." + k for k in model.state_dict()]
+
+
+def test_extraction_options_are_refused_where_they_do_not_apply(tmp_path):
+    torch_safetensors.save_file({"w": torch.ones(2)}, tmp_path / "w.safetensors")
+    for args in (["--key", "model"], ["--strict"], ["--to", "ptd", "--metadata-scalars"]):
+        result = run_cli("convert", tmp_path / "w.safetensors", tmp_path / "out", *args)
+        assert result.returncode == 2, (args, result.stderr)
+        assert "--key, --strict and --metadata-scalars do not apply to" in result.stderr
+    torch.save({"w": torch.ones(2)}, tmp_path / "w.pt")
+    assert run_cli("convert", tmp_path / "w.pt", tmp_path / "o.safetensors", "--key=").returncode == 2
