@@ -34,7 +34,7 @@ ROOT = os.path.dirname(os.path.abspath(__file__))
 BINDINGS = [os.path.join("torch_safetensors", "csrc", "python", name)
             for name in ("module.cpp", "common.cpp", "file.cpp", "save.cpp", "model.cpp", "cli.cpp",
                          "quant.cpp", "distributed.cpp", "executorch.cpp", "coverage.cpp",
-                         "aoti.cpp")]
+                         "aoti.cpp", "convert.cpp")]
 CORE_TARGET = "torch_safetensors_for_python"
 
 

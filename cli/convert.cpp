@@ -18,15 +18,19 @@ namespace {
 
 const char* kHelp =
     "usage: torch-safetensors convert IN OUT [--max-shard-size SIZE] [--dtype DTYPE]\n"
+    "                                 [--key PATH] [--strict] [--metadata-scalars]\n"
     "       torch-safetensors convert IN OUT --to ptd [--strip-prefix PREFIX] [--alignment N]\n"
     "\n"
     "Converts a torch.save checkpoint to safetensors. IN is a .pt/.pth/.bin file (torch.save's\n"
-    "zip format, torch 1.6 and later), a pytorch_model.bin.index.json, or a directory holding\n"
-    "one of those. The pickle is read by a restricted unpickler that knows only tensors, dicts\n"
-    "and plain values: it never imports or runs anything, and anything else in the file (an\n"
-    "object of another type, a list, the legacy pre-zip format) is an error naming it.\n"
+    "zip format, torch 1.6 and later; LibTorch's torch::save and TorchScript's torch.jit.save\n"
+    "archives too), a pytorch_model.bin.index.json, or a directory holding one of those. The\n"
+    "pickle is read by a restricted unpickler that never imports or runs anything: an object of\n"
+    "any other class is an inert placeholder, looked into only for the tensors it holds.\n"
     "\n"
-    "Nested dicts flatten to dotted names ({\"model\": {\"w\": ...}} -> model.w). Tensors sharing\n"
+    "Nested dicts flatten to dotted names ({\"model\": {\"w\": ...}} -> model.w), list and tuple\n"
+    "elements by index (optimizer_states.0.state.0.exp_avg), objects' attributes by name (a\n"
+    "TorchScript module's fc.weight). What holds no tensor is skipped and listed on stderr\n"
+    "(its path and type). Tensors sharing\n"
     "memory (tied weights) are written once, as safetensors' save_model does: the dropped names\n"
     "are recorded in the metadata as dropped -> kept. The metadata has format=pt.\n"
     "\n"
@@ -37,6 +41,13 @@ const char* kHelp =
     "  --dtype DTYPE           cast F64/F32/F16/BF16 tensors to DTYPE (F32, F16 or BF16);\n"
     "                          integer, bool, FP8 and complex tensors keep their dtype\n"
     "  --durable               fsync every file written and its folder before exiting\n"
+    "  --key PATH              convert only the tensors under PATH, a dotted path into the\n"
+    "                          object (state_dict, model_state, model), named relative to it\n"
+    "  --strict                refuse anything but (nested) dicts of tensors, naming its path\n"
+    "                          (and the global, for an object), instead of skipping it\n"
+    "  --metadata-scalars      keep ints, floats, bools and strings of plain dicts (in PATH or\n"
+    "                          beside the way to it: step, epoch) as metadata entries, dotted\n"
+    "                          path -> the value as Python's str() writes it\n"
     "\n"
     "ExecuTorch (.ptd, the FlatTensor file of a program's external weights):\n"
     "  --to ptd                IN is a safetensors file, index or directory: write OUT as a\n"
@@ -60,6 +71,14 @@ c10::ScalarType parse_cast_dtype(std::string text) {
   return to_scalar_type(*dtype);
 }
 
+// --key, --strict and --metadata-scalars choose what to take from a torch checkpoint.
+void refuse_extract_options(const ParsedArgs& parsed, const char* input) {
+  if (parsed.value("--key") || parsed.flag("--strict") || parsed.flag("--metadata-scalars")) {
+    throw UsageError(std::string("--key, --strict and --metadata-scalars do not apply to ") +
+                     input);
+  }
+}
+
 // --to ptd, or a .ptd input: nullopt when neither applies.
 std::optional<int> convert_executorch(const ParsedArgs& parsed) {
   const std::string to = parsed.value("--to").value_or("safetensors");
@@ -72,6 +91,7 @@ std::optional<int> convert_executorch(const ParsedArgs& parsed) {
   if (to == "safetensors") {
     if (ptd_options) throw UsageError("--strip-prefix and --alignment go with --to ptd");
     if (!is_ptd_file(in)) return std::nullopt;
+    refuse_extract_options(parsed, "a .ptd input");
     if (parsed.value("--max-shard-size") || parsed.value("--dtype")) {
       throw UsageError("--max-shard-size and --dtype do not apply to a .ptd input");
     }
@@ -83,6 +103,7 @@ std::optional<int> convert_executorch(const ParsedArgs& parsed) {
   if (parsed.value("--max-shard-size") || parsed.value("--dtype")) {
     throw UsageError("--max-shard-size and --dtype do not apply with --to ptd");
   }
+  refuse_extract_options(parsed, "--to ptd");
   PtdOptions options;
   if (auto prefix = parsed.value("--strip-prefix")) options.strip_prefix = *prefix;
   if (auto alignment = parsed.value("--alignment")) {
@@ -115,6 +136,7 @@ std::optional<int> repair_safetensors(const ParsedArgs& parsed) {
         "a safetensors input is only repaired (a NUL-padded header): "
         "--max-shard-size and --dtype do not apply to it");
   }
+  refuse_extract_options(parsed, "a safetensors input (only repaired)");
   const std::string& out = parsed.positional[1];
   repair_header_padding(in, SaveTo(out).durable(parsed.flag("--durable")));
   std::cout << "repaired " << in << " -> " << out
@@ -131,7 +153,10 @@ int convert_command(const std::vector<std::string>& args) {
                             {"--to", true},
                             {"--strip-prefix", true},
                             {"--alignment", true},
-                            {"--durable", false}},
+                            {"--durable", false},
+                            {"--key", true},
+                            {"--strict", false},
+                            {"--metadata-scalars", false}},
                            kHelp, 2, 2);
   if (!parsed) return 0;
   if (auto code = repair_safetensors(*parsed)) return *code;
@@ -154,6 +179,12 @@ int convert_command(const std::vector<std::string>& args) {
   }
   if (auto dtype = parsed->value("--dtype")) options.dtype = parse_cast_dtype(*dtype);
   options.durable = parsed->flag("--durable");
+  if (auto key = parsed->value("--key")) {
+    if (key->empty()) throw UsageError("--key must be a dotted path, found ''");
+    options.key = *key;
+  }
+  options.strict = parsed->flag("--strict");
+  options.metadata_scalars = parsed->flag("--metadata-scalars");
   std::optional<ProgressBar> bar;
   options.on_progress = [&](uint64_t done, uint64_t total) {
     if (!bar) bar.emplace("convert", total);
@@ -162,6 +193,11 @@ int convert_command(const std::vector<std::string>& args) {
   const ConvertReport report =
       convert_torch_checkpoint(parsed->positional[0], parsed->positional[1], options);
   if (bar) bar->finish();
+  // What was not converted, one line each (stderr: stdout stays the one summary line).
+  for (const SkippedValue& skipped : report.skipped) {
+    std::cerr << "skipped " << (skipped.path.empty() ? "(the top)" : skipped.path) << " ("
+              << skipped.type << ")\n";
+  }
   std::cout << "converted " << parsed->positional[0] << " -> " << parsed->positional[1] << ": "
             << report.tensors_written << " tensors";
   if (report.tensors_written != report.tensors_read) {
@@ -171,7 +207,14 @@ int convert_command(const std::vector<std::string>& args) {
   // Sharded: the shards and their index; else the one file.
   const size_t shards = report.files.size() > 1 ? report.files.size() - 1 : 1;
   std::cout << ", " << human_bytes(report.bytes_written) << " in "
-            << (shards > 1 ? std::to_string(shards) + " shards and an index" : "1 file") << "\n";
+            << (shards > 1 ? std::to_string(shards) + " shards and an index" : "1 file");
+  if (report.metadata_scalars > 0) {
+    std::cout << ", " << report.metadata_scalars << " scalars as metadata";
+  }
+  if (!report.skipped.empty()) {
+    std::cout << "; " << report.skipped.size() << " parts without tensors skipped (on stderr)";
+  }
+  std::cout << "\n";
   return 0;
 }
 

@@ -1,6 +1,8 @@
 """Writes fuzz/seeds_pickle: the data.pkl of checkpoints torch.save makes (every dtype, nested
 dicts, ties, views, negated/conjugated/expanded views, parameters, a module's state dict with
-_metadata) and hand-made hostile pickles. Run from the repository root:
+_metadata, a training checkpoint with objects), a TorchScript module's data.pkl, pickles of
+objects of unknown classes (placeholders: NEWOBJ, BUILD, sets, bytes) and hand-made hostile
+pickles. Run from the repository root:
 python3 fuzz/make_pickle_seeds.py. (tools/gen_adversarial.py adds convert_*.pkl: the data.pkl of
 each case of the converter's adversarial corpus.)"""
 
@@ -27,6 +29,43 @@ class Evil:
         return (os.system, ("true",))
 
 
+class Config:
+    """A class the converter never heard of: an inert placeholder (issue 26)."""
+
+    def __init__(self):
+        self.layers = [2, 2]
+        self.tags = {"a", "b"}
+        self.blob = b"\x00\x01"
+
+
+class Net(torch.nn.Module):
+    def __init__(self):
+        super().__init__()
+        self.fc = torch.nn.Linear(2, 2)
+        self.register_buffer("scale", torch.ones(2))
+
+    def forward(self, x):
+        return self.fc(x) * self.scale
+
+
+def torchscript_data_pkl():
+    buffer = io.BytesIO()
+    torch.jit.save(torch.jit.script(Net()), buffer)
+    with zipfile.ZipFile(io.BytesIO(buffer.getvalue())) as archive:
+        (name,) = [n for n in archive.namelist() if n.endswith("/data.pkl")]
+        return archive.read(name)
+
+
+def training_checkpoint():
+    model = torch.nn.Linear(2, 2)
+    optimizer = torch.optim.Adam(model.parameters())
+    model(torch.ones(1, 2)).sum().backward()
+    optimizer.step()
+    return {"epoch": 1, "global_step": 10, "state_dict": model.state_dict(),
+            "optimizer_states": [optimizer.state_dict()],
+            "hyper_parameters": {"lr": 0.001, "cfg": Config(), "evil": Evil()}}
+
+
 def main():
     os.makedirs(OUT, exist_ok=True)
     shared = torch.arange(12, dtype=torch.float32)
@@ -48,6 +87,8 @@ def main():
                            "c": torch.ones(2, dtype=torch.cfloat).conj()},
         "expanded_views": {"e": torch.zeros(1).expand(64, 64),
                            "position_ids": torch.arange(4).expand((1, -1))},
+        # Issue 26: training checkpoints with objects (placeholders), optimizer states, scalars.
+        "training_checkpoint": training_checkpoint(),
     }
     for name, obj in seeds.items():
         with open(os.path.join(OUT, name + ".pkl"), "wb") as f:
@@ -55,6 +96,13 @@ def main():
     for protocol in (2, 4, 5):
         with open(os.path.join(OUT, f"evil_protocol{protocol}.pkl"), "wb") as f:
             f.write(pickle.dumps({"w": Evil()}, protocol=protocol))
+    with open(os.path.join(OUT, "torchscript_module.pkl"), "wb") as f:
+        f.write(torchscript_data_pkl())
+    for protocol in (2, 5):
+        with open(os.path.join(OUT, f"objects_protocol{protocol}.pkl"), "wb") as f:
+            f.write(pickle.dumps({"cfg": Config(), "sets": [{1, 2}, frozenset([3])],
+                                 "b": b"xyz", "nested": [Config(), (Config(),)]},
+                                protocol=protocol))
     with open(os.path.join(OUT, "plain_protocol4.pkl"), "wb") as f:
         f.write(pickle.dumps({"a": {"b": [1, 2.5, "s", (1, 2), 2**70]}}, protocol=4))
 

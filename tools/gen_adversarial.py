@@ -832,6 +832,43 @@ def convert_cases():
     add("view_expand_under_neg", checkpoint(pk_program(pk_dict([("w", pk_tensor(
         pk_storage("FloatStorage", "0", 1), 0, [4096, 4096], [0, 0],
         metadata=neg))])), [("0", F32_6[:4])]), "tensor 'w' is a view of size [4096, 4096]")
+
+    # ---- issue 26: inert placeholders (globals outside the allow-list), read without strict;
+    # EXTRACTS: must be read (test_convert.cpp reads placeholder_* cases so) ----
+    w_tensor = pk_tensor(pk_storage("FloatStorage", "0", 6), 0, [6], [1])
+
+    def obj(cls, state_items):
+        """cls() by NEWOBJ, its state {key: value} by BUILD (TorchScript's and protocol 2's)."""
+        return pk_global("m", cls) + b")\x81" + pk_dict(state_items) + b"b"
+
+    def placeholder(name, body, expected):
+        add("placeholder_" + name, checkpoint(pk_program(body), [("0", F32_6)]), expected)
+
+    placeholder("cycle", pk_global("m", "C") + b")\x81q\x00" +
+                pk_dict([("w", w_tensor), ("me", b"h\x00")]) + b"b", "EXTRACTS")
+    deep = b""
+    for _ in range(100):
+        deep += pk_global("m", "C") + b")\x81}" + pk_str("a")
+    placeholder("nested_deep", deep + w_tensor + b"sb" * 100,
+                "is nested more than 64 containers deep")
+    placeholder("newobj_allowed_global", pk_global("torch", "Size") + b")\x81",
+                "instantiates the global torch.Size")
+    placeholder("reduce_args_not_tuple", pk_global("os", "system") + pk_str("x") + b"R",
+                "expected a tuple of arguments for os.system, found the string 'x'")
+    placeholder("build_on_list", b"]" + pk_dict([]) + b"b", "sets the state of a list")
+    placeholder("tensor_in_args", pk_dict([("x", pk_global("functools", "partial") + b"(" +
+                                                 pk_global("os", "system") + w_tensor + b"tR")]),
+                "EXTRACTS")
+    placeholder("state_and_slots", pk_global("m", "S") + b")\x81N" +
+                pk_dict([("w", w_tensor)]) + b"\x86b", "EXTRACTS")
+    placeholder("long_qualified_name", pk_dict([("w", w_tensor), (
+        "x", b"c" + b"m" * 60000 + b"\nC\n)\x81")]), "EXTRACTS")
+    placeholder("attribute_and_key_collide", pk_dict([("a.b", w_tensor), (
+        "a", obj("C", [("b", w_tensor)]))]), "two tensors are named 'a.b'")
+    placeholder("new_opcodes", pk_dict([("w", w_tensor), ("b", b"C\x03abc"), (
+        "s", b"\x8f(K\x01K\x02\x90"), ("f", b"(K\x01\x91"), (
+        "x", pk_global("m", "K") + b")}\x92")]), "EXTRACTS")
+    placeholder("bytes_too_large", b"\x8e" + le64(1 << 40), "a bytes value of 1099511627776 bytes")
     return out
 
 

@@ -19,6 +19,7 @@
 #include <c10/core/ScalarType.h>
 
 #include "torch_safetensors/checkpoint.h"
+#include "torch_safetensors/header.h"
 #include "torch_safetensors/serialize.h"
 #include "torch_safetensors/sharded.h"
 
@@ -34,8 +35,10 @@ namespace torch::safetensors {
 // Nested dicts flatten to dotted names ({"model": {"w": t}} → "model.w"); tensors sharing a
 // storage in the file share one here (the tie policy of save() sees them). Storages are zero-copy
 // views of the mapped file where the archive stores them uncompressed (as torch.save does).
-// Anything else — a list, a number, an optimizer's param_groups, a global other than torch's
-// tensor rebuild functions, the legacy pre-zip format — is a c10::Error naming it.
+// Anything else — a list, a number, an optimizer's param_groups, an object of any class (never
+// imported or called), the legacy pre-zip format — is a c10::Error naming it: this is
+// read_torch_checkpoint with ExtractOptions::strict, which also reads training checkpoints,
+// torch::save archives and TorchScript modules.
 // Hostile files are errors, never guesses (docs/dev/hardening.md, "Converter limits"): the zip's
 // central directory rules and every local header must agree with it; records, the unpickler's
 // memory, stack, memo and strings are bounded; negated and conjugated tensors ({'neg': True},
@@ -44,7 +47,48 @@ namespace torch::safetensors {
 // refused.
 TS_API NamedTensors load_torch_checkpoint(const std::string& path);
 
-struct TS_API ConvertOptions {
+// What to take from a checkpoint that holds more than a state dict: a training checkpoint
+// ({"epoch", "state_dict", "optimizer_states", "hyper_parameters"}), a LibTorch torch::save
+// archive or a TorchScript module (torch.jit.save; its data.pkl, never its code).
+struct TS_API ExtractOptions {
+  // A dotted path into the object ("state_dict", "model_state", "model"; a key holding dots
+  // itself matches whole, the longest first): only the tensors under it are converted, named
+  // relative to it. Empty: the whole object.
+  std::string key;
+  // true: the selected part must be (nested) dicts of tensors only, and anything else is an error
+  // naming its path (and the global, for objects): load_torch_checkpoint(path)'s rule. false:
+  // every tensor found in dicts, lists, tuples, sets and inside objects is converted (a list's
+  // elements named by index, an object's attributes by name: a TorchScript module's `fc.weight`);
+  // the rest is reported in ConvertReport::skipped / TorchCheckpoint::skipped. Objects of any
+  // class are inert placeholders either way: nothing is imported or called.
+  bool strict = false;
+  // Ints, floats, bools and strings that are values of plain dicts in the selected part, or
+  // beside the path to it (a training checkpoint's `step`, `epoch`), are kept as metadata
+  // entries: the dotted path from the top of the object → the value as Python's str() writes it
+  // ("3", "0.001", "True", "adam"). A name that is already a metadata key (`format`) is an error.
+  bool metadata_scalars = false;
+};
+
+// A part of the checkpoint that was not converted: its dotted path from the top of the object
+// (parts without tensors are reported whole: "hyper_parameters") and its type ("int", "list",
+// "dict", or an object's qualified name such as "omegaconf.dictconfig.DictConfig").
+struct TS_API SkippedValue {
+  std::string path;
+  std::string type;
+};
+
+struct TS_API TorchCheckpoint {
+  NamedTensors tensors;
+  std::vector<SkippedValue> skipped;  // in the order found; for an index, shard after shard
+  Metadata scalars;                   // with metadata_scalars
+};
+
+// load_torch_checkpoint with a choice of what to take (`path` as there; a `key` applies to every
+// shard of an index, and a shard whose tensors disagree with the index is refused as there).
+TS_API TorchCheckpoint read_torch_checkpoint(const std::string& path,
+                                             const ExtractOptions& options);
+
+struct TS_API ConvertOptions : ExtractOptions {
   // Set: `to` is a directory written by save_sharded (shards of at most this many bytes and an
   // index). Unset: `to` is one safetensors file.
   std::optional<uint64_t> max_shard_size;
@@ -60,13 +104,16 @@ struct TS_API ConvertOptions {
 };
 
 struct TS_API ConvertReport {
-  size_t tensors_read = 0;         // names in the checkpoint
-  size_t tensors_written = 0;      // after dropping tied duplicates
-  uint64_t bytes_written = 0;      // tensor data
-  std::vector<std::string> files;  // written, relative to `to` when sharded
+  size_t tensors_read = 0;            // names in the checkpoint
+  size_t tensors_written = 0;         // after dropping tied duplicates
+  uint64_t bytes_written = 0;         // tensor data
+  std::vector<std::string> files;     // written, relative to `to` when sharded
+  std::vector<SkippedValue> skipped;  // what was not converted (ExtractOptions::strict false)
+  size_t metadata_scalars = 0;        // metadata entries from scalars (metadata_scalars)
 };
 
-// Reads `from` as load_torch_checkpoint does, casts (options.dtype), and writes it as save(module)
+// Reads `from` as read_torch_checkpoint does (options' ExtractOptions), casts (options.dtype),
+// adds the scalars to the metadata (metadata_scalars), and writes it as save(module)
 // (one file) or save_sharded (a directory) write a module: tied tensors once, each dropped name
 // recorded in the metadata as dropped → kept, a tie none of whose names covers its storage
 // refused (the reference's save_model). Writes are atomic.

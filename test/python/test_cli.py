@@ -206,12 +206,17 @@ class Payload:
 def test_malicious_pickle_runs_nothing(tmp_path):
     marker = tmp_path / "pwned"
     torch.save({"weight": torch.ones(2), "evil": Payload(marker)}, tmp_path / "evil.bin")
-    result = run_cli("convert", tmp_path / "evil.bin", tmp_path / "evil.safetensors")
+    result = run_cli("convert", tmp_path / "evil.bin", tmp_path / "evil.safetensors", "--strict")
     assert result.returncode == 1
     assert "'io.open'" in result.stderr and "evil.bin" in result.stderr
     assert not marker.exists()
     assert not (tmp_path / "evil.safetensors").exists()
     assert result.stdout == ""
+    # Without --strict the object is an inert placeholder: skipped and reported, never called.
+    result = run_cli("convert", tmp_path / "evil.bin", tmp_path / "evil.safetensors")
+    assert result.returncode == 0 and "skipped evil (io.open)\n" in result.stderr
+    assert list(safetensors.torch.load_file(tmp_path / "evil.safetensors")) == ["weight"]
+    assert not marker.exists()
     # The payload is real: Python's own unpickler runs it.
     torch.load(tmp_path / "evil.bin", weights_only=False)
     assert marker.exists()
@@ -222,9 +227,9 @@ def test_malicious_pickle_runs_nothing(tmp_path):
     ({"opt": {"param_groups": [{"lr": 0.1}]}}, "'opt.param_groups' is a list"),
     ({"w": torch.ones(1), 5: torch.ones(1)}, "the int 5"),
 ])
-def test_non_tensor_content_is_an_error_naming_it(tmp_path, content, named):
+def test_non_tensor_content_is_an_error_naming_it_with_strict(tmp_path, content, named):
     torch.save(content, tmp_path / "c.pt")
-    result = run_cli("convert", tmp_path / "c.pt", tmp_path / "c.safetensors")
+    result = run_cli("convert", tmp_path / "c.pt", tmp_path / "c.safetensors", "--strict")
     assert result.returncode == 1
     assert named in result.stderr
 

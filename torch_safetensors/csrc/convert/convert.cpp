@@ -39,7 +39,20 @@ void cast_tensors(NamedTensors& tensors, c10::ScalarType dtype) {
 
 ConvertReport convert_torch_checkpoint(const std::string& from, const std::string& to,
                                        const ConvertOptions& options) {
-  NamedTensors tensors = load_torch_checkpoint(from);
+  TorchCheckpoint contents = read_torch_checkpoint(from, options);
+  NamedTensors& tensors = contents.tensors;
+  std::optional<Metadata> base_metadata = options.metadata;
+  if (!contents.scalars.empty()) {
+    if (!base_metadata) base_metadata.emplace();
+    for (auto& [name, value] : contents.scalars) {
+      TS_CHECK(base_metadata->count(name) == 0, from, "the scalar '", name,
+               "' would be the metadata entry of that name, which is already '",
+               base_metadata->at(name),
+               "'; select with a key, or convert without metadata "
+               "scalars");
+      base_metadata->emplace(name, std::move(value));
+    }
+  }
   if (options.dtype) {
     TS_CHECK(is_cast_target(*options.dtype), to, "--dtype must be F64, F32, F16 or BF16, found ",
              c10::toString(*options.dtype));
@@ -47,11 +60,13 @@ ConvertReport convert_torch_checkpoint(const std::string& from, const std::strin
   }
   ConvertReport report;
   report.tensors_read = tensors.size();
+  report.skipped = std::move(contents.skipped);
+  report.metadata_scalars = contents.scalars.size();
 
   if (options.max_shard_size) {
     ShardOptions shard_options;
     shard_options.max_shard_size = *options.max_shard_size;
-    shard_options.metadata = options.metadata;
+    shard_options.metadata = base_metadata;
     shard_options.on_progress = options.on_progress;
     shard_options.durable = options.durable;
     save_sharded(tensors, to, shard_options);
@@ -65,9 +80,9 @@ ConvertReport convert_torch_checkpoint(const std::string& from, const std::strin
   }
 
   // One file, atomic as save(path), reporting progress as it goes.
-  Metadata metadata = options.metadata.value_or(Metadata());
+  Metadata metadata = base_metadata.value_or(Metadata());
   const std::vector<SaveEntry> entries = drop_tied_duplicates(tensors, metadata, {}, to);
-  const bool any_metadata = options.metadata.has_value() || !metadata.empty();
+  const bool any_metadata = base_metadata.has_value() || !metadata.empty();
   uint64_t total = 0;
   for (const SaveEntry& entry : entries) total += entry.tensor.nbytes();
   storage::AtomicFileWriter writer(to);

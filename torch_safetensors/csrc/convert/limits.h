@@ -50,6 +50,17 @@ inline constexpr size_t kMaxMemoEntries = size_t(1) << 22;
 // key or a module path.
 inline constexpr uint64_t kMaxStringBytes = uint64_t(64) << 10;
 
+// One bytes value (BINBYTES and kin: a numpy array's data, an RNG state beside the tensors);
+// charged to the unpickler's budget like every other value.
+inline constexpr uint64_t kMaxBytesValue = uint64_t(16) << 20;
+
+// Extraction (extract_tensors) visits each value once per path that reaches it; values shared
+// many times over (a DAG of memoized containers) could make the paths exponential, so the visits
+// and the bytes of the dotted paths built are bounded, far above what a checkpoint's tree needs
+// (a quarter of a million tensors with their optimizer states: about 1.5 million visits).
+inline constexpr uint64_t kMaxExtractVisits = uint64_t(1) << 22;
+inline constexpr uint64_t kMaxExtractPathBytes = uint64_t(256) << 20;
+
 // A tensor may name at most this many times the bytes of its storage: with 1, a stride-0 or
 // overlapping view (torch.zeros(1).expand(8192, 8192)) is refused rather than materialized, and
 // convert never writes a tensor larger than the storage the file holds for it.

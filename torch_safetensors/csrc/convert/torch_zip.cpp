@@ -54,12 +54,18 @@ void check_zip_archive(const Source& file, const std::string& path) {
 
 NamedTensors convert::load_torch_archive(const std::shared_ptr<const Source>& file,
                                          const std::string& path) {
+  return read_torch_archive(file, path, "", /*strict=*/true, /*metadata_scalars=*/false).tensors;
+}
+
+convert::Extracted convert::read_torch_archive(const std::shared_ptr<const Source>& file,
+                                               const std::string& path, const std::string& key,
+                                               bool strict, bool metadata_scalars) {
   check_zip_archive(*file, path);
   const convert::ZipReader archive(file, path);
   TS_CHECK(!archive.entries().empty(), path,
            "the zip archive is empty: not a torch.save checkpoint");
-  // torch.save puts every record under one folder (archive/ or the file's stem): the first
-  // entry's, as LibTorch's reader finds it.
+  // torch.save, torch::save and torch.jit.save put every record under one folder (archive/, or
+  // the file's stem: "model/data.pkl"): the first entry's, as LibTorch's reader finds it.
   const std::string& first = archive.entries().front().name;
   const size_t slash = first.find('/');
   TS_CHECK(slash != std::string::npos, path, "zip entry '", first,
@@ -68,8 +74,8 @@ NamedTensors convert::load_torch_archive(const std::shared_ptr<const Source>& fi
   auto entry = [&](const std::string& name) { return archive.find(folder + name); };
   const convert::ZipEntry* pickle_entry = entry("data.pkl");
   TS_CHECK(pickle_entry != nullptr, path,
-           "the archive has no data.pkl: not a torch.save checkpoint (a TorchScript archive "
-           "holds code, which is never converted)");
+           "the archive has no data.pkl: not a torch.save, torch::save or TorchScript "
+           "checkpoint");
   if (const convert::ZipEntry* byteorder = entry("byteorder")) {
     const std::string order =
         archive.read(*byteorder, convert::kMaxSmallRecordBytes, "a byteorder record may have");
@@ -116,17 +122,29 @@ NamedTensors convert::load_torch_archive(const std::shared_ptr<const Source>& fi
   };
   const std::string pickle =
       archive.read(*pickle_entry, convert::kMaxPickleBytes, "data.pkl may have");
+  // A TorchScript archive's object tree is data.pkl (its modules' attributes); code/ is never
+  // read, and constants.pkl holds only the constants of that code, not parameters or buffers
+  // (torch/csrc/jit/serialization/export_module.cpp writes them apart).
   convert::PickleTree tree = convert::unpickle(pickle, load_storage, path);
-  return convert::flatten_tensors(tree.root(), path);
+  return convert::extract_tensors(tree.root(), key, strict, metadata_scalars, path);
 }
 
 namespace {
 
-NamedTensors load_torch_file(const std::string& path) {
-  return convert::load_torch_archive(file_source(path, /*mapped=*/true), path);
+TorchCheckpoint read_torch_file(const std::string& path, const ExtractOptions& options) {
+  convert::Extracted extracted =
+      convert::read_torch_archive(file_source(path, /*mapped=*/true), path, options.key,
+                                  options.strict, options.metadata_scalars);
+  TorchCheckpoint result;
+  result.tensors = std::move(extracted.tensors);
+  for (auto& [value_path, type] : extracted.skipped) {
+    result.skipped.push_back({std::move(value_path), std::move(type)});
+  }
+  for (auto& [name, value] : extracted.scalars) result.scalars[name] = std::move(value);
+  return result;
 }
 
-NamedTensors load_torch_index(const std::string& index_path) {
+TorchCheckpoint read_torch_index(const std::string& index_path, const ExtractOptions& options) {
   const std::string directory = storage::parent_path(index_path);
   std::string text;
   {
@@ -142,13 +160,15 @@ NamedTensors load_torch_index(const std::string& index_path) {
   for (const auto& [name, shard] : index.weight_map) expected[shard].insert(name);
   const std::string root =
       storage::real_path(directory.empty() ? "." : directory, "cannot resolve the index's folder");
-  NamedTensors tensors;
+  TorchCheckpoint result;
+  NamedTensors& tensors = result.tensors;
   for (auto& [shard, names] : expected) {
     const std::string shard_path = storage::join_path(directory, shard);
     const std::string real = storage::real_path(shard_path, "cannot open shard '" + shard + "'");
     TS_CHECK(real.compare(0, root.size() + 1, root + "/") == 0 || root == "/", index_path,
              "shard '", shard, "' resolves to '", real, "', outside the index's folder");
-    NamedTensors part = load_torch_file(shard_path);
+    TorchCheckpoint shard_contents = read_torch_file(shard_path, options);
+    NamedTensors& part = shard_contents.tensors;
     for (const auto& entry : part) {
       TS_CHECK(names.erase(entry.first) == 1, shard_path, "holds tensor '", entry.first,
                "', which the index ", storage::file_name(index_path),
@@ -157,8 +177,10 @@ NamedTensors load_torch_index(const std::string& index_path) {
     TS_CHECK(names.empty(), shard_path, "lacks tensor '", *names.begin(), "' (and ",
              names.size() - 1, " more) that the index assigns to it");
     for (auto& entry : part) tensors.push_back(std::move(entry));
+    for (auto& skipped : shard_contents.skipped) result.skipped.push_back(std::move(skipped));
+    result.scalars.merge(shard_contents.scalars);  // the same scalar in every shard: once
   }
-  return tensors;
+  return result;
 }
 
 // A directory's checkpoint: transformers' index name, else the one index, else the one file.
@@ -184,10 +206,16 @@ std::string resolve_directory(const std::string& directory) {
 
 }  // namespace
 
-NamedTensors load_torch_checkpoint(const std::string& path) {
+TorchCheckpoint read_torch_checkpoint(const std::string& path, const ExtractOptions& options) {
   const std::string resolved = storage::is_directory(path) ? resolve_directory(path) : path;
-  if (ends_with(resolved, ".json")) return load_torch_index(resolved);
-  return load_torch_file(resolved);
+  if (ends_with(resolved, ".json")) return read_torch_index(resolved, options);
+  return read_torch_file(resolved, options);
+}
+
+NamedTensors load_torch_checkpoint(const std::string& path) {
+  ExtractOptions strict;
+  strict.strict = true;
+  return read_torch_checkpoint(path, strict).tensors;
 }
 
 }  // namespace torch::safetensors

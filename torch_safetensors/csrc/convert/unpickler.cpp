@@ -1,8 +1,12 @@
 #include "convert/unpickler.h"
 
 #include <algorithm>
+#include <cmath>
+#include <cstdio>
+#include <cstdlib>
 #include <cstring>
 #include <limits>
+#include <optional>
 #include <unordered_map>
 #include <unordered_set>
 
@@ -26,6 +30,7 @@ enum class Action {
   kTorchSize,                  // torch.Size(tuple) → the tuple
   kStorageType,                // torch.FloatStorage, ...: only inside a persistent id
   kDtype,                      // torch.float8_e4m3fn, ...: only as _rebuild_tensor_v3's argument
+  kFirstArgument,              // TorchScript's type tags and typed lists: (value[, type]) → value
 };
 
 struct AllowedGlobal {
@@ -34,9 +39,10 @@ struct AllowedGlobal {
   c10::ScalarType dtype;
 };
 
-// The only globals a pickle may name: what torch.save writes for tensors in (ordered) dicts.
-// Everything else (builtins, numpy, torch._utils._rebuild_qtensor, sparse tensors, any class of
-// user code) is refused by name before anything happens.
+// The only globals the unpickler acts on: what torch.save writes for tensors in (ordered) dicts,
+// and what TorchScript's pickler (torch/csrc/jit/serialization/pickler.cpp) wraps typed lists and
+// dicts in. Everything else (builtins, numpy, torch._utils._rebuild_qtensor, sparse tensors, any
+// class of user code) becomes an inert placeholder that is never imported or called.
 constexpr c10::ScalarType kNoDtype = c10::ScalarType::Undefined;
 constexpr AllowedGlobal kAllowedGlobals[] = {
     {"collections.OrderedDict", Action::kOrderedDict, kNoDtype},
@@ -88,6 +94,11 @@ constexpr AllowedGlobal kAllowedGlobals[] = {
     {"torch.float8_e5m2fnuz", Action::kDtype, c10::ScalarType::Float8_e5m2fnuz},
     {"torch.float8_e8m0fnu", Action::kDtype, c10::ScalarType::Float8_e8m0fnu},
     {"torch.float4_e2m1fn_x2", Action::kDtype, c10::ScalarType::Float4_e2m1fn_x2},
+    {"torch.jit._pickle.restore_type_tag", Action::kFirstArgument, kNoDtype},
+    {"torch.jit._pickle.build_intlist", Action::kFirstArgument, kNoDtype},
+    {"torch.jit._pickle.build_tensorlist", Action::kFirstArgument, kNoDtype},
+    {"torch.jit._pickle.build_doublelist", Action::kFirstArgument, kNoDtype},
+    {"torch.jit._pickle.build_boollist", Action::kFirstArgument, kNoDtype},
 };
 constexpr int kNumAllowedGlobals = sizeof(kAllowedGlobals) / sizeof(kAllowedGlobals[0]);
 
@@ -120,6 +131,12 @@ const char* kind_name(PickleValue::Kind kind) {
       return "a storage";
     case PickleValue::Kind::kTensor:
       return "a tensor";
+    case PickleValue::Kind::kBytes:
+      return "bytes";
+    case PickleValue::Kind::kSet:
+      return "a set";
+    case PickleValue::Kind::kObject:
+      return "an object";
   }
   return "a value";
 }
@@ -127,11 +144,12 @@ const char* kind_name(PickleValue::Kind kind) {
 class Machine {
  public:
   Machine(std::string_view bytes, const StorageLoader& load_storage, const std::string& name,
-          std::deque<PickleValue>& arena)
+          std::deque<PickleValue>& arena, std::deque<PickleValue::ObjectParts>& object_parts)
       : bytes_(bytes),
         load_storage_(load_storage),
         name_(name),
         arena_(arena),
+        object_parts_(object_parts),
         budget_(std::min(kMaxUnpicklerBytes,
                          kUnpicklerBaseBytes + kUnpicklerBytesPerPickleByte * bytes.size())) {
     // None, True and False are immutable: one value each, however many the program pushes.
@@ -197,6 +215,15 @@ class Machine {
     arena_.back().kind = kind;
     return &arena_.back();
   }
+  PickleValue* make_object(std::string qualified_name, bool called) {
+    PickleValue* v = make(PickleValue::Kind::kObject);
+    charge(sizeof(PickleValue::ObjectParts) + qualified_name.size());
+    object_parts_.emplace_back();
+    v->parts = &object_parts_.back();
+    v->text = std::move(qualified_name);
+    v->called = called;
+    return v;
+  }
   PickleValue* make_int(int64_t value) {
     PickleValue* v = make(PickleValue::Kind::kInt);
     v->integer = value;
@@ -237,6 +264,11 @@ class Machine {
   }
 
   void set_item(PickleValue& dict, PickleValue* key, PickleValue* value) {
+    if (dict.kind == PickleValue::Kind::kObject) {  // a dict subclass's items: kept, in order
+      charge(sizeof(std::pair<PickleValue*, PickleValue*>));
+      dict.entries.emplace_back(key, value);
+      return;
+    }
     if (dict.kind != PickleValue::Kind::kDict) fail("sets an item on " + describe(dict));
     // Python's dict semantics: a string key set twice keeps its place and takes the new value.
     if (key->kind == PickleValue::Kind::kString) {
@@ -252,9 +284,31 @@ class Machine {
     dict.entries.emplace_back(key, value);
   }
   void append(PickleValue& list, PickleValue* item) {
-    if (list.kind != PickleValue::Kind::kList) fail("appends to " + describe(list));
     charge(sizeof(PickleValue*));
+    if (list.kind == PickleValue::Kind::kObject) {  // a list subclass's items
+      list.parts->appended.push_back(item);
+      return;
+    }
+    if (list.kind != PickleValue::Kind::kList) fail("appends to " + describe(list));
     list.items.push_back(item);
+  }
+  // What calling (REDUCE, NEWOBJ) a placeholder makes: another one, keeping the arguments.
+  PickleValue* placeholder_call(const PickleValue& callable,
+                                const std::vector<PickleValue*>& args) {
+    PickleValue* object = make_object(callable.text, /*called=*/true);
+    charge(args.size() * sizeof(PickleValue*));
+    object->items = args;
+    return object;
+  }
+  PickleValue* bytes_value(uint64_t length) {
+    if (length > kMaxBytesValue) {
+      fail("a bytes value of " + std::to_string(length) + " bytes, more than the " +
+           std::to_string(kMaxBytesValue) + " a checkpoint's non-tensor value may have");
+    }
+    PickleValue* v = make(PickleValue::Kind::kBytes);
+    charge(length);
+    v->text = std::string(text(length));
+    return v;
   }
 
   PickleValue* global(std::string_view module, std::string_view attribute);
@@ -281,6 +335,7 @@ class Machine {
   const StorageLoader& load_storage_;
   const std::string& name_;
   std::deque<PickleValue>& arena_;
+  std::deque<PickleValue::ObjectParts>& object_parts_;
   size_t position_ = 0;
   size_t opcode_offset_ = 0;
   std::string opcode_name_;
@@ -307,10 +362,8 @@ PickleValue* Machine::global(std::string_view module, std::string_view attribute
       return v;
     }
   }
-  TS_FAIL(name_, "the pickle names the global '", qualified,
-          "', which a tensor checkpoint does not need: only tensors in (nested) dicts are "
-          "converted, and no code from the file is ever run (offset ",
-          opcode_offset_, ")");
+  // Any other global: an inert stand-in keeping only its name (nothing is imported).
+  return make_object(std::move(qualified), /*called=*/false);
 }
 
 int64_t Machine::int_argument(const PickleValue& value, const char* what) {
@@ -496,10 +549,14 @@ void Machine::apply_tensor_metadata(const PickleValue& metadata, PickleValue& te
 }
 
 PickleValue* Machine::call(const PickleValue& callable, const PickleValue& args) {
-  if (callable.kind != PickleValue::Kind::kGlobal) fail("calls " + describe(callable));
+  const bool placeholder = callable.kind == PickleValue::Kind::kObject;
+  if (callable.kind != PickleValue::Kind::kGlobal && !placeholder) {
+    fail("calls " + describe(callable));
+  }
   if (args.kind != PickleValue::Kind::kTuple) {
     fail("expected a tuple of arguments for " + callable.text + ", found " + describe(args));
   }
+  if (placeholder) return placeholder_call(callable, args.items);  // never run
   switch (kAllowedGlobals[callable.global_id].action) {
     case Action::kOrderedDict:
       if (!args.items.empty()) fail("collections.OrderedDict is called with arguments");
@@ -545,6 +602,12 @@ PickleValue* Machine::call(const PickleValue& callable, const PickleValue& args)
     case Action::kTorchSize:
       if (args.items.size() != 1 || args.items[0]->kind != PickleValue::Kind::kTuple) {
         fail("torch.Size expects one tuple");
+      }
+      return args.items[0];
+    case Action::kFirstArgument:
+      if (args.items.empty() || args.items.size() > 2) {
+        fail(callable.text + " expects a value and at most a type, found " +
+             std::to_string(args.items.size()) + " arguments");
       }
       return args.items[0];
     case Action::kStorageType:
@@ -652,6 +715,30 @@ PickleValue* Machine::run() {
       case '}':  // EMPTY_DICT
         push(make(PickleValue::Kind::kDict));
         break;
+      case 'C':     // SHORT_BINBYTES
+      case 'B':     // BINBYTES
+      case 0x8e:    // BINBYTES8
+      case 0x96: {  // BYTEARRAY8
+        const size_t width = opcode == 'C' ? 1 : opcode == 'B' ? 4 : 8;
+        push(bytes_value(little_endian(width)));
+        break;
+      }
+      case 0x8f:  // EMPTY_SET
+        push(make(PickleValue::Kind::kSet));
+        break;
+      case 0x90: {  // ADDITEMS
+        std::vector<PickleValue*> items = pop_to_mark();
+        PickleValue* set = top();
+        if (set->kind != PickleValue::Kind::kSet) fail("adds items to " + describe(*set));
+        set->items.insert(set->items.end(), items.begin(), items.end());
+        break;
+      }
+      case 0x91: {  // FROZENSET
+        PickleValue* set = make(PickleValue::Kind::kSet);
+        set->items = pop_to_mark();
+        push(set);
+        break;
+      }
       case ']':  // EMPTY_LIST
         push(make(PickleValue::Kind::kList));
         break;
@@ -744,12 +831,42 @@ PickleValue* Machine::run() {
         push(call(*callable, *args));
         break;
       }
-      case 'b': {  // BUILD: an OrderedDict's attributes (a state_dict's _metadata) are dropped
+      case 0x81: {  // NEWOBJ: cls.__new__(cls, *args), only ever for a placeholder
+        PickleValue* args = pop();
+        PickleValue* cls = pop();
+        if (cls->kind != PickleValue::Kind::kObject) fail("instantiates " + describe(*cls));
+        if (args->kind != PickleValue::Kind::kTuple) {
+          fail("expected a tuple of arguments for " + cls->text + ", found " + describe(*args));
+        }
+        push(placeholder_call(*cls, args->items));
+        break;
+      }
+      case 0x92: {  // NEWOBJ_EX: cls.__new__(cls, *args, **kwargs)
+        PickleValue* kwargs = pop();
+        PickleValue* args = pop();
+        PickleValue* cls = pop();
+        if (cls->kind != PickleValue::Kind::kObject) fail("instantiates " + describe(*cls));
+        if (args->kind != PickleValue::Kind::kTuple || kwargs->kind != PickleValue::Kind::kDict) {
+          fail("expected a tuple of arguments and a dict of keyword arguments for " + cls->text);
+        }
+        std::vector<PickleValue*> all = args->items;
+        all.push_back(kwargs);
+        push(placeholder_call(*cls, all));
+        break;
+      }
+      case 'b': {  // BUILD: a placeholder keeps its states; an OrderedDict's (a state_dict's
+                   // _metadata) are dropped
         PickleValue* state = pop();
-        (void)state;
         PickleValue* object = top();
+        if (object->kind == PickleValue::Kind::kObject) {
+          charge(sizeof(PickleValue*));
+          object->parts->states.push_back(state);
+          break;
+        }
         if (object->kind != PickleValue::Kind::kDict) {
-          fail("sets the state of " + describe(*object) + "; only dicts' states are accepted");
+          fail("sets the state of " + describe(*object) +
+               "; only dicts' and objects' states are "
+               "accepted");
         }
         break;
       }
@@ -759,7 +876,7 @@ PickleValue* Machine::run() {
       default:
         fail(
             "this opcode is not one a tensor checkpoint uses (accepted: protocol 2-5 "
-            "containers, strings, numbers, GLOBAL, REDUCE, BUILD, BINPERSID)");
+            "containers, strings, bytes, numbers, GLOBAL, REDUCE, NEWOBJ, BUILD, BINPERSID)");
     }
   }
 }
@@ -816,11 +933,306 @@ void flatten_into(const PickleValue& value, const std::string& prefix, int depth
     } else if (item->kind == PickleValue::Kind::kDict) {
       flatten_into(*item, path, depth + 1, state);
     } else {
-      TS_FAIL(name, "'", path, "' is ", describe(*item),
-              ", not a tensor or a dict of tensors: only tensors in (nested) dicts can be "
-              "converted");
+      TS_FAIL(
+          name, "'", path, "' is ", describe(*item),
+          ", not a tensor or a dict of tensors: only tensors in (nested) dicts are converted "
+          "strictly",
+          item->kind == PickleValue::Kind::kObject
+              ? " (the global is never imported or called; without strict, what is not a tensor "
+                "is skipped and reported)"
+              : "");
     }
   }
+}
+
+// ---- extract_tensors: what a checkpoint holds, looked through without running anything ----
+
+// Python's names for the kinds (a placeholder's is its qualified name), for the skipped report.
+std::string type_name(const PickleValue& value) {
+  switch (value.kind) {
+    case PickleValue::Kind::kNone:
+      return "None";
+    case PickleValue::Kind::kBool:
+      return "bool";
+    case PickleValue::Kind::kInt:
+      return "int";
+    case PickleValue::Kind::kFloat:
+      return "float";
+    case PickleValue::Kind::kString:
+      return "str";
+    case PickleValue::Kind::kTuple:
+      return "tuple";
+    case PickleValue::Kind::kList:
+      return "list";
+    case PickleValue::Kind::kDict:
+      return "dict";
+    case PickleValue::Kind::kBytes:
+      return "bytes";
+    case PickleValue::Kind::kSet:
+      return "set";
+    case PickleValue::Kind::kStorage:
+      return "storage";
+    case PickleValue::Kind::kTensor:
+      return "tensor";
+    case PickleValue::Kind::kGlobal:
+    case PickleValue::Kind::kObject:
+      return value.text.substr(0, 200);
+  }
+  return "value";
+}
+
+// repr(float) as Python writes it: the shortest digits that read back the same double, in fixed
+// notation for decimal exponents -4 to 15 (with ".0" when integral), else scientific.
+std::string python_float(double value) {
+  if (std::isnan(value)) return "nan";
+  if (std::isinf(value)) return value < 0 ? "-inf" : "inf";
+  if (value == 0) return std::signbit(value) ? "-0.0" : "0.0";
+  char buffer[64];
+  int digits = 1;
+  for (; digits < 17; ++digits) {
+    std::snprintf(buffer, sizeof(buffer), "%.*e", digits - 1, value);
+    if (std::strtod(buffer, nullptr) == value) break;
+  }
+  std::snprintf(buffer, sizeof(buffer), "%.*e", digits - 1, value);
+  const int exponent = std::atoi(std::strchr(buffer, 'e') + 1);
+  if (exponent < -4 || exponent >= 16) {
+    std::string text = buffer;  // "1.5e+20": Python keeps two exponent digits at least, as C does
+    return text;
+  }
+  const int decimals = std::max(0, digits - 1 - exponent);
+  std::snprintf(buffer, sizeof(buffer), "%.*f", decimals, value);
+  std::string text = buffer;
+  if (text.find('.') == std::string::npos) text += ".0";
+  return text;
+}
+
+std::string python_str(const PickleValue& value) {
+  switch (value.kind) {
+    case PickleValue::Kind::kBool:
+      return value.boolean ? "True" : "False";
+    case PickleValue::Kind::kInt:
+      return std::to_string(value.integer);
+    case PickleValue::Kind::kFloat:
+      return python_float(value.real);
+    default:
+      return value.text;
+  }
+}
+
+bool is_scalar(const PickleValue& value) {
+  return value.kind == PickleValue::Kind::kBool || value.kind == PickleValue::Kind::kInt ||
+         value.kind == PickleValue::Kind::kFloat || value.kind == PickleValue::Kind::kString;
+}
+
+std::string join(const std::string& prefix, const std::string& part) {
+  return prefix.empty() ? part : prefix + "." + part;
+}
+
+// A dict key as a path part: a string as is, an int in decimal; nullopt for any other key.
+std::optional<std::string> key_part(const PickleValue& key) {
+  if (key.kind == PickleValue::Kind::kString) return key.text;
+  if (key.kind == PickleValue::Kind::kInt) return std::to_string(key.integer);
+  return std::nullopt;
+}
+
+struct ExtractState {
+  FlattenState flat;
+  Extracted& result;
+  bool metadata_scalars;
+  std::string key;  // the selected part's path, which skipped and scalar paths start with
+  std::unordered_set<const PickleValue*> on_path;
+  uint64_t visits = 0;
+  uint64_t path_bytes = 0;
+
+  void skip(const std::string& path, std::string type) {
+    result.skipped.emplace_back(join(key, path), std::move(type));
+  }
+};
+
+bool visit(const PickleValue& value, const std::string& path, int depth, bool in_plain_dict,
+           ExtractState& state);
+
+bool visit_entries(const std::vector<std::pair<PickleValue*, PickleValue*>>& entries,
+                   const std::string& path, int depth, bool plain, ExtractState& state) {
+  bool found = false;
+  for (const auto& [key, item] : entries) {
+    const std::optional<std::string> part = key_part(*key);
+    if (!part) {
+      state.skip(join(path, "<" + describe(*key) + ">"),
+                 "a dict entry whose key is a " + type_name(*key));
+      continue;
+    }
+    found |= visit(*item, join(path, *part), depth + 1, plain, state);
+  }
+  return found;
+}
+
+bool visit_items(const std::vector<PickleValue*>& items, const std::string& path, int depth,
+                 ExtractState& state) {
+  bool found = false;
+  for (size_t i = 0; i < items.size(); ++i) {
+    found |= visit(*items[i], join(path, std::to_string(i)), depth + 1, false, state);
+  }
+  return found;
+}
+
+bool visit(const PickleValue& value, const std::string& path, int depth, bool in_plain_dict,
+           ExtractState& state) {
+  const std::string& name = state.flat.name;
+  state.path_bytes += path.size();
+  TS_CHECK(++state.visits <= kMaxExtractVisits && state.path_bytes <= kMaxExtractPathBytes, name,
+           "the checkpoint's values are reached by more than ", kMaxExtractVisits, " paths or ",
+           kMaxExtractPathBytes,
+           " bytes of dotted names (shared containers nested in each "
+           "other): not a checkpoint's tree");
+  TS_CHECK(depth <= kMaxFlattenDepth, name, "'", join(state.key, path), "' is nested more than ",
+           kMaxFlattenDepth, " containers deep");
+  switch (value.kind) {
+    case PickleValue::Kind::kTensor: {
+      const std::string tensor_name = path.empty() ? state.key : path;
+      TS_CHECK(!tensor_name.empty(), name,
+               "the checkpoint holds a bare tensor, which has no name: expected a dict of "
+               "tensors (a state dict) or an object holding them");
+      TS_CHECK(state.flat.seen.insert(tensor_name).second, name, "two tensors are named '",
+               tensor_name, "' once nested keys are joined with '.'");
+      state.flat.out.emplace_back(tensor_name, resolve_tensor(value, tensor_name, state.flat));
+      return true;
+    }
+    case PickleValue::Kind::kDict:
+    case PickleValue::Kind::kList:
+    case PickleValue::Kind::kTuple:
+    case PickleValue::Kind::kSet:
+    case PickleValue::Kind::kObject:
+      break;
+    default:
+      if (state.metadata_scalars && in_plain_dict && is_scalar(value)) {
+        state.result.scalars.emplace_back(join(state.key, path), python_str(value));
+      } else {
+        state.skip(path, type_name(value));
+      }
+      return false;
+  }
+  if (!state.on_path.insert(&value).second) {  // a value inside itself (a memo cycle)
+    state.skip(path, "a reference to an enclosing " + type_name(value));
+    return false;
+  }
+  const size_t skipped_before = state.result.skipped.size();
+  const size_t scalars_before = state.result.scalars.size();
+  bool found = false;
+  switch (value.kind) {
+    case PickleValue::Kind::kDict:
+      found = visit_entries(value.entries, path, depth, /*plain=*/true, state);
+      break;
+    case PickleValue::Kind::kObject:
+      // A state dict's keys are attributes (a TorchScript module's `fc`, `weight`): they join
+      // the object's own path, as named_parameters() names them; so do a (state, slots) pair's.
+      for (const PickleValue* object_state : value.parts->states) {
+        const bool pair = object_state->kind == PickleValue::Kind::kTuple &&
+                          object_state->items.size() == 2 &&
+                          object_state->items[1]->kind == PickleValue::Kind::kDict;
+        if (object_state->kind == PickleValue::Kind::kDict) {
+          found |= visit_entries(object_state->entries, path, depth, false, state);
+        } else if (pair) {
+          if (object_state->items[0]->kind == PickleValue::Kind::kDict) {
+            found |= visit_entries(object_state->items[0]->entries, path, depth, false, state);
+          } else if (object_state->items[0]->kind != PickleValue::Kind::kNone) {
+            found |= visit(*object_state->items[0], path, depth + 1, false, state);
+          }
+          found |= visit_entries(object_state->items[1]->entries, path, depth, false, state);
+        } else {
+          found |= visit(*object_state, path, depth + 1, false, state);
+        }
+      }
+      found |= visit_entries(value.entries, path, depth, false, state);
+      found |= visit_items(value.parts->appended, path, depth, state);
+      found |= visit_items(value.items, path, depth, state);
+      break;
+    default:
+      found = visit_items(value.items, path, depth, state);
+  }
+  state.on_path.erase(&value);
+  if (!found && state.result.scalars.size() == scalars_before) {
+    // Nothing kept inside: the whole part is one entry of the report.
+    state.result.skipped.resize(skipped_before);
+    state.skip(path, type_name(value));
+  }
+  return found;
+}
+
+// The value a dotted key names, and (with metadata_scalars) the scalars beside the way to it.
+const PickleValue& select(const PickleValue& root, const std::string& key, bool metadata_scalars,
+                          Extracted& result, const std::string& name) {
+  std::vector<std::string> parts;
+  for (size_t begin = 0;;) {
+    const size_t dot = key.find('.', begin);
+    parts.push_back(key.substr(begin, dot == std::string::npos ? std::string::npos : dot - begin));
+    if (dot == std::string::npos) break;
+    begin = dot + 1;
+  }
+  const PickleValue* value = &root;
+  std::string path;
+  for (size_t i = 0; i < parts.size();) {
+    // The entries to look in: a dict's, or a placeholder's state dicts' and items.
+    std::vector<const std::vector<std::pair<PickleValue*, PickleValue*>>*> tables;
+    if (value->kind == PickleValue::Kind::kDict) tables.push_back(&value->entries);
+    if (value->kind == PickleValue::Kind::kObject) {
+      for (const PickleValue* s : value->parts->states) {
+        if (s->kind == PickleValue::Kind::kDict) tables.push_back(&s->entries);
+      }
+      tables.push_back(&value->entries);
+    }
+    const PickleValue* next = nullptr;
+    size_t used = 0;
+    // Keys may hold dots themselves ("model.fc.weight" in a state dict): the longest one wins.
+    for (size_t n = parts.size() - i; n >= 1 && next == nullptr; --n) {
+      std::string candidate = parts[i];
+      for (size_t j = 1; j < n; ++j) candidate += "." + parts[i + j];
+      for (const auto* table : tables) {
+        for (const auto& [k, item] : *table) {
+          const std::optional<std::string> part = key_part(*k);
+          if (part && *part == candidate) {
+            next = item;
+            used = n;
+          }
+        }
+      }
+      const bool sequence =
+          value->kind == PickleValue::Kind::kList || value->kind == PickleValue::Kind::kTuple;
+      if (next == nullptr && sequence && n == 1 && !candidate.empty() &&
+          candidate.find_first_not_of("0123456789") == std::string::npos && candidate.size() < 10 &&
+          std::stoull(candidate) < value->items.size()) {
+        next = value->items[std::stoull(candidate)];
+        used = 1;
+      }
+    }
+    if (next == nullptr) {
+      std::string keys;
+      size_t count = 0;
+      for (const auto* table : tables) {
+        for (const auto& entry : *table) {
+          if (++count <= 8) keys += (keys.empty() ? "" : ", ") + describe(*entry.first);
+        }
+      }
+      if (count > 8) keys += " and " + std::to_string(count - 8) + " more";
+      TS_FAIL(name, "key '", key, "': ", path.empty() ? std::string("the top") : "'" + path + "'",
+              " (", describe(*value), ") has no entry '", parts[i], "'",
+              keys.empty() ? std::string() : " (it has " + keys + ")");
+    }
+    if (metadata_scalars && value->kind == PickleValue::Kind::kDict) {
+      for (const auto& [k, item] : value->entries) {
+        const std::optional<std::string> part = key_part(*k);
+        if (part && item != next && is_scalar(*item)) {
+          result.scalars.emplace_back(join(path, *part), python_str(*item));
+        }
+      }
+    }
+    std::string step = parts[i];
+    for (size_t j = 1; j < used; ++j) step += "." + parts[i + j];
+    path = join(path, step);
+    value = next;
+    i += used;
+  }
+  return *value;
 }
 
 }  // namespace
@@ -835,6 +1247,9 @@ std::string describe(const PickleValue& value) {
       return value.boolean ? "True" : "False";
     case PickleValue::Kind::kGlobal:
       return "the global " + value.text;
+    case PickleValue::Kind::kObject:
+      return (value.called ? "an object made by '" : "the global '") + value.text.substr(0, 200) +
+             "'";
     case PickleValue::Kind::kTuple:
     case PickleValue::Kind::kList:
       return std::string(kind_name(value.kind)) + " of " + std::to_string(value.items.size());
@@ -846,7 +1261,7 @@ std::string describe(const PickleValue& value) {
 PickleTree unpickle(std::string_view bytes, const StorageLoader& load_storage,
                     const std::string& name) {
   PickleTree tree;
-  Machine machine(bytes, load_storage, name, tree.arena_);
+  Machine machine(bytes, load_storage, name, tree.arena_, tree.object_parts_);
   tree.root_ = machine.run();
   return tree;
 }
@@ -858,6 +1273,21 @@ std::vector<std::pair<std::string, at::Tensor>> flatten_tensors(const PickleValu
   FlattenState state{name, {}, {}, {}};
   flatten_into(root, "", 0, state);
   return std::move(state.out);
+}
+
+Extracted extract_tensors(const PickleValue& root, const std::string& key, bool strict,
+                          bool metadata_scalars, const std::string& name) {
+  Extracted result;
+  const PickleValue& selected =
+      key.empty() ? root : select(root, key, metadata_scalars, result, name);
+  if (strict) {  // today's rule for the selected part: (nested) dicts of tensors, nothing else
+    result.tensors = flatten_tensors(selected, name);
+    return result;
+  }
+  ExtractState state{{name, {}, {}, {}}, result, metadata_scalars, key, {}, 0, 0};
+  visit(selected, "", 0, selected.kind == PickleValue::Kind::kDict, state);
+  result.tensors = std::move(state.flat.out);
+  return result;
 }
 
 }  // namespace torch::safetensors::convert

@@ -71,5 +71,6 @@ void bind_distributed(py::module_& m);  // shard plans, load_for_rank, the c10d 
 void bind_executorch(py::module_& m);   // .ptd files
 void bind_coverage(py::module_& m);     // DCP chunk placement and coverage
 void bind_aoti(py::module_& m);         // AOTInductor packages' constants
+void bind_convert(py::module_& m);      // torch checkpoints: read and convert
 
 }  // namespace torch::safetensors::python

@@ -20,4 +20,5 @@ PYBIND11_MODULE(_C, m) {
   python::bind_coverage(m);
   python::bind_executorch(m);
   python::bind_aoti(m);
+  python::bind_convert(m);
 }
