@@ -7,6 +7,7 @@ are in test/data/adversarial_convert (legacy_*, tools/gen_adversarial.py)."""
 
 import collections
 import io
+import json
 import os
 import pickle
 import struct
@@ -101,6 +102,33 @@ def test_module_state_dict_with_its_metadata_converts(tmp_path):
     assert code == 0
     expected, loaded = assert_same_as_torch_load(source, tmp_path / "model.safetensors")
     assert sorted(loaded) == sorted(model.state_dict())
+
+
+def test_sharded_legacy_bins_beside_a_zip_shard_convert_through_their_index(tmp_path):
+    """transformers' pytorch_model.bin.index.json over legacy shards (and a zip one): each shard
+    is recognised by its first bytes, to sharded safetensors."""
+    torch.manual_seed(1)
+    tensors = {f"layers.{i}.weight": torch.randn(16, 16).to(torch.bfloat16) for i in range(6)}
+    names = list(tensors)
+    shards = {"pytorch_model-00001-of-00003.bin": names[:2],
+              "pytorch_model-00002-of-00003.bin": names[2:4],
+              "pytorch_model-00003-of-00003.bin": names[4:]}
+    source = tmp_path / "bin"
+    source.mkdir()
+    for number, (shard, shard_names) in enumerate(shards.items()):
+        shard_tensors = {n: tensors[n] for n in shard_names}
+        if number < 2:
+            legacy_save(shard_tensors, source / shard)
+        else:
+            torch.save(shard_tensors, source / shard)
+    (source / "pytorch_model.bin.index.json").write_text(json.dumps(
+        {"weight_map": {n: shard for shard, shard_names in shards.items() for n in shard_names}}))
+    out = tmp_path / "st"
+    assert main(["convert", str(source), str(out), "--max-shard-size", "1KB"]) == 0
+    index = json.loads((out / "model.safetensors.index.json").read_text())
+    assert sorted(index["weight_map"]) == sorted(tensors)
+    for name, tensor in tensors.items():
+        assert same_bits(safetensors.torch.load_file(out / index["weight_map"][name])[name], tensor)
 
 
 def cuda_tagged(data):
