@@ -11,8 +11,9 @@
 #      fuzz_open (FUZZ_SECONDS, default 60) from test/data/adversarial and fuzz/seeds; fuzz_index
 #      (sharded checkpoint indexes; INDEX_FUZZ_SECONDS, 30) from test/data/adversarial_index;
 #      fuzz_unpickle (the converter's restricted unpickler; UNPICKLE_FUZZ_SECONDS, 20) from
-#      fuzz/seeds_pickle and test/data/adversarial_convert; fuzz_ptd (ExecuTorch .ptd files;
-#      PTD_FUZZ_SECONDS, 20) from fuzz/seeds_ptd; fuzz_dcp_metadata (DCP sharding metadata and
+#      fuzz/seeds_pickle and test/data/adversarial_convert; fuzz_legacy (the legacy non-zip
+#      torch.save reader; LEGACY_FUZZ_SECONDS, 20) from fuzz/seeds_legacy and the same corpus;
+#      fuzz_ptd (ExecuTorch .ptd files; PTD_FUZZ_SECONDS, 20) from fuzz/seeds_ptd; fuzz_dcp_metadata (DCP sharding metadata and
 #      chunk coverage; DCP_FUZZ_SECONDS, 20) from fuzz/seeds_dcp; fuzz_quant_config (quantization
 #      configs and metadata; QUANT_FUZZ_SECONDS, 20) from fuzz/seeds_quant
 #
@@ -23,6 +24,7 @@ cd "$(dirname "$0")/.."
 REPO=$(pwd)
 FUZZ_SECONDS=${FUZZ_SECONDS:-60}
 UNPICKLE_FUZZ_SECONDS=${UNPICKLE_FUZZ_SECONDS:-20}
+LEGACY_FUZZ_SECONDS=${LEGACY_FUZZ_SECONDS:-20}
 PTD_FUZZ_SECONDS=${PTD_FUZZ_SECONDS:-20}
 INDEX_FUZZ_SECONDS=${INDEX_FUZZ_SECONDS:-30}
 DCP_FUZZ_SECONDS=${DCP_FUZZ_SECONDS:-20}
@@ -148,7 +150,7 @@ start_fuzzer() {
   FUZZERS+=("$1")
 }
 
-section "4/5 libFuzzer: fuzz_open (${FUZZ_SECONDS}s), fuzz_index (${INDEX_FUZZ_SECONDS}s), fuzz_unpickle (${UNPICKLE_FUZZ_SECONDS}s), fuzz_ptd (${PTD_FUZZ_SECONDS}s), fuzz_dcp_metadata (${DCP_FUZZ_SECONDS}s), fuzz_quant_config (${QUANT_FUZZ_SECONDS}s), $JOBS at a time"
+section "4/5 libFuzzer: fuzz_open (${FUZZ_SECONDS}s), fuzz_index (${INDEX_FUZZ_SECONDS}s), fuzz_unpickle (${UNPICKLE_FUZZ_SECONDS}s), fuzz_legacy (${LEGACY_FUZZ_SECONDS}s), fuzz_ptd (${PTD_FUZZ_SECONDS}s), fuzz_dcp_metadata (${DCP_FUZZ_SECONDS}s), fuzz_quant_config (${QUANT_FUZZ_SECONDS}s), $JOBS at a time"
 rm -f "$ASAN_DIR"/fuzz/*.status
 start_fuzzer fuzz_open "$FUZZ_SECONDS" 65536 "test/data/adversarial fuzz/seeds" \
   tools/gen_adversarial.py -dict=fuzz/safetensors.dict
@@ -158,6 +160,10 @@ start_fuzzer fuzz_index "$INDEX_FUZZ_SECONDS" 4096 test/data/adversarial_index \
 # The converter's restricted unpickler and zip reader.
 start_fuzzer fuzz_unpickle "$UNPICKLE_FUZZ_SECONDS" 65536 \
   "fuzz/seeds_pickle test/data/adversarial_convert" test/cpp/test_convert.cpp
+# The legacy (non-zip) torch.save reader.
+start_fuzzer fuzz_legacy "$LEGACY_FUZZ_SECONDS" 65536 \
+  "fuzz/seeds_legacy test/data/adversarial_convert" \
+  "legacy_convert_cases() in tools/gen_adversarial.py"
 # ExecuTorch .ptd files.
 start_fuzzer fuzz_ptd "$PTD_FUZZ_SECONDS" 65536 fuzz/seeds_ptd \
   "PtdBadInput in test/cpp/test_executorch.cpp (and fuzz/seeds_ptd)"

@@ -1,10 +1,14 @@
 """Converting a torch.save checkpoint to safetensors: `torch-safetensors convert` (the C++
 restricted unpickler + save, called in this process through the extension) against
-`torch.load(weights_only=True)` + the reference `safetensors.torch.save_file`, in the same run.
+`torch.load` + the reference `safetensors.torch.save_file`, in the same run, for the checkpoint
+(zip format, against `torch.load(weights_only=True)`) and the same tensors re-saved in the legacy
+pre-1.6 format (`_use_new_zipfile_serialization=False`, against `torch.load(weights_only=False)`,
+as such files are usually loaded).
 
     python3 bench/convert_bench.py                          # the bench/ Llama-like .pt if present
     python3 bench/convert_bench.py --checkpoint model.bin   # any torch.save file
     python3 bench/convert_bench.py --scale 0.1              # generate a smaller Llama-like one
+    python3 bench/convert_bench.py --formats legacy         # only the legacy-format row
 
 Page cache warm (one warm-up each), medians of --reps runs, alternating the two sides. Both write
 {"format": "pt"} metadata, so the two outputs must be byte-identical: checked after timing.
@@ -42,9 +46,50 @@ def ours(source, target):
     assert code == 0, code
 
 
-def reference(source, target):
-    state = torch.load(source, weights_only=True)
+def reference(source, target, weights_only=True):
+    state = torch.load(source, weights_only=weights_only)
     save_file(state, target, metadata={"format": "pt"})
+
+
+def legacy_reference(source, target):
+    reference(source, target, weights_only=False)
+
+
+def save_legacy(zip_source, path):
+    torch.save(torch.load(zip_source, weights_only=True), path,
+               _use_new_zipfile_serialization=False)
+
+
+def compare(source, workdir, label, reference_side, reps):
+    """Times both sides on `source` (alternating, one warm-up); prints a row, returns whether the
+    two outputs are byte-identical."""
+    size = os.path.getsize(source)
+    out_ours = os.path.join(workdir, "ours.safetensors")
+    out_reference = os.path.join(workdir, "reference.safetensors")
+    times = {"ours": [], "reference": []}
+    sides = {"ours": (ours, out_ours), "reference": (reference_side, out_reference)}
+    for rep in range(reps + 1):
+        for name, (function, target) in sides.items():
+            start = time.perf_counter()
+            function(source, target)
+            elapsed = time.perf_counter() - start
+            if rep > 0:
+                times[name].append(elapsed)
+    ours_s = statistics.median(times["ours"])
+    reference_s = statistics.median(times["reference"])
+    reference_name = {reference: "torch.load(weights_only=True)",
+                      legacy_reference: "torch.load(weights_only=False)"}[reference_side]
+    print(f"{label} ({size / 1e9:.3f} GB):")
+    print(f"  torch-safetensors convert:                        {ours_s:8.3f} s "
+          f"({size / ours_s / 1e9:.2f} GB/s)")
+    print(f"  {reference_name + ' + save_file:':48s} {reference_s:8.3f} s "
+          f"({size / reference_s / 1e9:.2f} GB/s)")
+    print(f"  ratio (reference / ours, > 1: ours faster):       {reference_s / ours_s:8.2f}x")
+    identical = filecmp.cmp(out_ours, out_reference, shallow=False)
+    print(f"  outputs byte-identical: {identical}")
+    for path in (out_ours, out_reference):
+        os.remove(path)
+    return identical
 
 
 def main():
@@ -52,6 +97,9 @@ def main():
     parser.add_argument("--checkpoint", help="a torch.save file (default: bench/'s llama_bf16.pt)")
     parser.add_argument("--scale", type=float, help="generate a Llama-like checkpoint this size")
     parser.add_argument("--reps", type=int, default=3)
+    parser.add_argument("--formats", default="zip,legacy",
+                        help="comma-separated: zip (the checkpoint), legacy (it re-saved in the "
+                             "pre-1.6 format)")
     args = parser.parse_args()
 
     workdir = tempfile.mkdtemp(prefix="convert_bench_")
@@ -61,33 +109,18 @@ def main():
     if source is None:
         source = os.path.join(workdir, "llama.pt")
         make_checkpoint(source, args.scale if args.scale is not None else 1.0)
-    size = os.path.getsize(source)
-    print(f"checkpoint: {source} ({size / 1e9:.3f} GB), torch {torch.__version__}, "
-          f"{os.cpu_count()} cores, medians of {args.reps} after one warm-up")
-
-    out_ours = os.path.join(workdir, "ours.safetensors")
-    out_reference = os.path.join(workdir, "reference.safetensors")
-    times = {"ours": [], "reference": []}
-    sides = {"ours": (ours, out_ours), "reference": (reference, out_reference)}
-    for rep in range(args.reps + 1):
-        for name, (function, target) in sides.items():
-            start = time.perf_counter()
-            function(source, target)
-            elapsed = time.perf_counter() - start
-            if rep > 0:
-                times[name].append(elapsed)
-
-    ours_s = statistics.median(times["ours"])
-    reference_s = statistics.median(times["reference"])
-    print(f"torch-safetensors convert:                        {ours_s:8.3f} s "
-          f"({size / ours_s / 1e9:.2f} GB/s)")
-    print(f"torch.load(weights_only=True) + save_file:        {reference_s:8.3f} s "
-          f"({size / reference_s / 1e9:.2f} GB/s)")
-    print(f"ratio (reference / ours, > 1: ours faster):       {reference_s / ours_s:8.2f}x")
-    identical = filecmp.cmp(out_ours, out_reference, shallow=False)
-    print(f"outputs byte-identical: {identical}")
-    for path in (out_ours, out_reference):
-        os.remove(path)
+    formats = args.formats.split(",")
+    assert set(formats) <= {"zip", "legacy"}, formats
+    print(f"checkpoint: {source} ({os.path.getsize(source) / 1e9:.3f} GB), torch "
+          f"{torch.__version__}, {os.cpu_count()} cores, medians of {args.reps} after one warm-up")
+    identical = True
+    if "zip" in formats:
+        identical &= compare(source, workdir, "zip format", reference, args.reps)
+    if "legacy" in formats:
+        legacy = os.path.join(workdir, "legacy.pt")
+        save_legacy(source, legacy)
+        identical &= compare(legacy, workdir, "legacy format", legacy_reference, args.reps)
+        os.remove(legacy)
     if source.startswith(workdir):
         os.remove(source)
     os.rmdir(workdir)

@@ -4,7 +4,8 @@ _metadata, a training checkpoint with objects), a TorchScript module's data.pkl,
 objects of unknown classes (placeholders: NEWOBJ, BUILD, sets, bytes) and hand-made hostile
 pickles. Run from the repository root:
 python3 fuzz/make_pickle_seeds.py. (tools/gen_adversarial.py adds convert_*.pkl: the data.pkl of
-each case of the converter's adversarial corpus.)"""
+each case of the converter's adversarial corpus.) It also writes fuzz/seeds_legacy: whole files
+in the legacy (pre-1.6, non-zip) torch.save format, for fuzz_legacy."""
 
 import io
 import os
@@ -14,6 +15,7 @@ import zipfile
 import torch
 
 OUT = os.path.join(os.path.dirname(os.path.abspath(__file__)), "seeds_pickle")
+LEGACY_OUT = os.path.join(os.path.dirname(os.path.abspath(__file__)), "seeds_legacy")
 
 
 def data_pkl(obj):
@@ -22,6 +24,35 @@ def data_pkl(obj):
     with zipfile.ZipFile(io.BytesIO(buffer.getvalue())) as archive:
         (name,) = [n for n in archive.namelist() if n.endswith("/data.pkl")]
         return archive.read(name)
+
+
+def legacy_file(obj, protocol=2):
+    buffer = io.BytesIO()
+    torch.save(obj, buffer, _use_new_zipfile_serialization=False, pickle_protocol=protocol)
+    return buffer.getvalue()
+
+
+def write_legacy_seeds():
+    """Legacy files of every dtype torch.save writes in that format, ties and views, protocols 2
+    and 4, and one whose storages are tagged 'cuda:0' (as saved from a GPU)."""
+    os.makedirs(LEGACY_OUT, exist_ok=True)
+    shared = torch.arange(12, dtype=torch.float32)
+    dtypes = {str(d).split(".")[1]: torch.ones(2, dtype=d) for d in [
+        torch.float32, torch.float64, torch.float16, torch.bfloat16, torch.uint8, torch.int8,
+        torch.int16, torch.int32, torch.int64, torch.bool, torch.complex64]}
+    ties = {"a": shared, "b": shared, "v": shared[2:8].view(2, 3), "t": shared.view(3, 4).t()}
+    seeds = {
+        "legacy_dtypes": legacy_file(dtypes),
+        "legacy_ties_and_views_protocol4": legacy_file(ties, protocol=4),
+        "legacy_module_state_dict": legacy_file(
+            torch.nn.Sequential(torch.nn.Linear(2, 2)).state_dict()),
+        "legacy_cuda_tagged": legacy_file(ties).replace(b"X\x03\x00\x00\x00cpu",
+                                                        b"X\x06\x00\x00\x00cuda:0"),
+        "legacy_evil": legacy_file({"w": Evil()}),
+    }
+    for name, blob in seeds.items():
+        with open(os.path.join(LEGACY_OUT, name + ".pt"), "wb") as f:
+            f.write(blob)
 
 
 class Evil:
@@ -105,6 +136,7 @@ def main():
                                 protocol=protocol))
     with open(os.path.join(OUT, "plain_protocol4.pkl"), "wb") as f:
         f.write(pickle.dumps({"a": {"b": [1, 2.5, "s", (1, 2), 2**70]}}, protocol=4))
+    write_legacy_seeds()
 
 
 if __name__ == "__main__":

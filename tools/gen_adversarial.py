@@ -869,6 +869,129 @@ def convert_cases():
         "s", b"\x8f(K\x01K\x02\x90"), ("f", b"(K\x01\x91"), (
         "x", pk_global("m", "K") + b")}\x92")]), "EXTRACTS")
     placeholder("bytes_too_large", b"\x8e" + le64(1 << 40), "a bytes value of 1099511627776 bytes")
+    out += legacy_convert_cases()
+    return out
+
+
+# The legacy (pre-1.6, non-zip) torch.save layout (convert/legacy_format.h): the pickled magic
+# number, protocol version and system info, the object, the storage key list, then per key an
+# 8-byte element count and the bytes.
+LEGACY_MAGIC = b"\x80\x02\x8a\x0a" + (0x1950A86A20F9469CFC6C).to_bytes(10, "little") + b"."
+
+
+def pk_legacy_storage(storage_type, key, numel, view=b"N", location="cpu"):
+    """A legacy persistent id: ('storage', type, root key, location, numel, view metadata)."""
+    return (b"(" + pk_str("storage") + pk_global("torch", storage_type) + pk_str(key) +
+            pk_str(location) + pk_int(numel) + view + b"tQ")
+
+
+def legacy_checkpoint(object_pickle, keys=("0",), records=((6, F32_6),), version=1001,
+                      little_endian=b"\x88", magic=LEGACY_MAGIC, key_list=None, tail=b""):
+    sys_info = pk_dict([("protocol_version", pk_int(1001)), ("little_endian", little_endian),
+                        ("type_sizes", pk_dict([("short", pk_int(2)), ("int", pk_int(4)),
+                                                ("long", pk_int(4))]))])
+    if key_list is None:
+        key_list = pk_program(b"](" + b"".join(pk_str(k) for k in keys) + b"e")
+    out = magic + pk_program(pk_int(version)) + pk_program(sys_info) + object_pickle + key_list
+    for count, data in records:
+        out += struct.pack("<q", count) + data
+    return out + tail
+
+
+def legacy_convert_cases():
+    """The legacy format's cases: its framing, the key list against the persistent ids, the
+    records against the file, and storage views (torch before 1.0)."""
+    out = []
+
+    def add(name, blob, expected):
+        out.append(("legacy_" + name, blob, expected))
+
+    def one_tensor(storage_id, size=(2, 3), stride=(3, 1), offset=0):
+        return pk_program(pk_dict([("w", pk_tensor(storage_id, offset, list(size),
+                                                   list(stride)))]))
+
+    w = one_tensor(pk_legacy_storage("FloatStorage", "0", 6))
+    add("ok_basic", legacy_checkpoint(w), "OK")
+    # A view (key, offset, numel) of the root: elements 1 to 4, beside the root itself.
+    view = b"(" + pk_str("v") + pk_int(1) + pk_int(4) + b"t"
+    add("ok_storage_view", legacy_checkpoint(pk_program(pk_dict([
+        ("v", pk_tensor(pk_legacy_storage("FloatStorage", "0", 6, view=view), 1, [3], [1])),
+        ("w", pk_tensor(pk_legacy_storage("FloatStorage", "0", 6), 0, [6], [1]))]))), "OK")
+    # Two storages, each record's count in its own dtype's elements.
+    add("ok_two_storages", legacy_checkpoint(pk_program(pk_dict([
+        ("a", pk_tensor(pk_legacy_storage("HalfStorage", "1", 3), 0, [3], [1])),
+        ("w", pk_tensor(pk_legacy_storage("FloatStorage", "0", 6), 0, [2, 3], [3, 1]))])),
+        keys=("0", "1"), records=((6, F32_6), (3, b"\x00\x3c\x00\xc0\x00\x00"))), "OK")
+
+    # ---- framing ----
+    add("magic_wrong", legacy_checkpoint(w, magic=LEGACY_MAGIC.replace(b"\x19.", b"\x18.")),
+        "a pickle stream, but not a torch.save file: the legacy format starts with its magic "
+        "number 0x1950a86a20f9469cfc6c")
+    add("version_wrong", legacy_checkpoint(w, version=1000),
+        "the legacy format's protocol version is the int 1000, expected the int 1001")
+    add("big_endian", legacy_checkpoint(w, little_endian=b"\x89"),
+        "says little_endian is False: the storages are in a big-endian machine's byte order")
+    add("truncated_pickle", legacy_checkpoint(w[:40], key_list=b"", records=()),
+        "pickle truncated")
+
+    # ---- the key list against the persistent ids ----
+    add("key_unnamed", legacy_checkpoint(w, keys=("0", "7"), records=((6, F32_6), (0, b""))),
+        "the storage key list names storage '7', which the pickled object does not name")
+    add("key_twice", legacy_checkpoint(w, keys=("0", "0"), records=((6, F32_6), (6, F32_6))),
+        "the storage key list names storage '0' twice")
+    add("key_missing", legacy_checkpoint(w, keys=(), records=()),
+        "storage '0' is named by the pickled object but missing from the storage key list (0 "
+        "keys): the file has no data for it")
+    add("keys_not_a_list", legacy_checkpoint(w, key_list=pk_program(pk_dict([("0", pk_int(1))]))),
+        "the legacy format's storage key list is a dict, expected a list of strings")
+    add("keys_not_strings", legacy_checkpoint(w, key_list=pk_program(b"](" + pk_int(0) + b"e")),
+        "the legacy format's storage key list is a list of 1 holding a non-string, expected a "
+        "list of strings")
+    add("zip_persistent_id", legacy_checkpoint(one_tensor(pk_storage("FloatStorage", "0", 6))),
+        "expected a persistent id ('storage', type, key, location, numel, view), found a tuple "
+        "of 5")
+    add("untyped_storage", legacy_checkpoint(one_tensor(
+        pk_legacy_storage("UntypedStorage", "0", 24), size=[24], stride=[1])),
+        "the legacy format names torch.UntypedStorage, whose dtype it does not record")
+
+    # ---- the records against the file: memory bounded by what the file holds ----
+    add("count_wrong", legacy_checkpoint(w, records=((5, F32_6),)),
+        "storage '0': the file counts 5 elements at offset")
+    add("count_negative", legacy_checkpoint(w, records=((-1, F32_6),)),
+        "storage '0': the file counts -1 elements at offset")
+    add("storage_truncated", legacy_checkpoint(w, records=((6, F32_6[:20]),)),
+        "truncated: storage '0' needs 24 bytes at offset")
+    add("count_truncated", legacy_checkpoint(w, records=()) + b"\x06\x00",
+        "truncated: storage '0''s element count at offset")
+    add("numel_huge", legacy_checkpoint(one_tensor(
+        pk_legacy_storage("FloatStorage", "0", 1 << 60)), records=((1 << 60, F32_6),)),
+        "storage '0' claims 4611686018427387904 bytes (1152921504606846976 Float elements), more "
+        "than the file's")
+    add("bytes_after_storages", legacy_checkpoint(w, tail=b"\x00" * 5),
+        "5 bytes follow the last storage")
+
+    # ---- storage views: inside their root, one key one slice ----
+    def viewed(view_key, offset, numel, key="0"):
+        return b"(" + pk_str(view_key) + pk_int(offset) + pk_int(numel) + b"t"
+    add("view_past_root", legacy_checkpoint(one_tensor(
+        pk_legacy_storage("FloatStorage", "0", 6, view=viewed("v", 4, 4)), size=[4], stride=[1])),
+        "storage view 'v' covers elements 4 to 4 + 4 of storage '0', which has 6 Float elements")
+    add("view_key_is_root", legacy_checkpoint(one_tensor(
+        pk_legacy_storage("FloatStorage", "0", 6, view=viewed("0", 0, 2)), size=[2], stride=[1])),
+        "storage view key '0' is also the key of a storage")
+    add("view_twice_different", legacy_checkpoint(pk_program(pk_dict([
+        ("a", pk_tensor(pk_legacy_storage("FloatStorage", "0", 6, view=viewed("v", 0, 2)), 0,
+                        [2], [1])),
+        ("b", pk_tensor(pk_legacy_storage("FloatStorage", "0", 6, view=viewed("v", 2, 2)), 0,
+                        [2], [1]))]))),
+        "storage view 'v' is named twice, as different slices")
+    add("view_metadata_not_tuple", legacy_checkpoint(one_tensor(
+        pk_legacy_storage("FloatStorage", "0", 6, view=pk_int(3)))),
+        "expected storage '0''s view metadata to be None or (view key, offset, numel), found the "
+        "int 3")
+    add("view_tensor_past_view", legacy_checkpoint(one_tensor(
+        pk_legacy_storage("FloatStorage", "0", 6, view=viewed("v", 2, 2)), size=[3], stride=[1])),
+        "reaches element 2 of a storage of 2 Float elements")
     return out
 
 

@@ -28,6 +28,9 @@ namespace torch::safetensors {
 // The tensors of a torch.save checkpoint, read by a restricted unpickler that knows only tensors,
 // (ordered) dicts and plain values, and never imports or calls anything. `path` is
 //   - a zip-format torch.save file (`.pt`, `.pth`, `.bin`: torch 1.6 and later);
+//   - a legacy (pre-1.6, non-zip) torch.save file, recognised by its first byte: read with the
+//     same unpickler, every storage record checked against the file; storages saved from CUDA
+//     are read as CPU bytes (convert/legacy_format.h);
 //   - a `*.bin.index.json` (transformers' sharded `pytorch_model.bin.index.json`): every shard it
 //     names, each checked to hold exactly the tensors the index assigns to it;
 //   - a directory: its `pytorch_model.bin.index.json`, else its one `*.bin.index.json`, else its
@@ -36,7 +39,7 @@ namespace torch::safetensors {
 // storage in the file share one here (the tie policy of save() sees them). Storages are zero-copy
 // views of the mapped file where the archive stores them uncompressed (as torch.save does).
 // Anything else — a list, a number, an optimizer's param_groups, an object of any class (never
-// imported or called), the legacy pre-zip format — is a c10::Error naming it: this is
+// imported or called), the tar format of torch before 0.4 — is a c10::Error naming it: this is
 // read_torch_checkpoint with ExtractOptions::strict, which also reads training checkpoints,
 // torch::save archives and TorchScript modules.
 // Hostile files are errors, never guesses (docs/dev/hardening.md, "Converter limits"): the zip's

@@ -9,7 +9,9 @@
 #include <fstream>
 #include <string>
 
+#include "convert/torch_zip.h"
 #include "convert/unpickler.h"
+#include "storage/io.h"
 #include "test_util.h"
 #include "torch_safetensors/convert.h"
 
@@ -632,4 +634,38 @@ TEST(LibTorchArchives, TorchSaveOfATensorAndOfAVectorOfTensors) {
     ASSERT_TRUE(vector.contains(std::to_string(i))) << i;
     EXPECT_TRUE(same_bits(vector[std::to_string(i)], loaded[i])) << i;
   }
+}
+
+// ---- the legacy (non-zip) format: zero-copy where a storage is aligned, a copy elsewhere ----
+
+TEST(LegacyFormat, StoragesViewTheFileWhereAlignedAndAreCopiedElsewhere) {
+  std::ifstream in(std::string(TS_TEST_DATA_DIR) + "/adversarial_convert/legacy_ok_two_storages.pt",
+                   std::ios::binary);
+  const std::string original((std::istreambuf_iterator<char>(in)),
+                             std::istreambuf_iterator<char>());
+  ASSERT_GT(original.size(), 23u);
+  // FRAME opcodes (9 bytes each, a length hint the unpickler skips) after the system info's PROTO
+  // shift the storages by 9 bytes each: one of four shifts puts the F32 storage on 4 bytes.
+  int viewed = 0;
+  for (int frames = 0; frames < 4; ++frames) {
+    std::string bytes = original;
+    for (int i = 0; i < frames; ++i) bytes.insert(23, std::string("\x95\0\0\0\0\0\0\0\0", 9));
+    auto mapped = st::memory_source(bytes, "legacy.pt");
+    const st::NamedTensors tensors = convert::load_torch_archive(mapped, "legacy.pt");
+    const st::NamedTensors copied = convert::load_torch_archive(
+        st::storage::borrowed_memory_source(bytes, "legacy.pt"), "legacy.pt");
+    ASSERT_EQ(tensors.size(), 2u);
+    for (size_t i = 0; i < tensors.size(); ++i) {
+      const at::Tensor& t = tensors[i].second;
+      EXPECT_TRUE(t.view(at::kByte).equal(copied[i].second.view(at::kByte))) << tensors[i].first;
+      const auto* p = static_cast<const uint8_t*>(t.data_ptr());
+      const bool in_source = p >= mapped->data() && p < mapped->data() + bytes.size();
+      // Viewed or copied, never misaligned.
+      EXPECT_EQ(reinterpret_cast<uintptr_t>(p) % t.element_size(), 0u) << tensors[i].first;
+      if (tensors[i].first == "w" && in_source) ++viewed;
+    }
+    EXPECT_TRUE(tensors[1].second.equal(
+        torch::tensor({0.5f, -1.5f, 2.25f, 0.0f, -0.0f, 3.0f}).view({2, 3})));
+  }
+  EXPECT_EQ(viewed, 1);
 }

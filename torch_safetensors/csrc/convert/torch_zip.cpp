@@ -10,6 +10,7 @@
 #include <caffe2/serialize/versions.h>
 
 #include "check.h"
+#include "convert/legacy_format.h"
 #include "convert/limits.h"
 #include "convert/torch_zip.h"
 #include "convert/unpickler.h"
@@ -32,18 +33,13 @@ bool ends_with(const std::string& text, std::string_view suffix) {
 // The storage deleter's context: the mapping stays alive while any tensor views it.
 void release_source(void* context) { delete static_cast<std::shared_ptr<const Source>*>(context); }
 
-// Refuses what is not a zip archive before LibTorch's reader sees it, with the reason: the
-// legacy formats (a pickle stream, a tar file) need Python's unpickler and are never read.
+// Refuses what is not a zip archive before the zip reader sees it, with the reason (a pickle
+// stream, the legacy format, is read before this: legacy_format.h).
 void check_zip_archive(const Source& file, const std::string& path) {
   const uint64_t size = file.size();
   uint8_t head[512] = {};
   file.read(head, std::min<uint64_t>(size, sizeof(head)), 0);
   if (size >= 4 && read_u32(head) == 0x04034b50) return;
-  TS_CHECK(!(size >= 2 && head[0] == 0x80), path,
-           "this is the legacy (pre-1.6, non-zip) torch.save format, which is a pickle "
-           "stream that only Python's own unpickler reads; re-save it with a current torch "
-           "(torch.save(torch.load(f, map_location=\"cpu\", weights_only=True), f): map_location "
-           "lets files saved from CUDA load on a machine without one) and convert that");
   TS_CHECK(!(size >= 262 && std::memcmp(head + 257, "ustar", 5) == 0), path,
            "this is the legacy tar torch.save format (torch before 0.4); re-save it with a "
            "current torch and convert that");
@@ -60,6 +56,10 @@ NamedTensors convert::load_torch_archive(const std::shared_ptr<const Source>& fi
 convert::Extracted convert::read_torch_archive(const std::shared_ptr<const Source>& file,
                                                const std::string& path, const std::string& key,
                                                bool strict, bool metadata_scalars) {
+  if (convert::is_pickle_stream(*file)) {
+    const convert::PickleTree tree = convert::read_legacy_torch_file(file, path);
+    return convert::extract_tensors(tree.root(), key, strict, metadata_scalars, path);
+  }
   check_zip_archive(*file, path);
   const convert::ZipReader archive(file, path);
   TS_CHECK(!archive.entries().empty(), path,

@@ -143,10 +143,14 @@ const char* kind_name(PickleValue::Kind kind) {
 
 class Machine {
  public:
+  // `legacy` set: the legacy format's persistent ids, and STOP may end early, setting `*end`.
   Machine(std::string_view bytes, const StorageLoader& load_storage, const std::string& name,
-          std::deque<PickleValue>& arena, std::deque<PickleValue::ObjectParts>& object_parts)
+          std::deque<PickleValue>& arena, std::deque<PickleValue::ObjectParts>& object_parts,
+          const LegacyStorageLoader* legacy = nullptr, size_t* end = nullptr)
       : bytes_(bytes),
         load_storage_(load_storage),
+        legacy_(legacy),
+        end_(end),
         name_(name),
         arena_(arena),
         object_parts_(object_parts),
@@ -313,6 +317,8 @@ class Machine {
 
   PickleValue* global(std::string_view module, std::string_view attribute);
   PickleValue* persistent_load(const PickleValue& id);
+  PickleValue* legacy_view(const std::string& root_key, PickleValue* root,
+                           const PickleValue& metadata, c10::ScalarType dtype);
   PickleValue* call(const PickleValue& callable, const PickleValue& args);
   PickleValue* rebuild_tensor(const PickleValue& args, bool has_dtype);
   void memoize(uint64_t index, PickleValue* value) {
@@ -333,6 +339,8 @@ class Machine {
 
   std::string_view bytes_;
   const StorageLoader& load_storage_;
+  const LegacyStorageLoader* legacy_;
+  size_t* end_;
   const std::string& name_;
   std::deque<PickleValue>& arena_;
   std::deque<PickleValue::ObjectParts>& object_parts_;
@@ -343,6 +351,12 @@ class Machine {
   std::vector<size_t> marks_;
   std::unordered_map<uint64_t, PickleValue*> memo_;
   std::unordered_map<std::string, PickleValue*> storages_;  // by key: one storage per record
+  struct LegacyView {
+    std::string root_key;
+    int64_t offset, numel;
+    PickleValue* storage;
+  };
+  std::unordered_map<std::string, LegacyView> legacy_views_;  // by view key
   std::unordered_map<const PickleValue*, std::unordered_map<std::string, size_t>> dict_index_;
   uint64_t budget_;
   uint64_t charged_ = 0;
@@ -387,15 +401,22 @@ std::vector<int64_t> Machine::ints_argument(const PickleValue& value, const char
 }
 
 PickleValue* Machine::persistent_load(const PickleValue& id) {
-  // torch.save's persistent id: ("storage", storage type, key, location, numel).
-  if (id.kind != PickleValue::Kind::kTuple || id.items.size() != 5 ||
+  // torch.save's persistent id: ("storage", storage type, key, location, numel), and the view
+  // metadata after them in the legacy format.
+  if (id.kind != PickleValue::Kind::kTuple || id.items.size() != (legacy_ ? 6 : 5) ||
       id.items[0]->kind != PickleValue::Kind::kString || id.items[0]->text != "storage") {
-    fail("expected a persistent id ('storage', type, key, location, numel), found " + describe(id));
+    fail(std::string("expected a persistent id ('storage', type, key, location, numel") +
+         (legacy_ ? ", view)" : ")") + ", found " + describe(id));
   }
   const PickleValue& type = *id.items[1];
   if (type.kind != PickleValue::Kind::kGlobal ||
       kAllowedGlobals[type.global_id].action != Action::kStorageType) {
     fail("expected a storage type in the persistent id, found " + describe(type));
+  }
+  if (legacy_ && type.text.find("UntypedStorage") != std::string::npos) {
+    fail("the legacy format names " + type.text +
+         ", whose dtype it does not record (torch.load cannot read this file either; torch "
+         "writes it for dtypes without a legacy storage type): re-save with the zip format");
   }
   const PickleValue& key = *id.items[2];
   if (key.kind != PickleValue::Kind::kString) {
@@ -408,20 +429,77 @@ PickleValue* Machine::persistent_load(const PickleValue& id) {
     fail("storage '" + key.text + "' is too large");
   }
   const uint64_t nbytes = uint64_t(numel) * element_size;
+  if (legacy_ && legacy_views_.count(key.text) != 0) {
+    fail("storage key '" + key.text + "' is also the key of a storage view");
+  }
   auto [it, inserted] = storages_.emplace(key.text, nullptr);
   if (!inserted) {
     // The same record named twice (torch.save memoizes, but a pickle need not): one storage.
     if (it->second->storage.nbytes() != nbytes) {
       fail("storage '" + key.text + "' is named twice with different sizes");
     }
-    return it->second;
+    return legacy_ ? legacy_view(key.text, it->second, *id.items[5], type.dtype) : it->second;
   }
   PickleValue* storage = make(PickleValue::Kind::kStorage);
   storage->dtype = type.dtype;
-  storage->storage = load_storage_(key.text, nbytes);
+  storage->storage =
+      legacy_ ? (*legacy_)(key.text, nbytes, type.dtype) : load_storage_(key.text, nbytes);
   TS_CHECK(storage->storage.nbytes() == nbytes, name_, "storage '", key.text, "' has ",
            storage->storage.nbytes(), " bytes, expected ", nbytes);
   it->second = storage;
+  return legacy_ ? legacy_view(key.text, storage, *id.items[5], type.dtype) : storage;
+}
+
+// The storage deleter's context for a view: its root storage stays alive while the view does.
+void release_root_storage(void* context) { delete static_cast<c10::Storage*>(context); }
+
+// A legacy persistent id's view metadata: None (the root itself), or (view key, offset, numel) in
+// elements of `dtype`, as torch's _legacy_load slices the root's bytes (where torch would clamp a
+// slice past the end, this is an error).
+PickleValue* Machine::legacy_view(const std::string& root_key, PickleValue* root,
+                                  const PickleValue& metadata, c10::ScalarType dtype) {
+  if (metadata.kind == PickleValue::Kind::kNone) return root;
+  if (metadata.kind != PickleValue::Kind::kTuple || metadata.items.size() != 3 ||
+      metadata.items[0]->kind != PickleValue::Kind::kString) {
+    fail("expected storage '" + root_key +
+         "''s view metadata to be None or (view key, offset, numel), found " + describe(metadata));
+  }
+  const std::string& view_key = metadata.items[0]->text;
+  const int64_t offset = int_argument(*metadata.items[1], "the storage view's offset");
+  const int64_t numel = int_argument(*metadata.items[2], "the storage view's element count");
+  const uint64_t element_size = c10::elementSize(dtype);
+  const uint64_t elements = root->storage.nbytes() / element_size;
+  if (offset < 0 || numel < 0 || uint64_t(offset) > elements ||
+      uint64_t(numel) > elements - uint64_t(offset)) {
+    fail("storage view '" + view_key + "' covers elements " + std::to_string(offset) + " to " +
+         std::to_string(offset) + " + " + std::to_string(numel) + " of storage '" + root_key +
+         "', which has " + std::to_string(elements) + " " + c10::toString(dtype) + " elements");
+  }
+  if (storages_.count(view_key) != 0) {
+    fail("storage view key '" + view_key + "' is also the key of a storage");
+  }
+  auto [it, inserted] =
+      legacy_views_.emplace(view_key, LegacyView{root_key, offset, numel, nullptr});
+  const LegacyView& view = it->second;
+  if (!inserted) {
+    if (view.root_key != root_key || view.offset != offset || view.numel != numel) {
+      fail("storage view '" + view_key + "' is named twice, as different slices");
+    }
+    return view.storage;
+  }
+  charge(view_key.size() + sizeof(LegacyView) + 64);
+  PickleValue* storage = make(PickleValue::Kind::kStorage);
+  storage->dtype = dtype;
+  const c10::Storage& whole = root->storage;
+  auto* base = static_cast<uint8_t*>(whole.data_ptr().get());
+  c10::DataPtr data(nullptr, c10::Device(c10::kCPU));  // no data yet (a first pass), or none
+  if (base != nullptr) {
+    data = c10::DataPtr(base + uint64_t(offset) * element_size, new c10::Storage(whole),
+                        &release_root_storage, c10::Device(c10::kCPU));
+  }
+  storage->storage = c10::Storage(c10::Storage::use_byte_size_t(), uint64_t(numel) * element_size,
+                                  std::move(data), nullptr, /*resizable=*/false);
+  it->second.storage = storage;
   return storage;
 }
 
@@ -642,7 +720,9 @@ PickleValue* Machine::run() {
           fail("the program leaves " + std::to_string(stack_.size()) + " more value(s) and " +
                std::to_string(marks_.size()) + " mark(s) on the stack: not one pickled value");
         }
-        if (position_ != bytes_.size()) {
+        if (end_ != nullptr) {
+          *end_ = position_;
+        } else if (position_ != bytes_.size()) {
           fail(std::to_string(bytes_.size() - position_) + " bytes follow STOP");
         }
         return result;
@@ -1262,6 +1342,15 @@ PickleTree unpickle(std::string_view bytes, const StorageLoader& load_storage,
                     const std::string& name) {
   PickleTree tree;
   Machine machine(bytes, load_storage, name, tree.arena_, tree.object_parts_);
+  tree.root_ = machine.run();
+  return tree;
+}
+
+PickleTree unpickle_legacy(std::string_view bytes, const LegacyStorageLoader& load_storage,
+                           const std::string& name, size_t& end) {
+  PickleTree tree;
+  const StorageLoader unused;
+  Machine machine(bytes, unused, name, tree.arena_, tree.object_parts_, &load_storage, &end);
   tree.root_ = machine.run();
   return tree;
 }

@@ -80,12 +80,20 @@ TS_API std::string describe(const PickleValue& value);
 // returns `nbytes` bytes of the record `key`, or throws.
 using StorageLoader = std::function<c10::Storage(const std::string& key, uint64_t nbytes)>;
 
+// The legacy (pre-1.6, non-zip) format's storages (legacy_format.h): its persistent ids are
+// ("storage", <type>, root key, location, numel, view), and the loader also gets the storage
+// type's dtype, since the file's records count elements of it.
+using LegacyStorageLoader =
+    std::function<c10::Storage(const std::string& key, uint64_t nbytes, c10::ScalarType dtype)>;
+
 class TS_API PickleTree {
  public:
   const PickleValue& root() const { return *root_; }
 
  private:
   friend PickleTree unpickle(std::string_view, const StorageLoader&, const std::string&);
+  friend PickleTree unpickle_legacy(std::string_view, const LegacyStorageLoader&,
+                                    const std::string&, size_t&);
   std::deque<PickleValue> arena_;
   std::deque<PickleValue::ObjectParts> object_parts_;
   PickleValue* root_ = nullptr;
@@ -97,6 +105,15 @@ class TS_API PickleTree {
 // memo and strings are bounded by limits.h.
 TS_API PickleTree unpickle(std::string_view bytes, const StorageLoader& load_storage,
                            const std::string& name);
+
+// One pickle of a legacy torch.save file, which holds several one after another: as unpickle,
+// except that bytes may follow STOP (`end` is set to the offset just past it), and that storages
+// are legacy persistent ids. A view ((key, offset, numel), in elements; torch before 1.0 wrote
+// them) is a slice of its root storage's bytes, which it must lie inside; a key names one root or
+// one view, never both, and a view named twice names the same slice. torch.UntypedStorage is
+// refused: a legacy file cannot say its dtype (torch.load fails on it too).
+TS_API PickleTree unpickle_legacy(std::string_view bytes, const LegacyStorageLoader& load_storage,
+                                  const std::string& name, size_t& end);
 
 // The tensors of a (nested) dict, with nested keys joined by '.': {"a": {"b": t}} → "a.b".
 // Anything else — a list, a number, a non-string key, a bare tensor at the top — is an error
