@@ -208,6 +208,22 @@ def test_torchscript_module_converts_with_named_parameters_names(tmp_path):
         convert.convert_checkpoint(tmp_path / "net.pt", tmp_path / "s.safetensors", strict=True)
 
 
+def test_pickled_module_converts_with_state_dict_names(tmp_path):
+    # Python's torch.save(model) pickles the module object itself (weights_only=False to load):
+    # its _parameters/_buffers/_modules dicts give state_dict() names, and a non-persistent
+    # buffer, which state_dict() leaves out, is skipped.
+    torch.manual_seed(2)
+    model = Net()
+    model.register_buffer("scratch", torch.ones(3), persistent=False)
+    torch.save(model, tmp_path / "model.pt")
+    report = convert.convert_checkpoint(tmp_path / "model.pt", tmp_path / "model.safetensors")
+    loaded = torch.load(tmp_path / "model.pt", weights_only=False)
+    converted = load_file(tmp_path / "model.safetensors")
+    assert sorted(converted) == sorted(loaded.state_dict())
+    assert_same_tensors(converted, loaded.state_dict())
+    assert ("scratch", "a non-persistent buffer") in report.skipped
+
+
 def run_cli(*args):
     env = dict(os.environ, PYTHONPATH=PACKAGE_ROOT)
     return subprocess.run([sys.executable, "-m", "torch_safetensors", *map(str, args)], env=env,

@@ -1156,6 +1156,49 @@ bool visit_items(const std::vector<PickleValue*>& items, const std::string& path
   return found;
 }
 
+// An object's state dict. A pickled torch.nn.Module (Python's torch.save(model)) keeps its
+// parameters, buffers and submodules in the dicts `_parameters`, `_buffers` and `_modules` of its
+// __dict__ (torch/nn/modules/module.py): their entries join the object's path directly, so names
+// come out as state_dict() gives them (`fc.weight`, not `_modules.fc._parameters.weight`), and the
+// buffers named in `_non_persistent_buffers_set`, which state_dict() leaves out, are skipped.
+bool visit_object_state(const std::vector<std::pair<PickleValue*, PickleValue*>>& entries,
+                        const std::string& path, int depth, ExtractState& state) {
+  std::unordered_set<std::string> non_persistent;
+  for (const auto& [key, item] : entries) {
+    if (key->kind == PickleValue::Kind::kString && key->text == "_non_persistent_buffers_set") {
+      for (const PickleValue* element : item->items) {
+        if (element->kind == PickleValue::Kind::kString) non_persistent.insert(element->text);
+      }
+    }
+  }
+  bool found = false;
+  std::vector<std::pair<PickleValue*, PickleValue*>> rest;
+  for (const auto& entry : entries) {
+    const PickleValue& key = *entry.first;
+    const PickleValue& item = *entry.second;
+    const bool module_dict =
+        key.kind == PickleValue::Kind::kString && item.kind == PickleValue::Kind::kDict &&
+        (key.text == "_parameters" || key.text == "_buffers" || key.text == "_modules");
+    if (!module_dict) {
+      rest.push_back(entry);
+      continue;
+    }
+    std::vector<std::pair<PickleValue*, PickleValue*>> members;
+    for (const auto& member : item.entries) {
+      const bool dropped = key.text == "_buffers" &&
+                           member.first->kind == PickleValue::Kind::kString &&
+                           non_persistent.count(member.first->text) != 0;
+      if (dropped) {
+        state.skip(join(path, member.first->text), "a non-persistent buffer");
+      } else {
+        members.push_back(member);
+      }
+    }
+    found |= visit_entries(members, path, depth, false, state);
+  }
+  return visit_entries(rest, path, depth, false, state) || found;
+}
+
 bool visit(const PickleValue& value, const std::string& path, int depth, bool in_plain_dict,
            ExtractState& state) {
   const std::string& name = state.flat.name;
@@ -1211,10 +1254,10 @@ bool visit(const PickleValue& value, const std::string& path, int depth, bool in
                           object_state->items.size() == 2 &&
                           object_state->items[1]->kind == PickleValue::Kind::kDict;
         if (object_state->kind == PickleValue::Kind::kDict) {
-          found |= visit_entries(object_state->entries, path, depth, false, state);
+          found |= visit_object_state(object_state->entries, path, depth, state);
         } else if (pair) {
           if (object_state->items[0]->kind == PickleValue::Kind::kDict) {
-            found |= visit_entries(object_state->items[0]->entries, path, depth, false, state);
+            found |= visit_object_state(object_state->items[0]->entries, path, depth, state);
           } else if (object_state->items[0]->kind != PickleValue::Kind::kNone) {
             found |= visit(*object_state->items[0], path, depth + 1, false, state);
           }
