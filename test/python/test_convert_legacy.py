@@ -31,9 +31,9 @@ def legacy_save(obj, path, protocol=2):
         assert f.read(1) == b"\x80"  # a pickle stream, not a zip
 
 
-def convert(source, target, capfd=None):
+def convert(source, target, capfd=None, *options):
     """`torch-safetensors convert` in this process; (exit code, stderr)."""
-    code = main(["convert", str(source), str(target)])
+    code = main(["convert", str(source), str(target), *options])
     return code, (capfd.readouterr().err if capfd is not None else "")
 
 
@@ -256,6 +256,10 @@ def test_global_outside_the_allow_list_is_never_called(tmp_path, capfd):
 
     source = tmp_path / "evil.pt"
     legacy_save({"w": torch.ones(2), "x": Evil()}, source)
+    # Strict: refused, naming the global. By default: the tensors convert, the object is skipped.
+    code, stderr = convert(source, tmp_path / "out.safetensors", capfd, "--strict")
+    assert code == 1 and "posix.system" in stderr, stderr
     code, stderr = convert(source, tmp_path / "out.safetensors", capfd)
-    assert code == 1 and "the global 'posix.system'" in stderr, stderr
+    assert code == 0 and "skipped x (posix.system)" in stderr, stderr
+    assert sorted(safetensors.torch.load_file(tmp_path / "out.safetensors")) == ["w"]
     assert not marker.exists()

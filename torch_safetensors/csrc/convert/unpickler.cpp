@@ -1166,8 +1166,13 @@ bool visit_object_state(const std::vector<std::pair<PickleValue*, PickleValue*>>
   std::unordered_set<std::string> non_persistent;
   for (const auto& [key, item] : entries) {
     if (key->kind == PickleValue::Kind::kString && key->text == "_non_persistent_buffers_set") {
+      // A set, or (protocol 2) a `builtins.set` placeholder called with a list of the names.
       for (const PickleValue* element : item->items) {
         if (element->kind == PickleValue::Kind::kString) non_persistent.insert(element->text);
+        if (item->kind != PickleValue::Kind::kObject) continue;
+        for (const PickleValue* name : element->items) {
+          if (name->kind == PickleValue::Kind::kString) non_persistent.insert(name->text);
+        }
       }
     }
   }
