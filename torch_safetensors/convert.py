@@ -23,6 +23,7 @@ from typing import Dict, List, Optional, Tuple, Union
 
 import torch
 
+from . import _args
 from ._extension import _C
 
 __all__ = ["ConvertReport", "convert_checkpoint", "load_checkpoint"]
@@ -43,16 +44,12 @@ class ConvertReport:
     scalars: Dict[str, str] = field(default_factory=dict)
 
 
-def _path(path: Union[str, os.PathLike]) -> str:
-    return os.fsdecode(os.fspath(path))
-
-
 def load_checkpoint(path: Union[str, os.PathLike], *, key: Optional[str] = None,
                     strict: bool = False,
                     metadata_scalars: bool = False) -> Tuple[Dict[str, torch.Tensor], ConvertReport]:
     """The tensors of a torch checkpoint (a file, a ``*.bin.index.json`` or a folder), by name,
     and the report of what was skipped (and, with ``metadata_scalars``, the scalars kept)."""
-    tensors, skipped, scalars = _C.read_torch_checkpoint(_path(path), key or "", strict,
+    tensors, skipped, scalars = _C.read_torch_checkpoint(_args.path(path), key or "", strict,
                                                          metadata_scalars)
     report = ConvertReport(tensors_read=len(tensors), skipped=list(skipped), scalars=dict(scalars),
                            metadata_scalars=len(scalars))
@@ -71,7 +68,7 @@ def convert_checkpoint(source: Union[str, os.PathLike], destination: Union[str, 
     ``dtype`` casts floating tensors (torch.float64/float32/float16/bfloat16)."""
     if isinstance(max_shard_size, str):
         max_shard_size = _C.parse_size(max_shard_size)
-    out = _C.convert_torch_checkpoint(_path(source), _path(destination), key or "", strict,
+    out = _C.convert_torch_checkpoint(_args.path(source), _args.path(destination), key or "", strict,
                                       metadata_scalars, max_shard_size, dtype, metadata, durable)
     out["skipped"] = list(out["skipped"])
     return ConvertReport(**out)

@@ -304,15 +304,22 @@ class Machine {
     object->items = args;
     return object;
   }
-  PickleValue* bytes_value(uint64_t length) {
-    if (length > kMaxBytesValue) {
-      fail("a bytes value of " + std::to_string(length) + " bytes, more than the " +
-           std::to_string(kMaxBytesValue) + " a checkpoint's non-tensor value may have");
+  // A string or bytes value of `length` bytes read from the program, refused past `limit`: "a
+  // <noun> of N bytes, more than the <limit> <bound>".
+  PickleValue* bounded_text(PickleValue::Kind kind, uint64_t length, uint64_t limit,
+                            const char* noun, const char* bound) {
+    if (length > limit) {
+      fail(std::string("a ") + noun + " of " + std::to_string(length) + " bytes, more than the " +
+           std::to_string(limit) + " " + bound);
     }
-    PickleValue* v = make(PickleValue::Kind::kBytes);
+    PickleValue* v = make(kind);
     charge(length);
     v->text = std::string(text(length));
     return v;
+  }
+  PickleValue* bytes_value(uint64_t length) {
+    return bounded_text(PickleValue::Kind::kBytes, length, kMaxBytesValue, "bytes value",
+                        "a checkpoint's non-tensor value may have");
   }
 
   PickleValue* global(std::string_view module, std::string_view attribute);
@@ -781,15 +788,8 @@ PickleValue* Machine::run() {
       case 0x8c:    // SHORT_BINUNICODE
       case 0x8d: {  // BINUNICODE8
         const size_t width = opcode == 'X' ? 4 : opcode == 0x8c ? 1 : 8;
-        const uint64_t length = little_endian(width);
-        if (length > kMaxStringBytes) {
-          fail("a string of " + std::to_string(length) + " bytes, more than the " +
-               std::to_string(kMaxStringBytes) + " a name or key of a tensor checkpoint needs");
-        }
-        PickleValue* v = make(PickleValue::Kind::kString);
-        charge(length);
-        v->text = std::string(text(length));
-        push(v);
+        push(bounded_text(PickleValue::Kind::kString, little_endian(width), kMaxStringBytes,
+                          "string", "a name or key of a tensor checkpoint needs"));
         break;
       }
       case '}':  // EMPTY_DICT
