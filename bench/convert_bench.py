@@ -3,12 +3,15 @@ restricted unpickler + save, called in this process through the extension) again
 `torch.load` + the reference `safetensors.torch.save_file`, in the same run, for the checkpoint
 (zip format, against `torch.load(weights_only=True)`) and the same tensors re-saved in the legacy
 pre-1.6 format (`_use_new_zipfile_serialization=False`, against `torch.load(weights_only=False)`,
-as such files are usually loaded).
+as such files are usually loaded), and a training checkpoint holding them (`{"state_dict": ...,
+"optimizer": AdamW's state_dict, "epoch", "step"}`), converted with `--key state_dict` against
+`torch.load(weights_only=True)["state_dict"]` + `save_file`.
 
     python3 bench/convert_bench.py                          # the bench/ Llama-like .pt if present
     python3 bench/convert_bench.py --checkpoint model.bin   # any torch.save file
     python3 bench/convert_bench.py --scale 0.1              # generate a smaller Llama-like one
     python3 bench/convert_bench.py --formats legacy         # only the legacy-format row
+    python3 bench/convert_bench.py --formats training       # only the training-checkpoint row
 
 Page cache warm (one warm-up each), medians of --reps runs, alternating the two sides. Both write
 {"format": "pt"} metadata, so the two outputs must be byte-identical: checked after timing.
@@ -41,13 +44,22 @@ def make_checkpoint(path, scale):
     torch.save(tensors, path)
 
 
-def ours(source, target):
-    code = cli.main(["convert", source, target])
+def ours(source, target, key=None):
+    code = cli.main(["convert", source, target] + (["--key", key] if key else []))
     assert code == 0, code
+
+
+def ours_training(source, target):
+    ours(source, target, key="state_dict")
 
 
 def reference(source, target, weights_only=True):
     state = torch.load(source, weights_only=weights_only)
+    save_file(state, target, metadata={"format": "pt"})
+
+
+def training_reference(source, target):
+    state = torch.load(source, weights_only=True)["state_dict"]
     save_file(state, target, metadata={"format": "pt"})
 
 
@@ -60,14 +72,28 @@ def save_legacy(zip_source, path):
                _use_new_zipfile_serialization=False)
 
 
-def compare(source, workdir, label, reference_side, reps):
+def save_training(zip_source, path):
+    """The checkpoint's tensors as the model of a training checkpoint: AdamW's state (two moments
+    a parameter, a step) and a few scalars beside it, as a training loop saves them."""
+    state = torch.load(zip_source, weights_only=True)
+    parameters = [torch.nn.Parameter(t) for t in state.values()]
+    optimizer = torch.optim.AdamW(parameters)
+    optimizer_state = optimizer.state_dict()
+    optimizer_state["state"] = {
+        index: {"step": torch.tensor(1000.0), "exp_avg": torch.zeros_like(p),
+                "exp_avg_sq": torch.zeros_like(p)}
+        for index, p in enumerate(parameters)}
+    torch.save({"state_dict": state, "optimizer": optimizer_state, "epoch": 3, "step": 1000}, path)
+
+
+def compare(source, workdir, label, reference_side, reps, ours_side=ours):
     """Times both sides on `source` (alternating, one warm-up); prints a row, returns whether the
     two outputs are byte-identical."""
     size = os.path.getsize(source)
     out_ours = os.path.join(workdir, "ours.safetensors")
     out_reference = os.path.join(workdir, "reference.safetensors")
     times = {"ours": [], "reference": []}
-    sides = {"ours": (ours, out_ours), "reference": (reference_side, out_reference)}
+    sides = {"ours": (ours_side, out_ours), "reference": (reference_side, out_reference)}
     for rep in range(reps + 1):
         for name, (function, target) in sides.items():
             start = time.perf_counter()
@@ -78,7 +104,8 @@ def compare(source, workdir, label, reference_side, reps):
     ours_s = statistics.median(times["ours"])
     reference_s = statistics.median(times["reference"])
     reference_name = {reference: "torch.load(weights_only=True)",
-                      legacy_reference: "torch.load(weights_only=False)"}[reference_side]
+                      legacy_reference: "torch.load(weights_only=False)",
+                      training_reference: 'torch.load(...)["state_dict"]'}[reference_side]
     print(f"{label} ({size / 1e9:.3f} GB):")
     print(f"  torch-safetensors convert:                        {ours_s:8.3f} s "
           f"({size / ours_s / 1e9:.2f} GB/s)")
@@ -97,9 +124,10 @@ def main():
     parser.add_argument("--checkpoint", help="a torch.save file (default: bench/'s llama_bf16.pt)")
     parser.add_argument("--scale", type=float, help="generate a Llama-like checkpoint this size")
     parser.add_argument("--reps", type=int, default=3)
-    parser.add_argument("--formats", default="zip,legacy",
+    parser.add_argument("--formats", default="zip,legacy,training",
                         help="comma-separated: zip (the checkpoint), legacy (it re-saved in the "
-                             "pre-1.6 format)")
+                             "pre-1.6 format), training (it inside a training checkpoint with "
+                             "AdamW's state, converted with --key state_dict)")
     args = parser.parse_args()
 
     workdir = tempfile.mkdtemp(prefix="convert_bench_")
@@ -110,7 +138,7 @@ def main():
         source = os.path.join(workdir, "llama.pt")
         make_checkpoint(source, args.scale if args.scale is not None else 1.0)
     formats = args.formats.split(",")
-    assert set(formats) <= {"zip", "legacy"}, formats
+    assert set(formats) <= {"zip", "legacy", "training"}, formats
     print(f"checkpoint: {source} ({os.path.getsize(source) / 1e9:.3f} GB), torch "
           f"{torch.__version__}, {os.cpu_count()} cores, medians of {args.reps} after one warm-up")
     identical = True
@@ -121,6 +149,12 @@ def main():
         save_legacy(source, legacy)
         identical &= compare(legacy, workdir, "legacy format", legacy_reference, args.reps)
         os.remove(legacy)
+    if "training" in formats:
+        training = os.path.join(workdir, "training.pt")
+        save_training(source, training)
+        identical &= compare(training, workdir, "training checkpoint, --key state_dict",
+                             training_reference, args.reps, ours_side=ours_training)
+        os.remove(training)
     if source.startswith(workdir):
         os.remove(source)
     os.rmdir(workdir)
