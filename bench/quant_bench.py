@@ -9,6 +9,8 @@ Two checkpoints are written to a temporary folder and dequantized to BF16, every
 - INT4 group 128: the GPTQ layout read by ours, and the same weights in compressed-tensors'
   pack-quantized layout read by ours and by compressed-tensors' own `unpack_from_int32` +
   `dequantize` (gptqmodel, GPTQ's own package, is not installed here).
+- compressed-tensors' mxfp4-pack-quantized, mxfp6-pack-quantized, mxfp8-quantized and
+  nvfp4-pack-quantized, written by its own compressors: ours against its `decompress`.
 Peers read their tensors with safetensors.safe_open, so every row includes reading the file
 (from the page cache). GB/s counts the dense BF16 bytes produced per second: the best of --repeat
 rounds, each round running every case once in turn (so that load from other processes, on a
@@ -32,6 +34,61 @@ def best_of(repeat, run):
     """A deferred timing: every case is run once per round, round after round (see main), so that
     load from other processes falls on all of them alike; the best round counts."""
     return (repeat, run)
+
+
+def mx_cases(folder, names, args, report):
+    from compressed_tensors.compressors import BaseCompressor
+    from compressed_tensors.quantization import QuantizationArgs, QuantizationScheme
+
+    formats = [("mxfp4-pack-quantized", 4, 32, 6.0), ("mxfp6-pack-quantized", 6, 32, 7.5),
+               ("mxfp8-quantized", 8, 32, 448.0), ("nvfp4-pack-quantized", 4, 16, 6.0)]
+    for fmt, bits, group, largest in formats:
+        weights = dict(num_bits=bits, type="float", strategy="group", group_size=group)
+        if fmt == "nvfp4-pack-quantized":
+            weights["strategy"] = "tensor_group"
+        else:
+            weights["scale_dtype"] = torch.uint8
+        qargs = QuantizationArgs(**weights)
+        scheme = QuantizationScheme(targets=["Linear"], weights=qargs)
+        compressor = BaseCompressor.get_value_from_registry(fmt)
+        directory = os.path.join(folder, fmt)
+        os.makedirs(directory)
+        tensors, modules = {}, []
+        for name in names:
+            w = torch.randn(args.rows, args.cols)
+            amax = w.view(args.rows, -1, group).abs().amax(-1)
+            state = {"weight": w}
+            if fmt == "nvfp4-pack-quantized":
+                global_scale = torch.tensor([448.0 * 6.0 / w.abs().max().item()])
+                state["weight_scale"] = (amax / 6.0 * global_scale).to(torch.float8_e4m3fn)
+                state["weight_global_scale"] = global_scale
+            else:
+                state["weight_scale"] = 2.0 ** torch.ceil(torch.log2(amax / largest))
+            stored = compressor.compress(state, scheme)
+            prefix = name[: -len("weight")]
+            tensors.update({prefix + k: v.contiguous() for k, v in stored.items()})
+            modules.append((prefix, list(stored)))
+        save_file(tensors, os.path.join(directory, "model.safetensors"))
+        del tensors
+        config_weights = {k: v for k, v in weights.items() if k != "scale_dtype"}
+        with open(os.path.join(directory, "config.json"), "w") as config:
+            json.dump({"quantization_config": {
+                "quant_method": "compressed-tensors", "format": fmt,
+                "config_groups": {"group_0": {"targets": ["Linear"],
+                                              "weights": config_weights}}}}, config)
+
+        def ours(directory=directory):
+            view = quant.DenseView(directory, torch.bfloat16)
+            for name in names:
+                view[name]
+
+        def theirs(directory=directory, compressor=compressor, scheme=scheme):
+            with safe_open(os.path.join(directory, "model.safetensors"), "pt") as f:
+                for prefix, keys in modules:
+                    compressor.decompress({k: f.get_tensor(prefix + k) for k in keys}, scheme)
+
+        report(fmt, "torch_safetensors.quant", best_of(args.repeat, ours))
+        report(fmt, "compressed-tensors decompress", best_of(args.repeat, theirs))
 
 
 def main():
@@ -161,6 +218,12 @@ def main():
                    best_of(args.repeat, compressed_tensors_int4))
         except ImportError:
             print("compressed-tensors not installed: its row is skipped")
+        # compressed-tensors' other formats, written by its own compressors (MX: E8M0 scales per
+        # 32; NVFP4: F8_E4M3 per 16 and a global scale), read by ours and by its decompressors.
+        try:
+            mx_cases(folder, names, args, report)
+        except ImportError:
+            print("compressed-tensors not installed: its MX / NVFP4 rows are skipped")
         best = [float("inf")] * len(cases)
         for _ in range(args.repeat):
             for i, (_, _, run) in enumerate(cases):

@@ -1,5 +1,6 @@
 """Quantized weights: read, dequantize, quantize and write FP8 (block, per-tensor, per-channel),
-GPTQ, AWQ, compressed-tensors (pack-quantized, nvfp4-pack-quantized), MXFP4 and NVFP4 layouts.
+GPTQ, AWQ, compressed-tensors (pack-quantized, nvfp4-, mxfp4- and mxfp6-pack-quantized,
+mxfp8-quantized), gpt-oss MXFP4, DeepSeek-V4 (FP4 experts, E8M0 `.scale`) and NVFP4 layouts.
 
 Everything is the C++ core's (``torch::safetensors::quant``); this module adapts arguments::
 
@@ -44,6 +45,7 @@ __all__ = [
     "parse_metadata_json",
     "quantize",
     "save_file",
+    "save_sharded",
 ]
 
 #: A weight's layout: scheme, bits, group_size, block_size, zero_point_minus_one, shape and
@@ -52,7 +54,8 @@ __all__ = [
 QuantizedWeight = _C.QuantizedWeight
 #: The ``__metadata__`` key of the self-describing convention (README, "Quantized weights").
 METADATA_KEY: str = _C.QUANT_METADATA_KEY
-SCHEMES = ("fp8", "gptq", "awq", "pack_quantized", "nvfp4_pack_quantized", "mxfp4", "nvfp4")
+#: Every scheme name, as the C++ core enumerates them (``quant::scheme_names``).
+SCHEMES = tuple(_C.quant_scheme_names())
 
 PathLike = Union[str, "os.PathLike[str]"]
 
@@ -166,6 +169,23 @@ def save_file(
     under ``__metadata__[METADATA_KEY]`` so that no config file is needed to read them."""
     items = [(list(q.tensors.items()), q.weight) for q in weights]
     _C.quant_save(items, list((others or {}).items()), os.fspath(filename), metadata)
+
+
+def save_sharded(
+    weights: Sequence[Quantized],
+    others: Optional[Mapping[str, torch.Tensor]] = None,
+    directory: PathLike = ".",
+    max_shard_size: Union[int, str] = "5GB",
+    filename_pattern: str = "model{suffix}.safetensors",
+    metadata: Optional[Dict[str, str]] = None,
+) -> None:
+    """:func:`save_file` as a sharded checkpoint, split and named as
+    :func:`torch_safetensors.save_sharded` does it; the description goes to the index's metadata
+    (to the file's when one file holds everything)."""
+    items = [(list(q.tensors.items()), q.weight) for q in weights]
+    size = max_shard_size if isinstance(max_shard_size, int) else _C.parse_size(max_shard_size)
+    _C.quant_save_sharded(items, list((others or {}).items()), os.fspath(directory), size,
+                          filename_pattern, metadata)
 
 
 def metadata_json(weights: Sequence[QuantizedWeight]) -> str:

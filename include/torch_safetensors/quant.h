@@ -16,6 +16,7 @@
 
 #include <map>
 #include <optional>
+#include <set>
 #include <string>
 #include <string_view>
 #include <vector>
@@ -28,6 +29,7 @@
 #include "torch_safetensors/endpoints.h"
 #include "torch_safetensors/file.h"
 #include "torch_safetensors/header.h"
+#include "torch_safetensors/sharded.h"
 
 namespace torch::safetensors::quant {
 
@@ -40,9 +42,16 @@ enum class Scheme {
   kNvfp4PackQuantized,  // "nvfp4_pack_quantized": compressed-tensors FP4 + F8 scale / global
   kMxfp4,               // "mxfp4": gpt-oss *_blocks + *_scales (E8M0 per 32)
   kNvfp4,               // "nvfp4": ModelOpt weight + weight_scale (F8 per 16) x weight_scale_2
+  // "mxfp4_pack_quantized": FP4 two a byte [out, in/2] x an E8M0 scale per 32 [out, in/32]
+  // (compressed-tensors mxfp4-pack-quantized; DeepSeek-V4's routed experts, I8 + `.scale`)
+  kMxfp4PackQuantized,
+  kMxfp6PackQuantized,  // "mxfp6_pack_quantized": FP6 E2M3 four in 3 bytes x E8M0 per 32
+  kMxfp8Quantized,      // "mxfp8_quantized": F8_E4M3 [out, in] x E8M0 per 32 [out, in/32]
 };
 
 TS_API std::string_view scheme_name(Scheme scheme);
+// Every scheme's name, in declaration order (what error messages and Python enumerate).
+TS_API std::vector<std::string_view> scheme_names();
 // nullopt for an unknown name.
 TS_API std::optional<Scheme> parse_scheme(std::string_view name);
 
@@ -50,7 +59,8 @@ TS_API std::optional<Scheme> parse_scheme(std::string_view name);
 // independently of each project's spelling:
 //   packed        fp8 `weight`, gptq/awq `qweight`, compressed-tensors `weight_packed`,
 //                 mxfp4 `*_blocks`, nvfp4 `weight`
-//   scale         `weight_scale_inv` / `weight_scale` / `scales` / `*_scales`
+//   scale         `weight_scale_inv` / `weight_scale` / `scales` / `*_scales` / DeepSeek-V4
+//                 `.scale`; E8M0 scales (U8 or F8_E8M0) always mean 2^(e - 127)
 //   zero_point    gptq/awq `qzeros`, compressed-tensors `weight_zero_point` (asymmetric only)
 //   g_idx         gptq act-order group of each input column (optional)
 //   shape         compressed-tensors `weight_shape` (optional)
@@ -58,7 +68,7 @@ TS_API std::optional<Scheme> parse_scheme(std::string_view name);
 struct TS_API QuantizedWeight {
   std::string name;  // the dense weight's name: "x.weight" (mxfp4: "x.gate_up_proj")
   Scheme scheme = Scheme::kFp8;
-  int bits = 0;                     // bits per stored value: 2..8, 4 for FP4, 8 for FP8
+  int bits = 0;                     // bits per stored value: 1..8, 4 for FP4, 6 for FP6, 8 for FP8
   int64_t group_size = 0;           // values sharing one scale along the input dim; 0: none
   std::vector<int64_t> block_size;  // fp8 only: [rows, cols] of a scale block; empty: none
   // gptq only: true for the original format, whose zero points are stored minus one
@@ -78,9 +88,11 @@ struct TS_API QuantConfig {
   int bits = 0;                  // 0: unknown (inferred from shapes)
   int64_t group_size = 0;        // 0: unknown / none
   std::vector<int64_t> block_size;
-  bool zero_point_minus_one = true;                // gptq: "gptq" (v1) unless "gptq_v2"
-  bool symmetric = true;                           // compressed-tensors weights.symmetric
-  std::string source;                              // where it was read ("" if nowhere)
+  bool zero_point_minus_one = true;  // gptq: "gptq" (v1) unless "gptq_v2"
+  bool symmetric = true;             // compressed-tensors weights.symmetric
+  std::string scale_fmt;     // DeepSeek `scale_fmt` ("ue8m0": power-of-two scales), "" if none
+  std::string expert_dtype;  // DeepSeek-V4 `expert_dtype` ("fp4": MXFP4 experts), "" if none
+  std::string source;        // where it was read ("" if nowhere)
   std::map<std::string, QuantizedWeight> weights;  // from our metadata: name -> layout
 };
 
@@ -115,7 +127,9 @@ TS_API at::Tensor dequantize(const QuantizedWeight& weight,
                              std::string_view source = "<tensors>");
 
 // A checkpoint seen as dense tensors: quantized weights under their dense names (dequantized on
-// access to `dtype`), their companions hidden, every other tensor as stored (moved to `device`).
+// access to `dtype`), their companions hidden (activation-only ones too: `input_scale`,
+// `input_global_scale`, `input_zero_point`, `k_scale`, `v_scale` beside a quantized weight), every
+// other tensor as stored (moved to `device`).
 class TS_API DenseView {
  public:
   DenseView(Checkpoint checkpoint, at::ScalarType dtype = at::kBFloat16,
@@ -141,6 +155,8 @@ class TS_API DenseView {
   c10::Device device_;
   std::vector<std::string> keys_;
   std::map<std::string, QuantizedWeight, std::less<>> quantized_;
+  // Stored tensors that are parts of a quantized weight, or its activation-only companions.
+  std::set<std::string, std::less<>> companions_;
 };
 
 // How to quantize one dense weight ([out, in]; mxfp4 and fp8 also take more leading dims).
@@ -168,7 +184,7 @@ TS_API Quantized quantize(const at::Tensor& weight, std::string_view name,
 // in errors).
 TS_API std::string metadata_json(const std::vector<QuantizedWeight>& weights);
 TS_API std::map<std::string, QuantizedWeight> parse_metadata_json(std::string_view json,
-                                                           std::string_view source);
+                                                                  std::string_view source);
 // Whether `json` is our document (a JSON object whose "format" is kMetadataKey), whatever else
 // it holds: how a value under kLegacyMetadataKey is told from another tool's.
 TS_API bool is_metadata_json(std::string_view json);
@@ -178,5 +194,12 @@ TS_API bool is_metadata_json(std::string_view json);
 TS_API void save(const std::vector<Quantized>& weights,
                  const std::vector<std::pair<std::string, at::Tensor>>& others, const SaveTo& to,
                  std::optional<Metadata> metadata = std::nullopt);
+
+// The same as a sharded checkpoint in `directory`, split and named as save_sharded (sharded.h)
+// does it; the description goes to the index's "metadata" (to the file's when one file holds
+// everything), which Checkpoint reads back. `options.metadata` must not hold kMetadataKey.
+TS_API void save_sharded(const std::vector<Quantized>& weights,
+                         const std::vector<std::pair<std::string, at::Tensor>>& others,
+                         const PathArg& directory, ShardOptions options = {});
 
 }  // namespace torch::safetensors::quant

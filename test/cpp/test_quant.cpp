@@ -848,4 +848,75 @@ TEST(ConfigPaths, EverySpellingOfAPathFindsTheConfig) {
                 expected));
 }
 
+// compressed-tensors' MX layouts (issue 24): E8M0 scales are 2^(e - 127) (byte 120 is 1/128, never
+// 120.0), FP4 low nibble first, FP6 E2M3 four codes in three little-endian bytes.
+TEST(Mx, E8m0ScalesArePowersOfTwoNeverTheInteger) {
+  const int64_t out = 2, in = 64;
+  at::Tensor packed = at::empty({out, in / 2}, at::kByte);
+  auto p = packed.accessor<uint8_t, 2>();
+  for (int r = 0; r < out; ++r)
+    for (int k = 0; k < in / 2; ++k) p[r][k] = uint8_t(((2 * k) & 15) | (((2 * k + 1) & 15) << 4));
+  at::Tensor scale = at::full({out, in / 32}, 120, at::kByte);
+  scale[1][1] = 127;
+  quant::QuantizedWeight weight;
+  weight.name = "m.weight";
+  weight.scheme = quant::Scheme::kMxfp4PackQuantized;
+  weight.bits = 4;
+  weight.group_size = 32;
+  weight.shape = {out, in};
+  weight.tensors = {{"packed", "m.weight_packed"}, {"scale", "m.weight_scale"}};
+  for (const at::Tensor& stored : {scale, scale.view(at::kFloat8_e8m0fnu)}) {
+    const at::Tensor dense =
+        quant::dequantize(weight, {{"packed", packed}, {"scale", stored}}, at::kFloat);
+    auto d = dense.accessor<float, 2>();
+    for (int r = 0; r < out; ++r)
+      for (int i = 0; i < in; ++i) {
+        const int exponent = (r == 1 && i >= 32) ? 0 : -7;
+        ASSERT_EQ(d[r][i], std::ldexp(kFp4[i & 15], exponent)) << r << ", " << i;
+      }
+    EXPECT_EQ(d[0][7], 6.0f / 128);
+  }
+}
+
+TEST(Mx, Fp6E2m3CodesInThreeBytes) {
+  // Every one of the 64 codes, four per 24-bit little-endian word.
+  const int64_t in = 64;
+  at::Tensor packed = at::empty({1, in / 4 * 3}, at::kByte);
+  auto p = packed.accessor<uint8_t, 2>();
+  for (int w = 0; w < in / 4; ++w) {
+    uint32_t word = 0;
+    for (int k = 0; k < 4; ++k) word |= uint32_t(4 * w + k) << (6 * k);
+    for (int b = 0; b < 3; ++b) p[0][3 * w + b] = uint8_t(word >> (8 * b));
+  }
+  quant::QuantizedWeight weight;
+  weight.name = "m.weight";
+  weight.scheme = quant::Scheme::kMxfp6PackQuantized;
+  weight.bits = 6;
+  weight.group_size = 32;
+  weight.shape = {1, in};
+  weight.tensors = {{"packed", "m.weight_packed"}, {"scale", "m.weight_scale"}};
+  const at::Tensor scale = at::full({1, 2}, 127, at::kByte);
+  const at::Tensor dense =
+      quant::dequantize(weight, {{"packed", packed}, {"scale", scale}}, at::kFloat);
+  auto d = dense.accessor<float, 2>();
+  for (int code = 0; code < 64; ++code) {
+    const int magnitude = code & 31, e = magnitude >> 3, m = magnitude & 7;
+    // E2M3, exponent bias 1: subnormal m/8 x 2^0, else (1 + m/8) x 2^(e - 1).
+    const float value = e == 0 ? m / 8.0f : std::ldexp(1.0f + m / 8.0f, e - 1);
+    EXPECT_EQ(d[0][code], (code & 32) ? -value : value) << code;
+  }
+  EXPECT_EQ(d[0][31], 7.5f);
+}
+
+TEST(Schemes, EveryNameParsesBack) {
+  const auto names = quant::scheme_names();
+  EXPECT_EQ(names.size(), 10u);
+  for (std::string_view name : names) {
+    const auto scheme = quant::parse_scheme(name);
+    ASSERT_TRUE(scheme.has_value()) << name;
+    EXPECT_EQ(quant::scheme_name(*scheme), name);
+  }
+  EXPECT_FALSE(quant::parse_scheme("mxfp4-pack-quantized").has_value());
+}
+
 }  // namespace

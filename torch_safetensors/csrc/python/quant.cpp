@@ -17,9 +17,12 @@ namespace {
 quant::Scheme to_scheme(const std::string& name) {
   const auto scheme = quant::parse_scheme(name);
   if (!scheme) {
-    throw py::value_error("unknown quantization scheme '" + name +
-                          "' (expected fp8, gptq, awq, pack_quantized, nvfp4_pack_quantized, "
-                          "mxfp4, nvfp4)");
+    std::string known;
+    for (std::string_view scheme : quant::scheme_names()) {
+      known += (known.empty() ? "" : ", ") + std::string(scheme);
+    }
+    throw py::value_error("unknown quantization scheme '" + name + "' (expected one of " + known +
+                          ")");
   }
   return *scheme;
 }
@@ -50,6 +53,12 @@ void bind_quant(py::module_& m) {
       .def("__repr__", [](const quant::QuantizedWeight& w) {
         return "QuantizedWeight(" + quant::metadata_json({w}) + ")";
       });
+
+  m.def("quant_scheme_names", [] {
+    std::vector<std::string> out;
+    for (std::string_view name : quant::scheme_names()) out.emplace_back(name);
+    return out;
+  });
 
   py::class_<quant::DenseView>(m, "QuantView")
       .def(py::init([](const std::string& path, at::ScalarType dtype, at::Device device) {
@@ -129,6 +138,28 @@ void bind_quant(py::module_& m) {
         quant::save(quantized, plain, path, std::move(parsed));
       },
       py::arg("weights"), py::arg("others"), py::arg("path"), py::arg("metadata"));
+  m.def(
+      "quant_save_sharded",
+      [](const py::list& weights, const py::list& others, const std::string& directory,
+         uint64_t max_shard_size, const std::string& pattern, py::handle metadata) {
+        std::vector<quant::Quantized> quantized;
+        for (py::handle item : weights) {
+          auto pair = py::reinterpret_borrow<py::tuple>(item);
+          quant::Quantized q;
+          q.tensors = to_named(pair[0].cast<py::list>());
+          q.weight = pair[1].cast<quant::QuantizedWeight>();
+          quantized.push_back(std::move(q));
+        }
+        auto plain = to_named(others);
+        ts::ShardOptions options;
+        options.max_shard_size = max_shard_size;
+        options.filename_pattern = pattern;
+        options.metadata = to_metadata(metadata);
+        py::gil_scoped_release release;
+        quant::save_sharded(quantized, plain, directory, std::move(options));
+      },
+      py::arg("weights"), py::arg("others"), py::arg("directory"), py::arg("max_shard_size"),
+      py::arg("filename_pattern"), py::arg("metadata"));
   m.def("quant_metadata_json", &quant::metadata_json, py::arg("weights"));
   m.def(
       "quant_parse_metadata_json",

@@ -1,5 +1,6 @@
 // Dequantization of each layout with ATen ops, on the device the stored parts are on. Values are
-// computed in float32 and rounded once to the requested dtype.
+// computed in float32 and rounded once to the requested dtype, or directly in the requested dtype
+// where that gives the same bits (integer codes times scales stored in that dtype: grouped_affine).
 #include <ATen/ATen.h>
 
 #include "check.h"
@@ -22,7 +23,10 @@ at::Tensor scale_and_round(at::Tensor values, const at::Tensor& scale, at::Scala
 // tensor. In float32, in place, then rounded once to `dtype`.
 at::Tensor dequantize_fp8(const QuantizedWeight& weight, const at::Tensor& packed,
                           const at::Tensor& scale, at::ScalarType dtype) {
-  const at::Tensor scale32 = scale.to(at::kFloat);
+  // DeepSeek-V4 stores `.scale` as F8_E8M0: 2^(e - 127), never the byte itself.
+  const at::Tensor scale32 = scale.scalar_type() == at::kFloat8_e8m0fnu
+                                 ? detail::e8m0_to_float(scale)
+                                 : scale.to(at::kFloat);
   const bool blocked = !weight.block_size.empty();
   // A 0-dim weight (one scale: check_layout allows nothing else) counts as one row.
   const int64_t out = packed.dim() ? packed.size(0) : 1;
@@ -80,8 +84,20 @@ at::Tensor grouped_affine(const at::Tensor& q, const at::Tensor& zeros, const at
   const at::Tensor zeros32 = zeros.to(at::kFloat);
   if (!group_of && in == groups * group_size) {
     at::Tensor values;
-    if (bits < 8 && q.scalar_type() == at::kByte && q.is_contiguous() &&
-        zeros.max().item<int64_t>() < 128) {
+    const bool small = bits < 8 && q.scalar_type() == at::kByte && q.is_contiguous() &&
+                       zeros.max().item<int64_t>() < 128;
+    if (small && scales.scalar_type() == dtype && (dtype == at::kBFloat16 || dtype == at::kHalf)) {
+      // Scales stored in the output dtype (BF16 or F16): q - z (|q - z| < 128, exact there) times
+      // a scale of 8 or 11 significant bits is exact in float32, so the output dtype's multiply
+      // (ATen's is float32 and one round to nearest even) rounds it once, exactly as the float32
+      // route does; it is computed there, at half the memory traffic.
+      values = at::sub(q.view(at::kChar).view({out, groups, group_size}),
+                       zeros.to(at::kChar).unsqueeze(-1))
+                   .to(dtype);
+      values.mul_(scales.unsqueeze(-1));
+      return values.view({out, in});
+    }
+    if (small) {
       // Codes and zero points of up to 7 bits: q - z fits int8, so it is taken in one byte-wide
       // pass before the one conversion to float32.
       values = at::sub(q.view(at::kChar).view({out, groups, group_size}),
@@ -204,9 +220,37 @@ at::Tensor dequantize_mxfp4(const QuantizedWeight& weight,
                             const std::map<std::string, at::Tensor>& parts, at::ScalarType dtype) {
   const at::Tensor values = detail::fp4_values(parts.at("packed"));  // [..., G, 32]
   // E8M0 is the torch dtype Float8_e8m0fnu: 2^(e - 127), and 255 is NaN, as the OCP MX spec says.
-  const at::Tensor scale =
-      parts.at("scale").contiguous().view(at::kFloat8_e8m0fnu).to(at::kFloat).unsqueeze(-1);
+  const at::Tensor scale = detail::e8m0_to_float(parts.at("scale")).unsqueeze(-1);
   return scale_and_round(values, scale, dtype, weight.shape);
+}
+
+// The MX layouts of compressed-tensors (compressors/mxfp4/base.py, mxfp6/base.py, mxfp8/base.py;
+// scales through mx_utils.py `decompress_mx_scale`, 2 ** (e - 127)): W = value x scale of its
+// 32 values along the row. Every such product is exact in float32 and in BF16 (a power of two
+// times a value of at most 4 significant bits), so the result equals theirs bit for bit.
+// DeepSeek-V4's routed experts (model.py `Linear`, float4_e2m1fn_x2 [out, in/2] with an
+// F8_E8M0 scale [out, in/32]) are the FP4 layout.
+at::Tensor dequantize_mx(const QuantizedWeight& weight,
+                         const std::map<std::string, at::Tensor>& parts, at::ScalarType dtype) {
+  const at::Tensor& packed = parts.at("packed");
+  // BF16 and F32 have float32's exponent range, so every scale 2^(e - 127) and every product is
+  // exact there: the values are made in `dtype` directly. F16 (and F64, for one rounding from
+  // the exact float32 product) go through float32.
+  const at::ScalarType work = dtype == at::kBFloat16 ? dtype : at::kFloat;
+  at::Tensor values;
+  if (weight.scheme == Scheme::kMxfp4PackQuantized) {
+    values = detail::fp4_values(packed, work);
+  } else if (weight.scheme == Scheme::kMxfp6PackQuantized) {
+    values = detail::fp6_values(packed).to(work);
+  } else {
+    values = detail::float8_to(packed, work);
+  }
+  std::vector<int64_t> grouped(weight.shape.begin(), weight.shape.end() - 1);
+  grouped.push_back(weight.shape.back() / 32);
+  const at::Tensor scale =
+      detail::e8m0_to_float(parts.at("scale")).to(work).view(grouped).unsqueeze(-1);
+  grouped.push_back(32);
+  return scale_and_round(values.view(grouped), scale, dtype, weight.shape);
 }
 
 }  // namespace
@@ -223,6 +267,23 @@ at::Tensor dequantize(const QuantizedWeight& weight, const std::map<std::string,
     infos.emplace(role, detail::PartInfo{tensor.scalar_type(), tensor.sizes().vec()});
   }
   detail::check_layout(weight, infos, source);
+  if (detail::is_expert_stack(weight)) {
+    // One expert at a time, each its 2-D layout; stacked back on dim 0.
+    QuantizedWeight slice = weight;
+    slice.shape = {weight.shape[1], weight.shape[2]};
+    std::vector<at::Tensor> experts;
+    for (int64_t e = 0; e < weight.shape[0]; ++e) {
+      std::map<std::string, at::Tensor> expert;
+      for (const auto& [role, tensor] : parts) {
+        expert.emplace(role, role == "shape" ? tensor.narrow(0, 1, 2) : tensor.select(0, e));
+      }
+      experts.push_back(dequantize(slice, expert, dtype, source));
+    }
+    if (experts.empty()) {
+      return at::empty(weight.shape, parts.at("scale").options().dtype(dtype));
+    }
+    return at::stack(experts);
+  }
   switch (weight.scheme) {
     case Scheme::kFp8:
       return dequantize_fp8(weight, parts.at("packed"), parts.at("scale"), dtype);
@@ -238,6 +299,10 @@ at::Tensor dequantize(const QuantizedWeight& weight, const std::map<std::string,
       return dequantize_nvfp4(weight, parts, dtype, /*divide_by_global=*/false);
     case Scheme::kMxfp4:
       return dequantize_mxfp4(weight, parts, dtype);
+    case Scheme::kMxfp4PackQuantized:
+    case Scheme::kMxfp6PackQuantized:
+    case Scheme::kMxfp8Quantized:
+      return dequantize_mx(weight, parts, dtype);
   }
   TS_FAIL(source, "quantized weight '", weight.name, "': unknown scheme");
 }

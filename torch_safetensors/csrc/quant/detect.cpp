@@ -70,9 +70,25 @@ std::optional<QuantizedWeight> describe_qweight(const Checkpoint& checkpoint, st
   weight.tensors = {{"packed", prefix + "qweight"},
                     {"scale", prefix + "scales"},
                     {"zero_point", prefix + "qzeros"}};
-  const auto packed = shape_of(checkpoint, prefix + "qweight");
+  auto packed = shape_of(checkpoint, prefix + "qweight");
   std::vector<int64_t> scales;
   if (checkpoint.contains(prefix + "scales")) scales = shape_of(checkpoint, prefix + "scales");
+  // A 3-D stack of experts (experts on dim 0): every part has that leading dimension, and each
+  // expert is the 2-D layout (check_layout checks both).
+  std::vector<int64_t> experts;
+  if (packed.size() == 3) {
+    experts = {packed[0]};
+    packed.erase(packed.begin());
+    if (scales.size() == 3) scales.erase(scales.begin());
+  }
+  auto stack_shape = [&](std::vector<int64_t> shape) {
+    shape.insert(shape.begin(), experts.begin(), experts.end());
+    return shape;
+  };
+  auto strip = [&](std::vector<int64_t> sizes) {
+    if (!experts.empty() && !sizes.empty()) sizes.erase(sizes.begin());
+    return sizes;
+  };
   bool awq = config.scheme == Scheme::kAwq;
   if (!config.scheme && packed.size() == 2 && scales.size() == 2) {
     awq = scales[1] == packed[1] * 8 && scales[1] != packed[1];
@@ -82,7 +98,7 @@ std::optional<QuantizedWeight> describe_qweight(const Checkpoint& checkpoint, st
     weight.bits = config.bits ? config.bits : 4;
     if (packed.size() == 2) {
       const int64_t in = packed[0], out = packed[1] * 8;
-      weight.shape = {out, in};
+      weight.shape = stack_shape({out, in});
       weight.group_size =
           resolve_group_size(config.group_size, in, scales.size() == 2 ? scales[0] : 0);
     }
@@ -95,7 +111,7 @@ std::optional<QuantizedWeight> describe_qweight(const Checkpoint& checkpoint, st
   const int64_t out = packed[1];
   weight.bits = config.bits;
   if (!weight.bits && checkpoint.contains(prefix + "qzeros")) {
-    const auto zeros = shape_of(checkpoint, prefix + "qzeros");
+    const auto zeros = strip(shape_of(checkpoint, prefix + "qzeros"));
     if (zeros.size() == 2) weight.bits = infer_bits(out, zeros[1], {4, 8, 3, 2});
   }
   TS_CHECK(weight.bits, checkpoint.path(), "quantized weight '", name,
@@ -103,10 +119,10 @@ std::optional<QuantizedWeight> describe_qweight(const Checkpoint& checkpoint, st
            prefix, "qzeros' to infer it from)");
   int64_t in = packed[0] * 32 / weight.bits;
   if (weight.tensors.count("g_idx")) {
-    const auto g_idx = shape_of(checkpoint, prefix + "g_idx");
+    const auto g_idx = strip(shape_of(checkpoint, prefix + "g_idx"));
     if (g_idx.size() == 1) in = g_idx[0];
   }
-  weight.shape = {out, in};
+  weight.shape = stack_shape({out, in});
   weight.group_size = resolve_group_size(config.group_size, in, scales.size() == 2 ? scales[0] : 0);
   return weight;
 }
@@ -122,6 +138,32 @@ std::optional<QuantizedWeight> describe_compressed(const Checkpoint& checkpoint,
   std::vector<int64_t> scale;
   if (checkpoint.contains(prefix + "weight_scale"))
     scale = shape_of(checkpoint, prefix + "weight_scale");
+  const std::string scale_name = prefix + "weight_scale";
+  const bool e8m0_scale =
+      checkpoint.contains(scale_name) && (checkpoint.info(scale_name).dtype == Dtype::U8 ||
+                                          checkpoint.info(scale_name).dtype == Dtype::F8_E8M0);
+  const bool mx_config =
+      config.scheme == Scheme::kMxfp4PackQuantized || config.scheme == Scheme::kMxfp6PackQuantized;
+  if (checkpoint.info(packed_name).dtype == Dtype::U8 && (mx_config || e8m0_scale)) {
+    // compressed-tensors mxfp4/mxfp6-pack-quantized: no global scale, E8M0 (U8) scales per 32
+    // (compressors/mxfp4/base.py `compression_param_names`). Without a config, FP4 and FP6 are
+    // told apart by the packed row: 16 bytes per block of 32 values for FP4, 24 for FP6.
+    weight.scheme = Scheme::kMxfp4PackQuantized;
+    if (config.scheme == Scheme::kMxfp6PackQuantized) {
+      weight.scheme = Scheme::kMxfp6PackQuantized;
+    } else if (!config.scheme && !packed.empty() && !scale.empty() &&
+               scale.size() == packed.size() && packed.back() == scale.back() * 24) {
+      weight.scheme = Scheme::kMxfp6PackQuantized;
+    }
+    const bool fp6 = weight.scheme == Scheme::kMxfp6PackQuantized;
+    weight.bits = fp6 ? 6 : 4;
+    weight.group_size = 32;
+    if (!packed.empty()) {
+      weight.shape = packed;
+      weight.shape.back() = fp6 ? packed.back() / 3 * 4 : packed.back() * 2;
+    }
+    return weight;
+  }
   if (checkpoint.info(packed_name).dtype == Dtype::U8) {
     weight.scheme = Scheme::kNvfp4PackQuantized;
     weight.bits = 4;
@@ -134,34 +176,40 @@ std::optional<QuantizedWeight> describe_compressed(const Checkpoint& checkpoint,
   if (checkpoint.contains(prefix + "weight_zero_point")) {
     weight.tensors["zero_point"] = prefix + "weight_zero_point";
   }
-  if (packed.size() != 2) return weight;
+  // 2-D [out, words], or a 3-D stack of experts [experts, out, words] (compressed-tensors
+  // helpers.py `pack_to_int32` packs each 2-D slice of an N-D weight).
+  if (packed.size() != 2 && packed.size() != 3) return weight;
+  const size_t dims = packed.size();
   int64_t in = 0;
   const std::string shape_name = prefix + "weight_shape";
   if (checkpoint.contains(shape_name)) {
     weight.tensors["shape"] = shape_name;
-    // Two integers: reading them is the one small read detection needs.
+    // dims integers: reading them is the one small read detection needs.
     const at::Tensor stored = checkpoint.tensor(shape_name);
-    TS_CHECK(stored.numel() == 2 && !at::isFloatingType(stored.scalar_type()), checkpoint.path(),
-             "quantized weight '", name, "': '", shape_name,
-             "' must hold two integers [out, in], found shape ",
+    TS_CHECK(stored.numel() == int64_t(dims) && !at::isFloatingType(stored.scalar_type()),
+             checkpoint.path(), "quantized weight '", name, "': '", shape_name, "' must hold ",
+             dims, " integers (", dims == 2 ? "[out, in]" : "[experts, out, in]", "), found shape ",
              detail::sizes_string(stored.sizes()), " of ", stored.scalar_type());
-    const at::Tensor values = stored.to(at::kLong).cpu();
-    TS_CHECK(values[0].item<int64_t>() == packed[0], checkpoint.path(), "quantized weight '", name,
-             "': '", shape_name, "' says out = ", values[0].item<int64_t>(), ", but '", packed_name,
-             "' has ", packed[0], " rows");
-    in = values[1].item<int64_t>();
+    const at::Tensor values = stored.to(at::kLong).cpu().flatten();
+    for (size_t d = 0; d + 1 < dims; ++d) {
+      TS_CHECK(values[d].item<int64_t>() == packed[d], checkpoint.path(), "quantized weight '",
+               name, "': '", shape_name, "' says size ", values[d].item<int64_t>(), " in dim ", d,
+               ", but '", packed_name, "' has ", packed[d]);
+    }
+    in = values[dims - 1].item<int64_t>();
     TS_CHECK(in > 0 && in <= detail::kMaxDimension, checkpoint.path(), "quantized weight '", name,
              "': '", shape_name, "' says in = ", in, ", expected 1 to ", detail::kMaxDimension);
   }
   weight.bits = config.bits;
-  if (!weight.bits && in) weight.bits = infer_bits(in, packed[1], {8, 4, 2, 1, 3, 5, 6, 7});
+  if (!weight.bits && in) weight.bits = infer_bits(in, packed.back(), {8, 4, 2, 1, 3, 5, 6, 7});
   TS_CHECK(weight.bits, checkpoint.path(), "quantized weight '", name,
            "' (pack_quantized): the number of bits is unknown (no quantization config and no '",
            shape_name, "')");
-  if (!in) in = packed[1] * 32 / weight.bits;
-  weight.shape = {packed[0], in};
-  const bool grouped = scale.size() == 2 && scale[1] > 1;
-  weight.group_size = grouped ? resolve_group_size(config.group_size, in, scale[1]) : 0;
+  if (!in) in = packed.back() * 32 / weight.bits;
+  weight.shape = packed;
+  weight.shape.back() = in;
+  const bool grouped = scale.size() == dims && scale.back() > 1;
+  weight.group_size = grouped ? resolve_group_size(config.group_size, in, scale.back()) : 0;
   return weight;
 }
 
@@ -200,13 +248,63 @@ std::optional<QuantizedWeight> describe_by_names(const Checkpoint& checkpoint,
   const bool fp8 = type == at::kFloat8_e4m3fn || type == at::kFloat8_e5m2 ||
                    type == at::kFloat8_e4m3fnuz || type == at::kFloat8_e5m2fnuz;
   const std::string scale_inv = *prefix + "weight_scale_inv", scale = *prefix + "weight_scale";
-  if (fp8 && (checkpoint.contains(scale_inv) || checkpoint.contains(scale))) {
+  // DeepSeek-V4 (inference/model.py `Linear`: `self.weight.scale = self.scale`) names the scale
+  // "<prefix>scale".
+  const std::string short_scale = *prefix + "scale";
+  const std::string* found_scale = checkpoint.contains(scale_inv)     ? &scale_inv
+                                   : checkpoint.contains(scale)       ? &scale
+                                   : checkpoint.contains(short_scale) ? &short_scale
+                                                                      : nullptr;
+  const c10::ScalarType scale_type =
+      found_scale ? to_scalar_type(checkpoint.info(*found_scale).dtype) : at::kFloat;
+  const bool e8m0_scale =
+      found_scale && (scale_type == at::kByte || scale_type == at::kFloat8_e8m0fnu);
+  if (found_scale && !shape.empty() &&
+      (type == at::kChar || type == at::kFloat4_e2m1fn_x2 ||
+       (type == at::kByte &&
+        (scale_type == at::kFloat8_e8m0fnu || config.scheme == Scheme::kMxfp4PackQuantized))) &&
+      e8m0_scale) {
+    // DeepSeek-V4's routed experts (config `expert_dtype: fp4`): FP4 two a byte in I8 [out, in/2]
+    // with an F8_E8M0 scale per 32 values [out, in/32] — the MXFP4 layout.
+    QuantizedWeight weight;
+    weight.name = std::string(name);
+    weight.scheme = Scheme::kMxfp4PackQuantized;
+    weight.bits = 4;
+    weight.group_size = 32;
+    weight.shape = shape;
+    weight.shape.back() *= 2;
+    weight.tensors = {{"packed", std::string(name)}, {"scale", *found_scale}};
+    return weight;
+  }
+  if (fp8 && found_scale && type == at::kFloat8_e4m3fn && !shape.empty() && e8m0_scale) {
+    // compressed-tensors mxfp8-quantized (compressors/mxfp8/base.py): `weight` F8_E4M3 and a U8
+    // E8M0 `weight_scale` per 32 values. An F8_E8M0 scale of that shape is the same layout; one of
+    // ceil(out / block) x ceil(in / block) is DeepSeek's block FP8 (below).
+    const auto scale_shape = shape_of(checkpoint, *found_scale);
+    std::vector<int64_t> per32(shape.begin(), shape.end() - 1);
+    per32.push_back(shape.back() / 32);
+    const bool blocks = shape.size() == 2 && scale_shape.size() == 2 &&
+                        scale_shape[0] == ceil_div(shape[0], 128) &&
+                        scale_shape[1] == ceil_div(shape[1], 128);
+    if (config.scheme == Scheme::kMxfp8Quantized || scale_type == at::kByte ||
+        (scale_shape == per32 && !blocks)) {
+      QuantizedWeight weight;
+      weight.name = std::string(name);
+      weight.scheme = Scheme::kMxfp8Quantized;
+      weight.bits = 8;
+      weight.group_size = 32;
+      weight.shape = shape;
+      weight.tensors = {{"packed", std::string(name)}, {"scale", *found_scale}};
+      return weight;
+    }
+  }
+  if (fp8 && found_scale) {
     QuantizedWeight weight;
     weight.name = std::string(name);
     weight.scheme = Scheme::kFp8;
     weight.bits = 8;
     weight.shape = shape;
-    const std::string& scale_name = checkpoint.contains(scale_inv) ? scale_inv : scale;
+    const std::string& scale_name = *found_scale;
     weight.tensors = {{"packed", std::string(name)}, {"scale", scale_name}};
     const auto scale_shape = shape_of(checkpoint, scale_name);
     const int64_t scale_count = detail::saturating_numel(scale_shape);
@@ -323,12 +421,22 @@ DenseView::DenseView(Checkpoint checkpoint, QuantConfig config, at::ScalarType d
       config_(std::move(config)),
       dtype_(dtype),
       device_(device) {
-  std::set<std::string, std::less<>> companions;
+  std::set<std::string, std::less<>>& companions = companions_;
   for (QuantizedWeight& weight : find_quantized(checkpoint_, config_)) {
     for (const auto& [role, name] : weight.tensors) companions.insert(name);
+    // Activation-only companions, which no dense model has as a weight: ModelOpt's `input_scale`
+    // (and kv-cache `k_scale`/`v_scale`), compressed-tensors' `input_global_scale`,
+    // `input_scale` and `input_zero_point`. Hidden, so that a strict load of the view works.
+    if (const auto prefix = weight_prefix(weight.name)) {
+      for (const char* activation :
+           {"input_scale", "input_global_scale", "input_zero_point", "k_scale", "v_scale"}) {
+        if (checkpoint_.contains(*prefix + activation)) companions.insert(*prefix + activation);
+      }
+    }
     std::string name = weight.name;
     quantized_.emplace(std::move(name), std::move(weight));
   }
+  for (const auto& [name, weight] : quantized_) companions.erase(name);
   // Dense names where their packed tensor was, then every tensor that is no companion.
   std::set<std::string, std::less<>> listed;
   for (const std::string& key : checkpoint_.keys()) {
@@ -349,12 +457,7 @@ bool DenseView::contains(std::string_view name) const {
 bool DenseView::is_quantized(std::string_view name) const { return quantized_.count(name) != 0; }
 
 bool DenseView::is_companion(std::string_view name) const {
-  for (const auto& [dense, weight] : quantized_) {
-    for (const auto& [role, stored] : weight.tensors) {
-      if (stored == name && dense != name) return true;
-    }
-  }
-  return false;
+  return companions_.find(name) != companions_.end();
 }
 
 at::Tensor DenseView::tensor(std::string_view name) const {

@@ -27,15 +27,27 @@ at::Tensor pack_bits(const at::Tensor& values, int bits);
 // FP4 E2M1: code = sign << 3 | magnitude index into {0, 0.5, 1, 1.5, 2, 3, 4, 6}; two codes per
 // byte, the first value in the low nibble (transformers integrations/mxfp4.py `FP4_VALUES`,
 // ModelOpt qtensor/nvfp4_tensor.py `_unpack_tensor`, compressed-tensors nvfp4/helpers.py).
-// fp4_values: [..., n] uint8 -> [..., 2n] float32.
-at::Tensor fp4_values(const at::Tensor& packed);
+// fp4_values: [..., n] uint8 -> [..., 2n] of `dtype` (every E2M1 value is exact in each floating
+// dtype), one table lookup per byte (both of its values at once).
+at::Tensor fp4_values(const at::Tensor& packed, at::ScalarType dtype = at::kFloat);
 // fp4_pack: float [..., 2n] -> uint8 [..., n], each value rounded to the nearest E2M1 value
 // (ties to the even code, saturating at +-6).
 at::Tensor fp4_pack(const at::Tensor& values);
 
+// FP6 E2M3 (compressed-tensors mxfp6/helpers.py `unpack_fp6_from_uint8`): four 6-bit codes in
+// three bytes, read as one little-endian 24-bit word, code k in bits 6k..6k+5; bit 5 of a code is
+// the sign, its low 5 bits index the magnitudes {m/8 : m < 8} then {(1 + m/8) 2^e : e < 3, m < 8}.
+// fp6_values: [..., 3n] uint8 -> [..., 4n] float32.
+at::Tensor fp6_values(const at::Tensor& packed);
+
+// E8M0 scales (U8 or F8_E8M0 bytes) as float32 2^(e - 127); 255 is NaN.
+at::Tensor e8m0_to_float(const at::Tensor& scale);
+
 // F8 values as float32, exactly (NaN included). On the CPU through a 256-entry table, which is
 // faster there than ATen's element-wise conversion.
 at::Tensor float8_to_float(const at::Tensor& values);
+// The same in `dtype` (exact for BF16, F16, F32 and F64: F8 values fit each).
+at::Tensor float8_to(const at::Tensor& values, at::ScalarType dtype);
 
 // Dtype and sizes of a stored part, from a header or a tensor.
 struct PartInfo {
@@ -47,7 +59,10 @@ using PartInfos = std::map<std::string, PartInfo>;
 // Checks that `parts` (role -> dtype and sizes) form `weight`: every required role present,
 // dtypes and sizes as the scheme stores them. Throws naming `source`, the weight, the part's
 // stored name, and what was expected versus found.
+// A 3-D [experts, out, in] stack is each expert's 2-D layout with a leading experts dimension on
+// every part (GPTQ, AWQ and pack_quantized; the MX schemes take leading dimensions directly).
 void check_layout(const QuantizedWeight& weight, const PartInfos& parts, std::string_view source);
+bool is_expert_stack(const QuantizedWeight& weight);
 
 // The roles a scheme requires, then those it may have.
 const std::vector<std::string>& required_roles(Scheme scheme);

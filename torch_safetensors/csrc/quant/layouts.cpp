@@ -12,7 +12,7 @@
 namespace torch::safetensors::quant {
 namespace {
 
-constexpr std::array<std::pair<Scheme, std::string_view>, 7> kSchemeNames = {{
+constexpr std::array<std::pair<Scheme, std::string_view>, 10> kSchemeNames = {{
     {Scheme::kFp8, "fp8"},
     {Scheme::kGptq, "gptq"},
     {Scheme::kAwq, "awq"},
@@ -20,6 +20,9 @@ constexpr std::array<std::pair<Scheme, std::string_view>, 7> kSchemeNames = {{
     {Scheme::kNvfp4PackQuantized, "nvfp4_pack_quantized"},
     {Scheme::kMxfp4, "mxfp4"},
     {Scheme::kNvfp4, "nvfp4"},
+    {Scheme::kMxfp4PackQuantized, "mxfp4_pack_quantized"},
+    {Scheme::kMxfp6PackQuantized, "mxfp6_pack_quantized"},
+    {Scheme::kMxfp8Quantized, "mxfp8_quantized"},
 }};
 
 bool is_float8(c10::ScalarType type) {
@@ -29,6 +32,14 @@ bool is_float8(c10::ScalarType type) {
 bool is_real_floating(c10::ScalarType type) {
   return type == at::kFloat || type == at::kHalf || type == at::kBFloat16 || type == at::kDouble;
 }
+// E8M0 exponents: compressed-tensors stores them as U8 (mx_utils.py `compress_mx_scale`),
+// gpt-oss as U8, DeepSeek-V4 as F8_E8M0.
+bool is_e8m0(c10::ScalarType type) { return type == at::kByte || type == at::kFloat8_e8m0fnu; }
+// FP4 two a byte: U8 (compressed-tensors, ModelOpt), I8 (DeepSeek-V4's experts) or the torch
+// dtype F4 (Float4_e2m1fn_x2).
+bool is_fp4_bytes(c10::ScalarType type) {
+  return type == at::kByte || type == at::kChar || type == at::kFloat4_e2m1fn_x2;
+}
 
 }  // namespace
 
@@ -37,6 +48,12 @@ std::string_view scheme_name(Scheme scheme) {
     if (value == scheme) return name;
   }
   return "?";
+}
+
+std::vector<std::string_view> scheme_names() {
+  std::vector<std::string_view> out;
+  for (const auto& [value, name] : kSchemeNames) out.push_back(name);
+  return out;
 }
 
 std::optional<Scheme> parse_scheme(std::string_view name) {
@@ -72,7 +89,9 @@ int64_t saturating_numel(c10::IntArrayRef sizes) {
 
 at::Tensor unpack_bits(const at::Tensor& packed, int bits, int64_t count) {
   TORCH_CHECK(bits >= 1 && bits <= 8, "quant: bits must be 1..8, found ", bits);
-  const at::Tensor words = packed.to(at::kInt).contiguous();
+  // Flattened and viewed back: a "contiguous" tensor may keep a stride other than 1 on a size-1
+  // last dimension (a transposed [1, n]), which the byte view below refuses.
+  const at::Tensor words = packed.to(at::kInt).contiguous().reshape(-1).view(packed.sizes());
   const int64_t mask = (int64_t{1} << bits) - 1;
 #if defined(__BYTE_ORDER__) && __BYTE_ORDER__ == __ORDER_LITTLE_ENDIAN__
   if (8 % bits == 0) {
@@ -179,24 +198,70 @@ at::Tensor pack_bits(const at::Tensor& values, int bits) {
   return words.flatten(-2).narrow(-1, 0, ceil_div(count * bits, 32)).to(at::kInt).contiguous();
 }
 
-at::Tensor float8_to_float(const at::Tensor& values) {
-  if (!values.device().is_cpu()) return values.to(at::kFloat);
-  const at::Tensor table = at::arange(256, at::TensorOptions().dtype(at::kByte))
-                               .view(values.scalar_type())
-                               .to(at::kFloat);
+at::Tensor float8_to(const at::Tensor& values, at::ScalarType dtype) {
+  if (!values.device().is_cpu()) return values.to(dtype);
+  const at::Tensor table =
+      at::arange(256, at::TensorOptions().dtype(at::kByte)).view(values.scalar_type()).to(dtype);
   const at::Tensor codes = values.contiguous().view(at::kByte).flatten().to(at::kInt);
   return table.index_select(0, codes).view(values.sizes());
 }
 
-at::Tensor fp4_values(const at::Tensor& packed) {
+at::Tensor float8_to_float(const at::Tensor& values) { return float8_to(values, at::kFloat); }
+
+at::Tensor e8m0_to_float(const at::Tensor& scale) {
+  // compressed-tensors mx_utils.py `decompress_mx_scale`: 2 ** (scale.to(int32) - 127); the OCP
+  // MX spec (and torch's Float8_e8m0fnu) make 255 NaN. Never the integer itself.
+  return scale.contiguous().view(at::kFloat8_e8m0fnu).to(at::kFloat);
+}
+
+at::Tensor fp4_values(const at::Tensor& packed, at::ScalarType dtype) {
   static const std::vector<float> kValues = {0.0f,  0.5f,  1.0f,  1.5f,  2.0f,  3.0f,
                                              4.0f,  6.0f,  -0.0f, -0.5f, -1.0f, -1.5f,
                                              -2.0f, -3.0f, -4.0f, -6.0f};
+  // Byte b holds value 2k (low nibble) and 2k + 1 (high nibble): a [256, 2] table of both.
+  static const std::vector<float> kPairs = [] {
+    std::vector<float> pairs(512);
+    for (int b = 0; b < 256; ++b) {
+      pairs[2 * b] = kValues[b & 15];
+      pairs[2 * b + 1] = kValues[b >> 4];
+    }
+    return pairs;
+  }();
+  const at::Tensor table = at::tensor(kPairs).to(packed.device()).to(dtype).view({256, 2});
+  const at::Tensor bytes = packed.contiguous().view(at::kByte);
+  std::vector<int64_t> sizes = bytes.sizes().vec();
+  if (sizes.empty()) sizes.push_back(1);
+  sizes.back() *= 2;
+  return table.index_select(0, bytes.flatten().to(at::kInt)).view(sizes);
+}
+
+at::Tensor fp6_values(const at::Tensor& packed) {
+  static const std::vector<float> kValues = [] {
+    std::vector<float> values(64);
+    for (int code = 0; code < 32; ++code) {
+      const int m = code & 7, e = code >> 3;
+      // e == 0: subnormal m / 8; else (1 + m / 8) x 2^(e - 1).
+      values[code] = e == 0 ? float(m) / 8 : (1.0f + float(m) / 8) * float(1 << (e - 1));
+      values[code + 32] = -values[code];
+    }
+    return values;
+  }();
   const at::Tensor table = at::tensor(kValues).to(packed.device());
-  const at::Tensor bytes = packed.contiguous();
-  const at::Tensor codes =
-      at::stack({at::bitwise_and(bytes, 0x0F), at::bitwise_right_shift(bytes, 4)}, -1).flatten(-2);
-  return table.index({codes.to(at::kLong)});
+  const at::Tensor bytes = packed.contiguous().view(at::kByte);
+  std::vector<int64_t> sizes = bytes.sizes().vec();
+  const int64_t triples = sizes.back() / 3;
+  sizes.back() = triples;
+  sizes.push_back(3);
+  const at::Tensor b = bytes.view(sizes).to(at::kInt);
+  using at::indexing::Slice;
+  const at::Tensor word = b.select(-1, 0)
+                              .bitwise_or(b.select(-1, 1).bitwise_left_shift(8))
+                              .bitwise_or(b.select(-1, 2).bitwise_left_shift(16));
+  const at::Tensor shifts = at::tensor(std::vector<int>{0, 6, 12, 18}).to(packed.device());
+  const at::Tensor codes = word.unsqueeze(-1).bitwise_right_shift(shifts).bitwise_and(0x3F);
+  std::vector<int64_t> out_sizes(sizes.begin(), sizes.end() - 1);
+  out_sizes.back() = triples * 4;
+  return table.index_select(0, codes.flatten().to(at::kLong)).view(out_sizes);
 }
 
 at::Tensor fp4_pack(const at::Tensor& values) {
@@ -254,9 +319,20 @@ std::string_view packing_name(Scheme scheme) {
     case Scheme::kNvfp4PackQuantized:
     case Scheme::kMxfp4:
     case Scheme::kNvfp4:
+    case Scheme::kMxfp4PackQuantized:
       return "fp4_e2m1_low_nibble_first";
+    case Scheme::kMxfp6PackQuantized:
+      return "fp6_e2m3_4_in_3_bytes_lsb_first";
+    case Scheme::kMxfp8Quantized:
+      return "none";
   }
   return "?";
+}
+
+bool is_expert_stack(const QuantizedWeight& weight) {
+  return weight.shape.size() == 3 &&
+         (weight.scheme == Scheme::kGptq || weight.scheme == Scheme::kAwq ||
+          weight.scheme == Scheme::kPackQuantized);
 }
 
 void check_layout(const QuantizedWeight& weight, const PartInfos& parts, std::string_view source) {
@@ -282,6 +358,28 @@ void check_layout(const QuantizedWeight& weight, const PartInfos& parts, std::st
   check_dimensions(shape, source, what + ": its dense shape");
   for (const auto& [role, info] : parts) {
     check_dimensions(info.sizes, source, what + ": " + stored(role));
+  }
+  if (is_expert_stack(weight)) {
+    // [experts, out, in]: every part has the experts as its leading dimension (weight_shape
+    // holds three integers), and each expert's parts form the 2-D layout.
+    const int64_t experts = shape[0];
+    QuantizedWeight slice = weight;
+    slice.shape = {shape[1], shape[2]};
+    PartInfos sliced;
+    for (const auto& [role, info] : parts) {
+      if (role == "shape") {
+        TS_CHECK(info.sizes == std::vector<int64_t>{3}, source, what, ": ", stored(role),
+                 " has shape ", sizes_string(info.sizes), ", expected [3] ([experts, out, in])");
+        sliced.emplace(role, PartInfo{info.dtype, {2}});
+        continue;
+      }
+      TS_CHECK(!info.sizes.empty() && info.sizes[0] == experts, source, what, ": ", stored(role),
+               " (", role, ") has shape ", sizes_string(info.sizes),
+               ", expected a leading dimension of ", experts, " (the experts of a 3-D stack)");
+      sliced.emplace(role, PartInfo{info.dtype, {info.sizes.begin() + 1, info.sizes.end()}});
+    }
+    check_layout(slice, sliced, source);
+    return;
   }
   // Only FP8 with one scale has a meaning for a 0-dim weight; every other rule needs dimensions.
   const bool scalar_fp8 = weight.scheme == Scheme::kFp8 && weight.block_size.empty();
@@ -315,7 +413,11 @@ void check_layout(const QuantizedWeight& weight, const PartInfos& parts, std::st
     case Scheme::kFp8: {
       expect_dtype("packed", is_float8(parts.at("packed").dtype), "a float8 dtype (F8_E4M3, ...)");
       expect_sizes("packed", shape, "the dense shape");
-      expect_dtype("scale", is_real_floating(parts.at("scale").dtype), "F32, BF16, F16 or F64");
+      // F8_E8M0: DeepSeek-V4's `.scale` (config `scale_fmt: ue8m0`), decoded as 2^(e - 127).
+      expect_dtype("scale",
+                   is_real_floating(parts.at("scale").dtype) ||
+                       parts.at("scale").dtype == at::kFloat8_e8m0fnu,
+                   "F32, BF16, F16, F64 or F8_E8M0");
       const auto& scale = parts.at("scale").sizes;
       if (!weight.block_size.empty()) {
         require_2d();
@@ -413,6 +515,34 @@ void check_layout(const QuantizedWeight& weight, const PartInfos& parts, std::st
       TS_CHECK(numel(parts.at("global_scale").sizes) == 1, source, what, ": ",
                stored("global_scale"), " has shape ", sizes_string(parts.at("global_scale").sizes),
                ", expected one value");
+      break;
+    }
+    case Scheme::kMxfp4PackQuantized:
+    case Scheme::kMxfp6PackQuantized:
+    case Scheme::kMxfp8Quantized: {
+      // [..., out, in] (leading dims: expert stacks), one E8M0 scale per 32 values of a row.
+      TS_CHECK(weight.group_size == 32 && in % 32 == 0, source, what,
+               ": MX blocks hold 32 values; the last dimension (", in,
+               ") must be a multiple of 32 and the group size 32, found ", weight.group_size);
+      std::vector<int64_t> scale_sizes(shape.begin(), shape.end() - 1);
+      scale_sizes.push_back(in / 32);
+      expect_dtype("scale", is_e8m0(parts.at("scale").dtype), "U8 or F8_E8M0 (E8M0 exponents)");
+      expect_sizes("scale", scale_sizes, "..., in / 32: one scale per 32 values");
+      std::vector<int64_t> packed_sizes(shape.begin(), shape.end() - 1);
+      if (weight.scheme == Scheme::kMxfp4PackQuantized) {
+        expect_dtype("packed", is_fp4_bytes(parts.at("packed").dtype),
+                     "U8, I8 or F4 (two FP4 values a byte)");
+        packed_sizes.push_back(in / 2);
+        expect_sizes("packed", packed_sizes, "..., in / 2");
+      } else if (weight.scheme == Scheme::kMxfp6PackQuantized) {
+        expect_dtype("packed", parts.at("packed").dtype == at::kByte,
+                     "U8 (four FP6 values in three bytes)");
+        packed_sizes.push_back(in / 4 * 3);
+        expect_sizes("packed", packed_sizes, "..., in * 3 / 4");
+      } else {
+        expect_dtype("packed", parts.at("packed").dtype == at::kFloat8_e4m3fn, "F8_E4M3");
+        expect_sizes("packed", shape, "the dense shape");
+      }
       break;
     }
     case Scheme::kMxfp4: {

@@ -15,6 +15,12 @@ namespace {
 constexpr std::string_view kFormat = kMetadataKey;
 constexpr uint64_t kVersion = 1;
 
+std::string scheme_list() {
+  std::string out;
+  for (std::string_view name : scheme_names()) out += (out.empty() ? "" : ", ") + std::string(name);
+  return out;
+}
+
 // Sizes and counts are written only if the reader would accept them back.
 uint64_t checked_count(int64_t value, const QuantizedWeight& weight, std::string_view field) {
   TS_CHECK(value >= 0 && value <= detail::kMaxDimension, "quant::metadata_json",
@@ -72,8 +78,7 @@ struct JsonDoc {
     return integer(element, key, -1, detail::kMaxDimension);
   }
   // `key` of `object`, if present.
-  static bool get(simdjson::dom::object object, std::string_view key,
-                  simdjson::dom::element& out) {
+  static bool get(simdjson::dom::object object, std::string_view key, simdjson::dom::element& out) {
     return !object[key].get(out);
   }
 };
@@ -89,8 +94,8 @@ QuantizedWeight parse_weight(const JsonDoc& doc, std::string_view name,
     if (key == "scheme") {
       const std::string scheme = inner.string(field.value, key);
       const auto parsed = parse_scheme(scheme);
-      TS_CHECK(parsed.has_value(), inner.where, "unknown scheme '", scheme,
-               "' (expected fp8, gptq, awq, pack_quantized, nvfp4_pack_quantized, mxfp4, nvfp4)");
+      TS_CHECK(parsed.has_value(), inner.where, "unknown scheme '", scheme, "' (expected one of ",
+               scheme_list(), ")");
       weight.scheme = *parsed;
       has_scheme = true;
     } else if (key == "bits") {
@@ -132,6 +137,16 @@ QuantizedWeight parse_weight(const JsonDoc& doc, std::string_view name,
   return weight;
 }
 
+// DeepSeek-V4's `expert_dtype` (inference/model.py `ModelArgs`; config.json's top level or its
+// quantization_config): "fp4" routed experts are MXFP4 beside FP8 dense weights, so the scheme is
+// then decided per weight.
+void set_expert_dtype(QuantConfig& config, const JsonDoc& doc, const std::string& value) {
+  TS_CHECK(value == "fp4" || value == "fp8" || value == "bf16", doc.where, "expert_dtype '", value,
+           "' is not supported (expected fp4, fp8 or bf16)");
+  config.expert_dtype = value;
+  if (value != "fp8") config.scheme.reset();
+}
+
 // `quantization_config` of config.json (or hf_quant_config.json's `quantization`). Every field
 // read is type- and range-checked; fields this reader does not use are left alone, except the
 // few whose type decides the layout (sym, desc_act, symmetric, strategy), which are type-checked.
@@ -147,6 +162,16 @@ void apply_producer_config(QuantConfig& config, const JsonDoc& doc, simdjson::do
     config.scheme = Scheme::kFp8;
     if (get("weight_block_size", value) && !value.is_null()) {
       config.block_size = doc.sizes(value, "weight_block_size", 1, 2);
+    }
+    // DeepSeek-V3.1/V4: "ue8m0" says the scales are powers of two (V4 stores them as F8_E8M0,
+    // read as 2^(e - 127) whatever this says); any other value is refused, not guessed at.
+    if (get("scale_fmt", value) && !value.is_null()) {
+      config.scale_fmt = doc.string(value, "scale_fmt");
+      TS_CHECK(config.scale_fmt == "ue8m0", doc.where, "scale_fmt '", config.scale_fmt,
+               "' is not supported (expected \"ue8m0\" or none)");
+    }
+    if (get("expert_dtype", value) && !value.is_null()) {
+      set_expert_dtype(config, doc, doc.string(value, "expert_dtype"));
     }
   } else if (method == "gptq") {
     config.scheme = Scheme::kGptq;
@@ -179,10 +204,16 @@ void apply_producer_config(QuantConfig& config, const JsonDoc& doc, simdjson::do
       config.scheme = Scheme::kNvfp4PackQuantized;
     else if (format == "float-quantized")
       config.scheme = Scheme::kFp8;
+    else if (format == "mxfp4-pack-quantized")
+      config.scheme = Scheme::kMxfp4PackQuantized;
+    else if (format == "mxfp6-pack-quantized")
+      config.scheme = Scheme::kMxfp6PackQuantized;
+    else if (format == "mxfp8-quantized")
+      config.scheme = Scheme::kMxfp8Quantized;
     else
       TS_FAIL(doc.where, "compressed-tensors format '", format,
-              "' is not supported (expected pack-quantized, nvfp4-pack-quantized or "
-              "float-quantized)");
+              "' is not supported (expected pack-quantized, nvfp4-pack-quantized, "
+              "mxfp4-pack-quantized, mxfp6-pack-quantized, mxfp8-quantized or float-quantized)");
     // The first config group's weights describe every weight (one group is what producers write).
     simdjson::dom::object groups;
     if (get("config_groups", value) && !value.get_object().get(groups)) {
@@ -240,6 +271,13 @@ bool read_config_file(QuantConfig& config, const std::string& path, std::string_
   if (root[key].get_object().get(section)) return false;
   config.source = path;
   apply_producer_config(config, JsonDoc{path + ": '" + std::string(key) + "'"}, section);
+  // DeepSeek-V4 (inference/model.py `ModelArgs.expert_dtype`, config.json top level): "fp4"
+  // routed experts are MXFP4 beside FP8 dense weights, so the scheme is decided per weight.
+  simdjson::dom::element expert_dtype;
+  if (!root["expert_dtype"].get(expert_dtype) && !expert_dtype.is_null()) {
+    const JsonDoc doc{path};
+    set_expert_dtype(config, doc, doc.string(expert_dtype, "expert_dtype"));
+  }
   return true;
 }
 
@@ -370,9 +408,13 @@ QuantConfig read_config(const Checkpoint& checkpoint) {
   return config;
 }
 
-void save(const std::vector<Quantized>& weights,
-          const std::vector<std::pair<std::string, at::Tensor>>& others, const SaveTo& to,
-          std::optional<Metadata> metadata) {
+namespace {
+
+// The entries to write and the metadata with our description added.
+std::vector<SaveEntry> entries_with_description(
+    const std::vector<Quantized>& weights,
+    const std::vector<std::pair<std::string, at::Tensor>>& others,
+    std::optional<Metadata>& metadata, std::string_view caller) {
   std::vector<SaveEntry> entries;
   std::vector<QuantizedWeight> layouts;
   for (const Quantized& weight : weights) {
@@ -381,10 +423,26 @@ void save(const std::vector<Quantized>& weights,
   }
   for (const auto& [name, tensor] : others) entries.emplace_back(name, tensor);
   if (!metadata) metadata.emplace();
-  TS_CHECK(!metadata->count(std::string(kMetadataKey)), "quant::save",
-           "metadata already has the key '", kMetadataKey, "', which save writes");
+  TS_CHECK(!metadata->count(std::string(kMetadataKey)), caller, "metadata already has the key '",
+           kMetadataKey, "', which ", caller, " writes");
   metadata->emplace(std::string(kMetadataKey), metadata_json(layouts));
+  return entries;
+}
+
+}  // namespace
+
+void save(const std::vector<Quantized>& weights,
+          const std::vector<std::pair<std::string, at::Tensor>>& others, const SaveTo& to,
+          std::optional<Metadata> metadata) {
+  auto entries = entries_with_description(weights, others, metadata, "quant::save");
   torch::safetensors::save(entries, to, metadata);
+}
+
+void save_sharded(const std::vector<Quantized>& weights,
+                  const std::vector<std::pair<std::string, at::Tensor>>& others,
+                  const PathArg& directory, ShardOptions options) {
+  auto entries = entries_with_description(weights, others, options.metadata, "quant::save_sharded");
+  torch::safetensors::save_sharded(std::move(entries), directory, options);
 }
 
 }  // namespace torch::safetensors::quant

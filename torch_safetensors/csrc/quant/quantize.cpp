@@ -286,22 +286,46 @@ Quantized quantize_nvfp4(const at::Tensor& w, std::string_view name, bool compre
 // MXFP4 (OCP MX): a power-of-two scale per 32 values, stored as E8M0 (exponent + 127). The OCP
 // spec's 2^(floor(log2 amax) - 2) clips values above 6 x scale; this takes the smallest power of
 // two that keeps the block within +-6 instead, 2^ceil(log2(amax / 6)), so nothing clips.
-Quantized quantize_mxfp4(const at::Tensor& w, std::string_view name) {
+// The same rule for MXFP8 (largest F8_E4M3 value 448 instead of 6). `scheme` picks the names:
+// gpt-oss's `<name>_blocks`/`_scales`, compressed-tensors' `weight_packed`/`weight_scale` (FP4;
+// `weight`/`weight_scale` for FP8).
+Quantized quantize_mx(const at::Tensor& w, std::string_view name, Scheme scheme) {
   constexpr int64_t kBlock = 32;
-  TS_CHECK(w.dim() >= 1 && w.size(-1) % kBlock == 0, kSource,
-           "mxfp4 needs a last dimension that is a multiple of 32, found ",
+  TS_CHECK(w.dim() >= 1 && w.size(-1) % kBlock == 0, kSource, scheme_name(scheme),
+           " needs a last dimension that is a multiple of 32, found ",
            detail::sizes_string(w.sizes()));
   std::vector<int64_t> block_sizes = w.sizes().vec();
   block_sizes.back() = w.size(-1) / kBlock;
   block_sizes.push_back(kBlock);
   const at::Tensor blocks = w.reshape(block_sizes);
   const at::Tensor amax = blocks.abs().amax(-1);
-  at::Tensor exponent = at::ceil(at::log2(amax / 6.0));
+  const bool fp8 = scheme == Scheme::kMxfp8Quantized;
+  at::Tensor exponent = at::ceil(at::log2(amax / (fp8 ? 448.0 : 6.0)));
   exponent = at::where(amax == 0, at::full_like(exponent, -127.0), exponent).clamp(-127.0, 127.0);
-  const at::Tensor packed = detail::fp4_pack(blocks / at::exp2(exponent).unsqueeze(-1));
+  const at::Tensor scaled = blocks / at::exp2(exponent).unsqueeze(-1);
+  const at::Tensor scales = (exponent + 127).to(at::kByte);
   Quantized result;
+  if (scheme != Scheme::kMxfp4) {
+    const std::string prefix = prefix_of(name);
+    const at::Tensor packed =
+        fp8 ? scaled.clamp(-448.0, 448.0).to(at::kFloat8_e4m3fn).reshape(w.sizes())
+            : detail::fp4_pack(scaled).reshape([&] {
+                auto sizes = w.sizes().vec();
+                sizes.back() /= 2;
+                return sizes;
+              }());
+    result.tensors = {{prefix + (fp8 ? "weight" : "weight_packed"), packed},
+                      {prefix + "weight_scale", scales}};
+    result.weight.scheme = scheme;
+    result.weight.bits = fp8 ? 8 : 4;
+    result.weight.group_size = kBlock;
+    result.weight.tensors = {{"packed", result.tensors[0].first},
+                             {"scale", result.tensors[1].first}};
+    return result;
+  }
+  const at::Tensor packed = detail::fp4_pack(scaled);
   result.tensors = {{std::string(name) + "_blocks", packed},
-                    {std::string(name) + "_scales", (exponent + 127).to(at::kByte)}};
+                    {std::string(name) + "_scales", scales}};
   result.weight.scheme = Scheme::kMxfp4;
   result.weight.bits = 4;
   result.weight.group_size = kBlock;
@@ -316,7 +340,9 @@ Quantized quantize(const at::Tensor& weight, std::string_view name,
   TS_CHECK(weight.defined() && at::isFloatingType(weight.scalar_type()), kSource, "weight '", name,
            "' must be a floating-point tensor, found ",
            weight.defined() ? c10::toString(weight.scalar_type()) : "an undefined tensor");
-  const bool linear = options.scheme != Scheme::kMxfp4 && options.scheme != Scheme::kFp8;
+  const bool linear = options.scheme != Scheme::kMxfp4 && options.scheme != Scheme::kFp8 &&
+                      options.scheme != Scheme::kMxfp4PackQuantized &&
+                      options.scheme != Scheme::kMxfp8Quantized;
   TS_CHECK(!linear || weight.dim() == 2, kSource, "weight '", name, "' (",
            scheme_name(options.scheme), ") must be 2-D [out, in], found shape ",
            detail::sizes_string(weight.sizes()));
@@ -342,8 +368,14 @@ Quantized quantize(const at::Tensor& weight, std::string_view name,
       result = quantize_nvfp4(w, name, /*compressed_tensors=*/false);
       break;
     case Scheme::kMxfp4:
-      result = quantize_mxfp4(w, name);
+    case Scheme::kMxfp4PackQuantized:
+    case Scheme::kMxfp8Quantized:
+      result = quantize_mx(w, name, options.scheme);
       break;
+    case Scheme::kMxfp6PackQuantized:
+      TS_FAIL(kSource, "weight '", name,
+              "': quantizing to mxfp6_pack_quantized is not supported (reading it is; "
+              "compressed-tensors' MXFP6PackedCompressor writes it)");
   }
   result.weight.name = std::string(name);
   result.weight.shape = weight.sizes().vec();
