@@ -5,7 +5,7 @@ restricted unpickler + save, called in this process through the extension) again
 pre-1.6 format (`_use_new_zipfile_serialization=False`, against `torch.load(weights_only=False)`,
 as such files are usually loaded), and a training checkpoint holding them (`{"state_dict": ...,
 "optimizer": AdamW's state_dict, "epoch", "step"}`), converted with `--key state_dict` against
-`torch.load(weights_only=True)["state_dict"]` + `save_file`.
+`torch.load(weights_only=False)["state_dict"]` + `save_file`.
 
     python3 bench/convert_bench.py                          # the bench/ Llama-like .pt if present
     python3 bench/convert_bench.py --checkpoint model.bin   # any torch.save file
@@ -59,7 +59,7 @@ def reference(source, target, weights_only=True):
 
 
 def training_reference(source, target):
-    state = torch.load(source, weights_only=True)["state_dict"]
+    state = torch.load(source, weights_only=False)["state_dict"]
     save_file(state, target, metadata={"format": "pt"})
 
 
@@ -105,7 +105,7 @@ def compare(source, workdir, label, reference_side, reps, ours_side=ours):
     reference_s = statistics.median(times["reference"])
     reference_name = {reference: "torch.load(weights_only=True)",
                       legacy_reference: "torch.load(weights_only=False)",
-                      training_reference: 'torch.load(...)["state_dict"]'}[reference_side]
+                      training_reference: 'torch.load(weights_only=False)["state_dict"]'}[reference_side]
     print(f"{label} ({size / 1e9:.3f} GB):")
     print(f"  torch-safetensors convert:                        {ours_s:8.3f} s "
           f"({size / ours_s / 1e9:.2f} GB/s)")
