@@ -33,6 +33,19 @@ py::list to_pairs(const std::vector<std::pair<std::string, at::Tensor>>& tensors
   return out;
 }
 
+// The (tensors, description) pairs that quant.save_file and quant.save_sharded pass.
+std::vector<quant::Quantized> to_quantized(const py::list& weights) {
+  std::vector<quant::Quantized> quantized;
+  for (py::handle item : weights) {
+    auto pair = py::reinterpret_borrow<py::tuple>(item);
+    quant::Quantized q;
+    q.tensors = to_named(pair[0].cast<py::list>());
+    q.weight = pair[1].cast<quant::QuantizedWeight>();
+    quantized.push_back(std::move(q));
+  }
+  return quantized;
+}
+
 }  // namespace
 
 void bind_quant(py::module_& m) {
@@ -124,14 +137,7 @@ void bind_quant(py::module_& m) {
       "quant_save",
       [](const py::list& weights, const py::list& others, const std::string& path,
          py::handle metadata) {
-        std::vector<quant::Quantized> quantized;
-        for (py::handle item : weights) {
-          auto pair = py::reinterpret_borrow<py::tuple>(item);
-          quant::Quantized q;
-          q.tensors = to_named(pair[0].cast<py::list>());
-          q.weight = pair[1].cast<quant::QuantizedWeight>();
-          quantized.push_back(std::move(q));
-        }
+        auto quantized = to_quantized(weights);
         auto plain = to_named(others);
         auto parsed = to_metadata(metadata);
         py::gil_scoped_release release;
@@ -142,14 +148,7 @@ void bind_quant(py::module_& m) {
       "quant_save_sharded",
       [](const py::list& weights, const py::list& others, const std::string& directory,
          uint64_t max_shard_size, const std::string& pattern, py::handle metadata) {
-        std::vector<quant::Quantized> quantized;
-        for (py::handle item : weights) {
-          auto pair = py::reinterpret_borrow<py::tuple>(item);
-          quant::Quantized q;
-          q.tensors = to_named(pair[0].cast<py::list>());
-          q.weight = pair[1].cast<quant::QuantizedWeight>();
-          quantized.push_back(std::move(q));
-        }
+        auto quantized = to_quantized(weights);
         auto plain = to_named(others);
         ts::ShardOptions options;
         options.max_shard_size = max_shard_size;
