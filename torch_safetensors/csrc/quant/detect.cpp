@@ -38,6 +38,19 @@ detail::PartInfos part_infos(const Checkpoint& checkpoint, const QuantizedWeight
 
 // A stored tensor's shape, every size within detail::kMaxDimension so that the arithmetic of
 // detection (sizes x 32 or x 8) cannot overflow.
+// An MX-style weight: codes in `name`, one E8M0 scale per 32 values in `scale`.
+QuantizedWeight mx_weight(std::string_view name, Scheme scheme, int bits,
+                          std::vector<int64_t> shape, const std::string& scale) {
+  QuantizedWeight weight;
+  weight.name = std::string(name);
+  weight.scheme = scheme;
+  weight.bits = bits;
+  weight.group_size = 32;
+  weight.shape = std::move(shape);
+  weight.tensors = {{"packed", std::string(name)}, {"scale", scale}};
+  return weight;
+}
+
 std::vector<int64_t> shape_of(const Checkpoint& checkpoint, const std::string& name) {
   const auto& shape = checkpoint.info(name).shape;
   detail::check_dimensions(shape, checkpoint.path(), "tensor '" + name + "'");
@@ -266,15 +279,9 @@ std::optional<QuantizedWeight> describe_by_names(const Checkpoint& checkpoint,
       e8m0_scale) {
     // DeepSeek-V4's routed experts (config `expert_dtype: fp4`): FP4 two a byte in I8 [out, in/2]
     // with an F8_E8M0 scale per 32 values [out, in/32] — the MXFP4 layout.
-    QuantizedWeight weight;
-    weight.name = std::string(name);
-    weight.scheme = Scheme::kMxfp4PackQuantized;
-    weight.bits = 4;
-    weight.group_size = 32;
-    weight.shape = shape;
-    weight.shape.back() *= 2;
-    weight.tensors = {{"packed", std::string(name)}, {"scale", *found_scale}};
-    return weight;
+    auto unpacked = shape;
+    unpacked.back() *= 2;
+    return mx_weight(name, Scheme::kMxfp4PackQuantized, 4, std::move(unpacked), *found_scale);
   }
   if (fp8 && found_scale && type == at::kFloat8_e4m3fn && !shape.empty() && e8m0_scale) {
     // compressed-tensors mxfp8-quantized (compressors/mxfp8/base.py): `weight` F8_E4M3 and a U8
@@ -288,14 +295,7 @@ std::optional<QuantizedWeight> describe_by_names(const Checkpoint& checkpoint,
                         scale_shape[1] == ceil_div(shape[1], 128);
     if (config.scheme == Scheme::kMxfp8Quantized || scale_type == at::kByte ||
         (scale_shape == per32 && !blocks)) {
-      QuantizedWeight weight;
-      weight.name = std::string(name);
-      weight.scheme = Scheme::kMxfp8Quantized;
-      weight.bits = 8;
-      weight.group_size = 32;
-      weight.shape = shape;
-      weight.tensors = {{"packed", std::string(name)}, {"scale", *found_scale}};
-      return weight;
+      return mx_weight(name, Scheme::kMxfp8Quantized, 8, shape, *found_scale);
     }
   }
   if (fp8 && found_scale) {
