@@ -95,7 +95,7 @@ def test_stacked_experts_read_each_ranks_rows(mixtral):
 def test_bad_expert_plans_are_clear_errors(mixtral):
     with pytest.raises(SafetensorError, match="expert index 3 is outside the expert plan's 3"):
         load_for_rank(mixtral, ShardPlan(experts=ExpertPlan(3)), 0, 1)
-    with pytest.raises(SafetensorError, match="gate_up_proj': stacked experts .* expected 8"):
+    with pytest.raises(SafetensorError, match=r"experts\.\w+': stacked experts .* expected 8"):
         load_for_rank(mixtral + "-stacked", ShardPlan(experts=ExpertPlan(8)), 0, 2)
     with pytest.raises(SafetensorError, match="expert 2 is owned twice"):
         load_for_rank(mixtral, ShardPlan(experts=ExpertPlan(
