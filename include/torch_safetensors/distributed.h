@@ -81,8 +81,47 @@ struct TS_API PipelinePlan {
   static PipelinePlan even(int64_t num_layers, int64_t num_stages);
 };
 
+// How experts are placed on the ranks of an expert-parallel group.
+enum class ExpertPlacement {
+  kContiguous,  // EP rank r holds a contiguous block; the first E % P ranks one expert more
+  kRoundRobin,  // expert e on EP rank e % P
+  kExplicit,    // ExpertPlan::assignment
+};
+
+// Expert parallelism for mixture-of-experts checkpoints. Two layouts are recognised by the path
+// segment `segment` ("experts"):
+// - per-expert tensors, the segment followed by the expert's index ("...mlp.experts.5.w1.weight",
+//   Mixtral, Qwen3-MoE, DeepSeek): held whole (or as the patterns split them) by the expert's
+//   owner, by no other rank;
+// - stacked experts, a tensor whose module ends in the segment ("...mlp.experts.gate_up_proj",
+//   transformers' fused experts; gpt-oss "..._blocks", "..._scales", "..._bias"): dim 0 counts the
+//   experts, and each rank reads the rows of its own. A pattern's rule applies to one expert's
+//   matrix, so its split dimension is shifted by one (colwise splits dim 1, rowwise dim 2); a
+//   pattern matches the name or, for companions, the name less a trailing "_<suffix>"
+//   ("experts.gate_up_proj" plans "experts.gate_up_proj_scales" too, which follows it).
+// Everything else (attention, the router, shared experts, norms) is planned as without experts:
+// replicated across the EP group and split by the patterns within the TP group.
+struct TS_API ExpertPlan {
+  int64_t num_experts = 0;  // per MoE layer; an index >= this, or a dim 0 that differs, is an error
+  // The expert-parallel group's size P; 0: all the ranks of a pipeline stage (no TP). The ranks
+  // of a stage (W / S of them) are P groups of T = W / (S * P) tensor-parallel ranks: local rank l
+  // is EP rank l / T and TP rank l % T.
+  int64_t ep_size = 0;
+  ExpertPlacement placement = ExpertPlacement::kContiguous;
+  // kExplicit: assignment[r] = the experts EP rank r holds; every expert exactly once.
+  std::vector<std::vector<int64_t>> assignment;
+  std::string segment = "experts";
+
+  // "contiguous", "round_robin"; anything else is a c10::Error.
+  static ExpertPlacement parse_placement(std::string_view text);
+  // The experts of EP rank `ep_rank` out of `ep_size`, ascending; checks the whole assignment
+  // (an expert unowned or owned twice, an index outside [0, num_experts)).
+  std::vector<int64_t> experts_of(int64_t ep_rank, int64_t ep_size) const;
+};
+
 // The whole plan. Ranks are laid out stage-major: with S pipeline stages and world size W
-// (divisible by S), rank r is tensor-parallel rank r % (W / S) of stage r / (W / S).
+// (divisible by S), rank r is tensor-parallel rank r % (W / S) of stage r / (W / S) (with
+// experts: see ExpertPlan for the EP × TP grid inside a stage).
 struct TS_API ShardPlan {
   // Module-name pattern → rule. Patterns match a tensor's module path (its name without the last
   // segment), or its full name, by their last segments: "layers.*.mlp.up_proj" matches
@@ -92,6 +131,7 @@ struct TS_API ShardPlan {
   // Tensor name → explicit split; overrides the patterns.
   std::vector<std::pair<std::string, TensorSplit>> tensors;
   std::optional<PipelinePlan> pipeline;
+  std::optional<ExpertPlan> experts;
   // A pattern, or an explicit tensor, that matches nothing in the checkpoint: an error when
   // strict, else a warning (RankLoad::warnings, and TORCH_WARN).
   bool strict = false;

@@ -182,8 +182,88 @@ def die(checkpoint, rank, world):
     return {"error": error, "seconds": time.time() - start}
 
 
+# Mixture of experts (test_experts.py): CHECKPOINT is a tiny Mixtral saved by save_pretrained
+# (per-expert tensors); CHECKPOINT + "-stacked" holds the same model's own state dict (fused
+# experts: one [E, ...] tensor per projection).
+MIXTRAL_TP = {
+    "layers.*.self_attn.q_proj": "colwise", "layers.*.self_attn.k_proj": "colwise",
+    "layers.*.self_attn.v_proj": "colwise", "layers.*.self_attn.o_proj": "rowwise",
+    "layers.*.block_sparse_moe.experts.*.w1": "colwise",
+    "layers.*.block_sparse_moe.experts.*.w3": "colwise",
+    "layers.*.block_sparse_moe.experts.*.w2": "rowwise",
+    "layers.*.mlp.experts.gate_up_proj": "packed_colwise",
+    "layers.*.mlp.experts.down_proj": "rowwise",
+}
+
+
+def moe_plan(checkpoint, ep_size=0, tp=False):
+    from torch_safetensors.distributed import ExpertPlan
+
+    with open(os.path.join(checkpoint, "config.json"), encoding="utf-8") as f:
+        experts = json.load(f)["num_local_experts"]
+    return ShardPlan(MIXTRAL_TP if tp else {}, experts=ExpertPlan(experts, ep_size=ep_size))
+
+
+def moe_forward_equal(checkpoint, full, stacked):
+    """The model built from the gathered weights computes what the original does."""
+    import tempfile
+
+    from transformers import AutoConfig, MixtralForCausalLM
+
+    torch.manual_seed(0)
+    ids = torch.randint(0, AutoConfig.from_pretrained(checkpoint).vocab_size, (2, 7))
+    original = MixtralForCausalLM.from_pretrained(checkpoint).eval()
+    if stacked:
+        rebuilt = MixtralForCausalLM(AutoConfig.from_pretrained(checkpoint)).eval()
+        rebuilt.load_state_dict(full, strict=True)
+    else:
+        from torch_safetensors import save_file
+
+        with tempfile.TemporaryDirectory() as directory:
+            with open(os.path.join(checkpoint, "config.json"), encoding="utf-8") as f:
+                config = f.read()
+            with open(os.path.join(directory, "config.json"), "w", encoding="utf-8") as f:
+                f.write(config)
+            save_file(full, os.path.join(directory, "model.safetensors"), metadata={"format": "pt"})
+            rebuilt = MixtralForCausalLM.from_pretrained(directory).eval()
+    with torch.no_grad():
+        return torch.equal(original(ids).logits, rebuilt(ids).logits)
+
+
+def moe_scenario(checkpoint, ep_size, tp, stacked, single_reader=False):
+    path = checkpoint + "-stacked" if stacked else checkpoint
+    mine = load_for_rank(path, moe_plan(checkpoint, ep_size, tp), single_reader=single_reader)
+    report = gathered_equal(path, mine)
+    full = all_gather_tensors(mine)
+    report["forward_equal"] = (moe_forward_equal(checkpoint, full, stacked)
+                               if dist.get_rank() == 0 else True)
+    report["shapes"] = {k: list(v.shape) for k, v in mine.tensors.items()}
+    return report
+
+
+def ep(checkpoint, rank, world):
+    return moe_scenario(checkpoint, 0, False, False)
+
+
+def ep_stacked(checkpoint, rank, world):
+    return moe_scenario(checkpoint, 0, False, True)
+
+
+def ep_tp(checkpoint, rank, world):  # EP groups of world / 2 ranks... here 2 x (world / 2)
+    return moe_scenario(checkpoint, world // 2, True, False)
+
+
+def ep_tp_stacked(checkpoint, rank, world):
+    return moe_scenario(checkpoint, world // 2, True, True)
+
+
+def ep_single(checkpoint, rank, world):
+    return moe_scenario(checkpoint, 0, False, True, single_reader=True)
+
+
 SCENARIOS = {f.__name__: f for f in (tp, tp_pp, single, world_mismatch, plan_mismatch,
-                                     rank_failure, dtensor, dtensor_f4, die)}
+                                     rank_failure, dtensor, dtensor_f4, die, ep, ep_stacked,
+                                     ep_tp, ep_tp_stacked, ep_single)}
 
 
 def main():

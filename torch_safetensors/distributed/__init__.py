@@ -33,6 +33,7 @@ from typing import Any
 from ._dtensor import has_dtensors, load_dtensors
 from ._plan import (
     LLAMA_TP_PLAN,
+    ExpertPlan,
     PipelinePlan,
     RankLoad,
     ShardPlan,
@@ -44,6 +45,7 @@ from ._plan import (
 __all__ = [
     "LLAMA_TP_PLAN",
     "PipelinePlan",
+    "ExpertPlan",
     "ShardPlan",
     "RankLoad",
     "load_for_rank",

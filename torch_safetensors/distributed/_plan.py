@@ -4,7 +4,7 @@
 from __future__ import annotations
 
 import dataclasses
-from typing import Any, Dict, List, Mapping, Optional, Sequence, Tuple
+from typing import Any, Dict, List, Mapping, Optional, Sequence, Tuple, Union
 
 import torch
 
@@ -46,19 +46,60 @@ class PipelinePlan:
 
 
 @dataclasses.dataclass
+class ExpertPlan:
+    """Expert parallelism for mixture-of-experts checkpoints (the core's ``ExpertPlan``).
+
+    Tensors with the path segment ``segment`` followed by an index (``...experts.5.w1.weight``)
+    go to that expert's owner only; tensors whose module ends in ``segment``
+    (``...experts.gate_up_proj``, stacked experts on dim 0) are read row by row, each rank its own
+    experts' rows; a pattern's rule then applies to one expert's matrix (colwise splits dim 1).
+    Everything else (attention, router, shared experts) is replicated across the EP group.
+
+    ``placement``: ``"contiguous"`` (blocks, the first ``E % P`` ranks one expert more),
+    ``"round_robin"`` (expert ``e`` on EP rank ``e % P``), a list giving each EP rank its
+    experts, or a mapping expert → EP rank. ``ep_size`` (``P``): the EP group's size; ``0``: all
+    the ranks of a pipeline stage. Within a stage, local rank ``l`` is EP rank ``l // T`` and TP
+    rank ``l % T`` with ``T = ranks per stage // P``."""
+
+    num_experts: int
+    ep_size: int = 0
+    placement: Union[str, Sequence[Sequence[int]], Mapping[int, int]] = "contiguous"
+    segment: str = "experts"
+
+    def _native(self) -> Tuple[int, int, str, List[List[int]], str]:
+        placement = self.placement
+        if isinstance(placement, str):
+            return (int(self.num_experts), int(self.ep_size), placement, [], self.segment)
+        if isinstance(placement, Mapping):  # expert -> rank, as lists per rank
+            ranks = max(int(self.ep_size), 1 + max((int(r) for r in placement.values()),
+                                                   default=-1))
+            lists: List[List[int]] = [[] for _ in range(ranks)]
+            for expert, rank in placement.items():
+                if not 0 <= int(rank) < ranks:
+                    raise ValueError(f"expert plan: expert {expert} is mapped to rank {rank}, "
+                                     f"outside [0, {ranks})")
+                lists[int(rank)].append(int(expert))
+            placement = lists
+        return (int(self.num_experts), int(self.ep_size), "explicit",
+                [[int(e) for e in mine] for mine in placement], self.segment)
+
+
+@dataclasses.dataclass
 class ShardPlan:
     """What each rank loads. ``patterns``: module-name pattern → style (``colwise``,
     ``rowwise``, ``packed_colwise[:sizes]``, ``packed_rowwise``, ``embedding``,
     ``embedding_colwise``, ``replicate`` and transformers' aliases); ``*`` matches one numeric
     path segment and the longest pattern wins. ``tensors``: name → ``(dim, [(offset, length)
     per rank])``, overriding patterns. Ranks are stage-major: rank ``r`` is tensor-parallel rank
-    ``r % (world_size // stages)``. ``strict`` makes a pattern that matches nothing an error
-    instead of a warning."""
+    ``r % (world_size // stages)`` (with ``experts``, an :class:`ExpertPlan`, the ranks of a stage
+    form an EP × TP grid). ``strict`` makes a pattern that matches nothing an error instead of a
+    warning."""
 
     patterns: Mapping[str, str] = dataclasses.field(default_factory=dict)
     tensors: Mapping[str, Tuple[int, Sequence[Range]]] = dataclasses.field(default_factory=dict)
     pipeline: Optional[PipelinePlan] = None
     strict: bool = False
+    experts: Optional[ExpertPlan] = None
 
     @classmethod
     def from_tp_plan(cls, tp_plan: Mapping[str, str], **kwargs: Any) -> "ShardPlan":
@@ -75,6 +116,7 @@ class ShardPlan:
             layers=pipeline.layers if pipeline else "layers",
             first_stage=pipeline.first_stage if pipeline else None,
             strict=bool(self.strict),
+            experts=self.experts._native() if self.experts is not None else None,
         )
 
 

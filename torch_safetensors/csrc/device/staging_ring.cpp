@@ -52,11 +52,29 @@ bool can_pin(c10::Device device) {
   return accelerator && *accelerator == device.type();
 }
 
+namespace {
+uint64_t ring_buffer_bytes(const RingOptions& options) {
+  return std::max<uint64_t>(1 << 20, std::min(options.buffer_bytes, options.total_bytes / 2));
+}
+size_t ring_buffer_count(size_t chunks, uint64_t buffer_bytes, const RingOptions& options) {
+  const size_t count = size_t(std::clamp<uint64_t>(options.total_bytes / buffer_bytes, 2,
+                                                   std::max<size_t>(2, chunks)));
+  return std::min(count, std::max<size_t>(chunks, 1));
+}
+}  // namespace
+
+uint64_t ring_host_bytes(const std::vector<uint64_t>& run_lengths, const RingOptions& options) {
+  const uint64_t buffer_bytes = ring_buffer_bytes(options);
+  size_t chunks = 0;
+  for (uint64_t length : run_lengths)
+    chunks += length == 0 ? 1 : size_t((length + buffer_bytes - 1) / buffer_bytes);
+  return buffer_bytes * ring_buffer_count(chunks, buffer_bytes, options);
+}
+
 void copy_through_ring(const std::vector<DeviceRun>& runs, c10::Device device,
                        const RingOptions& options,
                        const std::function<void(size_t)>& on_group_done) {
-  const uint64_t buffer_bytes =
-      std::max<uint64_t>(1 << 20, std::min(options.buffer_bytes, options.total_bytes / 2));
+  const uint64_t buffer_bytes = ring_buffer_bytes(options);
   std::vector<Chunk> chunks;
   for (const DeviceRun& run : runs) {
     // An empty run still takes its turn, so that its group is delivered in order.
@@ -64,12 +82,11 @@ void copy_through_ring(const std::vector<DeviceRun>& runs, c10::Device device,
     for (uint64_t done = 0; done < run.length; done += buffer_bytes)
       chunks.push_back({&run, done, std::min(buffer_bytes, run.length - done)});
   }
-  const size_t buffer_count = size_t(std::clamp<uint64_t>(options.total_bytes / buffer_bytes, 2,
-                                                          std::max<size_t>(2, chunks.size())));
+  const size_t buffer_count = ring_buffer_count(chunks.size(), buffer_bytes, options);
   const bool on_cpu = device.is_cpu();
   const bool pinned = can_pin(device);
   std::vector<at::Tensor> buffers;
-  for (size_t i = 0; i < std::min(buffer_count, std::max<size_t>(chunks.size(), 1)); ++i) {
+  for (size_t i = 0; i < buffer_count; ++i) {
     buffers.push_back(at::empty({int64_t(buffer_bytes)},
                                 at::TensorOptions().dtype(at::kByte).pinned_memory(pinned)));
   }

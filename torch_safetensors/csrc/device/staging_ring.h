@@ -45,6 +45,11 @@ TS_API void copy_through_ring(const std::vector<DeviceRun>& runs, c10::Device de
                               const RingOptions& options,
                               const std::function<void(size_t)>& on_group_done = {});
 
+// The host memory copy_through_ring allocates for runs of these lengths: its buffers, by the one
+// rule it allocates them with (memory budgets check it before anything is allocated).
+TS_API uint64_t ring_host_bytes(const std::vector<uint64_t>& run_lengths,
+                                const RingOptions& options);
+
 // A c10::Error naming `source` unless this LibTorch can reach `device` (a CUDA device from a
 // CPU-only build, cuda:7 on a one-GPU machine).
 TS_API void check_device(c10::Device device, std::string_view source);

@@ -95,11 +95,11 @@ RankLoad load_for_rank(const Checkpoint& checkpoint, const ShardPlan& plan, int6
   distributed::check_names(checkpoint.keys(), plan, source, &out.warnings);
   std::vector<TensorShape> mine;
   for (const std::string& name : checkpoint.keys()) {
-    if (distributed::stage_of(plan, name) != layout.stage) continue;
+    if (!distributed::on_rank(plan, layout, name)) continue;  // not even located
     const detail::Located tensor = detail::locate(checkpoint, name);
     mine.push_back({name, adapters::torch_sizes(*tensor.info, tensor.file->name())});
   }
-  out.pieces = distributed::split_pieces(mine, plan, layout.tp_rank, layout.tp_size, source);
+  out.pieces = distributed::split_pieces(mine, plan, layout, source);
   out.tensors = load_planned(checkpoint, out.pieces, &out.tensor_bytes);
   std::vector<std::string> names;
   for (const Piece& piece : out.pieces) names.push_back(piece.name);

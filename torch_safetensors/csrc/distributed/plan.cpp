@@ -1,6 +1,7 @@
 // Shard plans as pure planning: tensor names and sizes in, each rank's pieces out. No I/O, no
 // tensors; load_for_rank.cpp reads what this plans.
 #include <algorithm>
+#include <limits>
 #include <map>
 #include <sstream>
 
@@ -245,6 +246,17 @@ std::string ShardPlan::to_string() const {
     for (const auto& p : pipeline->first_stage) out << " first:" << p;
     out << "\n";
   }
+  if (experts) {
+    static const char* kPlacement[] = {"contiguous", "round_robin", "explicit"};
+    out << "experts " << experts->num_experts << " ep " << experts->ep_size << " "
+        << kPlacement[int(experts->placement)] << " segment " << experts->segment;
+    for (const auto& mine : experts->assignment) {
+      out << " [";
+      for (size_t i = 0; i < mine.size(); ++i) out << (i ? "," : "") << mine[i];
+      out << "]";
+    }
+    out << "\n";
+  }
   out << "strict " << strict << "\n";
   return out.str();
 }
@@ -261,6 +273,56 @@ PipelinePlan PipelinePlan::even(int64_t num_layers, int64_t num_stages) {
     first += count;
   }
   return plan;
+}
+
+ExpertPlacement ExpertPlan::parse_placement(std::string_view text) {
+  if (text == "contiguous") return ExpertPlacement::kContiguous;
+  if (text == "round_robin") return ExpertPlacement::kRoundRobin;
+  if (text == "explicit") return ExpertPlacement::kExplicit;
+  TORCH_CHECK(
+      false, "safetensors: expert plan: unknown placement '", text,
+      "'; expected contiguous, round_robin or explicit (an assignment of experts to ranks)");
+}
+
+std::vector<int64_t> ExpertPlan::experts_of(int64_t ep_rank, int64_t ep) const {
+  TORCH_CHECK(num_experts >= 1, "safetensors: expert plan: expected at least one expert, found ",
+              num_experts);
+  TORCH_CHECK(ep >= 1 && ep_rank >= 0 && ep_rank < ep, "safetensors: expert plan: EP rank ",
+              ep_rank, " is outside [0, ", ep, ")");
+  std::vector<int64_t> out;
+  switch (placement) {
+    case ExpertPlacement::kContiguous: {
+      const int64_t base = num_experts / ep, extra = num_experts % ep;
+      const int64_t first = ep_rank * base + std::min(ep_rank, extra);
+      for (int64_t e = first; e < first + base + (ep_rank < extra ? 1 : 0); ++e) out.push_back(e);
+      return out;
+    }
+    case ExpertPlacement::kRoundRobin:
+      for (int64_t e = ep_rank; e < num_experts; e += ep) out.push_back(e);
+      return out;
+    case ExpertPlacement::kExplicit:
+      break;
+  }
+  TORCH_CHECK(int64_t(assignment.size()) == ep, "safetensors: expert plan: the assignment gives ",
+              "experts for ", assignment.size(), " ranks, expected one list per EP rank (", ep,
+              ")");
+  std::vector<int64_t> owner(num_experts, -1);
+  for (int64_t r = 0; r < ep; ++r) {
+    for (int64_t e : assignment[r]) {
+      TORCH_CHECK(e >= 0 && e < num_experts, "safetensors: expert plan: EP rank ", r,
+                  " is assigned expert ", e, ", outside [0, ", num_experts, ")");
+      TORCH_CHECK(owner[e] < 0, "safetensors: expert plan: expert ", e,
+                  " is owned twice, by EP ranks ", owner[e], " and ", r,
+                  " (expected exactly one owner)");
+      owner[e] = r;
+    }
+  }
+  for (int64_t e = 0; e < num_experts; ++e)
+    TORCH_CHECK(owner[e] >= 0, "safetensors: expert plan: expert ", e,
+                " is owned by no EP rank (expected exactly one owner; ", num_experts, " experts)");
+  out = assignment[ep_rank];
+  std::sort(out.begin(), out.end());
+  return out;
 }
 
 std::vector<int64_t> Piece::sizes() const {
@@ -285,8 +347,42 @@ RankLayout rank_layout(const ShardPlan& plan, int64_t rank, int64_t world_size,
   TORCH_CHECK(stages >= 1, "safetensors: ", source, ": the pipeline plan has no stages");
   TORCH_CHECK(world_size % stages == 0, "safetensors: ", source, ": world size ", world_size,
               " does not divide into the pipeline's ", stages, " stages");
-  const int64_t tp = world_size / stages;
-  return {rank / tp, stages, rank % tp, tp};
+  const int64_t per_stage = world_size / stages;
+  if (!plan.experts) return {rank / per_stage, stages, rank % per_stage, per_stage};
+  const ExpertPlan& e = *plan.experts;
+  const int64_t ep = e.ep_size == 0 ? per_stage : e.ep_size;
+  TORCH_CHECK(ep >= 1 && per_stage % ep == 0, "safetensors: ", source, ": expert-parallel size ",
+              e.ep_size, " does not divide the ", per_stage,
+              " ranks of a pipeline stage (world size ", world_size, ", ", stages, " stages)");
+  const int64_t tp = per_stage / ep, local = rank % per_stage;
+  RankLayout layout{rank / per_stage, stages, local % tp, tp, local / tp, ep, {}};
+  for (int64_t r = 0; r < ep; ++r) {  // checks the whole assignment
+    auto mine = e.experts_of(r, ep);
+    if (r == layout.ep_rank) layout.experts = std::move(mine);
+  }
+  return layout;
+}
+
+ExpertRole expert_role(const ShardPlan& plan, std::string_view name) {
+  if (!plan.experts) return {};
+  const auto segs = segments(name);
+  for (size_t i = 0; i + 1 < segs.size(); ++i) {
+    if (segs[i] != plan.experts->segment) continue;
+    if (i + 2 == segs.size() && !is_number(segs[i + 1])) return {ExpertRole::kStacked, -1};
+    if (is_number(segs[i + 1])) {
+      const std::string_view digits = segs[i + 1];
+      return {ExpertRole::kPerExpert, digits.size() > 18 ? std::numeric_limits<int64_t>::max()
+                                                         : std::stoll(std::string(digits))};
+    }
+  }
+  return {};
+}
+
+bool on_rank(const ShardPlan& plan, const RankLayout& layout, std::string_view name) {
+  if (stage_of(plan, name) != layout.stage) return false;
+  const ExpertRole role = expert_role(plan, name);
+  return role.kind != ExpertRole::kPerExpert ||
+         std::binary_search(layout.experts.begin(), layout.experts.end(), role.index);
 }
 
 int64_t stage_of(const ShardPlan& plan, std::string_view name) {
@@ -309,11 +405,18 @@ void check_names(const std::vector<std::string>& names, const ShardPlan& plan,
   const CompiledPatterns patterns(plan.patterns);
   std::map<std::string_view, bool> explicit_used;
   for (const auto& [name, split] : plan.tensors) explicit_used[name] = false;
+  bool any_expert = false;
   for (const std::string& name : names) {
     TS_CHECK(stage_of(plan, name) >= 0, source, "tensor '", name, "': layer ",
              *layer_index(name, plan.pipeline->layers),
              " is on no pipeline stage (stages hold layers ", ranges_text(plan.pipeline->stages),
              "); it would be loaded on no rank");
+    const ExpertRole role = expert_role(plan, name);
+    if (role.kind != ExpertRole::kNone) any_expert = true;
+    TS_CHECK(role.kind != ExpertRole::kPerExpert || role.index < plan.experts->num_experts, source,
+             "tensor '", name, "': expert index ", role.index, " is outside the expert plan's ",
+             plan.experts->num_experts, " experts (expected an index in [0, ",
+             plan.experts->num_experts, "))");
     if (auto it = explicit_used.find(name); it != explicit_used.end()) {
       it->second = true;
       continue;
@@ -334,42 +437,94 @@ void check_names(const std::vector<std::string>& names, const ShardPlan& plan,
     if (!used)
       unused("shard plan names tensor '" + std::string(name) + "', which is not in the checkpoint");
   }
+  if (plan.experts && !any_expert && !names.empty())
+    unused("the expert plan's segment '" + plan.experts->segment + "' is in no tensor's name");
 }
 
 std::vector<Piece> split_pieces(const std::vector<TensorShape>& tensors, const ShardPlan& plan,
-                                int64_t tp_rank, int64_t tp_size, std::string_view source) {
+                                const RankLayout& layout, std::string_view source) {
+  const int64_t tp_rank = layout.tp_rank, tp_size = layout.tp_size;
   const CompiledPatterns patterns(plan.patterns);
   std::map<std::string_view, const TensorSplit*> explicit_split;
   for (const auto& [name, split] : plan.tensors) explicit_split[name] = &split;
-  // The modules of pattern-planned tensors, each with its reference (its `weight`, else its
-  // largest tensor).
+  // Each tensor's rule and its group: the tensors that split alike, led by a reference (the
+  // group's `weight`, else its largest tensor). A group is a module; for stacked experts, one
+  // projection of it (the name a pattern matched, less any "_<suffix>" its companions add).
+  struct Planned {
+    const TensorShape* shape;
+    ExpertRole role;
+    std::string group;
+    const ShardRule* rule = nullptr;
+  };
+  std::vector<Planned> planned;
+  planned.reserve(tensors.size());
+  for (const TensorShape& t : tensors) {
+    Planned p{&t, expert_role(plan, t.name), std::string(module_of(t.name))};
+    if (p.role.kind == ExpertRole::kPerExpert &&
+        !std::binary_search(layout.experts.begin(), layout.experts.end(), p.role.index))
+      continue;  // another EP rank's expert
+    std::optional<size_t> found = patterns.find(t.name);
+    if (p.role.kind == ExpertRole::kStacked) {
+      std::string stem = t.name;
+      p.group = stem;
+      for (size_t cut;
+           !found && (cut = stem.rfind('_')) != std::string::npos && cut > stem.rfind('.');) {
+        stem.resize(cut);
+        if ((found = patterns.find(stem))) p.group = stem;
+      }
+    }
+    if (found) p.rule = &plan.patterns[*found].second;
+    planned.push_back(std::move(p));
+  }
   std::map<std::string_view, const TensorShape*> reference;
   auto numel = [](const TensorShape& t) {
     int64_t n = 1;
     for (int64_t s : t.sizes) n *= s;
     return n;
   };
-  for (const TensorShape& t : tensors) {
-    const std::string_view module = module_of(t.name);
-    const TensorShape*& ref = reference[module];
-    const bool is_weight =
-        t.name.size() >= 7 && t.name.compare(t.name.size() - 7, 7, ".weight") == 0;
-    const bool ref_is_weight =
-        ref && ref->name.size() >= 7 && ref->name.compare(ref->name.size() - 7, 7, ".weight") == 0;
-    if (!ref || (is_weight && !ref_is_weight) ||
-        (is_weight == ref_is_weight && numel(t) > numel(*ref)))
+  auto is_weight = [](const std::string& name) {
+    return name.size() >= 7 && name.compare(name.size() - 7, 7, ".weight") == 0;
+  };
+  for (const Planned& p : planned) {
+    const TensorShape& t = *p.shape;
+    const TensorShape*& ref = reference[p.group];
+    if (!ref || (is_weight(t.name) && !is_weight(ref->name)) ||
+        (is_weight(t.name) == is_weight(ref->name) && numel(t) > numel(*ref)))
       ref = &t;
   }
+  // Stacked experts: this rank's rows of dim 0, as runs of consecutive experts.
+  std::vector<std::pair<int64_t, int64_t>> expert_rows;
+  for (int64_t e : layout.experts) {
+    if (!expert_rows.empty() && expert_rows.back().second == e) {
+      ++expert_rows.back().second;
+    } else {
+      expert_rows.push_back({e, e + 1});
+    }
+  }
   std::vector<Piece> out;
-  out.reserve(tensors.size());
-  for (const TensorShape& t : tensors) {
+  out.reserve(planned.size());
+  for (const Planned& p : planned) {
+    const TensorShape& t = *p.shape;
     Piece piece{t.name, t.sizes, {}};
+    const bool stacked = p.role.kind == ExpertRole::kStacked;
+    if (stacked) {
+      const int64_t experts = plan.experts->num_experts;
+      TS_CHECK(!t.sizes.empty() && t.sizes[0] == experts, source, "tensor '", t.name,
+               "': stacked experts hold one expert per row of dimension 0, expected ", experts,
+               " (the expert plan's count), found ",
+               t.sizes.empty() ? std::string("a scalar") : "size " + std::to_string(t.sizes[0]));
+      if (layout.experts.empty()) continue;  // this EP rank holds no expert
+      if (int64_t(layout.experts.size()) != experts) piece.splits.push_back({0, expert_rows});
+    }
     if (auto e = explicit_split.find(t.name); e != explicit_split.end()) {
       const TensorSplit& split = *e->second;
       const int64_t rank = int64_t(t.sizes.size());
       TS_CHECK(split.dim >= 0 && split.dim < rank, source, "tensor '", t.name,
                "': explicit split on dimension ", split.dim, ", expected one of its ", rank,
                " dimensions");
+      TS_CHECK(!stacked || split.dim != 0, source, "tensor '", t.name,
+               "': explicit split on dimension 0, which holds the stacked experts (the expert ",
+               "plan splits it); expected a dimension of one expert's matrix (1 or more)");
       TS_CHECK(int64_t(split.ranges.size()) == tp_size, source, "tensor '", t.name,
                "': explicit split gives ", split.ranges.size(), " ranges, expected one per rank (",
                tp_size, ")");
@@ -396,10 +551,10 @@ std::vector<Piece> split_pieces(const std::vector<TensorShape>& tensors, const S
       out.push_back(std::move(piece));
       continue;
     }
-    const auto p = patterns.find(t.name);
-    const ShardRule* rule = p ? &plan.patterns[*p].second : nullptr;
-    const int64_t dim = rule ? split_dim(rule->style) : -1;
-    const TensorShape& ref = *reference.at(module_of(t.name));
+    const ShardRule* rule = p.rule;
+    // A stacked tensor's rule is one expert's: its dimensions start at 1.
+    const int64_t dim = rule && split_dim(rule->style) >= 0 ? split_dim(rule->style) + stacked : -1;
+    const TensorShape& ref = *reference.at(p.group);
     if (dim >= 0 && int64_t(ref.sizes.size()) > dim && tp_size > 1) {
       const int64_t size = ref.sizes[dim];
       // Every rank's ranges are computed (and so checked), not only this one's.
@@ -429,8 +584,8 @@ std::vector<Piece> plan_for_rank(const std::vector<TensorShape>& tensors, const 
   distributed::check_names(names, plan, source, warnings);
   std::vector<TensorShape> mine;
   for (const TensorShape& t : tensors)
-    if (distributed::stage_of(plan, t.name) == layout.stage) mine.push_back(t);
-  return distributed::split_pieces(mine, plan, layout.tp_rank, layout.tp_size, source);
+    if (distributed::on_rank(plan, layout, t.name)) mine.push_back(t);
+  return distributed::split_pieces(mine, plan, layout, source);
 }
 
 }  // namespace torch::safetensors

@@ -20,7 +20,9 @@ ts::ShardPlan make_plan(
         tensors,
     const std::optional<std::vector<std::pair<int64_t, int64_t>>>& stages,
     const std::string& layers, const std::optional<std::vector<std::string>>& first_stage,
-    bool strict) {
+    bool strict,
+    const std::optional<std::tuple<int64_t, int64_t, std::string, std::vector<std::vector<int64_t>>,
+                                   std::string>>& experts) {
   ts::ShardPlan plan;
   for (const auto& [pattern, rule] : patterns)
     plan.patterns.push_back({pattern, ts::ShardRule::parse(rule)});
@@ -34,6 +36,16 @@ ts::ShardPlan make_plan(
     plan.pipeline = std::move(pipeline);
   }
   plan.strict = strict;
+  if (experts) {
+    const auto& [count, ep_size, placement, assignment, segment] = *experts;
+    ts::ExpertPlan e;
+    e.num_experts = count;
+    e.ep_size = ep_size;
+    e.placement = ts::ExpertPlan::parse_placement(placement);
+    e.assignment = assignment;
+    e.segment = segment;
+    plan.experts = std::move(e);
+  }
   return plan;
 }
 
@@ -58,7 +70,8 @@ namespace torch::safetensors::python {
 void bind_distributed(py::module_& m) {
   py::class_<ts::ShardPlan>(m, "ShardPlan")
       .def(py::init(&make_plan), py::arg("patterns"), py::arg("tensors"), py::arg("stages"),
-           py::arg("layers"), py::arg("first_stage"), py::arg("strict"))
+           py::arg("layers"), py::arg("first_stage"), py::arg("strict"),
+           py::arg("experts") = py::none())
       .def("__str__", &ts::ShardPlan::to_string);
   m.def(
       "even_stages",

@@ -212,9 +212,8 @@ RankLoad single_reader(const std::string& path, const ShardPlan& plan, Group& gr
       const auto layout = distributed::rank_layout(plan, rank, world_size, path);
       std::vector<TensorShape> on_stage;
       for (const auto& t : tensors)
-        if (distributed::stage_of(plan, t.name) == layout.stage) on_stage.push_back(t);
-      for (Piece& piece :
-           distributed::split_pieces(on_stage, plan, layout.tp_rank, layout.tp_size, path)) {
+        if (distributed::on_rank(plan, layout, t.name)) on_stage.push_back(t);
+      for (Piece& piece : distributed::split_pieces(on_stage, plan, layout, path)) {
         pieces_of[rank].emplace(piece.name, std::move(piece));
       }
     }
