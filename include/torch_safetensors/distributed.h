@@ -196,4 +196,39 @@ TS_API TensorDict load_pieces(const Checkpoint& checkpoint, const std::vector<Pi
 TS_API at::Tensor assemble(const std::vector<Piece>& pieces,
                            const std::vector<at::Tensor>& tensors);
 
+// Saving from many ranks (distributed_c10d.h's save_sharded): one rank's part of one tensor of
+// the state dict. Every rank lists the same tensors (name, dtype, global sizes) in the same order;
+// `tensor` is the local chunk at `offsets` (any strides, any device), or undefined where this rank
+// writes nothing of it (DCP's planner gave a replica to another rank).
+struct TS_API LocalShard {
+  std::string name;
+  at::Tensor tensor;
+  std::vector<int64_t> global_sizes;
+  std::vector<int64_t> offsets;         // empty: all zeros (a whole tensor, replicated)
+  c10::ScalarType dtype = c10::kFloat;  // used when `tensor` is undefined
+
+  LocalShard() = default;
+  // A whole (replicated) tensor.
+  LocalShard(std::string n, at::Tensor t)
+      : name(std::move(n)),
+        tensor(std::move(t)),
+        global_sizes(tensor.sizes().vec()),
+        dtype(tensor.scalar_type()) {}
+  // A chunk of a larger tensor.
+  LocalShard(std::string n, at::Tensor t, std::vector<int64_t> global, std::vector<int64_t> at)
+      : name(std::move(n)),
+        tensor(std::move(t)),
+        global_sizes(std::move(global)),
+        offsets(std::move(at)),
+        dtype(tensor.scalar_type()) {}
+};
+
+// What one rank's save wrote.
+struct TS_API DistributedSaveReport {
+  uint64_t tensor_bytes = 0;       // this rank's chunk bytes (each written once)
+  uint64_t header_bytes = 0;       // file headers + index (the publishing rank, 0; others 0)
+  std::vector<std::string> files;  // the checkpoint's files, index last when sharded
+  uint64_t bytes_written() const { return tensor_bytes + header_bytes; }
+};
+
 }  // namespace torch::safetensors

@@ -14,6 +14,7 @@
 #include <torch/csrc/distributed/c10d/ProcessGroup.hpp>
 
 #include "torch_safetensors/distributed.h"
+#include "torch_safetensors/sharded.h"
 
 namespace torch::safetensors {
 
@@ -41,5 +42,23 @@ TS_API RankLoad load_for_rank(const std::string& path, const ShardPlan& plan,
 // ranks exchange their piece layouts, then each piece is broadcast by its holder. Tensors are in
 // the order of first appearance, rank by rank.
 TS_API TensorDict all_gather_tensors(const RankLoad& mine, c10d::ProcessGroup& group);
+
+// Saving a sharded state dict from every rank straight to the huggingface layout: the same
+// files, byte for byte, as save_sharded (sharded.h) of the gathered state dict, written in
+// parallel. Every rank of `group` calls this with the same tensors in the same order, each
+// holding its local chunks (LocalShard: the chunk, the global sizes, its offsets; a whole tensor
+// for a replicated one). The ranks exchange their layouts and plan the files (the chunks must
+// tile every tensor exactly; replicas are written once); rank 0 creates each file under a
+// temporary name at its final size with its header, and the index; every rank writes its own
+// chunks' bytes at their final offsets (`directory` must be one file system all ranks see, e.g.
+// local or NFS); once every rank has reported success, rank 0 renames the files into place
+// (index last) and removes stale files of an earlier save (options.remove_stale). A failure on
+// any rank -- a bad layout, a full disk, a rank that dies -- raises on every rank (within the
+// group's timeout) and leaves the directory's previous checkpoint as it was: no final-named file
+// is touched before every byte is written. options.durable fsyncs every file (on every rank) and
+// the directory before publishing. Returns this rank's bytes written.
+TS_API DistributedSaveReport save_sharded(const std::vector<LocalShard>& shards,
+                                          const std::string& directory, c10d::ProcessGroup& group,
+                                          const ShardOptions& options = {});
 
 }  // namespace torch::safetensors

@@ -76,6 +76,17 @@ struct ShardSplit {
 // its own); sizes are storage sizes, and tensors on one storage go with the first of them.
 TS_API ShardSplit plan_shards(const TensorsToSave& tensors, const ShardOptions& options = {});
 
+// The same split over sizes alone (the tensors need not exist: a sharded save from many ranks
+// plans it from global shapes): `size` is the storage size in bytes; `follows` is the index of an
+// earlier entry on the same storage (which this one joins, adding nothing), -1 for none.
+struct ShardSize {
+  std::string name;
+  uint64_t size = 0;
+  int64_t follows = -1;
+};
+TS_API ShardSplit plan_shards(const std::vector<ShardSize>& sizes,
+                              const ShardOptions& options = {});
+
 // Writes tensors as huggingface_hub's save_torch_state_dict does, with the same file names, the
 // same split, an index with the same content and byte-identical files: tied tensors are stored
 // once (the tie policy of save(Module), recorded in metadata as dropped → kept; a tensor that

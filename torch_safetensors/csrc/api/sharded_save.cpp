@@ -58,32 +58,21 @@ uint64_t parse_size(std::string_view size) {
   return uint64_t(value * found->second);
 }
 
-ShardSplit plan_shards(const TensorsToSave& to_save, const ShardOptions& options) {
-  const NamedTensors tensors = named_tensors(to_save, "plan_shards");
+ShardSplit plan_shards(const std::vector<ShardSize>& sizes, const ShardOptions& options) {
   const uint64_t max_size = options.max_shard_size;
-  // Storage identity as huggingface_hub's get_torch_storage_id: device, address, size.
-  using StorageId = std::tuple<int, int, uintptr_t, uint64_t>;
-  std::map<StorageId, size_t> group_of;
-  std::vector<std::vector<size_t>> groups;  // tensors on one storage, first one first
+  std::vector<std::vector<size_t>> followers(sizes.size());  // tensors on one storage
   std::vector<std::vector<size_t>> shards;
   std::vector<size_t> current;
   uint64_t current_size = 0;
   ShardSplit split;
-  for (size_t i = 0; i < tensors.size(); ++i) {
-    const at::Tensor& t = tensors[i].second;
-    TORCH_CHECK_VALUE(t.defined(), "safetensors: tensor '", tensors[i].first, "' is undefined");
-    const uint64_t size = t.has_storage() ? t.storage().nbytes() : t.nbytes();
-    if (!t.is_meta()) {
-      const auto* address = t.has_storage() ? t.storage().data() : nullptr;
-      const StorageId id{int(t.device().type()), int(t.device().index()),
-                         reinterpret_cast<uintptr_t>(address), size};
-      const auto [found, added] = group_of.emplace(id, groups.size());
-      if (!added) {
-        groups[found->second].push_back(i);
-        continue;
-      }
-      groups.push_back({i});
+  for (size_t i = 0; i < sizes.size(); ++i) {
+    if (sizes[i].follows >= 0) {
+      TORCH_CHECK_VALUE(size_t(sizes[i].follows) < i, "safetensors: tensor '", sizes[i].name,
+                        "' follows a tensor that does not come before it");
+      followers[sizes[i].follows].push_back(i);
+      continue;
     }
+    const uint64_t size = sizes[i].size;
     if (size > max_size) {  // a shard of its own, larger than the limit
       split.total_size += size;
       shards.push_back({i});
@@ -100,17 +89,14 @@ ShardSplit plan_shards(const TensorsToSave& to_save, const ShardOptions& options
   }
   if (!current.empty() || shards.empty()) shards.push_back(std::move(current));
   // The other tensors of a storage follow the first into its shard.
-  for (const auto& group : groups) {
-    if (group.size() < 2) continue;
-    for (auto& shard : shards) {
-      if (std::find(shard.begin(), shard.end(), group.front()) == shard.end()) continue;
-      shard.insert(shard.end(), group.begin() + 1, group.end());
-      break;
-    }
+  for (auto& shard : shards) {
+    const size_t leaders = shard.size();
+    for (size_t k = 0; k < leaders; ++k)
+      shard.insert(shard.end(), followers[shard[k]].begin(), followers[shard[k]].end());
   }
   for (size_t s = 0; s < shards.size(); ++s) {
     std::vector<std::string> names;
-    for (size_t i : shards[s]) names.push_back(tensors[i].first);
+    for (size_t i : shards[s]) names.push_back(sizes[i].name);
     split.files.emplace_back(shards.size() == 1
                                  ? format_pattern(options.filename_pattern, "")
                                  : shard_file_name(options.filename_pattern, s, shards.size()),
@@ -121,6 +107,30 @@ ShardSplit plan_shards(const TensorsToSave& to_save, const ShardOptions& options
       "safetensors: filename pattern '", options.filename_pattern, "' has no '{suffix}', so ",
       split.files.size(), " shards would all get the same name");
   return split;
+}
+
+ShardSplit plan_shards(const TensorsToSave& to_save, const ShardOptions& options) {
+  const NamedTensors tensors = named_tensors(to_save, "plan_shards");
+  // Storage identity as huggingface_hub's get_torch_storage_id: device, address, size.
+  using StorageId = std::tuple<int, int, uintptr_t, uint64_t>;
+  std::map<StorageId, size_t> first_of;
+  std::vector<ShardSize> sizes;
+  sizes.reserve(tensors.size());
+  for (size_t i = 0; i < tensors.size(); ++i) {
+    const at::Tensor& t = tensors[i].second;
+    TORCH_CHECK_VALUE(t.defined(), "safetensors: tensor '", tensors[i].first, "' is undefined");
+    const uint64_t size = t.has_storage() ? t.storage().nbytes() : t.nbytes();
+    int64_t follows = -1;
+    if (!t.is_meta()) {
+      const auto* address = t.has_storage() ? t.storage().data() : nullptr;
+      const StorageId id{int(t.device().type()), int(t.device().index()),
+                         reinterpret_cast<uintptr_t>(address), size};
+      const auto [found, added] = first_of.emplace(id, i);
+      if (!added) follows = int64_t(found->second);
+    }
+    sizes.push_back({tensors[i].first, size, follows});
+  }
+  return plan_shards(sizes, options);
 }
 
 void save_sharded(const TensorsToSave& to_save, const PathArg& directory_arg,

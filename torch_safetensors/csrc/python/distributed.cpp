@@ -5,6 +5,7 @@
 #include <pybind11/stl.h>
 #include <torch/extension.h>
 
+#include "distributed/save_plan.h"
 #include "python/common.h"
 #include "torch_safetensors/distributed.h"
 #include "torch_safetensors/distributed_c10d.h"
@@ -155,6 +156,57 @@ void bind_distributed(py::module_& m) {
         return to_dict(out);
       },
       py::arg("mine"), py::arg("group"));
+
+  // Saving from many ranks (distributed_c10d.h's save_sharded): entries are (name, local chunk,
+  // global sizes, offsets); a meta tensor stands for a tensor this rank writes nothing of (its
+  // dtype is the tensor's). Without a group, one process saves alone.
+  m.def(
+      "save_sharded_group",
+      [](const std::vector<std::tuple<std::string, at::Tensor, std::vector<int64_t>,
+                                      std::vector<int64_t>>>& entries,
+         const std::string& directory,
+         const std::optional<c10::intrusive_ptr<c10d::ProcessGroup>>& group,
+         uint64_t max_shard_size, std::string filename_pattern, py::handle metadata,
+         bool remove_stale, bool durable) {
+        ts::ShardOptions options;
+        options.with_max_shard_size(max_shard_size)
+            .with_filename_pattern(std::move(filename_pattern));
+        options.metadata = to_metadata(metadata);
+        options.remove_stale = remove_stale;
+        options.durable = durable;
+        std::vector<ts::LocalShard> shards;
+        shards.reserve(entries.size());
+        for (const auto& [name, tensor, global, offsets] : entries) {
+          if (tensor.is_meta()) {
+            ts::LocalShard shard;
+            shard.name = name;
+            shard.global_sizes = global;
+            shard.offsets = offsets;
+            shard.dtype = tensor.scalar_type();
+            shards.push_back(std::move(shard));
+          } else {
+            shards.emplace_back(name, tensor, global, offsets);
+          }
+        }
+        ts::DistributedSaveReport report;
+        {
+          py::gil_scoped_release release;
+          if (group && *group) {
+            report = ts::save_sharded(shards, directory, **group, options);
+          } else {
+            ts::distributed::SoloExchange solo;
+            report = ts::distributed::save_from_ranks(shards, directory, solo, options);
+          }
+        }
+        py::dict out;
+        out["tensor_bytes"] = report.tensor_bytes;
+        out["header_bytes"] = report.header_bytes;
+        out["files"] = report.files;
+        return out;
+      },
+      py::arg("entries"), py::arg("directory"), py::arg("group"), py::arg("max_shard_size"),
+      py::arg("filename_pattern"), py::arg("metadata"), py::arg("remove_stale"),
+      py::arg("durable"));
 }
 
 }  // namespace torch::safetensors::python

@@ -134,4 +134,33 @@ TS_API void sync_directory(const std::string& directory);
 // unlink(2); false when it fails.
 TS_API bool remove_file(const std::string& path);
 
+// A file written at given offsets (pwrite), by several processes at once: the sharded save from
+// many ranks, where the publishing rank creates each file at its final size and every rank
+// writes its own bytes where they go. Errors are OSError naming the path and the offset.
+class TS_API PositionalFile {
+ public:
+  // Creates (or truncates) `path` and sizes it to `size` bytes (a sparse file until written).
+  static PositionalFile create(const std::string& path, uint64_t size);
+  // Opens an existing file for writing.
+  static PositionalFile open(const std::string& path);
+  PositionalFile(PositionalFile&& other) noexcept;
+  PositionalFile& operator=(PositionalFile&& other) noexcept;
+  PositionalFile(const PositionalFile&) = delete;
+  PositionalFile& operator=(const PositionalFile&) = delete;
+  ~PositionalFile();
+
+  void write_at(const void* data, uint64_t length, uint64_t offset);
+  void sync();   // fsync(2)
+  void close();  // reports a failing close(2)
+  const std::string& path() const { return path_; }
+
+ private:
+  PositionalFile(std::string path, int fd) : path_(std::move(path)), fd_(fd) {}
+  std::string path_;
+  int fd_ = -1;
+};
+
+// rename(2) of `from` over `to`. Throws OSError.
+TS_API void rename_file(const std::string& from, const std::string& to);
+
 }  // namespace torch::safetensors::storage

@@ -15,6 +15,7 @@
 #include "adapters/load_tensor.h"
 #include "api/handle.h"
 #include "distributed/plan.h"
+#include "distributed/save_plan.h"
 
 namespace torch::safetensors {
 namespace {
@@ -361,6 +362,31 @@ TensorDict all_gather_tensors(const RankLoad& mine, c10d::ProcessGroup& pg) {
     out.insert(name, assemble(pieces, tensors));
   }
   return out;
+}
+
+namespace {
+
+// The save's exchange over the group: its allgather, failures naming what the rank was doing.
+class GroupExchange : public distributed::Exchange {
+ public:
+  GroupExchange(c10d::ProcessGroup& pg, const std::string& directory) : group_{pg, directory} {}
+  int rank() const override { return group_.rank(); }
+  int size() const override { return group_.size(); }
+  std::vector<std::string> all_gather(const std::string& bytes, const std::string& doing) override {
+    return group_.all_gather(bytes, doing);
+  }
+
+ private:
+  Group group_;
+};
+
+}  // namespace
+
+DistributedSaveReport save_sharded(const std::vector<LocalShard>& shards,
+                                   const std::string& directory, c10d::ProcessGroup& group,
+                                   const ShardOptions& options) {
+  GroupExchange exchange(group, directory);
+  return distributed::save_from_ranks(shards, directory, exchange, options);
 }
 
 }  // namespace torch::safetensors
