@@ -57,8 +57,8 @@ uint64_t ring_buffer_bytes(const RingOptions& options) {
   return std::max<uint64_t>(1 << 20, std::min(options.buffer_bytes, options.total_bytes / 2));
 }
 size_t ring_buffer_count(size_t chunks, uint64_t buffer_bytes, const RingOptions& options) {
-  const size_t count = size_t(std::clamp<uint64_t>(options.total_bytes / buffer_bytes, 2,
-                                                   std::max<size_t>(2, chunks)));
+  const size_t count = size_t(
+      std::clamp<uint64_t>(options.total_bytes / buffer_bytes, 2, std::max<size_t>(2, chunks)));
   return std::min(count, std::max<size_t>(chunks, 1));
 }
 }  // namespace
