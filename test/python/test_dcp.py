@@ -65,47 +65,67 @@ def load(state_dict, reader):
 # -- single process -----------------------------------------------------------------------------
 
 
-def test_writer_round_trip_and_layout(tmp_path):
+def same_files(left, right):
+    """Two checkpoint directories hold the same files, byte for byte."""
+    assert sorted(os.listdir(left)) == sorted(os.listdir(right))
+    for name in os.listdir(left):
+        assert (left / name).read_bytes() == (right / name).read_bytes(), name
+
+
+@pytest.mark.parametrize("max_shard_size", [None, 3000])
+def test_writer_is_save_torch_state_dict_byte_for_byte(tmp_path, max_shard_size):
+    """The writer's checkpoint is hub.save_torch_state_dict's of the same state dict: one file
+    below max_shard_size (default "5GB"), else shards and an index."""
     expected = sample_state_dict()
-    dcp.save(expected, storage_writer=StorageWriter(tmp_path), no_dist=True)
-    assert sorted(os.listdir(tmp_path)) == ["model-00001-of-00001.safetensors", "model.safetensors.index.json"]
-    index = json.loads((tmp_path / "model.safetensors.index.json").read_text())
-    assert index["metadata"]["total_size"] == sum(t.nbytes for t in expected.values())
-    assert index["weight_map"] == {k: "model-00001-of-00001.safetensors" for k in sorted(expected)}
-    # the directory, the index and the file
-    for path in (tmp_path, tmp_path / "model.safetensors.index.json", tmp_path / "model-00001-of-00001.safetensors"):
-        assert_same(load(empty_like(expected), StorageReader(path)), expected)
-    # an ordinary checkpoint: our open_checkpoint, torch's reader, huggingface_hub
-    with torch_safetensors.open_checkpoint(tmp_path) as checkpoint:
+    sizes = {} if max_shard_size is None else {"max_shard_size": max_shard_size}
+    dcp.save(expected, storage_writer=StorageWriter(tmp_path / "dcp", **sizes), no_dist=True)
+    hub.save_torch_state_dict(expected, tmp_path / "hub", **sizes)
+    same_files(tmp_path / "dcp", tmp_path / "hub")
+    files = sorted(os.listdir(tmp_path / "dcp"))
+    if max_shard_size is None:
+        assert files == ["model.safetensors"]
+    else:
+        assert len(files) > 2 and files[-1] == "model.safetensors.index.json"
+        index = json.loads((tmp_path / "dcp" / files[-1]).read_text())
+        assert index["metadata"]["total_size"] == sum(t.nbytes for t in expected.values())
+        assert sorted(index["weight_map"]) == sorted(expected)
+    # the directory and its file or index; our open_checkpoint, torch's reader, huggingface_hub
+    for name in ["", files[-1]]:
+        assert_same(load(empty_like(expected), StorageReader(tmp_path / "dcp" / name)), expected)
+    with torch_safetensors.open_checkpoint(tmp_path / "dcp") as checkpoint:
         assert_same({k: checkpoint.get_tensor(k) for k in checkpoint.keys()}, expected)
-    assert_same(load(empty_like(expected), HuggingFaceStorageReader(str(tmp_path))), expected)
+    assert_same(load(empty_like(expected), HuggingFaceStorageReader(str(tmp_path / "dcp"))), expected)
     huggingface_hub = pytest.importorskip("huggingface_hub")
     module = torch.nn.Module()
     for name, tensor in expected.items():
         module.register_buffer(name.replace(".", "_"), torch.zeros_like(tensor))
     renamed = {k.replace(".", "_"): v for k, v in expected.items()}
-    dcp.save(renamed, storage_writer=StorageWriter(tmp_path / "hf"), no_dist=True)
+    dcp.save(renamed, storage_writer=StorageWriter(tmp_path / "hf", **sizes), no_dist=True)
     huggingface_hub.load_torch_model(module, tmp_path / "hf", strict=True)
     assert_same(dict(module.state_dict()), renamed)
 
 
 def test_writer_metadata_stale_files_and_tied_tensors(tmp_path):
-    (tmp_path / "model-00002-of-00002.safetensors").write_bytes(b"stale")
+    for name in ["model-00001-of-00003.safetensors", "model-00003-of-00003.safetensors",
+                 "model.safetensors.index.json", "other.safetensors", "model-1-of-3.safetensors"]:
+        (tmp_path / name).write_bytes(b"stale")
     (tmp_path / "keep.txt").write_text("not ours")
     shared = torch.randn(8, 4)
     flat = torch.arange(64, dtype=torch.float32)  # views of one buffer, one not contiguous
     expected = {"embed": shared, "lm_head": shared, "bias": torch.randn(4), "v0": flat[:16].view(4, 4),
                 "v1": flat[16:32], "v2": flat.view(8, 8)[:, :2]}
     dcp.save(expected, storage_writer=StorageWriter(tmp_path, metadata={"origin": "test"}), no_dist=True)
+    # the core's stale-file rule: files of the pattern and the index go, others stay
     assert sorted(os.listdir(tmp_path)) == [
-        "keep.txt",
-        "model-00001-of-00001.safetensors",
-        "model.safetensors.index.json",
-    ]
-    with torch_safetensors.safe_open(tmp_path / "model-00001-of-00001.safetensors", "pt") as f:
+        "keep.txt", "model-1-of-3.safetensors", "model.safetensors", "other.safetensors"]
+    with torch_safetensors.safe_open(tmp_path / "model.safetensors", "pt") as f:
         assert f.metadata() == {"format": "pt", "origin": "test"}
+    assert_same(load(empty_like(expected), StorageReader(tmp_path / "model.safetensors")), expected)
+    dcp.save(expected, storage_writer=StorageWriter(tmp_path, metadata={"origin": "test"},
+                                                    max_shard_size=200), no_dist=True)
     index = json.loads((tmp_path / "model.safetensors.index.json").read_text())
     assert index["metadata"]["origin"] == "test"
+    assert "model.safetensors" not in os.listdir(tmp_path)  # the single file of before: stale
     assert_same(load(empty_like(expected), StorageReader(tmp_path)), expected)
 
 
@@ -275,12 +295,19 @@ def _rank_checks(rank: int, directory: str) -> None:
     total = sum(t.nbytes for t in weights.values())
     report = {}
 
-    # our writer, whole tensors from every rank: DCP spreads them over the ranks, a file each
+    # our writer, whole tensors from every rank: DCP hands each to one rank, which writes it
+    # once, straight into save_torch_state_dict's layout (the reference written by rank 0)
+    from pathlib import Path
+
+    reference = Path(directory) / "reference"
+    if rank == 0:
+        hub.save_torch_state_dict(weights, reference, max_shard_size=ROWS * COLS * 4 * 2)
     ours = os.path.join(directory, "ours")
-    dcp.save(weights, storage_writer=StorageWriter(ours))
+    dcp.save(weights, storage_writer=StorageWriter(ours, max_shard_size=ROWS * COLS * 4 * 2))
     dist.barrier()
+    same_files(Path(ours), reference)
     with torch_safetensors.open_checkpoint(ours) as checkpoint:
-        assert sorted(checkpoint.shard_files) == ["model-00001-of-00002.safetensors", "model-00002-of-00002.safetensors"]
+        assert len(checkpoint.shard_files) > 1
         assert_same({k: checkpoint.get_tensor(k) for k in checkpoint.keys()}, weights)
 
     # Shard(0) and Shard(1) DTensors: each rank reads only its rows / columns
@@ -317,18 +344,15 @@ def _rank_checks(rank: int, directory: str) -> None:
         dcp.load(whole, storage_reader=StorageReader(path))
         assert_same(whole, weights)
 
-    # our writer refuses chunks of a tensor; replicated DTensors are whole
-    try:
-        dcp.save(sharded, storage_writer=StorageWriter(os.path.join(directory, "refused")))
-    except CheckpointException as error:
-        assert "expected the whole tensor" in str(error) and "full_state_dict=True" in str(error), str(error)
-    else:
-        raise AssertionError("a Shard(0) DTensor was saved")
-    replicated = {k: distribute_tensor(v, mesh, [Replicate()]) for k, v in weights.items()}
-    dcp.save(replicated, storage_writer=StorageWriter(os.path.join(directory, "replicated")))
-    dist.barrier()
-    with torch_safetensors.open_checkpoint(os.path.join(directory, "replicated")) as checkpoint:
-        assert_same({k: checkpoint.get_tensor(k) for k in checkpoint.keys()}, weights)
+    # our writer takes the Shard(0) DTensors as they are: each rank writes its own rows into the
+    # final files, the same bytes as the reference; replicated DTensors are written once
+    for name, state in (("sharded", sharded),
+                        ("replicated", {k: distribute_tensor(v, mesh, [Replicate()])
+                                        for k, v in weights.items()})):
+        dcp.save(state, storage_writer=StorageWriter(os.path.join(directory, name),
+                                                     max_shard_size=ROWS * COLS * 4 * 2))
+        dist.barrier()
+        same_files(Path(directory) / name, reference)
 
     # a tensor-parallel model: save its full state dict, load it back shard by shard
     from torch.distributed.checkpoint.state_dict import StateDictOptions, get_model_state_dict, set_model_state_dict
@@ -342,12 +366,12 @@ def _rank_checks(rank: int, directory: str) -> None:
     source = tp_model(1)
     full = get_model_state_dict(source, options=StateDictOptions(full_state_dict=True))
     tp_dir = os.path.join(directory, "tp")
-    dcp.save(full, storage_writer=StorageWriter(tp_dir))
-    try:  # its sharded state dict (DTensors) is refused with the remedy
-        dcp.save(get_model_state_dict(source), storage_writer=StorageWriter(os.path.join(directory, "tp_refused")))
-        raise AssertionError("a sharded TP state dict was saved")
-    except CheckpointException as error:
-        assert "StateDictOptions(full_state_dict=True)" in str(error)
+    dcp.save(get_model_state_dict(source), storage_writer=StorageWriter(tp_dir))  # DTensors
+    dist.barrier()
+    if rank == 0:
+        hub.save_torch_state_dict(full, Path(directory) / "tp_reference")
+    dist.barrier()
+    same_files(Path(tp_dir), Path(directory) / "tp_reference")
     target = tp_model(2)
     sharded = get_model_state_dict(target)
     assert all(isinstance(v, DTensor) for v in sharded.values())
@@ -452,73 +476,15 @@ def test_coverage_is_checked_exactly(tmp_path):
         StorageReader(folder).read_metadata()
 
 
-def _write_as_ranks(writer, state_dicts):
-    """dcp.save's steps for len(state_dicts) ranks, in one process: each rank's planner, then the
-    writer's global plan, each rank's write_data and the coordinator's finish."""
-    from torch.distributed.checkpoint import DefaultSavePlanner
-
-    planners = []
-    for rank, state_dict in enumerate(state_dicts):
-        planner = DefaultSavePlanner()
-        planner.set_up_planner(state_dict, None, rank == 0)
-        planners.append(planner)
-    writer.set_up_storage_writer(True)
-    local = [writer.prepare_local_plan(p.create_local_plan()) for p in planners]
-    plans, metadata = planners[0].create_global_plan(local)
-    plans = writer.prepare_global_plan(plans)
-    results = [writer.write_data(p.finish_plan(plan), p).wait() for p, plan in zip(planners, plans)]
-    writer.finish(metadata, results)
-
-
-def test_writer_index_is_save_shardeds_byte_for_byte(tmp_path):
-    """The index comes from the core (one writer of index bytes): the same tensors split the same
-    way give the same file, byte for byte, as save_sharded's."""
-    gen = torch.Generator().manual_seed(0)
-    rank0 = {"b.weight": torch.randn(10, 10, generator=gen), "a.bias": torch.randn(100, generator=gen)}
-    rank1 = {"z.weight": torch.randn(100, generator=gen), "c.weight": torch.randn(10, 10, generator=gen)}
-    metadata = {"origin": "test", "ünïcode": "värde"}
-    _write_as_ranks(StorageWriter(tmp_path / "dcp", metadata=metadata), [rank0, rank1])
-    # save_sharded's split of the same tensors: a new shard once 800 bytes are reached
-    hub.save_torch_state_dict({**rank0, **rank1}, tmp_path / "hub", max_shard_size=800,
-                              metadata=metadata)
-    index = "model.safetensors.index.json"
-    assert sorted(os.listdir(tmp_path / "hub")) == sorted(os.listdir(tmp_path / "dcp")) == [
-        "model-00001-of-00002.safetensors", "model-00002-of-00002.safetensors", index]
-    ours = (tmp_path / "dcp" / index).read_bytes()
-    assert ours == (tmp_path / "hub" / index).read_bytes()
-    assert json.loads(ours)["weight_map"] == {"b.weight": "model-00001-of-00002.safetensors",
-                                              "a.bias": "model-00001-of-00002.safetensors",
-                                              "z.weight": "model-00002-of-00002.safetensors",
-                                              "c.weight": "model-00002-of-00002.safetensors"}
-    assert_same(load(empty_like({**rank0, **rank1}), StorageReader(tmp_path / "dcp")),
-                {**rank0, **rank1})
-
-
-def test_writer_removes_stale_files_by_the_cores_rule(tmp_path):
-    # an earlier sharded save with the same pattern (3 shards, an index) and a single file
-    for name in ["model-00001-of-00003.safetensors", "model-00003-of-00003.safetensors",
-                 "model.safetensors", "other.safetensors", "model-1-of-3.safetensors"]:
-        (tmp_path / name).write_bytes(b"old")
-    _write_as_ranks(StorageWriter(tmp_path), [{"w": torch.ones(2)}, {"v": torch.zeros(3)}])
-    assert sorted(os.listdir(tmp_path)) == [
-        "model-00001-of-00002.safetensors", "model-00002-of-00002.safetensors",
-        "model-1-of-3.safetensors", "model.safetensors.index.json", "other.safetensors"]
-
-
 @pytest.mark.parametrize("sync_files", [True, False])
 def test_writer_durability_is_the_cores(tmp_path, monkeypatch, sync_files):
-    """sync_files=True (the default, as FileSystemWriter's) makes every file durable through the
-    core (save_file(durable=True), the index and the stale-file removal): no Python fsync."""
+    """sync_files=True (the default, as FileSystemWriter's) is the core's durable save (every file
+    and the directory fsync'ed before publishing): no Python fsync."""
     calls = []
-    real = (torch_safetensors._extension._C.save_file, torch_safetensors._extension._C.write_index,
-            torch_safetensors._extension._C.remove_stale_files)
     C = torch_safetensors._extension._C
-    monkeypatch.setattr(C, "save_file", lambda *a: calls.append(("save_file", a[-1])) or real[0](*a))
-    monkeypatch.setattr(C, "write_index", lambda *a: calls.append(("write_index", a[-1])) or real[1](*a))
-    monkeypatch.setattr(C, "remove_stale_files",
-                        lambda *a: calls.append(("remove_stale_files", a[-1])) or real[2](*a))
+    real = C.save_sharded_group
+    monkeypatch.setattr(C, "save_sharded_group", lambda *a: calls.append(a[-1]) or real(*a))
     monkeypatch.setattr(os, "fsync", lambda fd: pytest.fail("a Python fsync"))
     writer = StorageWriter(tmp_path, **({} if sync_files else {"sync_files": False}))
     dcp.save({"w": torch.ones(2)}, storage_writer=writer, no_dist=True)
-    assert calls == [("save_file", sync_files), ("write_index", sync_files),
-                     ("remove_stale_files", sync_files)]
+    assert calls == [sync_files]

@@ -17,12 +17,14 @@ check each other, and storage only one rank can see is served by that rank (``si
 
 A model parallelized with ``torch.distributed.tensor.parallel.parallelize_module`` (DTensor
 parameters) loads shard-on-read with :func:`load_dtensors`, which ``load_model`` and
-``hub.load_torch_model`` call for such models. ``torch.distributed.checkpoint`` reads and writes
+``hub.load_torch_model`` call for such models. A state dict of DTensors is saved from every rank straight to
+the huggingface layout with :func:`save_sharded` (no gather: each rank writes its own shards'
+bytes into the final files). ``torch.distributed.checkpoint`` reads and writes
 safetensors checkpoints through :class:`StorageReader` and :class:`StorageWriter`.
 
 Every rule (pattern matching, splits, companions, checks) and every collective is the C++ core's
 (``distributed.h``, ``distributed_c10d.h``); this package adapts arguments: ``_plan`` (shard
-plans, rank loads), ``_dtensor`` (DTensor models) and ``_dcp`` (DCP storage, imported on first
+plans, rank loads), ``_dtensor`` (DTensor models), ``_save`` (saving from many ranks) and ``_dcp`` (DCP storage, imported on first
 use).
 """
 
@@ -41,6 +43,7 @@ from ._plan import (
     assemble,
     load_for_rank,
 )
+from ._save import SaveReport, save_sharded
 
 __all__ = [
     "LLAMA_TP_PLAN",
@@ -53,6 +56,8 @@ __all__ = [
     "assemble",
     "load_dtensors",
     "has_dtensors",
+    "save_sharded",
+    "SaveReport",
     "StorageReader",
     "StorageWriter",
 ]

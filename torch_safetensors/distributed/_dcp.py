@@ -10,7 +10,7 @@
 
 A thin adapter, in the interfaces of torch's ``HuggingFaceStorageReader``/``Writer``: the file
 format, the index and its checks are the package's (``open_checkpoint``, ``safe_open``,
-``save_file``). What it adds is DCP's bookkeeping:
+``save_sharded``). What it adds is DCP's bookkeeping:
 
 - ``StorageReader`` reads a safetensors file, an index, or a directory: one with an index or a
   single file (huggingface_hub, transformers, our ``hub``, torch's ``HuggingFaceStorageWriter``
@@ -20,10 +20,10 @@ format, the index and its checks are the package's (``open_checkpoint``, ``safe_
   ``ReadItem`` it reads only the requested region (``get_slice`` on the ``pread`` backend reads
   exactly those bytes), so a rank loading a ``Shard(0)`` or ``Shard(1)`` DTensor reads about
   ``1/N`` of the checkpoint. Each shard file is opened once per ``read_data`` (per backend).
-- ``StorageWriter`` writes each rank's tensors to ``model-{i:05d}-of-{n:05d}.safetensors`` with
-  ``save_file`` (atomic: temporary file, then rename) and, on the coordinator,
-  ``model.safetensors.index.json`` in huggingface_hub's style, so the result is an ordinary
-  sharded checkpoint. It takes whole tensors only (see its docstring).
+- ``StorageWriter`` writes the state dict, sharded DTensors included, from every rank straight
+  to the huggingface layout (``distributed.save_sharded``: each rank writes its own chunks into
+  the final files, published atomically once every rank is done), so the result is an ordinary
+  checkpoint, byte-identical to ``hub.save_torch_state_dict`` of the gathered state dict.
 """
 
 from __future__ import annotations
@@ -59,7 +59,7 @@ from torch.futures import Future
 
 from .._extension import _C
 from .._file import open_checkpoint, safe_open
-from .._save import save_file
+from ._save import placeholder_entry, process_group, save_entries
 
 __all__ = ["StorageReader", "StorageWriter"]
 
@@ -358,42 +358,58 @@ class StorageReader(_storage.StorageReader):
 
 
 class StorageWriter(_storage.StorageWriter):
-    """Writes ``dcp.save``'s state dict as a sharded safetensors checkpoint in ``path``.
+    """Writes ``dcp.save``'s state dict as a huggingface-style safetensors checkpoint in ``path``:
+    the same files, byte for byte, as ``hub.save_torch_state_dict`` of the gathered state dict
+    (``model.safetensors``, or ``model-{i:05d}-of-{n:05d}.safetensors`` shards of at most
+    ``max_shard_size`` and ``model.safetensors.index.json``).
 
-    Each rank that has something to write saves its tensors with ``save_file`` (atomically) to
-    ``model-{i:05d}-of-{n:05d}.safetensors`` (``i`` numbers the ranks that write, from 1;
-    DCP's planner already spreads replicated tensors across ranks and writes each once); the
-    coordinator then writes ``model.safetensors.index.json`` (``weight_map`` and
-    ``metadata.total_size``, as huggingface_hub does) and removes files of that naming pattern
-    left by an earlier save into the same directory. The result opens with ``open_checkpoint``,
-    ``StorageReader``, huggingface_hub and transformers.
+    Sharded DTensors (``Shard(d)`` / ``Replicate`` over 1-D or N-D meshes: FSDP2, tensor
+    parallel) are saved as they are, with no gather: in ``write_data`` every rank takes part in
+    the core's distributed ``save_sharded`` (``distributed.save_sharded``), writing its own chunks'
+    bytes at their final offsets into files the first rank created under temporary names; once
+    every rank has succeeded they are published (the index last) and stale files of an earlier
+    save with that naming pattern removed. A failure on any rank raises on every rank (DCP reports
+    it as ``CheckpointException``) and leaves the previous checkpoint as it was. DCP's planner
+    hands each replicated chunk to one rank, which writes it once. ``path`` must be one file
+    system all ranks see. The ranks exchange through ``group`` (default: the default process
+    group; none when ``dcp.save`` runs without collectives or in one process).
 
-    Only whole tensors: a safetensors file holds tensors whole, and an index maps each name to
-    one file. A DTensor sharded across ranks is refused with ValueError; save
-    ``get_model_state_dict(model, options=StateDictOptions(full_state_dict=True))`` instead
-    (replicated DTensors, whose every rank holds the whole tensor, are fine). Non-tensor values
-    (ints, objects: DCP writes them as bytes) are refused too. Tensors sharing memory (tied
-    weights) are each written, as separate copies.
+    Non-tensor values (ints, objects: DCP writes them as bytes) are refused, on every rank before
+    anything is written, as is a rank holding several chunks of one tensor (each rank's shard must
+    be one block: ``_StridedShard`` is not supported). Tensors sharing memory (tied weights) are
+    each written, as separate copies.
 
     Args:
         path: the output directory (created if missing).
-        metadata: extra ``str → str`` entries for every file's ``__metadata__`` (beside
-            ``"format": "pt"``) and for the index's ``metadata``.
-        sync_files: durable files (the core's ``durable`` save: each file and the directory
-            fsync'ed before the index names it, and the index too; the default, as DCP's
-            ``FileSystemWriter``): after a crash the index never points at data still in the
-            page cache. ``save_file``'s rename is atomic either way.
+        metadata: extra ``str -> str`` entries, as ``save_torch_state_dict``'s: a single file's
+            ``__metadata__`` (beside ``"format": "pt"``), or the index's ``metadata``.
+        sync_files: durable files (the core's ``durable`` save: every file and the directory
+            fsync'ed before publishing; the default, as DCP's ``FileSystemWriter``). Publishing
+            is atomic either way.
+        max_shard_size: bytes, or huggingface_hub's ``"5GB"`` (the default, as theirs).
+        group: the process group the ranks exchange through.
     """
 
     def __init__(
-        self, path: PathLike, *, metadata: Optional[Dict[str, str]] = None, sync_files: bool = True
+        self,
+        path: PathLike,
+        *,
+        metadata: Optional[Dict[str, str]] = None,
+        sync_files: bool = True,
+        max_shard_size: Union[int, str, None] = None,
+        group: Any = None,
     ) -> None:
         super().__init__()
         self.path = os.fspath(path)
         self.metadata = dict(metadata or {})
         self.sync_files = sync_files
+        self.max_shard_size = max_shard_size
+        self.group = group
         self.save_id = uuid.uuid4().hex
         self.is_coordinator = False
+        self.use_collectives = True
+        # This rank's tensors (every rank lists every tensor), in the state dict's order.
+        self._tensors: List[Tuple[str, List[int], torch.dtype]] = []
 
     @property
     def checkpoint_id(self) -> str:
@@ -414,9 +430,12 @@ class StorageWriter(_storage.StorageWriter):
 
     def set_up_storage_writer(self, is_coordinator: bool, *args: Any, **kwargs: Any) -> None:
         self.is_coordinator = is_coordinator
+        self.use_collectives = bool(kwargs.get("use_collectives", True))
 
     def prepare_local_plan(self, plan: SavePlan) -> SavePlan:
-        """Refuses what safetensors cannot hold, on every rank, before anything is written."""
+        """Refuses what safetensors cannot hold, on every rank, before anything is written, and
+        records every tensor's global size and dtype."""
+        tensors: Dict[str, Tuple[List[int], torch.dtype]] = {}
         for item in plan.items:
             fqn = item.index.fqn
             if item.type == WriteItemType.BYTE_IO or item.tensor_data is None:
@@ -424,60 +443,46 @@ class StorageWriter(_storage.StorageWriter):
                     f"state dict entry `{fqn}` is not a tensor (DCP would write it as bytes), but "
                     f"a safetensors checkpoint ({self.path}) holds tensors only: save it separately"
                 )
-            chunk = item.tensor_data.chunk
-            size = list(item.tensor_data.size)
-            if any(chunk.offsets) or list(chunk.sizes) != size:
+            if fqn in tensors:
                 raise ValueError(
-                    f"tensor `{fqn}`: this rank holds the chunk at offsets {list(chunk.offsets)} "
-                    f"of size {list(chunk.sizes)}, expected the whole tensor {size}: safetensors "
-                    "files hold whole tensors; pass full tensors, e.g. get_model_state_dict(model, "
-                    "options=StateDictOptions(full_state_dict=True))"
-                )
+                    f"tensor `{fqn}`: this rank holds several chunks of it (at offsets "
+                    f"{list(item.tensor_data.chunk.offsets)} and another), expected one block per "
+                    "rank (Shard or Replicate placements; _StridedShard is not supported): save "
+                    "its full_tensor() instead")
+            tensors[fqn] = (list(item.tensor_data.size), item.tensor_data.properties.dtype)
+        self._tensors = [(fqn, size, dtype) for fqn, (size, dtype) in tensors.items()]
         os.makedirs(self.path, exist_ok=True)
         return plan
 
     def prepare_global_plan(self, plans: List[SavePlan]) -> List[SavePlan]:
-        """Names each writing rank's file: ``model-{i:05d}-of-{n:05d}.safetensors``, ``i``
-        counting the ranks with something to write (so the numbering has no gaps)."""
-        writers = [i for i, plan in enumerate(plans) if plan.items]
-        count = max(len(writers), 1)
-        names = {rank: _C.shard_file_name(FILE_PATTERN, i, count) for i, rank in enumerate(writers)}
-        return [dataclasses.replace(p, storage_data=names.get(i)) for i, p in enumerate(plans)]
+        return plans
 
     def write_data(self, plan: SavePlan, planner: SavePlanner) -> Future:
-        if not plan.items:
-            return _done([])
-        file_name: str = plan.storage_data
-        tensors: Dict[str, torch.Tensor] = {}
-        for item in plan.items:
-            tensors[item.index.fqn] = planner.resolve_data(item).detach().contiguous()
-        # save_file refuses tensors sharing memory (tied weights): give each its own copy.
-        for group in _C.memory_groups(list(tensors.items())):
-            for name in sorted(group)[1:]:
-                tensors[name] = tensors[name].clone()
-        file_path = os.path.join(self.path, file_name)
-        save_file(tensors, file_path, metadata={"format": "pt", **self.metadata},
-                  durable=self.sync_files)
+        """Every rank's part of the one distributed save (collective: every rank calls it)."""
+        mine = {item.index.fqn: item for item in plan.items}
+        entries, written = [], {}
+        for fqn, size, dtype in self._tensors:
+            item = mine.get(fqn)
+            if item is None:  # DCP gave this replica to another rank
+                entries.append(placeholder_entry(fqn, size, dtype))
+            else:
+                chunk = planner.resolve_data(item).detach()
+                written[fqn] = chunk.nbytes
+                entries.append((fqn, chunk, size, list(item.tensor_data.chunk.offsets)))
+        group = process_group(self.group) if self.use_collectives else None
+        save_entries(entries, self.path, group=group,
+                     max_shard_size=self.max_shard_size, filename_pattern=FILE_PATTERN,
+                     metadata=self.metadata, remove_stale=True, durable=self.sync_files)
         results = [
             _storage.WriteResult(
                 index=item.index,
-                size_in_bytes=tensors[item.index.fqn].nbytes,
-                storage_data=file_name,
+                size_in_bytes=written[item.index.fqn],
+                storage_data=self.path,
             )
             for item in plan.items
         ]
         return _done(results)
 
     def finish(self, metadata: Metadata, results: List[List[_storage.WriteResult]]) -> None:
-        """Writes the index (atomically, last; the core's bytes, as ``save_sharded`` writes
-        them), then removes stale files of an earlier save (the core's rule)."""
-        weight_map: Dict[str, str] = {}  # file by file, each file's tensors in plan order
-        total_size = 0
-        for rank_results in results:
-            for result in rank_results:
-                weight_map[result.index.fqn] = result.storage_data
-                total_size += result.size_in_bytes
-        index_name = _C.write_index(self.path, FILE_PATTERN, list(weight_map.items()), total_size,
-                                    self.metadata, self.sync_files)
-        written = sorted(set(weight_map.values())) + [index_name]
-        _C.remove_stale_files(self.path, FILE_PATTERN, written, self.sync_files)
+        """Nothing left: ``write_data`` published the files and the index once every rank had
+        written its part."""

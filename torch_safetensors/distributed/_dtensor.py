@@ -26,18 +26,26 @@ def has_dtensors(model: torch.nn.Module) -> bool:
         isinstance(t, dtensor) for t in model.state_dict(keep_vars=True).values())
 
 
-def _local_piece(name: str, tensor: torch.Tensor) -> Any:
-    """The piece of the full tensor this rank's DTensor shard holds."""
+def local_box(name: str, tensor: Any) -> Tuple[List[int], List[int]]:
+    """The (sizes, offsets) of the block of the full tensor this rank's DTensor shard holds: the
+    one rule for loading (``_local_piece``) and saving (``save_sharded``)."""
     from torch.distributed.tensor import Replicate, Shard
     from torch.distributed.tensor._utils import compute_local_shape_and_global_offset
 
     for placement in tensor.placements:
         if type(placement) not in (Shard, Replicate):
             raise ValueError(
-                f"{name}: DTensor placement {placement} cannot be read shard-on-read (expected "
-                "Shard or Replicate); load the full state dict and distribute it instead")
+                f"{name}: DTensor placement {placement} is not supported here (expected Shard or "
+                "Replicate: a rank's shard must be one block of the full tensor); call "
+                "full_tensor() and save or distribute that instead")
     shape, offset = compute_local_shape_and_global_offset(
         tensor.shape, tensor.device_mesh, tensor.placements)
+    return list(shape), list(offset)
+
+
+def _local_piece(name: str, tensor: torch.Tensor) -> Any:
+    """The piece of the full tensor this rank's DTensor shard holds."""
+    shape, offset = local_box(name, tensor)
     splits = [_C.DimSplit(d, [(o, o + n)])
               for d, (n, o, full) in enumerate(zip(shape, offset, tensor.shape)) if n != full]
     return _C.Piece(name, list(tensor.shape), splits)
