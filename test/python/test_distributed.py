@@ -135,14 +135,15 @@ def free_port():
         return s.getsockname()[1]
 
 
-def run_ranks(world, scenarios, path, tmp_path, timeout=120, pg_timeout=60, backend="gloo"):
-    """Launches `world` worker processes (RANK/WORLD_SIZE/MASTER_* as torchrun sets them) and
-    returns each rank's report."""
+def run_ranks(world, scenarios, path, tmp_path, timeout=120, pg_timeout=60, backend="gloo",
+              worker=WORKER):
+    """Launches `world` processes of `worker` (RANK/WORLD_SIZE/MASTER_* as torchrun sets them)
+    and returns each rank's report."""
     env = dict(os.environ, MASTER_ADDR="127.0.0.1", MASTER_PORT=str(free_port()),
                WORLD_SIZE=str(world), TS_PG_TIMEOUT=str(pg_timeout), OMP_NUM_THREADS="1",
                TS_PG_BACKEND=backend)
     out = str(tmp_path / "report")
-    procs = [subprocess.Popen([sys.executable, WORKER, scenarios, path, out],
+    procs = [subprocess.Popen([sys.executable, worker, scenarios, path, out],
                               env=dict(env, RANK=str(r)), stderr=subprocess.PIPE, text=True)
              for r in range(world)]
     errors = []

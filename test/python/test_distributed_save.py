@@ -1,0 +1,146 @@
+"""Saving from many ranks (issue 25) over torch.distributed gloo with 2 and 4 processes on
+localhost: DTensors over Shard(d) / Replicate on a 1-D mesh and a 2 x 2 mesh, with float, bf16,
+int32, bool, FP8 and F4 tensors and uneven and empty shards, saved by
+`torch_safetensors.distributed.save_sharded` and by `dcp.save` with our StorageWriter. The oracle
+is huggingface_hub's own `save_torch_state_dict` of the full state dict (the peer's writer) and its
+`load_torch_model` (the peer's reader); save_worker.py runs each rank."""
+import os
+import signal
+import sys
+
+import pytest
+import torch
+import torch.distributed as dist
+
+sys.path.insert(0, os.path.dirname(__file__))
+from save_worker import MAX_SHARD_SIZE, full_state  # noqa: E402
+from test_distributed import run_ranks  # noqa: E402
+
+hub = pytest.importorskip("huggingface_hub")
+WORKER = os.path.join(os.path.dirname(__file__), "save_worker.py")
+pytestmark = pytest.mark.skipif(not dist.is_available() or not dist.is_gloo_available(),
+                                reason="this torch has no gloo")
+
+
+def reference(tmp_path, seed=0, metadata=True):
+    """huggingface_hub's checkpoint of the gathered state dict, with the metadata the save_worker
+    passes to save_sharded (the DCP writer passes none)."""
+    directory = tmp_path / f"reference-{seed}-{metadata}"
+    directory.mkdir(exist_ok=True)
+    hub.save_torch_state_dict(full_state(seed), str(directory), max_shard_size=MAX_SHARD_SIZE,
+                              metadata={"format": "pt"} if metadata else None)
+    return directory
+
+
+def files_of(directory):
+    return {name: (directory / name).read_bytes() for name in sorted(os.listdir(directory))}
+
+
+def header_bytes(directory):
+    """The bytes of every file's length prefix and header, and of the index."""
+    total = 0
+    for name, data in files_of(directory).items():
+        if name.endswith(".safetensors"):
+            total += 8 + int.from_bytes(data[:8], "little")
+        else:
+            total += len(data)
+    return total
+
+
+def plain_model(state):
+    """A module with a buffer per state dict entry, named as the entry."""
+    root = torch.nn.Module()
+    for name, tensor in state.items():
+        owner = root
+        *path, leaf = name.split(".")
+        for part in path:
+            if not hasattr(owner, part):
+                owner.add_module(part, torch.nn.Module())
+            owner = getattr(owner, part)
+        owner.register_buffer(leaf, torch.zeros(tensor.shape, dtype=torch.uint8).view(tensor.dtype)
+                              if tensor.element_size() == 1 else torch.zeros_like(tensor))
+    return root
+
+
+def raw(tensor):
+    return tensor.view(torch.uint8) if tensor.element_size() == 1 and tensor.dtype != torch.bool \
+        else tensor
+
+
+@pytest.mark.parametrize("world", [2, 4])
+def test_ranks_save_the_huggingface_checkpoint_of_the_gathered_state(world, tmp_path):
+    reports = run_ranks(world, "save,dcp_save,fsdp", str(tmp_path), tmp_path, worker=WORKER)
+    for rank, report in enumerate(reports):
+        assert "error" not in report and "exit" not in report, (rank, report)
+    expected = reference(tmp_path)
+    assert len([n for n in os.listdir(expected) if n.endswith(".safetensors")]) > 2
+    # Byte for byte what the peer writes from the gathered state dict, by both front ends.
+    assert files_of(tmp_path / "direct") == files_of(expected)
+    assert files_of(tmp_path / "dcp") == files_of(reference(tmp_path, metadata=False))
+    # The peer's reader fills a plain model with the original weights, bit for bit.
+    original = full_state()
+    model = plain_model(original)
+    hub.load_torch_model(model, str(tmp_path / "direct"), strict=True)
+    for name, tensor in original.items():
+        assert torch.equal(raw(model.get_buffer(name)), raw(tensor)), name
+    # dcp.load back into the sharded state equals it, on every rank, for both front ends.
+    for rank, report in enumerate(reports):
+        for scenario in ("save", "dcp_save"):
+            loaded = report[scenario]["loaded_back"]
+            assert loaded == {name: True for name in original}, (rank, scenario, loaded)
+    # Each rank writes its own shards' bytes and no others; a replica is written once; the headers
+    # and the index are written by the publishing rank only.
+    saves = [report["save"] for report in reports]
+    assert sum(s["tensor_bytes"] for s in saves) == sum(t.nbytes for t in original.values())
+    for rank, s in enumerate(saves):
+        assert s["exclusive"] <= s["tensor_bytes"] <= s["exclusive"] + s["shared"], (rank, s)
+        assert s["exclusive"] > 0
+        assert s["header_bytes"] == (header_bytes(expected) if rank == 0 else 0), (rank, s)
+        assert s["files"] == saves[0]["files"] and sorted(s["files"]) == sorted(os.listdir(expected))
+    # A model sharded by FSDP2's fully_shard and trained a step (save_worker.fsdp): the reference
+    # is rank 0's huggingface_hub save of the gathered state dict.
+    fsdp_reference = files_of(tmp_path / "fsdp-reference")
+    assert len(fsdp_reference) > 2
+    assert files_of(tmp_path / "fsdp-direct") == fsdp_reference
+    assert files_of(tmp_path / "fsdp-dcp") == fsdp_reference
+    for rank, report in enumerate(reports):
+        assert report["fsdp"]["placements"] == ["(Shard(dim=0),)"], (rank, report["fsdp"])
+        assert all(report["fsdp"]["loaded_back"].values()) and report["fsdp"]["loaded_back"]
+
+
+def previous_checkpoint_intact(tmp_path):
+    """The checkpoint saved before the failed save is there byte for byte, and nothing else is:
+    no final-named partial file, no temporary file."""
+    assert files_of(tmp_path / "direct") == files_of(reference(tmp_path, seed=0))
+
+
+def test_a_full_disk_on_one_rank_fails_every_rank_and_keeps_the_checkpoint(tmp_path):
+    reports = run_ranks(2, "full_disk", str(tmp_path), tmp_path, worker=WORKER, pg_timeout=30)
+    for rank, report in enumerate(reports):
+        assert "error" not in report and "exit" not in report, (rank, report)
+        error = report["full_disk"]["error"]
+        assert error is not None, rank
+        assert "File too large" in error and "writing its chunks" in error, (rank, error)
+    assert "rank 1" in reports[0]["full_disk"]["error"]
+    previous_checkpoint_intact(tmp_path)
+
+
+def test_a_rank_killed_mid_save_fails_the_others_and_keeps_the_checkpoint(tmp_path):
+    pg_timeout = 30
+    reports = run_ranks(2, "killed", str(tmp_path), tmp_path, worker=WORKER,
+                        pg_timeout=pg_timeout)
+    assert reports[1].get("exit") == -signal.SIGXFSZ, reports[1]
+    survivor = reports[0]
+    assert "error" not in survivor, survivor
+    assert survivor["killed"]["error"] is not None
+    assert survivor["killed"]["seconds"] < pg_timeout + 10, survivor
+    previous_checkpoint_intact(tmp_path)
+
+
+def test_ranks_that_disagree_fail_before_any_file_exists(tmp_path):
+    reports = run_ranks(2, "mismatch", str(tmp_path), tmp_path, worker=WORKER)
+    for rank, report in enumerate(reports):
+        result = report["mismatch"]
+        assert result["error"] is not None and "lm_head.weight" in result["error"], (rank, result)
+        assert "Double" in result["error"] and "rank 1" in result["error"], (rank, result)
+        assert result["files"] == [], (rank, result)
