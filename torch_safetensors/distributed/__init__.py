@@ -17,15 +17,15 @@ check each other, and storage only one rank can see is served by that rank (``si
 
 A model parallelized with ``torch.distributed.tensor.parallel.parallelize_module`` (DTensor
 parameters) loads shard-on-read with :func:`load_dtensors`, which ``load_model`` and
-``hub.load_torch_model`` call for such models. A state dict of DTensors is saved from every rank straight to
-the huggingface layout with :func:`save_sharded` (no gather: each rank writes its own shards'
-bytes into the final files). ``torch.distributed.checkpoint`` reads and writes
+``hub.load_torch_model`` call for such models. A state dict of DTensors is saved from every
+rank straight to the huggingface layout with :func:`save_sharded` (no gather: each rank writes
+its own shards' bytes into the final files). ``torch.distributed.checkpoint`` reads and writes
 safetensors checkpoints through :class:`StorageReader` and :class:`StorageWriter`.
 
 Every rule (pattern matching, splits, companions, checks) and every collective is the C++ core's
 (``distributed.h``, ``distributed_c10d.h``); this package adapts arguments: ``_plan`` (shard
-plans, rank loads), ``_dtensor`` (DTensor models), ``_save`` (saving from many ranks) and ``_dcp`` (DCP storage, imported on first
-use).
+plans, rank loads), ``_dtensor`` (DTensor models), ``_save`` (saving from many ranks) and
+``_dcp`` (DCP storage, imported on first use).
 """
 
 from __future__ import annotations

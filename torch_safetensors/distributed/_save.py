@@ -65,9 +65,9 @@ def process_group(group: Any) -> Any:
 
 
 def save_entries(entries: Sequence[Entry], save_directory: Union[str, "os.PathLike[str]"], *,
-                 group: Optional[Any], max_shard_size: Union[int, str, None], filename_pattern: Optional[str],
-                 metadata: Optional[Dict[str, str]], remove_stale: bool,
-                 durable: bool) -> SaveReport:
+                 group: Optional[Any], max_shard_size: Union[int, str, None],
+                 filename_pattern: Optional[str], metadata: Optional[Dict[str, str]],
+                 remove_stale: bool, durable: bool) -> SaveReport:
     """The core's distributed save of ``entries``; ``group`` None: this process alone."""
     from .. import hub  # hub imports this package: its defaults, once it is loaded
 
@@ -112,6 +112,7 @@ def save_sharded(
 
     Returns this rank's :class:`SaveReport`."""
     entries = [chunk_entry(name, tensor) for name, tensor in state_dict.items()]
-    return save_entries(entries, save_directory, group=process_group(group), max_shard_size=max_shard_size,
-                        filename_pattern=filename_pattern, metadata=metadata,
+    return save_entries(entries, save_directory, group=process_group(group),
+                        max_shard_size=max_shard_size, filename_pattern=filename_pattern,
+                        metadata=metadata,
                         remove_stale=remove_stale, durable=durable)
