@@ -24,6 +24,7 @@
 #include <vector>
 
 #include "torch_safetensors/checkpoint.h"
+#include "torch_safetensors/sharded.h"
 
 namespace torch::safetensors {
 
@@ -230,5 +231,20 @@ struct TS_API DistributedSaveReport {
   std::vector<std::string> files;  // the checkpoint's files, index last when sharded
   uint64_t bytes_written() const { return tensor_bytes + header_bytes; }
 };
+
+// Saving without a shared file system: every rank saves its local shards to a file of its own
+// (save_rank_file: each chunk under its tensor's name, the whole state dict's names, dtypes and
+// global sizes recorded in "torch_safetensors.save_layout", and torch's "DCP_SHARDING_INFO"
+// offsets, so DCP readers read the files as they are); once the files are in one place,
+// consolidate() writes the checkpoint distributed_c10d.h's save_sharded would have written, byte
+// for byte, reading each chunk from its mapped file with up to `threads` threads (0: up to 8)
+// and publishing atomically as save_sharded does. The global sizes come from the record, never
+// from the chunks; every rank file must list the same state dict and the chunks must tile each
+// tensor exactly (replicas, held by several files, are written once).
+TS_API void save_rank_file(const std::vector<LocalShard>& shards, const std::string& path,
+                           bool durable = false);
+TS_API DistributedSaveReport consolidate(const std::vector<std::string>& rank_files,
+                                         const std::string& directory,
+                                         const ShardOptions& options = {}, unsigned threads = 0);
 
 }  // namespace torch::safetensors

@@ -294,3 +294,107 @@ TEST(SavePlan, AFailedRankLeavesThePreviousCheckpoint) {
   }
   EXPECT_EQ(read_dir(dir.path()), before);
 }
+
+// Without a shared file system: a file per rank, then consolidate().
+std::vector<std::string> rank_files(const std::vector<std::vector<ts::LocalShard>>& ranks,
+                                    const TempDir& dir) {
+  std::vector<std::string> files;
+  for (size_t r = 0; r < ranks.size(); ++r) {
+    files.push_back(dir.file("rank-" + std::to_string(r) + ".safetensors"));
+    ts::save_rank_file(ranks[r], files.back());
+  }
+  return files;
+}
+
+TEST(Consolidate, WritesSaveShardedsDirectory) {
+  for (int world : {1, 2, 4}) {
+    SCOPED_TRACE("world " + std::to_string(world));
+    const Case c = make_case(world);
+    ts::ShardOptions options;
+    options.max_shard_size = 200;
+    options.metadata = ts::Metadata{{"step", "7"}};
+    TempDir expected, parts, dir;
+    ts::save_sharded(c.full, expected.path(), options);
+    const auto files = rank_files(c.ranks, parts);
+    for (unsigned threads : {1u, 3u}) {
+      const ts::DistributedSaveReport report = ts::consolidate(files, dir.path(), options, threads);
+      EXPECT_EQ(read_dir(dir.path()), read_dir(expected.path()));
+      uint64_t total = 0;
+      for (const auto& [name, t] : c.full) total += t.nbytes();
+      EXPECT_EQ(report.tensor_bytes, total);  // replicas once
+      EXPECT_GT(report.header_bytes, 0u);
+    }
+    // A rank file is an ordinary safetensors file: each chunk under its tensor's name, with
+    // torch's DCP_SHARDING_INFO offsets.
+    ts::File first(files.back());
+    EXPECT_TRUE(first.contains("embed.weight"));
+    EXPECT_NE(first.metadata()->at("DCP_SHARDING_INFO").find("\"saved_offsets\""),
+              std::string::npos);
+  }
+}
+
+TEST(Consolidate, KeepsTheRecordedShapeAndRefusesWhatDoesNotTile) {
+  // The trailing rows of a tensor that no rank holds (torch's consolidation would shrink it to
+  // max(offset + size)): refused, never inferred.
+  Case c = make_case(2);
+  TempDir parts, dir;
+  auto ranks = c.ranks;
+  ranks[1][0].tensor = ranks[1][0].tensor.narrow(0, 0, 3).contiguous();
+  auto files = rank_files(ranks, parts);
+  EXPECT_NE(error_of([&] { ts::consolidate(files, dir.path()); })
+                .find("tensor 'embed.weight' of sizes [10, 6]: the ranks' chunks cover 48 of its "
+                      "60 elements"),
+            std::string::npos);
+  // A missing rank's file: the same.
+  files = rank_files(c.ranks, parts);
+  EXPECT_NE(error_of([&] { ts::consolidate({files[0]}, dir.path()); }).find("chunks cover"),
+            std::string::npos);
+  // Files of two different saves.
+  Case other = make_case(2);
+  other.ranks[1][1].global_sizes = {4, 13};
+  other.ranks[1][1].tensor = torch::randn({4, 7}).to(torch::kBFloat16);
+  const auto mixed = rank_files(other.ranks, parts);
+  EXPECT_NE(error_of([&] {
+              ts::consolidate({files[0], mixed[1]}, dir.path());
+            }).find("tensor #1 is 'proj.weight' BFloat16 [4, 13], in "),
+            std::string::npos);
+  EXPECT_TRUE(dir.entries().empty());
+}
+
+TEST(Consolidate, RefusesFilesThatAreNotRankFiles) {
+  TempDir dir, out;
+  const std::string plain = dir.file("plain.safetensors");
+  ts::save({{"w", torch::ones({2})}}, plain);
+  EXPECT_NE(error_of([&] {
+              ts::consolidate({plain}, out.path());
+            }).find("not a rank file: its metadata has no 'torch_safetensors.save_layout'"),
+            std::string::npos);
+  const std::vector<std::pair<std::string, std::string>> bad = {
+      {"not json", "is not valid JSON"},
+      {R"({"tensors": [], "chunk": []})", "must be an object with 'tensors' and 'chunks'"},
+      {R"({"tensors": [["w", "F32"]], "chunks": []})",
+       "'tensors[]' must be an array of 3 items, found an array of 2 items"},
+      {R"({"tensors": [["w", "F32", [4611686018427387904, 4]]], "chunks": [["w", 0, [0, 0]]]})",
+       "holds more than 2^63 bytes"},
+      {R"({"tensors": [["w", "Q9", [2]]], "chunks": []})", "unknown dtype 'Q9'"},
+      {R"({"tensors": [["w", "F32", [-2]]], "chunks": []})", "'tensors[][2]' must be an integer"},
+      {R"({"tensors": [["w", "F32", [2]]], "chunks": [["w", 1, [0]]]})",
+       "'chunks[][1]' must be an integer in [0, 0]"},
+      {R"({"tensors": [["w", "F32", [2]]], "chunks": [["v", 0, [0]]]})",
+       "lists a chunk 'v' of 'w' that the file does not hold"},
+      {R"({"tensors": [["w", "F64", [2]]], "chunks": [["w", 0, [0]]]})",
+       "chunk 'w' of 'w' is F32, the tensor is Double"},
+      {R"({"tensors": [["w", "F32", [2]]], "chunks": []})", "holds 1 tensors, its layout lists 0"},
+      {R"({"tensors": [["w", "F32", [4]]], "chunks": [["w", 0, [3]]]})",
+       "lies outside the tensor's sizes [4]"},
+  };
+  for (const auto& [layout, expected] : bad) {
+    SCOPED_TRACE(layout);
+    const std::string path = dir.file("bad.safetensors");
+    ts::save({{"w", torch::ones({2})}}, path,
+             ts::Metadata{{"torch_safetensors.save_layout", layout}});
+    EXPECT_NE(error_of([&] { ts::consolidate({path}, out.path()); }).find(expected),
+              std::string::npos);
+  }
+  EXPECT_TRUE(out.entries().empty());
+}

@@ -214,6 +214,18 @@ def fsdp(directory, rank, world):
                             for n, t in fresh.state_dict().items()}}
 
 
+def rank_files(directory, rank, world):
+    """Without a shared file system: each rank saves a file of its own (here into one directory,
+    which the test consolidates); dcp.load with our StorageReader reads the files as they are."""
+    from torch_safetensors.distributed import save_rank_file
+
+    state = distributed_state(world)
+    path = save_rank_file(state, os.path.join(directory, "rank_files"))
+    dist.barrier()
+    return {"path": os.path.basename(path),
+            "loaded_back": loaded_back_equal(os.path.join(directory, "rank_files"), state, world)}
+
+
 def expect_error(call):
     start = time.time()
     try:
@@ -281,7 +293,8 @@ def mismatch(directory, rank, world):
     return result
 
 
-SCENARIOS = {f.__name__: f for f in (save, dcp_save, fsdp, full_disk, killed, mismatch)}
+SCENARIOS = {f.__name__: f for f in (save, dcp_save, fsdp, rank_files, full_disk, killed,
+                                     mismatch)}
 
 
 def main():

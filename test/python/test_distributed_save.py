@@ -16,6 +16,11 @@ sys.path.insert(0, os.path.dirname(__file__))
 from save_worker import MAX_SHARD_SIZE, full_state  # noqa: E402
 from test_distributed import run_ranks  # noqa: E402
 
+from torch_safetensors import SafetensorError  # noqa: E402
+from torch_safetensors._extension import _C  # noqa: E402
+from torch_safetensors.distributed import consolidate  # noqa: E402
+from torch_safetensors.distributed._save import chunk_entry, placeholder_entry  # noqa: E402
+
 hub = pytest.importorskip("huggingface_hub")
 WORKER = os.path.join(os.path.dirname(__file__), "save_worker.py")
 pytestmark = pytest.mark.skipif(not dist.is_available() or not dist.is_gloo_available(),
@@ -69,7 +74,8 @@ def raw(tensor):
 
 @pytest.mark.parametrize("world", [2, 4])
 def test_ranks_save_the_huggingface_checkpoint_of_the_gathered_state(world, tmp_path):
-    reports = run_ranks(world, "save,dcp_save,fsdp", str(tmp_path), tmp_path, worker=WORKER)
+    reports = run_ranks(world, "save,dcp_save,fsdp,rank_files", str(tmp_path), tmp_path,
+                        worker=WORKER)
     for rank, report in enumerate(reports):
         assert "error" not in report and "exit" not in report, (rank, report)
     expected = reference(tmp_path)
@@ -107,6 +113,42 @@ def test_ranks_save_the_huggingface_checkpoint_of_the_gathered_state(world, tmp_
     for rank, report in enumerate(reports):
         assert report["fsdp"]["placements"] == ["(Shard(dim=0),)"], (rank, report["fsdp"])
         assert all(report["fsdp"]["loaded_back"].values()) and report["fsdp"]["loaded_back"]
+
+
+    # Without a shared file system: the rank files, consolidated, are the same checkpoint.
+    assert [r["rank_files"]["path"] for r in reports] == [
+        f"rank-{r:05d}-of-{world:05d}.safetensors" for r in range(world)]
+    for rank, report in enumerate(reports):
+        assert all(report["rank_files"]["loaded_back"].values()), (rank, report["rank_files"])
+    report = consolidate(tmp_path / "rank_files", tmp_path / "consolidated",
+                         max_shard_size=MAX_SHARD_SIZE, metadata={"format": "pt"}, threads=2)
+    assert files_of(tmp_path / "consolidated") == files_of(expected)
+    assert report.tensor_bytes == sum(t.nbytes for t in original.values())
+    assert report.files == saves[0]["files"]
+
+
+def test_consolidate_refuses_an_incomplete_set_of_rank_files(tmp_path):
+    state = full_state()
+    parts = tmp_path / "parts"
+    parts.mkdir()
+    halves = [dict(list(state.items())[:3]), dict(list(state.items())[3:])]
+    for rank, half in enumerate(halves):  # two "ranks" holding different tensors whole
+        entries = [chunk_entry(name, t) if name in half else
+                   placeholder_entry(name, t.shape, t.dtype) for name, t in state.items()]
+        _C.save_rank_file(entries, str(parts / f"rank-{rank:05d}-of-00003.safetensors"), False)
+    with pytest.raises(ValueError, match=r"the rank files of ranks \[2\] of 3 are missing"):
+        consolidate(parts, tmp_path / "out")
+    with pytest.raises(SafetensorError, match="chunks cover 0 of its 6 elements"):
+        consolidate(sorted(parts.iterdir())[:1], tmp_path / "out")
+    (parts / "rank-00002-of-00003.safetensors").write_bytes(b"")
+    with pytest.raises(SafetensorError):
+        consolidate(parts, tmp_path / "out")
+    assert not (tmp_path / "out").exists() or os.listdir(tmp_path / "out") == []
+    os.remove(parts / "rank-00002-of-00003.safetensors")
+    os.rename(parts / "rank-00001-of-00003.safetensors", parts / "rank-00001-of-00002.safetensors")
+    os.rename(parts / "rank-00000-of-00003.safetensors", parts / "rank-00000-of-00002.safetensors")
+    consolidate(parts, tmp_path / "out", max_shard_size=MAX_SHARD_SIZE, metadata={"format": "pt"})
+    assert files_of(tmp_path / "out") == files_of(reference(tmp_path))
 
 
 def previous_checkpoint_intact(tmp_path):

@@ -43,7 +43,7 @@ from ._plan import (
     assemble,
     load_for_rank,
 )
-from ._save import SaveReport, save_sharded
+from ._save import SaveReport, consolidate, save_rank_file, save_sharded
 
 __all__ = [
     "LLAMA_TP_PLAN",
@@ -57,6 +57,8 @@ __all__ = [
     "load_dtensors",
     "has_dtensors",
     "save_sharded",
+    "save_rank_file",
+    "consolidate",
     "SaveReport",
     "StorageReader",
     "StorageWriter",

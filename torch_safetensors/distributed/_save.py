@@ -69,16 +69,30 @@ def save_entries(entries: Sequence[Entry], save_directory: Union[str, "os.PathLi
                  filename_pattern: Optional[str], metadata: Optional[Dict[str, str]],
                  remove_stale: bool, durable: bool) -> SaveReport:
     """The core's distributed save of ``entries``; ``group`` None: this process alone."""
+    size, pattern = _split_arguments(max_shard_size, filename_pattern)
+    report = _C.save_sharded_group(list(entries), _made(save_directory), group, size, pattern,
+                                   metadata, bool(remove_stale), bool(durable))
+    return _report(report)
+
+
+def _split_arguments(max_shard_size: Union[int, str, None],
+                     filename_pattern: Optional[str]) -> Tuple[int, str]:
+    """``max_shard_size`` in bytes and the file name pattern, with save_torch_state_dict's
+    defaults (``"5GB"``, ``model{suffix}.safetensors``)."""
     from .. import hub  # hub imports this package: its defaults, once it is loaded
 
-    if max_shard_size is None:
-        max_shard_size = hub.MAX_SHARD_SIZE
+    size = hub._max_bytes(hub.MAX_SHARD_SIZE if max_shard_size is None else max_shard_size)
     pattern = hub.SAFETENSORS_WEIGHTS_FILE_PATTERN if filename_pattern is None else filename_pattern
-    directory = os.fsdecode(os.fspath(save_directory))
+    return size, pattern
+
+
+def _made(directory: Union[str, "os.PathLike[str]"]) -> str:
+    directory = os.fsdecode(os.fspath(directory))
     os.makedirs(directory, exist_ok=True)
-    report = _C.save_sharded_group(list(entries), directory, group,
-                                   hub._max_bytes(max_shard_size), pattern, metadata,
-                                   bool(remove_stale), bool(durable))
+    return directory
+
+
+def _report(report: Dict[str, Any]) -> SaveReport:
     return SaveReport(report["tensor_bytes"], report["header_bytes"], list(report["files"]))
 
 
@@ -116,3 +130,96 @@ def save_sharded(
                         max_shard_size=max_shard_size, filename_pattern=filename_pattern,
                         metadata=metadata,
                         remove_stale=remove_stale, durable=durable)
+
+
+def rank_file_name(rank: int, world_size: int) -> str:
+    """The file :func:`save_rank_file` writes for ``rank`` of ``world_size``."""
+    return f"rank-{rank:05d}-of-{world_size:05d}.safetensors"
+
+
+def save_rank_file(
+    state_dict: Dict[str, Any],
+    directory: Union[str, "os.PathLike[str]"],
+    *,
+    group: Any = None,
+    durable: bool = False,
+) -> str:
+    """Saves this rank's shards of ``state_dict`` (as :func:`save_sharded` takes it) to a file of
+    its own, ``directory/rank-RRRRR-of-NNNNN.safetensors``, for jobs without a file system that
+    all ranks see; :func:`consolidate` turns the files, once in one place, into the checkpoint
+    :func:`save_sharded` would have written. Nothing is exchanged between the ranks; a replica is
+    stored by one of its holders only. The file records the whole state dict's names, dtypes and
+    global sizes (never inferred from the chunks) and torch's ``DCP_SHARDING_INFO`` offsets, so ``dcp.load`` with our
+    :class:`StorageReader` (or torch's) reads a directory of rank files as it is. Returns the
+    file's path."""
+    import torch.distributed as dist
+
+    group = process_group(group)
+    rank = dist.get_rank(group) if group is not None else 0
+    world = dist.get_world_size(group) if group is not None else 1
+    path = os.path.join(_made(directory), rank_file_name(rank, world))
+    entries = [chunk_entry(name, tensor) if _writes_replica(tensor, rank) else
+               placeholder_entry(name, tensor.shape, tensor.dtype)
+               for name, tensor in state_dict.items()]
+    _C.save_rank_file(entries, path, bool(durable))
+    return path
+
+
+def _writes_replica(tensor: Any, rank: int) -> bool:
+    """Whether this rank stores its chunk of ``tensor`` in its rank file: a replicated chunk is
+    stored once, by its holder at coordinate 0 of every ``Replicate`` mesh dimension (a plain
+    tensor by rank 0), so the rank files hold the state dict once and DCP readers take them."""
+    dtensor = _dtensor_type()
+    if dtensor is None or not isinstance(tensor, dtensor):
+        return rank == 0
+    from torch.distributed.tensor import Replicate
+
+    coordinate = tensor.device_mesh.get_coordinate()
+    return all(c == 0 for c, p in zip(coordinate, tensor.placements) if isinstance(p, Replicate))
+
+
+def _rank_files(source: Union[str, "os.PathLike[str]", Sequence[Any]]) -> List[str]:
+    """A directory's rank files, all of one save (every rank of 0..N-1 present), or the list."""
+    if not isinstance(source, (str, bytes, os.PathLike)):
+        return [os.fsdecode(os.fspath(p)) for p in source]
+    directory = os.fsdecode(os.fspath(source))
+    found = {}
+    for name in os.listdir(directory):
+        parts = name[len("rank-"):-len(".safetensors")].split("-of-")
+        if name.startswith("rank-") and name.endswith(".safetensors") and len(parts) == 2 \
+                and all(p.isdigit() for p in parts):
+            found[(int(parts[0]), int(parts[1]))] = os.path.join(directory, name)
+    worlds = {world for _, world in found}
+    if len(worlds) != 1:
+        raise ValueError(f"{directory}: expected the rank files of one save "
+                         f"(rank-RRRRR-of-NNNNN.safetensors), found {sorted(found) or 'none'}")
+    world = worlds.pop()
+    missing = [r for r in range(world) if (r, world) not in found]
+    if missing:
+        raise ValueError(f"{directory}: the rank files of ranks {missing} of {world} are missing")
+    return [found[(r, world)] for r in range(world)]
+
+
+def consolidate(
+    rank_files: Union[str, "os.PathLike[str]", Sequence[Any]],
+    save_directory: Union[str, "os.PathLike[str]"],
+    *,
+    max_shard_size: Union[int, str, None] = None,
+    filename_pattern: Optional[str] = None,
+    metadata: Optional[Dict[str, str]] = None,
+    remove_stale: bool = True,
+    durable: bool = False,
+    threads: Optional[int] = None,
+) -> SaveReport:
+    """Writes the huggingface-style checkpoint of the rank files that :func:`save_rank_file`
+    wrote (a directory holding them, or a list of paths): the files :func:`save_sharded` writes,
+    byte for byte, for the same arguments. Each chunk is copied from its mapped rank file with
+    positional writes, by up to ``threads`` threads (default: up to 8), so memory stays bounded by
+    the page cache; replicas are written once. Rank files that disagree on the state dict or
+    whose chunks do not tile a tensor exactly are refused before any file is created; the
+    checkpoint is published atomically as :func:`save_sharded`'s is."""
+    files = _rank_files(rank_files)
+    size, pattern = _split_arguments(max_shard_size, filename_pattern)
+    report = _C.consolidate(files, _made(save_directory), size, pattern, metadata,
+                            bool(remove_stale), bool(durable), int(threads or 0))
+    return _report(report)

@@ -348,7 +348,14 @@ RankLayout rank_layout(const ShardPlan& plan, int64_t rank, int64_t world_size,
   TORCH_CHECK(world_size % stages == 0, "safetensors: ", source, ": world size ", world_size,
               " does not divide into the pipeline's ", stages, " stages");
   const int64_t per_stage = world_size / stages;
-  if (!plan.experts) return {rank / per_stage, stages, rank % per_stage, per_stage};
+  if (!plan.experts) {
+    RankLayout layout;
+    layout.stage = rank / per_stage;
+    layout.num_stages = stages;
+    layout.tp_rank = rank % per_stage;
+    layout.tp_size = per_stage;
+    return layout;
+  }
   const ExpertPlan& e = *plan.experts;
   const int64_t ep = e.ep_size == 0 ? per_stage : e.ep_size;
   TORCH_CHECK(ep >= 1 && per_stage % ep == 0, "safetensors: ", source, ": expert-parallel size ",

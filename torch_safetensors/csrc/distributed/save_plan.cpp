@@ -8,18 +8,28 @@
 #include "distributed/save_plan.h"
 
 #include <algorithm>
+#include <atomic>
 #include <cstring>
+#include <functional>
 #include <map>
+#include <mutex>
 #include <random>
+#include <set>
+#include <thread>
 
 #include <ATen/core/Tensor.h>
 
+#include "adapters/load_tensor.h"
 #include "api/checkpoint_files.h"
 #include "check.h"
+#include "format/checked_json.h"
 #include "format/index.h"
+#include "format/json_writer.h"
 #include "storage/io.h"
 #include "torch_safetensors/dtype.h"
+#include "torch_safetensors/file.h"
 #include "torch_safetensors/header.h"
+#include "torch_safetensors/serialize.h"
 
 namespace torch::safetensors::distributed {
 namespace {
@@ -67,8 +77,12 @@ DistributedSavePlan plan_distributed_save(const std::vector<GlobalTensor>& tenso
   for (size_t t = 0; t < tensors.size(); ++t) {
     const GlobalTensor& g = tensors[t];
     TS_CHECK(index_of.emplace(g.name, t).second, source, "tensor '", g.name, "' is given twice");
-    for (int64_t s : g.sizes)
+    int64_t bytes = int64_t(c10::elementSize(g.dtype));
+    for (int64_t s : g.sizes) {
       TS_CHECK(s >= 0, source, "tensor '", g.name, "' has a negative size: ", shape_text(g.sizes));
+      TS_CHECK(!__builtin_mul_overflow(bytes, s, &bytes), source, "tensor '", g.name, "' of sizes ",
+               shape_text(g.sizes), " holds more than 2^63 bytes");
+    }
     const auto dtype = from_scalar_type(g.dtype);
     TS_CHECK(dtype, source, "tensor '", g.name, "': torch dtype ", c10::toString(g.dtype),
              " has no safetensors dtype");
@@ -294,6 +308,132 @@ std::string temp_name(const std::string& name, const std::string& token) {
 
 }  // namespace
 
+namespace {
+
+// One chunk's write and where its bytes come from.
+struct PendingWrite {
+  const ChunkWrite* write;
+  std::string name;                      // the tensor's, for messages
+  std::function<at::Tensor()> bytes_of;  // the chunk (any strides, any device)
+};
+
+// Writes `writes` into the temporary files of `plan` (pwrite at their final offsets), with up to
+// `threads` threads; the first error is rethrown after every thread has stopped.
+uint64_t write_chunks(const std::vector<std::string>& temps,
+                      const std::vector<PendingWrite>& writes, const std::string& directory,
+                      bool durable, unsigned threads) {
+  std::atomic<uint64_t> written{0};
+  std::atomic<size_t> next{0};
+  std::atomic<bool> stop{false};
+  std::mutex failed;
+  std::exception_ptr first_error;
+  auto work = [&] {
+    try {
+      std::map<size_t, storage::PositionalFile> open;
+      for (size_t i = next++; i < writes.size() && !stop; i = next++) {
+        const ChunkWrite& write = *writes[i].write;
+        const at::Tensor bytes = writes[i].bytes_of().cpu().contiguous();
+        TS_CHECK(uint64_t(bytes.nbytes()) == write.nbytes(), directory, "tensor '", writes[i].name,
+                 "': the chunk holds ", bytes.nbytes(), " bytes, the plan ", write.nbytes());
+        auto found = open.find(write.file);
+        if (found == open.end())
+          found = open.emplace(write.file, storage::PositionalFile::open(temps[write.file])).first;
+        const char* data = static_cast<const char*>(bytes.data_ptr());
+        uint64_t at = 0;
+        for (const ByteRun& run : write.runs) {
+          found->second.write_at(data + at, run.length, run.offset);
+          at += run.length;
+        }
+        written += write.nbytes();
+      }
+      for (auto& [f, file] : open) {
+        if (durable) file.sync();
+        file.close();
+      }
+    } catch (...) {
+      stop = true;
+      std::lock_guard<std::mutex> lock(failed);
+      if (!first_error) first_error = std::current_exception();
+    }
+  };
+  threads = std::max(1u, std::min<unsigned>(threads, unsigned(writes.size())));
+  std::vector<std::thread> pool;
+  for (unsigned t = 1; t < threads; ++t) pool.emplace_back(work);
+  work();
+  for (auto& thread : pool) thread.join();
+  if (first_error) std::rethrow_exception(first_error);
+  return written;
+}
+
+// Runs `plan` in this process, rank `exchange.rank()` of the save: rank 0 creates the files
+// under temporary names (`token`) and publishes them; this process writes `mine`. After each step
+// the ranks agree, so a failure anywhere fails every rank, and rank 0 removes the temporary files.
+DistributedSaveReport run_plan(const DistributedSavePlan& plan, const std::string& directory,
+                               Exchange& exchange, const std::string& token,
+                               const ShardOptions& options, const std::vector<PendingWrite>& mine,
+                               unsigned threads) {
+  const int rank = exchange.rank();
+  DistributedSaveReport report;
+  for (const PlannedFile& file : plan.files) report.files.push_back(file.name);
+  if (!plan.index_name.empty()) report.files.push_back(plan.index_name);
+  std::vector<std::string> temps;
+  for (const std::string& name : report.files)
+    temps.push_back(storage::join_path(directory, temp_name(name, token)));
+  auto remove_temps = [&] {
+    if (rank != 0) return;
+    for (const std::string& temp : temps) storage::remove_file(temp);
+  };
+
+  try {
+    // 2. Rank 0 creates the files, pre-sized, with their headers; and the index.
+    together(exchange, directory, "creating the files", [&] {
+      if (rank != 0) return;
+      storage::make_directories(directory);
+      for (size_t f = 0; f < plan.files.size(); ++f) {
+        storage::PositionalFile file =
+            storage::PositionalFile::create(temps[f], plan.files[f].size);
+        file.write_at(plan.files[f].header.data(), plan.files[f].header.size(), 0);
+        report.header_bytes += plan.files[f].header.size();
+        file.close();
+      }
+      if (!plan.index_name.empty()) {
+        storage::PositionalFile file =
+            storage::PositionalFile::create(temps.back(), plan.index_json.size());
+        file.write_at(plan.index_json.data(), plan.index_json.size(), 0);
+        report.header_bytes += plan.index_json.size();
+        if (options.durable) file.sync();
+        file.close();
+      }
+    });
+    // 3. Every rank writes its chunks' bytes where they go.
+    together(exchange, directory, "writing its chunks", [&] {
+      report.tensor_bytes = write_chunks(temps, mine, directory, options.durable, threads);
+    });
+    // 4. Rank 0 publishes: shards first, the index last, then stale files go.
+    together(exchange, directory, "publishing the files", [&] {
+      if (rank != 0) return;
+      if (options.durable) {
+        for (size_t f = 0; f < plan.files.size(); ++f) {
+          storage::PositionalFile file = storage::PositionalFile::open(temps[f]);
+          file.sync();
+          file.close();
+        }
+      }
+      for (size_t i = 0; i < temps.size(); ++i)
+        storage::rename_file(temps[i], storage::join_path(directory, report.files[i]));
+      if (options.durable) storage::sync_directory(directory);
+      if (options.remove_stale)
+        remove_stale_files(directory, options.filename_pattern, report.files, options.durable);
+    });
+  } catch (...) {
+    remove_temps();
+    throw;
+  }
+  return report;
+}
+
+}  // namespace
+
 DistributedSaveReport save_from_ranks(const std::vector<LocalShard>& shards,
                                       const std::string& directory, Exchange& exchange,
                                       const ShardOptions& options) {
@@ -388,85 +528,206 @@ DistributedSaveReport save_from_ranks(const std::vector<LocalShard>& shards,
   }
   // The same plan on every rank (or the same error).
   const DistributedSavePlan plan = plan_distributed_save(tensors, chunks, options, directory);
-
-  DistributedSaveReport report;
-  for (const PlannedFile& file : plan.files) report.files.push_back(file.name);
-  if (!plan.index_name.empty()) report.files.push_back(plan.index_name);
-  std::vector<std::string> temps;
-  for (const std::string& name : report.files)
-    temps.push_back(storage::join_path(directory, temp_name(name, token)));
-  auto remove_temps = [&] {
-    if (rank != 0) return;
-    for (const std::string& temp : temps) storage::remove_file(temp);
-  };
-
-  try {
-    // 2. Rank 0 creates the files, pre-sized, with their headers; and the index.
-    together(exchange, directory, "creating the files", [&] {
-      if (rank != 0) return;
-      storage::make_directories(directory);
-      for (size_t f = 0; f < plan.files.size(); ++f) {
-        storage::PositionalFile file =
-            storage::PositionalFile::create(temps[f], plan.files[f].size);
-        file.write_at(plan.files[f].header.data(), plan.files[f].header.size(), 0);
-        report.header_bytes += plan.files[f].header.size();
-        file.close();
-      }
-      if (!plan.index_name.empty()) {
-        storage::PositionalFile file =
-            storage::PositionalFile::create(temps.back(), plan.index_json.size());
-        file.write_at(plan.index_json.data(), plan.index_json.size(), 0);
-        report.header_bytes += plan.index_json.size();
-        if (options.durable) file.sync();
-        file.close();
-      }
-    });
-    // 3. Every rank writes its chunks' bytes where they go.
-    together(exchange, directory, "writing its chunks", [&] {
-      std::map<size_t, storage::PositionalFile> open;
-      for (const ChunkWrite& write : plan.writes[rank]) {
-        const LocalShard& shard = shards[shard_of_chunk[write.chunk]];
-        const at::Tensor bytes = shard.tensor.cpu().contiguous();
-        TS_CHECK(uint64_t(bytes.nbytes()) == write.nbytes(), directory, "tensor '", shard.name,
-                 "': rank ", rank, "'s chunk holds ", bytes.nbytes(), " bytes, the plan ",
-                 write.nbytes());
-        auto found = open.find(write.file);
-        if (found == open.end())
-          found = open.emplace(write.file, storage::PositionalFile::open(temps[write.file])).first;
-        const char* data = static_cast<const char*>(bytes.data_ptr());
-        uint64_t at = 0;
-        for (const ByteRun& run : write.runs) {
-          found->second.write_at(data + at, run.length, run.offset);
-          at += run.length;
-        }
-        report.tensor_bytes += write.nbytes();
-      }
-      for (auto& [f, file] : open) {
-        if (options.durable) file.sync();
-        file.close();
-      }
-    });
-    // 4. Rank 0 publishes: shards first, the index last, then stale files go.
-    together(exchange, directory, "publishing the files", [&] {
-      if (rank != 0) return;
-      if (options.durable) {
-        for (size_t f = 0; f < plan.files.size(); ++f) {
-          storage::PositionalFile file = storage::PositionalFile::open(temps[f]);
-          file.sync();
-          file.close();
-        }
-      }
-      for (size_t i = 0; i < temps.size(); ++i)
-        storage::rename_file(temps[i], storage::join_path(directory, report.files[i]));
-      if (options.durable) storage::sync_directory(directory);
-      if (options.remove_stale)
-        remove_stale_files(directory, options.filename_pattern, report.files, options.durable);
-    });
-  } catch (...) {
-    remove_temps();
-    throw;
+  std::vector<PendingWrite> mine;
+  for (const ChunkWrite& write : plan.writes[rank]) {
+    const LocalShard& shard = shards[shard_of_chunk[write.chunk]];
+    mine.push_back({&write, shard.name, [&shard] { return shard.tensor; }});
   }
-  return report;
+  return run_plan(plan, directory, exchange, token, options, mine, 1);
 }
 
+// ---------------------------------------------------------------------------------------------
+// Without a shared file system: a file per rank, then a consolidation.
+
+namespace {
+
+constexpr const char* kLayoutKey = "torch_safetensors.save_layout";
+constexpr const char* kShardingInfoKey = "DCP_SHARDING_INFO";  // torch's, for its readers
+
+void append_sizes(std::string& out, const std::vector<int64_t>& sizes) {
+  out += '[';
+  for (size_t i = 0; i < sizes.size(); ++i) {
+    if (i) out += ',';
+    out += std::to_string(sizes[i]);
+  }
+  out += ']';
+}
+
+// The key a rank file stores its `k`-th chunk of tensor `name` under.
+std::string chunk_key(const std::string& name, size_t k) {
+  return k == 0 ? name : name + "#" + std::to_string(k);
+}
+
+std::vector<int64_t> checked_sizes(simdjson::dom::element element, const std::string& where,
+                                   std::string_view key) {
+  simdjson::dom::array array;
+  TS_CHECK(!element.get(array), where, "'", key, "' must be an array of integers, found a ",
+           format::json_kind(element));
+  std::vector<int64_t> out;
+  for (simdjson::dom::element value : array)
+    out.push_back(format::checked_integer(value, where, key, 0, INT64_MAX));
+  return out;
+}
+
+simdjson::dom::array checked_array(simdjson::dom::element element, const std::string& where,
+                                   std::string_view key, size_t length) {
+  simdjson::dom::array array;
+  const bool is_array = !element.get(array);
+  TS_CHECK(is_array && (length == 0 || array.size() == length), where, "'", key,
+           "' must be an array", length ? " of " + std::to_string(length) + " items" : "",
+           ", found ",
+           is_array ? "an array of " + std::to_string(array.size()) + " items"
+                    : "a " + std::string(format::json_kind(element)));
+  return array;
+}
+
+// A rank file's layout: the whole state dict and the chunks it holds (key, tensor, offsets).
+struct RankFileLayout {
+  std::vector<GlobalTensor> tensors;
+  std::vector<std::pair<std::string, ChunkLayout>> chunks;
+};
+
+RankFileLayout parse_layout(const File& file) {
+  const std::string& where = file.path();
+  const auto& metadata = file.metadata();
+  const auto found = metadata ? metadata->find(kLayoutKey) : Metadata::const_iterator();
+  TS_CHECK(metadata && found != metadata->end(), where, "not a rank file: its metadata has no '",
+           kLayoutKey, "' (rank files are written by save_rank_file)");
+  simdjson::dom::parser parser;
+  const simdjson::padded_string padded(found->second);
+  simdjson::dom::element root;
+  const auto error = parser.parse(padded).get(root);
+  TS_CHECK(!error, where, "'", kLayoutKey, "' is not valid JSON: ", simdjson::error_message(error));
+  simdjson::dom::element tensors_value, chunks_value;
+  TS_CHECK(!root["tensors"].get(tensors_value) && !root["chunks"].get(chunks_value), where, "'",
+           kLayoutKey, "' must be an object with 'tensors' and 'chunks'");
+  RankFileLayout layout;
+  for (simdjson::dom::element item : checked_array(tensors_value, where, "tensors", 0)) {
+    simdjson::dom::array entry = checked_array(item, where, "tensors[]", 3);
+    GlobalTensor g;
+    g.name = format::checked_string(entry.at(0), where, "tensors[][0]");
+    const std::string dtype_text = format::checked_string(entry.at(1), where, "tensors[][1]");
+    const auto dtype = parse_dtype(dtype_text);
+    TS_CHECK(dtype, where, "tensor '", g.name, "': unknown dtype '", dtype_text, "'");
+    g.dtype = to_scalar_type(*dtype);
+    g.sizes = checked_sizes(entry.at(2), where, "tensors[][2]");
+    layout.tensors.push_back(std::move(g));
+  }
+  for (simdjson::dom::element item : checked_array(chunks_value, where, "chunks", 0)) {
+    simdjson::dom::array entry = checked_array(item, where, "chunks[]", 3);
+    ChunkLayout chunk;
+    std::string key = format::checked_string(entry.at(0), where, "chunks[][0]");
+    chunk.tensor = size_t(format::checked_integer(entry.at(1), where, "chunks[][1]", 0,
+                                                  int64_t(layout.tensors.size()) - 1));
+    chunk.offsets = checked_sizes(entry.at(2), where, "chunks[][2]");
+    layout.chunks.emplace_back(std::move(key), std::move(chunk));
+  }
+  return layout;
+}
+
+}  // namespace
+
 }  // namespace torch::safetensors::distributed
+
+namespace torch::safetensors {
+
+void save_rank_file(const std::vector<LocalShard>& shards, const std::string& path, bool durable) {
+  std::string tensors = "[", chunks = "[", sharding = "{";
+  std::vector<SaveEntry> entries;
+  std::map<std::string, size_t> chunks_of;
+  for (size_t i = 0; i < shards.size(); ++i) {
+    const LocalShard& s = shards[i];
+    const c10::ScalarType type = s.tensor.defined() ? s.tensor.scalar_type() : s.dtype;
+    const auto dtype = from_scalar_type(type);
+    TS_CHECK(dtype, path, "tensor '", s.name, "': torch dtype ", c10::toString(type),
+             " has no safetensors dtype");
+    if (i) tensors += ',';
+    tensors += '[';
+    format::append_json_string(tensors, s.name);
+    tensors += ',';
+    format::append_json_string(tensors, dtype_name(*dtype));
+    tensors += ',';
+    distributed::append_sizes(tensors, s.global_sizes);
+    tensors += ']';
+    if (!s.tensor.defined()) continue;
+    std::vector<int64_t> offsets = s.offsets;
+    if (offsets.empty()) offsets.assign(s.global_sizes.size(), 0);
+    const std::string key = distributed::chunk_key(s.name, chunks_of[s.name]++);
+    if (!entries.empty()) chunks += ',', sharding += ',';
+    chunks += '[';
+    format::append_json_string(chunks, key);
+    chunks += ',' + std::to_string(i) + ',';
+    distributed::append_sizes(chunks, offsets);
+    chunks += ']';
+    format::append_json_string(sharding, key);
+    sharding += ":{\"saved_offsets\":";
+    distributed::append_sizes(sharding, offsets);
+    sharding += '}';
+    entries.emplace_back(key, s.tensor);
+  }
+  Metadata metadata{{"format", "pt"}};
+  metadata[distributed::kLayoutKey] = "{\"tensors\":" + tensors + "],\"chunks\":" + chunks + "]}";
+  metadata[distributed::kShardingInfoKey] = sharding + "}";
+  save(TensorsToSave(std::move(entries)), SaveTo(path).durable(durable), metadata);
+}
+
+DistributedSaveReport consolidate(const std::vector<std::string>& rank_files,
+                                  const std::string& directory, const ShardOptions& options,
+                                  unsigned threads) {
+  using namespace distributed;
+  TS_CHECK(!rank_files.empty(), directory, "consolidate needs at least one rank file");
+  std::vector<File> files;
+  std::vector<GlobalTensor> tensors;
+  std::vector<std::vector<ChunkLayout>> chunks(rank_files.size());
+  std::vector<std::vector<std::string>> keys(rank_files.size());
+  for (size_t r = 0; r < rank_files.size(); ++r) {
+    files.emplace_back(rank_files[r]);
+    const File& file = files.back();
+    RankFileLayout layout = parse_layout(file);
+    if (r == 0) {
+      tensors = std::move(layout.tensors);
+    } else {
+      TS_CHECK(layout.tensors.size() == tensors.size(), file.path(), "lists ",
+               layout.tensors.size(), " tensors, ", rank_files[0], " lists ", tensors.size(),
+               " (the rank files of one save list the same state dict)");
+      for (size_t t = 0; t < tensors.size(); ++t) {
+        const GlobalTensor &theirs = layout.tensors[t], &first = tensors[t];
+        TS_CHECK(
+            theirs.name == first.name && theirs.dtype == first.dtype && theirs.sizes == first.sizes,
+            file.path(), "tensor #", t, " is '", theirs.name, "' ", c10::toString(theirs.dtype),
+            " ", shape_text(theirs.sizes), ", in ", rank_files[0], " '", first.name, "' ",
+            c10::toString(first.dtype), " ", shape_text(first.sizes),
+            " (the rank files of one save list the same state dict)");
+      }
+    }
+    std::set<std::string> listed;
+    for (auto& [key, chunk] : layout.chunks) {
+      const GlobalTensor& g = tensors[chunk.tensor];
+      TS_CHECK(file.contains(key), file.path(), "the layout lists a chunk '", key, "' of '", g.name,
+               "' that the file does not hold");
+      TS_CHECK(listed.insert(key).second, file.path(), "the layout lists chunk '", key, "' twice");
+      const TensorInfo& info = file.info(key);
+      TS_CHECK(from_scalar_type(g.dtype) == info.dtype, file.path(), "chunk '", key, "' of '",
+               g.name, "' is ", dtype_name(info.dtype), ", the tensor is ", c10::toString(g.dtype));
+      chunk.sizes = adapters::torch_sizes(info, file.path());
+      chunks[r].push_back(chunk);
+      keys[r].push_back(key);
+    }
+    TS_CHECK(listed.size() == file.size(), file.path(), "holds ", file.size(),
+             " tensors, its layout lists ", listed.size(), " chunks");
+  }
+  const DistributedSavePlan plan = plan_distributed_save(tensors, chunks, options, directory);
+  std::vector<PendingWrite> writes;
+  for (size_t r = 0; r < plan.writes.size(); ++r) {
+    for (const ChunkWrite& write : plan.writes[r]) {
+      const File* file = &files[r];
+      const std::string* key = &keys[r][write.chunk];
+      writes.push_back({&write, *key, [file, key] { return file->tensor(*key); }});
+    }
+  }
+  SoloExchange solo;
+  if (threads == 0) threads = std::min(8u, std::max(1u, std::thread::hardware_concurrency()));
+  return run_plan(plan, directory, solo, random_token(), options, writes, threads);
+}
+
+}  // namespace torch::safetensors

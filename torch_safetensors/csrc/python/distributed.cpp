@@ -68,6 +68,50 @@ ts::RankLoad with_python_warnings(F&& load) {
 
 namespace torch::safetensors::python {
 
+namespace {
+
+// A saving entry from Python: name, local chunk (a meta tensor: none here), global sizes,
+// offsets.
+using ChunkEntry = std::tuple<std::string, at::Tensor, std::vector<int64_t>, std::vector<int64_t>>;
+
+std::vector<ts::LocalShard> local_shards(const std::vector<ChunkEntry>& entries) {
+  std::vector<ts::LocalShard> shards;
+  shards.reserve(entries.size());
+  for (const auto& [name, tensor, global, offsets] : entries) {
+    if (tensor.is_meta()) {
+      ts::LocalShard shard;
+      shard.name = name;
+      shard.global_sizes = global;
+      shard.offsets = offsets;
+      shard.dtype = tensor.scalar_type();
+      shards.push_back(std::move(shard));
+    } else {
+      shards.emplace_back(name, tensor, global, offsets);
+    }
+  }
+  return shards;
+}
+
+ts::ShardOptions shard_options(uint64_t max_shard_size, std::string filename_pattern,
+                               py::handle metadata, bool remove_stale, bool durable) {
+  ts::ShardOptions options;
+  options.with_max_shard_size(max_shard_size).with_filename_pattern(std::move(filename_pattern));
+  options.metadata = to_metadata(metadata);
+  options.remove_stale = remove_stale;
+  options.durable = durable;
+  return options;
+}
+
+py::dict report_dict(const ts::DistributedSaveReport& report) {
+  py::dict out;
+  out["tensor_bytes"] = report.tensor_bytes;
+  out["header_bytes"] = report.header_bytes;
+  out["files"] = report.files;
+  return out;
+}
+
+}  // namespace
+
 void bind_distributed(py::module_& m) {
   py::class_<ts::ShardPlan>(m, "ShardPlan")
       .def(py::init(&make_plan), py::arg("patterns"), py::arg("tensors"), py::arg("stages"),
@@ -162,32 +206,13 @@ void bind_distributed(py::module_& m) {
   // dtype is the tensor's). Without a group, one process saves alone.
   m.def(
       "save_sharded_group",
-      [](const std::vector<std::tuple<std::string, at::Tensor, std::vector<int64_t>,
-                                      std::vector<int64_t>>>& entries,
-         const std::string& directory,
+      [](const std::vector<ChunkEntry>& entries, const std::string& directory,
          const std::optional<c10::intrusive_ptr<c10d::ProcessGroup>>& group,
          uint64_t max_shard_size, std::string filename_pattern, py::handle metadata,
          bool remove_stale, bool durable) {
-        ts::ShardOptions options;
-        options.with_max_shard_size(max_shard_size)
-            .with_filename_pattern(std::move(filename_pattern));
-        options.metadata = to_metadata(metadata);
-        options.remove_stale = remove_stale;
-        options.durable = durable;
-        std::vector<ts::LocalShard> shards;
-        shards.reserve(entries.size());
-        for (const auto& [name, tensor, global, offsets] : entries) {
-          if (tensor.is_meta()) {
-            ts::LocalShard shard;
-            shard.name = name;
-            shard.global_sizes = global;
-            shard.offsets = offsets;
-            shard.dtype = tensor.scalar_type();
-            shards.push_back(std::move(shard));
-          } else {
-            shards.emplace_back(name, tensor, global, offsets);
-          }
-        }
+        const ts::ShardOptions options = shard_options(max_shard_size, std::move(filename_pattern),
+                                                       metadata, remove_stale, durable);
+        const std::vector<ts::LocalShard> shards = local_shards(entries);
         ts::DistributedSaveReport report;
         {
           py::gil_scoped_release release;
@@ -198,15 +223,37 @@ void bind_distributed(py::module_& m) {
             report = ts::distributed::save_from_ranks(shards, directory, solo, options);
           }
         }
-        py::dict out;
-        out["tensor_bytes"] = report.tensor_bytes;
-        out["header_bytes"] = report.header_bytes;
-        out["files"] = report.files;
-        return out;
+        return report_dict(report);
       },
       py::arg("entries"), py::arg("directory"), py::arg("group"), py::arg("max_shard_size"),
       py::arg("filename_pattern"), py::arg("metadata"), py::arg("remove_stale"),
       py::arg("durable"));
+  // Without a shared file system (distributed.h): a file per rank, then a consolidation.
+  m.def(
+      "save_rank_file",
+      [](const std::vector<ChunkEntry>& entries, const std::string& path, bool durable) {
+        const std::vector<ts::LocalShard> shards = local_shards(entries);
+        py::gil_scoped_release release;
+        ts::save_rank_file(shards, path, durable);
+      },
+      py::arg("entries"), py::arg("path"), py::arg("durable"));
+  m.def(
+      "consolidate",
+      [](const std::vector<std::string>& rank_files, const std::string& directory,
+         uint64_t max_shard_size, std::string filename_pattern, py::handle metadata,
+         bool remove_stale, bool durable, unsigned threads) {
+        const ts::ShardOptions options = shard_options(max_shard_size, std::move(filename_pattern),
+                                                       metadata, remove_stale, durable);
+        ts::DistributedSaveReport report;
+        {
+          py::gil_scoped_release release;
+          report = ts::consolidate(rank_files, directory, options, threads);
+        }
+        return report_dict(report);
+      },
+      py::arg("rank_files"), py::arg("directory"), py::arg("max_shard_size"),
+      py::arg("filename_pattern"), py::arg("metadata"), py::arg("remove_stale"), py::arg("durable"),
+      py::arg("threads"));
 }
 
 }  // namespace torch::safetensors::python
