@@ -16,57 +16,13 @@
 #include "api/handle.h"
 #include "distributed/plan.h"
 #include "distributed/save_plan.h"
+#include "distributed/wire.h"
 
 namespace torch::safetensors {
 namespace {
 
-// The layouts ranks exchange, as bytes: little-endian int64s and length-prefixed strings.
-class Writer {
- public:
-  void i64(int64_t v) { bytes_.append(reinterpret_cast<const char*>(&v), sizeof v); }
-  void str(const std::string& s) { i64(int64_t(s.size())), bytes_ += s; }
-  void sizes(const std::vector<int64_t>& v) {
-    i64(int64_t(v.size()));
-    for (int64_t x : v) i64(x);
-  }
-  std::string take() { return std::move(bytes_); }
-
- private:
-  std::string bytes_;
-};
-
-class Reader {
- public:
-  explicit Reader(const std::string& bytes) : bytes_(bytes) {}
-  int64_t i64() {
-    TORCH_CHECK(at_ + 8 <= bytes_.size(), "safetensors: a rank sent a truncated layout");
-    int64_t v;
-    std::memcpy(&v, bytes_.data() + at_, 8);
-    at_ += 8;
-    return v;
-  }
-  std::string str() {
-    const int64_t n = i64();
-    TORCH_CHECK(n >= 0 && uint64_t(n) <= bytes_.size() - at_,
-                "safetensors: a rank sent a truncated layout");
-    std::string s = bytes_.substr(at_, n);
-    at_ += n;
-    return s;
-  }
-  std::vector<int64_t> sizes() {
-    const int64_t n = i64();
-    TORCH_CHECK(n >= 0 && uint64_t(n) <= (bytes_.size() - at_) / 8,
-                "safetensors: a rank sent a truncated layout");
-    std::vector<int64_t> v(n);
-    for (auto& x : v) x = i64();
-    return v;
-  }
-  bool done() const { return at_ == bytes_.size(); }
-
- private:
-  const std::string& bytes_;
-  size_t at_ = 0;
-};
+using Writer = distributed::WireWriter;
+using Reader = distributed::WireReader;
 
 void write_piece(Writer& w, const Piece& piece, c10::ScalarType dtype) {
   w.str(piece.name);
