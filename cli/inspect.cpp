@@ -7,6 +7,7 @@
 #include "common.h"
 #include "format/json_writer.h"
 #include "torch_safetensors/checkpoint.h"
+#include "torch_safetensors/quant.h"
 
 namespace torch::safetensors::cli {
 namespace {
@@ -18,7 +19,10 @@ const char* kHelp =
     "holding either: name, dtype, shape, bytes, offset (in the file's data section) and shard;\n"
     "then the metadata, the totals, a summary per dtype and how many tensors a zero-copy load\n"
     "would copy (offset in the file not a multiple of their element size; see verify\n"
-    "--alignment and realign). Only headers are read.\n"
+    "--alignment and realign). A quantized checkpoint (fp8, GPTQ, AWQ, compressed-tensors,\n"
+    "MXFP4/6/8, NVFP4, DeepSeek-V4) also gets a `quantization` column: each stored tensor's\n"
+    "scheme, its role in its weight (packed, scale, zero_point, ...) and the dense weight's\n"
+    "name. Only headers (and config.json beside them) are read.\n"
     "\n"
     "options:\n"
     "  --json              one JSON document on stdout instead of the table\n"
@@ -29,6 +33,40 @@ struct Row {
   std::string name, dtype, shape, shard;
   const TensorInfo* info;
 };
+
+// A stored tensor's part in a quantized weight.
+struct QuantPart {
+  std::string scheme, role, weight;
+};
+
+// Every quantized weight's stored tensors (quant::find_quantized over the headers and the
+// checkpoint's config), by stored name; `error` says why none could be described.
+struct Quantization {
+  std::vector<quant::QuantizedWeight> weights;
+  std::map<std::string, QuantPart> parts;
+  std::string error;
+};
+
+Quantization quantization_of(const Checkpoint& checkpoint) {
+  Quantization q;
+  try {
+    q.weights = quant::find_quantized(checkpoint, quant::read_config(checkpoint));
+  } catch (const c10::Error& e) {
+    q.error = e.what_without_backtrace();
+    return q;
+  }
+  for (const quant::QuantizedWeight& w : q.weights) {
+    for (const auto& [role, stored] : w.tensors)
+      q.parts[stored] = {std::string(quant::scheme_name(w.scheme)), role, w.name};
+  }
+  return q;
+}
+
+std::string part_text(const Quantization& q, const std::string& name) {
+  const auto found = q.parts.find(name);
+  if (found == q.parts.end()) return "-";
+  return found->second.scheme + " " + found->second.role + " of " + found->second.weight;
+}
 
 struct Totals {
   uint64_t tensors = 0, parameters = 0, bytes = 0;
@@ -68,7 +106,7 @@ Copied copied_on_load(const Checkpoint& checkpoint, const std::vector<Row>& rows
 
 std::string json_document(const Checkpoint& checkpoint, const std::vector<Row>& rows,
                           const Totals& totals, const std::map<std::string, Totals>& by_dtype,
-                          const Copied& copied) {
+                          const Copied& copied, const Quantization& q) {
   std::string out = "{\"path\": ";
   format::append_json_string(out, checkpoint.path());
   out += ", \"index\": ";
@@ -113,6 +151,21 @@ std::string json_document(const Checkpoint& checkpoint, const std::vector<Row>& 
     format::append_uint(out, row.info->end);
     out += "], \"shard\": ";
     format::append_json_string(out, row.shard);
+    if (!q.weights.empty()) {
+      out += ", \"quantization\": ";
+      const auto found = q.parts.find(row.name);
+      if (found == q.parts.end()) {
+        out += "null";
+      } else {
+        out += "{\"scheme\": ";
+        format::append_json_string(out, found->second.scheme);
+        out += ", \"role\": ";
+        format::append_json_string(out, found->second.role);
+        out += ", \"weight\": ";
+        format::append_json_string(out, found->second.weight);
+        out += "}";
+      }
+    }
     out += "}";
   }
   out += "],\n \"total\": ";
@@ -130,7 +183,27 @@ std::string json_document(const Checkpoint& checkpoint, const std::vector<Row>& 
   format::append_uint(out, copied.tensors);
   out += ", \"bytes\": ";
   format::append_uint(out, copied.bytes);
-  out += "}}\n";
+  out += "}";
+  if (!q.weights.empty() || !q.error.empty()) {
+    out += ",\n \"quantized_weights\": [";
+    for (size_t i = 0; i < q.weights.size(); ++i) {
+      const quant::QuantizedWeight& w = q.weights[i];
+      out += i > 0 ? ",\n  " : "\n  ";
+      out += "{\"name\": ";
+      format::append_json_string(out, w.name);
+      out += ", \"scheme\": ";
+      format::append_json_string(out, quant::scheme_name(w.scheme));
+      out += ", \"bits\": " + std::to_string(w.bits) +
+             ", \"group_size\": " + std::to_string(w.group_size) +
+             ", \"shape\": " + shape_text(w.shape) + "}";
+    }
+    out += "]";
+    if (!q.error.empty()) {
+      out += ", \"quantization_error\": ";
+      format::append_json_string(out, q.error);
+    }
+  }
+  out += "}\n";
   return out;
 }
 
@@ -177,17 +250,28 @@ int inspect_command(const std::vector<std::string>& args) {
   }
 
   const Copied copied = copied_on_load(checkpoint, rows);
+  const Quantization q = quantization_of(checkpoint);
   if (parsed->flag("--json")) {
-    std::cout << json_document(checkpoint, rows, totals, by_dtype, copied);
+    std::cout << json_document(checkpoint, rows, totals, by_dtype, copied, q);
     return 0;
   }
   std::vector<std::vector<std::string>> table{
       {"name", "dtype", "shape", "bytes", "offset", "shard"}};
+  if (!q.weights.empty()) table[0].push_back("quantization");
   for (const Row& row : rows) {
     table.push_back({row.name, row.dtype, row.shape, std::to_string(row.info->nbytes()),
                      std::to_string(row.info->begin), row.shard});
+    if (!q.weights.empty()) table.back().push_back(part_text(q, row.name));
   }
   print_table(table, std::cout);
+  if (!q.weights.empty()) {
+    std::map<std::string, size_t> per_scheme;
+    for (const auto& w : q.weights) ++per_scheme[std::string(quant::scheme_name(w.scheme))];
+    std::cout << "\nquantized weights:";
+    for (const auto& [scheme, count] : per_scheme) std::cout << " " << count << " " << scheme;
+    std::cout << "\n";
+  }
+  if (!q.error.empty()) std::cout << "\nquantization: not described: " << q.error << "\n";
 
   std::cout << "\nmetadata:";
   if (!checkpoint.metadata() || checkpoint.metadata()->empty()) {

@@ -284,6 +284,34 @@ def test_inspect_json_matches_the_file(tmp_path):
     assert "emb" in table.stdout and "BF16" in table.stdout and "note: hi" in table.stdout
 
 
+def test_inspect_names_each_tensors_part_in_a_quantized_weight(tmp_path):
+    from torch_safetensors import quant
+
+    torch.manual_seed(0)
+    weights = [quant.quantize(torch.randn(64, 128), "fp8", "layer.0.weight", block_size=[32, 32]),
+               quant.quantize(torch.randn(64, 128), "gptq", "layer.1.weight", bits=4,
+                              group_size=32)]
+    path = tmp_path / "q.safetensors"
+    quant.save_file(weights, others={"norm.weight": torch.ones(4)}, filename=path)
+    with open(path, "rb") as f:
+        header = json.loads(f.read(int.from_bytes(f.read(8), "little")))
+    record = json.loads(header["__metadata__"][quant.METADATA_KEY])["weights"]
+    report = json.loads(run_cli("inspect", path, "--json").stdout)
+    rows = {row["name"]: row["quantization"] for row in report["tensors"]}
+    expected = {stored: {"scheme": w["scheme"], "role": role, "weight": name}
+                for name, w in record.items() for role, stored in w["tensors"].items()}
+    assert rows == dict(expected, **{"norm.weight": None})
+    assert [(w["name"], w["scheme"], w["bits"], w["shape"]) for w in report["quantized_weights"]] \
+        == [("layer.0.weight", "fp8", 8, [64, 128]), ("layer.1.weight", "gptq", 4, [64, 128])]
+    table = run_cli("inspect", path).stdout
+    assert "gptq zero_point of layer.1.weight" in table
+    assert "quantized weights: 1 fp8 1 gptq" in table
+    # A plain checkpoint's report has no quantization column or fields.
+    plain, _ = make_checkpoint(tmp_path)
+    assert "quantization" not in run_cli("inspect", plain).stdout
+    assert "quantized_weights" not in json.loads(run_cli("inspect", plain, "--json").stdout)
+
+
 def test_inspect_sharded_directory(tmp_path):
     tensors = {f"w{i}": torch.randn(64) for i in range(4)}
     torch.save(tensors, tmp_path / "w.bin")
