@@ -112,6 +112,7 @@ def save_torch_state_dict(
     is_main_process: bool = True,
     shared_tensors_to_discard: Optional[List[str]] = None,
     durable: bool = False,
+    threads: Optional[int] = None,
 ) -> None:
     """Saves a state dict as safetensors, sharded when larger than ``max_shard_size``.
 
@@ -121,6 +122,8 @@ def save_torch_state_dict(
     ``{"format": "pt"}`` and the index ``{"total_size": ..., **metadata}``. Files of an earlier
     save with the same pattern are removed when ``is_main_process``. ``durable`` (ours): every file
     and the directory are fsync'ed before the call returns (off by default, as huggingface_hub).
+    ``threads`` (ours): how many shard files are written at once (default: up to 8, as this
+    machine has cores); the files are the same whatever it is.
     """
     if not safe_serialization:
         raise ValueError("safe_serialization=False writes pickles; " + _NEVER_UNPICKLED.split(";")[0])
@@ -140,6 +143,7 @@ def save_torch_state_dict(
         set(shared_tensors_to_discard or ()),
         is_main_process,
         bool(durable),
+        int(threads or 0),
     )
 
 

@@ -39,7 +39,11 @@ struct TS_API ShardOptions {
   // fsync every file and the directory before the save reports success (SaveTo::durable).
   bool durable = false;
   // Called after each file is written with (bytes of tensor data written, total): progress bars.
+  // Files are written by several threads; the calls come one at a time, as files complete.
   std::function<void(uint64_t done, uint64_t total)> on_progress;
+  // How many files are written at once (buffered writes into one file serialize on its inode, so
+  // the threads pay across files); 0: up to 8, as this machine has cores. The output is the same.
+  unsigned threads = 0;
 
   ShardOptions& with_max_shard_size(uint64_t bytes) {
     max_shard_size = bytes;
@@ -51,6 +55,10 @@ struct TS_API ShardOptions {
   }
   ShardOptions& with_filename_pattern(std::string pattern) {
     filename_pattern = std::move(pattern);
+    return *this;
+  }
+  ShardOptions& with_threads(unsigned n) {
+    threads = n;
     return *this;
   }
   ShardOptions& with_durable(bool d = true) {

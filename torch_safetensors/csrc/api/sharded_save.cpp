@@ -4,6 +4,7 @@
 #include <cerrno>
 #include <cstdlib>
 #include <map>
+#include <mutex>
 #include <tuple>
 
 #include "api/checkpoint_files.h"
@@ -11,6 +12,7 @@
 #include "check.h"
 #include "format/index.h"
 #include "storage/io.h"
+#include "storage/parallel.h"
 #include "torch_safetensors/errors.h"
 #include "torch_safetensors/module.h"
 #include "torch_safetensors/sharded.h"
@@ -153,21 +155,30 @@ void save_sharded(const TensorsToSave& to_save, const PathArg& directory_arg,
   std::map<std::string_view, const at::Tensor*> by_name;
   for (const auto& [name, tensor] : kept) by_name.emplace(name, &tensor);
 
-  // Everything goes to temporary files first; nothing replaces an old file until all are written.
+  // Everything goes to temporary files first, several files at once; nothing replaces an old
+  // file until all are written (a failed file's writer, destroyed, removes its temporary file).
   uint64_t done = 0, total = 0;
   for (const auto& [name, tensor] : kept) total += tensor.nbytes();
-  std::vector<std::unique_ptr<storage::AtomicFileWriter>> writers;
+  const auto& files = split.files;
+  std::vector<std::unique_ptr<storage::AtomicFileWriter>> writers(files.size());
   std::vector<std::string> written;
-  for (const auto& [file, names] : split.files) {
-    std::vector<SaveEntry> entries;
-    for (const auto& name : names) entries.emplace_back(name, *by_name.at(name));
-    const std::string path = storage::join_path(directory, file);
-    writers.push_back(std::make_unique<storage::AtomicFileWriter>(path));
-    write_file(entries, file_metadata, *writers.back(), path);
-    written.push_back(file);
-    for (const SaveEntry& entry : entries) done += entry.tensor.nbytes();
-    if (options.on_progress) options.on_progress(done, total);
-  }
+  for (const auto& [file, names] : files) written.push_back(file);
+  std::mutex progress;
+  storage::run_parallel(files.size(), storage::io_threads(options.threads, files.size()),
+                        [&](size_t f) {
+                          std::vector<SaveEntry> entries;
+                          uint64_t bytes = 0;
+                          for (const auto& name : files[f].second) {
+                            entries.emplace_back(name, *by_name.at(name));
+                            bytes += entries.back().tensor.nbytes();
+                          }
+                          const std::string path = storage::join_path(directory, files[f].first);
+                          writers[f] = std::make_unique<storage::AtomicFileWriter>(path);
+                          write_file(entries, file_metadata, *writers[f], path);
+                          std::lock_guard<std::mutex> lock(progress);
+                          done += bytes;
+                          if (options.on_progress) options.on_progress(done, total);
+                        });
   if (split.is_sharded()) {
     format::CheckpointIndex index;
     index.total_size = split.total_size;

@@ -27,6 +27,7 @@
 #include "format/index.h"
 #include "format/json_writer.h"
 #include "storage/io.h"
+#include "storage/parallel.h"
 #include "torch_safetensors/dtype.h"
 #include "torch_safetensors/file.h"
 #include "torch_safetensors/header.h"
@@ -279,46 +280,31 @@ struct PendingWrite {
 uint64_t write_chunks(const std::vector<std::string>& temps,
                       const std::vector<PendingWrite>& writes, const std::string& directory,
                       bool durable, unsigned threads) {
+  // One job per file, its chunks in order: buffered writes into one file serialize on its inode
+  // (as fastsafetensors' saver notes), so the threads pay across files.
+  std::map<size_t, std::vector<const PendingWrite*>> by_file;
+  for (const PendingWrite& w : writes) by_file[w.write->file].push_back(&w);
+  std::vector<std::pair<size_t, std::vector<const PendingWrite*>>> jobs(by_file.begin(),
+                                                                        by_file.end());
   std::atomic<uint64_t> written{0};
-  std::atomic<size_t> next{0};
-  std::atomic<bool> stop{false};
-  std::mutex failed;
-  std::exception_ptr first_error;
-  auto work = [&] {
-    try {
-      std::map<size_t, storage::PositionalFile> open;
-      for (size_t i = next++; i < writes.size() && !stop; i = next++) {
-        const ChunkWrite& write = *writes[i].write;
-        const at::Tensor bytes = writes[i].bytes_of().cpu().contiguous();
-        TS_CHECK(uint64_t(bytes.nbytes()) == write.nbytes(), directory, "tensor '", writes[i].name,
-                 "': the chunk holds ", bytes.nbytes(), " bytes, the plan ", write.nbytes());
-        auto found = open.find(write.file);
-        if (found == open.end())
-          found = open.emplace(write.file, storage::PositionalFile::open(temps[write.file])).first;
-        const char* data = static_cast<const char*>(bytes.data_ptr());
-        uint64_t at = 0;
-        for (const ByteRun& run : write.runs) {
-          found->second.write_at(data + at, run.length, run.offset);
-          at += run.length;
-        }
-        written += write.nbytes();
+  storage::run_parallel(jobs.size(), storage::io_threads(threads, jobs.size()), [&](size_t j) {
+    storage::PositionalFile file = storage::PositionalFile::open(temps[jobs[j].first]);
+    for (const PendingWrite* pending : jobs[j].second) {
+      const ChunkWrite& write = *pending->write;
+      const at::Tensor bytes = pending->bytes_of().cpu().contiguous();
+      TS_CHECK(uint64_t(bytes.nbytes()) == write.nbytes(), directory, "tensor '", pending->name,
+               "': the chunk holds ", bytes.nbytes(), " bytes, the plan ", write.nbytes());
+      const char* data = static_cast<const char*>(bytes.data_ptr());
+      uint64_t at = 0;
+      for (const ByteRun& run : write.runs) {
+        file.write_at(data + at, run.length, run.offset);
+        at += run.length;
       }
-      for (auto& [f, file] : open) {
-        if (durable) file.sync();
-        file.close();
-      }
-    } catch (...) {
-      stop = true;
-      std::lock_guard<std::mutex> lock(failed);
-      if (!first_error) first_error = std::current_exception();
+      written += write.nbytes();
     }
-  };
-  threads = std::max(1u, std::min<unsigned>(threads, unsigned(writes.size())));
-  std::vector<std::thread> pool;
-  for (unsigned t = 1; t < threads; ++t) pool.emplace_back(work);
-  work();
-  for (auto& thread : pool) thread.join();
-  if (first_error) std::rethrow_exception(first_error);
+    if (durable) file.sync();
+    file.close();
+  });
   return written;
 }
 
@@ -490,7 +476,7 @@ DistributedSaveReport save_from_ranks(const std::vector<LocalShard>& shards,
     const LocalShard& shard = shards[shard_of_chunk[write.chunk]];
     mine.push_back({&write, shard.name, [&shard] { return shard.tensor; }});
   }
-  return run_plan(plan, directory, exchange, token, options, mine, 1);
+  return run_plan(plan, directory, exchange, token, options, mine, options.threads);
 }
 
 // ---------------------------------------------------------------------------------------------
@@ -683,8 +669,8 @@ DistributedSaveReport consolidate(const std::vector<std::string>& rank_files,
     }
   }
   SoloExchange solo;
-  if (threads == 0) threads = std::min(8u, std::max(1u, std::thread::hardware_concurrency()));
-  return run_plan(plan, directory, solo, random_token(), options, writes, threads);
+  return run_plan(plan, directory, solo, random_token(), options, writes,
+                  threads ? threads : options.threads);
 }
 
 }  // namespace torch::safetensors

@@ -44,10 +44,11 @@ void bind_save(py::module_& m) {
       "save_sharded",
       [](const py::list& items, const std::string& directory, uint64_t max_shard_size,
          std::string filename_pattern, py::handle metadata, std::unordered_set<std::string> discard,
-         bool remove_stale, bool durable) {
+         bool remove_stale, bool durable, unsigned threads) {
         ts::ShardOptions options;
         options.with_max_shard_size(max_shard_size)
-            .with_filename_pattern(std::move(filename_pattern));
+            .with_filename_pattern(std::move(filename_pattern))
+            .with_threads(threads);
         options.metadata = to_metadata(metadata);
         options.discard = std::move(discard);
         options.remove_stale = remove_stale;
@@ -58,7 +59,7 @@ void bind_save(py::module_& m) {
       },
       py::arg("items"), py::arg("directory"), py::arg("max_shard_size"),
       py::arg("filename_pattern"), py::arg("metadata"), py::arg("discard"), py::arg("remove_stale"),
-      py::arg("durable"));
+      py::arg("durable"), py::arg("threads") = 0);
   m.def(
       "plan_shards",
       [](const py::list& items, uint64_t max_shard_size, std::string filename_pattern) {

@@ -1,4 +1,5 @@
 #include "storage/io.h"
+#include "storage/parallel.h"
 
 #include <algorithm>
 #include <atomic>
@@ -194,25 +195,9 @@ void read_all(const std::vector<ReadJob>& jobs) {
     for (const ReadJob& c : chunks) c.source->read(c.dst, c.length, c.offset);
     return;
   }
-  std::atomic<size_t> next{0};
-  std::exception_ptr error;
-  std::mutex error_mutex;
-  auto worker = [&] {
-    try {
-      for (size_t i; (i = next.fetch_add(1)) < chunks.size();) {
-        chunks[i].source->read(chunks[i].dst, chunks[i].length, chunks[i].offset);
-      }
-    } catch (...) {
-      std::lock_guard<std::mutex> lock(error_mutex);
-      if (!error) error = std::current_exception();
-      next = chunks.size();  // the others stop at their next chunk
-    }
-  };
-  std::vector<std::thread> pool;
-  for (unsigned t = 1; t < threads; ++t) pool.emplace_back(worker);
-  worker();
-  for (auto& t : pool) t.join();
-  if (error) std::rethrow_exception(error);
+  run_parallel(chunks.size(), threads, [&](size_t i) {
+    chunks[i].source->read(chunks[i].dst, chunks[i].length, chunks[i].offset);
+  });
 }
 
 void for_each_chunk(const Source& source, uint64_t offset, uint64_t length,
