@@ -37,6 +37,18 @@ namespace detail {
 struct CheckpointAccess;
 }
 
+// What a load will allocate, planned before anything is (Checkpoint::estimate_memory,
+// estimate_for_rank in distributed.h): on the device (`device` when not the CPU) and on the host
+// (owned CPU tensors and the staging ring; views of a mapping cost nothing). Each includes, for
+// a dtype-on-load cast, the tensor's stored bytes while the cast copy is made.
+struct TS_API MemoryEstimate {
+  uint64_t device_bytes = 0;
+  uint64_t host_bytes = 0;     // staging included
+  uint64_t staging_bytes = 0;  // of host_bytes: the staging ring's buffers
+  std::string largest;         // the tensor needing the most memory, and how much
+  uint64_t largest_bytes = 0;
+};
+
 // Opening reads and validates only what names the tensors: a file's header, or an index (every
 // shard it names must exist inside the directory). `path` is
 //   - a directory: its `model.safetensors.index.json`, else its one `*.safetensors.index.json`,
@@ -105,9 +117,16 @@ class TS_API Checkpoint {
   // The named tensors, in the order given, in one such pass.
   TensorDict tensors(const std::vector<std::string>& names) const;
 
+  // What loading these tensors (all of them: tensors()) would allocate with this checkpoint's
+  // options; reads headers only. Loads check it against the budgets themselves.
+  MemoryEstimate estimate_memory(const std::vector<std::string>& names) const;
+  MemoryEstimate estimate_memory() const;
+
   // Streams every tensor, in file order (shard by shard), to `consume` as soon as it has landed —
   // the shape of the weight iterators inference engines consume. To a device, copies of later
-  // tensors proceed while `consume` runs; pread loads go in batches of about staging_bytes. An
+  // tensors proceed while `consume` runs; pread loads go in batches of about staging_bytes. With
+  // a memory budget, batches are the budget's size (a tensor larger than it is a BudgetError
+  // before anything is read); the budget bounds each batch, not what `consume` keeps. An
   // exception from `consume` stops the load.
   using Consumer = std::function<void(const std::string& name, at::Tensor tensor)>;
   void for_each(const Consumer& consume) const;

@@ -5,6 +5,7 @@
 #include "torch_safetensors/checkpoint.h"
 
 #include <cerrno>
+#include <limits>
 #include <mutex>
 #include <unordered_map>
 
@@ -118,15 +119,19 @@ struct Checkpoint::Impl {
     }
   }
 
-  // One names -> tensors path for every accessor that returns several.
-  TensorDict load_named(const std::vector<std::string>& names) const {
+  std::vector<detail::LoadItem> items_of(const std::vector<std::string>& names) const {
     std::vector<detail::LoadItem> items;
     items.reserve(names.size());
     for (const std::string& tensor : names) {
       const detail::Located at = locate(tensor);
       items.push_back({at.file, at.info});
     }
-    std::vector<at::Tensor> loaded = detail::load_many(items, options);
+    return items;
+  }
+
+  // One names -> tensors path for every accessor that returns several.
+  TensorDict load_named(const std::vector<std::string>& names) const {
+    std::vector<at::Tensor> loaded = detail::load_many(items_of(names), options);
     TensorDict out;
     out.reserve(names.size());
     for (size_t i = 0; i < names.size(); ++i) out.insert(names[i], std::move(loaded[i]));
@@ -304,35 +309,81 @@ TensorDict Checkpoint::tensors(const std::vector<std::string>& names) const {
   return impl_->load_named(names);
 }
 
+MemoryEstimate Checkpoint::estimate_memory(const std::vector<std::string>& names) const {
+  return detail::estimate_memory(impl_->items_of(names), impl_->options);
+}
+
+MemoryEstimate Checkpoint::estimate_memory() const { return estimate_memory(impl_->keys); }
+
 void Checkpoint::for_each(const Consumer& consume) const {
   const Impl& impl = *impl_;
+  const LoadOptions& options = impl.options;
+  const bool budgeted = options.device_budget || options.host_budget;
+  // With budgets, a batch holds what fits them beside the largest ring a batch may need; each
+  // tensor's cost is its own estimate (staging aside).
+  const uint64_t ring = budgeted && detail::staged(options) ? detail::staging_capacity(options) : 0;
+  constexpr uint64_t kNoLimit = std::numeric_limits<uint64_t>::max();
+  const uint64_t device_limit = options.device_budget.value_or(kNoLimit);
+  const uint64_t host_limit = options.host_budget
+                                  ? (*options.host_budget > ring ? *options.host_budget - ring : 0)
+                                  : kNoLimit;
+  auto cost = [&](const detail::LoadItem& item) {
+    MemoryEstimate e = detail::estimate_memory({item}, options);
+    e.host_bytes -= e.staging_bytes;
+    e.staging_bytes = ring;
+    return e;
+  };
+  if (budgeted) {  // a tensor that fits no batch fails before anything is read
+    for (size_t s = 0; s < impl.shard_files.size(); ++s) {
+      const detail::OpenFile& shard = detail::shard(*this, s);
+      for (const TensorInfo& info : shard.header.tensors()) {
+        MemoryEstimate e = cost({&shard, &info});
+        e.host_bytes += e.staging_bytes;
+        detail::check_budgets(e, options, shard.name());
+      }
+    }
+  }
   for (size_t s = 0; s < impl.shard_files.size(); ++s) {
     const detail::OpenFile& shard = detail::shard(*this, s);
     const std::vector<TensorInfo>& infos = shard.header.tensors();
     std::vector<detail::LoadItem> items;
     for (const TensorInfo& info : infos) items.push_back({&shard, &info});
-    const bool batched = impl.options.backend == Backend::kPread && !detail::staged(impl.options);
-    if (!batched) {
+    const bool batched = options.backend == Backend::kPread && !detail::staged(options);
+    if (!batched && !budgeted) {
       // Views are ready at once; to a device, each tensor is handed over as soon as it landed
       // while the ring goes on with the next ones.
-      detail::load_many(items, impl.options, [&](size_t i, const at::Tensor& t) {
+      detail::load_many(items, options, [&](size_t i, const at::Tensor& t) {
         consume(std::string(infos[i].name), t);
       });
       continue;
     }
-    // Reads into owned memory: in batches of about staging_bytes, so that memory stays bounded
-    // while each batch still reads in parallel.
+    // In batches, each still read in parallel (or streamed through the ring): of about
+    // staging_bytes for reads into owned memory, of what fits with budgets.
     for (size_t begin = 0; begin < items.size();) {
       size_t end = begin;
-      uint64_t bytes = 0;
-      while (end < items.size() &&
-             (end == begin || bytes + items[end].info->nbytes() <= impl.options.staging_bytes)) {
-        bytes += items[end++].info->nbytes();
+      uint64_t device = 0, host = 0;
+      while (end < items.size()) {
+        uint64_t d = 0, h = items[end].info->nbytes();
+        if (budgeted) {
+          const MemoryEstimate e = cost(items[end]);
+          d = e.device_bytes, h = e.host_bytes;
+        }
+        const bool fits = budgeted ? device + d <= device_limit && host + h <= host_limit
+                                   : host + h <= options.staging_bytes;
+        if (end != begin && !fits) break;
+        device += d, host += h;
+        ++end;
       }
       std::vector<detail::LoadItem> batch(items.begin() + begin, items.begin() + end);
-      std::vector<at::Tensor> loaded = detail::load_many(batch, impl.options);
-      for (size_t i = 0; i < loaded.size(); ++i)
-        consume(std::string(infos[begin + i].name), std::move(loaded[i]));
+      if (detail::staged(options)) {
+        detail::load_many(batch, options, [&](size_t i, const at::Tensor& t) {
+          consume(std::string(infos[begin + i].name), t);
+        });
+      } else {
+        std::vector<at::Tensor> loaded = detail::load_many(batch, options);
+        for (size_t i = 0; i < loaded.size(); ++i)
+          consume(std::string(infos[begin + i].name), std::move(loaded[i]));
+      }
       begin = end;
     }
   }

@@ -3,6 +3,9 @@
 // source's memory, read them with Source::read (read_all: chunked and parallel when large), or,
 // for another device, stream them into device memory through the staging ring
 // (device/staging_ring.h). The handle itself (names, shards, accessors) is checkpoint.cpp.
+#include <limits>
+#include <sstream>
+
 #include <ATen/TensorIndexing.h>
 #include <ATen/ops/empty.h>
 #include <c10/util/strides.h>
@@ -13,6 +16,7 @@
 #include "device/staging_ring.h"
 #include "huge_pages.h"
 #include "storage/io.h"
+#include "torch_safetensors/errors.h"
 
 namespace torch::safetensors::detail {
 namespace {
@@ -98,8 +102,74 @@ at::Tensor cast_on_load(at::Tensor tensor, const LoadOptions& options) {
   return to == tensor.scalar_type() ? tensor : tensor.to(to);
 }
 
+MemoryEstimate estimate_memory(const std::vector<LoadItem>& items, const LoadOptions& options) {
+  MemoryEstimate out;
+  const bool is_staged = staged(options);
+  const bool on_cpu = options.target_device().is_cpu();
+  std::vector<uint64_t> run_lengths;
+  for (const LoadItem& item : items) {
+    const c10::ScalarType stored = to_scalar_type(item.info->dtype);
+    const uint64_t nbytes = item.plan ? item.plan->nbytes() : item.info->nbytes();
+    // Owned memory for the stored bytes, unless they are filled in place or viewed.
+    bool owned = !item.into.defined();
+    if (is_staged) {
+      for (const ByteRun& run :
+           item.plan ? item.plan->runs : std::vector<ByteRun>{{0, item.info->nbytes()}})
+        run_lengths.push_back(run.length);
+    } else if (owned && options.backend == Backend::kMmap && item.file->memory && nbytes > 0) {
+      const uint8_t* first = item.file->memory + item.file->absolute(*item.info);
+      const bool viewable = !item.plan || item.plan->view;
+      const int64_t offset = item.plan && item.plan->view
+                                 ? item.plan->view->offset * int64_t(c10::elementSize(stored))
+                                 : 0;
+      owned = !(viewable && can_view_at(reinterpret_cast<uintptr_t>(first + offset), stored));
+    }
+    uint64_t bytes = owned ? nbytes : 0;
+    const c10::ScalarType loaded = loaded_dtype(stored, options);
+    if (loaded != stored && c10::elementSize(stored) > 0) {
+      bytes += nbytes / c10::elementSize(stored) * c10::elementSize(loaded);
+    }
+    (on_cpu ? out.host_bytes : out.device_bytes) += bytes;
+    if (bytes > out.largest_bytes || out.largest.empty()) {
+      out.largest = item.info->name;
+      out.largest_bytes = bytes;
+    }
+  }
+  if (is_staged && !items.empty()) {
+    out.staging_bytes = device::ring_host_bytes(run_lengths, ring_options(options));
+    out.host_bytes += out.staging_bytes;
+  }
+  return out;
+}
+
+uint64_t staging_capacity(const LoadOptions& options) {
+  // As many chunks as the ring could ever use: it allocates its most.
+  return device::ring_host_bytes({std::numeric_limits<uint64_t>::max() / 2}, ring_options(options));
+}
+
+void check_budgets(const MemoryEstimate& estimate, const LoadOptions& options,
+                   std::string_view source) {
+  auto check = [&](const char* memory, uint64_t needed, const std::optional<uint64_t>& budget) {
+    if (!budget || needed <= *budget) return;
+    std::ostringstream message;
+    message << "safetensors: " << source << ": the load needs " << needed << " bytes of " << memory
+            << " memory";
+    if (std::string_view(memory) == "host" && estimate.staging_bytes)
+      message << " (" << estimate.staging_bytes << " of them staging buffers)";
+    message << ", " << needed - *budget << " more than its " << memory << " budget of " << *budget
+            << " bytes; its largest tensor is '" << estimate.largest << "' ("
+            << estimate.largest_bytes << " bytes)";
+    throw BudgetError(memory, needed, *budget, estimate.largest, estimate.largest_bytes,
+                      message.str());
+  };
+  check("device", estimate.device_bytes, options.device_budget);
+  check("host", estimate.host_bytes, options.host_budget);
+}
+
 std::vector<at::Tensor> load_many(const std::vector<LoadItem>& items, const LoadOptions& options,
                                   const std::function<void(size_t, const at::Tensor&)>& on_loaded) {
+  if ((options.device_budget || options.host_budget) && !items.empty())
+    check_budgets(estimate_memory(items, options), options, items.front().file->name());
   std::vector<at::Tensor> out(items.size());
   auto done = [&](size_t i) {
     out[i] = cast_on_load(std::move(out[i]), options);
@@ -203,6 +273,12 @@ std::shared_ptr<const OpenFile> open_file(std::shared_ptr<const Source> source,
                                           const LoadOptions& options) {
   TORCH_CHECK(source != nullptr, "safetensors: a checkpoint needs a source, got nullptr");
   if (options.device) device::check_device(*options.device, source->name());
+  for (const auto& [memory, budget] :
+       {std::pair{"device", options.device_budget}, std::pair{"host", options.host_budget}}) {
+    TS_CHECK_VALUE(!budget || *budget > 0, source->name(), "a ", memory,
+                   " budget of 0 bytes fits nothing; give a positive number of bytes, or none for ",
+                   "no limit");
+  }
   if (options.dtype) {
     TS_CHECK_VALUE(is_cast_target(*options.dtype), source->name(),
                    "dtype on load must be a floating dtype (Float64, Float32, Float16 or "
@@ -222,7 +298,8 @@ std::shared_ptr<const OpenFile> open_file(std::shared_ptr<const Source> source,
 at::Tensor load_one(const Located& tensor, const LoadOptions& options) {
   const OpenFile& file = *tensor.file;
   const TensorInfo& info = *tensor.info;
-  if (staged(options)) return load_many({{&file, &info}}, options)[0];
+  if (staged(options) || options.device_budget || options.host_budget)
+    return load_many({{&file, &info}}, options)[0];
   const std::vector<int64_t> sizes = adapters::torch_sizes(info, file.name());
   const c10::ScalarType dtype = info.scalar_type();
   if (file.memory && info.nbytes() > 0) {

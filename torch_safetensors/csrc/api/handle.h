@@ -57,6 +57,16 @@ TS_API std::vector<at::Tensor> load_many(
     const std::vector<LoadItem>& items, const LoadOptions& options,
     const std::function<void(size_t, const at::Tensor&)>& on_loaded = {});
 
+// What load_many(items, options) will allocate (the same branches, nothing allocated), and the
+// check of an estimate against the options' budgets: a BudgetError naming `source`, the largest
+// tensor and the shortfall. load_many checks its items itself.
+TS_API MemoryEstimate estimate_memory(const std::vector<LoadItem>& items,
+                                      const LoadOptions& options);
+TS_API void check_budgets(const MemoryEstimate& estimate, const LoadOptions& options,
+                          std::string_view source);
+// The most host memory the staging ring of a load with `options` allocates (any batch).
+TS_API uint64_t staging_capacity(const LoadOptions& options);
+
 // A single tensor, a slice of one (only the selected bytes) and the stored bytes of one, as the
 // handle's accessors return them.
 TS_API at::Tensor load_one(const Located& tensor, const LoadOptions& options);
