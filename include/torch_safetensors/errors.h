@@ -6,6 +6,7 @@
 
 #include <cstdint>
 #include <string>
+#include <utility>
 
 #include <c10/util/Exception.h>
 
@@ -34,8 +35,9 @@ class TS_API OSError : public c10::Error {
 };
 
 // A load that does not fit its memory budget (LoadOptions::device_budget, host_budget), raised
-// when it is planned, before anything is allocated or read. Python: torch_safetensors.BudgetError
-// (a SafetensorError and a MemoryError).
+// when it is planned, before anything is allocated or read (throw_over_budget in csrc/check.h
+// words it). Python: torch_safetensors.MemoryBudgetError (a SafetensorError and a MemoryError,
+// with these fields as attributes).
 class TS_API BudgetError : public c10::Error {
  public:
   BudgetError(std::string memory, uint64_t needed, uint64_t budget, std::string largest,

@@ -82,7 +82,12 @@ TensorDict load_planned(const Checkpoint& checkpoint, const std::vector<Piece>& 
   const std::vector<detail::LoadItem> items = planned_items(checkpoint, pieces, plans);
   if (tensor_bytes)
     for (const SlicePlan& plan : plans) *tensor_bytes += plan.nbytes();
-  if (memory) *memory = detail::estimate_memory(items, checkpoint.options());
+  // The plan step: nothing is allocated unless the whole rank's load fits the budgets.
+  const MemoryEstimate estimate = detail::estimate_memory(items, checkpoint.options());
+  detail::check_budgets(estimate, checkpoint.options(),
+                        checkpoint.index_path() ? *checkpoint.index_path() : checkpoint.path(),
+                        "the rank's load");
+  if (memory) *memory = estimate;
   std::vector<at::Tensor> loaded = detail::load_many(items, checkpoint.options());
   TensorDict out;
   out.reserve(pieces.size());
