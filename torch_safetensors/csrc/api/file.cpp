@@ -210,7 +210,8 @@ std::vector<LoadBatch> plan_batches(const std::vector<LoadItem>& items, const Lo
   // Reads into owned memory go in batches of about staging_bytes without a host budget.
   const bool pread = options.backend == Backend::kPread && !is_staged;
   const uint64_t device_limit = options.device_budget.value_or(kNoLimit);
-  const uint64_t host_limit = options.host_budget.value_or(pread ? options.staging_bytes : kNoLimit);
+  const uint64_t host_limit =
+      options.host_budget.value_or(pread ? options.staging_bytes : kNoLimit);
   std::vector<ItemCost> costs;
   costs.reserve(items.size());
   for (const LoadItem& item : items) costs.push_back(item_cost(item, options));
@@ -230,7 +231,8 @@ std::vector<LoadBatch> plan_batches(const std::vector<LoadItem>& items, const Lo
         shortfall = std::max(shortfall, alone.host_bytes - *options.host_budget);
       if (shortfall > worst_shortfall) worst = alone, worst_shortfall = shortfall;
     }
-    if (worst) check_budgets(*worst, options, source, "a streaming load's smallest batch (one tensor)");
+    if (worst)
+      check_budgets(*worst, options, source, "a streaming load's smallest batch (one tensor)");
   }
   std::vector<LoadBatch> out;
   for (size_t begin = 0; begin < items.size();) {
@@ -241,9 +243,9 @@ std::vector<LoadBatch> plan_batches(const std::vector<LoadItem>& items, const Lo
       const ItemCost& cost = costs[batch.end];
       const uint64_t d = device + (on_cpu ? 0 : cost.bytes);
       const uint64_t h = host + (on_cpu ? cost.bytes : 0);
-      const uint64_t ring =
-          is_staged ? device::ring_host_bytes_for_chunks(chunks + cost.chunks, ring_options(options))
-                    : 0;
+      const uint64_t ring = is_staged ? device::ring_host_bytes_for_chunks(chunks + cost.chunks,
+                                                                           ring_options(options))
+                                      : 0;
       if (batch.end != begin && (d > device_limit || h + ring > host_limit)) break;
       device = d, host = h, chunks += cost.chunks;
       add_cost(batch.memory, items[batch.end], cost, options);
