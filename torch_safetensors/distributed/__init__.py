@@ -40,6 +40,7 @@ from ._plan import (
     all_gather_tensors,
     assemble,
     load_for_rank,
+    memory_plan,
 )
 
 __all__ = [
@@ -49,6 +50,7 @@ __all__ = [
     "ShardPlan",
     "RankLoad",
     "load_for_rank",
+    "memory_plan",
     "all_gather_tensors",
     "assemble",
     "load_dtensors",
