@@ -118,13 +118,17 @@ void bind_errors(py::module_& m) {
   m.attr("SafetensorError") = py::handle(g_safetensor_error);
   py::tuple budget_bases =
       py::make_tuple(py::handle(g_safetensor_error), py::handle(PyExc_MemoryError));
+  // The fields, None on the class; each raised error sets its own.
+  py::dict budget_fields;
+  for (const char* field : {"memory", "needed", "budget", "shortfall", "largest", "largest_bytes"})
+    budget_fields[field] = py::none();
   g_budget_error = PyErr_NewExceptionWithDoc(
       "torch_safetensors.MemoryBudgetError",
       "Raised when a load does not fit its memory budget (device_budget, host_budget), when it "
       "is planned, before anything is allocated or read. A SafetensorError and a MemoryError; "
       "memory ('device' or 'host'), needed, budget, shortfall, largest (the tensor needing the "
       "most) and largest_bytes say by how much.",
-      budget_bases.ptr(), nullptr);
+      budget_bases.ptr(), budget_fields.ptr());
   if (g_budget_error == nullptr) throw py::error_already_set();
   m.attr("MemoryBudgetError") = py::handle(g_budget_error);
   py::dict os_error_types;
