@@ -6,6 +6,14 @@ import torch
 __version__: str
 
 class SafetensorError(Exception): ...
+class MemoryBudgetError(SafetensorError, MemoryError):
+    """A load that does not fit its memory budget, raised when it is planned (errors.h)."""
+    memory: str  # "device" or "host"
+    needed: int
+    budget: int
+    shortfall: int
+    largest: str
+    largest_bytes: int
 
 class LoadOptions:
     """How a load reads and where its tensors go (options.h). LoadOptions(**fields): the fields
@@ -17,6 +25,22 @@ class LoadOptions:
     cast_fp8: bool
     populate: bool
     staging_bytes: int
+    device_budget: Optional[int]  # bytes; None: no limit (0 is refused at open)
+    host_budget: Optional[int]  # bytes, staging buffers included
+
+class MemoryEstimate:
+    """What a load will allocate, planned from the headers before anything is (checkpoint.h)."""
+    device_bytes: int
+    host_bytes: int  # staging included
+    staging_bytes: int
+    tensors: int
+    largest: str
+    largest_bytes: int
+
+class StreamBatch:
+    """One batch of a streaming load (for_each): its tensors and what they allocate."""
+    names: List[str]
+    memory: MemoryEstimate
 
 class ModuleLoadOptions(LoadOptions):
     """LoadOptions and what only a module load decides (module.h)."""
@@ -56,6 +80,8 @@ class Checkpoint:
     @property
     def options(self) -> LoadOptions: ...
     def shard_file(self, name: str) -> str: ...
+    def memory_plan(self, names: Optional[Sequence[str]] = None) -> MemoryEstimate: ...
+    def stream_plan(self) -> List[StreamBatch]: ...
     def for_each(self, consume: Callable[[str, torch.Tensor], None]) -> None: ...
 
 class File(Checkpoint):
@@ -188,9 +214,11 @@ class RankLoad:
     tensor_bytes: int
     header_bytes: int
     warnings: List[str]
+    memory: MemoryEstimate  # what the load allocated, planned and checked first
 def even_stages(num_layers: int, num_stages: int) -> List[Tuple[int, int]]: ...
 def plan_for_rank(shapes: Sequence[Tuple[str, Sequence[int]]], plan: ShardPlan, rank: int, world_size: int) -> List[Piece]: ...
 def load_for_rank(checkpoint: Checkpoint, plan: ShardPlan, rank: int, world_size: int) -> RankLoad: ...
+def estimate_for_rank(checkpoint: Checkpoint, plan: ShardPlan, rank: int, world_size: int) -> MemoryEstimate: ...
 def load_pieces(checkpoint: Checkpoint, pieces: Sequence[Piece]) -> Dict[str, torch.Tensor]: ...
 def assemble(pieces: Sequence[Piece], tensors: Sequence[Optional[torch.Tensor]]) -> torch.Tensor: ...
 def load_for_rank_group(path: bytes, plan: ShardPlan, group: Any, options: LoadOptions, world_size: int, single_reader: bool, source_rank: int) -> RankLoad: ...

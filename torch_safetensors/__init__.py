@@ -34,7 +34,7 @@ load as uint8 bytes), ``device`` also takes a ``torch.device``, and ``load`` acc
 from __future__ import annotations
 
 from ._args import RawTensor
-from ._errors import SafetensorError
+from ._errors import MemoryBudgetError, SafetensorError
 from ._extension import _C
 
 #: From include/torch_safetensors/version.h, the version's one place (through the extension).
@@ -53,6 +53,7 @@ from ._model import (
 from ._save import save, save_file
 
 __all__ = [
+    "MemoryBudgetError",
     "RawTensor",
     "SafetensorError",
     "SafeSlice",

@@ -122,9 +122,11 @@ def load_options(
     source: Union[str, bytes],
     staging_bytes: Optional[int] = None,
     cast_fp8: Optional[bool] = None,
+    device_budget: Optional[int] = None,
+    host_budget: Optional[int] = None,
 ) -> Any:
     """The extension's ``LoadOptions`` from the Python arguments: only what the caller chose is
-    set, every default is the C++ one."""
+    set, every default is the C++ one (which also refuses a budget of 0, at open)."""
     if dtype is not None and not isinstance(dtype, torch.dtype):
         raise not_instance("dtype", dtype, "torch.dtype")
     if populate is not None and not isinstance(populate, bool):
@@ -140,4 +142,12 @@ def load_options(
         if not isinstance(cast_fp8, bool):
             raise not_instance("cast_fp8", cast_fp8, "bool")
         options.cast_fp8 = cast_fp8
+    for name, budget in (("device_budget", device_budget), ("host_budget", host_budget)):
+        if budget is None:
+            continue
+        if not isinstance(budget, int) or isinstance(budget, bool):
+            raise not_instance(name, budget, "int")
+        if budget < 0:  # the C++ field is unsigned
+            raise ValueError(f"{name} must be a positive number of bytes, got {budget}")
+        setattr(options, name, budget)
     return options

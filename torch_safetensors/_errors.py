@@ -20,6 +20,12 @@ from ._extension import _C
 #: non-contiguous tensor, shared tensors, wrong argument types, ...), the same type is raised.
 SafetensorError = _C.SafetensorError
 
+#: A load that does not fit its memory budget (``device_budget``, ``host_budget``), raised when
+#: it is planned, before anything is allocated or read: a ``SafetensorError`` and a
+#: ``MemoryError``, with ``memory`` ("device" or "host"), ``needed``, ``budget``, ``shortfall``,
+#: ``largest`` and ``largest_bytes``.
+MemoryBudgetError = _C.MemoryBudgetError
+
 _SHARED_TENSORS_DOC = "https://huggingface.co/docs/safetensors/torch_shared_tensors"
 
 

@@ -64,6 +64,11 @@ class safe_open:  # noqa: N801 (the reference's name)
             quantized weights whose scale is another tensor).
         populate: with ``"mmap"``, fault the whole mapping in now on all cores
             (``MADV_POPULATE_READ``) so that tensors are resident at once.
+        device_budget, host_budget: bytes a load may allocate on ``device`` and on the host
+            (owned tensors and staging buffers; views of the mapping cost nothing). Every load
+            is planned first (``memory_plan()``); one that does not fit raises
+            ``MemoryBudgetError`` naming its largest tensor and the shortfall before anything is
+            allocated or read. ``None``: no limit; 0 is a ``ValueError``.
 
     To a device other than the CPU, tensors are allocated there and filled straight from the file
     through a small ring of pinned host buffers (``staging_bytes`` of ``open_checkpoint`` in all,
@@ -84,11 +89,14 @@ class safe_open:  # noqa: N801 (the reference's name)
         dtype: Optional[torch.dtype] = None,
         populate: bool = False,
         cast_fp8: bool = False,
+        device_budget: Optional[int] = None,
+        host_budget: Optional[int] = None,
     ) -> None:
         self._file: Any = None
         _args.check_framework(framework)
         path = _args.path(filename)
-        options = _args.load_options(backend, device, dtype, populate, path, cast_fp8=cast_fp8)
+        options = _args.load_options(backend, device, dtype, populate, path, cast_fp8=cast_fp8,
+                                     device_budget=device_budget, host_budget=host_budget)
         # A file the OS cannot open raises OSError (FileNotFoundError, ...) from the binding.
         self._file = _C.File(path, options)
 
@@ -129,6 +137,13 @@ class safe_open:  # noqa: N801 (the reference's name)
         _args.check_name(name)
         return SafeSlice(self._handle(), name)
 
+    def memory_plan(self, names: Optional[List[str]] = None) -> Any:
+        """What loading ``names`` (default: every tensor) will allocate with this handle's
+        options, from the headers alone: a ``MemoryEstimate`` with ``device_bytes``,
+        ``host_bytes`` (staging included), ``staging_bytes``, ``tensors``, ``largest`` and
+        ``largest_bytes``. Nothing is allocated or read."""
+        return self._handle().memory_plan(None if names is None else list(names))
+
     def get_raw(self, name: str) -> RawTensor:
         """Tensor ``name`` as stored: spec dtype, header shape and bytes (1-D uint8)."""
         _args.check_name(name)
@@ -137,15 +152,23 @@ class safe_open:  # noqa: N801 (the reference's name)
 
 
 def load_file(
-    filename: _args.FilePath, device: _args.Device = "cpu", *, backend: str = "mmap"
+    filename: _args.FilePath,
+    device: _args.Device = "cpu",
+    *,
+    backend: str = "mmap",
+    device_budget: Optional[int] = None,
+    host_budget: Optional[int] = None,
 ) -> Dict[str, torch.Tensor]:
     """Loads every tensor of a safetensors file, keyed by name, in file order.
 
     On the CPU with the mmap backend the tensors are zero-copy views of one private mapping of
     the file: writable, and writing to them never changes the file. (The reference's signature,
-    exactly; ``safe_open`` and ``open_checkpoint`` also take ``dtype=`` and ``populate=``.)
+    then keyword-only memory budgets as in ``safe_open``: a load that does not fit raises
+    ``MemoryBudgetError`` before anything is allocated; ``safe_open`` and ``open_checkpoint``
+    also take ``dtype=`` and ``populate=``.)
     """
-    with safe_open(filename, framework="pt", device=device, backend=backend) as f:
+    with safe_open(filename, framework="pt", device=device, backend=backend,
+                   device_budget=device_budget, host_budget=host_budget) as f:
         return f.get_tensors()
 
 
@@ -182,17 +205,27 @@ class open_checkpoint(safe_open):  # noqa: N801 (a function-like name, as safe_o
         populate: bool = False,
         staging_bytes: Optional[int] = None,
         cast_fp8: bool = False,
+        device_budget: Optional[int] = None,
+        host_budget: Optional[int] = None,
     ) -> None:
         self._file = None
         name = _args.path(path)
         options = _args.load_options(backend, device, dtype, populate, name, staging_bytes,
-                                     cast_fp8)
+                                     cast_fp8, device_budget, host_budget)
         self._file = _C.Checkpoint(name, options)
+
+    def stream_plan(self) -> List[Any]:
+        """The batches ``iter_tensors`` loads, in order: ``StreamBatch`` objects with ``names``
+        and ``memory`` (a ``MemoryEstimate``). With budgets each fits them; a tensor that fits no
+        batch raises ``MemoryBudgetError`` here, as ``iter_tensors`` does before reading."""
+        return self._handle().stream_plan()
 
     def iter_tensors(self) -> Iterator[Tuple[str, torch.Tensor]]:
         """``(name, tensor)`` for every tensor in file order (shard by shard), each as soon as it
         has landed: to a device, later tensors are copied while the caller works on earlier ones.
-        The load runs on a helper thread, at most two tensors ahead of the caller."""
+        The load runs on a helper thread, at most two tensors ahead of the caller. With memory
+        budgets it goes in the batches of ``stream_plan()``, each within them (a budget bounds a
+        batch, not the tensors the caller keeps)."""
         handle = self._handle()
         ready: "queue.Queue[Any]" = queue.Queue(maxsize=2)
         stop = threading.Event()

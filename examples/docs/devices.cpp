@@ -1,5 +1,6 @@
-// The C++ of docs/devices.md: loading to a device, streaming tensor by tensor, dtype on load and
-// populated mappings. Runs everywhere: the CUDA parts only where CUDA is available.
+// The C++ of docs/devices.md: loading to a device, streaming tensor by tensor, memory budgets,
+// dtype on load and populated mappings. Runs everywhere: the CUDA parts only where CUDA is
+// available.
 #include <string>
 #include <vector>
 
@@ -56,6 +57,37 @@ DOC_EXAMPLE(devices_streaming) {
     bytes += tensor.nbytes();
   });
   DOC_CHECK(bytes == 2 * (512 * 512 + 512) * 4);
+}
+
+DOC_EXAMPLE(devices_memory_budgets) {
+  torch::nn::Sequential model(torch::nn::Linear(512, 512), torch::nn::Linear(512, 512));
+  st::save_sharded(*model, "model", st::ShardOptions().with_max_shard_size("1MB"));
+  const st::LoadOptions pread = st::LoadOptions().with_backend(st::Backend::kPread);
+
+  // The plan step: what a load will allocate, from the headers alone.
+  const st::MemoryEstimate plan = st::Checkpoint("model", pread).estimate_memory();
+  DOC_CHECK(plan.host_bytes == 2 * (512 * 512 + 512) * 4 && plan.device_bytes == 0);
+  DOC_CHECK(plan.largest_bytes == 512 * 512 * 4);  // one of the weights
+
+  // Half the model: a whole load fails at plan time, before anything is allocated or read...
+  const uint64_t budget = plan.host_bytes / 2;
+  const st::Checkpoint half("model", st::LoadOptions(pread).with_host_budget(budget));
+  try {
+    half.tensors();
+    DOC_CHECK(false);
+  } catch (const st::BudgetError& e) {  // a c10::Error
+    DOC_CHECK(e.memory() == "host" && e.shortfall() == plan.host_bytes - budget);
+  }
+  // ...and streaming goes in batches that fit it.
+  for (const st::StreamBatch& batch : half.stream_plan())
+    DOC_CHECK(batch.memory.host_bytes <= budget);
+  size_t count = 0;
+  half.for_each([&](const std::string&, at::Tensor) { ++count; });
+  DOC_CHECK(count == 4);
+
+  // A budget of zero fits nothing: an error when the checkpoint is opened.
+  DOC_CHECK(throws([] { st::Checkpoint("model", st::LoadOptions().with_host_budget(0)); },
+                   "a host budget of 0 bytes fits nothing"));
 }
 
 DOC_EXAMPLE(devices_dtype_on_load) {

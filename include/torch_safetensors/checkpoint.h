@@ -37,6 +37,27 @@ namespace detail {
 struct CheckpointAccess;
 }
 
+// What a load will allocate, planned from the headers before anything is allocated or read
+// (Checkpoint::estimate_memory, stream_plan, estimate_for_rank in distributed.h): on the device
+// (`device` when not the CPU: the tensors) and on the host (owned CPU tensors and the staging
+// ring's buffers; views of a mapping cost nothing). A dtype-on-load cast counts its copy beside
+// the stored bytes it is made from. Tensor bytes, allocator rounding aside.
+struct TS_API MemoryEstimate {
+  uint64_t device_bytes = 0;
+  uint64_t host_bytes = 0;     // staging included
+  uint64_t staging_bytes = 0;  // of host_bytes: the staging ring's buffers
+  size_t tensors = 0;          // how many tensors (or pieces) the load holds
+  std::string largest;         // the tensor needing the most memory, and how much
+  uint64_t largest_bytes = 0;
+};
+
+// One batch of a streaming load (Checkpoint::for_each): its tensors, loaded together, and what
+// they allocate.
+struct TS_API StreamBatch {
+  std::vector<std::string> names;
+  MemoryEstimate memory;
+};
+
 // Opening reads and validates only what names the tensors: a file's header, or an index (every
 // shard it names must exist inside the directory). `path` is
 //   - a directory: its `model.safetensors.index.json`, else its one `*.safetensors.index.json`,
@@ -105,10 +126,21 @@ class TS_API Checkpoint {
   // The named tensors, in the order given, in one such pass.
   TensorDict tensors(const std::vector<std::string>& names) const;
 
+  // The plan step: what loading these tensors (all of them: tensors()) will allocate with this
+  // checkpoint's options; reads headers only (opening an index's shards). Every load checks its
+  // estimate against the options' budgets before allocating (a BudgetError).
+  MemoryEstimate estimate_memory(const std::vector<std::string>& names) const;
+  MemoryEstimate estimate_memory() const;
+  // The batches for_each will load, in order (with budgets, each fits them); a tensor that fits
+  // no batch is a BudgetError here, as in for_each before it reads anything.
+  std::vector<StreamBatch> stream_plan() const;
+
   // Streams every tensor, in file order (shard by shard), to `consume` as soon as it has landed —
   // the shape of the weight iterators inference engines consume. To a device, copies of later
-  // tensors proceed while `consume` runs; pread loads go in batches of about staging_bytes. An
-  // exception from `consume` stops the load.
+  // tensors proceed while `consume` runs; pread loads go in batches of about staging_bytes. With
+  // memory budgets, in batches that fit them (stream_plan; a tensor that fits no batch is a
+  // BudgetError before anything is read); a budget bounds each batch, not what `consume` keeps.
+  // An exception from `consume` stops the load.
   using Consumer = std::function<void(const std::string& name, at::Tensor tensor)>;
   void for_each(const Consumer& consume) const;
 

@@ -181,8 +181,16 @@ struct TS_API RankLoad {
   // Headers (8-byte length + JSON) of the files opened, plus the index when there is one.
   uint64_t header_bytes = 0;
   std::vector<std::string> warnings;
+  // What the load allocated (planned, and checked against the options' budgets, first).
+  MemoryEstimate memory;
   uint64_t bytes_read() const { return tensor_bytes + header_bytes; }
 };
+
+// The plan step of load_for_rank: what rank `rank`'s load would allocate on the device and on
+// the host (staging included), from the headers only; nothing is allocated or read. With a
+// budget in the checkpoint's options, load_for_rank fails with a BudgetError at this point.
+TS_API MemoryEstimate estimate_for_rank(const Checkpoint& checkpoint, const ShardPlan& plan,
+                                        int64_t rank, int64_t world_size);
 
 // Rank `rank`'s pieces of `checkpoint` under `plan`, reading only their bytes: only the shards
 // holding them are opened, through the checkpoint's options (backend, device, dtype).

@@ -48,6 +48,14 @@ struct LoadOptions {
   // per page where the kernel lacks it), so that tensors are resident at once instead of paging in
   // on first touch. Costs the file's read up front; pays off when every byte will be used.
   bool populate = false;
+  // Memory budgets, in bytes, checked when a load is planned, before anything is allocated: what
+  // the load allocates on its device (`device`, when not the CPU: the tensors) and on the host
+  // (owned CPU tensors, the staging ring's buffers; views of a mapping cost none). A load that
+  // does not fit is a BudgetError (errors.h) naming the largest tensor and the shortfall; a
+  // streaming load (Checkpoint::for_each) goes in batches that fit. Unset: no limit; 0 is an
+  // error (it fits nothing).
+  std::optional<uint64_t> device_budget;
+  std::optional<uint64_t> host_budget;
 
   // Where tensors of this load end up: `device`, else the CPU.
   c10::Device target_device() const { return device.value_or(c10::Device(c10::kCPU)); }
@@ -74,6 +82,14 @@ struct LoadOptions {
   }
   LoadOptions& with_populate(bool p = true) {
     populate = p;
+    return *this;
+  }
+  LoadOptions& with_device_budget(uint64_t bytes) {
+    device_budget = bytes;
+    return *this;
+  }
+  LoadOptions& with_host_budget(uint64_t bytes) {
+    host_budget = bytes;
     return *this;
   }
 

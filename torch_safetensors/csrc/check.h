@@ -5,6 +5,7 @@
 // The typed variants keep c10's kinds (bindings raise IndexError, ValueError, TypeError for them).
 #pragma once
 
+#include <cstdint>
 #include <string_view>
 
 #include <c10/util/ArrayRef.h>
@@ -29,5 +30,13 @@ namespace torch::safetensors {
 [[noreturn]] TS_API void throw_missing_tensor(std::string_view source, std::string_view name,
                                               size_t count,
                                               c10::ArrayRef<std::string_view> first_names);
+
+// The one over-budget error (a BudgetError, errors.h): "<what> needs <needed> bytes of <memory>
+// memory (<staging> of them staging buffers), <shortfall> more than the <memory> budget of
+// <budget> bytes; its largest tensor is '<largest>' (<largest_bytes> bytes)".
+[[noreturn]] TS_API void throw_over_budget(std::string_view source, std::string_view what,
+                                           std::string_view memory, uint64_t needed,
+                                           uint64_t budget, uint64_t staging,
+                                           std::string_view largest, uint64_t largest_bytes);
 
 }  // namespace torch::safetensors

@@ -42,6 +42,7 @@ from ._plan import (
     all_gather_tensors,
     assemble,
     load_for_rank,
+    memory_plan,
 )
 from ._save import SaveReport, consolidate, save_rank_file, save_sharded
 
@@ -52,6 +53,7 @@ __all__ = [
     "ShardPlan",
     "RankLoad",
     "load_for_rank",
+    "memory_plan",
     "all_gather_tensors",
     "assemble",
     "load_dtensors",

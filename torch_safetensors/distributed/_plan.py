@@ -125,13 +125,14 @@ class RankLoad:
     """One rank's load: its pieces (``tensors``, in checkpoint order), where each lies in the
     full tensor (``pieces``: ``name``, ``full_sizes``, ``splits`` of ``(dim, ranges)``), and what
     it read: ``tensor_bytes`` (exactly its pieces), ``header_bytes`` (the headers of the files it
-    opened, and the index)."""
+    opened, and the index); ``memory``: what it allocated, as :func:`memory_plan` planned it."""
 
     tensors: Dict[str, torch.Tensor]
     pieces: List[Any]
     tensor_bytes: int
     header_bytes: int
     warnings: List[str]
+    memory: Any = None
     _native: Any = dataclasses.field(repr=False, default=None)
 
     @property
@@ -141,7 +142,7 @@ class RankLoad:
 
 def _wrap(native: Any) -> RankLoad:
     return RankLoad(native.tensors, list(native.pieces), native.tensor_bytes, native.header_bytes,
-                    list(native.warnings), native)
+                    list(native.warnings), native.memory, native)
 
 
 def _default_group(group: Any) -> Any:
@@ -168,6 +169,8 @@ def load_for_rank(
     dtype: Optional[torch.dtype] = None,
     single_reader: bool = False,
     source_rank: int = 0,
+    device_budget: Optional[int] = None,
+    host_budget: Optional[int] = None,
 ) -> RankLoad:
     """This rank's pieces of ``checkpoint`` (a file, an index or a directory) under ``plan``,
     reading only their bytes (plus headers), to ``device`` with either backend.
@@ -177,9 +180,13 @@ def load_for_rank(
     check that they agree on world size and plan (a mismatch fails on every rank), a failure on
     one rank fails all of them naming it, and a rank that dies makes the others fail within the
     group's timeout. ``single_reader``: only ``source_rank`` reads (storage the other ranks cannot
-    see) and sends each rank its pieces through the group; the others read nothing."""
+    see) and sends each rank its pieces through the group; the others read nothing.
+    ``device_budget``, ``host_budget``: bytes the rank's load may allocate (see
+    :func:`memory_plan`); one that does not fit raises ``MemoryBudgetError`` before anything is
+    allocated or read."""
     path = _args.path(checkpoint)
-    options = _args.load_options(backend, device, dtype, None, path)
+    options = _args.load_options(backend, device, dtype, None, path,
+                                 device_budget=device_budget, host_budget=host_budget)
     native_plan = plan._native()
     if group is None and rank is not None and world_size is not None:
         if single_reader:
@@ -192,6 +199,30 @@ def load_for_rank(
     return _wrap(_C.load_for_rank_group(path, native_plan, pg, options,
                                         -1 if world_size is None else int(world_size),
                                         bool(single_reader), int(source_rank)))
+
+
+def memory_plan(
+    checkpoint: _args.FilePath,
+    plan: ShardPlan,
+    rank: Optional[int],
+    world_size: int,
+    *,
+    device: _args.Device = "cpu",
+    backend: str = "mmap",
+    dtype: Optional[torch.dtype] = None,
+) -> Any:
+    """The plan step of :func:`load_for_rank`, from the headers alone (nothing is allocated or
+    read, nothing exchanged): what rank ``rank``'s load will allocate on ``device`` and on the
+    host, staging included, as a ``MemoryEstimate`` (``device_bytes``, ``host_bytes``,
+    ``staging_bytes``, ``tensors``, ``largest``, ``largest_bytes``). With ``rank=None``, a list
+    for ranks ``0 .. world_size - 1``."""
+    path = _args.path(checkpoint)
+    handle = _C.Checkpoint(path, _args.load_options(backend, device, dtype, None, path))
+    native_plan = plan._native()
+    if rank is None:
+        return [_C.estimate_for_rank(handle, native_plan, r, int(world_size))
+                for r in range(int(world_size))]
+    return _C.estimate_for_rank(handle, native_plan, int(rank), int(world_size))
 
 
 def all_gather_tensors(load: RankLoad, group: Any = None) -> Dict[str, torch.Tensor]:

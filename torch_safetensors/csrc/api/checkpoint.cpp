@@ -5,6 +5,7 @@
 #include "torch_safetensors/checkpoint.h"
 
 #include <cerrno>
+#include <limits>
 #include <mutex>
 #include <unordered_map>
 
@@ -118,14 +119,36 @@ struct Checkpoint::Impl {
     }
   }
 
-  // One names -> tensors path for every accessor that returns several.
-  TensorDict load_named(const std::vector<std::string>& names) const {
+  std::vector<detail::LoadItem> items_of(const std::vector<std::string>& names) const {
     std::vector<detail::LoadItem> items;
     items.reserve(names.size());
     for (const std::string& tensor : names) {
       const detail::Located at = locate(tensor);
       items.push_back({at.file, at.info});
     }
+    return items;
+  }
+
+  // Every tensor's item, in keys() order (a single file: its header's, without name lookups).
+  std::vector<detail::LoadItem> all_items() const {
+    if (!single()) return items_of(keys);
+    const detail::OpenFile& file = *files[0];
+    std::vector<detail::LoadItem> items;
+    items.reserve(file.header.size());
+    for (const TensorInfo& info : file.header.tensors()) items.push_back({&file, &info});
+    return items;
+  }
+
+  // The plan step of every load of several tensors: its budget check names the checkpoint.
+  void check_budgets(const std::vector<detail::LoadItem>& items) const {
+    if (options.device_budget || options.host_budget)
+      detail::check_budgets(detail::estimate_memory(items, options), options, name());
+  }
+
+  // One names -> tensors path for every accessor that returns several.
+  TensorDict load_named(const std::vector<std::string>& names) const {
+    const std::vector<detail::LoadItem> items = items_of(names);
+    check_budgets(items);
     std::vector<at::Tensor> loaded = detail::load_many(items, options);
     TensorDict out;
     out.reserve(names.size());
@@ -160,7 +183,7 @@ std::shared_ptr<const detail::OpenFile> open_path(const std::string& path,
 std::shared_ptr<const Checkpoint::Impl> open_index(const std::string& path,
                                                    const std::string& target,
                                                    const LoadOptions& options) {
-  if (options.device) device::check_device(*options.device, target);
+  detail::check_load_options(options, target);
   auto impl = std::make_shared<Checkpoint::Impl>();
   impl->path = path;
   impl->index_path = target;
@@ -287,11 +310,9 @@ RawTensor Checkpoint::raw(std::string_view name) const {
 TensorDict Checkpoint::tensors() const {
   if (!impl_->single()) return impl_->load_named(impl_->keys);
   // One file: its header's order; no name lookups (100,000-tensor files).
-  const detail::OpenFile& file = *impl_->files[0];
-  const std::vector<TensorInfo>& infos = file.header.tensors();
-  std::vector<detail::LoadItem> items;
-  items.reserve(infos.size());
-  for (const TensorInfo& info : infos) items.push_back({&file, &info});
+  const std::vector<TensorInfo>& infos = impl_->files[0]->header.tensors();
+  const std::vector<detail::LoadItem> items = impl_->all_items();
+  impl_->check_budgets(items);
   std::vector<at::Tensor> loaded = detail::load_many(items, impl_->options);
   TensorDict out;
   out.reserve(infos.size());
@@ -304,36 +325,70 @@ TensorDict Checkpoint::tensors(const std::vector<std::string>& names) const {
   return impl_->load_named(names);
 }
 
-void Checkpoint::for_each(const Consumer& consume) const {
-  const Impl& impl = *impl_;
-  for (size_t s = 0; s < impl.shard_files.size(); ++s) {
-    const detail::OpenFile& shard = detail::shard(*this, s);
-    const std::vector<TensorInfo>& infos = shard.header.tensors();
-    std::vector<detail::LoadItem> items;
-    for (const TensorInfo& info : infos) items.push_back({&shard, &info});
-    const bool batched = impl.options.backend == Backend::kPread && !detail::staged(impl.options);
-    if (!batched) {
-      // Views are ready at once; to a device, each tensor is handed over as soon as it landed
-      // while the ring goes on with the next ones.
-      detail::load_many(items, impl.options, [&](size_t i, const at::Tensor& t) {
-        consume(std::string(infos[i].name), t);
-      });
-      continue;
+MemoryEstimate Checkpoint::estimate_memory(const std::vector<std::string>& names) const {
+  return detail::estimate_memory(impl_->items_of(names), impl_->options);
+}
+
+MemoryEstimate Checkpoint::estimate_memory() const {
+  return detail::estimate_memory(impl_->all_items(), impl_->options);
+}
+
+namespace {
+
+// A streaming load's plan: shard by shard, its tensors and their batches (every shard opened, so
+// that a tensor that fits no batch fails before anything is read).
+struct ShardBatches {
+  const detail::OpenFile* shard;
+  std::vector<detail::LoadItem> items;
+  std::vector<detail::LoadBatch> batches;
+};
+
+std::vector<ShardBatches> stream_batches(const Checkpoint& checkpoint) {
+  std::vector<ShardBatches> out;
+  for (size_t s = 0; s < checkpoint.shard_files().size(); ++s) {
+    const detail::OpenFile& shard = detail::shard(checkpoint, s);
+    ShardBatches planned{&shard, {}, {}};
+    for (const TensorInfo& info : shard.header.tensors()) planned.items.push_back({&shard, &info});
+    planned.batches = detail::plan_batches(planned.items, checkpoint.options(), shard.name());
+    out.push_back(std::move(planned));
+  }
+  return out;
+}
+
+}  // namespace
+
+std::vector<StreamBatch> Checkpoint::stream_plan() const {
+  std::vector<StreamBatch> out;
+  for (const ShardBatches& shard : stream_batches(*this)) {
+    for (const detail::LoadBatch& batch : shard.batches) {
+      StreamBatch planned{{}, batch.memory};
+      for (size_t i = batch.begin; i < batch.end; ++i)
+        planned.names.emplace_back(shard.items[i].info->name);
+      out.push_back(std::move(planned));
     }
-    // Reads into owned memory: in batches of about staging_bytes, so that memory stays bounded
-    // while each batch still reads in parallel.
-    for (size_t begin = 0; begin < items.size();) {
-      size_t end = begin;
-      uint64_t bytes = 0;
-      while (end < items.size() &&
-             (end == begin || bytes + items[end].info->nbytes() <= impl.options.staging_bytes)) {
-        bytes += items[end++].info->nbytes();
+  }
+  return out;
+}
+
+void Checkpoint::for_each(const Consumer& consume) const {
+  const LoadOptions& options = impl_->options;
+  for (const ShardBatches& shard : stream_batches(*this)) {
+    const std::vector<TensorInfo>& infos = shard.shard->header.tensors();
+    for (const detail::LoadBatch& batch : shard.batches) {
+      // Each batch is one load (read in parallel, or streamed through the ring); views are ready
+      // at once, and to a device each tensor is handed over as soon as it landed while the ring
+      // goes on with the next ones.
+      const std::vector<detail::LoadItem> items(shard.items.begin() + batch.begin,
+                                                shard.items.begin() + batch.end);
+      if (detail::staged(options) || options.backend == Backend::kMmap) {
+        detail::load_many(items, options, [&](size_t i, const at::Tensor& t) {
+          consume(std::string(infos[batch.begin + i].name), t);
+        });
+      } else {
+        std::vector<at::Tensor> loaded = detail::load_many(items, options);
+        for (size_t i = 0; i < loaded.size(); ++i)
+          consume(std::string(infos[batch.begin + i].name), std::move(loaded[i]));
       }
-      std::vector<detail::LoadItem> batch(items.begin() + begin, items.begin() + end);
-      std::vector<at::Tensor> loaded = detail::load_many(batch, impl.options);
-      for (size_t i = 0; i < loaded.size(); ++i)
-        consume(std::string(infos[begin + i].name), std::move(loaded[i]));
-      begin = end;
     }
   }
 }

@@ -3,6 +3,10 @@
 // source's memory, read them with Source::read (read_all: chunked and parallel when large), or,
 // for another device, stream them into device memory through the staging ring
 // (device/staging_ring.h). The handle itself (names, shards, accessors) is checkpoint.cpp.
+#include <limits>
+#include <optional>
+#include <utility>
+
 #include <ATen/TensorIndexing.h>
 #include <ATen/ops/empty.h>
 #include <c10/util/strides.h>
@@ -13,6 +17,7 @@
 #include "device/staging_ring.h"
 #include "huge_pages.h"
 #include "storage/io.h"
+#include "torch_safetensors/errors.h"
 
 namespace torch::safetensors::detail {
 namespace {
@@ -98,8 +103,167 @@ at::Tensor cast_on_load(at::Tensor tensor, const LoadOptions& options) {
   return to == tensor.scalar_type() ? tensor : tensor.to(to);
 }
 
+namespace {
+
+// What one item of a load allocates, the staging ring aside (`bytes`: on the load's device, the
+// host for the CPU), and the ring chunks its runs take when the load is staged.
+struct ItemCost {
+  uint64_t bytes = 0;
+  size_t chunks = 0;
+};
+
+ItemCost item_cost(const LoadItem& item, const LoadOptions& options) {
+  ItemCost out;
+  const c10::ScalarType stored = to_scalar_type(item.info->dtype);
+  const uint64_t nbytes = item.plan ? item.plan->nbytes() : item.info->nbytes();
+  // Owned memory for the stored bytes, unless they are filled in place or viewed (load_many's
+  // branches, in its order).
+  bool owned = !item.into.defined();
+  if (staged(options)) {
+    if (item.plan) {
+      for (const ByteRun& run : item.plan->runs)
+        out.chunks += device::ring_chunks(run.length, ring_options(options));
+    } else {
+      out.chunks = device::ring_chunks(item.info->nbytes(), ring_options(options));
+    }
+  } else if (owned && options.backend == Backend::kMmap && item.file->memory && nbytes > 0) {
+    const uint8_t* first = item.file->memory + item.file->absolute(*item.info);
+    const bool viewable = !item.plan || item.plan->view;
+    const int64_t offset = item.plan && item.plan->view
+                               ? item.plan->view->offset * int64_t(c10::elementSize(stored))
+                               : 0;
+    owned = !(viewable && can_view_at(reinterpret_cast<uintptr_t>(first + offset), stored));
+  }
+  out.bytes = owned ? nbytes : 0;
+  // A cast allocates its copy while the stored bytes are still held.
+  const c10::ScalarType loaded = loaded_dtype(stored, options);
+  if (loaded != stored && c10::elementSize(stored) > 0)
+    out.bytes += nbytes / c10::elementSize(stored) * c10::elementSize(loaded);
+  return out;
+}
+
+// Adds an item's cost to `estimate` (staging aside): its bytes go to the device or the host.
+void add_cost(MemoryEstimate& estimate, const LoadItem& item, const ItemCost& cost,
+              const LoadOptions& options) {
+  (options.target_device().is_cpu() ? estimate.host_bytes : estimate.device_bytes) += cost.bytes;
+  ++estimate.tensors;
+  if (cost.bytes > estimate.largest_bytes || estimate.largest.empty()) {
+    estimate.largest = item.info->name;
+    estimate.largest_bytes = cost.bytes;
+  }
+}
+
+void add_staging(MemoryEstimate& estimate, size_t chunks, const LoadOptions& options) {
+  if (!staged(options) || estimate.tensors == 0) return;
+  estimate.staging_bytes = device::ring_host_bytes_for_chunks(chunks, ring_options(options));
+  estimate.host_bytes += estimate.staging_bytes;
+}
+
+}  // namespace
+
+void check_load_options(const LoadOptions& options, std::string_view source) {
+  if (options.device) device::check_device(*options.device, source);
+  for (const auto& [memory, budget] :
+       {std::pair{"device", options.device_budget}, std::pair{"host", options.host_budget}}) {
+    TS_CHECK_VALUE(!budget || *budget > 0, source, "a ", memory,
+                   " budget of 0 bytes fits nothing: expected a positive number of bytes, or no ",
+                   memory, " budget for no limit");
+  }
+  if (options.dtype) {
+    TS_CHECK_VALUE(is_cast_target(*options.dtype), source,
+                   "dtype on load must be a floating dtype (Float64, Float32, Float16 or "
+                   "BFloat16), found ",
+                   *options.dtype);
+  }
+}
+
+MemoryEstimate estimate_memory(const std::vector<LoadItem>& items, const LoadOptions& options) {
+  MemoryEstimate out;
+  size_t chunks = 0;
+  for (const LoadItem& item : items) {
+    const ItemCost cost = item_cost(item, options);
+    add_cost(out, item, cost, options);
+    chunks += cost.chunks;
+  }
+  add_staging(out, chunks, options);
+  return out;
+}
+
+void check_budgets(const MemoryEstimate& estimate, const LoadOptions& options,
+                   std::string_view source, std::string_view what) {
+  auto check = [&](const char* memory, uint64_t needed, const std::optional<uint64_t>& budget) {
+    if (budget && needed > *budget) {
+      throw_over_budget(source, what, memory, needed, *budget,
+                        std::string_view(memory) == "host" ? estimate.staging_bytes : 0,
+                        estimate.largest, estimate.largest_bytes);
+    }
+  };
+  check("device", estimate.device_bytes, options.device_budget);
+  check("host", estimate.host_bytes, options.host_budget);
+}
+
+std::vector<LoadBatch> plan_batches(const std::vector<LoadItem>& items, const LoadOptions& options,
+                                    std::string_view source) {
+  constexpr uint64_t kNoLimit = std::numeric_limits<uint64_t>::max();
+  const bool is_staged = staged(options);
+  const bool on_cpu = options.target_device().is_cpu();
+  // Reads into owned memory go in batches of about staging_bytes without a host budget.
+  const bool pread = options.backend == Backend::kPread && !is_staged;
+  const uint64_t device_limit = options.device_budget.value_or(kNoLimit);
+  const uint64_t host_limit =
+      options.host_budget.value_or(pread ? options.staging_bytes : kNoLimit);
+  std::vector<ItemCost> costs;
+  costs.reserve(items.size());
+  for (const LoadItem& item : items) costs.push_back(item_cost(item, options));
+  // Plan time: a tensor that fits no batch (alone, with its ring) fails before anything is read;
+  // the error names the one that misses by most.
+  if (options.device_budget || options.host_budget) {
+    std::optional<MemoryEstimate> worst;
+    uint64_t worst_shortfall = 0;
+    for (size_t i = 0; i < items.size(); ++i) {
+      MemoryEstimate alone;
+      add_cost(alone, items[i], costs[i], options);
+      add_staging(alone, costs[i].chunks, options);
+      uint64_t shortfall = 0;
+      if (options.device_budget && alone.device_bytes > *options.device_budget)
+        shortfall = alone.device_bytes - *options.device_budget;
+      if (options.host_budget && alone.host_bytes > *options.host_budget)
+        shortfall = std::max(shortfall, alone.host_bytes - *options.host_budget);
+      if (shortfall > worst_shortfall) worst = alone, worst_shortfall = shortfall;
+    }
+    if (worst)
+      check_budgets(*worst, options, source, "a streaming load's smallest batch (one tensor)");
+  }
+  std::vector<LoadBatch> out;
+  for (size_t begin = 0; begin < items.size();) {
+    LoadBatch batch{begin, begin, {}};
+    uint64_t device = 0, host = 0;
+    size_t chunks = 0;
+    for (; batch.end < items.size(); ++batch.end) {
+      const ItemCost& cost = costs[batch.end];
+      const uint64_t d = device + (on_cpu ? 0 : cost.bytes);
+      const uint64_t h = host + (on_cpu ? cost.bytes : 0);
+      const uint64_t ring = is_staged ? device::ring_host_bytes_for_chunks(chunks + cost.chunks,
+                                                                           ring_options(options))
+                                      : 0;
+      if (batch.end != begin && (d > device_limit || h + ring > host_limit)) break;
+      device = d, host = h, chunks += cost.chunks;
+      add_cost(batch.memory, items[batch.end], cost, options);
+    }
+    add_staging(batch.memory, chunks, options);
+    begin = batch.end;
+    out.push_back(std::move(batch));
+  }
+  return out;
+}
+
 std::vector<at::Tensor> load_many(const std::vector<LoadItem>& items, const LoadOptions& options,
                                   const std::function<void(size_t, const at::Tensor&)>& on_loaded) {
+  if (items.empty()) return {};
+  // Plan time: nothing is allocated unless all of it fits the budgets (callers that know the
+  // checkpoint's name check first, naming it).
+  if (options.device_budget || options.host_budget)
+    check_budgets(estimate_memory(items, options), options, items.front().file->name());
   std::vector<at::Tensor> out(items.size());
   auto done = [&](size_t i) {
     out[i] = cast_on_load(std::move(out[i]), options);
@@ -202,13 +366,7 @@ SlicePlan plan_tensor_slice(const Located& tensor, c10::ArrayRef<IndexItem> inde
 std::shared_ptr<const OpenFile> open_file(std::shared_ptr<const Source> source,
                                           const LoadOptions& options) {
   TORCH_CHECK(source != nullptr, "safetensors: a checkpoint needs a source, got nullptr");
-  if (options.device) device::check_device(*options.device, source->name());
-  if (options.dtype) {
-    TS_CHECK_VALUE(is_cast_target(*options.dtype), source->name(),
-                   "dtype on load must be a floating dtype (Float64, Float32, Float16 or "
-                   "BFloat16), found ",
-                   *options.dtype);
-  }
+  check_load_options(options, source->name());
   auto file = std::make_shared<OpenFile>();
   file->header = read_header(*source);
   if (options.backend == Backend::kMmap) file->memory = source->data();
@@ -222,7 +380,8 @@ std::shared_ptr<const OpenFile> open_file(std::shared_ptr<const Source> source,
 at::Tensor load_one(const Located& tensor, const LoadOptions& options) {
   const OpenFile& file = *tensor.file;
   const TensorInfo& info = *tensor.info;
-  if (staged(options)) return load_many({{&file, &info}}, options)[0];
+  if (staged(options) || options.device_budget || options.host_budget)
+    return load_many({{&file, &info}}, options)[0];
   const std::vector<int64_t> sizes = adapters::torch_sizes(info, file.name());
   const c10::ScalarType dtype = info.scalar_type();
   if (file.memory && info.nbytes() > 0) {
@@ -257,3 +416,19 @@ RawTensor load_raw(const Located& tensor) {
 }
 
 }  // namespace torch::safetensors::detail
+
+namespace torch::safetensors {
+
+void throw_over_budget(std::string_view source, std::string_view what, std::string_view memory,
+                       uint64_t needed, uint64_t budget, uint64_t staging, std::string_view largest,
+                       uint64_t largest_bytes) {
+  std::string message = c10::str("safetensors: ", source, ": ", what, " needs ", needed,
+                                 " bytes of ", memory, " memory");
+  if (staging) message += c10::str(" (", staging, " of them staging buffers)");
+  message += c10::str(", ", needed - budget, " more than the ", memory, " budget of ", budget,
+                      " bytes; its largest tensor is '", largest, "' (", largest_bytes, " bytes)");
+  throw BudgetError(std::string(memory), needed, budget, std::string(largest), largest_bytes,
+                    message);
+}
+
+}  // namespace torch::safetensors

@@ -57,6 +57,29 @@ TS_API std::vector<at::Tensor> load_many(
     const std::vector<LoadItem>& items, const LoadOptions& options,
     const std::function<void(size_t, const at::Tensor&)>& on_loaded = {});
 
+// The checks every load makes before it reads a byte (at open: a file's, or an index's): the
+// device is reachable, the dtype on load is floating, budgets are not 0.
+TS_API void check_load_options(const LoadOptions& options, std::string_view source);
+
+// The plan step: what load_many(items, options) will allocate (the same branches; nothing is
+// allocated or read), and its check against the options' budgets: a BudgetError naming `source`,
+// `what` needs it, the shortfall and the largest tensor. load_many checks its items itself.
+TS_API MemoryEstimate estimate_memory(const std::vector<LoadItem>& items,
+                                      const LoadOptions& options);
+TS_API void check_budgets(const MemoryEstimate& estimate, const LoadOptions& options,
+                          std::string_view source, std::string_view what = "the load");
+
+// A streaming load's batches of `items`, in order, each one load_many call: with budgets, the
+// most items whose estimate (the ring included) fits them (a tensor that fits no batch is a
+// BudgetError, here, before anything is read); without, reads into owned memory in batches of
+// about staging_bytes, other loads in one batch.
+struct TS_API LoadBatch {
+  size_t begin, end;  // items[begin, end)
+  MemoryEstimate memory;
+};
+TS_API std::vector<LoadBatch> plan_batches(const std::vector<LoadItem>& items,
+                                           const LoadOptions& options, std::string_view source);
+
 // A single tensor, a slice of one (only the selected bytes) and the stored bytes of one, as the
 // handle's accessors return them.
 TS_API at::Tensor load_one(const Located& tensor, const LoadOptions& options);

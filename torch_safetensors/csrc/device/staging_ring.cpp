@@ -63,12 +63,21 @@ size_t ring_buffer_count(size_t chunks, uint64_t buffer_bytes, const RingOptions
 }
 }  // namespace
 
-uint64_t ring_host_bytes(const std::vector<uint64_t>& run_lengths, const RingOptions& options) {
+size_t ring_chunks(uint64_t run_length, const RingOptions& options) {
+  // An empty run still takes a chunk (its turn), as copy_through_ring splits them.
   const uint64_t buffer_bytes = ring_buffer_bytes(options);
-  size_t chunks = 0;
-  for (uint64_t length : run_lengths)
-    chunks += length == 0 ? 1 : size_t((length + buffer_bytes - 1) / buffer_bytes);
+  return run_length == 0 ? 1 : size_t((run_length + buffer_bytes - 1) / buffer_bytes);
+}
+
+uint64_t ring_host_bytes_for_chunks(size_t chunks, const RingOptions& options) {
+  const uint64_t buffer_bytes = ring_buffer_bytes(options);
   return buffer_bytes * ring_buffer_count(chunks, buffer_bytes, options);
+}
+
+uint64_t ring_host_bytes(const std::vector<uint64_t>& run_lengths, const RingOptions& options) {
+  size_t chunks = 0;
+  for (uint64_t length : run_lengths) chunks += ring_chunks(length, options);
+  return ring_host_bytes_for_chunks(chunks, options);
 }
 
 void copy_through_ring(const std::vector<DeviceRun>& runs, c10::Device device,

@@ -46,9 +46,12 @@ TS_API void copy_through_ring(const std::vector<DeviceRun>& runs, c10::Device de
                               const std::function<void(size_t)>& on_group_done = {});
 
 // The host memory copy_through_ring allocates for runs of these lengths: its buffers, by the one
-// rule it allocates them with (memory budgets check it before anything is allocated).
+// rule it allocates them with (memory budgets check it before anything is allocated). The same in
+// two steps, for a batch grown run by run: the chunks of one run, and the buffers for `chunks`.
 TS_API uint64_t ring_host_bytes(const std::vector<uint64_t>& run_lengths,
                                 const RingOptions& options);
+TS_API size_t ring_chunks(uint64_t run_length, const RingOptions& options);
+TS_API uint64_t ring_host_bytes_for_chunks(size_t chunks, const RingOptions& options);
 
 // A c10::Error naming `source` unless this LibTorch can reach `device` (a CUDA device from a
 // CPU-only build, cuda:7 on a one-GPU machine).

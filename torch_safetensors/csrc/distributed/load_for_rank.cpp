@@ -53,10 +53,11 @@ uint64_t header_bytes(const Checkpoint& checkpoint, const std::vector<std::strin
 
 namespace {
 
-// Pieces in one bulk read; `tensor_bytes` gets the bytes they cover.
-TensorDict load_planned(const Checkpoint& checkpoint, const std::vector<Piece>& pieces,
-                        uint64_t* tensor_bytes) {
-  std::vector<SlicePlan> plans;
+// The slice plans and load items of `pieces` (`plans` is reserved: the items point into it).
+std::vector<detail::LoadItem> planned_items(const Checkpoint& checkpoint,
+                                            const std::vector<Piece>& pieces,
+                                            std::vector<SlicePlan>& plans) {
+  plans.clear();
   plans.reserve(pieces.size());
   std::vector<detail::LoadItem> items;
   items.reserve(pieces.size());
@@ -68,15 +69,46 @@ TensorDict load_planned(const Checkpoint& checkpoint, const std::vector<Piece>& 
              "tensor of sizes ", c10::IntArrayRef(piece.full_sizes), ", the file holds ",
              c10::IntArrayRef(sizes));
     plans.push_back(detail::plan_tensor_slice(tensor, distributed::index_items(piece)));
-    if (tensor_bytes) *tensor_bytes += plans.back().nbytes();
-    // `plans` never reallocates: reserved.
     items.push_back({tensor.file, tensor.info, {}, &plans.back()});
   }
+  return items;
+}
+
+// Pieces in one bulk read; `tensor_bytes` gets the bytes they cover, `memory` what the load
+// allocates (checked against the budgets before anything is).
+TensorDict load_planned(const Checkpoint& checkpoint, const std::vector<Piece>& pieces,
+                        uint64_t* tensor_bytes, MemoryEstimate* memory = nullptr) {
+  std::vector<SlicePlan> plans;
+  const std::vector<detail::LoadItem> items = planned_items(checkpoint, pieces, plans);
+  if (tensor_bytes)
+    for (const SlicePlan& plan : plans) *tensor_bytes += plan.nbytes();
+  // The plan step: nothing is allocated unless the whole rank's load fits the budgets.
+  const MemoryEstimate estimate = detail::estimate_memory(items, checkpoint.options());
+  detail::check_budgets(estimate, checkpoint.options(),
+                        checkpoint.index_path() ? *checkpoint.index_path() : checkpoint.path(),
+                        "the rank's load");
+  if (memory) *memory = estimate;
   std::vector<at::Tensor> loaded = detail::load_many(items, checkpoint.options());
   TensorDict out;
   out.reserve(pieces.size());
   for (size_t i = 0; i < pieces.size(); ++i) out.insert(pieces[i].name, std::move(loaded[i]));
   return out;
+}
+
+// The rank's pieces, from names first (the index): only the shards of its tensors are opened.
+std::vector<Piece> rank_pieces(const Checkpoint& checkpoint, const ShardPlan& plan, int64_t rank,
+                               int64_t world_size, std::vector<std::string>* warnings) {
+  const std::string& source =
+      checkpoint.index_path() ? *checkpoint.index_path() : checkpoint.path();
+  const auto layout = distributed::rank_layout(plan, rank, world_size, source);
+  distributed::check_names(checkpoint.keys(), plan, source, warnings);
+  std::vector<TensorShape> mine;
+  for (const std::string& name : checkpoint.keys()) {
+    if (!distributed::on_rank(plan, layout, name)) continue;  // not even located
+    const detail::Located tensor = detail::locate(checkpoint, name);
+    mine.push_back({name, adapters::torch_sizes(*tensor.info, tensor.file->name())});
+  }
+  return distributed::split_pieces(mine, plan, layout, source);
 }
 
 }  // namespace
@@ -85,22 +117,18 @@ TensorDict load_pieces(const Checkpoint& checkpoint, const std::vector<Piece>& p
   return load_planned(checkpoint, pieces, nullptr);
 }
 
+MemoryEstimate estimate_for_rank(const Checkpoint& checkpoint, const ShardPlan& plan, int64_t rank,
+                                 int64_t world_size) {
+  const std::vector<Piece> pieces = rank_pieces(checkpoint, plan, rank, world_size, nullptr);
+  std::vector<SlicePlan> plans;
+  return detail::estimate_memory(planned_items(checkpoint, pieces, plans), checkpoint.options());
+}
+
 RankLoad load_for_rank(const Checkpoint& checkpoint, const ShardPlan& plan, int64_t rank,
                        int64_t world_size) {
-  const std::string& source =
-      checkpoint.index_path() ? *checkpoint.index_path() : checkpoint.path();
-  const auto layout = distributed::rank_layout(plan, rank, world_size, source);
   RankLoad out;
-  // Names first (from the index): only the shards of this stage's tensors are opened.
-  distributed::check_names(checkpoint.keys(), plan, source, &out.warnings);
-  std::vector<TensorShape> mine;
-  for (const std::string& name : checkpoint.keys()) {
-    if (!distributed::on_rank(plan, layout, name)) continue;  // not even located
-    const detail::Located tensor = detail::locate(checkpoint, name);
-    mine.push_back({name, adapters::torch_sizes(*tensor.info, tensor.file->name())});
-  }
-  out.pieces = distributed::split_pieces(mine, plan, layout, source);
-  out.tensors = load_planned(checkpoint, out.pieces, &out.tensor_bytes);
+  out.pieces = rank_pieces(checkpoint, plan, rank, world_size, &out.warnings);
+  out.tensors = load_planned(checkpoint, out.pieces, &out.tensor_bytes, &out.memory);
   std::vector<std::string> names;
   for (const Piece& piece : out.pieces) names.push_back(piece.name);
   out.header_bytes = distributed::header_bytes(checkpoint, names);

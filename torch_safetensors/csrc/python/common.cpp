@@ -14,6 +14,8 @@ namespace {
 
 // torch_safetensors.SafetensorError; created at import, lives as long as the interpreter.
 PyObject* g_safetensor_error = nullptr;
+// torch_safetensors.MemoryBudgetError (a SafetensorError and a MemoryError), for BudgetError.
+PyObject* g_budget_error = nullptr;
 // Python OSError subclass → its subclass printed like the reference (os_error_type); a dict the
 // module holds.
 PyObject* g_os_error_types = nullptr;
@@ -59,6 +61,19 @@ void raise_os_error(const ts::OSError& e) {
   PyErr_SetObject(py::type::handle_of(error).ptr(), error.ptr());
 }
 
+// The BudgetError's message, with its fields as attributes (memory, needed, budget, shortfall,
+// largest, largest_bytes).
+void raise_budget_error(const ts::BudgetError& e) {
+  py::object error = py::handle(g_budget_error)(e.what_without_backtrace());
+  error.attr("memory") = e.memory();
+  error.attr("needed") = e.needed();
+  error.attr("budget") = e.budget();
+  error.attr("shortfall") = e.shortfall();
+  error.attr("largest") = e.largest();
+  error.attr("largest_bytes") = e.largest_bytes();
+  PyErr_SetObject(g_budget_error, error.ptr());
+}
+
 void translate(std::exception_ptr p) {
   // c10 errors keep their Python kind (IndexError, ValueError, ... as torch raises them); any
   // other core error is a SafetensorError. Messages drop the C++ backtrace.
@@ -67,6 +82,12 @@ void translate(std::exception_ptr p) {
   } catch (const ts::OSError& e) {
     try {
       raise_os_error(e);
+    } catch (py::error_already_set& error) {
+      error.restore();
+    }
+  } catch (const ts::BudgetError& e) {
+    try {
+      raise_budget_error(e);
     } catch (py::error_already_set& error) {
       error.restore();
     }
@@ -95,6 +116,21 @@ void bind_errors(py::module_& m) {
       PyExc_Exception, nullptr);
   if (g_safetensor_error == nullptr) throw py::error_already_set();
   m.attr("SafetensorError") = py::handle(g_safetensor_error);
+  py::tuple budget_bases =
+      py::make_tuple(py::handle(g_safetensor_error), py::handle(PyExc_MemoryError));
+  // The fields, None on the class; each raised error sets its own.
+  py::dict budget_fields;
+  for (const char* field : {"memory", "needed", "budget", "shortfall", "largest", "largest_bytes"})
+    budget_fields[field] = py::none();
+  g_budget_error = PyErr_NewExceptionWithDoc(
+      "torch_safetensors.MemoryBudgetError",
+      "Raised when a load does not fit its memory budget (device_budget, host_budget), when it "
+      "is planned, before anything is allocated or read. A SafetensorError and a MemoryError; "
+      "memory ('device' or 'host'), needed, budget, shortfall, largest (the tensor needing the "
+      "most) and largest_bytes say by how much.",
+      budget_bases.ptr(), budget_fields.ptr());
+  if (g_budget_error == nullptr) throw py::error_already_set();
+  m.attr("MemoryBudgetError") = py::handle(g_budget_error);
   py::dict os_error_types;
   g_os_error_types = os_error_types.ptr();
   m.attr("_os_error_types") = os_error_types;

@@ -146,7 +146,8 @@ void bind_distributed(py::module_& m) {
       .def_readonly("pieces", &ts::RankLoad::pieces)
       .def_readonly("tensor_bytes", &ts::RankLoad::tensor_bytes)
       .def_readonly("header_bytes", &ts::RankLoad::header_bytes)
-      .def_readonly("warnings", &ts::RankLoad::warnings);
+      .def_readonly("warnings", &ts::RankLoad::warnings)
+      .def_readonly("memory", &ts::RankLoad::memory);
 
   m.def(
       "plan_for_rank",
@@ -163,6 +164,10 @@ void bind_distributed(py::module_& m) {
         return with_python_warnings([&] { return ts::load_for_rank(c, plan, rank, world_size); });
       },
       py::arg("checkpoint"), py::arg("plan"), py::arg("rank"), py::arg("world_size"));
+  m.def("estimate_for_rank", &ts::estimate_for_rank, py::arg("checkpoint"), py::arg("plan"),
+        py::arg("rank"), py::arg("world_size"), py::call_guard<py::gil_scoped_release>(),
+        "The plan step of load_for_rank: what the rank's load will allocate on the device and on "
+        "the host (staging included), from the headers only.");
   m.def(
       "load_pieces",
       [](const ts::Checkpoint& c, const std::vector<ts::Piece>& pieces) {

@@ -162,7 +162,8 @@ template <typename Options>
 std::string options_repr(const Options& options) {
   py::object self = py::cast(options);
   std::string out = type_name(self) + "(backend=" + std::string(backend_name(options.backend));
-  for (const char* field : {"device", "dtype", "cast_fp8", "populate", "staging_bytes"}) {
+  for (const char* field : {"device", "dtype", "cast_fp8", "populate", "staging_bytes",
+                            "device_budget", "host_budget"}) {
     out += std::string(", ") + field + "=" + std::string(py::repr(self.attr(field)));
   }
   if constexpr (std::is_same_v<Options, ts::ModuleLoadOptions>) {
@@ -188,6 +189,11 @@ void bind_file(py::module_& m) {
       .def_readwrite("cast_fp8", &ts::LoadOptions::cast_fp8)
       .def_readwrite("populate", &ts::LoadOptions::populate)
       .def_readwrite("staging_bytes", &ts::LoadOptions::staging_bytes)
+      .def_readwrite("device_budget", &ts::LoadOptions::device_budget,
+                     "Bytes a load may allocate on its device (None: no limit).")
+      .def_readwrite("host_budget", &ts::LoadOptions::host_budget,
+                     "Bytes a load may allocate on the host, staging buffers included (None: no "
+                     "limit).")
       .def("__repr__", &options_repr<ts::LoadOptions>);
   py::class_<ts::ModuleLoadOptions, ts::LoadOptions>(
       m, "ModuleLoadOptions", "LoadOptions and what only a module load decides (module.h).")
@@ -209,6 +215,32 @@ void bind_file(py::module_& m) {
       "A SafetensorError naming source unless this LibTorch can reach device (the check every "
       "load makes at open).");
 
+  py::class_<ts::MemoryEstimate>(
+      m, "MemoryEstimate",
+      "What a load will allocate, planned from the headers before anything is (checkpoint.h).")
+      .def_readonly("device_bytes", &ts::MemoryEstimate::device_bytes)
+      .def_readonly("host_bytes", &ts::MemoryEstimate::host_bytes)
+      .def_readonly("staging_bytes", &ts::MemoryEstimate::staging_bytes)
+      .def_readonly("tensors", &ts::MemoryEstimate::tensors)
+      .def_readonly("largest", &ts::MemoryEstimate::largest)
+      .def_readonly("largest_bytes", &ts::MemoryEstimate::largest_bytes)
+      .def("__repr__", [](const ts::MemoryEstimate& e) {
+        return "MemoryEstimate(device_bytes=" + std::to_string(e.device_bytes) +
+               ", host_bytes=" + std::to_string(e.host_bytes) +
+               ", staging_bytes=" + std::to_string(e.staging_bytes) +
+               ", tensors=" + std::to_string(e.tensors) +
+               ", largest=" + std::string(py::repr(py::str(e.largest))) +
+               ", largest_bytes=" + std::to_string(e.largest_bytes) + ")";
+      });
+  py::class_<ts::StreamBatch>(m, "StreamBatch",
+                              "One batch of a streaming load: its tensors and what they allocate.")
+      .def_readonly("names", &ts::StreamBatch::names)
+      .def_readonly("memory", &ts::StreamBatch::memory)
+      .def("__repr__", [](const ts::StreamBatch& b) {
+        return "StreamBatch(names=" + std::string(py::repr(py::cast(b.names))) +
+               ", memory=" + std::string(py::repr(py::cast(b.memory))) + ")";
+      });
+
   auto checkpoint = py::class_<ts::Checkpoint>(m, "Checkpoint")
                         .def(py::init([](const std::string& path, const ts::LoadOptions& options) {
                                py::gil_scoped_release release;
@@ -225,6 +257,15 @@ void bind_file(py::module_& m) {
       .def_property_readonly("options", &ts::Checkpoint::options)
       .def("shard_file",
            [](const ts::Checkpoint& c, const std::string& name) { return c.shard_file(name); })
+      .def(
+          "memory_plan",
+          [](const ts::Checkpoint& c, const std::optional<std::vector<std::string>>& names) {
+            return names ? c.estimate_memory(*names) : c.estimate_memory();
+          },
+          py::arg("names") = py::none(), py::call_guard<py::gil_scoped_release>(),
+          "What loading these tensors (None: all) will allocate; reads headers only.")
+      .def("stream_plan", &ts::Checkpoint::stream_plan, py::call_guard<py::gil_scoped_release>(),
+           "The batches for_each loads, in order; MemoryBudgetError for a tensor that fits none.")
       .def(
           "for_each",
           [](const ts::Checkpoint& c, const std::function<void(std::string, at::Tensor)>& consume) {
