@@ -15,6 +15,10 @@ from ._extension import _C
 FilePath = Union[str, "os.PathLike[str]"]
 Device = Union[str, int, torch.device]
 
+# huggingface_hub's sharding defaults (save_torch_state_dict and every sharded save of ours).
+SAFETENSORS_WEIGHTS_FILE_PATTERN = "model{suffix}.safetensors"
+MAX_SHARD_SIZE = "5GB"
+
 _TORCH_FRAMEWORKS = ("pt", "torch", "pytorch")
 _OTHER_FRAMEWORKS = ("np", "numpy", "tf", "tensorflow", "jax", "flax", "mlx", "paddle")
 _BACKENDS = ("mmap", "pread")
@@ -151,3 +155,15 @@ def load_options(
             raise ValueError(f"{name} must be a positive number of bytes, got {budget}")
         setattr(options, name, budget)
     return options
+
+
+def max_shard_bytes(max_shard_size: Union[int, str]) -> int:
+    """``max_shard_size`` ("5GB" or bytes) in bytes, with huggingface_hub's errors."""
+    if isinstance(max_shard_size, str):
+        try:
+            return _C.parse_size(max_shard_size)
+        except Exception as error:  # the core's message, as huggingface_hub's ValueError
+            raise ValueError(str(error).split("safetensors: ", 1)[-1]) from None
+    if isinstance(max_shard_size, bool) or not isinstance(max_shard_size, int):
+        raise TypeError(f"max_shard_size must be an int or a str, got {type(max_shard_size)}")
+    return max(max_shard_size, 0)

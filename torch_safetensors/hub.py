@@ -31,8 +31,9 @@ from ._extension import _C
 from ._model import _remove_duplicate_names
 from .distributed import _dtensor
 
-SAFETENSORS_WEIGHTS_FILE_PATTERN = "model{suffix}.safetensors"
-MAX_SHARD_SIZE = "5GB"
+SAFETENSORS_WEIGHTS_FILE_PATTERN = _args.SAFETENSORS_WEIGHTS_FILE_PATTERN
+MAX_SHARD_SIZE = _args.MAX_SHARD_SIZE
+_max_bytes = _args.max_shard_bytes
 _NEVER_UNPICKLED = (
     "torch_safetensors never unpickles checkpoints (pickles can run code when loaded); convert it "
     "once with `torch-safetensors convert IN OUT`"
@@ -59,17 +60,6 @@ class _IncompatibleKeys(namedtuple("IncompatibleKeys", ["missing_keys", "unexpec
         return super().__repr__()
 
     __str__ = __repr__
-
-
-def _max_bytes(max_shard_size: Union[int, str]) -> int:
-    if isinstance(max_shard_size, str):
-        try:
-            return _C.parse_size(max_shard_size)
-        except Exception as error:  # the core's message, as huggingface_hub's ValueError
-            raise ValueError(str(error).split("safetensors: ", 1)[-1]) from None
-    if isinstance(max_shard_size, bool) or not isinstance(max_shard_size, int):
-        raise TypeError(f"max_shard_size must be an int or a str, got {type(max_shard_size)}")
-    return max(max_shard_size, 0)
 
 
 def _tensor_items(state_dict: Dict[str, torch.Tensor]) -> List[Any]:

@@ -10,6 +10,7 @@ from typing import Any, Dict, List, Optional, Sequence, Tuple, Union
 
 import torch
 
+from .. import _args
 from .._extension import _C
 from ._dtensor import _dtensor_type, local_box
 
@@ -79,11 +80,11 @@ def _split_arguments(max_shard_size: Union[int, str, None],
                      filename_pattern: Optional[str]) -> Tuple[int, str]:
     """``max_shard_size`` in bytes and the file name pattern, with save_torch_state_dict's
     defaults (``"5GB"``, ``model{suffix}.safetensors``)."""
-    from .. import hub  # hub imports this package: its defaults, once it is loaded
-
-    size = hub._max_bytes(hub.MAX_SHARD_SIZE if max_shard_size is None else max_shard_size)
-    pattern = hub.SAFETENSORS_WEIGHTS_FILE_PATTERN if filename_pattern is None else filename_pattern
-    return size, pattern
+    if max_shard_size is None:
+        max_shard_size = _args.MAX_SHARD_SIZE
+    if filename_pattern is None:
+        filename_pattern = _args.SAFETENSORS_WEIGHTS_FILE_PATTERN
+    return _args.max_shard_bytes(max_shard_size), filename_pattern
 
 
 def _made(directory: Union[str, "os.PathLike[str]"]) -> str:
@@ -149,9 +150,9 @@ def save_rank_file(
     all ranks see; :func:`consolidate` turns the files, once in one place, into the checkpoint
     :func:`save_sharded` would have written. Nothing is exchanged between the ranks; a replica is
     stored by one of its holders only. The file records the whole state dict's names, dtypes and
-    global sizes (never inferred from the chunks) and torch's ``DCP_SHARDING_INFO`` offsets, so ``dcp.load`` with our
-    :class:`StorageReader` (or torch's) reads a directory of rank files as it is. Returns the
-    file's path."""
+    global sizes (never inferred from the chunks) and torch's ``DCP_SHARDING_INFO`` offsets, so
+    ``dcp.load`` with our :class:`StorageReader` reads a directory of rank files as it is.
+    Returns the file's path."""
     import torch.distributed as dist
 
     group = process_group(group)
