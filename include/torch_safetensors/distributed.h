@@ -199,7 +199,9 @@ TS_API at::Tensor assemble(const std::vector<Piece>& pieces,
 // Saving from many ranks (distributed_c10d.h's save_sharded): one rank's part of one tensor of
 // the state dict. Every rank lists the same tensors (name, dtype, global sizes) in the same order;
 // `tensor` is the local chunk at `offsets` (any strides, any device), or undefined where this rank
-// writes nothing of it (DCP's planner gave a replica to another rank).
+// writes nothing of it (DCP's planner gave a replica to another rank). A rank holding several
+// blocks of a tensor (a _StridedShard DTensor) gives one LocalShard per block, with the same name;
+// the tensors are listed in the order of their first block.
 struct TS_API LocalShard {
   std::string name;
   at::Tensor tensor;

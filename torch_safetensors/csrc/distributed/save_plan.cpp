@@ -151,11 +151,18 @@ DistributedSavePlan plan_distributed_save(const std::vector<GlobalTensor>& tenso
       while (k < mine.size() &&
              !(mine[k]->offsets == chunk.offsets && mine[k]->sizes == chunk.sizes))
         ++k;
+      if (k < mine.size()) {  // a replica: of another rank's chunk, not a second of its own
+        for (const Held& h : distinct[chunk.tensor][k]) {
+          TS_CHECK(h.rank != r, source, "tensor '", g.name, "': rank ", r, " gives the chunk ",
+                   chunk_text(chunk), " twice (chunks must tile the tensor exactly)");
+        }
+      }
       if (k == mine.size()) {
-        for (const ChunkLayout* other : mine) {
-          TS_CHECK(!overlaps(*other, chunk), source, "tensor '", g.name, "': the chunk ",
-                   chunk_text(chunk), " of rank ", r, " overlaps the chunk ", chunk_text(*other),
-                   " of another rank (chunks must tile the tensor exactly)");
+        for (size_t o = 0; o < mine.size(); ++o) {
+          TS_CHECK(!overlaps(*mine[o], chunk), source, "tensor '", g.name, "': the chunk ",
+                   chunk_text(chunk), " of rank ", r, " overlaps the chunk ", chunk_text(*mine[o]),
+                   " of rank ", distinct[chunk.tensor][o].front().rank,
+                   " (chunks must tile the tensor exactly)");
         }
         mine.push_back(&chunk);
         distinct[chunk.tensor].emplace_back();
@@ -304,8 +311,30 @@ DistributedSaveReport save_from_ranks(const std::vector<LocalShard>& shards,
   std::string local_error;
   std::vector<size_t> shard_of_chunk;
   try {
-    w.i64(int64_t(shards.size()));
+    // The tensors, in the order of their first shard: several shards of one name are several
+    // chunks of one tensor (a _StridedShard DTensor holds several blocks of it).
+    std::vector<size_t> tensor_of_shard(shards.size());
+    std::vector<size_t> first_shard;
+    std::map<std::string, size_t> tensor_of_name;
     for (size_t i = 0; i < shards.size(); ++i) {
+      const LocalShard& s = shards[i];
+      const c10::ScalarType dtype = s.tensor.defined() ? s.tensor.scalar_type() : s.dtype;
+      const auto [found, added] = tensor_of_name.emplace(s.name, first_shard.size());
+      tensor_of_shard[i] = found->second;
+      if (added) {
+        first_shard.push_back(i);
+        continue;
+      }
+      const LocalShard& first = shards[first_shard[found->second]];
+      const c10::ScalarType first_dtype =
+          first.tensor.defined() ? first.tensor.scalar_type() : first.dtype;
+      TS_CHECK(dtype == first_dtype && s.global_sizes == first.global_sizes, directory, "tensor '",
+               s.name, "': this rank's chunks of it disagree: ", c10::toString(first_dtype), " ",
+               shape_text(first.global_sizes), " and ", c10::toString(dtype), " ",
+               shape_text(s.global_sizes));
+    }
+    w.i64(int64_t(first_shard.size()));
+    for (size_t i : first_shard) {
       const LocalShard& s = shards[i];
       const c10::ScalarType dtype = s.tensor.defined() ? s.tensor.scalar_type() : s.dtype;
       w.str(s.name);
@@ -319,7 +348,7 @@ DistributedSaveReport save_from_ranks(const std::vector<LocalShard>& shards,
       if (!s.tensor.defined()) continue;
       std::vector<int64_t> offsets = s.offsets;
       if (offsets.empty()) offsets.assign(s.global_sizes.size(), 0);
-      chunk_bytes.i64(int64_t(i));
+      chunk_bytes.i64(int64_t(tensor_of_shard[i]));
       chunk_bytes.sizes(offsets);
       chunk_bytes.sizes(s.tensor.sizes().vec());
       shard_of_chunk.push_back(i);
