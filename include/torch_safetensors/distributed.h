@@ -208,7 +208,9 @@ TS_API at::Tensor assemble(const std::vector<Piece>& pieces,
 // Saving from many ranks (distributed_c10d.h's save_sharded): one rank's part of one tensor of
 // the state dict. Every rank lists the same tensors (name, dtype, global sizes) in the same order;
 // `tensor` is the local chunk at `offsets` (any strides, any device), or undefined where this rank
-// writes nothing of it (DCP's planner gave a replica to another rank).
+// writes nothing of it (DCP's planner gave a replica to another rank). A rank holding several
+// blocks of a tensor (a _StridedShard DTensor) gives one LocalShard per block, with the same name;
+// the tensors are listed in the order of their first block.
 struct TS_API LocalShard {
   std::string name;
   at::Tensor tensor;
@@ -245,14 +247,14 @@ struct TS_API DistributedSaveReport {
 // global sizes recorded in "torch_safetensors.save_layout", and torch's "DCP_SHARDING_INFO"
 // offsets, so DCP readers read the files as they are); once the files are in one place,
 // consolidate() writes the checkpoint distributed_c10d.h's save_sharded would have written, byte
-// for byte, reading each chunk from its mapped file with up to `threads` threads (0: up to 8)
-// and publishing atomically as save_sharded does. The global sizes come from the record, never
+// for byte, reading each chunk from its mapped file with up to `options.threads` threads and
+// publishing atomically as save_sharded does. The global sizes come from the record, never
 // from the chunks; every rank file must list the same state dict and the chunks must tile each
 // tensor exactly (replicas, held by several files, are written once).
 TS_API void save_rank_file(const std::vector<LocalShard>& shards, const std::string& path,
                            bool durable = false);
 TS_API DistributedSaveReport consolidate(const std::vector<std::string>& rank_files,
                                          const std::string& directory,
-                                         const ShardOptions& options = {}, unsigned threads = 0);
+                                         const ShardOptions& options = {});
 
 }  // namespace torch::safetensors

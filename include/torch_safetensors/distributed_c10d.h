@@ -47,7 +47,8 @@ TS_API TensorDict all_gather_tensors(const RankLoad& mine, c10d::ProcessGroup& g
 // files, byte for byte, as save_sharded (sharded.h) of the gathered state dict, written in
 // parallel. Every rank of `group` calls this with the same tensors in the same order, each
 // holding its local chunks (LocalShard: the chunk, the global sizes, its offsets; a whole tensor
-// for a replicated one). The ranks exchange their layouts and plan the files (the chunks must
+// for a replicated one; several, of one name, for a rank holding several blocks of a tensor, as a
+// _StridedShard DTensor does). The ranks exchange their layouts and plan the files (the chunks must
 // tile every tensor exactly; replicas are written once); rank 0 creates each file under a
 // temporary name at its final size with its header, and the index; every rank writes its own
 // chunks' bytes at their final offsets (`directory` must be one file system all ranks see, e.g.

@@ -317,7 +317,8 @@ TEST(Consolidate, WritesSaveShardedsDirectory) {
     ts::save_sharded(c.full, expected.path(), options);
     const auto files = rank_files(c.ranks, parts);
     for (unsigned threads : {1u, 3u}) {
-      const ts::DistributedSaveReport report = ts::consolidate(files, dir.path(), options, threads);
+      const ts::DistributedSaveReport report =
+          ts::consolidate(files, dir.path(), ts::ShardOptions(options).with_threads(threads));
       EXPECT_EQ(read_dir(dir.path()), read_dir(expected.path()));
       uint64_t total = 0;
       for (const auto& [name, t] : c.full) total += t.nbytes();
@@ -397,4 +398,100 @@ TEST(Consolidate, RefusesFilesThatAreNotRankFiles) {
               std::string::npos);
   }
   EXPECT_TRUE(out.entries().empty());
+}
+
+// A rank holding several blocks of one tensor (a _StridedShard DTensor: FSDP2 over tensor
+// parallel) gives several shards of one name; together the ranks' blocks tile the tensor.
+TEST(SavePlan, SeveralChunksOfOneTensorPerRank) {
+  torch::manual_seed(1);
+  ts::NamedTensors full;
+  full.emplace_back("w", torch::randn({10, 3}));  // rows: 2 blocks per rank, uneven, one empty
+  full.emplace_back("b", torch::randn({4}));      // replicated
+  // Rank r of 4 holds rows [r, r + 1) of the first half and the r-th quarter of the second
+  // (rows 5..9 as 2, 1, 1, 1): as _StridedShard(0, 2) then Shard(0) would, give or take sizes.
+  const std::vector<std::vector<std::pair<int64_t, int64_t>>> rows = {
+      {{0, 2}, {5, 7}}, {{2, 3}, {7, 8}}, {{3, 4}, {8, 9}}, {{4, 5}, {9, 10}}};
+  auto ranks_of = [&](const std::vector<std::vector<std::pair<int64_t, int64_t>>>& blocks) {
+    std::vector<std::vector<ts::LocalShard>> ranks(blocks.size());
+    for (size_t r = 0; r < blocks.size(); ++r) {
+      for (const auto& [begin, end] : blocks[r]) {
+        ranks[r].emplace_back("w", full[0].second.narrow(0, begin, end - begin).contiguous(),
+                              std::vector<int64_t>{10, 3}, std::vector<int64_t>{begin, 0});
+      }
+      ranks[r].emplace_back("b", full[1].second.clone());
+    }
+    return ranks;
+  };
+  ts::ShardOptions options;
+  options.max_shard_size = 100;  // two files: w and b apart
+  TempDir expected, dir;
+  ts::save_sharded(full, expected.path(), options);
+  auto results = save_threads(ranks_of(rows), dir.path(), options);
+  uint64_t tensor_bytes = 0;
+  for (const auto& [error, report] : results) {
+    EXPECT_EQ(error, "");
+    tensor_bytes += report.tensor_bytes;
+  }
+  EXPECT_EQ(tensor_bytes, uint64_t(full[0].second.nbytes() + full[1].second.nbytes()));
+  EXPECT_EQ(read_dir(dir.path()), read_dir(expected.path()));
+  // An empty block (uneven sizes leave one on some rank) writes nothing and is fine.
+  auto with_empty = rows;
+  with_empty[3].push_back({10, 10});
+  TempDir empty_dir;
+  results = save_threads(ranks_of(with_empty), empty_dir.path(), options);
+  for (const auto& [error, report] : results) EXPECT_EQ(error, "");
+  EXPECT_EQ(read_dir(empty_dir.path()), read_dir(expected.path()));
+
+  // The plan: one write per block, at the block's rows.
+  auto layout = [&](const std::vector<std::vector<std::pair<int64_t, int64_t>>>& blocks) {
+    std::vector<std::vector<tsd::ChunkLayout>> out(blocks.size());
+    for (size_t r = 0; r < blocks.size(); ++r)
+      for (const auto& [begin, end] : blocks[r])
+        out[r].push_back({0, {begin, 0}, {end - begin, 3}});
+    return out;
+  };
+  const std::vector<tsd::GlobalTensor> w = {{"w", torch::kFloat, {10, 3}}};
+  const auto plan = tsd::plan_distributed_save(w, layout(rows), {}, "out/");
+  ASSERT_EQ(plan.writes[0].size(), 2u);
+  EXPECT_EQ(plan.writes[0][1].chunk, 1u);
+  EXPECT_EQ(plan.writes[0][1].runs.at(0).offset - plan.writes[0][0].runs.at(0).offset, 5 * 3 * 4u);
+  // Blocks of one rank that overlap, repeat or leave a gap are refused like those of two ranks.
+  auto overlap = rows;
+  overlap[0][1] = {1, 3};
+  EXPECT_NE(error_of([&] { tsd::plan_distributed_save(w, layout(overlap), {}, "out/"); })
+                .find("tensor 'w': the chunk at offsets [1, 0] of size [2, 3] of rank 0 overlaps "
+                      "the chunk at offsets [0, 0] of size [2, 3] of rank 0"),
+            std::string::npos);
+  auto twice = rows;
+  twice[1].push_back({2, 3});
+  EXPECT_NE(error_of([&] {
+              tsd::plan_distributed_save(w, layout(twice), {}, "out/");
+            }).find("tensor 'w': rank 1 gives the chunk at offsets [2, 0] of size [1, 3] twice"),
+            std::string::npos);
+  auto gap = rows;
+  gap[2].pop_back();
+  EXPECT_NE(error_of([&] {
+              tsd::plan_distributed_save(w, layout(gap), {}, "out/");
+            }).find("tensor 'w' of sizes [10, 3]: the ranks' chunks cover 27 of its 30"),
+            std::string::npos);
+  // Shards of one name that disagree on the tensor: refused on every rank, naming it.
+  auto ranks = ranks_of(rows);
+  ranks[2][1].global_sizes = {11, 3};
+  TempDir bad;
+  results = save_threads(ranks, bad.path(), options);
+  for (const auto& [error, report] : results) {
+    EXPECT_NE(error.find("tensor 'w': this rank's chunks of it disagree: Float [10, 3] and Float "
+                         "[11, 3]"),
+              std::string::npos)
+        << error;
+  }
+  // Without a shared file system: each rank file holds its blocks (the later ones under
+  // "w#1"...), and consolidate() writes the same checkpoint.
+  TempDir parts, consolidated;
+  ts::consolidate(rank_files(ranks_of(rows), parts), consolidated.path(), options);
+  EXPECT_EQ(read_dir(consolidated.path()), read_dir(expected.path()));
+  EXPECT_NE(error_of([&] {
+              ts::save_rank_file(ranks[2], parts.path() + "/bad.safetensors");
+            }).find("tensor 'w': this rank's chunks of it disagree"),
+            std::string::npos);
 }

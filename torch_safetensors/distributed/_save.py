@@ -12,7 +12,7 @@ import torch
 
 from .. import _args
 from .._extension import _C
-from ._dtensor import _dtensor_type, local_box
+from ._dtensor import _dtensor_type, boxes, local_ranges
 
 #: One entry of the core's call: name, local chunk (a meta tensor: this rank writes none of it),
 #: the full tensor's sizes, the chunk's offsets in it.
@@ -32,20 +32,25 @@ class SaveReport:
         return self.tensor_bytes + self.header_bytes
 
 
-def chunk_entry(name: str, tensor: torch.Tensor) -> Entry:
-    """A state dict value as this rank's chunk: a DTensor's local shard at its global offsets, a
-    plain tensor whole (every rank holds the same one; it is written once)."""
+def chunk_entries(name: str, tensor: torch.Tensor) -> List[Entry]:
+    """A state dict value as this rank's chunks: a DTensor's local shard as the blocks of the full
+    tensor it holds, each at its global offsets (one for ``Shard``/``Replicate``, several for
+    ``_StridedShard``; a placeholder when the shard is empty), a plain tensor whole (every rank
+    holds the same one; it is written once)."""
     dtensor = _dtensor_type()
     if dtensor is not None and isinstance(tensor, dtensor):
-        sizes, offsets = local_box(name, tensor)
         local = tensor.to_local().detach()
-        if list(local.shape) != sizes:  # torch pads no shard today; a future one must not slip
-            raise ValueError(f"{name}: the local shard is {list(local.shape)}, expected {sizes}")
-        return name, local, list(tensor.shape), offsets
+        ranges = local_ranges(name, tensor)
+        expected = [sum(end - begin for begin, end in r) for r in ranges]
+        if list(local.shape) != expected:  # torch pads no shard today; a future one must not slip
+            raise ValueError(f"{name}: the local shard is {list(local.shape)}, expected {expected}")
+        entries: List[Entry] = [(name, local[tuple(where)], list(tensor.shape), offsets)
+                                for _, offsets, where in boxes(ranges)]
+        return entries or [placeholder_entry(name, tensor.shape, local.dtype)]
     if not isinstance(tensor, torch.Tensor):
         raise TypeError(f"state dict entry `{name}` is a {type(tensor).__name__}, expected a "
                         "tensor: a safetensors checkpoint holds tensors only")
-    return name, tensor.detach(), list(tensor.shape), [0] * tensor.dim()
+    return [(name, tensor.detach(), list(tensor.shape), [0] * tensor.dim())]
 
 
 def placeholder_entry(name: str, sizes: Sequence[int], dtype: torch.dtype) -> Entry:
@@ -126,7 +131,8 @@ def save_sharded(
     written). Every rank calls this with the same keys in the same order.
 
     Returns this rank's :class:`SaveReport`."""
-    entries = [chunk_entry(name, tensor) for name, tensor in state_dict.items()]
+    entries = [entry for name, tensor in state_dict.items()
+               for entry in chunk_entries(name, tensor)]
     return save_entries(entries, save_directory, group=process_group(group),
                         max_shard_size=max_shard_size, filename_pattern=filename_pattern,
                         metadata=metadata,

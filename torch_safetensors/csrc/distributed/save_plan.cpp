@@ -167,11 +167,18 @@ DistributedSavePlan plan_distributed_save(const std::vector<GlobalTensor>& tenso
       while (k < mine.size() &&
              !(mine[k]->offsets == chunk.offsets && mine[k]->sizes == chunk.sizes))
         ++k;
+      if (k < mine.size()) {  // a replica: of another rank's chunk, not a second of its own
+        for (const Held& h : distinct[chunk.tensor][k]) {
+          TS_CHECK(h.rank != r, source, "tensor '", g.name, "': rank ", r, " gives the chunk ",
+                   chunk_text(chunk), " twice (chunks must tile the tensor exactly)");
+        }
+      }
       if (k == mine.size()) {
-        for (const ChunkLayout* other : mine) {
-          TS_CHECK(!overlaps(*other, chunk), source, "tensor '", g.name, "': the chunk ",
-                   chunk_text(chunk), " of rank ", r, " overlaps the chunk ", chunk_text(*other),
-                   " of another rank (chunks must tile the tensor exactly)");
+        for (size_t o = 0; o < mine.size(); ++o) {
+          TS_CHECK(!overlaps(*mine[o], chunk), source, "tensor '", g.name, "': the chunk ",
+                   chunk_text(chunk), " of rank ", r, " overlaps the chunk ", chunk_text(*mine[o]),
+                   " of rank ", distinct[chunk.tensor][o].front().rank,
+                   " (chunks must tile the tensor exactly)");
         }
         mine.push_back(&chunk);
         distinct[chunk.tensor].emplace_back();
@@ -313,8 +320,7 @@ uint64_t write_chunks(const std::vector<std::string>& temps,
 // the ranks agree, so a failure anywhere fails every rank, and rank 0 removes the temporary files.
 DistributedSaveReport run_plan(const DistributedSavePlan& plan, const std::string& directory,
                                Exchange& exchange, const std::string& token,
-                               const ShardOptions& options, const std::vector<PendingWrite>& mine,
-                               unsigned threads) {
+                               const ShardOptions& options, const std::vector<PendingWrite>& mine) {
   const int rank = exchange.rank();
   DistributedSaveReport report;
   for (const PlannedFile& file : plan.files) report.files.push_back(file.name);
@@ -350,7 +356,7 @@ DistributedSaveReport run_plan(const DistributedSavePlan& plan, const std::strin
     });
     // 3. Every rank writes its chunks' bytes where they go.
     together(exchange, directory, "writing its chunks", [&] {
-      report.tensor_bytes = write_chunks(temps, mine, directory, options.durable, threads);
+      report.tensor_bytes = write_chunks(temps, mine, directory, options.durable, options.threads);
     });
     // 4. Rank 0 publishes: shards first, the index last, then stale files go.
     together(exchange, directory, "publishing the files", [&] {
@@ -375,6 +381,40 @@ DistributedSaveReport run_plan(const DistributedSavePlan& plan, const std::strin
   return report;
 }
 
+// The tensors a rank's shards are chunks of, in the order of their first shard: several shards
+// of one name are several chunks of one tensor (a _StridedShard DTensor holds several blocks of
+// it), and must agree on its dtype and global sizes.
+struct ShardTensors {
+  std::vector<size_t> first_shard;      // per tensor, its first shard
+  std::vector<size_t> tensor_of_shard;  // per shard, its tensor
+};
+
+c10::ScalarType dtype_of(const LocalShard& shard) {
+  return shard.tensor.defined() ? shard.tensor.scalar_type() : shard.dtype;
+}
+
+ShardTensors group_by_tensor(const std::vector<LocalShard>& shards, const std::string& where) {
+  ShardTensors out;
+  out.tensor_of_shard.resize(shards.size());
+  std::map<std::string, size_t> tensor_of_name;
+  for (size_t i = 0; i < shards.size(); ++i) {
+    const LocalShard& s = shards[i];
+    const auto [found, added] = tensor_of_name.emplace(s.name, out.first_shard.size());
+    out.tensor_of_shard[i] = found->second;
+    if (added) {
+      out.first_shard.push_back(i);
+      continue;
+    }
+    const LocalShard& first = shards[out.first_shard[found->second]];
+    TS_CHECK(dtype_of(s) == dtype_of(first) && s.global_sizes == first.global_sizes, where,
+             "tensor '", s.name,
+             "': this rank's chunks of it disagree: ", c10::toString(dtype_of(first)), " ",
+             shape_text(first.global_sizes), " and ", c10::toString(dtype_of(s)), " ",
+             shape_text(s.global_sizes));
+  }
+  return out;
+}
+
 }  // namespace
 
 DistributedSaveReport save_from_ranks(const std::vector<LocalShard>& shards,
@@ -387,13 +427,12 @@ DistributedSaveReport save_from_ranks(const std::vector<LocalShard>& shards,
   std::string local_error;
   std::vector<size_t> shard_of_chunk;
   try {
-    w.i64(int64_t(shards.size()));
-    for (size_t i = 0; i < shards.size(); ++i) {
-      const LocalShard& s = shards[i];
-      const c10::ScalarType dtype = s.tensor.defined() ? s.tensor.scalar_type() : s.dtype;
-      w.str(s.name);
-      w.i64(int64_t(dtype));
-      w.sizes(s.global_sizes);
+    const ShardTensors grouped = group_by_tensor(shards, directory);
+    w.i64(int64_t(grouped.first_shard.size()));
+    for (size_t i : grouped.first_shard) {
+      w.str(shards[i].name);
+      w.i64(int64_t(dtype_of(shards[i])));
+      w.sizes(shards[i].global_sizes);
     }
     Writer chunk_bytes;
     int64_t count = 0;
@@ -402,7 +441,7 @@ DistributedSaveReport save_from_ranks(const std::vector<LocalShard>& shards,
       if (!s.tensor.defined()) continue;
       std::vector<int64_t> offsets = s.offsets;
       if (offsets.empty()) offsets.assign(s.global_sizes.size(), 0);
-      chunk_bytes.i64(int64_t(i));
+      chunk_bytes.i64(int64_t(grouped.tensor_of_shard[i]));
       chunk_bytes.sizes(offsets);
       chunk_bytes.sizes(s.tensor.sizes().vec());
       shard_of_chunk.push_back(i);
@@ -476,7 +515,7 @@ DistributedSaveReport save_from_ranks(const std::vector<LocalShard>& shards,
     const LocalShard& shard = shards[shard_of_chunk[write.chunk]];
     mine.push_back({&write, shard.name, [&shard] { return shard.tensor; }});
   }
-  return run_plan(plan, directory, exchange, token, options, mine, options.threads);
+  return run_plan(plan, directory, exchange, token, options, mine);
 }
 
 // ---------------------------------------------------------------------------------------------
@@ -575,16 +614,14 @@ RankFileLayout parse_layout(const File& file) {
 namespace torch::safetensors {
 
 void save_rank_file(const std::vector<LocalShard>& shards, const std::string& path, bool durable) {
+  const distributed::ShardTensors grouped = distributed::group_by_tensor(shards, path);
   std::string tensors = "[", chunks = "[", sharding = "{";
-  std::vector<SaveEntry> entries;
-  std::map<std::string, size_t> chunks_of;
-  for (size_t i = 0; i < shards.size(); ++i) {
-    const LocalShard& s = shards[i];
-    const c10::ScalarType type = s.tensor.defined() ? s.tensor.scalar_type() : s.dtype;
-    const auto dtype = from_scalar_type(type);
-    TS_CHECK(dtype, path, "tensor '", s.name, "': torch dtype ", c10::toString(type),
-             " has no safetensors dtype");
-    if (i) tensors += ',';
+  for (size_t t = 0; t < grouped.first_shard.size(); ++t) {
+    const LocalShard& s = shards[grouped.first_shard[t]];
+    const auto dtype = from_scalar_type(distributed::dtype_of(s));
+    TS_CHECK(dtype, path, "tensor '", s.name, "': torch dtype ",
+             c10::toString(distributed::dtype_of(s)), " has no safetensors dtype");
+    if (t) tensors += ',';
     tensors += '[';
     format::append_json_string(tensors, s.name);
     tensors += ',';
@@ -592,6 +629,11 @@ void save_rank_file(const std::vector<LocalShard>& shards, const std::string& pa
     tensors += ',';
     distributed::append_sizes(tensors, s.global_sizes);
     tensors += ']';
+  }
+  std::vector<SaveEntry> entries;
+  std::map<std::string, size_t> chunks_of;
+  for (size_t i = 0; i < shards.size(); ++i) {
+    const LocalShard& s = shards[i];
     if (!s.tensor.defined()) continue;
     std::vector<int64_t> offsets = s.offsets;
     if (offsets.empty()) offsets.assign(s.global_sizes.size(), 0);
@@ -599,7 +641,7 @@ void save_rank_file(const std::vector<LocalShard>& shards, const std::string& pa
     if (!entries.empty()) chunks += ',', sharding += ',';
     chunks += '[';
     format::append_json_string(chunks, key);
-    chunks += ',' + std::to_string(i) + ',';
+    chunks += ',' + std::to_string(grouped.tensor_of_shard[i]) + ',';
     distributed::append_sizes(chunks, offsets);
     chunks += ']';
     format::append_json_string(sharding, key);
@@ -615,8 +657,7 @@ void save_rank_file(const std::vector<LocalShard>& shards, const std::string& pa
 }
 
 DistributedSaveReport consolidate(const std::vector<std::string>& rank_files,
-                                  const std::string& directory, const ShardOptions& options,
-                                  unsigned threads) {
+                                  const std::string& directory, const ShardOptions& options) {
   using namespace distributed;
   TS_CHECK(!rank_files.empty(), directory, "consolidate needs at least one rank file");
   std::vector<File> files;
@@ -669,8 +710,7 @@ DistributedSaveReport consolidate(const std::vector<std::string>& rank_files,
     }
   }
   SoloExchange solo;
-  return run_plan(plan, directory, solo, random_token(), options, writes,
-                  threads ? threads : options.threads);
+  return run_plan(plan, directory, solo, random_token(), options, writes);
 }
 
 }  // namespace torch::safetensors

@@ -247,12 +247,13 @@ void bind_distributed(py::module_& m) {
       [](const std::vector<std::string>& rank_files, const std::string& directory,
          uint64_t max_shard_size, std::string filename_pattern, py::handle metadata,
          bool remove_stale, bool durable, unsigned threads) {
-        const ts::ShardOptions options = shard_options(max_shard_size, std::move(filename_pattern),
-                                                       metadata, remove_stale, durable);
+        ts::ShardOptions options = shard_options(max_shard_size, std::move(filename_pattern),
+                                                 metadata, remove_stale, durable);
+        options.threads = threads;
         ts::DistributedSaveReport report;
         {
           py::gil_scoped_release release;
-          report = ts::consolidate(rank_files, directory, options, threads);
+          report = ts::consolidate(rank_files, directory, options);
         }
         return report_dict(report);
       },
