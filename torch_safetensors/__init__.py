@@ -17,7 +17,7 @@ how a file is loaded into a model. The Python modules keep only what the referen
 - ``_args``: argument adaptation (paths, names, frameworks, backends, devices; ``RawTensor``);
 - ``_errors``: the reference's exception types and message texts;
 - ``_file``: ``safe_open``, ``SafeSlice``, ``load_file``, ``load``;
-- ``_save``: ``save``, ``save_file``;
+- ``_save``: ``save``, ``save_file``, ``SaveReport`` (what a sharded save wrote, and its GB/s);
 - ``_model``: ``save_model``, ``load_model`` and the reference's shared-tensor helpers;
 - ``hub``: huggingface_hub's torch helpers (``save_torch_model``, ``load_torch_model``, ...) for
   sharded checkpoints; ``open_checkpoint`` opens one lazily (a file, an index or a directory).
@@ -50,13 +50,14 @@ from ._model import (
     storage_ptr,
     storage_size,
 )
-from ._save import save, save_file
+from ._save import SaveReport, save, save_file
 
 __all__ = [
     "MemoryBudgetError",
     "RawTensor",
     "SafetensorError",
     "SafeSlice",
+    "SaveReport",
     "load",
     "load_file",
     "load_model",

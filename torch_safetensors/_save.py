@@ -4,6 +4,7 @@ arguments and raises the reference's errors."""
 
 from __future__ import annotations
 
+import dataclasses
 from typing import Any, Dict, List, Optional, Tuple
 
 import torch
@@ -12,6 +13,32 @@ from . import _args
 from ._args import RawTensor
 from ._errors import save_error
 from ._extension import _C
+
+
+@dataclasses.dataclass(frozen=True)
+class SaveReport:
+    """What a save wrote, and how fast: ``hub.save_torch_state_dict``'s, and one rank's part of
+    ``distributed.save_sharded`` or of ``distributed.consolidate`` (the core's ``SaveReport``)."""
+
+    tensor_bytes: int  #: tensor data written (a replica once, by one of the ranks holding it)
+    header_bytes: int  #: file headers and the index (0 on ranks that publish none)
+    files: List[str]  #: the checkpoint's files, the index last when sharded
+    seconds: float  #: from the call to the files published
+
+    @property
+    def bytes_written(self) -> int:
+        return self.tensor_bytes + self.header_bytes
+
+    @property
+    def gb_per_s(self) -> float:
+        """Tensor bytes per second, in GB (10**9), as storage is rated; 0 for an instant save."""
+        return self.tensor_bytes / self.seconds / 1e9 if self.seconds > 0 else 0.0
+
+    @classmethod
+    def of(cls, report: Dict[str, Any]) -> "SaveReport":
+        """From the core's report (a dict)."""
+        return cls(int(report["tensor_bytes"]), int(report["header_bytes"]),
+                   list(report["files"]), float(report["seconds"]))
 
 
 def _checked_items(tensors: Dict[str, torch.Tensor]) -> List[Tuple[str, Any]]:

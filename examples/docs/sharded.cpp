@@ -49,8 +49,11 @@ DOC_EXAMPLE(sharded_save_and_open) {
 }
 
 DOC_EXAMPLE(sharded_small_save_is_one_file) {
-  st::save_sharded({{"w", torch::ones({4})}}, "small");  // under 5GB: one file, no index
-  st::Checkpoint checkpoint("small");                    // a directory with one .safetensors
+  // Under 5GB: one file, no index.
+  st::SaveReport report = st::save_sharded({{"w", torch::ones({4})}}, "small");
+  DOC_CHECK(report.files == std::vector<std::string>({"model.safetensors"}) &&
+            report.tensor_bytes == 16 && report.seconds > 0);
+  st::Checkpoint checkpoint("small");  // a directory with one .safetensors
   DOC_CHECK(!checkpoint.index_path() &&
             checkpoint.shard_files() == std::vector<std::string>({"model.safetensors"}));
 }

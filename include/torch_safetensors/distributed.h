@@ -234,14 +234,6 @@ struct TS_API LocalShard {
         dtype(tensor.scalar_type()) {}
 };
 
-// What one rank's save wrote.
-struct TS_API DistributedSaveReport {
-  uint64_t tensor_bytes = 0;       // this rank's chunk bytes (each written once)
-  uint64_t header_bytes = 0;       // file headers + index (the publishing rank, 0; others 0)
-  std::vector<std::string> files;  // the checkpoint's files, index last when sharded
-  uint64_t bytes_written() const { return tensor_bytes + header_bytes; }
-};
-
 // Saving without a shared file system: every rank saves its local shards to a file of its own
 // (save_rank_file: each chunk under its tensor's name, the whole state dict's names, dtypes and
 // global sizes recorded in "torch_safetensors.save_layout", and torch's "DCP_SHARDING_INFO"
@@ -253,8 +245,7 @@ struct TS_API DistributedSaveReport {
 // tensor exactly (replicas, held by several files, are written once).
 TS_API void save_rank_file(const std::vector<LocalShard>& shards, const std::string& path,
                            bool durable = false);
-TS_API DistributedSaveReport consolidate(const std::vector<std::string>& rank_files,
-                                         const std::string& directory,
-                                         const ShardOptions& options = {});
+TS_API SaveReport consolidate(const std::vector<std::string>& rank_files,
+                              const std::string& directory, const ShardOptions& options = {});
 
 }  // namespace torch::safetensors

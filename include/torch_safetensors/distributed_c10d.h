@@ -58,8 +58,7 @@ TS_API TensorDict all_gather_tensors(const RankLoad& mine, c10d::ProcessGroup& g
 // group's timeout) and leaves the directory's previous checkpoint as it was: no final-named file
 // is touched before every byte is written. options.durable fsyncs every file (on every rank) and
 // the directory before publishing. Returns this rank's bytes written.
-TS_API DistributedSaveReport save_sharded(const std::vector<LocalShard>& shards,
-                                          const std::string& directory, c10d::ProcessGroup& group,
-                                          const ShardOptions& options = {});
+TS_API SaveReport save_sharded(const std::vector<LocalShard>& shards, const std::string& directory,
+                               c10d::ProcessGroup& group, const ShardOptions& options = {});
 
 }  // namespace torch::safetensors

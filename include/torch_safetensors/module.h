@@ -186,7 +186,7 @@ void save(const torch::nn::ModuleHolder<M>& module, const SaveTo& to,
 }
 
 // save_sharded (sharded.h) of a module's parameters and buffers.
-TS_API void save_sharded(const torch::nn::Module& module, const PathArg& directory,
-                         const ShardOptions& options = {});
+TS_API SaveReport save_sharded(const torch::nn::Module& module, const PathArg& directory,
+                               const ShardOptions& options = {});
 
 }  // namespace torch::safetensors

@@ -23,6 +23,18 @@ namespace torch::safetensors {
 // case-insensitive; a decimal value such as "1.5GB" is allowed). Anything else is a c10::Error.
 TS_API uint64_t parse_size(std::string_view size);
 
+// What a save wrote: save_sharded's, and one rank's part of a distributed save
+// (distributed_c10d.h) or of a consolidation (distributed.h).
+struct TS_API SaveReport {
+  uint64_t tensor_bytes = 0;       // tensor data written (a replica once, by one of its holders)
+  uint64_t header_bytes = 0;       // file headers and the index (0 on ranks that publish none)
+  std::vector<std::string> files;  // the checkpoint's files, the index last when sharded
+  double seconds = 0;              // from the call to the files published
+  uint64_t bytes_written() const { return tensor_bytes + header_bytes; }
+  // Tensor bytes per second, in GB (10^9) as storage is rated; 0 for an instant save.
+  double gb_per_second() const { return seconds > 0 ? double(tensor_bytes) / seconds / 1e9 : 0; }
+};
+
 struct TS_API ShardOptions {
   uint64_t max_shard_size = 5'000'000'000;  // "5GB", huggingface_hub's default
   // `{suffix}` becomes "" for a single file, "-00001-of-00004" for shards; the index is the
@@ -102,6 +114,7 @@ TS_API ShardSplit plan_shards(const std::vector<ShardSize>& sizes,
 // plan_shards. The directory is created if needed. Every file is written to a temporary file
 // first and renamed into place only once all are written, so a failed save (full disk, bad
 // tensor) changes nothing; then stale files of an earlier save are removed (remove_stale).
-TS_API void save_sharded(const TensorsToSave& tensors, const PathArg& directory,
-                         const ShardOptions& options = {});
+// Returns what it wrote and how long it took (the save's GB/s).
+TS_API SaveReport save_sharded(const TensorsToSave& tensors, const PathArg& directory,
+                               const ShardOptions& options = {});
 }  // namespace torch::safetensors

@@ -114,12 +114,22 @@ TEST(ParseSize, HuggingfaceHubUnits) {
 TEST(SaveSharded, WritesShardsAndIndexThatLoadBack) {
   TempDir dir;
   const auto tensors = six_tensors();
-  ts::save_sharded(tensors, dir.path(),
-                   ts::ShardOptions().with_max_shard_size("10KB").with_metadata({{"k", "v"}}));
+  const ts::SaveReport report =
+      ts::save_sharded(tensors, dir.path(),
+                       ts::ShardOptions().with_max_shard_size("10KB").with_metadata({{"k", "v"}}));
   EXPECT_EQ(dir.entries(),
             (std::vector<std::string>{
                 "model-00001-of-00003.safetensors", "model-00002-of-00003.safetensors",
                 "model-00003-of-00003.safetensors", "model.safetensors.index.json"}));
+  // The report: the files as written, every byte of them counted once, tensors apart.
+  EXPECT_EQ(report.files, dir.entries());
+  uint64_t on_disk = 0;
+  for (const std::string& name : report.files) on_disk += read_file(dir.file(name)).size();
+  EXPECT_EQ(report.tensor_bytes, 24000u);
+  EXPECT_EQ(report.bytes_written(), on_disk);
+  EXPECT_GT(report.header_bytes, 0u);
+  EXPECT_GT(report.seconds, 0.0);
+  EXPECT_DOUBLE_EQ(report.gb_per_second(), 24000 / report.seconds / 1e9);
   // Shards carry {"format": "pt"} only; user metadata goes to the index.
   EXPECT_EQ(ts::File(dir.file("model-00002-of-00003.safetensors")).metadata(),
             (ts::Metadata{{"format", "pt"}}));

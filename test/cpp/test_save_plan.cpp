@@ -153,12 +153,12 @@ class ThreadExchange : public tsd::Exchange {
 };
 
 // Runs save_from_ranks on `world` threads; each rank's error ("" if none) and report.
-std::vector<std::pair<std::string, ts::DistributedSaveReport>> save_threads(
+std::vector<std::pair<std::string, ts::SaveReport>> save_threads(
     const std::vector<std::vector<ts::LocalShard>>& ranks, const std::string& dir,
     const ts::ShardOptions& options) {
   const int world = int(ranks.size());
   ThreadGroup group(world);
-  std::vector<std::pair<std::string, ts::DistributedSaveReport>> out(world);
+  std::vector<std::pair<std::string, ts::SaveReport>> out(world);
   std::vector<std::thread> threads;
   for (int r = 0; r < world; ++r) {
     threads.emplace_back([&, r] {
@@ -317,13 +317,14 @@ TEST(Consolidate, WritesSaveShardedsDirectory) {
     ts::save_sharded(c.full, expected.path(), options);
     const auto files = rank_files(c.ranks, parts);
     for (unsigned threads : {1u, 3u}) {
-      const ts::DistributedSaveReport report =
+      const ts::SaveReport report =
           ts::consolidate(files, dir.path(), ts::ShardOptions(options).with_threads(threads));
       EXPECT_EQ(read_dir(dir.path()), read_dir(expected.path()));
       uint64_t total = 0;
       for (const auto& [name, t] : c.full) total += t.nbytes();
       EXPECT_EQ(report.tensor_bytes, total);  // replicas once
       EXPECT_GT(report.header_bytes, 0u);
+      EXPECT_GT(report.seconds, 0.0);
     }
     // A rank file is an ordinary safetensors file: each chunk under its tensor's name, with
     // torch's DCP_SHARDING_INFO offsets.

@@ -41,8 +41,11 @@ def full_state(seed=0):
 
 
 def placements(world):
-    """name -> DTensor placements (None: a plain tensor, the same on every rank)."""
+    """name -> DTensor placements (None: a plain tensor, the same on every rank). On the 2 x 2
+    mesh, _StridedShard as FSDP2 over tensor parallel places a tensor (each rank's shard one
+    block, as DCP requires)."""
     from torch.distributed.tensor import Replicate, Shard
+    from torch.distributed.tensor.placement_types import _StridedShard
 
     if world == 4:  # a 2 x 2 mesh
         return {
@@ -50,11 +53,11 @@ def placements(world):
             "model.layers.0.attn.weight": [Shard(0), Replicate()],
             "model.layers.0.mlp.weight": [Replicate(), Shard(1)],
             "model.layers.0.norm.weight": None,
-            "model.layers.0.count": [Shard(1), Shard(0)],
+            "model.layers.0.count": [_StridedShard(1, split_factor=2), Shard(1)],
             "model.layers.0.mask": [Shard(0), Shard(0)],
             "model.layers.0.fp8": [Shard(0), Shard(1)],
             "model.layers.0.f4": [Replicate(), Shard(0)],
-            "model.layers.0.tiny": [Shard(0), Shard(0)],
+            "model.layers.0.tiny": [_StridedShard(0, split_factor=2), Shard(0)],
             "lm_head.weight": [Replicate(), Replicate()],
         }
     return {
@@ -68,6 +71,31 @@ def placements(world):
         "model.layers.0.f4": [Shard(0)],
         "model.layers.0.tiny": [Shard(0)],
         "lm_head.weight": [Replicate()],
+    }
+
+
+def strided_state(seed=0):
+    """name -> (full tensor, placements on the 2 x 2 mesh): _StridedShard whose shards are several
+    blocks of the full tensor (rank (0, 0) of [_StridedShard(0, 2), Shard(1)] holds rows 0-1 and
+    4-5 of 8), which DCP cannot describe; every dtype family."""
+    from torch.distributed.tensor import Replicate, Shard
+    from torch.distributed.tensor.placement_types import _StridedShard
+
+    full = full_state(seed)
+    return {
+        "model.embed.weight": (full["model.embed.weight"],
+                               [_StridedShard(0, split_factor=2), Shard(1)]),
+        "model.layers.0.attn.weight": (full["model.layers.0.attn.weight"],
+                                       [_StridedShard(1, split_factor=3), Shard(0)]),
+        "model.layers.0.count": (full["model.layers.0.count"],
+                                 [Shard(1), _StridedShard(0, split_factor=2)]),
+        "model.layers.0.mask": (full["model.layers.0.mask"],
+                                [_StridedShard(0, split_factor=2), Replicate()]),
+        "model.layers.0.fp8": (full["model.layers.0.fp8"],
+                               [_StridedShard(0, split_factor=2), Shard(1)]),
+        "model.layers.0.f4": (full["model.layers.0.f4"],
+                              [_StridedShard(0, split_factor=2), Shard(0)]),
+        "model.layers.0.norm.weight": (full["model.layers.0.norm.weight"], None),
     }
 
 
@@ -91,6 +119,21 @@ def distributed_state(world, seed=0, zeros=False):
         out[name] = full if where is None else distribute_tensor(full, device_mesh, where,
                                                                  src_data_rank=None)
     return out
+
+
+def module_of(state):
+    """A module whose parameters are `state`'s tensors (DTensors stay DTensors), named as its
+    entries."""
+    root = torch.nn.Module()
+    for name, tensor in state.items():
+        owner = root
+        *path, leaf = name.split(".")
+        for part in path:
+            if not hasattr(owner, part):
+                owner.add_module(part, torch.nn.Module())
+            owner = getattr(owner, part)
+        owner.register_parameter(leaf, torch.nn.Parameter(tensor, requires_grad=False))
+    return root
 
 
 def local(tensor):
@@ -226,11 +269,71 @@ def rank_files(directory, rank, world):
             "loaded_back": loaded_back_equal(os.path.join(directory, "rank_files"), state, world)}
 
 
+def unvalidated_planner():
+    """DCP's DefaultSavePlanner without its global plan check (which refuses overlapping chunks),
+    as a planner of another torch version might be."""
+    from unittest import mock
+
+    from torch.distributed.checkpoint import default_planner
+
+    class UnvalidatedPlanner(default_planner.DefaultSavePlanner):
+        def create_global_plan(self, all_plans):
+            with mock.patch.object(default_planner, "_validate_global_plan", lambda *_: []):
+                return super().create_global_plan(all_plans)
+
+    return UnvalidatedPlanner()
+
+
+def strided(directory, rank, world):
+    """_StridedShard shards of several blocks (strided_state, 4 ranks): saved straight to the
+    final layout and to rank files; load_dtensors fills zeroed DTensors of the same placements;
+    dcp.load through our StorageReader refuses them (DCP's planner would read one wrong block)."""
+    import torch.distributed.checkpoint as dcp
+    from torch.distributed.tensor import distribute_tensor
+
+    from torch_safetensors.distributed import (StorageReader, StorageWriter, load_dtensors,
+                                               save_rank_file, save_sharded)
+
+    device_mesh = mesh(world)
+
+    def state(zeros):
+        out = {}
+        for name, (full, where) in strided_state().items():
+            if zeros:
+                full = torch.zeros(full.shape, dtype=torch.uint8).view(full.dtype) \
+                    if full.element_size() == 1 else torch.zeros_like(full)
+            out[name] = full if where is None else distribute_tensor(full, device_mesh, where,
+                                                                     src_data_rank=None)
+        return out
+
+    original = state(zeros=False)
+    direct = os.path.join(directory, "strided-direct")
+    report = save_sharded(original, direct, max_shard_size=MAX_SHARD_SIZE)
+    save_rank_file(original, os.path.join(directory, "strided-rank-files"))
+    dist.barrier()
+    model = module_of(state(zeros=True))
+    missing, unexpected = load_dtensors(model, direct)
+    loaded = {name: torch.equal(local(t), local(original[name]))
+              for name, t in model.state_dict().items()}
+    refused = expect_error(lambda: dcp.load(state(zeros=True),
+                                            storage_reader=StorageReader(direct)))
+    # DCP's planner refuses such shards (its one block per rank overlaps another's); a planner
+    # that lets them through gets them written where they belong by our StorageWriter.
+    refused_save = expect_error(lambda: dcp.save(original, storage_writer=StorageWriter(
+        os.path.join(directory, "strided-dcp-refused"), max_shard_size=MAX_SHARD_SIZE)))
+    dcp.save(original, planner=unvalidated_planner(), storage_writer=StorageWriter(
+        os.path.join(directory, "strided-dcp"), max_shard_size=MAX_SHARD_SIZE, sync_files=False))
+    dist.barrier()
+    return {"tensor_bytes": report.tensor_bytes, "loaded": loaded, "missing": sorted(missing),
+            "unexpected": list(unexpected), "dcp_load": refused["error"],
+            "dcp_save": refused_save["error"]}
+
+
 def expect_error(call):
     start = time.time()
     try:
         call()
-    except Exception as error:  # noqa: BLE001 - reported to the test
+    except BaseException as error:  # noqa: BLE001 - reported (DCP's CheckpointException too)
         return {"error": f"{type(error).__name__}: {error}", "seconds": time.time() - start}
     return {"error": None, "seconds": time.time() - start}
 
@@ -293,8 +396,8 @@ def mismatch(directory, rank, world):
     return result
 
 
-SCENARIOS = {f.__name__: f for f in (save, dcp_save, fsdp, rank_files, full_disk, killed,
-                                     mismatch)}
+SCENARIOS = {f.__name__: f for f in (save, dcp_save, fsdp, rank_files, strided, full_disk,
+                                     killed, mismatch)}
 
 
 def main():

@@ -1,6 +1,6 @@
 """Parallel single-process saving (issue 25): `save_torch_state_dict` writes its shard files with
 several threads (`threads=`, default up to 8), and the files are huggingface_hub's own, byte for
-byte, whatever the thread count; a write that fails in one thread leaves the previous checkpoint
+byte, whatever the thread count, and it reports what it wrote and its GB/s; a write that fails in one thread leaves the previous checkpoint
 as it was and no temporary file behind."""
 import os
 import subprocess
@@ -37,11 +37,17 @@ def test_threads_write_huggingface_hubs_files(tmp_path, threads):
     (tmp_path / "theirs").mkdir()
     huggingface_hub.save_torch_state_dict(tensors, tmp_path / "theirs", max_shard_size=20_000,
                                           metadata={"step": "3"})
-    ours.save_torch_state_dict(tensors, tmp_path / "ours", max_shard_size=20_000,
-                               metadata={"step": "3"}, threads=threads)
+    report = ours.save_torch_state_dict(tensors, tmp_path / "ours", max_shard_size=20_000,
+                                        metadata={"step": "3"}, threads=threads)
     expected = files_of(tmp_path / "theirs")
     assert len(expected) > 5
     assert files_of(tmp_path / "ours") == expected
+    # The report (ours; huggingface_hub returns None): the files, every byte counted once.
+    assert report.files == sorted(expected)
+    assert report.tensor_bytes == sum(t.nbytes for t in tensors.values())
+    assert report.bytes_written == sum(len(data) for data in expected.values())
+    assert report.seconds > 0
+    assert report.gb_per_s == pytest.approx(report.tensor_bytes / report.seconds / 1e9)
 
 
 def test_a_failed_file_leaves_the_previous_checkpoint(tmp_path):

@@ -59,7 +59,8 @@ from torch.futures import Future
 
 from .._extension import _C
 from .._file import open_checkpoint, safe_open
-from ._save import placeholder_entry, process_group, save_entries
+from ._dtensor import _dtensor_type, boxes, local_ranges
+from ._save import chunk_entries, placeholder_entry, process_group, save_entries
 
 __all__ = ["StorageReader", "StorageWriter"]
 
@@ -202,6 +203,7 @@ class StorageReader(_storage.StorageReader):
         """Reads each ``ReadItem``'s region (``storage_offsets`` + ``lengths`` inside its stored
         chunk) with ``get_slice``, copies it into ``planner.resolve_tensor(item)`` and commits it.
         Items are grouped by file and each file opened once."""
+        _refuse_shards_of_several_blocks(plan.items, planner, self.path)
         per_file: Dict[str, List[ReadItem]] = defaultdict(list)
         for item in plan.items:
             if item.type != LoadItemType.TENSOR:
@@ -357,14 +359,41 @@ class StorageReader(_storage.StorageReader):
         planner.commit_tensor(item, target)
 
 
+def _blocks_of_dtensor(fqn: str, planner: Any) -> Optional[List[Any]]:
+    """The chunk entries of the planner's DTensor `fqn` (``chunk_entries``: the blocks of the
+    full tensor its local shard holds), None when the value is not a DTensor."""
+    dtensor = _dtensor_type()
+    value = (getattr(planner, "state_dict", None) or {}).get(fqn)
+    if dtensor is None or not isinstance(value, dtensor):
+        return None
+    return chunk_entries(fqn, value)
+
+
+def _refuse_shards_of_several_blocks(items: List[ReadItem], planner: Any, path: str) -> None:
+    """DCP describes each rank's DTensor shard as one block (offsets and sizes); a
+    ``_StridedShard`` shard of several blocks would be filled from the wrong one, silently."""
+    dtensor = _dtensor_type()
+    values = getattr(planner, "state_dict", None) or {}
+    for fqn in dict.fromkeys(item.dest_index.fqn for item in items):
+        value = values.get(fqn)
+        if dtensor is not None and isinstance(value, dtensor):
+            blocks = boxes(local_ranges(fqn, value))
+            if len(blocks) > 1:
+                raise ValueError(
+                    f"safetensors checkpoint {path!r}: tensor `{fqn}`: this rank's shard "
+                    f"({value.placements}) is {len(blocks)} blocks of the full tensor, but DCP "
+                    "plans one block per rank and would fill it with the wrong values: load it "
+                    "with torch_safetensors.distributed.load_dtensors(model, path) instead")
+
+
 class StorageWriter(_storage.StorageWriter):
     """Writes ``dcp.save``'s state dict as a huggingface-style safetensors checkpoint in ``path``:
     the same files, byte for byte, as ``hub.save_torch_state_dict`` of the gathered state dict
     (``model.safetensors``, or ``model-{i:05d}-of-{n:05d}.safetensors`` shards of at most
     ``max_shard_size`` and ``model.safetensors.index.json``).
 
-    Sharded DTensors (``Shard(d)`` / ``Replicate`` over 1-D or N-D meshes: FSDP2, tensor
-    parallel) are saved as they are, with no gather: in ``write_data`` every rank takes part in
+    Sharded DTensors (``Shard(d)`` / ``_StridedShard`` / ``Replicate`` over 1-D or N-D meshes:
+    FSDP2, tensor parallel, FSDP2 over tensor parallel) are saved as they are, with no gather: in ``write_data`` every rank takes part in
     the core's distributed ``save_sharded`` (``distributed.save_sharded``), writing its own chunks'
     bytes at their final offsets into files the first rank created under temporary names; once
     every rank has succeeded they are published (the index last) and stale files of an earlier
@@ -374,9 +403,11 @@ class StorageWriter(_storage.StorageWriter):
     system all ranks see. The ranks exchange through ``group`` (default: the default process
     group; none when ``dcp.save`` runs without collectives or in one process).
 
-    Non-tensor values (ints, objects: DCP writes them as bytes) are refused, on every rank before
-    anything is written, as is a rank holding several chunks of one tensor (each rank's shard must
-    be one block: ``_StridedShard`` is not supported). Tensors sharing memory (tied weights) are
+    A ``_StridedShard`` shard of several blocks of the full tensor is written block by block, at
+    the places the package's placement rule gives (``distributed.save_sharded``'s), not at DCP's
+    single offset per rank, which cannot describe it (DCP's planner refuses most such state dicts
+    itself as overlapping chunks). Non-tensor values (ints, objects: DCP writes them as bytes) are
+    refused, on every rank before anything is written. Tensors sharing memory (tied weights) are
     each written, as separate copies.
 
     Args:
@@ -445,10 +476,9 @@ class StorageWriter(_storage.StorageWriter):
                 )
             if fqn in tensors:
                 raise ValueError(
-                    f"tensor `{fqn}`: this rank holds several chunks of it (at offsets "
-                    f"{list(item.tensor_data.chunk.offsets)} and another), expected one block per "
-                    "rank (Shard or Replicate placements; _StridedShard is not supported): save "
-                    "its full_tensor() instead")
+                    f"tensor `{fqn}`: this rank has several write items of it (at offsets "
+                    f"{list(item.tensor_data.chunk.offsets)} and another), expected one per "
+                    "tensor and rank, as DCP's planners make them: save its full_tensor() instead")
             tensors[fqn] = (list(item.tensor_data.size), item.tensor_data.properties.dtype)
         self._tensors = [(fqn, size, dtype) for fqn, (size, dtype) in tensors.items()]
         os.makedirs(self.path, exist_ok=True)
@@ -465,9 +495,16 @@ class StorageWriter(_storage.StorageWriter):
             item = mine.get(fqn)
             if item is None:  # DCP gave this replica to another rank
                 entries.append(placeholder_entry(fqn, size, dtype))
+                continue
+            chunk = planner.resolve_data(item).detach()
+            written[fqn] = chunk.nbytes
+            blocks = _blocks_of_dtensor(fqn, planner)
+            if blocks is not None and len(blocks) > 1:  # _StridedShard: DCP's offsets are wrong
+                if sum(block.nbytes for _, block, _, _ in blocks) != chunk.nbytes:
+                    raise ValueError(f"tensor `{fqn}`: the planner's data ({chunk.nbytes} bytes) "
+                                     "is not the DTensor's local shard")
+                entries.extend(blocks)
             else:
-                chunk = planner.resolve_data(item).detach()
-                written[fqn] = chunk.nbytes
                 entries.append((fqn, chunk, size, list(item.tensor_data.chunk.offsets)))
         group = process_group(self.group) if self.use_collectives else None
         save_entries(entries, self.path, group=group,

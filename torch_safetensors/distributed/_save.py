@@ -4,7 +4,6 @@ local chunks with their global offsets."""
 
 from __future__ import annotations
 
-import dataclasses
 import os
 from typing import Any, Dict, List, Optional, Sequence, Tuple, Union
 
@@ -12,24 +11,12 @@ import torch
 
 from .. import _args
 from .._extension import _C
+from .._save import SaveReport
 from ._dtensor import _dtensor_type, boxes, local_ranges
 
 #: One entry of the core's call: name, local chunk (a meta tensor: this rank writes none of it),
 #: the full tensor's sizes, the chunk's offsets in it.
 Entry = Tuple[str, torch.Tensor, List[int], List[int]]
-
-
-@dataclasses.dataclass(frozen=True)
-class SaveReport:
-    """What one rank's :func:`save_sharded` wrote."""
-
-    tensor_bytes: int  #: this rank's chunk bytes (replicas are written once, by one holder)
-    header_bytes: int  #: file headers and the index (the publishing rank, 0; the others 0)
-    files: List[str]  #: the checkpoint's files, the index last when sharded
-
-    @property
-    def bytes_written(self) -> int:
-        return self.tensor_bytes + self.header_bytes
 
 
 def chunk_entries(name: str, tensor: torch.Tensor) -> List[Entry]:
@@ -78,7 +65,7 @@ def save_entries(entries: Sequence[Entry], save_directory: Union[str, "os.PathLi
     size, pattern = _split_arguments(max_shard_size, filename_pattern)
     report = _C.save_sharded_group(list(entries), _made(save_directory), group, size, pattern,
                                    metadata, bool(remove_stale), bool(durable))
-    return _report(report)
+    return SaveReport.of(report)
 
 
 def _split_arguments(max_shard_size: Union[int, str, None],
@@ -96,10 +83,6 @@ def _made(directory: Union[str, "os.PathLike[str]"]) -> str:
     directory = os.fsdecode(os.fspath(directory))
     os.makedirs(directory, exist_ok=True)
     return directory
-
-
-def _report(report: Dict[str, Any]) -> SaveReport:
-    return SaveReport(report["tensor_bytes"], report["header_bytes"], list(report["files"]))
 
 
 def save_sharded(
@@ -165,9 +148,9 @@ def save_rank_file(
     rank = dist.get_rank(group) if group is not None else 0
     world = dist.get_world_size(group) if group is not None else 1
     path = os.path.join(_made(directory), rank_file_name(rank, world))
-    entries = [chunk_entry(name, tensor) if _writes_replica(tensor, rank) else
-               placeholder_entry(name, tensor.shape, tensor.dtype)
-               for name, tensor in state_dict.items()]
+    entries = [entry for name, tensor in state_dict.items()
+               for entry in (chunk_entries(name, tensor) if _writes_replica(tensor, rank) else
+                             [placeholder_entry(name, tensor.shape, tensor.dtype)])]
     _C.save_rank_file(entries, path, bool(durable))
     return path
 
@@ -229,4 +212,4 @@ def consolidate(
     size, pattern = _split_arguments(max_shard_size, filename_pattern)
     report = _C.consolidate(files, _made(save_directory), size, pattern, metadata,
                             bool(remove_stale), bool(durable), int(threads or 0))
-    return _report(report)
+    return SaveReport.of(report)

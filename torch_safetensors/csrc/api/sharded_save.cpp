@@ -1,7 +1,9 @@
 // Sharded saving, as huggingface_hub's save_torch_state_dict does it (serialization/_torch.py and
 // _base.py of huggingface_hub 2.4): the same tie handling, split, file names and index, with the
 // files written through the one save pipeline (byte-identical to the reference's save_file).
+#include <atomic>
 #include <cerrno>
+#include <chrono>
 #include <cstdlib>
 #include <map>
 #include <mutex>
@@ -135,8 +137,9 @@ ShardSplit plan_shards(const TensorsToSave& to_save, const ShardOptions& options
   return plan_shards(sizes, options);
 }
 
-void save_sharded(const TensorsToSave& to_save, const PathArg& directory_arg,
-                  const ShardOptions& options) {
+SaveReport save_sharded(const TensorsToSave& to_save, const PathArg& directory_arg,
+                        const ShardOptions& options) {
+  const auto start = std::chrono::steady_clock::now();
   const std::string& directory = directory_arg.str();
   const NamedTensors tensors = named_tensors(to_save, directory);
   Metadata metadata = options.metadata.value_or(Metadata());
@@ -164,21 +167,25 @@ void save_sharded(const TensorsToSave& to_save, const PathArg& directory_arg,
   std::vector<std::string> written;
   for (const auto& [file, names] : files) written.push_back(file);
   std::mutex progress;
-  storage::run_parallel(files.size(), storage::io_threads(options.threads, files.size()),
-                        [&](size_t f) {
-                          std::vector<SaveEntry> entries;
-                          uint64_t bytes = 0;
-                          for (const auto& name : files[f].second) {
-                            entries.emplace_back(name, *by_name.at(name));
-                            bytes += entries.back().tensor.nbytes();
-                          }
-                          const std::string path = storage::join_path(directory, files[f].first);
-                          writers[f] = std::make_unique<storage::AtomicFileWriter>(path);
-                          write_file(entries, file_metadata, *writers[f], path);
-                          std::lock_guard<std::mutex> lock(progress);
-                          done += bytes;
-                          if (options.on_progress) options.on_progress(done, total);
-                        });
+  std::atomic<uint64_t> file_bytes{0};  // headers included
+  storage::run_parallel(
+      files.size(), storage::io_threads(options.threads, files.size()), [&](size_t f) {
+        std::vector<SaveEntry> entries;
+        uint64_t bytes = 0;
+        for (const auto& name : files[f].second) {
+          entries.emplace_back(name, *by_name.at(name));
+          bytes += entries.back().tensor.nbytes();
+        }
+        const std::string path = storage::join_path(directory, files[f].first);
+        writers[f] = std::make_unique<storage::AtomicFileWriter>(path);
+        write_file(entries, file_metadata, *writers[f], path, [&](uint64_t n) { file_bytes += n; });
+        std::lock_guard<std::mutex> lock(progress);
+        done += bytes;
+        if (options.on_progress) options.on_progress(done, total);
+      });
+  SaveReport report;
+  report.tensor_bytes = total;
+  report.header_bytes = file_bytes - total;
   if (split.is_sharded()) {
     format::CheckpointIndex index;
     index.total_size = split.total_size;
@@ -191,17 +198,21 @@ void save_sharded(const TensorsToSave& to_save, const PathArg& directory_arg,
     writers.push_back(
         std::make_unique<storage::AtomicFileWriter>(storage::join_path(directory, name)));
     writers.back()->write(json.data(), json.size());
+    report.header_bytes += json.size();
     written.push_back(name);
   }
   for (auto& writer : writers) writer->commit(options.durable);
 
   if (options.remove_stale)
     remove_stale_files(directory, options.filename_pattern, written, options.durable);
+  report.files = std::move(written);
+  report.seconds = std::chrono::duration<double>(std::chrono::steady_clock::now() - start).count();
+  return report;
 }
 
-void save_sharded(const torch::nn::Module& module, const PathArg& directory,
-                  const ShardOptions& options) {
-  save_sharded(module_tensors(module), directory, options);
+SaveReport save_sharded(const torch::nn::Module& module, const PathArg& directory,
+                        const ShardOptions& options) {
+  return save_sharded(module_tensors(module), directory, options);
 }
 
 }  // namespace torch::safetensors

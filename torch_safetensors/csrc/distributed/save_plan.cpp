@@ -10,6 +10,7 @@
 
 #include <algorithm>
 #include <atomic>
+#include <chrono>
 #include <cstring>
 #include <functional>
 #include <map>
@@ -275,6 +276,8 @@ std::string temp_name(const std::string& name, const std::string& token) {
 
 namespace {
 
+using Clock = std::chrono::steady_clock;
+
 // One chunk's write and where its bytes come from.
 struct PendingWrite {
   const ChunkWrite* write;
@@ -318,11 +321,12 @@ uint64_t write_chunks(const std::vector<std::string>& temps,
 // Runs `plan` in this process, rank `exchange.rank()` of the save: rank 0 creates the files
 // under temporary names (`token`) and publishes them; this process writes `mine`. After each step
 // the ranks agree, so a failure anywhere fails every rank, and rank 0 removes the temporary files.
-DistributedSaveReport run_plan(const DistributedSavePlan& plan, const std::string& directory,
-                               Exchange& exchange, const std::string& token,
-                               const ShardOptions& options, const std::vector<PendingWrite>& mine) {
+// The report's time runs from `start`, when the caller began planning.
+SaveReport run_plan(const DistributedSavePlan& plan, const std::string& directory,
+                    Exchange& exchange, const std::string& token, const ShardOptions& options,
+                    const std::vector<PendingWrite>& mine, Clock::time_point start) {
   const int rank = exchange.rank();
-  DistributedSaveReport report;
+  SaveReport report;
   for (const PlannedFile& file : plan.files) report.files.push_back(file.name);
   if (!plan.index_name.empty()) report.files.push_back(plan.index_name);
   std::vector<std::string> temps;
@@ -378,6 +382,7 @@ DistributedSaveReport run_plan(const DistributedSavePlan& plan, const std::strin
     remove_temps();
     throw;
   }
+  report.seconds = std::chrono::duration<double>(Clock::now() - start).count();
   return report;
 }
 
@@ -417,9 +422,9 @@ ShardTensors group_by_tensor(const std::vector<LocalShard>& shards, const std::s
 
 }  // namespace
 
-DistributedSaveReport save_from_ranks(const std::vector<LocalShard>& shards,
-                                      const std::string& directory, Exchange& exchange,
-                                      const ShardOptions& options) {
+SaveReport save_from_ranks(const std::vector<LocalShard>& shards, const std::string& directory,
+                           Exchange& exchange, const ShardOptions& options) {
+  const auto start = Clock::now();
   const int rank = exchange.rank();
   const int world = exchange.size();
   // 1. Every rank's tensors and chunks, and rank 0's token for the temporary names.
@@ -515,7 +520,7 @@ DistributedSaveReport save_from_ranks(const std::vector<LocalShard>& shards,
     const LocalShard& shard = shards[shard_of_chunk[write.chunk]];
     mine.push_back({&write, shard.name, [&shard] { return shard.tensor; }});
   }
-  return run_plan(plan, directory, exchange, token, options, mine);
+  return run_plan(plan, directory, exchange, token, options, mine, start);
 }
 
 // ---------------------------------------------------------------------------------------------
@@ -631,7 +636,8 @@ void save_rank_file(const std::vector<LocalShard>& shards, const std::string& pa
     tensors += ']';
   }
   std::vector<SaveEntry> entries;
-  std::map<std::string, size_t> chunks_of;
+  std::map<std::string, size_t> chunks_of, written_chunks_of;
+  for (const LocalShard& s : shards) written_chunks_of[s.name] += s.tensor.defined();
   for (size_t i = 0; i < shards.size(); ++i) {
     const LocalShard& s = shards[i];
     if (!s.tensor.defined()) continue;
@@ -648,7 +654,9 @@ void save_rank_file(const std::vector<LocalShard>& shards, const std::string& pa
     sharding += ":{\"saved_offsets\":";
     distributed::append_sizes(sharding, offsets);
     sharding += '}';
-    entries.emplace_back(key, s.tensor);
+    // Several chunks of one tensor are views of one local shard (a _StridedShard DTensor's), and
+    // save() refuses entries sharing memory as it refuses ties: each is written from a copy.
+    entries.emplace_back(key, written_chunks_of[s.name] > 1 ? s.tensor.clone() : s.tensor);
   }
   Metadata metadata{{"format", "pt"}};
   metadata[distributed::kLayoutKey] = "{\"tensors\":" + tensors + "],\"chunks\":" + chunks + "]}";
@@ -656,8 +664,9 @@ void save_rank_file(const std::vector<LocalShard>& shards, const std::string& pa
   save(TensorsToSave(std::move(entries)), SaveTo(path).durable(durable), metadata);
 }
 
-DistributedSaveReport consolidate(const std::vector<std::string>& rank_files,
-                                  const std::string& directory, const ShardOptions& options) {
+SaveReport consolidate(const std::vector<std::string>& rank_files, const std::string& directory,
+                       const ShardOptions& options) {
+  const auto start = std::chrono::steady_clock::now();
   using namespace distributed;
   TS_CHECK(!rank_files.empty(), directory, "consolidate needs at least one rank file");
   std::vector<File> files;
@@ -710,7 +719,7 @@ DistributedSaveReport consolidate(const std::vector<std::string>& rank_files,
     }
   }
   SoloExchange solo;
-  return run_plan(plan, directory, solo, random_token(), options, writes);
+  return run_plan(plan, directory, solo, random_token(), options, writes, start);
 }
 
 }  // namespace torch::safetensors

@@ -92,8 +92,8 @@ class TS_API SoloExchange : public Exchange {
 
 // Every rank calls this with its local shards (distributed.h); see save_sharded in
 // distributed_c10d.h for the protocol.
-TS_API DistributedSaveReport save_from_ranks(const std::vector<LocalShard>& shards,
-                                             const std::string& directory, Exchange& exchange,
-                                             const ShardOptions& options);
+TS_API SaveReport save_from_ranks(const std::vector<LocalShard>& shards,
+                                  const std::string& directory, Exchange& exchange,
+                                  const ShardOptions& options);
 
 }  // namespace torch::safetensors::distributed

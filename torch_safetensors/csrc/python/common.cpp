@@ -173,6 +173,15 @@ std::optional<ts::Metadata> to_metadata(py::handle obj) {
   return metadata;
 }
 
+py::dict report_dict(const ts::SaveReport& report) {
+  py::dict out;
+  out["tensor_bytes"] = report.tensor_bytes;
+  out["header_bytes"] = report.header_bytes;
+  out["files"] = report.files;
+  out["seconds"] = report.seconds;
+  return out;
+}
+
 // A list of (name, value): value is a torch.Tensor, or a (dtype, shape, bytes) tuple for raw
 // bytes (torch_safetensors.RawTensor).
 std::vector<ts::SaveEntry> to_entries(const py::list& items) {

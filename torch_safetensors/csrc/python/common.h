@@ -36,6 +36,9 @@ std::string as_str(py::handle obj, const char* what);
 // None -> no __metadata__; a dict (even empty) -> written as is, like the reference.
 std::optional<Metadata> to_metadata(py::handle obj);
 
+// A SaveReport as the dict the Python SaveReport (torch_safetensors._save) is made from.
+py::dict report_dict(const SaveReport& report);
+
 // A list of (name, value): value is a torch.Tensor, or a (dtype, shape, bytes) tuple for raw
 // bytes (torch_safetensors.RawTensor).
 std::vector<SaveEntry> to_entries(const py::list& items);

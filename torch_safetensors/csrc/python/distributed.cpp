@@ -102,14 +102,6 @@ ts::ShardOptions shard_options(uint64_t max_shard_size, std::string filename_pat
   return options;
 }
 
-py::dict report_dict(const ts::DistributedSaveReport& report) {
-  py::dict out;
-  out["tensor_bytes"] = report.tensor_bytes;
-  out["header_bytes"] = report.header_bytes;
-  out["files"] = report.files;
-  return out;
-}
-
 }  // namespace
 
 void bind_distributed(py::module_& m) {
@@ -218,7 +210,7 @@ void bind_distributed(py::module_& m) {
         const ts::ShardOptions options = shard_options(max_shard_size, std::move(filename_pattern),
                                                        metadata, remove_stale, durable);
         const std::vector<ts::LocalShard> shards = local_shards(entries);
-        ts::DistributedSaveReport report;
+        ts::SaveReport report;
         {
           py::gil_scoped_release release;
           if (group && *group) {
@@ -250,7 +242,7 @@ void bind_distributed(py::module_& m) {
         ts::ShardOptions options = shard_options(max_shard_size, std::move(filename_pattern),
                                                  metadata, remove_stale, durable);
         options.threads = threads;
-        ts::DistributedSaveReport report;
+        ts::SaveReport report;
         {
           py::gil_scoped_release release;
           report = ts::consolidate(rank_files, directory, options);

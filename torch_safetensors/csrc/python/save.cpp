@@ -54,8 +54,12 @@ void bind_save(py::module_& m) {
         options.remove_stale = remove_stale;
         options.durable = durable;
         auto named = to_named(items);
-        py::gil_scoped_release release;
-        ts::save_sharded(named, directory, options);
+        ts::SaveReport report;
+        {
+          py::gil_scoped_release release;
+          report = ts::save_sharded(named, directory, options);
+        }
+        return report_dict(report);
       },
       py::arg("items"), py::arg("directory"), py::arg("max_shard_size"),
       py::arg("filename_pattern"), py::arg("metadata"), py::arg("discard"), py::arg("remove_stale"),

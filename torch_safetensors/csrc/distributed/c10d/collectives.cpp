@@ -338,9 +338,8 @@ class GroupExchange : public distributed::Exchange {
 
 }  // namespace
 
-DistributedSaveReport save_sharded(const std::vector<LocalShard>& shards,
-                                   const std::string& directory, c10d::ProcessGroup& group,
-                                   const ShardOptions& options) {
+SaveReport save_sharded(const std::vector<LocalShard>& shards, const std::string& directory,
+                        c10d::ProcessGroup& group, const ShardOptions& options) {
   GroupExchange exchange(group, directory);
   return distributed::save_from_ranks(shards, directory, exchange, options);
 }
