@@ -1,5 +1,6 @@
 // `convert IN OUT`: a torch.save checkpoint to safetensors, without running code from it;
-// safetensors to ExecuTorch's .ptd (--to ptd) and a .ptd back.
+// safetensors to ExecuTorch's .ptd (--to ptd) and a .ptd back; a quantized safetensors checkpoint
+// to a dense one (--dequantize).
 #include <sys/stat.h>
 
 #include <cctype>
@@ -10,7 +11,9 @@
 #include "torch_safetensors/dtype.h"
 #include "torch_safetensors/executorch.h"
 #include "torch_safetensors/header.h"
+#include "torch_safetensors/quant.h"
 #include "torch_safetensors/serialize.h"
+#include "torch_safetensors/sharded.h"
 #include "torch_safetensors/source.h"
 
 namespace torch::safetensors::cli {
@@ -19,6 +22,7 @@ namespace {
 const char* kHelp =
     "usage: torch-safetensors convert IN OUT [--max-shard-size SIZE] [--dtype DTYPE]\n"
     "                                 [--key PATH] [--strict] [--metadata-scalars]\n"
+    "       torch-safetensors convert IN OUT --dequantize [--dtype DTYPE] [--max-shard-size SIZE]\n"
     "       torch-safetensors convert IN OUT --to ptd [--strip-prefix PREFIX] [--alignment N]\n"
     "\n"
     "Converts a torch.save checkpoint to safetensors. IN is a .pt/.pth/.bin file (torch.save's\n"
@@ -48,6 +52,14 @@ const char* kHelp =
     "  --metadata-scalars      keep ints, floats, bools and strings of plain dicts (in PATH or\n"
     "                          beside the way to it: step, epoch) as metadata entries, dotted\n"
     "                          path -> the value as Python's str() writes it\n"
+    "\n"
+    "Dequantizing (--dequantize): IN is a quantized safetensors file, index or directory (fp8,\n"
+    "GPTQ, AWQ, compressed-tensors, MX, NVFP4, DeepSeek-V4: what `inspect` recognises); OUT gets\n"
+    "every quantized weight dense under its dense name, in DTYPE (default BF16), its scales and\n"
+    "other companions dropped, and every other tensor as stored (cast by --dtype when given).\n"
+    "Weights are made and written one at a time per file being written, so memory holds a few\n"
+    "weights, never the model. OUT is one file, or with --max-shard-size a directory of shards\n"
+    "and an index. The metadata is format=pt.\n"
     "\n"
     "ExecuTorch (.ptd, the FlatTensor file of a program's external weights):\n"
     "  --to ptd                IN is a safetensors file, index or directory: write OUT as a\n"
@@ -144,6 +156,76 @@ std::optional<int> repair_safetensors(const ParsedArgs& parsed) {
   return 0;
 }
 
+uint64_t parse_shard_size(const std::string& size) {
+  // A plain number is bytes; otherwise huggingface_hub's units ("5GB").
+  const char* kExpected =
+      "a number of bytes (at most 18446744073709551615) or a size with a unit "
+      "(KB, MB, GB, TB: \"5GB\")";
+  if (!size.empty() && size.find_first_not_of("0123456789") == std::string::npos) {
+    return parse_unsigned_option("--max-shard-size", size, kExpected);
+  }
+  try {
+    return parse_size(size);
+  } catch (const c10::Error&) {
+    return parse_unsigned_option("--max-shard-size", size, kExpected);  // throws the UsageError
+  }
+}
+
+// --dequantize: the dense checkpoint of a quantized one, streamed (save_sharded of
+// StreamedTensors, each weight dequantized when its bytes are written).
+int convert_dequantized(const ParsedArgs& parsed) {
+  if (parsed.value("--to") || parsed.value("--strip-prefix") || parsed.value("--alignment")) {
+    throw UsageError(
+        "--dequantize writes safetensors: --to, --strip-prefix and --alignment "
+        "do not apply");
+  }
+  refuse_extract_options(parsed, "--dequantize (a safetensors input)");
+  const std::string& in = parsed.positional[0];
+  const std::string& out = parsed.positional[1];
+  const std::optional<std::string> cast = parsed.value("--dtype");
+  const c10::ScalarType dtype = cast ? parse_cast_dtype(*cast) : c10::kBFloat16;
+  const quant::DenseView dense(Checkpoint(in), dtype);
+  std::vector<StreamedTensor> tensors;
+  size_t quantized = 0;
+  for (const std::string& name : dense.keys()) {
+    const auto found = dense.quantized().find(name);
+    if (found != dense.quantized().end()) {
+      ++quantized;
+      tensors.push_back(
+          {name, dtype, found->second.shape, [&dense, name] { return dense.tensor(name); }});
+      continue;
+    }
+    // A view of the mapping (no byte read) gives torch's dtype and sizes (F4: pairs of values).
+    const at::Tensor stored = dense.checkpoint().tensor(name);
+    const c10::ScalarType type = stored.scalar_type();
+    const bool recast = cast && (type == c10::kDouble || type == c10::kFloat ||
+                                 type == c10::kHalf || type == c10::kBFloat16);
+    const c10::ScalarType written = recast ? dtype : type;
+    tensors.push_back({name, written, stored.sizes().vec(), [&dense, name, written] {
+                         return dense.checkpoint().tensor(name).to(written);
+                       }});
+  }
+  ShardOptions options;
+  options.durable = parsed.flag("--durable");
+  std::string directory = out;
+  if (auto size = parsed.value("--max-shard-size")) {
+    options.max_shard_size = parse_shard_size(*size);
+  } else {  // one file OUT: the pattern is its name, and nothing else in its folder is touched
+    const size_t slash = out.find_last_of('/');
+    directory = slash == std::string::npos ? "." : out.substr(0, slash + 1);
+    options.filename_pattern = out.substr(slash == std::string::npos ? 0 : slash + 1);
+    options.max_shard_size = UINT64_MAX;
+    options.remove_stale = false;
+  }
+  const SaveReport report = save_sharded(tensors, directory, options);
+  const size_t shards = report.files.size() > 1 ? report.files.size() - 1 : 1;
+  std::cout << "dequantized " << in << " -> " << out << ": " << quantized
+            << " quantized weights to " << dtype_name(*from_scalar_type(dtype)) << ", "
+            << tensors.size() << " tensors, " << human_bytes(report.bytes_written()) << " in "
+            << (shards > 1 ? std::to_string(shards) + " shards and an index" : "1 file") << "\n";
+  return 0;
+}
+
 }  // namespace
 
 int convert_command(const std::vector<std::string>& args) {
@@ -156,27 +238,16 @@ int convert_command(const std::vector<std::string>& args) {
                             {"--durable", false},
                             {"--key", true},
                             {"--strict", false},
-                            {"--metadata-scalars", false}},
+                            {"--metadata-scalars", false},
+                            {"--dequantize", false}},
                            kHelp, 2, 2);
   if (!parsed) return 0;
+  if (parsed->flag("--dequantize")) return convert_dequantized(*parsed);
   if (auto code = repair_safetensors(*parsed)) return *code;
   if (auto code = convert_executorch(*parsed)) return *code;
   ConvertOptions options;
-  if (auto size = parsed->value("--max-shard-size")) {
-    // A plain number is bytes; otherwise huggingface_hub's units ("5GB").
-    const char* kExpected =
-        "a number of bytes (at most 18446744073709551615) or a size with a unit "
-        "(KB, MB, GB, TB: \"5GB\")";
-    if (!size->empty() && size->find_first_not_of("0123456789") == std::string::npos) {
-      options.max_shard_size = parse_unsigned_option("--max-shard-size", *size, kExpected);
-    } else {
-      try {
-        options.max_shard_size = parse_size(*size);
-      } catch (const c10::Error&) {
-        parse_unsigned_option("--max-shard-size", *size, kExpected);  // throws the UsageError
-      }
-    }
-  }
+  if (auto size = parsed->value("--max-shard-size"))
+    options.max_shard_size = parse_shard_size(*size);
   if (auto dtype = parsed->value("--dtype")) options.dtype = parse_cast_dtype(*dtype);
   options.durable = parsed->flag("--durable");
   if (auto key = parsed->value("--key")) {

@@ -1,5 +1,6 @@
 // `diff A B`: names on one side only, dtype and shape differences, and the largest absolute
-// difference of each tensor whose values differ. Exit code 1 when anything differs.
+// difference of each tensor whose values differ. Exit code 1 when anything differs. With
+// --dequantize, quantized weights are compared by their dequantized values (quant.h).
 #include <cmath>
 #include <cstdio>
 #include <cstring>
@@ -10,12 +11,13 @@
 
 #include "common.h"
 #include "torch_safetensors/checkpoint.h"
+#include "torch_safetensors/quant.h"
 
 namespace torch::safetensors::cli {
 namespace {
 
 const char* kHelp =
-    "usage: torch-safetensors diff A B [--atol TOLERANCE]\n"
+    "usage: torch-safetensors diff A B [--atol TOLERANCE] [--dequantize]\n"
     "\n"
     "Compares two checkpoints (each a safetensors file, an index or a directory): names found on\n"
     "one side only, tensors whose dtype or shape differ, and for tensors whose values differ the\n"
@@ -23,7 +25,14 @@ const char* kHelp =
     "when the checkpoints differ, 0 when they hold the same tensors with the same values.\n"
     "\n"
     "options:\n"
-    "  --atol TOLERANCE   values differing by at most TOLERANCE count as equal (default 0)\n";
+    "  --atol TOLERANCE   values differing by at most TOLERANCE count as equal (default 0)\n"
+    "  --dequantize       compare quantized weights (fp8, GPTQ, AWQ, compressed-tensors, MX,\n"
+    "                     NVFP4, DeepSeek-V4) by their dequantized values, under their dense\n"
+    "                     names, against the other side (dense, or dequantized too): for each,\n"
+    "                     max |A - B|, NMSE = sum (A - B)^2 / sum B^2 (against A when only B is\n"
+    "                     quantized) and, for MX and NV formats, the scale blocks where the\n"
+    "                     reference lies beyond the block's range (values clipped). One weight\n"
+    "                     is in memory at a time.\n";
 
 // Elements compared per step, so that a large tensor never needs its float64 copy at once.
 constexpr int64_t kChunk = int64_t(1) << 22;
@@ -65,10 +74,77 @@ std::string number(double value) {
   return text;
 }
 
+// One tensor stored on both sides: its dtype, shape and values; 1 when they differ (reported).
+size_t diff_stored(const Checkpoint& a, const Checkpoint& b, const std::string& name,
+                   double tolerance, ProgressBar* progress = nullptr) {
+  const TensorInfo& info_a = a.info(name);
+  const TensorInfo& info_b = b.info(name);
+  const auto report = [&] {
+    if (progress) progress->finish();
+  };
+  if (info_a.dtype != info_b.dtype) {
+    report();
+    std::cout << "dtype differs: " << name << ": " << dtype_name(info_a.dtype) << " vs "
+              << dtype_name(info_b.dtype) << "\n";
+    return 1;
+  }
+  if (info_a.shape != info_b.shape) {
+    report();
+    std::cout << "shape differs: " << name << ": " << shape_text(info_a.shape) << " vs "
+              << shape_text(info_b.shape) << "\n";
+    return 1;
+  }
+  const double largest = max_abs_difference(info_a.dtype, a.tensor(name), b.tensor(name));
+  if (largest <= tolerance) return 0;
+  report();
+  std::cout << "values differ: " << name << ": max |A - B| = " << number(largest) << "\n";
+  return 1;
+}
+
+// One side of a --dequantize comparison: its dense view and, per dense name, its shape.
+struct Side {
+  explicit Side(const std::string& path) : dense(Checkpoint(path), at::kFloat) {}
+  std::vector<int64_t> shape(const std::string& name) const {
+    const auto found = dense.quantized().find(name);
+    if (found != dense.quantized().end()) return found->second.shape;
+    return dense.checkpoint().tensor(name).sizes().vec();  // a view of the mapping: nothing read
+  }
+  quant::DenseView dense;
+};
+
+// `diff --dequantize`: tensors that are quantized on either side are compared by value through
+// quant::quantization_error; the others as without it.
+size_t diff_quantized(const Side& a, const Side& b, const std::string& name, double tolerance) {
+  const bool a_quantized = a.dense.is_quantized(name), b_quantized = b.dense.is_quantized(name);
+  const std::vector<int64_t> shape_a = a.shape(name), shape_b = b.shape(name);
+  if (shape_a != shape_b) {
+    std::cout << "shape differs: " << name << ": " << shape_text(shape_a) << " vs "
+              << shape_text(shape_b) << "\n";
+    return 1;
+  }
+  // The quantized side is measured against the other, A's against B when both are.
+  const Side& measured = a_quantized ? a : b;
+  const Side& reference = a_quantized ? b : a;
+  const quant::QuantizedWeight& weight = measured.dense.quantized().find(name)->second;
+  const quant::QuantizationError error =
+      quant::quantization_error(measured.dense.checkpoint(), weight, reference.dense.tensor(name));
+  std::cout << "quantized: " << name << " ("
+            << (a_quantized ? quant::scheme_name(weight.scheme) : std::string_view("dense"))
+            << " vs "
+            << (b_quantized ? quant::scheme_name(b.dense.quantized().find(name)->second.scheme)
+                            : std::string_view("dense"))
+            << "): max |A - B| = " << number(error.max_abs) << ", NMSE = " << number(error.nmse);
+  if (error.blocks) {
+    std::cout << ", saturated blocks " << error.saturated_blocks << " of " << error.blocks;
+  }
+  std::cout << "\n";
+  return error.max_abs > tolerance ? 1 : 0;
+}
+
 }  // namespace
 
 int diff_command(const std::vector<std::string>& args) {
-  auto parsed = parse_args(args, {{"--atol", true}}, kHelp, 2, 2);
+  auto parsed = parse_args(args, {{"--atol", true}, {"--dequantize", false}}, kHelp, 2, 2);
   if (!parsed) return 0;
   double tolerance = 0;
   if (auto text = parsed->value("--atol")) {
@@ -76,6 +152,28 @@ int diff_command(const std::vector<std::string>& args) {
   }
   const std::string& path_a = parsed->positional[0];
   const std::string& path_b = parsed->positional[1];
+  if (parsed->flag("--dequantize")) {
+    const Side a(path_a), b(path_b);
+    size_t differences = 0, compared = 0;
+    for (const std::string& name : a.dense.keys()) {
+      if (!b.dense.contains(name)) std::cout << "only in A: " << name << "\n", ++differences;
+    }
+    for (const std::string& name : b.dense.keys()) {
+      if (!a.dense.contains(name)) std::cout << "only in B: " << name << "\n", ++differences;
+    }
+    for (const std::string& name : a.dense.keys()) {
+      if (!b.dense.contains(name)) continue;
+      ++compared;
+      if (a.dense.is_quantized(name) || b.dense.is_quantized(name)) {
+        differences += diff_quantized(a, b, name, tolerance);
+        continue;
+      }
+      differences += diff_stored(a.dense.checkpoint(), b.dense.checkpoint(), name, tolerance);
+    }
+    std::cout << (differences ? "DIFFERENT: " : "SAME: ") << compared << " tensors compared, "
+              << differences << " difference(s)\n";
+    return differences ? 1 : 0;
+  }
   const Checkpoint a(path_a), b(path_b);
 
   size_t differences = 0, compared = 0;
@@ -99,29 +197,11 @@ int diff_command(const std::vector<std::string>& args) {
   uint64_t done = 0;
   for (const std::string& name : a.keys()) {
     if (!b.contains(name)) continue;
-    const TensorInfo& info_a = a.info(name);
-    const TensorInfo& info_b = b.info(name);
-    done += info_a.nbytes();
+    done += a.info(name).nbytes();
     ++compared;
-    if (info_a.dtype != info_b.dtype) {
-      std::cout << "dtype differs: " << name << ": " << dtype_name(info_a.dtype) << " vs "
-                << dtype_name(info_b.dtype) << "\n";
-      ++differences;
-      continue;
-    }
-    if (info_a.shape != info_b.shape) {
-      std::cout << "shape differs: " << name << ": " << shape_text(info_a.shape) << " vs "
-                << shape_text(info_b.shape) << "\n";
-      ++differences;
-      continue;
-    }
-    const double largest = max_abs_difference(info_a.dtype, a.tensor(name), b.tensor(name));
+    const size_t found = diff_stored(a, b, name, tolerance, &progress);
     progress.update(done);
-    if (largest > tolerance) {
-      progress.finish();
-      std::cout << "values differ: " << name << ": max |A - B| = " << number(largest) << "\n";
-      ++differences;
-    }
+    differences += found;
   }
   progress.finish();
   std::cout << (differences ? "DIFFERENT: " : "SAME: ") << compared << " tensors compared, "

@@ -126,6 +126,26 @@ TS_API at::Tensor dequantize(const QuantizedWeight& weight,
                              const std::map<std::string, at::Tensor>& parts, at::ScalarType dtype,
                              std::string_view source = "<tensors>");
 
+// How far a quantized weight is from a dense reference of its shape (the weight it was made from,
+// or another checkpoint's dequantized one), computed in float64 one expert at a time.
+struct TS_API QuantizationError {
+  double max_abs = 0;  // max |dequantized - reference| (inf where exactly one side is NaN)
+  double nmse = 0;     // sum (dequantized - reference)^2 / sum reference^2; 0 when both are 0
+  // Microscaled formats (MX: 32 values a scale, NV: 16) only, else 0: the scale blocks, and those
+  // where the reference leaves the block's range (a value clipped to the element format's largest
+  // magnitude, E2M1's 6, E2M3's 7.5, E4M3's 448, times the block's scale).
+  int64_t blocks = 0;
+  int64_t saturated_blocks = 0;
+};
+TS_API QuantizationError quantization_error(const QuantizedWeight& weight,
+                                            const std::map<std::string, at::Tensor>& parts,
+                                            const at::Tensor& reference,
+                                            std::string_view source = "<tensors>");
+// The same, reading only the weight's stored tensors from `checkpoint`.
+TS_API QuantizationError quantization_error(const Checkpoint& checkpoint,
+                                            const QuantizedWeight& weight,
+                                            const at::Tensor& reference);
+
 // A checkpoint seen as dense tensors: quantized weights under their dense names (dequantized on
 // access to `dtype`), their companions hidden (activation-only ones too: `input_scale`,
 // `input_global_scale`, `input_zero_point`, `k_scale`, `v_scale` beside a quantized weight), every

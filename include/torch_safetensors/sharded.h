@@ -117,4 +117,20 @@ TS_API ShardSplit plan_shards(const std::vector<ShardSize>& sizes,
 // Returns what it wrote and how long it took (the save's GB/s).
 TS_API SaveReport save_sharded(const TensorsToSave& tensors, const PathArg& directory,
                                const ShardOptions& options = {});
+
+// A tensor made only when its bytes are written (a weight dequantized, converted or read from
+// elsewhere): `make` is called once, must return `dtype` and `sizes` (any strides, any device), and
+// its result is dropped once written.
+struct TS_API StreamedTensor {
+  std::string name;
+  c10::ScalarType dtype = c10::kFloat;
+  std::vector<int64_t> sizes;
+  std::function<at::Tensor()> make;
+};
+
+// save_sharded's checkpoint (the same split, names, index and bytes as save_sharded of the made
+// tensors) from tensors made one at a time: memory holds at most `options.threads` of them (one
+// per file being written) on top of the headers. Published atomically as save_sharded does.
+TS_API SaveReport save_sharded(const std::vector<StreamedTensor>& tensors, const PathArg& directory,
+                               const ShardOptions& options = {});
 }  // namespace torch::safetensors

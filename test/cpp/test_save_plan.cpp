@@ -496,3 +496,41 @@ TEST(SavePlan, SeveralChunksOfOneTensorPerRank) {
             }).find("tensor 'w': this rank's chunks of it disagree"),
             std::string::npos);
 }
+
+// Tensors made only when written (convert --dequantize): save_sharded's files byte for byte, each
+// tensor made once; a tensor made other than declared fails the save and keeps the old files.
+TEST(StreamedSave, WritesSaveShardedsFilesMakingEachTensorOnce) {
+  torch::manual_seed(3);
+  ts::NamedTensors full;
+  for (int i = 0; i < 6; ++i) full.emplace_back("t" + std::to_string(i), torch::randn({40, i + 1}));
+  full.emplace_back("ids", torch::arange(9, torch::kInt32));
+  full.emplace_back("empty", torch::zeros({0, 3}));
+  for (const uint64_t max_shard_size : {uint64_t(400), uint64_t(UINT64_MAX)}) {
+    ts::ShardOptions options;
+    options.max_shard_size = max_shard_size;
+    options.metadata = ts::Metadata{{"k", "v"}};
+    TempDir expected, dir;
+    ts::save_sharded(full, expected.path(), options);
+    std::mutex mutex;
+    std::map<std::string, int> made;
+    std::vector<ts::StreamedTensor> streamed;
+    for (const auto& [name, tensor] : full) {
+      streamed.push_back({name, tensor.scalar_type(), tensor.sizes().vec(), [&, name, tensor] {
+                            std::lock_guard<std::mutex> lock(mutex);
+                            ++made[name];
+                            return tensor.clone();
+                          }});
+    }
+    const ts::SaveReport report = ts::save_sharded(streamed, dir.path(), options);
+    EXPECT_EQ(read_dir(dir.path()), read_dir(expected.path()));
+    EXPECT_EQ(report.files.size(), read_dir(dir.path()).size());
+    for (const auto& [name, tensor] : full) EXPECT_EQ(made[name], tensor.numel() ? 1 : 0) << name;
+
+    streamed[2].make = [] { return torch::zeros({40, 2}, torch::kDouble); };
+    const auto before = read_dir(dir.path());
+    EXPECT_NE(error_of([&] { ts::save_sharded(streamed, dir.path(), options); })
+                  .find("tensor 't2': made as Double [40, 2], declared Float [40, 3]"),
+              std::string::npos);
+    EXPECT_EQ(read_dir(dir.path()), before);
+  }
+}

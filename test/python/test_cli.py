@@ -658,3 +658,84 @@ def test_hostile_inputs_fail_cleanly_under_rlimit_as(tmp_path):
     torch.save({f"t{i}": torch.randn(8) for i in range(2000)}, tmp_path / "many.pt")
     result, _ = peak_vm_of(["convert", tmp_path / "many.pt", tmp_path / "many.st"], limit)
     assert result.returncode == 0, result.stderr[-2000:]
+
+
+def mxfp4_checkpoint(folder):
+    """An MXFP4 weight written by compressed-tensors' own compressor (the peer's writer), with
+    scales that clip some blocks (2^floor: the block's largest value passes 6 x scale) and not
+    others (2^ceil), beside a dense tensor; and the dense original."""
+    sys.path.insert(0, os.path.dirname(__file__))
+    from test_quant_2026 import compress
+
+    torch.manual_seed(5)
+    weight = torch.randn(16, 128) * 3
+    amax = weight.view(16, 4, 32).abs().amax(-1)
+    exponent = torch.log2(amax / 6.0)
+    exponent = torch.where(torch.rand(16, 4) < 0.5, exponent.floor(), exponent.ceil())
+    scale = 2.0 ** exponent
+    args = dict(num_bits=4, type="float", strategy="group", group_size=32, scale_dtype=torch.uint8)
+    scheme, compressor, stored = compress("mxfp4-pack-quantized", args, weight, scale)
+    folder.mkdir()
+    others = {"model.norm.weight": torch.rand(8), "model.ids": torch.arange(5)}
+    safetensors.torch.save_file({**{f"model.proj.{k}": v for k, v in stored.items()}, **others},
+                                str(folder / "model.safetensors"))
+    theirs = compressor.decompress(stored, scheme)["weight"]  # the peer's reader, BF16
+    largest = (6.0 * scale).repeat_interleave(32, 1)
+    dense_values = compressor.decompress(stored, scheme)["weight"].float()
+    clipped = (dense_values.abs() == largest) & (weight.abs() > dense_values.abs())
+    return weight, theirs, others, int(clipped.view(-1, 32).any(1).sum())
+
+
+def test_diff_dequantize_measures_quantized_weights_against_dense(tmp_path):
+    weight, theirs, others, saturated = mxfp4_checkpoint(tmp_path / "q")
+    assert 0 < saturated < 64  # some blocks clipped, not all
+    dense = tmp_path / "dense.safetensors"
+    safetensors.torch.save_file({"model.proj.weight": weight, **others}, dense)
+    error = theirs.double() - weight.double()
+    expected = (f"quantized: model.proj.weight (mxfp4_pack_quantized vs dense): max |A - B| = "
+                f"{error.abs().max().item():.6g}, NMSE = "
+                f"{(error.square().sum() / weight.double().square().sum()).item():.6g}, "
+                f"saturated blocks {saturated} of 64")
+    result = run_cli("diff", tmp_path / "q", dense, "--dequantize")
+    assert result.returncode == 1, result
+    assert expected in result.stdout.splitlines(), result.stdout
+    assert "DIFFERENT: 3 tensors compared, 1 difference(s)" in result.stdout
+    # Against itself: every value equal, nothing saturated (the reference is the same values).
+    same = run_cli("diff", tmp_path / "q", tmp_path / "q", "--dequantize")
+    assert same.returncode == 0, same.stdout
+    assert ("quantized: model.proj.weight (mxfp4_pack_quantized vs mxfp4_pack_quantized): "
+            "max |A - B| = 0, NMSE = 0, saturated blocks 0 of 64") in same.stdout
+    # Without --dequantize the stored names differ.
+    plain = run_cli("diff", tmp_path / "q", dense)
+    assert "only in A: model.proj.weight_packed" in plain.stdout.splitlines()
+
+
+def test_convert_dequantize_writes_the_dense_checkpoint(tmp_path):
+    weight, theirs, others, _ = mxfp4_checkpoint(tmp_path / "q")
+    result = run_cli("convert", tmp_path / "q", tmp_path / "dense.safetensors", "--dequantize")
+    assert result.returncode == 0, result.stderr
+    assert result.stdout.startswith(
+        f"dequantized {tmp_path / 'q'} -> {tmp_path / 'dense.safetensors'}: 1 quantized weights "
+        "to BF16, 3 tensors")
+    loaded = safetensors.torch.load_file(tmp_path / "dense.safetensors")
+    assert loaded.keys() == {"model.proj.weight", *others}
+    assert torch.equal(loaded["model.proj.weight"], theirs)  # the peer's own decompression
+    for name, tensor in others.items():
+        assert torch.equal(loaded[name], tensor)
+    # Sharded, in F32: huggingface_hub's files of the dense state dict, byte for byte.
+    huggingface_hub = pytest.importorskip("huggingface_hub")
+    result = run_cli("convert", tmp_path / "q", tmp_path / "sharded", "--dequantize", "--dtype",
+                     "F32", "--max-shard-size", "4KB")
+    assert result.returncode == 0, result.stderr
+    # In the dense view's order (the checkpoint's), which the split follows.
+    values = {"model.proj.weight": theirs.float(), **others}
+    dense = {name: values[name] for name in torch_safetensors.quant.DenseView(tmp_path / "q")}
+    (tmp_path / "hub").mkdir()
+    huggingface_hub.save_torch_state_dict(dense, tmp_path / "hub", max_shard_size="4KB")
+    ours = sorted(os.listdir(tmp_path / "sharded"))
+    assert ours == sorted(os.listdir(tmp_path / "hub")) and len(ours) > 2
+    for name in ours:
+        assert (tmp_path / "sharded" / name).read_bytes() == (tmp_path / "hub" / name).read_bytes()
+    # A dense input has nothing to dequantize but converts as it is; bad options are usage errors.
+    bad = run_cli("convert", tmp_path / "q", tmp_path / "x.ptd", "--dequantize", "--to", "ptd")
+    assert bad.returncode == 2 and "--dequantize writes safetensors" in bad.stderr

@@ -722,4 +722,35 @@ SaveReport consolidate(const std::vector<std::string>& rank_files, const std::st
   return run_plan(plan, directory, solo, random_token(), options, writes, start);
 }
 
+SaveReport save_sharded(const std::vector<StreamedTensor>& tensors, const PathArg& directory_arg,
+                        const ShardOptions& options) {
+  const auto start = std::chrono::steady_clock::now();
+  const std::string& directory = directory_arg.str();
+  using namespace distributed;
+  std::vector<GlobalTensor> globals;
+  std::vector<std::vector<ChunkLayout>> chunks(1);
+  for (size_t i = 0; i < tensors.size(); ++i) {
+    const StreamedTensor& t = tensors[i];
+    globals.push_back({t.name, t.dtype, t.sizes});
+    chunks[0].push_back({i, std::vector<int64_t>(t.sizes.size(), 0), t.sizes});
+  }
+  const DistributedSavePlan plan = plan_distributed_save(globals, chunks, options, directory);
+  std::vector<PendingWrite> writes;
+  for (const ChunkWrite& write : plan.writes[0]) {
+    const StreamedTensor* t = &tensors[write.chunk];
+    writes.push_back({&write, t->name, [t, &directory] {
+                        at::Tensor made = t->make();
+                        TS_CHECK(made.defined() && made.scalar_type() == t->dtype &&
+                                     made.sizes().vec() == t->sizes,
+                                 directory, "tensor '", t->name, "': made as ",
+                                 made.defined() ? c10::toString(made.scalar_type()) : "undefined",
+                                 " ", made.defined() ? shape_text(made.sizes().vec()) : "",
+                                 ", declared ", c10::toString(t->dtype), " ", shape_text(t->sizes));
+                        return made;
+                      }});
+  }
+  SoloExchange solo;
+  return run_plan(plan, directory, solo, random_token(), options, writes, start);
+}
+
 }  // namespace torch::safetensors

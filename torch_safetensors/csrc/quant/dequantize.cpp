@@ -3,6 +3,9 @@
 // where that gives the same bits (integer codes times scales stored in that dtype: grouped_affine).
 #include <ATen/ATen.h>
 
+#include <cmath>
+#include <limits>
+
 #include "check.h"
 #include "quant/internal.h"
 
@@ -305,6 +308,90 @@ at::Tensor dequantize(const QuantizedWeight& weight, const std::map<std::string,
       return dequantize_mx(weight, parts, dtype);
   }
   TS_FAIL(source, "quantized weight '", weight.name, "': unknown scheme");
+}
+
+namespace {
+
+bool is_microscaled(Scheme scheme) {
+  switch (scheme) {
+    case Scheme::kNvfp4PackQuantized:
+    case Scheme::kNvfp4:
+    case Scheme::kMxfp4:
+    case Scheme::kMxfp4PackQuantized:
+    case Scheme::kMxfp6PackQuantized:
+    case Scheme::kMxfp8Quantized:
+      return true;
+    default:
+      return false;
+  }
+}
+
+// A microscaled weight's element values before their block's scale, in the dense shape, and the
+// element format's largest magnitude (OCP MX spec: E2M1 6, E2M3 7.5; E4M3 448, E5M2 57344).
+std::pair<at::Tensor, double> element_values(const QuantizedWeight& weight,
+                                             const at::Tensor& packed) {
+  if (weight.scheme == Scheme::kMxfp6PackQuantized) {
+    return {detail::fp6_values(packed).reshape(weight.shape), 7.5};
+  }
+  if (weight.scheme == Scheme::kMxfp8Quantized) {
+    const double largest = packed.scalar_type() == at::kFloat8_e5m2
+                               ? double(std::numeric_limits<c10::Float8_e5m2>::max())
+                               : double(std::numeric_limits<c10::Float8_e4m3fn>::max());
+    return {detail::float8_to_float(packed).reshape(weight.shape), largest};
+  }
+  return {detail::fp4_values(packed).reshape(weight.shape), 6.0};
+}
+
+void accumulate_error(const QuantizedWeight& weight, const std::map<std::string, at::Tensor>& parts,
+                      const at::Tensor& reference, std::string_view source,
+                      QuantizationError& error, double& squared, double& energy) {
+  const at::Tensor dense = dequantize(weight, parts, at::kDouble, source);
+  const at::Tensor ref = reference.to(at::kDouble).reshape(dense.sizes());
+  at::Tensor difference = (dense - ref).abs();
+  difference.masked_fill_(dense.isnan() & ref.isnan(), 0);
+  difference.masked_fill_(dense.isnan() ^ ref.isnan(), INFINITY);
+  difference.masked_fill_(dense.eq(ref), 0);  // equal infinities
+  if (difference.numel()) error.max_abs = std::max(error.max_abs, difference.max().item<double>());
+  squared += difference.square().sum().item<double>();
+  energy += ref.square().sum().item<double>();
+  if (!is_microscaled(weight.scheme)) return;
+  const auto [values, largest] = element_values(weight, parts.at("packed").cpu());
+  const int64_t group = weight.group_size > 0 ? weight.group_size : 32;
+  // Clipped: the element sits at the format's largest magnitude and the reference lies beyond.
+  const at::Tensor clipped =
+      values.abs().eq(largest).to(dense.device()) & ref.abs().gt(dense.abs());
+  const at::Tensor per_block = clipped.reshape({-1, group});
+  error.blocks += per_block.size(0);
+  error.saturated_blocks += per_block.any(1).sum().item<int64_t>();
+}
+
+}  // namespace
+
+QuantizationError quantization_error(const QuantizedWeight& weight,
+                                     const std::map<std::string, at::Tensor>& parts,
+                                     const at::Tensor& reference, std::string_view source) {
+  TS_CHECK(reference.sizes().vec() == weight.shape, source, "quantized weight '", weight.name,
+           "': the reference is ", detail::sizes_string(reference.sizes()), ", expected ",
+           detail::sizes_string(weight.shape));
+  TS_CHECK(at::isFloatingType(reference.scalar_type()), source, "quantized weight '", weight.name,
+           "': the reference is ", reference.scalar_type(), ", expected a floating dtype");
+  QuantizationError error;
+  double squared = 0, energy = 0;
+  if (detail::is_expert_stack(weight)) {
+    // One expert at a time (dequantize's own split), so memory is one expert's float64 copies.
+    QuantizedWeight slice = weight;
+    slice.shape = {weight.shape[1], weight.shape[2]};
+    for (int64_t e = 0; e < weight.shape[0]; ++e) {
+      std::map<std::string, at::Tensor> expert;
+      for (const auto& [role, tensor] : parts)
+        expert.emplace(role, role == "shape" ? tensor.narrow(0, 1, 2) : tensor.select(0, e));
+      accumulate_error(slice, expert, reference.select(0, e), source, error, squared, energy);
+    }
+  } else {
+    accumulate_error(weight, parts, reference, source, error, squared, energy);
+  }
+  error.nmse = energy > 0 ? squared / energy : (squared > 0 ? INFINITY : 0);
+  return error;
 }
 
 }  // namespace torch::safetensors::quant

@@ -389,8 +389,11 @@ std::vector<QuantizedWeight> find_quantized(const Checkpoint& checkpoint,
   return out;
 }
 
-at::Tensor dequantize(const Checkpoint& checkpoint, const QuantizedWeight& weight,
-                      at::ScalarType dtype, c10::Device device) {
+namespace {
+
+// The stored tensors of `weight` by role, on `device`.
+std::map<std::string, at::Tensor> parts_of(const Checkpoint& checkpoint,
+                                           const QuantizedWeight& weight, c10::Device device) {
   std::map<std::string, at::Tensor> parts;
   for (const auto& [role, name] : weight.tensors) {
     TS_CHECK(checkpoint.contains(name), checkpoint.path(), "quantized weight '", weight.name, "' (",
@@ -399,7 +402,20 @@ at::Tensor dequantize(const Checkpoint& checkpoint, const QuantizedWeight& weigh
     // dequantized there.
     parts.emplace(role, checkpoint.tensor(name).to(device));
   }
-  return dequantize(weight, parts, dtype, checkpoint.path());
+  return parts;
+}
+
+}  // namespace
+
+at::Tensor dequantize(const Checkpoint& checkpoint, const QuantizedWeight& weight,
+                      at::ScalarType dtype, c10::Device device) {
+  return dequantize(weight, parts_of(checkpoint, weight, device), dtype, checkpoint.path());
+}
+
+QuantizationError quantization_error(const Checkpoint& checkpoint, const QuantizedWeight& weight,
+                                     const at::Tensor& reference) {
+  return quantization_error(weight, parts_of(checkpoint, weight, reference.device()), reference,
+                            checkpoint.path());
 }
 
 at::Tensor dequantize(const Checkpoint& checkpoint, std::string_view name, at::ScalarType dtype,
