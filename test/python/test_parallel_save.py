@@ -1,7 +1,7 @@
 """Parallel single-process saving (issue 25): `save_torch_state_dict` writes its shard files with
-several threads (`threads=`, default up to 8), and the files are huggingface_hub's own, byte for
-byte, whatever the thread count, and it reports what it wrote and its GB/s; a write that fails in one thread leaves the previous checkpoint
-as it was and no temporary file behind."""
+several threads (`threads=`, default up to 8), the files are huggingface_hub's own, byte for byte,
+whatever the thread count, and it reports what it wrote and its GB/s; a write that fails in one
+thread leaves the previous checkpoint as it was and no temporary file behind."""
 import os
 import subprocess
 import sys

@@ -393,11 +393,11 @@ class StorageWriter(_storage.StorageWriter):
     ``max_shard_size`` and ``model.safetensors.index.json``).
 
     Sharded DTensors (``Shard(d)`` / ``_StridedShard`` / ``Replicate`` over 1-D or N-D meshes:
-    FSDP2, tensor parallel, FSDP2 over tensor parallel) are saved as they are, with no gather: in ``write_data`` every rank takes part in
-    the core's distributed ``save_sharded`` (``distributed.save_sharded``), writing its own chunks'
-    bytes at their final offsets into files the first rank created under temporary names; once
-    every rank has succeeded they are published (the index last) and stale files of an earlier
-    save with that naming pattern removed. A failure on any rank raises on every rank (DCP reports
+    FSDP2, tensor parallel, FSDP2 over tensor parallel) are saved as they are, with no gather: in
+    ``write_data`` every rank takes part in the core's distributed ``save_sharded``
+    (``distributed.save_sharded``), writing its own chunks' bytes at their final offsets into files
+    the first rank created under temporary names; once every rank has succeeded they are published
+    (the index last) and stale files of an earlier save with that naming pattern removed. A failure on any rank raises on every rank (DCP reports
     it as ``CheckpointException``) and leaves the previous checkpoint as it was. DCP's planner
     hands each replicated chunk to one rank, which writes it once. ``path`` must be one file
     system all ranks see. The ranks exchange through ``group`` (default: the default process
