@@ -29,7 +29,6 @@ format, the index and its checks are the package's (``open_checkpoint``, ``safe_
 from __future__ import annotations
 
 import dataclasses
-import json
 import os
 import uuid
 from collections import defaultdict
@@ -74,7 +73,6 @@ FILE_PATTERN = "model{suffix}.safetensors"
 #: torch's key (``_hf_utils.CUSTOM_METADATA_KEY``) for where each stored chunk sits in its tensor.
 SHARDING_INFO_KEY = "DCP_SHARDING_INFO"
 SAVED_OFFSETS_KEY = "saved_offsets"
-
 
 
 @dataclasses.dataclass(frozen=True)
@@ -397,18 +395,19 @@ class StorageWriter(_storage.StorageWriter):
     ``write_data`` every rank takes part in the core's distributed ``save_sharded``
     (``distributed.save_sharded``), writing its own chunks' bytes at their final offsets into files
     the first rank created under temporary names; once every rank has succeeded they are published
-    (the index last) and stale files of an earlier save with that naming pattern removed. A failure on any rank raises on every rank (DCP reports
-    it as ``CheckpointException``) and leaves the previous checkpoint as it was. DCP's planner
-    hands each replicated chunk to one rank, which writes it once. ``path`` must be one file
-    system all ranks see. The ranks exchange through ``group`` (default: the default process
-    group; none when ``dcp.save`` runs without collectives or in one process).
+    (the index last) and stale files of an earlier save with that naming pattern removed. A failure
+    on any rank raises on every rank (DCP reports it as ``CheckpointException``) and leaves the
+    previous checkpoint as it was. DCP's planner hands each replicated chunk to one rank, which
+    writes it once. ``path`` must be one file system all ranks see. The ranks exchange through
+    ``group`` (default: the default process group; none when ``dcp.save`` runs without collectives
+    or in one process).
 
-    A ``_StridedShard`` shard of several blocks of the full tensor is written block by block, at
-    the places the package's placement rule gives (``distributed.save_sharded``'s), not at DCP's
-    single offset per rank, which cannot describe it (DCP's planner refuses most such state dicts
-    itself as overlapping chunks). Non-tensor values (ints, objects: DCP writes them as bytes) are
-    refused, on every rank before anything is written. Tensors sharing memory (tied weights) are
-    each written, as separate copies.
+    A ``_StridedShard`` shard of several blocks of the full tensor is written block by block, at the
+    places the package's placement rule gives (``distributed.save_sharded``'s), not at DCP's single
+    offset per rank, which cannot describe it (DCP's planner refuses most such state dicts itself as
+    overlapping chunks). Non-tensor values (ints, objects: DCP writes them as bytes) are refused, on
+    every rank before anything is written. Tensors sharing memory (tied weights) are each written,
+    as separate copies.
 
     Args:
         path: the output directory (created if missing).
