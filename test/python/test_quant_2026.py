@@ -238,7 +238,8 @@ def test_scale_count_mismatch_names_the_tensor_before_reading(tmp_path, layout):
         quant.dequantize(tmp_path, "a.weight")
 
 
-@pytest.mark.parametrize("scheme", ["mxfp4_pack_quantized", "mxfp8_quantized"])
+@pytest.mark.parametrize("scheme", ["mxfp4_pack_quantized", "mxfp6_pack_quantized",
+                                    "mxfp8_quantized"])
 def test_new_schemes_round_trip_self_describing(tmp_path, scheme):
     torch.manual_seed(9)
     w = torch.randn(32, 128)
@@ -249,13 +250,42 @@ def test_new_schemes_round_trip_self_describing(tmp_path, scheme):
     view = quant.DenseView(path, dtype=torch.float32)
     assert list(view) == ["layer.weight"]
     dense = view["layer.weight"]
-    bound = (0.07 if scheme == "mxfp8_quantized" else 0.25) * w.abs().max()
+    bound = (0.25 if scheme == "mxfp4_pack_quantized" else 0.07) * w.abs().max()
     assert (dense - w).abs().max() <= bound
     # Written under compressed-tensors' names, detected without our metadata too.
     (tmp_path / "plain").mkdir()
     reference_save_file(q.tensors, str(tmp_path / "plain" / "model.safetensors"))
     assert quant.describe(tmp_path / "plain")["layer.weight"].scheme == scheme
     assert torch.equal(quant.dequantize(tmp_path / "plain", "layer.weight", torch.float32), dense)
+
+
+@pytest.mark.parametrize("fmt", list(MX))
+def test_mx_quantize_writes_compressed_tensors_bytes(fmt):
+    """Our quantize against compressed-tensors' own compressor given our scales: the same packed
+    bytes, ties and saturation included (values placed on E2M3/E2M1 midpoints and past the
+    largest value of their block's range)."""
+    scheme_name, bits = MX[fmt]
+    torch.manual_seed(bits + 1)
+    w = torch.randn(8, 128) * 2
+    q = quant.quantize(w, scheme_name, name="p.weight")
+    packed_name = "p.weight" if bits == 8 else "p.weight_packed"
+    scale = 2.0 ** (q.tensors["p.weight_scale"].to(torch.float32) - 127)
+    # Midpoints between neighbouring codes (ties), in units of each block's scale.
+    ties = torch.tensor({4: [0.25, 0.75, 1.25, 1.75, 2.5, 3.5, 5.0],
+                         6: [0.0625, 0.1875, 0.9375, 1.0625, 1.9375, 3.875, 7.25],
+                         8: [1.0625, 17.0, 300.0]}[bits])
+    w[:, 1:1 + len(ties)] = ties * scale[:, :1]
+    w[:, 40:40 + len(ties)] = -ties * scale[:, 1:2]
+    q = quant.quantize(w, scheme_name, name="p.weight")
+    assert torch.equal(2.0 ** (q.tensors["p.weight_scale"].to(torch.float32) - 127), scale)
+    args = dict(num_bits=bits, type="float", strategy="group", group_size=32,
+                scale_dtype=torch.uint8)
+    scheme, compressor, stored = compress(fmt, args, w, scale)
+    theirs = stored["weight" if bits == 8 else "weight_packed"]
+    ours = q.tensors[packed_name]
+    assert ours.dtype == theirs.dtype and ours.shape == theirs.shape
+    assert torch.equal(ours.view(torch.uint8), theirs.view(torch.uint8))
+    assert torch.equal(q.tensors["p.weight_scale"], stored["weight_scale"])
 
 
 @pytest.mark.parametrize("scheme,options", [("gptq", dict(bits=4, group_size=32)),

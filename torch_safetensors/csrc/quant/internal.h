@@ -39,6 +39,10 @@ at::Tensor fp4_pack(const at::Tensor& values);
 // the sign, its low 5 bits index the magnitudes {m/8 : m < 8} then {(1 + m/8) 2^e : e < 3, m < 8}.
 // fp6_values: [..., 3n] uint8 -> [..., 4n] float32.
 at::Tensor fp6_values(const at::Tensor& packed);
+// fp6_pack: float [..., 4n] -> uint8 [..., 3n], each value rounded to the nearest E2M3 value
+// (ties to the even code, saturating at +-7.5: compressed-tensors' fp6_utils.py `cast_to_fp6`,
+// then `pack_fp6_to_uint8`).
+at::Tensor fp6_pack(const at::Tensor& values);
 
 // E8M0 scales (U8 or F8_E8M0 bytes) as float32 2^(e - 127); 255 is NaN.
 at::Tensor e8m0_to_float(const at::Tensor& scale);

@@ -281,6 +281,44 @@ at::Tensor fp4_pack(const at::Tensor& values) {
       .contiguous();
 }
 
+at::Tensor fp6_pack(const at::Tensor& values) {
+  const at::Tensor x = values.to(at::kFloat);
+  const at::Tensor magnitude = x.abs();
+  // The 32 E2M3 magnitudes in code order (fp6_values'), and the midpoints between neighbours.
+  std::vector<float> levels, midpoints;
+  for (int code = 0; code < 32; ++code) {
+    const int m = code & 7, e = code >> 3;
+    levels.push_back(e == 0 ? float(m) / 8 : (1.0f + float(m) / 8) * float(1 << (e - 1)));
+    if (code) midpoints.push_back((levels[code - 1] + levels[code]) / 2);
+  }
+  const at::Tensor bounds = at::tensor(midpoints).to(x.device());
+  // bucketize puts a midpoint with its lower neighbour; a tie goes to the even code instead, as
+  // compressed-tensors' cast_to_fp6 rounds (torch.round of the value over its step), and values
+  // past 7.5 saturate to code 31.
+  at::Tensor code = at::bucketize(magnitude, bounds, /*out_int32=*/false, /*right=*/false);
+  const at::Tensor at_midpoint =
+      bounds.index_select(0, code.clamp_max(30).flatten()).view(code.sizes()) == magnitude;
+  code = code + (at_midpoint & code.remainder(2).eq(1)).to(at::kLong);
+  code = code.bitwise_or(at::signbit(x).to(at::kLong).bitwise_left_shift(5));
+  // Four codes in one little-endian 24-bit word, code k in bits 6k..6k+5, as fp6_values reads.
+  std::vector<int64_t> sizes = code.sizes().vec();
+  const int64_t quads = sizes.back() / 4;
+  sizes.back() = quads;
+  sizes.push_back(4);
+  const at::Tensor c = code.reshape(sizes);
+  const at::Tensor word = c.select(-1, 0)
+                              .bitwise_or(c.select(-1, 1).bitwise_left_shift(6))
+                              .bitwise_or(c.select(-1, 2).bitwise_left_shift(12))
+                              .bitwise_or(c.select(-1, 3).bitwise_left_shift(18));
+  const at::Tensor bytes =
+      at::stack({word, word.bitwise_right_shift(8), word.bitwise_right_shift(16)}, -1)
+          .bitwise_and(0xFF)
+          .to(at::kByte);
+  std::vector<int64_t> out_sizes(sizes.begin(), sizes.end() - 1);
+  out_sizes.back() = quads * 3;
+  return bytes.reshape(out_sizes).contiguous();
+}
+
 const std::vector<std::string>& required_roles(Scheme scheme) {
   static const std::vector<std::string> kPackedScale = {"packed", "scale"};
   static const std::vector<std::string> kWithZero = {"packed", "scale", "zero_point"};

@@ -286,9 +286,9 @@ Quantized quantize_nvfp4(const at::Tensor& w, std::string_view name, bool compre
 // MXFP4 (OCP MX): a power-of-two scale per 32 values, stored as E8M0 (exponent + 127). The OCP
 // spec's 2^(floor(log2 amax) - 2) clips values above 6 x scale; this takes the smallest power of
 // two that keeps the block within +-6 instead, 2^ceil(log2(amax / 6)), so nothing clips.
-// The same rule for MXFP8 (largest F8_E4M3 value 448 instead of 6). `scheme` picks the names:
-// gpt-oss's `<name>_blocks`/`_scales`, compressed-tensors' `weight_packed`/`weight_scale` (FP4;
-// `weight`/`weight_scale` for FP8).
+// The same rule for MXFP6 and MXFP8 (largest E2M3 value 7.5, F8_E4M3 448, instead of 6).
+// `scheme` picks the names: gpt-oss's `<name>_blocks`/`_scales`, compressed-tensors'
+// `weight_packed`/`weight_scale` (FP4, FP6; `weight`/`weight_scale` for FP8).
 Quantized quantize_mx(const at::Tensor& w, std::string_view name, Scheme scheme) {
   constexpr int64_t kBlock = 32;
   TS_CHECK(w.dim() >= 1 && w.size(-1) % kBlock == 0, kSource, scheme_name(scheme),
@@ -299,25 +299,24 @@ Quantized quantize_mx(const at::Tensor& w, std::string_view name, Scheme scheme)
   block_sizes.push_back(kBlock);
   const at::Tensor blocks = w.reshape(block_sizes);
   const at::Tensor amax = blocks.abs().amax(-1);
-  const bool fp8 = scheme == Scheme::kMxfp8Quantized;
-  at::Tensor exponent = at::ceil(at::log2(amax / (fp8 ? 448.0 : 6.0)));
+  const bool fp8 = scheme == Scheme::kMxfp8Quantized, fp6 = scheme == Scheme::kMxfp6PackQuantized;
+  at::Tensor exponent = at::ceil(at::log2(amax / (fp8 ? 448.0 : fp6 ? 7.5 : 6.0)));
   exponent = at::where(amax == 0, at::full_like(exponent, -127.0), exponent).clamp(-127.0, 127.0);
   const at::Tensor scaled = blocks / at::exp2(exponent).unsqueeze(-1);
   const at::Tensor scales = (exponent + 127).to(at::kByte);
   Quantized result;
   if (scheme != Scheme::kMxfp4) {
     const std::string prefix = prefix_of(name);
+    std::vector<int64_t> packed_sizes = w.sizes().vec();
+    packed_sizes.back() = packed_sizes.back() / (fp8 ? 1 : fp6 ? 4 : 2) * (fp6 ? 3 : 1);
     const at::Tensor packed =
-        fp8 ? scaled.clamp(-448.0, 448.0).to(at::kFloat8_e4m3fn).reshape(w.sizes())
-            : detail::fp4_pack(scaled).reshape([&] {
-                auto sizes = w.sizes().vec();
-                sizes.back() /= 2;
-                return sizes;
-              }());
+        fp8   ? scaled.clamp(-448.0, 448.0).to(at::kFloat8_e4m3fn).reshape(w.sizes())
+        : fp6 ? detail::fp6_pack(scaled).reshape(packed_sizes)
+              : detail::fp4_pack(scaled).reshape(packed_sizes);
     result.tensors = {{prefix + (fp8 ? "weight" : "weight_packed"), packed},
                       {prefix + "weight_scale", scales}};
     result.weight.scheme = scheme;
-    result.weight.bits = fp8 ? 8 : 4;
+    result.weight.bits = fp8 ? 8 : fp6 ? 6 : 4;
     result.weight.group_size = kBlock;
     result.weight.tensors = {{"packed", result.tensors[0].first},
                              {"scale", result.tensors[1].first}};
@@ -342,6 +341,7 @@ Quantized quantize(const at::Tensor& weight, std::string_view name,
            weight.defined() ? c10::toString(weight.scalar_type()) : "an undefined tensor");
   const bool linear = options.scheme != Scheme::kMxfp4 && options.scheme != Scheme::kFp8 &&
                       options.scheme != Scheme::kMxfp4PackQuantized &&
+                      options.scheme != Scheme::kMxfp6PackQuantized &&
                       options.scheme != Scheme::kMxfp8Quantized;
   TS_CHECK(!linear || weight.dim() == 2, kSource, "weight '", name, "' (",
            scheme_name(options.scheme), ") must be 2-D [out, in], found shape ",
@@ -369,13 +369,10 @@ Quantized quantize(const at::Tensor& weight, std::string_view name,
       break;
     case Scheme::kMxfp4:
     case Scheme::kMxfp4PackQuantized:
+    case Scheme::kMxfp6PackQuantized:
     case Scheme::kMxfp8Quantized:
       result = quantize_mx(w, name, options.scheme);
       break;
-    case Scheme::kMxfp6PackQuantized:
-      TS_FAIL(kSource, "weight '", name,
-              "': quantizing to mxfp6_pack_quantized is not supported (reading it is; "
-              "compressed-tensors' MXFP6PackedCompressor writes it)");
   }
   result.weight.name = std::string(name);
   result.weight.shape = weight.sizes().vec();
