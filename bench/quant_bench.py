@@ -60,7 +60,9 @@ def mx_cases(folder, names, args, report):
             state = {"weight": w}
             if fmt == "nvfp4-pack-quantized":
                 global_scale = torch.tensor([448.0 * 6.0 / w.abs().max().item()])
-                state["weight_scale"] = (amax / 6.0 * global_scale).to(torch.float8_e4m3fn)
+                # E4M3-representable scales, passed as float32: compressed-tensors 0.20 divides
+                # them by the global scale before storing them as E4M3.
+                state["weight_scale"] = (amax / 6.0 * global_scale).to(torch.float8_e4m3fn).float()
                 state["weight_global_scale"] = global_scale
             else:
                 state["weight_scale"] = 2.0 ** torch.ceil(torch.log2(amax / largest))
@@ -82,7 +84,7 @@ def mx_cases(folder, names, args, report):
             for name in names:
                 view[name]
 
-        def theirs(directory=directory, compressor=compressor, scheme=scheme):
+        def theirs(directory=directory, compressor=compressor, scheme=scheme, modules=modules):
             with safe_open(os.path.join(directory, "model.safetensors"), "pt") as f:
                 for prefix, keys in modules:
                     compressor.decompress({k: f.get_tensor(prefix + k) for k in keys}, scheme)
