@@ -87,6 +87,20 @@ def rank_failure(checkpoint, rank, world):
     return expect_error(lambda: load_for_rank(path, ShardPlan(LLAMA_PLAN)))
 
 
+def budget_failure(checkpoint, rank, world):
+    """Rank 1's host budget cannot hold its pieces: every rank raises MemoryBudgetError, with rank
+    1's figures, from the plan step (before any rank reads tensor bytes)."""
+    budget = 100 if rank == 1 else None
+    start = time.time()
+    try:
+        load_for_rank(checkpoint, ShardPlan(LLAMA_PLAN), backend="pread", host_budget=budget)
+    except Exception as error:  # noqa: BLE001 - reported to the test
+        return {"type": type(error).__name__, "message": str(error),
+                "budget": getattr(error, "budget", None), "memory": getattr(error, "memory", None),
+                "seconds": time.time() - start}
+    return {"type": None}
+
+
 def dtensor(checkpoint, rank, world):
     from torch.distributed.device_mesh import init_device_mesh
     from torch.distributed.tensor.parallel import (
@@ -261,9 +275,72 @@ def ep_single(checkpoint, rank, world):
     return moe_scenario(checkpoint, 0, False, True, single_reader=True)
 
 
+def ep_dtensor(checkpoint, rank, world):
+    """The stacked MoE model with its fused experts as DTensors: experts split over an EP mesh
+    dimension (Shard(0)), at 4 ranks each expert's matrix split again over a TP one: gate_up_proj
+    as _StridedShard(1, split_factor=2) (each TP rank half of gate and half of up, as a TP forward
+    needs and load_for_rank's packed_colwise gives), down_proj on its I input columns.
+    load_dtensors fills each rank's shards and the plain parameters; the expected shards are cut
+    here with torch.chunk, as Shard does (for the strided one: gate and up apart, then chunked)."""
+    from safetensors.torch import load_file
+    from torch.distributed.device_mesh import init_device_mesh
+    from torch.distributed.tensor import DTensor, Shard, distribute_tensor
+    from torch.distributed.tensor.placement_types import _StridedShard
+    from transformers import AutoConfig, MixtralForCausalLM
+
+    from torch_safetensors.distributed import load_dtensors
+
+    path = checkpoint + "-stacked"
+    model = MixtralForCausalLM(AutoConfig.from_pretrained(checkpoint))
+    if world == 4:
+        mesh = init_device_mesh(DEVICE, (2, 2), mesh_dim_names=("ep", "tp"))
+        placements = {"gate_up_proj": [Shard(0), _StridedShard(1, split_factor=2)],
+                      "down_proj": [Shard(0), Shard(2)]}
+    else:
+        mesh = init_device_mesh(DEVICE, (world,), mesh_dim_names=("ep",))
+        placements = {"gate_up_proj": [Shard(0)], "down_proj": [Shard(0)]}
+    for layer in model.model.layers:
+        for attribute, placement in placements.items():
+            empty = torch.zeros_like(getattr(layer.mlp.experts, attribute))
+            setattr(layer.mlp.experts, attribute, torch.nn.Parameter(
+                distribute_tensor(empty, mesh, placement, src_data_rank=None)))
+    with torch.no_grad():  # NaN never equals: a plain parameter left unloaded fails the check
+        for value in model.state_dict().values():
+            if not isinstance(value, DTensor):
+                value.fill_(float("nan"))
+    missing, unexpected = load_dtensors(model, path)
+    want = load_file(os.path.join(path, "model.safetensors"))
+    state = model.state_dict()
+    dtensors = {k: v for k, v in state.items() if isinstance(v, DTensor)}
+
+    def expected_local(name, value):
+        piece = want[name]
+        for mesh_dim, placement in enumerate(value.placements):
+            at = mesh.get_coordinate()[mesh_dim]
+            parts = torch.chunk(piece, getattr(placement, "split_factor", 1), placement.dim)
+            piece = torch.cat([torch.chunk(part, mesh.size(mesh_dim), placement.dim)[at]
+                               for part in parts], placement.dim)
+        return piece
+
+    return {
+        "missing": sorted(missing), "unexpected": sorted(unexpected),
+        "same_keys": sorted(state) == sorted(want),
+        "dtensors": sorted(dtensors),
+        "full_equal": all(torch.equal(v.full_tensor().cpu(), want[k])
+                          for k, v in dtensors.items()),
+        "plain_equal": all(torch.equal(v.cpu(), want[k]) for k, v in state.items()
+                           if k not in dtensors),
+        "local_equal": all(torch.equal(v.to_local().cpu(), expected_local(k, v))
+                           for k, v in dtensors.items()),
+        "local_shapes": {k: list(v.to_local().shape) for k, v in dtensors.items()},
+        "placements": {k: [str(p) for p in v.placements] for k, v in dtensors.items()},
+    }
+
+
 SCENARIOS = {f.__name__: f for f in (tp, tp_pp, single, world_mismatch, plan_mismatch,
-                                     rank_failure, dtensor, dtensor_f4, die, ep, ep_stacked,
-                                     ep_tp, ep_tp_stacked, ep_single)}
+                                     rank_failure, budget_failure, dtensor, dtensor_f4, die, ep,
+                                     ep_stacked,
+                                     ep_tp, ep_tp_stacked, ep_single, ep_dtensor)}
 
 
 def main():

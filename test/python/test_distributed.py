@@ -202,9 +202,16 @@ def test_nccl_cuda_one_rank_loads_its_pieces_to_the_gpu_and_all_gathers_them(che
 
 def test_gloo_disagreements_fail_on_every_rank(checkpoint, tmp_path):
     path, _ = checkpoint
-    reports = run_ranks(2, "world_mismatch,plan_mismatch,rank_failure", path, tmp_path)
+    reports = run_ranks(2, "world_mismatch,plan_mismatch,rank_failure,budget_failure", path,
+                        tmp_path)
     for report in reports:
         assert "error" not in report, report
+        # One rank's budget fails them all, at the plan step, as MemoryBudgetError (rank 1's).
+        budget = report["budget_failure"]
+        assert budget["type"] == "MemoryBudgetError", budget
+        assert budget["budget"] == 100 and budget["memory"] == "host", budget
+        assert ("rank 1 failed planning the memory of its pieces" in budget["message"]
+                and "more than the host budget of 100 bytes" in budget["message"]), budget
         assert ("load for world sizes rank 0: 2, rank 1: 3, but the process group has 2 ranks"
                 in report["world_mismatch"]), report
         assert "has another shard plan" in report["plan_mismatch"], report

@@ -109,13 +109,13 @@ def test_bad_expert_plans_are_clear_errors(mixtral):
 
 @pytest.mark.parametrize("world", [2, 4])
 def test_gloo_expert_parallel_gathers_the_original_and_its_forward(mixtral, world, tmp_path):
-    scenarios = "ep,ep_stacked,ep_tp,ep_tp_stacked,ep_single"
-    reports = run_ranks(world, scenarios, mixtral, tmp_path, timeout=300)
+    gathered = "ep,ep_stacked,ep_tp,ep_tp_stacked,ep_single"  # load_for_rank, then all-gather
+    reports = run_ranks(world, gathered + ",ep_dtensor", mixtral, tmp_path, timeout=300)
     want = originals(mixtral)
     replicated = sum(t.nbytes for n, t in want.items() if expert_of(n) is None)
     for rank, report in enumerate(reports):
         assert "error" not in report and "exit" not in report, report
-        for scenario in scenarios.split(","):
+        for scenario in gathered.split(","):
             r = report[scenario]
             assert r["same_keys"] and r["bit_equal"] and r["forward_equal"], (rank, scenario)
         owned = {e for e in range(EXPERTS) if e // (EXPERTS // world) == rank}
@@ -128,5 +128,15 @@ def test_gloo_expert_parallel_gathers_the_original_and_its_forward(mixtral, worl
                 "model.layers.0.mlp.experts.gate_up_proj"] == [2, 32, 16]
         assert report["ep_single"]["tensor_bytes"] == (
             sum(t.nbytes for t in originals(mixtral + "-stacked").values()) if rank == 0 else 0)
+        # The same checkpoint into a model whose fused experts are DTensors (EP; 4 ranks: EP x TP).
+        r = report["ep_dtensor"]
+        assert not r["missing"] and not r["unexpected"] and r["same_keys"], (rank, r)
+        assert r["full_equal"] and r["plain_equal"] and r["local_equal"], (rank, r)
+        assert len(r["dtensors"]) == 4, r["dtensors"]  # 2 layers x (gate_up_proj, down_proj)
+        tp = 2 if world == 4 else 1
+        assert r["local_shapes"]["model.layers.0.mlp.experts.gate_up_proj"] == [
+            EXPERTS * tp // world, 64 // tp, 16]
+        assert r["local_shapes"]["model.layers.1.mlp.experts.down_proj"] == [
+            EXPERTS * tp // world, 16, 32 // tp]
     with open(os.path.join(mixtral, "config.json"), encoding="utf-8") as f:
         assert json.load(f)["num_local_experts"] == EXPERTS

@@ -17,6 +17,7 @@
 #include "distributed/plan.h"
 #include "distributed/save_plan.h"
 #include "distributed/wire.h"
+#include "torch_safetensors/errors.h"
 
 namespace torch::safetensors {
 namespace {
@@ -100,20 +101,38 @@ struct Group {
   }
 
   // Runs `step` here and makes every rank fail if any did: the first failure's message, naming
-  // its rank, on all of them.
+  // its rank, on all of them; a BudgetError stays one (its figures are that rank's), so every
+  // rank raises MemoryBudgetError in Python.
   template <typename F>
   void together(const std::string& doing, F&& step) {
-    std::string error;
+    Writer failure;  // nothing: success; else the message, then a budget error's fields
     try {
       step();
+    } catch (const BudgetError& e) {
+      failure.str(e.what_without_backtrace());
+      failure.str(e.memory());
+      failure.i64(int64_t(e.needed()));
+      failure.i64(int64_t(e.budget()));
+      failure.str(e.largest());
+      failure.i64(int64_t(e.largest_bytes()));
     } catch (const c10::Error& e) {
-      error = e.what_without_backtrace();
+      failure.str(e.what_without_backtrace());
     } catch (const std::exception& e) {
-      error = e.what();
+      failure.str(e.what());
     }
-    const auto all = all_gather(error, doing);
+    const auto all = all_gather(failure.take(), doing);
     for (int r = 0; r < size(); ++r) {
-      TORCH_CHECK(all[r].empty(), "safetensors: rank ", r, " failed ", doing, ": ", all[r]);
+      if (all[r].empty()) continue;
+      Reader theirs(all[r]);
+      const std::string message =
+          "safetensors: rank " + std::to_string(r) + " failed " + doing + ": " + theirs.str();
+      if (theirs.done()) TORCH_CHECK(false, message);
+      std::string memory = theirs.str();
+      const auto needed = uint64_t(theirs.i64()), budget = uint64_t(theirs.i64());
+      std::string largest = theirs.str();
+      const auto largest_bytes = uint64_t(theirs.i64());
+      throw BudgetError(std::move(memory), needed, budget, std::move(largest), largest_bytes,
+                        message);
     }
   }
 
@@ -271,10 +290,18 @@ RankLoad load_for_rank(const std::string& path, const ShardPlan& plan, c10d::Pro
                 world_size, ")");
     return single_reader(path, plan, group, world_size, options, collective.source_rank);
   }
-  RankLoad out;
-  group.together("loading its pieces of " + path, [&] {
-    out = load_for_rank(Checkpoint(path, options), plan, group.rank(), world_size);
+  // The plan step first, on every rank: a load that does not fit a rank's budgets fails them all
+  // before any of them allocates or reads tensor bytes.
+  std::optional<Checkpoint> checkpoint;
+  group.together("planning the memory of its pieces of " + path, [&] {
+    checkpoint.emplace(path, options);
+    detail::check_budgets(estimate_for_rank(*checkpoint, plan, group.rank(), world_size), options,
+                          checkpoint->index_path() ? *checkpoint->index_path() : path,
+                          "the rank's load");
   });
+  RankLoad out;
+  group.together("loading its pieces of " + path,
+                 [&] { out = load_for_rank(*checkpoint, plan, group.rank(), world_size); });
   return out;
 }
 
