@@ -102,11 +102,14 @@ at::Tensor grouped_affine(const at::Tensor& q, const at::Tensor& zeros, const at
     }
     if (small) {
       // Codes and zero points of up to 7 bits: q - z fits int8, so it is taken in one byte-wide
-      // pass before the one conversion to float32.
-      values = at::sub(q.view(at::kChar).view({out, groups, group_size}),
-                       zeros.to(at::kChar).unsqueeze(-1))
-                   .to(at::kFloat);
-      values.mul_(scale32.unsqueeze(-1));
+      // pass; the multiply reads those bytes and writes `dtype` straight away (ATen computes in
+      // the common dtype, float32, and rounds once to the output's: the float32 route's bits,
+      // without its float32 tensor).
+      const at::Tensor centered = at::sub(q.view(at::kChar).view({out, groups, group_size}),
+                                          zeros.to(at::kChar).unsqueeze(-1));
+      at::Tensor result = at::empty({out, groups, group_size}, q.options().dtype(dtype));
+      at::mul_out(result, centered, scale32.unsqueeze(-1));
+      return result.view({out, in});
     } else {
       values = q.to(at::kFloat).contiguous().view({out, groups, group_size});
       values.sub_(zeros32.unsqueeze(-1)).mul_(scale32.unsqueeze(-1));
