@@ -121,9 +121,9 @@ def distributed_state(world, seed=0, zeros=False):
     return out
 
 
-def module_of(state):
-    """A module whose parameters are `state`'s tensors (DTensors stay DTensors), named as its
-    entries."""
+def module_of(state, buffers=False):
+    """A module holding `state`'s tensors (DTensors stay DTensors) as parameters, or buffers,
+    named as its entries."""
     root = torch.nn.Module()
     for name, tensor in state.items():
         owner = root
@@ -132,7 +132,10 @@ def module_of(state):
             if not hasattr(owner, part):
                 owner.add_module(part, torch.nn.Module())
             owner = getattr(owner, part)
-        owner.register_parameter(leaf, torch.nn.Parameter(tensor, requires_grad=False))
+        if buffers:
+            owner.register_buffer(leaf, tensor)
+        else:
+            owner.register_parameter(leaf, torch.nn.Parameter(tensor, requires_grad=False))
     return root
 
 

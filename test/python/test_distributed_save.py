@@ -13,7 +13,7 @@ import torch
 import torch.distributed as dist
 
 sys.path.insert(0, os.path.dirname(__file__))
-from save_worker import MAX_SHARD_SIZE, full_state, strided_state  # noqa: E402
+from save_worker import MAX_SHARD_SIZE, full_state, module_of, strided_state  # noqa: E402
 from test_distributed import run_ranks  # noqa: E402
 
 from torch_safetensors import SafetensorError  # noqa: E402
@@ -53,18 +53,10 @@ def header_bytes(directory):
 
 
 def plain_model(state):
-    """A module with a buffer per state dict entry, named as the entry."""
-    root = torch.nn.Module()
-    for name, tensor in state.items():
-        owner = root
-        *path, leaf = name.split(".")
-        for part in path:
-            if not hasattr(owner, part):
-                owner.add_module(part, torch.nn.Module())
-            owner = getattr(owner, part)
-        owner.register_buffer(leaf, torch.zeros(tensor.shape, dtype=torch.uint8).view(tensor.dtype)
-                              if tensor.element_size() == 1 else torch.zeros_like(tensor))
-    return root
+    """A module with a zeroed buffer per state dict entry, named as the entry."""
+    return module_of({name: torch.zeros(t.shape, dtype=torch.uint8).view(t.dtype)
+                      if t.element_size() == 1 else torch.zeros_like(t)
+                      for name, t in state.items()}, buffers=True)
 
 
 def raw(tensor):
@@ -113,7 +105,6 @@ def test_ranks_save_the_huggingface_checkpoint_of_the_gathered_state(world, tmp_
     for rank, report in enumerate(reports):
         assert report["fsdp"]["placements"] == ["(Shard(dim=0),)"], (rank, report["fsdp"])
         assert all(report["fsdp"]["loaded_back"].values()) and report["fsdp"]["loaded_back"]
-
 
     # Without a shared file system: the rank files, consolidated, are the same checkpoint.
     assert [r["rank_files"]["path"] for r in reports] == [
