@@ -514,7 +514,9 @@ TEST(StreamedSave, WritesSaveShardedsFilesMakingEachTensorOnce) {
     std::mutex mutex;
     std::map<std::string, int> made;
     std::vector<ts::StreamedTensor> streamed;
-    for (const auto& [name, tensor] : full) {
+    for (const auto& entry : full) {
+      const std::string name = entry.first;  // a copy: lambdas cannot capture bindings (C++17)
+      const at::Tensor tensor = entry.second;
       streamed.push_back({name, tensor.scalar_type(), tensor.sizes().vec(), [&, name, tensor] {
                             std::lock_guard<std::mutex> lock(mutex);
                             ++made[name];
@@ -528,8 +530,9 @@ TEST(StreamedSave, WritesSaveShardedsFilesMakingEachTensorOnce) {
 
     streamed[2].make = [] { return torch::zeros({40, 2}, torch::kDouble); };
     const auto before = read_dir(dir.path());
-    EXPECT_NE(error_of([&] { ts::save_sharded(streamed, dir.path(), options); })
-                  .find("tensor 't2': made as Double [40, 2], declared Float [40, 3]"),
+    EXPECT_NE(error_of([&] {
+                ts::save_sharded(streamed, dir.path(), options);
+              }).find("tensor 't2': made as Double [40, 2], declared Float [40, 3]"),
               std::string::npos);
     EXPECT_EQ(read_dir(dir.path()), before);
   }

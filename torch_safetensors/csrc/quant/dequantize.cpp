@@ -2,6 +2,8 @@
 // computed in float32 and rounded once to the requested dtype, or directly in the requested dtype
 // where that gives the same bits (integer codes times scales stored in that dtype: grouped_affine).
 #include <ATen/ATen.h>
+#include <ATen/Dispatch.h>
+#include <ATen/Parallel.h>
 
 #include <cmath>
 #include <limits>
@@ -19,6 +21,47 @@ at::Tensor scale_and_round(at::Tensor values, const at::Tensor& scale, at::Scala
                            at::IntArrayRef out_sizes) {
   values.mul_(scale);
   return values.reshape(out_sizes).to(dtype);
+}
+
+// On the CPU, out[r, c] = tables[table_of(r, c)][code(r, c)] for a [rows, cols] weight whose codes
+// are bytes (`bits` 8: one code a byte) or nibbles (`bits` 4: two a byte, the first in the low
+// nibble), where each run of `group` columns of a row shares one table of `table_size` values
+// already in the output dtype, and row r's first table is (r / rows_per_table) * (cols / group).
+// One read of the codes and one write of the output, the rows split over ATen's threads: what the
+// ATen route does in several passes (codes to indices, index offsets, a gather).
+at::Tensor lookup_tables(const at::Tensor& codes, int bits, int64_t rows, int64_t cols,
+                         const at::Tensor& tables, int64_t group, int64_t rows_per_table) {
+  const at::Tensor bytes = codes.contiguous().view(at::kByte);
+  const at::Tensor table = tables.contiguous();
+  const int64_t table_size = table.size(-1), groups = cols / group;
+  at::Tensor out = at::empty({rows, cols}, table.options());
+  const uint8_t* in = bytes.data_ptr<uint8_t>();
+  const int64_t row_bytes = bits == 8 ? cols : cols / 2;
+  AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, table.scalar_type(), "lookup", [&] {
+    const scalar_t* values = table.data_ptr<scalar_t>();
+    scalar_t* result = out.data_ptr<scalar_t>();
+    at::parallel_for(0, rows, 16, [&](int64_t begin, int64_t end) {
+      for (int64_t r = begin; r < end; ++r) {
+        const uint8_t* code = in + r * row_bytes;
+        scalar_t* dst = result + r * cols;
+        const scalar_t* row_tables = values + (r / rows_per_table) * groups * table_size;
+        for (int64_t g = 0; g < groups; ++g) {
+          const scalar_t* t = row_tables + g * table_size;
+          if (bits == 8) {
+            for (int64_t c = 0; c < group; ++c) dst[c] = t[code[c]];
+            code += group;
+          } else {
+            for (int64_t c = 0; c < group; c += 2, ++code) {
+              dst[c] = t[*code & 15];
+              dst[c + 1] = t[*code >> 4];
+            }
+          }
+          dst += group;
+        }
+      }
+    });
+  });
+  return out;
 }
 
 // FP8 (transformers integrations/finegrained_fp8.py `_dequantize_fp8_weight`; DeepSeek-V3's
@@ -46,14 +89,10 @@ at::Tensor dequantize_fp8(const QuantizedWeight& weight, const at::Tensor& packe
         (scale32.reshape({-1, 1}) * detail::float8_to_float(codes256.view(packed.scalar_type())))
             .to(dtype)
             .flatten();
+    if (whole_blocks) return lookup_tables(packed, 8, out, in, table.view({-1, 256}), cols, rows);
     at::Tensor index = packed.contiguous().view(at::kByte).to(at::kInt);
     const auto options = index.options();
-    if (whole_blocks) {
-      const int64_t row_blocks = out / rows, col_blocks = in / cols;
-      index.view({row_blocks, rows, col_blocks, cols})
-          .add_((at::arange(row_blocks * col_blocks, options) * 256)
-                    .view({row_blocks, 1, col_blocks, 1}));
-    } else if (scale32.numel() != 1) {
+    if (scale32.numel() != 1) {
       index.view({out, -1}).add_((at::arange(out, options) * 256).view({out, 1}));
     }
     return table.index_select(0, index.flatten()).view(packed.sizes());
@@ -188,11 +227,30 @@ at::Tensor dequantize_pack_quantized(const QuantizedWeight& weight,
   // (q - offset) - (z - offset) = q - z: the stored (offset) values are used as they are, so the
   // unpacked codes go to grouped_affine without a pass of their own; a symmetric weight's zero
   // point is 0, stored as `offset`.
-  const at::Tensor q = detail::unpack_bits(parts.at("packed"), weight.bits, in);
   const at::Tensor& scale = parts.at("scale");
   const int64_t groups = weight.group_size > 0 ? ceil_div(in, weight.group_size) : 1;
-  at::Tensor zeros = at::full({out, groups}, offset, q.options().dtype(at::kInt));
   const auto zero_point = parts.find("zero_point");
+#if defined(__BYTE_ORDER__) && __BYTE_ORDER__ == __ORDER_LITTLE_ENDIAN__
+  if (weight.bits == 4 && parts.at("packed").device().is_cpu() && weight.group_size > 0 &&
+      weight.group_size % 2 == 0 && in % weight.group_size == 0 && in % 8 == 0 &&
+      scale.numel() == out * groups) {
+    // Each group's 16 possible values, (code - z) x s in float32 rounded once to `dtype` (the
+    // bits of the route below), then one lookup per value: the codes' little-endian bytes hold
+    // value 2k in the low nibble, as unpack_bits reads them.
+    const at::Tensor zeros32 =
+        zero_point != parts.end()
+            ? detail::unpack_bits(zero_point->second.t().contiguous(), 4, out).t().to(at::kFloat)
+            : at::full({out, groups}, double(offset), scale.options().dtype(at::kFloat));
+    const at::Tensor codes = at::arange(16, scale.options().dtype(at::kFloat));
+    const at::Tensor tables = ((codes - zeros32.reshape({out, groups, 1})) *
+                               scale.to(at::kFloat).reshape({out, groups, 1}))
+                                  .to(dtype);
+    return lookup_tables(parts.at("packed"), 4, out, in, tables.view({out * groups, 16}),
+                         weight.group_size, 1);
+  }
+#endif
+  const at::Tensor q = detail::unpack_bits(parts.at("packed"), weight.bits, in);
+  at::Tensor zeros = at::full({out, groups}, offset, q.options().dtype(at::kInt));
   if (zero_point != parts.end()) {
     zeros = detail::unpack_bits(zero_point->second.t().contiguous(), weight.bits, out).t();
   }
