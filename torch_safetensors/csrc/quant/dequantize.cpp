@@ -245,7 +245,7 @@ at::Tensor dequantize_pack_quantized(const QuantizedWeight& weight,
     const at::Tensor tables = ((codes - zeros32.reshape({out, groups, 1})) *
                                scale.to(at::kFloat).reshape({out, groups, 1}))
                                   .to(dtype);
-    return lookup_tables(parts.at("packed"), 4, out, in, tables.view({out * groups, 16}),
+    return lookup_tables(parts.at("packed"), 4, out, in, tables.reshape({out * groups, 16}),
                          weight.group_size, 1);
   }
 #endif
