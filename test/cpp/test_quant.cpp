@@ -457,6 +457,15 @@ TEST(Metadata, JsonRoundTripAndStrictness) {
               quant::parse_metadata_json(wrong, "test");
             }).find("packing 'int32_msb_first' is not gptq's"),
             std::string::npos);
+  // The value found is quoted as input is ('...'), whatever it holds (a fuzz finding: a ": :"
+  // inside it read as a doubled separator of ours).
+  wrong = json;
+  wrong.replace(wrong.find("stored_minus_one"), 16, "stored_minu: :ne");
+  const std::string message = ts_test::error_of([&] { quant::parse_metadata_json(wrong, "test"); });
+  EXPECT_NE(message.find("'zero_point' must be \"none\", \"stored\" or \"stored_minus_one\", "
+                         "found 'stored_minu: :ne'"),
+            std::string::npos)
+      << message;
 }
 
 TEST(Device, DequantizesOnCudaLikeOnCpu) {

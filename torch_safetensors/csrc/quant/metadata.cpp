@@ -109,8 +109,8 @@ QuantizedWeight parse_weight(const JsonDoc& doc, std::string_view name,
     } else if (key == "zero_point") {
       const std::string mode = inner.string(field.value, key);
       TS_CHECK(mode == "stored" || mode == "stored_minus_one" || mode == "none", inner.where,
-               "'zero_point' must be \"none\", \"stored\" or \"stored_minus_one\", found \"", mode,
-               "\"");
+               "'zero_point' must be \"none\", \"stored\" or \"stored_minus_one\", found '", mode,
+               "'");
       weight.zero_point_minus_one = mode == "stored_minus_one";
     } else if (key == "tensors") {
       simdjson::dom::object tensors;
