@@ -357,24 +357,19 @@ class StorageReader(_storage.StorageReader):
         planner.commit_tensor(item, target)
 
 
-def _blocks_of_dtensor(fqn: str, planner: Any) -> Optional[List[Any]]:
-    """The chunk entries of the planner's DTensor `fqn` (``chunk_entries``: the blocks of the
-    full tensor its local shard holds), None when the value is not a DTensor."""
+def _planner_dtensor(fqn: str, planner: Any) -> Any:
+    """The planner's state dict value `fqn` when it is a DTensor, else None."""
     dtensor = _dtensor_type()
     value = (getattr(planner, "state_dict", None) or {}).get(fqn)
-    if dtensor is None or not isinstance(value, dtensor):
-        return None
-    return chunk_entries(fqn, value)
+    return value if dtensor is not None and isinstance(value, dtensor) else None
 
 
 def _refuse_shards_of_several_blocks(items: List[ReadItem], planner: Any, path: str) -> None:
     """DCP describes each rank's DTensor shard as one block (offsets and sizes); a
     ``_StridedShard`` shard of several blocks would be filled from the wrong one, silently."""
-    dtensor = _dtensor_type()
-    values = getattr(planner, "state_dict", None) or {}
     for fqn in dict.fromkeys(item.dest_index.fqn for item in items):
-        value = values.get(fqn)
-        if dtensor is not None and isinstance(value, dtensor):
+        value = _planner_dtensor(fqn, planner)
+        if value is not None:
             blocks = boxes(local_ranges(fqn, value))
             if len(blocks) > 1:
                 raise ValueError(
@@ -497,8 +492,9 @@ class StorageWriter(_storage.StorageWriter):
                 continue
             chunk = planner.resolve_data(item).detach()
             written[fqn] = chunk.nbytes
-            blocks = _blocks_of_dtensor(fqn, planner)
-            if blocks is not None and len(blocks) > 1:  # _StridedShard: DCP's offsets are wrong
+            value = _planner_dtensor(fqn, planner)
+            blocks = chunk_entries(fqn, value) if value is not None else []
+            if len(blocks) > 1:  # _StridedShard: DCP's offsets are wrong
                 if sum(block.nbytes for _, block, _, _ in blocks) != chunk.nbytes:
                     raise ValueError(f"tensor `{fqn}`: the planner's data ({chunk.nbytes} bytes) "
                                      "is not the DTensor's local shard")

@@ -666,7 +666,7 @@ void save_rank_file(const std::vector<LocalShard>& shards, const std::string& pa
 
 SaveReport consolidate(const std::vector<std::string>& rank_files, const std::string& directory,
                        const ShardOptions& options) {
-  const auto start = std::chrono::steady_clock::now();
+  const auto start = distributed::Clock::now();
   using namespace distributed;
   TS_CHECK(!rank_files.empty(), directory, "consolidate needs at least one rank file");
   std::vector<File> files;
@@ -724,7 +724,7 @@ SaveReport consolidate(const std::vector<std::string>& rank_files, const std::st
 
 SaveReport save_sharded(const std::vector<StreamedTensor>& tensors, const PathArg& directory_arg,
                         const ShardOptions& options) {
-  const auto start = std::chrono::steady_clock::now();
+  const auto start = distributed::Clock::now();
   const std::string& directory = directory_arg.str();
   using namespace distributed;
   std::vector<GlobalTensor> globals;

@@ -6,7 +6,6 @@
 #include <ATen/Parallel.h>
 
 #include <cmath>
-#include <limits>
 
 #include "check.h"
 #include "quant/internal.h"
@@ -301,14 +300,7 @@ at::Tensor dequantize_mx(const QuantizedWeight& weight,
   // exact there: the values are made in `dtype` directly. F16 (and F64, for one rounding from
   // the exact float32 product) go through float32.
   const at::ScalarType work = dtype == at::kBFloat16 ? dtype : at::kFloat;
-  at::Tensor values;
-  if (weight.scheme == Scheme::kMxfp4PackQuantized) {
-    values = detail::fp4_values(packed, work);
-  } else if (weight.scheme == Scheme::kMxfp6PackQuantized) {
-    values = detail::fp6_values(packed).to(work);
-  } else {
-    values = detail::float8_to(packed, work);
-  }
+  const at::Tensor values = detail::element_values(weight.scheme, packed, work);
   std::vector<int64_t> grouped(weight.shape.begin(), weight.shape.end() - 1);
   grouped.push_back(weight.shape.back() / 32);
   const at::Tensor scale =
@@ -387,22 +379,6 @@ bool is_microscaled(Scheme scheme) {
   }
 }
 
-// A microscaled weight's element values before their block's scale, in the dense shape, and the
-// element format's largest magnitude (OCP MX spec: E2M1 6, E2M3 7.5; E4M3 448, E5M2 57344).
-std::pair<at::Tensor, double> element_values(const QuantizedWeight& weight,
-                                             const at::Tensor& packed) {
-  if (weight.scheme == Scheme::kMxfp6PackQuantized) {
-    return {detail::fp6_values(packed).reshape(weight.shape), 7.5};
-  }
-  if (weight.scheme == Scheme::kMxfp8Quantized) {
-    const double largest = packed.scalar_type() == at::kFloat8_e5m2
-                               ? double(std::numeric_limits<c10::Float8_e5m2>::max())
-                               : double(std::numeric_limits<c10::Float8_e4m3fn>::max());
-    return {detail::float8_to_float(packed).reshape(weight.shape), largest};
-  }
-  return {detail::fp4_values(packed).reshape(weight.shape), 6.0};
-}
-
 void accumulate_error(const QuantizedWeight& weight, const std::map<std::string, at::Tensor>& parts,
                       const at::Tensor& reference, std::string_view source,
                       QuantizationError& error, double& squared, double& energy) {
@@ -416,7 +392,10 @@ void accumulate_error(const QuantizedWeight& weight, const std::map<std::string,
   squared += difference.square().sum().item<double>();
   energy += ref.square().sum().item<double>();
   if (!is_microscaled(weight.scheme)) return;
-  const auto [values, largest] = element_values(weight, parts.at("packed").cpu());
+  const at::Tensor& packed = parts.at("packed");
+  const at::Tensor values =
+      detail::element_values(weight.scheme, packed.cpu(), at::kFloat).reshape(weight.shape);
+  const double largest = detail::largest_element(weight.scheme, packed.scalar_type());
   const int64_t group = weight.group_size > 0 ? weight.group_size : 32;
   // Clipped: the element sits at the format's largest magnitude and the reference lies beyond.
   const at::Tensor clipped =

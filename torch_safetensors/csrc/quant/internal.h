@@ -44,6 +44,14 @@ at::Tensor fp6_values(const at::Tensor& packed);
 // then `pack_fp6_to_uint8`).
 at::Tensor fp6_pack(const at::Tensor& values);
 
+// The element values of a microscaled scheme (MX: mxfp4, mxfp4/6 pack-quantized, mxfp8; NV:
+// nvfp4, nvfp4 pack-quantized) before their block's scale, in `dtype` (exact in each floating
+// dtype), in the packing's order (FP4 two a byte, FP6 four in three bytes, FP8 one a byte); and
+// the element format's largest magnitude (OCP MX spec: E2M1 6, E2M3 7.5, E4M3 448, E5M2 57344),
+// what quantizing scales blocks to and what saturation is measured against.
+at::Tensor element_values(Scheme scheme, const at::Tensor& packed, at::ScalarType dtype);
+double largest_element(Scheme scheme, at::ScalarType packed_dtype);
+
 // E8M0 scales (U8 or F8_E8M0 bytes) as float32 2^(e - 127); 255 is NaN.
 at::Tensor e8m0_to_float(const at::Tensor& scale);
 

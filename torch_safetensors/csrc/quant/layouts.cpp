@@ -6,6 +6,8 @@
 
 #include <ATen/ATen.h>
 
+#include <limits>
+
 #include "check.h"
 #include "quant/internal.h"
 
@@ -279,6 +281,22 @@ at::Tensor fp4_pack(const at::Tensor& values) {
   return at::bitwise_or(pairs.index({"...", Slice(0, c10::nullopt, 2)}),
                         at::bitwise_left_shift(pairs.index({"...", Slice(1, c10::nullopt, 2)}), 4))
       .contiguous();
+}
+
+at::Tensor element_values(Scheme scheme, const at::Tensor& packed, at::ScalarType dtype) {
+  if (scheme == Scheme::kMxfp6PackQuantized) return fp6_values(packed).to(dtype);
+  if (scheme == Scheme::kMxfp8Quantized) return float8_to(packed, dtype);
+  return fp4_values(packed, dtype);
+}
+
+double largest_element(Scheme scheme, at::ScalarType packed_dtype) {
+  if (scheme == Scheme::kMxfp6PackQuantized) return 7.5;
+  if (scheme == Scheme::kMxfp8Quantized) {
+    return packed_dtype == at::kFloat8_e5m2
+               ? double(std::numeric_limits<c10::Float8_e5m2>::max())
+               : double(std::numeric_limits<c10::Float8_e4m3fn>::max());
+  }
+  return 6.0;
 }
 
 at::Tensor fp6_pack(const at::Tensor& values) {

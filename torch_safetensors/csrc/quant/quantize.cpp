@@ -300,7 +300,8 @@ Quantized quantize_mx(const at::Tensor& w, std::string_view name, Scheme scheme)
   const at::Tensor blocks = w.reshape(block_sizes);
   const at::Tensor amax = blocks.abs().amax(-1);
   const bool fp8 = scheme == Scheme::kMxfp8Quantized, fp6 = scheme == Scheme::kMxfp6PackQuantized;
-  at::Tensor exponent = at::ceil(at::log2(amax / (fp8 ? 448.0 : fp6 ? 7.5 : 6.0)));
+  const double largest = detail::largest_element(scheme, at::kFloat8_e4m3fn);
+  at::Tensor exponent = at::ceil(at::log2(amax / largest));
   exponent = at::where(amax == 0, at::full_like(exponent, -127.0), exponent).clamp(-127.0, 127.0);
   const at::Tensor scaled = blocks / at::exp2(exponent).unsqueeze(-1);
   const at::Tensor scales = (exponent + 127).to(at::kByte);
@@ -310,7 +311,7 @@ Quantized quantize_mx(const at::Tensor& w, std::string_view name, Scheme scheme)
     std::vector<int64_t> packed_sizes = w.sizes().vec();
     packed_sizes.back() = packed_sizes.back() / (fp8 ? 1 : fp6 ? 4 : 2) * (fp6 ? 3 : 1);
     const at::Tensor packed =
-        fp8   ? scaled.clamp(-448.0, 448.0).to(at::kFloat8_e4m3fn).reshape(w.sizes())
+        fp8   ? scaled.clamp(-largest, largest).to(at::kFloat8_e4m3fn).reshape(w.sizes())
         : fp6 ? detail::fp6_pack(scaled).reshape(packed_sizes)
               : detail::fp4_pack(scaled).reshape(packed_sizes);
     result.tensors = {{prefix + (fp8 ? "weight" : "weight_packed"), packed},
